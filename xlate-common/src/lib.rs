@@ -1,0 +1,12 @@
+//! Shared by the xlate kernel programs and the agent: the Serval wire
+//! format, service IDs, checksums and the BPF map types.
+//!
+//! `no_std` and allocation-free so that the eBPF programs use the very same
+//! code; the `user` feature adds what only user space needs.
+#![cfg_attr(not(test), no_std)]
+
+pub mod maps;
+pub mod service_id;
+pub mod wire;
+
+pub use service_id::{ServiceId, ServicePrefix};
