@@ -1,1 +1,156 @@
-fn main() {}
+//! `xlate-user`: the xlate agent and operator tool.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aya::programs::XdpMode;
+use clap::{Parser, Subcommand, ValueEnum};
+use xlate_user::{
+    classify::Classifier,
+    decode::{decode_file, Verdict},
+};
+
+/// xlate: lets unmodified TCP/IPv4 clients reach Serval services.
+#[derive(Parser)]
+#[command(name = "xlate-user", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print every packet of a capture (Ethernet, raw IP, Linux SLL/SLL2)
+    /// with its Serval fields; exit 1 if any SAL packet breaks a receiver
+    /// rule or has a bad checksum, naming the packet and the reason.
+    Decode {
+        /// Classic pcap files (tcpdump -w).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print only the packets that fail and the summary.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Attach the packet classifier to an interface and print how many TCP,
+    /// SAL and other packets cross it. Detaches on Ctrl-C, SIGTERM or after
+    /// --duration, printing the final counters.
+    Watch {
+        /// Interface to attach to (XDP, ingress).
+        #[arg(long)]
+        iface: String,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        xdp_mode: Mode,
+        /// Seconds between counter lines (0: only the final line).
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+    },
+}
+
+/// XDP attach mode, as operators know it from `ip link set … xdp*`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Let the kernel choose (native when the driver supports it).
+    Auto,
+    /// Driver (native) XDP.
+    Native,
+    /// Generic (skb) XDP: works on any interface, slower.
+    Generic,
+}
+
+impl From<Mode> for XdpMode {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Auto => XdpMode::Default,
+            Mode::Native => XdpMode::Driver,
+            Mode::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Decode { files, quiet } => decode(&files, quiet),
+        Command::Watch { iface, xdp_mode, interval, duration } => {
+            watch(&iface, xdp_mode.into(), interval, duration).map(|_| ExitCode::SUCCESS)
+        }
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xlate-user: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn decode(files: &[PathBuf], quiet: bool) -> Result<ExitCode> {
+    let mut bad = 0usize;
+    let mut sal = 0usize;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for f in files {
+        let packets = decode_file(f)?;
+        if files.len() > 1 && !quiet {
+            writeln!(out, "== {}", f.display())?;
+        }
+        for p in &packets {
+            if !quiet || matches!(p.verdict, Verdict::Invalid(_)) {
+                writeln!(out, "{:>5} {}", p.number, p.line)?;
+            }
+            match &p.verdict {
+                Verdict::Valid => sal += 1,
+                Verdict::Invalid(why) => {
+                    sal += 1;
+                    bad += 1;
+                    eprintln!("{}: packet {}: {why}", f.display(), p.number);
+                }
+                Verdict::NotServal => {}
+            }
+        }
+    }
+    writeln!(out, "{sal} SAL packets, {} valid, {bad} invalid", sal - bad)?;
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn watch(iface: &str, mode: XdpMode, interval: f64, duration: Option<f64>) -> Result<()> {
+    let mut classifier = Classifier::load()?;
+    classifier.attach(iface, mode)?;
+    println!("attached xlate_classify to {iface} ({mode:?} mode)");
+    std::io::stdout().flush()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let forever = Duration::from_secs(u64::MAX / 4);
+        let stop = tokio::time::sleep(duration.map_or(forever, Duration::from_secs_f64));
+        tokio::pin!(stop);
+        let period = if interval > 0.0 { Duration::from_secs_f64(interval) } else { forever };
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = &mut stop => break,
+                _ = tick.tick() => {
+                    println!("{}", classifier.counters()?);
+                    std::io::stdout().flush()?;
+                }
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    println!("final {}", classifier.counters()?);
+    Ok(())
+}

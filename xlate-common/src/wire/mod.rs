@@ -8,6 +8,7 @@
 
 pub mod checksum;
 pub mod ipv4;
+pub mod packet;
 pub mod sal;
 pub mod tcp;
 pub mod udp;

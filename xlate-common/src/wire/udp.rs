@@ -72,6 +72,9 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 pub struct UdpRepr<'a> {
     pub src_port: u16,
     pub dst_port: u16,
+    /// False when the sender left the checksum 0 ("not computed"), as the
+    /// original stack does on some datagrams.
+    pub with_checksum: bool,
     pub payload: &'a [u8],
 }
 
@@ -88,6 +91,7 @@ impl<'a> UdpRepr<'a> {
         Ok(UdpRepr {
             src_port: p.src_port(),
             dst_port: p.dst_port(),
+            with_checksum: p.checksum() != 0,
             payload: &d[HEADER_LEN..usize::from(p.len())],
         })
     }
@@ -104,8 +108,10 @@ impl<'a> UdpRepr<'a> {
         put16(b, 4, len);
         put16(b, 6, 0);
         b[HEADER_LEN..total].copy_from_slice(self.payload);
-        let c = UdpPacket::new_unchecked(&b[..total]).expected_checksum(src, dst);
-        put16(b, 6, c);
+        if self.with_checksum {
+            let c = UdpPacket::new_unchecked(&b[..total]).expected_checksum(src, dst);
+            put16(b, 6, c);
+        }
         Ok(())
     }
 }

@@ -1,0 +1,310 @@
+//! `xlate-user decode`: one line per packet of a capture, with every Serval
+//! field an operator debugs with, and a verdict on each SAL packet.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use pcap_file::{pcap::PcapReader, DataLink};
+use xlate_common::wire::{
+    ipv4::Ipv4Packet,
+    packet::ServalRepr,
+    sal::{Extension, SalPacket},
+    tcp::TcpPacket,
+    udp::UdpPacket,
+    IPPROTO_ICMP, IPPROTO_SAL, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_VLAN: u16 = 0x8100;
+
+/// The link layers a capture may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Ethernet,
+    /// Raw IP (DLT_RAW / LINKTYPE_IPV4).
+    RawIp,
+    /// Linux cooked capture v1 (16-byte header).
+    Sll,
+    /// Linux cooked capture v2 (20-byte header), what `tcpdump -i any` writes.
+    Sll2,
+}
+
+impl Link {
+    pub fn from_datalink(d: DataLink) -> Result<Self> {
+        Ok(match d {
+            DataLink::ETHERNET => Link::Ethernet,
+            DataLink::RAW | DataLink::IPV4 => Link::RawIp,
+            DataLink::LINUX_SLL => Link::Sll,
+            DataLink::LINUX_SLL2 => Link::Sll2,
+            other => bail!("unsupported link type {other:?}: xlate decodes Ethernet, raw IP, Linux SLL and SLL2 captures"),
+        })
+    }
+
+    /// The IPv4 datagram inside a frame, or the ethertype when it is not IPv4.
+    pub fn ipv4<'a>(&self, frame: &'a [u8]) -> std::result::Result<&'a [u8], FrameKind> {
+        let (ethertype, at) = match self {
+            Link::RawIp => return Ok(frame),
+            Link::Ethernet => {
+                let Some(t) = be16(frame, 12) else { return Err(FrameKind::Short) };
+                if t == ETHERTYPE_VLAN {
+                    (be16(frame, 16).ok_or(FrameKind::Short)?, 18)
+                } else {
+                    (t, 14)
+                }
+            }
+            Link::Sll => (be16(frame, 14).ok_or(FrameKind::Short)?, 16),
+            Link::Sll2 => (be16(frame, 0).ok_or(FrameKind::Short)?, 20),
+        };
+        if ethertype != ETHERTYPE_IPV4 {
+            return Err(FrameKind::Ethertype(ethertype));
+        }
+        frame.get(at..).ok_or(FrameKind::Short)
+    }
+}
+
+/// Why a frame holds no IPv4 datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Short,
+    Ethertype(u16),
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// The outcome for one packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not a SAL packet: printed, not judged.
+    NotServal,
+    /// A SAL packet that satisfies every receiver rule and checksum.
+    Valid,
+    /// A SAL packet the original stack would drop, and why.
+    Invalid(String),
+}
+
+/// One decoded packet: its printable line and its verdict.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub number: usize,
+    pub line: String,
+    pub verdict: Verdict,
+}
+
+/// Reads every frame of a classic pcap file, with its link type.
+pub fn read_pcap(path: &Path) -> Result<(Link, Vec<Vec<u8>>)> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut reader = PcapReader::new(file)
+        .with_context(|| format!("{} is not a classic pcap file", path.display()))?;
+    let link = Link::from_datalink(reader.header().datalink)
+        .with_context(|| format!("{}", path.display()))?;
+    let mut frames = Vec::new();
+    while let Some(pkt) = reader.next_packet() {
+        let pkt = pkt.with_context(|| {
+            format!("{}: packet {} is truncated or corrupt", path.display(), frames.len() + 1)
+        })?;
+        frames.push(pkt.data.into_owned());
+    }
+    Ok((link, frames))
+}
+
+/// Decodes every packet of a capture file.
+pub fn decode_file(path: &Path) -> Result<Vec<Decoded>> {
+    let (link, frames) = read_pcap(path)?;
+    Ok(frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| decode_frame(i + 1, link, f))
+        .collect())
+}
+
+pub fn decode_frame(number: usize, link: Link, frame: &[u8]) -> Decoded {
+    let (line, verdict) = match link.ipv4(frame) {
+        Ok(ip) => decode_ipv4(ip),
+        Err(FrameKind::Short) => (format!("short frame ({} bytes)", frame.len()), Verdict::NotServal),
+        Err(FrameKind::Ethertype(t)) => (
+            format!("{} (ethertype 0x{t:04x})", ethertype_name(t)),
+            Verdict::NotServal,
+        ),
+    };
+    Decoded { number, line, verdict }
+}
+
+fn ethertype_name(t: u16) -> &'static str {
+    match t {
+        0x0806 => "ARP",
+        0x86dd => "IPv6",
+        _ => "non-IPv4",
+    }
+}
+
+/// Decodes an IPv4 datagram: prints what can be read even when a rule is
+/// broken, and judges SAL packets against every rule.
+pub fn decode_ipv4(ip: &[u8]) -> (String, Verdict) {
+    let pkt = match Ipv4Packet::new_checked(ip) {
+        Ok(p) => p,
+        Err(e) => return (format!("IPv4 malformed: {e}"), Verdict::NotServal),
+    };
+    let (src, dst) = (pkt.src_addr(), pkt.dst_addr());
+    let mut line = format!("{src} > {dst} ttl {}", pkt.ttl());
+    let payload = pkt.payload();
+    match pkt.protocol() {
+        IPPROTO_SAL => {
+            line.push_str(" SAL");
+            let verdict = match ServalRepr::parse(ip) {
+                Ok(_) => Verdict::Valid,
+                Err(e) => Verdict::Invalid(e.to_string()),
+            };
+            describe_sal(&mut line, payload, src, dst);
+            match &verdict {
+                Verdict::Valid => line.push_str(" [ok]"),
+                Verdict::Invalid(why) => {
+                    let _ = write!(line, " [INVALID: {why}]");
+                }
+                Verdict::NotServal => {}
+            }
+            (line, verdict)
+        }
+        IPPROTO_TCP => {
+            line.push_str(" TCP");
+            describe_tcp(&mut line, payload, src, dst);
+            (line, Verdict::NotServal)
+        }
+        IPPROTO_UDP => {
+            line.push_str(" UDP");
+            describe_udp(&mut line, payload, src, dst);
+            (line, Verdict::NotServal)
+        }
+        IPPROTO_ICMP => {
+            let (t, c) = (payload.first().copied(), payload.get(1).copied());
+            let _ = write!(line, " ICMP type {} code {}", opt(t), opt(c));
+            if t == Some(3) && c == Some(2) {
+                line.push_str(" (protocol unreachable)");
+            }
+            (line, Verdict::NotServal)
+        }
+        p => {
+            let _ = write!(line, " IP protocol {p}, {} bytes", payload.len());
+            (line, Verdict::NotServal)
+        }
+    }
+}
+
+fn opt(v: Option<u8>) -> String {
+    v.map_or_else(|| "?".into(), |v| v.to_string())
+}
+
+fn describe_sal(line: &mut String, l4: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
+    // Print what the view can read even when the checked constructor
+    // refuses: the verdict says what is wrong.
+    let view = SalPacket::new_unchecked(l4);
+    if l4.len() < xlate_common::wire::sal::BASE_LEN {
+        let _ = write!(line, " truncated ({} bytes)", l4.len());
+        return;
+    }
+    let _ = write!(
+        line,
+        " flow {}>{} shl {} proto {}",
+        view.src_flowid(),
+        view.dst_flowid(),
+        view.shl(),
+        view.protocol()
+    );
+    if view.header_len() > l4.len() {
+        return;
+    }
+    for ext in view.extensions() {
+        match ext {
+            Ok(Extension::Control(c)) => {
+                let _ = write!(
+                    line,
+                    " CONTROL {} verno {} ackno {} nonce {}",
+                    c.flags,
+                    c.verno,
+                    c.ackno,
+                    hex(&c.nonce)
+                );
+            }
+            Ok(Extension::Service(s)) => {
+                let _ = write!(line, " SERVICE {s}");
+            }
+            Ok(Extension::Source(s)) => {
+                let addrs: Vec<String> = s.iter().map(|a| a.to_string()).collect();
+                let _ = write!(line, " SOURCE [{}]", addrs.join(","));
+            }
+            Ok(Extension::Address(a)) => {
+                let _ = write!(line, " ADDRESS ({} bytes)", a.len());
+            }
+            Ok(Extension::Pad) => line.push_str(" PAD"),
+            Err(_) => break,
+        }
+    }
+    let rest = &l4[view.header_len()..];
+    if rest.is_empty() {
+        line.push_str(" | no transport");
+        return;
+    }
+    match view.protocol() {
+        IPPROTO_TCP => {
+            line.push_str(" | TCP");
+            describe_tcp(line, rest, src, dst);
+        }
+        IPPROTO_UDP => {
+            line.push_str(" | UDP");
+            describe_udp(line, rest, src, dst);
+        }
+        p => {
+            let _ = write!(line, " | protocol {p}, {} bytes", rest.len());
+        }
+    }
+}
+
+fn describe_tcp(line: &mut String, seg: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
+    let t = match TcpPacket::new_checked(seg) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = write!(line, " malformed: {e}");
+            return;
+        }
+    };
+    let _ = write!(
+        line,
+        " {}>{} [{}] seq {} ack {} win {} len {}",
+        t.src_port(),
+        t.dst_port(),
+        t.flags(),
+        t.seq(),
+        t.ack(),
+        t.window(),
+        t.payload().len()
+    );
+    if let Some(mss) = t.mss() {
+        let _ = write!(line, " mss {mss}");
+    }
+    let _ = write!(line, " cksum {}", if t.verify_checksum(src, dst) { "ok" } else { "BAD" });
+}
+
+fn describe_udp(line: &mut String, dgram: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
+    let u = match UdpPacket::new_checked(dgram) {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = write!(line, " malformed: {e}");
+            return;
+        }
+    };
+    let _ = write!(line, " {}>{} len {}", u.src_port(), u.dst_port(), u.payload().len());
+    let status = match (u.checksum(), u.verify_checksum(src, dst)) {
+        (0, _) => "none",
+        (_, true) => "ok",
+        (_, false) => "BAD",
+    };
+    let _ = write!(line, " cksum {status}");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

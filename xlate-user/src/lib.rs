@@ -1,0 +1,5 @@
+//! The xlate agent as a library: what `xlate-user` does, usable from tests.
+
+pub mod classify;
+pub mod decode;
+pub mod ebpf;
