@@ -1,1 +1,168 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, test and run xlate.
+//!
+//! The eBPF crate needs a second compiler (see toolchain.rs), so plain
+//! `cargo build` is not enough; these commands do every step in order.
+
+mod setup;
+mod toolchain;
+mod util;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use util::{is_root, run, workspace_root};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Set up, build, test and run xlate")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: a BPF-capable Rust compiler, bpf-linker, and
+    /// the tools the tests drive (iproute2, tcpdump, ethtool, iperf3, ping).
+    Setup,
+    /// Build the eBPF object and the agent that embeds it.
+    Build {
+        /// Build the agent in release mode.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, then run every test: unit, property, golden-vector,
+    /// kernel (BPF load/attach in network namespaces) and integration, and
+    /// a short fuzzing smoke run. Needs root.
+    Test {
+        /// Skip the fuzzing smoke run.
+        #[arg(long)]
+        no_fuzz: bool,
+        /// Seconds of fuzzing per target.
+        #[arg(long, default_value_t = 20)]
+        fuzz_seconds: u32,
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Build and start xlate-user with the given arguments (default: --help).
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::setup().map(|_| ()),
+        Cmd::Build { release } => build(release).map(|_| ()),
+        Cmd::Test { no_fuzz, fuzz_seconds, cargo_args } => test(no_fuzz, fuzz_seconds, &cargo_args),
+        Cmd::Run { args } => {
+            let bin = build(false)?;
+            let args = if args.is_empty() { vec!["--help".to_string()] } else { args };
+            let status = Command::new(&bin).args(&args).status().with_context(|| format!("starting {}", bin.display()))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+    }
+}
+
+fn ebpf_object() -> PathBuf {
+    workspace_root().join("xlate-ebpf/target/bpfel-unknown-none/release/xlate")
+}
+
+/// Builds the eBPF object, then the agent; returns the agent's path.
+fn build(release: bool) -> Result<PathBuf> {
+    let tc = match toolchain::detect() {
+        Some(tc) if toolchain::bpf_linker().is_some() => tc,
+        _ => {
+            println!("build: BPF toolchain incomplete, running setup first");
+            toolchain::ensure()?
+        }
+    };
+    println!("build: eBPF object with {}", tc.describe());
+    run(&mut tc.build_command(&workspace_root().join("xlate-ebpf")))?;
+    let obj = ebpf_object();
+    if !obj.exists() {
+        bail!("the eBPF build succeeded but {} is missing", obj.display());
+    }
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(workspace_root()).args(["build", "-p", "xlate-user"]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.env("XLATE_EBPF_OBJECT", &obj);
+    run(&mut cmd)?;
+    Ok(workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("xlate-user"))
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn test(no_fuzz: bool, fuzz_seconds: u32, cargo_args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("cargo xtask test needs root: the kernel tests load BPF programs and create network namespaces");
+    }
+    setup::setup()?;
+    let bin = build(false)?;
+    println!("test: cargo test --workspace");
+    run(Command::new(cargo())
+        .current_dir(workspace_root())
+        .args(["test", "--workspace"])
+        .args(cargo_args)
+        .env("XLATE_EBPF_OBJECT", ebpf_object())
+        .env("XLATE_USER_BIN", &bin))?;
+    if no_fuzz {
+        println!("test: fuzzing smoke run skipped (--no-fuzz)");
+    } else {
+        fuzz_smoke(fuzz_seconds)?;
+    }
+    println!("test: all passed");
+    Ok(())
+}
+
+/// Runs each fuzz target briefly with cargo-fuzz on a nightly toolchain.
+fn fuzz_smoke(seconds: u32) -> Result<()> {
+    let Some(nightly) = nightly_toolchain() else {
+        println!("test: fuzzing smoke run skipped: no nightly toolchain (see docs/testing.md)");
+        return Ok(());
+    };
+    if util::which("cargo-fuzz").is_none() && !util::home_cargo_bin().join("cargo-fuzz").exists() {
+        println!("test: installing cargo-fuzz (once)");
+        run(Command::new(cargo())
+            .args(["install", "--locked", "cargo-fuzz"])
+            .env_remove("RUSTUP_TOOLCHAIN"))?;
+    }
+    for target in ["sal_parse", "packet_parse"] {
+        println!("test: fuzzing {target} for {seconds} s");
+        run(Command::new("rustup")
+            .current_dir(workspace_root())
+            .args(["run", &nightly, "cargo", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .env("PATH", util::path_with_cargo_bin())
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO"))?;
+    }
+    Ok(())
+}
+
+fn nightly_toolchain() -> Option<String> {
+    let out = Command::new("rustup").args(["toolchain", "list"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .find(|t| t.starts_with("nightly"))
+        .map(str::to_string)
+}
