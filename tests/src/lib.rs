@@ -1,1 +1,33 @@
-//! Test-only crate: see tests/.
+//! Helpers for xlate's tests: network namespaces that clean up after
+//! themselves, background processes that die with the test, and paths to
+//! the fixtures and the agent binary.
+
+pub mod netns;
+
+use std::path::PathBuf;
+
+/// Where the captures of the original Serval stack live.
+pub fn serval_fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/serval")
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    serval_fixtures().join(name)
+}
+
+/// The agent binary: `XLATE_USER_BIN` (set by `cargo xtask test`) or the
+/// workspace's debug build.
+pub fn xlate_user_bin() -> PathBuf {
+    let p = std::env::var_os("XLATE_USER_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xlate-user")
+    });
+    assert!(p.exists(), "{} missing: run the tests with `cargo xtask test`", p.display());
+    p
+}
+
+/// Kernel tests need root; fail loudly rather than pass without testing.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test loads BPF programs and creates network namespaces: run it as root (cargo xtask test)");
+}

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use pcap_file::{pcap::PcapReader, DataLink};
 use xlate_common::wire::{
     ipv4::Ipv4Packet,
-    packet::ServalRepr,
+    packet::{ServalRepr, Transport},
     sal::{Extension, SalPacket},
     tcp::TcpPacket,
     udp::UdpPacket,
@@ -303,6 +303,19 @@ fn describe_udp(line: &mut String, dgram: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
         (_, false) => "BAD",
     };
     let _ = write!(line, " cksum {status}");
+}
+
+/// The shape of a Serval packet, for comparing conversations regardless of
+/// addresses, flow IDs and sequence numbers: control flags, `shl`, and the
+/// transport's TCP flags (`none` for SAL-only packets), e.g. `SYN/17/S`.
+pub fn shape(p: &ServalRepr) -> String {
+    let control = p.sal.control.map_or_else(|| "-".to_string(), |c| c.flags.to_string());
+    let transport = match &p.transport {
+        Transport::None => "none".to_string(),
+        Transport::Tcp(t) => format!("{}", t.flags),
+        Transport::Udp(_) => "udp".to_string(),
+    };
+    format!("{control}/{}/{transport}", p.sal.header_len() / 4)
 }
 
 fn hex(b: &[u8]) -> String {
