@@ -18,10 +18,16 @@ pub fn fixture(name: &str) -> PathBuf {
 /// The agent binary: `XLATE_USER_BIN` (set by `cargo xtask test`) or the
 /// workspace's debug build.
 pub fn xlate_user_bin() -> PathBuf {
-    let p = std::env::var_os("XLATE_USER_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xlate-user")
-    });
-    assert!(p.exists(), "{} missing: run the tests with `cargo xtask test`", p.display());
+    let p = std::env::var_os("XLATE_USER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xlate-user")
+        });
+    assert!(
+        p.exists(),
+        "{} missing: run the tests with `cargo xtask test`",
+        p.display()
+    );
     p
 }
 

@@ -44,7 +44,10 @@ impl Netns {
 
     /// Runs a program in the namespace; returns its output (any status).
     pub fn output(&self, program: &str, args: &[&str]) -> Output {
-        self.cmd(program).args(args).output().expect("spawn in netns")
+        self.cmd(program)
+            .args(args)
+            .output()
+            .expect("spawn in netns")
     }
 
     /// Starts a background process in the namespace, killed on drop.
@@ -63,7 +66,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 if let Ok(pid) = pid.parse::<i32>() {
                     // SAFETY: signalling a pid we just listed.
@@ -71,7 +77,9 @@ impl Drop for Netns {
                 }
             }
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -80,7 +88,18 @@ impl Drop for Netns {
 /// the addresses (CIDR form) and brings both ends up.
 pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
     sh(Command::new("ip").args([
-        "link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if, "netns", b.name(),
+        "link",
+        "add",
+        a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
     ]));
     a.ip(&["addr", "add", a_addr, "dev", a_if]);
     b.ip(&["addr", "add", b_addr, "dev", b_if]);
@@ -89,7 +108,9 @@ pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: 
 }
 
 fn sh(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -107,7 +128,10 @@ pub struct Bg {
 impl Bg {
     fn new(mut child: Child) -> Bg {
         let stdout = child.stdout.take().map(BufReader::new);
-        Bg { child: Some(child), stdout }
+        Bg {
+            child: Some(child),
+            stdout,
+        }
     }
 
     pub fn pid(&self) -> i32 {

@@ -38,7 +38,11 @@ fn sal_datagrams(name: &str) -> (usize, Vec<Vec<u8>>) {
 }
 
 fn shapes(name: &str) -> Vec<String> {
-    sal_datagrams(name).1.iter().map(|d| shape(&ServalRepr::parse(d).unwrap())).collect()
+    sal_datagrams(name)
+        .1
+        .iter()
+        .map(|d| shape(&ServalRepr::parse(d).unwrap()))
+        .collect()
 }
 
 #[test]
@@ -48,10 +52,16 @@ fn every_capture_decodes_and_reemits_byte_for_byte() {
         assert_eq!(n, frames, "{name}: frame count");
         assert_eq!(datagrams.len(), sal, "{name}: SAL packet count");
         for (i, d) in datagrams.iter().enumerate() {
-            let repr = ServalRepr::parse(d).unwrap_or_else(|e| panic!("{name} SAL packet {}: {e}", i + 1));
+            let repr =
+                ServalRepr::parse(d).unwrap_or_else(|e| panic!("{name} SAL packet {}: {e}", i + 1));
             let mut again = vec![0u8; repr.buffer_len()];
             repr.emit(&mut again).unwrap();
-            assert_eq!(&again, d, "{name} SAL packet {}: re-emitted bytes differ", i + 1);
+            assert_eq!(
+                &again,
+                d,
+                "{name} SAL packet {}: re-emitted bytes differ",
+                i + 1
+            );
         }
     }
 }
@@ -62,8 +72,22 @@ fn handshake_data_close_has_the_documented_shape() {
     // ACK with SERVICE (shl 17), data at shl 3, then TCP FIN/ACK as data
     // interleaved with SAL FIN / SAL ACK both ways (no transport).
     let expect = [
-        "SYN/17/S", "SYN|ACK/8/S.", "ACK/17/.", "-/3/.", "-/3/P.", "-/3/.", "-/3/P.", "-/3/.",
-        "-/3/F.", "-/3/.", "FIN/8/none", "ACK/8/none", "-/3/F.", "-/3/.", "FIN/8/none", "ACK/8/none",
+        "SYN/17/S",
+        "SYN|ACK/8/S.",
+        "ACK/17/.",
+        "-/3/.",
+        "-/3/P.",
+        "-/3/.",
+        "-/3/P.",
+        "-/3/.",
+        "-/3/F.",
+        "-/3/.",
+        "FIN/8/none",
+        "ACK/8/none",
+        "-/3/F.",
+        "-/3/.",
+        "FIN/8/none",
+        "ACK/8/none",
     ];
     assert_eq!(shapes("handshake-data-close.pcap"), expect);
 }
@@ -77,11 +101,15 @@ fn service_router_adds_source_and_ttl() {
     assert_eq!(after.sal.header_len(), 80);
     assert_eq!(after.ip.ttl, before.ip.ttl - 1);
     let src = after.sal.source.expect("forwarded SYN carries SOURCE");
-    let want: [std::net::Ipv4Addr; 2] = ["10.0.1.1".parse().unwrap(), "10.0.1.254".parse().unwrap()];
+    let want: [std::net::Ipv4Addr; 2] =
+        ["10.0.1.1".parse().unwrap(), "10.0.1.254".parse().unwrap()];
     assert_eq!(src.as_slice(), &want);
     // The SYN-ACK appends the responder.
     let synack = ServalRepr::parse(&d[2]).unwrap();
-    assert_eq!(synack.sal.source.unwrap().last(), Some(&"10.0.2.2".parse().unwrap()));
+    assert_eq!(
+        synack.sal.source.unwrap().last(),
+        Some(&"10.0.2.2".parse().unwrap())
+    );
     // Flow IDs are untouched by the router.
     assert_eq!(before.sal.src_flowid, after.sal.src_flowid);
 }
@@ -93,7 +121,13 @@ fn migration_is_rsyn_rsynack_ack_from_the_new_address() {
     let ctl: Vec<(String, String, String)> = parsed
         .iter()
         .filter(|p| matches!(p.transport, Transport::None))
-        .map(|p| (p.sal.control.unwrap().flags.to_string(), p.ip.src_addr.to_string(), p.ip.dst_addr.to_string()))
+        .map(|p| {
+            (
+                p.sal.control.unwrap().flags.to_string(),
+                p.ip.src_addr.to_string(),
+                p.ip.dst_addr.to_string(),
+            )
+        })
         .step_by(2) // each appears twice: before and after the router
         .take(3)
         .collect();
@@ -106,9 +140,22 @@ fn migration_is_rsyn_rsynack_ack_from_the_new_address() {
         ]
     );
     // RSYN consumes one verno; the RSYN-ACK acknowledges it.
-    let rsyn = parsed.iter().find(|p| p.sal.control.is_some_and(|c| c.flags.to_string() == "RSYN")).unwrap();
-    let rack = parsed.iter().find(|p| p.sal.control.is_some_and(|c| c.flags.to_string() == "RSYN|ACK")).unwrap();
-    assert_eq!(rack.sal.control.unwrap().ackno, rsyn.sal.control.unwrap().verno.wrapping_add(1));
+    let rsyn = parsed
+        .iter()
+        .find(|p| p.sal.control.is_some_and(|c| c.flags.to_string() == "RSYN"))
+        .unwrap();
+    let rack = parsed
+        .iter()
+        .find(|p| {
+            p.sal
+                .control
+                .is_some_and(|c| c.flags.to_string() == "RSYN|ACK")
+        })
+        .unwrap();
+    assert_eq!(
+        rack.sal.control.unwrap().ackno,
+        rsyn.sal.control.unwrap().verno.wrapping_add(1)
+    );
 }
 
 #[test]

@@ -28,15 +28,22 @@ pub struct ServiceId(pub [u8; LEN]);
 pub enum ParseError {
     Empty,
     /// More than 64 hex digits.
-    TooLong { digits: usize },
+    TooLong {
+        digits: usize,
+    },
     /// A character that is not a hex digit, at this byte position.
-    BadHexDigit { position: usize, found: char },
+    BadHexDigit {
+        position: usize,
+        found: char,
+    },
     /// `dec:` followed by something that is not a decimal u32.
     BadDecimal,
     /// The prefix length after `:` is not a number from 0 to 256.
     BadPrefixLen,
     /// Bits set beyond the prefix length (like `ip route`'s "invalid prefix").
-    HostBitsSet { bits: u16 },
+    HostBitsSet {
+        bits: u16,
+    },
 }
 
 impl fmt::Display for ParseError {
@@ -275,7 +282,10 @@ mod tests {
     fn decimal_form_is_big_endian_in_bytes_0_to_3() {
         assert_eq!(id("dec:16386"), id("00004002"));
         assert_eq!(id("dec:4294967295"), id("ffffffff"));
-        assert_eq!("dec:4294967296".parse::<ServiceId>(), Err(ParseError::BadDecimal));
+        assert_eq!(
+            "dec:4294967296".parse::<ServiceId>(),
+            Err(ParseError::BadDecimal)
+        );
         assert_eq!("dec:".parse::<ServiceId>(), Err(ParseError::BadDecimal));
         assert_eq!("dec:-1".parse::<ServiceId>(), Err(ParseError::BadDecimal));
     }
@@ -293,11 +303,17 @@ mod tests {
         assert_eq!("0x".parse::<ServiceId>(), Err(ParseError::Empty));
         assert_eq!(
             "00g0".parse::<ServiceId>(),
-            Err(ParseError::BadHexDigit { position: 2, found: 'g' })
+            Err(ParseError::BadHexDigit {
+                position: 2,
+                found: 'g'
+            })
         );
         assert_eq!(
             "0x00g0".parse::<ServiceId>(),
-            Err(ParseError::BadHexDigit { position: 4, found: 'g' })
+            Err(ParseError::BadHexDigit {
+                position: 4,
+                found: 'g'
+            })
         );
         assert_eq!(
             "0".repeat(65).parse::<ServiceId>(),
@@ -305,7 +321,10 @@ mod tests {
         );
         assert_eq!(
             "00000050:8".parse::<ServiceId>(),
-            Err(ParseError::BadHexDigit { position: 8, found: ':' })
+            Err(ParseError::BadHexDigit {
+                position: 8,
+                found: ':'
+            })
         );
     }
 
@@ -317,11 +336,26 @@ mod tests {
         assert!(!p.matches(&id("00000051")));
         let d: ServicePrefix = "dec:16386:32".parse().unwrap();
         assert_eq!(d.id(), id("00004002"));
-        assert_eq!("ff:4".parse::<ServicePrefix>(), Err(ParseError::HostBitsSet { bits: 4 }));
-        assert_eq!("f0:4".parse::<ServicePrefix>().unwrap().to_string(), "f0000000:4");
-        assert_eq!("00:257".parse::<ServicePrefix>(), Err(ParseError::BadPrefixLen));
-        assert_eq!("00:".parse::<ServicePrefix>(), Err(ParseError::BadPrefixLen));
-        assert_eq!("00:x".parse::<ServicePrefix>(), Err(ParseError::BadPrefixLen));
+        assert_eq!(
+            "ff:4".parse::<ServicePrefix>(),
+            Err(ParseError::HostBitsSet { bits: 4 })
+        );
+        assert_eq!(
+            "f0:4".parse::<ServicePrefix>().unwrap().to_string(),
+            "f0000000:4"
+        );
+        assert_eq!(
+            "00:257".parse::<ServicePrefix>(),
+            Err(ParseError::BadPrefixLen)
+        );
+        assert_eq!(
+            "00:".parse::<ServicePrefix>(),
+            Err(ParseError::BadPrefixLen)
+        );
+        assert_eq!(
+            "00:x".parse::<ServicePrefix>(),
+            Err(ParseError::BadPrefixLen)
+        );
         assert_eq!("00:0".parse::<ServicePrefix>().unwrap().bits(), 0);
         assert_eq!("00000050".parse::<ServicePrefix>().unwrap().bits(), 256);
     }

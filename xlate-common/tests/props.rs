@@ -25,12 +25,14 @@ fn service_id() -> impl Strategy<Value = ServiceId> {
 }
 
 fn control() -> impl Strategy<Value = ControlRepr> {
-    (any::<u8>(), any::<u32>(), any::<u32>(), any::<[u8; 8]>()).prop_map(|(f, verno, ackno, nonce)| ControlRepr {
-        flags: ControlFlags::from_bits_truncate(f),
-        verno,
-        ackno,
-        nonce,
-    })
+    (any::<u8>(), any::<u32>(), any::<u32>(), any::<[u8; 8]>()).prop_map(
+        |(f, verno, ackno, nonce)| ControlRepr {
+            flags: ControlFlags::from_bits_truncate(f),
+            verno,
+            ackno,
+            nonce,
+        },
+    )
 }
 
 fn sal_repr(protocol: u8) -> impl Strategy<Value = SalRepr> {
@@ -61,8 +63,14 @@ fn sal_repr(protocol: u8) -> impl Strategy<Value = SalRepr> {
 fn tcp_options() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         Just(vec![]),
-        any::<u16>().prop_map(|m| { let b = m.to_be_bytes(); vec![2, 4, b[0], b[1]] }),
-        (any::<u16>(), 0u8..15).prop_map(|(m, ws)| { let b = m.to_be_bytes(); vec![2, 4, b[0], b[1], 1, 3, 3, ws] }),
+        any::<u16>().prop_map(|m| {
+            let b = m.to_be_bytes();
+            vec![2, 4, b[0], b[1]]
+        }),
+        (any::<u16>(), 0u8..15).prop_map(|(m, ws)| {
+            let b = m.to_be_bytes();
+            vec![2, 4, b[0], b[1], 1, 3, 3, ws]
+        }),
     ]
 }
 
@@ -233,4 +241,3 @@ proptest! {
         let _ = s.parse::<ServicePrefix>();
     }
 }
-

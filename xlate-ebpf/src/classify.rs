@@ -2,7 +2,12 @@
 //! and passes everything. The first program of the fast path, and the
 //! agent's `watch` tool.
 
-use aya_ebpf::{bindings::xdp_action, macros::{map, xdp}, maps::PerCpuArray, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
 use xlate_common::{
     maps::Counter,
     wire::{ipv4, sal, IPPROTO_SAL, IPPROTO_TCP},

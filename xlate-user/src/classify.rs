@@ -53,7 +53,8 @@ impl Classifier {
     pub fn load() -> Result<Self> {
         let mut ebpf = crate::ebpf::load()?;
         let prog: &mut Xdp = program(&mut ebpf)?;
-        prog.load().context("the kernel refused the classifier program")?;
+        prog.load()
+            .context("the kernel refused the classifier program")?;
         Ok(Classifier { ebpf })
     }
 

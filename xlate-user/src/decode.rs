@@ -48,7 +48,9 @@ impl Link {
         let (ethertype, at) = match self {
             Link::RawIp => return Ok(frame),
             Link::Ethernet => {
-                let Some(t) = be16(frame, 12) else { return Err(FrameKind::Short) };
+                let Some(t) = be16(frame, 12) else {
+                    return Err(FrameKind::Short);
+                };
                 if t == ETHERTYPE_VLAN {
                     (be16(frame, 16).ok_or(FrameKind::Short)?, 18)
                 } else {
@@ -105,7 +107,11 @@ pub fn read_pcap(path: &Path) -> Result<(Link, Vec<Vec<u8>>)> {
     let mut frames = Vec::new();
     while let Some(pkt) = reader.next_packet() {
         let pkt = pkt.with_context(|| {
-            format!("{}: packet {} is truncated or corrupt", path.display(), frames.len() + 1)
+            format!(
+                "{}: packet {} is truncated or corrupt",
+                path.display(),
+                frames.len() + 1
+            )
         })?;
         frames.push(pkt.data.into_owned());
     }
@@ -125,13 +131,20 @@ pub fn decode_file(path: &Path) -> Result<Vec<Decoded>> {
 pub fn decode_frame(number: usize, link: Link, frame: &[u8]) -> Decoded {
     let (line, verdict) = match link.ipv4(frame) {
         Ok(ip) => decode_ipv4(ip),
-        Err(FrameKind::Short) => (format!("short frame ({} bytes)", frame.len()), Verdict::NotServal),
+        Err(FrameKind::Short) => (
+            format!("short frame ({} bytes)", frame.len()),
+            Verdict::NotServal,
+        ),
         Err(FrameKind::Ethertype(t)) => (
             format!("{} (ethertype 0x{t:04x})", ethertype_name(t)),
             Verdict::NotServal,
         ),
     };
-    Decoded { number, line, verdict }
+    Decoded {
+        number,
+        line,
+        verdict,
+    }
 }
 
 fn ethertype_name(t: u16) -> &'static str {
@@ -285,7 +298,15 @@ fn describe_tcp(line: &mut String, seg: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
     if let Some(mss) = t.mss() {
         let _ = write!(line, " mss {mss}");
     }
-    let _ = write!(line, " cksum {}", if t.verify_checksum(src, dst) { "ok" } else { "BAD" });
+    let _ = write!(
+        line,
+        " cksum {}",
+        if t.verify_checksum(src, dst) {
+            "ok"
+        } else {
+            "BAD"
+        }
+    );
 }
 
 fn describe_udp(line: &mut String, dgram: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
@@ -296,7 +317,13 @@ fn describe_udp(line: &mut String, dgram: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
             return;
         }
     };
-    let _ = write!(line, " {}>{} len {}", u.src_port(), u.dst_port(), u.payload().len());
+    let _ = write!(
+        line,
+        " {}>{} len {}",
+        u.src_port(),
+        u.dst_port(),
+        u.payload().len()
+    );
     let status = match (u.checksum(), u.verify_checksum(src, dst)) {
         (0, _) => "none",
         (_, true) => "ok",
@@ -309,7 +336,10 @@ fn describe_udp(line: &mut String, dgram: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
 /// addresses, flow IDs and sequence numbers: control flags, `shl`, and the
 /// transport's TCP flags (`none` for SAL-only packets), e.g. `SYN/17/S`.
 pub fn shape(p: &ServalRepr) -> String {
-    let control = p.sal.control.map_or_else(|| "-".to_string(), |c| c.flags.to_string());
+    let control = p
+        .sal
+        .control
+        .map_or_else(|| "-".to_string(), |c| c.flags.to_string());
     let transport = match &p.transport {
         Transport::None => "none".to_string(),
         Transport::Tcp(t) => format!("{}", t.flags),

@@ -65,11 +65,22 @@ fn real_main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::setup().map(|_| ()),
         Cmd::Build { release } => build(release).map(|_| ()),
-        Cmd::Test { no_fuzz, fuzz_seconds, cargo_args } => test(no_fuzz, fuzz_seconds, &cargo_args),
+        Cmd::Test {
+            no_fuzz,
+            fuzz_seconds,
+            cargo_args,
+        } => test(no_fuzz, fuzz_seconds, &cargo_args),
         Cmd::Run { args } => {
             let bin = build(false)?;
-            let args = if args.is_empty() { vec!["--help".to_string()] } else { args };
-            let status = Command::new(&bin).args(&args).status().with_context(|| format!("starting {}", bin.display()))?;
+            let args = if args.is_empty() {
+                vec!["--help".to_string()]
+            } else {
+                args
+            };
+            let status = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("starting {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
     }
@@ -95,7 +106,8 @@ fn build(release: bool) -> Result<PathBuf> {
         bail!("the eBPF build succeeded but {} is missing", obj.display());
     }
     let mut cmd = Command::new(cargo());
-    cmd.current_dir(workspace_root()).args(["build", "-p", "xlate-user"]);
+    cmd.current_dir(workspace_root())
+        .args(["build", "-p", "xlate-user"]);
     if release {
         cmd.arg("--release");
     }
@@ -118,26 +130,79 @@ fn test(no_fuzz: bool, fuzz_seconds: u32, cargo_args: &[String]) -> Result<()> {
     setup::setup()?;
     let bin = build(false)?;
     println!("test: cargo test --workspace");
-    run(Command::new(cargo())
-        .current_dir(workspace_root())
-        .args(["test", "--workspace"])
-        .args(cargo_args)
-        .env("XLATE_EBPF_OBJECT", ebpf_object())
-        .env("XLATE_USER_BIN", &bin))?;
-    if no_fuzz {
+    let tally = cargo_test(
+        Command::new(cargo())
+            .current_dir(workspace_root())
+            .args(["test", "--workspace"])
+            .args(cargo_args)
+            .env("XLATE_EBPF_OBJECT", ebpf_object())
+            .env("XLATE_USER_BIN", &bin),
+    )?;
+    let fuzzed = if no_fuzz {
         println!("test: fuzzing smoke run skipped (--no-fuzz)");
+        0
     } else {
-        fuzz_smoke(fuzz_seconds)?;
+        fuzz_smoke(fuzz_seconds)?
+    };
+    if tally.passed == 0 {
+        bail!("no test ran");
     }
-    println!("test: all passed");
+    // The plain closing line CI reads, counting every test and fuzz target.
+    println!(
+        "xtask: {} passed, {} failed",
+        tally.passed + fuzzed,
+        tally.failed
+    );
     Ok(())
 }
 
-/// Runs each fuzz target briefly with cargo-fuzz on a nightly toolchain.
-fn fuzz_smoke(seconds: u32) -> Result<()> {
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test`, echoing its output, and adds up its result lines.
+fn cargo_test(cmd: &mut Command) -> Result<Tally> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let mut tally = Tally::default();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        // "test result: ok. 11 passed; 0 failed; 0 ignored; …"
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let words: Vec<&str> = part.split_whitespace().collect();
+                match words.as_slice() {
+                    [.., n, "passed"] => tally.passed += n.parse::<u64>().unwrap_or(0),
+                    [n, "failed"] => tally.failed += n.parse::<u64>().unwrap_or(0),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        println!(
+            "xtask: {} passed, {} failed",
+            tally.passed,
+            tally.failed.max(1)
+        );
+        bail!("cargo test failed with {status}");
+    }
+    Ok(tally)
+}
+
+/// Runs each fuzz target briefly with cargo-fuzz on a nightly toolchain;
+/// returns how many targets ran clean.
+fn fuzz_smoke(seconds: u32) -> Result<u64> {
     let Some(nightly) = nightly_toolchain() else {
         println!("test: fuzzing smoke run skipped: no nightly toolchain (see docs/testing.md)");
-        return Ok(());
+        return Ok(0);
     };
     if util::which("cargo-fuzz").is_none() && !util::home_cargo_bin().join("cargo-fuzz").exists() {
         println!("test: installing cargo-fuzz (once)");
@@ -145,7 +210,8 @@ fn fuzz_smoke(seconds: u32) -> Result<()> {
             .args(["install", "--locked", "cargo-fuzz"])
             .env_remove("RUSTUP_TOOLCHAIN"))?;
     }
-    for target in ["sal_parse", "packet_parse"] {
+    let targets = ["sal_parse", "packet_parse"];
+    for target in targets {
         println!("test: fuzzing {target} for {seconds} s");
         run(Command::new("rustup")
             .current_dir(workspace_root())
@@ -155,11 +221,14 @@ fn fuzz_smoke(seconds: u32) -> Result<()> {
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("CARGO"))?;
     }
-    Ok(())
+    Ok(targets.len() as u64)
 }
 
 fn nightly_toolchain() -> Option<String> {
-    let out = Command::new("rustup").args(["toolchain", "list"]).output().ok()?;
+    let out = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .ok()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())

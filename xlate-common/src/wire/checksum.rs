@@ -105,7 +105,9 @@ mod tests {
 
     #[test]
     fn data_with_its_checksum_sums_to_minus_zero() {
-        let mut data = [0x45, 0x00, 0x00, 0x54, 0x12, 0x34, 0x40, 0x00, 0x40, 0x01, 0, 0];
+        let mut data = [
+            0x45, 0x00, 0x00, 0x54, 0x12, 0x34, 0x40, 0x00, 0x40, 0x01, 0, 0,
+        ];
         let c = checksum(&data);
         data[10..12].copy_from_slice(&c.to_be_bytes());
         assert_eq!(fold(sum(&data)), 0xffff);

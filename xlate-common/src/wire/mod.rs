@@ -26,7 +26,11 @@ pub const IPPROTO_ICMP: u8 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
     /// The buffer ends before a header that must be there.
-    Truncated { what: &'static str, need: usize, have: usize },
+    Truncated {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
     /// IPv4 version field is not 4.
     BadIpVersion(u8),
     /// IPv4 IHL below 5 words or beyond the buffer.
@@ -38,7 +42,11 @@ pub enum Error {
     /// An extension's type nibble is not one the stack knows.
     UnknownExtension { offset: usize, type_byte: u8 },
     /// An extension's length byte is wrong for its type.
-    BadExtensionLength { offset: usize, kind: &'static str, len: u8 },
+    BadExtensionLength {
+        offset: usize,
+        kind: &'static str,
+        len: u8,
+    },
     /// Extensions do not exactly fill `shl*4 - 12` bytes.
     ExtensionOverrun { offset: usize, len: u8, end: usize },
     /// More than 10 extensions.
@@ -50,7 +58,11 @@ pub enum Error {
     /// UDP length field inconsistent with the buffer.
     BadUdpLength { len: u16, buffer: usize },
     /// A checksum does not verify.
-    BadChecksum { what: &'static str, found: u16, expected: u16 },
+    BadChecksum {
+        what: &'static str,
+        found: u16,
+        expected: u16,
+    },
     /// A representation cannot be emitted as it stands.
     Unrepresentable(&'static str),
 }
@@ -87,7 +99,11 @@ impl fmt::Display for Error {
                 f,
                 "UDP length {len} does not fit the 8-byte header or the {buffer}-byte buffer"
             ),
-            Error::BadChecksum { what, found, expected } => write!(
+            Error::BadChecksum {
+                what,
+                found,
+                expected,
+            } => write!(
                 f,
                 "bad {what} checksum 0x{found:04x}, expected 0x{expected:04x}"
             ),
@@ -102,7 +118,11 @@ pub type Result<T> = core::result::Result<T, Error>;
 #[inline(always)]
 pub(crate) fn need(what: &'static str, buf: &[u8], need: usize) -> Result<()> {
     if buf.len() < need {
-        Err(Error::Truncated { what, need, have: buf.len() })
+        Err(Error::Truncated {
+            what,
+            need,
+            have: buf.len(),
+        })
     } else {
         Ok(())
     }

@@ -259,7 +259,9 @@ impl<'a> TcpRepr<'a> {
         dst: Ipv4Addr,
     ) -> Result<()> {
         if self.options.len() % 4 != 0 || self.options.len() > 40 {
-            return Err(Error::Unrepresentable("TCP options not a multiple of 4 bytes up to 40"));
+            return Err(Error::Unrepresentable(
+                "TCP options not a multiple of 4 bytes up to 40",
+            ));
         }
         let (hl, total) = (self.header_len(), self.buffer_len());
         let b = p.buffer.as_mut();
