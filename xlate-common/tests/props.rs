@@ -9,7 +9,10 @@ use xlate_common::wire::{
     checksum,
     ipv4::{Ipv4Packet, Ipv4Repr},
     packet::{ServalRepr, Transport},
-    sal::{ControlFlags, ControlRepr, FlowId, SalPacket, SalRepr, ServiceList, SourceAddrs},
+    sal::{
+        ControlFlags, ControlRepr, Extension, FlowId, SalPacket, SalRepr, ServiceList, SourceAddrs,
+        SourceView,
+    },
     tcp::{TcpFlags, TcpPacket, TcpRepr},
     udp::{UdpPacket, UdpRepr},
     IPPROTO_SAL, IPPROTO_TCP,
@@ -137,6 +140,51 @@ proptest! {
         let mut again = vec![0u8; n];
         parsed.emit(&mut again).unwrap();
         prop_assert_eq!(again, buf);
+    }
+
+    /// Any sequence of extensions of every kind (PAD and ADDRESS too),
+    /// emitted one after another, parses back to the same sequence.
+    #[test]
+    fn extension_sequences_round_trip(kinds in proptest::collection::vec((0u8..5, any::<[u8; 32]>(), 0usize..4), 0..6),
+                                      c in control(), src in proptest::collection::vec(addr(), 2..=20)) {
+        let src_bytes: Vec<u8> = src.iter().flat_map(|a| a.octets()).collect();
+        let mut bodies: Vec<Vec<u8>> = Vec::new();
+        for (k, bytes, n) in &kinds {
+            if *k == 3 {
+                let mut body = vec![0u8; 12 + 4 * n];
+                for (i, b) in body.iter_mut().enumerate().skip(2) { *b = bytes[i % 32]; }
+                body[0] = 0x30;
+                body[1] = (12 + 4 * n) as u8;
+                bodies.push(body);
+            }
+        }
+        let mut bodies_iter = bodies.iter();
+        let (mut ctl, mut svc, mut source) = (0, 0, 0);
+        let mut exts = Vec::new();
+        for (k, bytes, _) in &kinds {
+            let e = match k {
+                0 => Extension::Pad,
+                1 if ctl == 0 => { ctl += 1; Extension::Control(c) }
+                2 if svc < 2 => { svc += 1; Extension::Service(ServiceId(*bytes)) }
+                3 => Extension::Address(bodies_iter.next().unwrap()),
+                4 if source == 0 => { source += 1; Extension::Source(SourceView::new(&src_bytes)) }
+                _ => continue,
+            };
+            exts.push(e);
+        }
+        let ext_len: usize = exts.iter().map(|e| e.buffer_len()).sum();
+        let hl = (12 + ext_len).div_ceil(4) * 4;
+        let mut buf = vec![0u8; hl];
+        buf[8] = (hl / 4) as u8;
+        let mut at = 12;
+        for e in &exts { at += e.emit(&mut buf[at..]).unwrap(); }
+        // Trailing bytes up to the word boundary are PAD (zero).
+        let pads = hl - at;
+        let pkt = SalPacket::new_checked(&buf[..]).unwrap();
+        let parsed: Vec<Extension> = pkt.extensions().map(|e| e.unwrap()).collect();
+        prop_assert_eq!(&parsed[..exts.len()], &exts[..]);
+        prop_assert_eq!(parsed.len() - exts.len(), pads);
+        prop_assert!(parsed[exts.len()..].iter().all(|e| *e == Extension::Pad));
     }
 
     /// Arbitrary bytes: the checked constructors and everything reachable

@@ -351,3 +351,85 @@ pub fn shape(p: &ServalRepr) -> String {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal valid SAL data packet (shl 3, SAL-only) from 10.0.0.1 to 10.0.0.2.
+    fn sal_datagram() -> Vec<u8> {
+        use xlate_common::wire::{
+            ipv4::Ipv4Repr,
+            sal::{FlowId, SalRepr},
+        };
+        let repr = ServalRepr {
+            ip: Ipv4Repr {
+                src_addr: Ipv4Addr::new(10, 0, 0, 1),
+                dst_addr: Ipv4Addr::new(10, 0, 0, 2),
+                protocol: IPPROTO_SAL,
+                payload_len: 0,
+                ttl: 64,
+                tos: 0,
+                ident: 1,
+                dont_frag: false,
+            },
+            sal: SalRepr::data(FlowId(7), FlowId(9), IPPROTO_TCP),
+            transport: Transport::None,
+        };
+        let mut b = vec![0u8; repr.buffer_len()];
+        repr.emit(&mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn every_link_type_finds_the_datagram() {
+        let ip = sal_datagram();
+        let mut eth = vec![0u8; 12];
+        eth.extend_from_slice(&[0x08, 0x00]);
+        eth.extend_from_slice(&ip);
+        let mut vlan = vec![0u8; 12];
+        vlan.extend_from_slice(&[0x81, 0x00, 0x00, 0x05, 0x08, 0x00]);
+        vlan.extend_from_slice(&ip);
+        let mut sll = vec![0u8; 14];
+        sll.extend_from_slice(&[0x08, 0x00]);
+        sll.extend_from_slice(&ip);
+        let mut sll2 = vec![0x08, 0x00];
+        sll2.extend_from_slice(&[0u8; 18]);
+        sll2.extend_from_slice(&ip);
+        for (link, frame) in [
+            (Link::Ethernet, &eth),
+            (Link::Ethernet, &vlan),
+            (Link::Sll, &sll),
+            (Link::Sll2, &sll2),
+            (Link::RawIp, &ip),
+        ] {
+            let d = decode_frame(1, link, frame);
+            assert_eq!(d.verdict, Verdict::Valid, "{link:?}: {}", d.line);
+            assert!(d.line.contains("flow 7>9 shl 3"), "{}", d.line);
+        }
+        let mut arp = eth.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(
+            decode_frame(1, Link::Ethernet, &arp).line,
+            "ARP (ethertype 0x0806)"
+        );
+        assert_eq!(
+            decode_frame(1, Link::Ethernet, &eth[..5]).verdict,
+            Verdict::NotServal
+        );
+    }
+
+    #[test]
+    fn truncated_sal_is_invalid_not_a_panic() {
+        let mut ip = sal_datagram();
+        ip.truncate(20 + 6);
+        let mut hdr = xlate_common::wire::ipv4::Ipv4Packet::new_unchecked(&mut ip[..]);
+        hdr.set_total_len(26);
+        hdr.fill_checksum();
+        let (line, verdict) = decode_ipv4(&ip);
+        assert!(
+            matches!(verdict, Verdict::Invalid(ref why) if why.contains("truncated SAL base header")),
+            "{line}"
+        );
+    }
+}

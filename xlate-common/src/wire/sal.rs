@@ -258,11 +258,71 @@ pub enum Extension<'a> {
     Source(SourceView<'a>),
 }
 
+impl Extension<'_> {
+    /// Bytes this extension takes in a header.
+    pub fn buffer_len(&self) -> usize {
+        match self {
+            Extension::Pad => 1,
+            Extension::Control(_) => CONTROL_LEN,
+            Extension::Service(_) => SERVICE_LEN,
+            Extension::Address(body) => body.len(),
+            Extension::Source(v) => 4 + v.0.len(),
+        }
+    }
+
+    /// Writes the extension at the start of `b` (reserved fields zero);
+    /// returns the bytes written. `Address` carries its whole body, type
+    /// and length bytes included, and is written with its type byte fixed.
+    pub fn emit(&self, b: &mut [u8]) -> Result<usize> {
+        let len = self.buffer_len();
+        need("SAL extension buffer", b, len)?;
+        match self {
+            Extension::Pad => b[0] = ext_type::PAD,
+            Extension::Control(c) => c.emit(&mut b[..CONTROL_LEN]),
+            Extension::Service(id) => {
+                b[0] = ext_type::SERVICE;
+                b[1] = SERVICE_LEN as u8;
+                put16(b, 2, 0);
+                b[4..SERVICE_LEN].copy_from_slice(id.as_bytes());
+            }
+            Extension::Address(body) => {
+                if body.len() < ADDRESS_MIN_LEN
+                    || (body.len() - ADDRESS_MIN_LEN) % 4 != 0
+                    || body.len() > 255
+                {
+                    return Err(Error::Unrepresentable(
+                        "ADDRESS extension length is not 12+4n",
+                    ));
+                }
+                b[..len].copy_from_slice(body);
+                b[0] = ext_type::ADDRESS;
+                b[1] = len as u8;
+            }
+            Extension::Source(v) => {
+                if !(SOURCE_MIN_ADDRS..=SOURCE_MAX_ADDRS).contains(&v.len()) || v.0.len() % 4 != 0 {
+                    return Err(Error::Unrepresentable(
+                        "SOURCE extension needs 2 to 20 addresses",
+                    ));
+                }
+                b[0] = ext_type::SOURCE;
+                b[1] = len as u8;
+                put16(b, 2, 0);
+                b[4..len].copy_from_slice(v.0);
+            }
+        }
+        Ok(len)
+    }
+}
+
 /// The address list of a SOURCE extension, as bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SourceView<'a>(&'a [u8]);
 
 impl<'a> SourceView<'a> {
+    /// A view over `4*n` address bytes (for building a SOURCE to emit).
+    pub fn new(addr_bytes: &'a [u8]) -> Self {
+        SourceView(addr_bytes)
+    }
     pub fn len(&self) -> usize {
         self.0.len() / 4
     }
