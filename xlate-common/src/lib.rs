@@ -5,6 +5,7 @@
 //! code; the `user` feature adds what only user space needs.
 #![cfg_attr(not(test), no_std)]
 
+pub mod flow;
 pub mod maps;
 pub mod service_id;
 pub mod wire;

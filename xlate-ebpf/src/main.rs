@@ -2,8 +2,10 @@
 //! the ones a mode needs.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 mod classify;
+mod host;
 mod packet;
 
 #[cfg(not(test))]

@@ -3,3 +3,6 @@
 pub mod classify;
 pub mod decode;
 pub mod ebpf;
+pub mod host;
+pub mod netif;
+pub mod rawsock;

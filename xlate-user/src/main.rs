@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use aya::programs::XdpMode;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use xlate_user::{
     classify::Classifier,
     decode::{decode_file, Verdict},
+    host::{self, Connect, HostOptions, Route, Serve},
 };
 
 /// xlate: lets unmodified TCP/IPv4 clients reach Serval services.
@@ -51,6 +52,58 @@ enum Command {
         #[arg(long)]
         duration: Option<f64>,
     },
+    /// Host mode: this host's ordinary TCP servers and clients speak Serval
+    /// on the wire of one interface (the kernel's TCP does the transport,
+    /// xlate adds the service access layer). Runs until Ctrl-C/SIGTERM.
+    Host(HostCmd),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct HostCmd {
+    #[command(subcommand)]
+    action: Option<HostAction>,
+    /// The interface that carries SAL (its first IPv4 address is this
+    /// host's Serval address).
+    #[arg(long)]
+    iface: Option<String>,
+    /// Deliver SAL connections for service SID to the local TCP server on
+    /// PORT (SID in any form: 00000050, dec:80, full 64 hex digits).
+    #[arg(long = "serve", value_name = "SID=PORT")]
+    serve: Vec<Serve>,
+    /// Local applications that connect to ADDR:PORT reach service SID.
+    #[arg(long = "connect", value_name = "SID=ADDR:PORT")]
+    connect: Vec<Connect>,
+    /// Send SYNs for services matching the prefix to these hosts (longest
+    /// prefix wins; one target per connection). Without a match SYNs go
+    /// to the interface broadcast address.
+    #[arg(long = "route", value_name = "SID[:BITS]=IP[,IP...]")]
+    route: Vec<Route>,
+    /// Free a flow that has carried no packet for this many seconds.
+    #[arg(long, default_value_t = 600)]
+    idle_timeout: u64,
+}
+
+#[derive(Subcommand)]
+enum HostAction {
+    /// List the live SAL flows of the instance on --iface.
+    Flows {
+        #[arg(long)]
+        iface: String,
+    },
+    /// Print the instance's counters (translated, dropped by reason, control plane).
+    Stats {
+        #[arg(long)]
+        iface: String,
+    },
+    /// Move this host's live flows to another local address (RSYN).
+    Migrate {
+        #[arg(long)]
+        iface: String,
+        /// The new address (already configured on the interface).
+        #[arg(long)]
+        to: std::net::Ipv4Addr,
+    },
 }
 
 /// XDP attach mode, as operators know it from `ip link set … xdp*`.
@@ -84,6 +137,7 @@ fn main() -> ExitCode {
             interval,
             duration,
         } => watch(&iface, xdp_mode.into(), interval, duration).map(|_| ExitCode::SUCCESS),
+        Command::Host(h) => host_cmd(h).map(|_| ExitCode::SUCCESS),
     };
     match r {
         Ok(code) => code,
@@ -164,4 +218,36 @@ fn watch(iface: &str, mode: XdpMode, interval: f64, duration: Option<f64>) -> Re
     })?;
     println!("final {}", classifier.counters()?);
     Ok(())
+}
+
+fn host_cmd(h: HostCmd) -> Result<()> {
+    match h.action {
+        Some(HostAction::Flows { iface }) => {
+            println!("{}", host::FLOWS_HEADER);
+            for row in host::flows(&iface)? {
+                println!("{row}");
+            }
+            Ok(())
+        }
+        Some(HostAction::Stats { iface }) => {
+            for (name, v) in host::stats(&iface)? {
+                println!("{name} {v}");
+            }
+            Ok(())
+        }
+        Some(HostAction::Migrate { iface, to }) => {
+            println!("{}", host::migrate(&iface, to)?);
+            Ok(())
+        }
+        None => {
+            let iface = h.iface.context("--iface is required")?;
+            host::run(HostOptions {
+                iface,
+                serve: h.serve,
+                connect: h.connect,
+                routes: h.route,
+                idle_timeout: Duration::from_secs(h.idle_timeout),
+            })
+        }
+    }
 }

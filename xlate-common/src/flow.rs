@@ -1,0 +1,320 @@
+//! Per-flow state of the translation core, shared by the kernel programs
+//! (which create flows and translate packets) and the agent (which runs
+//! the SAL control plane: FIN, RST, RSYN, retransmission, expiry).
+//!
+//! Ownership rule, to keep kernel and agent from overwriting each other's
+//! writes: the kernel writes [`FlowState`] (the agent only reads it and
+//! deletes it), the agent writes [`FlowAddrs`] after creation (migration).
+
+/// Host-mode map names (also their pin names).
+pub mod names {
+    pub const CONFIG: &str = "HOST_CONFIG";
+    pub const SERVE: &str = "HOST_SERVE";
+    pub const CONNECT: &str = "HOST_CONNECT";
+    pub const ROUTES: &str = "HOST_ROUTES";
+    pub const FLOWS: &str = "HOST_FLOWS";
+    pub const ADDRS: &str = "HOST_ADDRS";
+    pub const TUPLES: &str = "HOST_TUPLES";
+    pub const PEERS: &str = "HOST_PEERS";
+    pub const NEXT_FLOW: &str = "HOST_NEXT_FLOW";
+    pub const EVENTS: &str = "HOST_EVENTS";
+    pub const COUNTERS: &str = "HOST_COUNTERS";
+}
+
+pub const MAX_FLOWS: u32 = 65536;
+pub const MAX_ROUTE_TARGETS: usize = 8;
+
+/// Interface-wide settings written by the agent before attaching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct HostConfig {
+    /// Primary IPv4 address: TCP identity and SAL source of new flows.
+    pub addr: [u8; 4],
+    /// Interface broadcast address: where SYNs without a route go.
+    pub broadcast: [u8; 4],
+    pub mac: [u8; 6],
+    /// Largest MSS that fits the MTU with IPv4 + SAL + TCP headers.
+    pub max_mss: u16,
+}
+
+/// Which end of the SAL handshake this host plays for a flow.
+pub mod role {
+    pub const CLIENT: u8 = 1;
+    pub const SERVER: u8 = 2;
+}
+
+/// Where a flow is in the handshake.
+pub mod state {
+    /// Client: SYN sent, waiting for SYN-ACK.
+    pub const SYN_SENT: u8 = 1;
+    /// Server: SYN received and delivered, waiting for the third ACK.
+    pub const SYN_RCVD: u8 = 2;
+    /// Client: SYN-ACK received; egress keeps the CONTROL+SERVICE ACK form
+    /// until the server proves it knows the flow (serval-wire §5.4).
+    pub const ACK_PENDING: u8 = 3;
+    pub const ESTABLISHED: u8 = 4;
+
+    pub fn name(s: u8) -> &'static str {
+        match s {
+            SYN_SENT => "SYN_SENT",
+            SYN_RCVD => "SYN_RCVD",
+            ACK_PENDING => "ACK_PENDING",
+            ESTABLISHED => "ESTABLISHED",
+            _ => "?",
+        }
+    }
+}
+
+/// Bits of [`FlowState::flags`].
+pub mod flag {
+    /// The local TCP sent its FIN; `local_fin_ack` is valid.
+    pub const LOCAL_FIN: u8 = 0x01;
+    /// The peer acknowledged the local FIN; the agent was told.
+    pub const LOCAL_FIN_ACKED: u8 = 0x02;
+    pub const HAS_PEER_MAC: u8 = 0x04;
+    /// The local TCP sent a RST; the agent was told.
+    pub const LOCAL_RST: u8 = 0x08;
+}
+
+/// A flow as the kernel keeps it. Addresses and ports in network order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct FlowState {
+    pub service_id: [u8; 32],
+    pub local_nonce: [u8; 8],
+    pub peer_nonce: [u8; 8],
+    pub local_flow: u32,
+    pub peer_flow: u32,
+    /// Verno of our SYN (the SAL sequence space starts here).
+    pub local_verno: u32,
+    /// Verno of the peer's SYN or SYN-ACK.
+    pub peer_verno: u32,
+    /// The local TCP's view: its own address/port and the peer's.
+    pub tcp_local_addr: [u8; 4],
+    pub tcp_peer_addr: [u8; 4],
+    pub tcp_local_port: [u8; 2],
+    pub tcp_peer_port: [u8; 2],
+    pub role: u8,
+    pub state: u8,
+    pub flags: u8,
+    pub _pad: u8,
+    pub peer_mac: [u8; 6],
+    pub _pad2: [u8; 2],
+    /// TCP ack number that acknowledges the local FIN.
+    pub local_fin_ack: u32,
+    /// Next TCP sequence number expected from the peer (for injecting a
+    /// RST the local socket accepts when the peer resets the flow).
+    pub peer_next_seq: u32,
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+/// The current SAL-side addresses of a flow (migration changes them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct FlowAddrs {
+    pub local_ip: [u8; 4],
+    pub peer_ip: [u8; 4],
+}
+
+/// (peer IP, peer flow ID): recognises a retransmitted SYN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct PeerKey {
+    pub peer_ip: [u8; 4],
+    pub peer_flow: u32,
+}
+
+/// Local TCP port that serves a service ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct ServeEntry {
+    /// Network order.
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+/// Instances a service prefix resolves to (value of the LPM routes map;
+/// the key is the prefix length plus the 32-byte service ID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct RouteTargets {
+    pub addrs: [[u8; 4]; MAX_ROUTE_TARGETS],
+    pub count: u32,
+}
+
+/// What the kernel asks of the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct Event {
+    pub kind: u32,
+    pub flow: u32,
+}
+
+pub mod event {
+    pub const NEW_FLOW: u32 = 1;
+    /// The peer acknowledged the local TCP FIN: send a SAL FIN.
+    pub const LOCAL_FIN_ACKED: u32 = 2;
+    /// The local TCP reset the connection: send a SAL RST, free the flow.
+    pub const LOCAL_RST: u32 = 3;
+    pub const ESTABLISHED: u32 = 4;
+}
+
+/// Host-mode counters, kernel and agent reasons in one per-CPU array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum HostCounter {
+    EgressTranslated = 0,
+    EgressSyn,
+    EgressNotOurs,
+    EgressGso,
+    EgressError,
+    IngressTranslated,
+    IngressSyn,
+    IngressSynAck,
+    IngressToAgent,
+    IngressNotSal,
+    DropBadChecksum,
+    DropBadLength,
+    DropBadExtension,
+    DropUnknownFlow,
+    DropUnknownService,
+    DropBadNonce,
+    DropBadAck,
+    DropTableFull,
+    DropIpOptions,
+    IngressError,
+    // Agent (control plane):
+    CtlFinRcvd,
+    CtlAckRcvd,
+    CtlRstRcvd,
+    CtlRsynRcvd,
+    CtlSent,
+    CtlRetransmit,
+    CtlDropUnknownFlow,
+    CtlDropBadNonce,
+    CtlDropMalformed,
+    CtlStale,
+    FlowsFreed,
+    FlowsExpired,
+}
+
+impl HostCounter {
+    pub const COUNT: usize = 32;
+    pub const ALL: [HostCounter; HostCounter::COUNT] = {
+        use HostCounter::*;
+        [
+            EgressTranslated,
+            EgressSyn,
+            EgressNotOurs,
+            EgressGso,
+            EgressError,
+            IngressTranslated,
+            IngressSyn,
+            IngressSynAck,
+            IngressToAgent,
+            IngressNotSal,
+            DropBadChecksum,
+            DropBadLength,
+            DropBadExtension,
+            DropUnknownFlow,
+            DropUnknownService,
+            DropBadNonce,
+            DropBadAck,
+            DropTableFull,
+            DropIpOptions,
+            IngressError,
+            CtlFinRcvd,
+            CtlAckRcvd,
+            CtlRstRcvd,
+            CtlRsynRcvd,
+            CtlSent,
+            CtlRetransmit,
+            CtlDropUnknownFlow,
+            CtlDropBadNonce,
+            CtlDropMalformed,
+            CtlStale,
+            FlowsFreed,
+            FlowsExpired,
+        ]
+    };
+
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+
+    pub const fn name(self) -> &'static str {
+        use HostCounter::*;
+        match self {
+            EgressTranslated => "egress_translated",
+            EgressSyn => "egress_syn",
+            EgressNotOurs => "egress_not_ours",
+            EgressGso => "egress_gso_dropped",
+            EgressError => "egress_error",
+            IngressTranslated => "ingress_translated",
+            IngressSyn => "ingress_syn",
+            IngressSynAck => "ingress_synack",
+            IngressToAgent => "ingress_control_to_agent",
+            IngressNotSal => "ingress_not_sal",
+            DropBadChecksum => "drop_bad_checksum",
+            DropBadLength => "drop_bad_length",
+            DropBadExtension => "drop_bad_extension",
+            DropUnknownFlow => "drop_unknown_flow",
+            DropUnknownService => "drop_unknown_service",
+            DropBadNonce => "drop_bad_nonce",
+            DropBadAck => "drop_bad_ackno",
+            DropTableFull => "drop_table_full",
+            DropIpOptions => "drop_ip_options",
+            IngressError => "ingress_error",
+            CtlFinRcvd => "ctl_fin_received",
+            CtlAckRcvd => "ctl_ack_received",
+            CtlRstRcvd => "ctl_rst_received",
+            CtlRsynRcvd => "ctl_rsyn_received",
+            CtlSent => "ctl_sent",
+            CtlRetransmit => "ctl_retransmitted",
+            CtlDropUnknownFlow => "ctl_drop_unknown_flow",
+            CtlDropBadNonce => "ctl_drop_bad_nonce",
+            CtlDropMalformed => "ctl_drop_malformed",
+            CtlStale => "ctl_stale_answered",
+            FlowsFreed => "flows_freed",
+            FlowsExpired => "flows_expired",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), explicit padding fields, every bit pattern valid.
+    unsafe impl aya::Pod for super::HostConfig {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::FlowAddrs {}
+    unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::ServeEntry {}
+    unsafe impl aya::Pod for super::RouteTargets {}
+    unsafe impl aya::Pod for super::Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<HostConfig>(), 16);
+        assert_eq!(size_of::<FlowState>(), 32 + 16 + 16 + 12 + 4 + 8 + 8 + 16);
+        assert_eq!(size_of::<FlowAddrs>(), 8);
+        assert_eq!(size_of::<PeerKey>(), 8);
+        assert_eq!(size_of::<RouteTargets>(), 36);
+    }
+
+    #[test]
+    fn counters_dense_and_unique() {
+        for (i, c) in HostCounter::ALL.iter().enumerate() {
+            assert_eq!(c.index() as usize, i);
+            for d in &HostCounter::ALL[i + 1..] {
+                assert_ne!(c.name(), d.name());
+            }
+        }
+    }
+}

@@ -1,0 +1,959 @@
+//! Host mode: the local kernel's TCP speaks SAL on the wire.
+//!
+//! `xlate_host_egress` (TC egress) turns the local TCP's segments into SAL
+//! packets; `xlate_host_ingress` (TC ingress) turns SAL packets back into
+//! TCP segments for the local stack. SAL-only control packets (FIN, ACK,
+//! RST, RSYN) are left to the agent, which receives them on its raw
+//! protocol-144 socket. See docs/host-mode.md.
+//!
+//! Both directions run on skbs (TC), not XDP: egress has no XDP hook, and
+//! on ingress the skb helpers keep checksum offload state (CHECKSUM_PARTIAL
+//! / COMPLETE) and GRO/GSO metadata right when headers grow or shrink.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::{classifier, map},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use xlate_common::{
+    flow::{
+        event, flag, role, state, Event, FlowAddrs, FlowState, HostConfig, HostCounter, PeerKey,
+        RouteTargets, ServeEntry, MAX_FLOWS, MAX_ROUTE_TARGETS,
+    },
+    maps::{FlowKey, ServiceEntry, ServiceKey},
+    wire::{sal, IPPROTO_SAL, IPPROTO_TCP},
+};
+
+const ETH_LEN: usize = 14;
+const IP_OFF: usize = ETH_LEN;
+const L4_OFF: usize = ETH_LEN + 20;
+const ETH_P_IP_BE: u16 = 0x0008; // 0x0800 as read raw on little-endian
+const BPF_F_PSEUDO_HDR: u64 = 0x10;
+const BPF_ADJ_ROOM_NET: u32 = 0;
+const PACKET_HOST: u32 = 0;
+const SCRATCH_LEN: usize = 256;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+#[map(name = "HOST_CONFIG")]
+static CONFIG: Array<HostConfig> = Array::with_max_entries(1, 0);
+#[map(name = "HOST_SERVE")]
+static SERVE: HashMap<[u8; 32], ServeEntry> = HashMap::with_max_entries(1024, 0);
+#[map(name = "HOST_CONNECT")]
+static CONNECT: HashMap<ServiceKey, ServiceEntry> = HashMap::with_max_entries(1024, 0);
+#[map(name = "HOST_ROUTES")]
+static ROUTES: LpmTrie<[u8; 32], RouteTargets> = LpmTrie::with_max_entries(1024, 1); // BPF_F_NO_PREALLOC
+#[map(name = "HOST_FLOWS")]
+static FLOWS: HashMap<u32, FlowState> = HashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "HOST_ADDRS")]
+static ADDRS: HashMap<u32, FlowAddrs> = HashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "HOST_TUPLES")]
+static TUPLES: HashMap<FlowKey, u32> = HashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "HOST_PEERS")]
+static PEERS: HashMap<PeerKey, u32> = HashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "HOST_NEXT_FLOW")]
+static NEXT_FLOW: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "HOST_EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+#[map(name = "HOST_COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HostCounter::COUNT as u32, 0);
+#[map(name = "HOST_SCRATCH")]
+static SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn count(c: HostCounter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c.index()) {
+        // SAFETY: this CPU's slot.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn notify(kind: u32, flow: u32) {
+    let _ = EVENTS.output::<Event>(Event { kind, flow }, 0);
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn rand32() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_get_prandom_u32() }
+}
+
+/// Non-zero local flow IDs, unique without atomics (the BPF target has
+/// no atomic read-modify-write in `core`): a per-CPU counter in the high
+/// 24 bits, the CPU number in the low 8. Inserts use BPF_NOEXIST, so a
+/// wrapped counter that meets a live flow fails instead of overwriting it.
+#[inline(always)]
+fn alloc_flow_id() -> Option<u32> {
+    let p = NEXT_FLOW.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; no other writer while we run on it.
+    let n = unsafe {
+        *p = (*p).wrapping_add(1) & 0x00ff_ffff;
+        if *p == 0 {
+            *p = 1;
+        }
+        *p
+    };
+    // SAFETY: no preconditions.
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } & 0xff;
+    Some((n << 8) | cpu)
+}
+
+const BPF_NOEXIST: u64 = 1;
+
+/// Hides a value from LLVM so that the mask after it survives: LLVM would
+/// otherwise drop `& 0xff` using facts the verifier does not track, and
+/// the verifier would reject the unbounded index.
+#[inline(always)]
+fn opaque(x: usize) -> usize {
+    let mut v = x;
+    // SAFETY: a register move to itself; only hides `v` from LLVM.
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) v) };
+    v
+}
+
+/// Byte `i` of the scratch buffer, index masked in a way the verifier sees.
+#[inline(always)]
+fn at(b: &[u8; SCRATCH_LEN], i: usize) -> u8 {
+    b[opaque(i) & 0xff]
+}
+
+#[inline(always)]
+fn be32(b: &[u8; SCRATCH_LEN], i: usize) -> u32 {
+    u32::from_be_bytes([at(b, i), at(b, i + 1), at(b, i + 2), at(b, i + 3)])
+}
+
+#[inline(always)]
+fn copy_n<const N: usize>(b: &[u8; SCRATCH_LEN], pos: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = at(b, pos + i);
+        i += 1;
+    }
+    out
+}
+
+/// Folded one's-complement sum of a fixed-size header.
+#[inline(always)]
+fn sum_words<const N: usize>(h: &[u8; N]) -> u16 {
+    let mut acc: u32 = 0;
+    let mut i = 0;
+    while i + 1 < N {
+        acc += u32::from(u16::from_be_bytes([h[i], h[i + 1]]));
+        i += 2;
+    }
+    let acc = (acc & 0xffff) + (acc >> 16);
+    ((acc & 0xffff) + (acc >> 16)) as u16
+}
+
+// ------------------------------------------------------------------ egress
+
+#[classifier]
+pub fn xlate_host_egress(ctx: TcContext) -> i32 {
+    match egress(&ctx) {
+        Ok(v) => v,
+        Err(_) => {
+            count(HostCounter::EgressError);
+            TC_ACT_OK
+        }
+    }
+}
+
+/// What the local TCP segment becomes on the SAL side.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// CONTROL(SYN) + SERVICE, 68 bytes.
+    Syn,
+    /// CONTROL(ACK) + SERVICE, 68 bytes: the third ACK form.
+    Ack,
+    /// CONTROL(SYN|ACK), 32 bytes.
+    SynAck,
+    /// Base header, 12 bytes.
+    Data,
+}
+
+#[inline(always)]
+fn egress(ctx: &TcContext) -> Result<i32, i64> {
+    if ctx.load::<u16>(12)? != ETH_P_IP_BE {
+        return Ok(TC_ACT_OK);
+    }
+    let vihl: u8 = ctx.load(IP_OFF)?;
+    let proto: u8 = ctx.load(IP_OFF + 9)?;
+    if proto != IPPROTO_TCP {
+        return Ok(TC_ACT_OK);
+    }
+    if vihl != 0x45 || u16::from_be(ctx.load::<u16>(IP_OFF + 6)?) & 0x3fff != 0 {
+        count(HostCounter::EgressNotOurs);
+        return Ok(TC_ACT_OK);
+    }
+    let saddr: [u8; 4] = ctx.load(IP_OFF + 12)?;
+    let daddr: [u8; 4] = ctx.load(IP_OFF + 16)?;
+    let sport: [u8; 2] = ctx.load(L4_OFF)?;
+    let dport: [u8; 2] = ctx.load(L4_OFF + 2)?;
+    let tcp_flags: u8 = ctx.load(L4_OFF + 13)?;
+    let key = FlowKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
+    };
+
+    let id = match unsafe { TUPLES.get(&key) } {
+        Some(id) => *id,
+        None => {
+            if tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+                count(HostCounter::EgressNotOurs);
+                return Ok(TC_ACT_OK);
+            }
+            let ck = ServiceKey {
+                addr: daddr,
+                port: dport,
+                _pad: [0; 2],
+            };
+            let Some(entry) = (unsafe { CONNECT.get(&ck) }) else {
+                count(HostCounter::EgressNotOurs);
+                return Ok(TC_ACT_OK);
+            };
+            let sid = entry.service_id.0;
+            match new_client_flow(&key, &sid) {
+                Some(id) => id,
+                None => {
+                    count(HostCounter::DropTableFull);
+                    return Ok(TC_ACT_SHOT);
+                }
+            }
+        }
+    };
+    let Some(flow) = FLOWS.get_ptr_mut(&id) else {
+        count(HostCounter::EgressNotOurs);
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: map value pointer, valid while we run (RCU).
+    let flow = unsafe { &mut *flow };
+    let Some(addrs) = (unsafe { ADDRS.get(&id) }) else {
+        return Err(-1);
+    };
+    let addrs = *addrs;
+    // Software GSO has no handler for protocol 144: a GSO super-packet
+    // would be dropped after we turned it into SAL. Host mode switches
+    // GSO/TSO off on the interface; count if one slips through.
+    // SAFETY: reading a field of the context.
+    if unsafe { (*ctx.skb.skb).gso_segs } > 1 {
+        count(HostCounter::EgressGso);
+        return Ok(TC_ACT_SHOT);
+    }
+
+    let form =
+        if flow.role == role::CLIENT && flow.state == state::SYN_SENT && tcp_flags & TCP_SYN != 0 {
+            Form::Syn
+        } else if flow.role == role::CLIENT && flow.state == state::ACK_PENDING {
+            Form::Ack
+        } else if flow.role == role::SERVER && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
+        {
+            Form::SynAck
+        } else {
+            Form::Data
+        };
+
+    let tot_len = u16::from_be(ctx.load::<u16>(IP_OFF + 2)?);
+    let doff = usize::from(ctx.load::<u8>(L4_OFF + 12)? >> 4) * 4;
+    let payload = u32::from(tot_len)
+        .wrapping_sub(20)
+        .wrapping_sub(doff as u32);
+    if tcp_flags & TCP_FIN != 0 && flow.flags & flag::LOCAL_FIN == 0 {
+        let seq = u32::from_be(ctx.load::<u32>(L4_OFF + 4)?);
+        flow.local_fin_ack = seq.wrapping_add(payload).wrapping_add(1);
+        flow.flags |= flag::LOCAL_FIN;
+    }
+    if tcp_flags & TCP_RST != 0 && flow.flags & flag::LOCAL_RST == 0 {
+        flow.flags |= flag::LOCAL_RST;
+        notify(event::LOCAL_RST, id);
+    }
+    flow.last_seen_ns = now();
+
+    // TCP rewrites at the current offsets, checksum-neutral where the
+    // kernel will finish the checksum (CHECKSUM_PARTIAL): the helpers know.
+    let csum_off = L4_OFF + 16;
+    if tcp_flags & TCP_SYN != 0 {
+        clamp_mss(ctx, L4_OFF, doff)?;
+    }
+    let old_ports: u32 = ctx.load(L4_OFF)?;
+    ctx.store(L4_OFF, &0u32, 0)?;
+    ctx.l4_csum_replace(csum_off, u64::from(old_ports), 0, 4)?;
+    rewrite_addrs(ctx, csum_off, saddr, addrs.local_ip, daddr, addrs.peer_ip)?;
+
+    // IPv4: protocol 6 -> 144, total length grows by the SAL header.
+    let room: usize = match form {
+        Form::Syn | Form::Ack => 68,
+        Form::SynAck => 32,
+        Form::Data => 12,
+    };
+    let ttl_proto_old: u16 = ctx.load(IP_OFF + 8)?;
+    let ttl_proto_new = (ttl_proto_old & 0x00ff) | (u16::from(IPPROTO_SAL) << 8);
+    ctx.store(IP_OFF + 8, &ttl_proto_new, 0)?;
+    ctx.l3_csum_replace(
+        IP_OFF + 10,
+        u64::from(ttl_proto_old),
+        u64::from(ttl_proto_new),
+        2,
+    )?;
+    let len_old = tot_len.to_be();
+    let len_new = (tot_len + room as u16).to_be();
+    ctx.store(IP_OFF + 2, &len_new, 0)?;
+    ctx.l3_csum_replace(IP_OFF + 10, u64::from(len_old), u64::from(len_new), 2)?;
+
+    ctx.adjust_room(room as i32, BPF_ADJ_ROOM_NET, 0)?;
+
+    match form {
+        Form::Syn => {
+            let h = control_header::<68>(
+                flow,
+                sal::ControlFlags::SYN.bits(),
+                flow.local_verno,
+                0,
+                true,
+            );
+            ctx.store(L4_OFF, &h, 0)?;
+            count(HostCounter::EgressSyn);
+        }
+        Form::Ack => {
+            let h = control_header::<68>(
+                flow,
+                sal::ControlFlags::ACK.bits(),
+                flow.local_verno.wrapping_add(1),
+                flow.peer_verno.wrapping_add(1),
+                true,
+            );
+            ctx.store(L4_OFF, &h, 0)?;
+        }
+        Form::SynAck => {
+            let flags = (sal::ControlFlags::SYN | sal::ControlFlags::ACK).bits();
+            let h = control_header::<32>(
+                flow,
+                flags,
+                flow.local_verno,
+                flow.peer_verno.wrapping_add(1),
+                false,
+            );
+            ctx.store(L4_OFF, &h, 0)?;
+        }
+        Form::Data => {
+            let mut h = base_header::<12>(flow, 3);
+            let c = !sum_words(&h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            ctx.store(L4_OFF, &h, 0)?;
+        }
+    }
+    // Link layer: the peer's MAC once known; the SYN goes to broadcast
+    // (the receiving host mode marks it PACKET_HOST).
+    if flow.flags & flag::HAS_PEER_MAC != 0 {
+        ctx.store(0, &flow.peer_mac, 0)?;
+    } else if form == Form::Syn {
+        ctx.store(0, &[0xffu8; 6], 0)?;
+    }
+    count(HostCounter::EgressTranslated);
+    Ok(TC_ACT_OK)
+}
+
+#[inline(always)]
+fn new_client_flow(key: &FlowKey, sid: &[u8; 32]) -> Option<u32> {
+    let cfg = CONFIG.get(0)?;
+    let id = alloc_flow_id()?;
+    let (n0, n1) = (rand32(), rand32());
+    let mut nonce = [0u8; 8];
+    nonce[..4].copy_from_slice(&n0.to_ne_bytes());
+    nonce[4..].copy_from_slice(&n1.to_ne_bytes());
+    let t = now();
+    let st = FlowState {
+        service_id: *sid,
+        local_nonce: nonce,
+        peer_nonce: [0; 8],
+        local_flow: id,
+        peer_flow: 0,
+        local_verno: rand32(),
+        peer_verno: 0,
+        tcp_local_addr: key.saddr,
+        tcp_peer_addr: key.daddr,
+        tcp_local_port: key.sport,
+        tcp_peer_port: key.dport,
+        role: role::CLIENT,
+        state: state::SYN_SENT,
+        flags: 0,
+        _pad: 0,
+        peer_mac: [0; 6],
+        _pad2: [0; 2],
+        local_fin_ack: 0,
+        peer_next_seq: 0,
+        created_ns: t,
+        last_seen_ns: t,
+    };
+    let peer_ip = route(sid, id).unwrap_or(cfg.broadcast);
+    let addrs = FlowAddrs {
+        local_ip: cfg.addr,
+        peer_ip,
+    };
+    FLOWS.insert(&id, &st, BPF_NOEXIST).ok()?;
+    if ADDRS.insert(&id, &addrs, 0).is_err() || TUPLES.insert(key, &id, 0).is_err() {
+        let _ = FLOWS.remove(&id);
+        let _ = ADDRS.remove(&id);
+        return None;
+    }
+    notify(event::NEW_FLOW, id);
+    Some(id)
+}
+
+/// The longest-prefix route for a service ID; one target per flow.
+#[inline(always)]
+fn route(sid: &[u8; 32], id: u32) -> Option<[u8; 4]> {
+    let t = ROUTES.get(&Key::new(256, *sid))?;
+    let n = t.count;
+    if n == 0 || n as usize > MAX_ROUTE_TARGETS {
+        return None;
+    }
+    // Spread flows over targets; the flow ID is already unique per flow.
+    let i = (id.wrapping_mul(2654435761) >> 16) % n;
+    Some(t.addrs[opaque(i as usize) & (MAX_ROUTE_TARGETS - 1)])
+}
+
+#[inline(always)]
+fn base_header<const N: usize>(flow: &FlowState, shl: u8) -> [u8; N] {
+    let mut h = [0u8; N];
+    h[0..4].copy_from_slice(&flow.local_flow.to_be_bytes());
+    h[4..8].copy_from_slice(&flow.peer_flow.to_be_bytes());
+    h[8] = shl;
+    h[9] = IPPROTO_TCP;
+    h
+}
+
+/// Base + CONTROL (+ SERVICE when `service`), checksummed.
+#[inline(always)]
+fn control_header<const N: usize>(
+    flow: &FlowState,
+    flags: u8,
+    verno: u32,
+    ackno: u32,
+    service: bool,
+) -> [u8; N] {
+    let mut h = base_header::<N>(flow, (N / 4) as u8);
+    h[12] = sal::ext_type::CONTROL;
+    h[13] = sal::CONTROL_LEN as u8;
+    h[14] = flags;
+    h[16..20].copy_from_slice(&verno.to_be_bytes());
+    h[20..24].copy_from_slice(&ackno.to_be_bytes());
+    h[24..32].copy_from_slice(&flow.local_nonce);
+    if service && N >= 68 {
+        h[32] = sal::ext_type::SERVICE;
+        h[33] = sal::SERVICE_LEN as u8;
+        let mut i = 0;
+        while i < 32 {
+            h[36 + i] = flow.service_id[i];
+            i += 1;
+        }
+    }
+    let c = !sum_words(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h
+}
+
+/// Rewrites IPv4 source and destination, fixing the IP checksum and the
+/// TCP pseudo-header part of the TCP checksum.
+#[inline(always)]
+fn rewrite_addrs(
+    ctx: &TcContext,
+    tcp_csum: usize,
+    s_old: [u8; 4],
+    s_new: [u8; 4],
+    d_old: [u8; 4],
+    d_new: [u8; 4],
+) -> Result<(), i64> {
+    if s_old != s_new {
+        let (o, n) = (u32::from_ne_bytes(s_old), u32::from_ne_bytes(s_new));
+        ctx.store(IP_OFF + 12, &s_new, 0)?;
+        ctx.l4_csum_replace(tcp_csum, u64::from(o), u64::from(n), BPF_F_PSEUDO_HDR | 4)?;
+        ctx.l3_csum_replace(IP_OFF + 10, u64::from(o), u64::from(n), 4)?;
+    }
+    if d_old != d_new {
+        let (o, n) = (u32::from_ne_bytes(d_old), u32::from_ne_bytes(d_new));
+        ctx.store(IP_OFF + 16, &d_new, 0)?;
+        ctx.l4_csum_replace(tcp_csum, u64::from(o), u64::from(n), BPF_F_PSEUDO_HDR | 4)?;
+        ctx.l3_csum_replace(IP_OFF + 10, u64::from(o), u64::from(n), 4)?;
+    }
+    Ok(())
+}
+
+/// Lowers the MSS option (Linux puts it first) to what fits with SAL.
+#[inline(always)]
+fn clamp_mss(ctx: &TcContext, tcp: usize, doff: usize) -> Result<(), i64> {
+    if doff < 24 {
+        return Ok(());
+    }
+    let kind_len: u16 = ctx.load(tcp + 20)?;
+    if kind_len != u16::from_ne_bytes([2, 4]) {
+        return Ok(());
+    }
+    let Some(cfg) = CONFIG.get(0) else {
+        return Ok(());
+    };
+    let old: u16 = ctx.load(tcp + 22)?;
+    if u16::from_be(old) > cfg.max_mss {
+        let new = cfg.max_mss.to_be();
+        ctx.store(tcp + 22, &new, 0)?;
+        ctx.l4_csum_replace(tcp + 16, u64::from(old), u64::from(new), 2)?;
+    }
+    Ok(())
+}
+
+// ----------------------------------------------------------------- ingress
+
+#[classifier]
+pub fn xlate_host_ingress(ctx: TcContext) -> i32 {
+    match ingress(&ctx) {
+        Ok(v) => v,
+        Err(_) => {
+            count(HostCounter::IngressError);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// What the extension walk found. Kept in a per-CPU map slot rather than
+/// in registers: the verifier does not track map memory precisely, so the
+/// many combinations of "found CONTROL / n SERVICE / SOURCE" collapse into
+/// one state instead of each re-verifying the rest of the program.
+#[repr(C)]
+pub struct Exts {
+    has_control: u8,
+    flags: u8,
+    services: u8,
+    sources: u8,
+    verno: u32,
+    ackno: u32,
+    nonce: [u8; 8],
+    service_at: u32,
+    source_last: [u8; 4],
+}
+
+#[map(name = "HOST_EXTS")]
+static EXTS: PerCpuArray<Exts> = PerCpuArray::with_max_entries(1, 0);
+
+/// Enforces the receiver rules over the header in `b` (`hl` bytes);
+/// false if one is broken.
+#[inline(always)]
+fn walk_extensions(b: &[u8; SCRATCH_LEN], hl: usize, e: &mut Exts) -> bool {
+    e.has_control = 0;
+    e.services = 0;
+    e.sources = 0;
+    e.service_at = 0;
+    let mut pos = sal::BASE_LEN;
+    let mut n = 0;
+    while n < sal::MAX_EXTENSIONS {
+        if pos >= hl {
+            break;
+        }
+        n += 1;
+        let t = at(b, pos) & 0xf0;
+        if t == sal::ext_type::PAD {
+            pos += 1;
+            continue;
+        }
+        if pos + 2 > hl {
+            return false;
+        }
+        let len = usize::from(at(b, pos + 1));
+        if pos + len > hl {
+            return false;
+        }
+        match t {
+            sal::ext_type::CONTROL => {
+                if len != sal::CONTROL_LEN || e.has_control != 0 {
+                    return false;
+                }
+                e.has_control = 1;
+                e.flags = at(b, pos + 2) & 0xfc;
+                e.verno = be32(b, pos + 4);
+                e.ackno = be32(b, pos + 8);
+                e.nonce = copy_n::<8>(b, pos + 12);
+            }
+            sal::ext_type::SERVICE => {
+                if len != sal::SERVICE_LEN || e.services >= 2 {
+                    return false;
+                }
+                if e.services == 0 {
+                    e.service_at = (pos + 4) as u32;
+                }
+                e.services += 1;
+            }
+            sal::ext_type::ADDRESS => {
+                if len < sal::ADDRESS_MIN_LEN || (len - sal::ADDRESS_MIN_LEN) % 4 != 0 {
+                    return false;
+                }
+            }
+            sal::ext_type::SOURCE => {
+                if len % 4 != 0 || len < 12 || len > 84 || e.sources != 0 {
+                    return false;
+                }
+                e.sources = 1;
+                e.source_last = copy_n::<4>(b, pos + len - 4);
+            }
+            _ => return false,
+        }
+        pos += len;
+    }
+    pos == hl
+}
+
+#[inline(always)]
+fn ingress(ctx: &TcContext) -> Result<i32, i64> {
+    if ctx.load::<u16>(12)? != ETH_P_IP_BE {
+        return Ok(TC_ACT_OK);
+    }
+    let proto: u8 = ctx.load(IP_OFF + 9)?;
+    if proto != IPPROTO_SAL {
+        count(HostCounter::IngressNotSal);
+        return Ok(TC_ACT_OK);
+    }
+    let vihl: u8 = ctx.load(IP_OFF)?;
+    if vihl != 0x45 || u16::from_be(ctx.load::<u16>(IP_OFF + 6)?) & 0x3fff != 0 {
+        // Serval sends neither options nor fragments.
+        count(HostCounter::DropIpOptions);
+        return Ok(TC_ACT_SHOT);
+    }
+    let tot_len = usize::from(u16::from_be(ctx.load::<u16>(IP_OFF + 2)?));
+    if tot_len < 20 + sal::BASE_LEN || ETH_LEN + tot_len > ctx.len() as usize {
+        count(HostCounter::DropBadLength);
+        return Ok(TC_ACT_SHOT);
+    }
+    let sal_len = tot_len - 20;
+    let hl = usize::from(ctx.load::<u8>(L4_OFF + sal::field::SHL)?) * 4;
+    if hl < sal::BASE_LEN || hl > sal_len || hl > SCRATCH_LEN {
+        count(HostCounter::DropBadLength);
+        return Ok(TC_ACT_SHOT);
+    }
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+        return Err(-1);
+    };
+    // SAFETY: this CPU's scratch slot.
+    let buf = unsafe { &mut *buf };
+    let n = hl & 0x1fc;
+    if n > SCRATCH_LEN || n < sal::BASE_LEN {
+        return Err(-1);
+    }
+    // The raw helper: aya's wrapper clamps the length to what is left in
+    // the skb, which the verifier cannot prove non-zero.
+    // SAFETY: n bytes fit the scratch buffer (checked above).
+    let r = unsafe {
+        aya_ebpf::helpers::bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            L4_OFF as u32,
+            buf.as_mut_ptr() as *mut _,
+            n as u32,
+        )
+    };
+    if r != 0 {
+        return Err(r);
+    }
+    // SAFETY: sums n bytes of our own buffer; n is a multiple of 4.
+    let sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            buf.as_mut_ptr() as *mut u32,
+            n as u32,
+            0,
+        )
+    };
+    let sum = sum as u32;
+    let folded = (sum & 0xffff) + (sum >> 16);
+    let folded = (folded & 0xffff) + (folded >> 16);
+    if folded != 0xffff {
+        count(HostCounter::DropBadChecksum);
+        return Ok(TC_ACT_SHOT);
+    }
+    let Some(ext) = EXTS.get_ptr_mut(0) else {
+        return Err(-1);
+    };
+    // SAFETY: this CPU's slot.
+    let ext = unsafe { &mut *ext };
+    if !walk_extensions(buf, hl, ext) {
+        count(HostCounter::DropBadExtension);
+        return Ok(TC_ACT_SHOT);
+    }
+    let ext = &*ext;
+    if sal_len == hl {
+        // SAL-only control packet: the agent's raw socket takes it.
+        count(HostCounter::IngressToAgent);
+        return Ok(TC_ACT_OK);
+    }
+    if buf[9] != IPPROTO_TCP {
+        // Serval UDP is not translated yet.
+        count(HostCounter::DropBadExtension);
+        return Ok(TC_ACT_SHOT);
+    }
+    let src_flow = be32(buf, 0);
+    let dst_flow = be32(buf, 4);
+    let ip_src: [u8; 4] = ctx.load(IP_OFF + 12)?;
+    let syn = sal::ControlFlags::SYN.bits();
+    let ack = sal::ControlFlags::ACK.bits();
+
+    let id = if ext.has_control != 0 && ext.flags == syn {
+        if ext.services == 0 {
+            count(HostCounter::DropBadExtension);
+            return Ok(TC_ACT_SHOT);
+        }
+        let sid = copy_n::<32>(buf, ext.service_at as usize);
+        count(HostCounter::IngressSyn);
+        match server_flow(&sid, ip_src, src_flow, &ext) {
+            Ok(id) => id,
+            Err(c) => {
+                count(c);
+                return Ok(TC_ACT_SHOT);
+            }
+        }
+    } else {
+        let Some(flow) = FLOWS.get_ptr_mut(&dst_flow) else {
+            count(HostCounter::DropUnknownFlow);
+            return Ok(TC_ACT_SHOT);
+        };
+        // SAFETY: map value, valid while we run.
+        let flow = unsafe { &mut *flow };
+        if ext.has_control != 0 {
+            if ext.flags == syn | ack {
+                if flow.role != role::CLIENT || ext.ackno != flow.local_verno.wrapping_add(1) {
+                    count(HostCounter::DropBadAck);
+                    return Ok(TC_ACT_SHOT);
+                }
+                if flow.state == state::SYN_SENT {
+                    flow.peer_flow = src_flow;
+                    flow.peer_verno = ext.verno;
+                    flow.peer_nonce = ext.nonce;
+                    flow.state = state::ACK_PENDING;
+                    let peer_ip = if ext.sources != 0 {
+                        ext.source_last
+                    } else {
+                        ip_src
+                    };
+                    if let Some(a) = ADDRS.get_ptr_mut(&dst_flow) {
+                        // SAFETY: map value; the agent writes it only later.
+                        unsafe { (*a).peer_ip = peer_ip };
+                    }
+                }
+                count(HostCounter::IngressSynAck);
+            } else if ext.flags == ack {
+                // The third ACK (with SERVICE) or a repeat of it.
+                if ext.nonce != flow.peer_nonce {
+                    count(HostCounter::DropBadNonce);
+                    return Ok(TC_ACT_SHOT);
+                }
+                if flow.state == state::SYN_RCVD {
+                    flow.state = state::ESTABLISHED;
+                    notify(event::ESTABLISHED, dst_flow);
+                }
+            } else {
+                // Control with a transport that is neither handshake form.
+                count(HostCounter::DropBadExtension);
+                return Ok(TC_ACT_SHOT);
+            }
+        } else if flow.state == state::ACK_PENDING {
+            // The server sent data: it knows the flow.
+            flow.state = state::ESTABLISHED;
+            notify(event::ESTABLISHED, dst_flow);
+        }
+        dst_flow
+    };
+    translate_in(ctx, id, hl)
+}
+
+/// Finds (retransmitted SYN) or creates the server side of a flow.
+#[inline(always)]
+fn server_flow(
+    sid: &[u8; 32],
+    ip_src: [u8; 4],
+    src_flow: u32,
+    ext: &Exts,
+) -> Result<u32, HostCounter> {
+    let Some(serve) = (unsafe { SERVE.get(sid) }) else {
+        return Err(HostCounter::DropUnknownService);
+    };
+    let port = serve.port;
+    let pk = PeerKey {
+        peer_ip: ip_src,
+        peer_flow: src_flow,
+    };
+    if let Some(id) = unsafe { PEERS.get(&pk) } {
+        return Ok(*id);
+    }
+    let Some(cfg) = CONFIG.get(0) else {
+        return Err(HostCounter::IngressError);
+    };
+    // The local TCP sees the client as (its IP, a port derived from its
+    // flow ID), probing a few ports if that tuple is taken.
+    let mut key = FlowKey {
+        saddr: cfg.addr,
+        daddr: ip_src,
+        sport: port,
+        dport: [0; 2],
+    };
+    let base = (src_flow ^ (src_flow >> 16)) as u16;
+    let mut found = false;
+    let mut i: u16 = 0;
+    while i < 8 {
+        let p = 32768u16 | (base.wrapping_add(i.wrapping_mul(4099)) & 0x7fff);
+        key.dport = p.to_be_bytes();
+        if unsafe { TUPLES.get(&key) }.is_none() {
+            found = true;
+            break;
+        }
+        i += 1;
+    }
+    if !found {
+        return Err(HostCounter::DropTableFull);
+    }
+    let id = alloc_flow_id().ok_or(HostCounter::DropTableFull)?;
+    let (n0, n1) = (rand32(), rand32());
+    let mut nonce = [0u8; 8];
+    nonce[..4].copy_from_slice(&n0.to_ne_bytes());
+    nonce[4..].copy_from_slice(&n1.to_ne_bytes());
+    let t = now();
+    let st = FlowState {
+        service_id: *sid,
+        local_nonce: nonce,
+        peer_nonce: ext.nonce,
+        local_flow: id,
+        peer_flow: src_flow,
+        local_verno: rand32(),
+        peer_verno: ext.verno,
+        tcp_local_addr: cfg.addr,
+        tcp_peer_addr: ip_src,
+        tcp_local_port: port,
+        tcp_peer_port: key.dport,
+        role: role::SERVER,
+        state: state::SYN_RCVD,
+        flags: 0,
+        _pad: 0,
+        peer_mac: [0; 6],
+        _pad2: [0; 2],
+        local_fin_ack: 0,
+        peer_next_seq: 0,
+        created_ns: t,
+        last_seen_ns: t,
+    };
+    // A SYN that came through a service router is answered straight to
+    // the client, which is the IP source (routers keep it).
+    let addrs = FlowAddrs {
+        local_ip: cfg.addr,
+        peer_ip: ip_src,
+    };
+    if FLOWS.insert(&id, &st, BPF_NOEXIST).is_err() {
+        return Err(HostCounter::DropTableFull);
+    }
+    if ADDRS.insert(&id, &addrs, 0).is_err()
+        || TUPLES.insert(&key, &id, 0).is_err()
+        || PEERS.insert(&pk, &id, 0).is_err()
+    {
+        let _ = FLOWS.remove(&id);
+        let _ = ADDRS.remove(&id);
+        let _ = TUPLES.remove(&key);
+        return Err(HostCounter::DropTableFull);
+    }
+    notify(event::NEW_FLOW, id);
+    Ok(id)
+}
+
+/// Strips the SAL header and restores the local TCP's view of the flow.
+#[inline(always)]
+fn translate_in(ctx: &TcContext, id: u32, hl: usize) -> Result<i32, i64> {
+    let Some(flow) = FLOWS.get_ptr_mut(&id) else {
+        count(HostCounter::DropUnknownFlow);
+        return Ok(TC_ACT_SHOT);
+    };
+    // SAFETY: map value, valid while we run.
+    let flow = unsafe { &mut *flow };
+    let Some(cfg) = CONFIG.get(0) else {
+        return Err(-1);
+    };
+    let hl = hl & 0x3fc;
+    let tcp = L4_OFF + hl;
+    let csum_off = tcp + 16;
+    let tcp_flags: u8 = ctx.load(tcp + 13)?;
+    let doff = usize::from(ctx.load::<u8>(tcp + 12)? >> 4) * 4;
+    let tot_len = u16::from_be(ctx.load::<u16>(IP_OFF + 2)?);
+
+    // Learn the peer's link address (its own, or its router's).
+    let src_mac: [u8; 6] = ctx.load(6)?;
+    if flow.flags & flag::HAS_PEER_MAC == 0 || flow.peer_mac != src_mac {
+        flow.peer_mac = src_mac;
+        flow.flags |= flag::HAS_PEER_MAC;
+    }
+    let seq = u32::from_be(ctx.load::<u32>(tcp + 4)?);
+    let payload = u32::from(tot_len).wrapping_sub(20 + hl as u32 + doff as u32);
+    let mut next = seq.wrapping_add(payload);
+    if tcp_flags & (TCP_SYN | TCP_FIN) != 0 {
+        next = next.wrapping_add(1);
+    }
+    flow.peer_next_seq = next;
+    if tcp_flags & TCP_ACK != 0
+        && flow.flags & (flag::LOCAL_FIN | flag::LOCAL_FIN_ACKED) == flag::LOCAL_FIN
+    {
+        let ackn = u32::from_be(ctx.load::<u32>(tcp + 8)?);
+        if ackn.wrapping_sub(flow.local_fin_ack) as i32 >= 0 {
+            flow.flags |= flag::LOCAL_FIN_ACKED;
+            notify(event::LOCAL_FIN_ACKED, id);
+        }
+    }
+    flow.last_seen_ns = now();
+
+    if tcp_flags & TCP_SYN != 0 {
+        clamp_mss(ctx, tcp, doff)?;
+    }
+    let mut ports = [0u8; 4];
+    ports[..2].copy_from_slice(&flow.tcp_peer_port);
+    ports[2..].copy_from_slice(&flow.tcp_local_port);
+    let old_ports: u32 = ctx.load(tcp)?;
+    let new_ports = u32::from_ne_bytes(ports);
+    ctx.store(tcp, &new_ports, 0)?;
+    ctx.l4_csum_replace(csum_off, u64::from(old_ports), u64::from(new_ports), 4)?;
+    let saddr: [u8; 4] = ctx.load(IP_OFF + 12)?;
+    let daddr: [u8; 4] = ctx.load(IP_OFF + 16)?;
+    rewrite_addrs(
+        ctx,
+        csum_off,
+        saddr,
+        flow.tcp_peer_addr,
+        daddr,
+        flow.tcp_local_addr,
+    )?;
+
+    let ttl_proto_old: u16 = ctx.load(IP_OFF + 8)?;
+    let ttl_proto_new = (ttl_proto_old & 0x00ff) | (u16::from(IPPROTO_TCP) << 8);
+    ctx.store(IP_OFF + 8, &ttl_proto_new, 0)?;
+    ctx.l3_csum_replace(
+        IP_OFF + 10,
+        u64::from(ttl_proto_old),
+        u64::from(ttl_proto_new),
+        2,
+    )?;
+    let len_old = tot_len.to_be();
+    let len_new = (tot_len - hl as u16).to_be();
+    ctx.store(IP_OFF + 2, &len_new, 0)?;
+    ctx.l3_csum_replace(IP_OFF + 10, u64::from(len_old), u64::from(len_new), 2)?;
+
+    // Broadcast SYNs (and any frame not addressed to our MAC) become
+    // ours: TCP only accepts PACKET_HOST.
+    ctx.store(0, &cfg.mac, 0)?;
+    ctx.change_type(PACKET_HOST)?;
+    ctx.adjust_room(-(hl as i32), BPF_ADJ_ROOM_NET, 0)?;
+    count(HostCounter::IngressTranslated);
+    Ok(TC_ACT_OK)
+}

@@ -1,0 +1,575 @@
+//! The SAL control plane of host mode: everything that is not per-packet
+//! translation. SAL FIN/ACK close, resets both ways, migration (answering
+//! and initiating RSYN), stale control packets, retransmission of our own
+//! control packets, and freeing or expiring flows.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use xlate_common::flow::{event, state, Event, FlowAddrs, FlowState, HostCounter, PeerKey};
+use xlate_common::maps::FlowKey;
+use xlate_common::wire::{
+    ipv4::Ipv4Repr,
+    packet::{ServalRepr, Transport},
+    sal::{ControlFlags, ControlRepr, FlowId, SalRepr},
+    IPPROTO_SAL, IPPROTO_TCP,
+};
+
+use super::maps::HostMaps;
+use crate::rawsock::RawSocket;
+
+const RTO_INITIAL: Duration = Duration::from_secs(1);
+const RTO_MAX: Duration = Duration::from_secs(120);
+const MAX_TRIES: u32 = 15;
+/// Time a fully closed flow lingers so late TCP segments still translate.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
+/// A handshake that has not completed by then is abandoned.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// After our SAL FIN is acknowledged, how long we wait for the peer's
+/// (the original stack's FINWAIT2).
+const FIN_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PendingKind {
+    Fin,
+    Rsyn { new_local: Ipv4Addr },
+    RsynAck { new_peer: Ipv4Addr },
+}
+
+/// Our one outstanding control packet (the stack allows one per side).
+#[derive(Debug, Clone)]
+struct Pending {
+    kind: PendingKind,
+    datagram: Vec<u8>,
+    dst: Ipv4Addr,
+    /// The ackno that acknowledges it.
+    acked_by: u32,
+    next_at: Instant,
+    rto: Duration,
+    tries: u32,
+}
+
+/// Control-plane state of one flow, kept by the agent only.
+#[derive(Debug, Clone, Default)]
+struct Ctl {
+    snd_nxt: u32,
+    rcv_nxt: u32,
+    pending: Option<Pending>,
+    fin_wanted: bool,
+    fin_acked_at: Option<Instant>,
+    peer_fin: bool,
+    free_at: Option<Instant>,
+}
+
+fn before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub struct ControlPlane {
+    pub maps: HostMaps,
+    sal: RawSocket,
+    inject: RawSocket,
+    ctl: HashMap<u32, Ctl>,
+    idle_timeout: Duration,
+}
+
+impl ControlPlane {
+    pub fn new(maps: HostMaps, sal: RawSocket, inject: RawSocket, idle_timeout: Duration) -> Self {
+        ControlPlane {
+            maps,
+            sal,
+            inject,
+            ctl: HashMap::new(),
+            idle_timeout,
+        }
+    }
+
+    pub fn sal_socket(&self) -> &RawSocket {
+        &self.sal
+    }
+
+    fn flow(&self, id: u32) -> Option<(FlowState, FlowAddrs)> {
+        let st = self.maps.flows.get(&id, 0).ok()?;
+        let addrs = self.maps.addrs.get(&id, 0).ok()?;
+        Some((st, addrs))
+    }
+
+    fn ctl_for(&mut self, st: &FlowState) -> &mut Ctl {
+        self.ctl.entry(st.local_flow).or_insert_with(|| Ctl {
+            // SYN consumed one verno on each side.
+            snd_nxt: st.local_verno.wrapping_add(1),
+            rcv_nxt: st.peer_verno.wrapping_add(1),
+            ..Default::default()
+        })
+    }
+
+    fn build(
+        st: &FlowState,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        flags: ControlFlags,
+        verno: u32,
+        ackno: u32,
+    ) -> Vec<u8> {
+        let repr = ServalRepr {
+            ip: Ipv4Repr {
+                src_addr: src,
+                dst_addr: dst,
+                protocol: IPPROTO_SAL,
+                payload_len: 0,
+                ttl: 64,
+                tos: 0,
+                ident: 0,
+                dont_frag: false,
+            },
+            sal: SalRepr {
+                src_flowid: FlowId(st.local_flow),
+                dst_flowid: FlowId(st.peer_flow),
+                protocol: IPPROTO_TCP,
+                control: Some(ControlRepr {
+                    flags,
+                    verno,
+                    ackno,
+                    nonce: st.local_nonce,
+                }),
+                services: xlate_common::wire::sal::ServiceList::empty(),
+                source: None,
+            },
+            transport: Transport::None,
+        };
+        let mut buf = vec![0u8; repr.buffer_len()];
+        repr.emit(&mut buf).expect("sized buffer");
+        buf
+    }
+
+    fn send(&mut self, datagram: &[u8], dst: Ipv4Addr) {
+        match self.sal.send_to(datagram, dst) {
+            Ok(()) => self.maps.bump(HostCounter::CtlSent),
+            Err(e) => eprintln!("xlate-user host: sending a control packet to {dst}: {e}"),
+        }
+    }
+
+    /// Sends a control packet that must be acknowledged, and keeps it for
+    /// retransmission.
+    fn send_reliable(
+        &mut self,
+        id: u32,
+        kind: PendingKind,
+        datagram: Vec<u8>,
+        dst: Ipv4Addr,
+        acked_by: u32,
+    ) {
+        self.send(&datagram, dst);
+        let p = Pending {
+            kind,
+            datagram,
+            dst,
+            acked_by,
+            next_at: Instant::now() + RTO_INITIAL,
+            rto: RTO_INITIAL,
+            tries: 1,
+        };
+        if let Some(c) = self.ctl.get_mut(&id) {
+            c.pending = Some(p);
+        }
+    }
+
+    fn send_ack(&mut self, st: &FlowState, addrs: &FlowAddrs, dst: Ipv4Addr) {
+        let c = self.ctl_for(st).clone();
+        let pkt = Self::build(
+            st,
+            Ipv4Addr::from(addrs.local_ip),
+            dst,
+            ControlFlags::ACK,
+            c.snd_nxt,
+            c.rcv_nxt,
+        );
+        self.send(&pkt, dst);
+    }
+
+    fn send_fin(&mut self, st: &FlowState, addrs: &FlowAddrs) {
+        let c = self.ctl_for(st);
+        if c.pending.is_some() {
+            c.fin_wanted = true;
+            return;
+        }
+        let verno = c.snd_nxt;
+        c.snd_nxt = c.snd_nxt.wrapping_add(1);
+        let (snd, rcv) = (c.snd_nxt, c.rcv_nxt);
+        let peer = Ipv4Addr::from(addrs.peer_ip);
+        let pkt = Self::build(
+            st,
+            Ipv4Addr::from(addrs.local_ip),
+            peer,
+            ControlFlags::FIN,
+            verno,
+            rcv,
+        );
+        self.send_reliable(st.local_flow, PendingKind::Fin, pkt, peer, snd);
+    }
+
+    /// Kernel events: the local TCP's FIN was acknowledged, or it reset.
+    pub fn on_event(&mut self, ev: Event) {
+        let Some((st, addrs)) = self.flow(ev.flow) else {
+            return;
+        };
+        match ev.kind {
+            event::LOCAL_FIN_ACKED => self.send_fin(&st, &addrs),
+            event::LOCAL_RST => {
+                let c = self.ctl_for(&st).clone();
+                let peer = Ipv4Addr::from(addrs.peer_ip);
+                let flags = ControlFlags::RST | ControlFlags::ACK;
+                let pkt = Self::build(
+                    &st,
+                    Ipv4Addr::from(addrs.local_ip),
+                    peer,
+                    flags,
+                    c.snd_nxt,
+                    c.rcv_nxt,
+                );
+                self.send(&pkt, peer);
+                self.free(ev.flow, HostCounter::FlowsFreed);
+            }
+            _ => {
+                self.ctl_for(&st);
+            }
+        }
+    }
+
+    /// A SAL packet the kernel passed up (SAL-only control packets).
+    pub fn on_packet(&mut self, datagram: &[u8]) {
+        let Ok(p) = ServalRepr::parse(datagram) else {
+            self.maps.bump(HostCounter::CtlDropMalformed);
+            return;
+        };
+        let Some(ctl) = p.sal.control else {
+            self.maps.bump(HostCounter::CtlDropMalformed);
+            return;
+        };
+        let id = p.sal.dst_flowid.0;
+        let Some((st, addrs)) = self.flow(id) else {
+            self.maps.bump(HostCounter::CtlDropUnknownFlow);
+            return;
+        };
+        let f = ctl.flags;
+        if f.contains(ControlFlags::RST) {
+            // Resets are believed without the nonce (the stack does so too).
+            self.maps.bump(HostCounter::CtlRstRcvd);
+            self.inject_rst(&st);
+            self.free(id, HostCounter::FlowsFreed);
+            return;
+        }
+        if ctl.nonce != st.peer_nonce {
+            self.maps.bump(HostCounter::CtlDropBadNonce);
+            return;
+        }
+        let from = p.ip.src_addr;
+        let rcv_nxt = self.ctl_for(&st).rcv_nxt;
+        let consumes = f.contains(ControlFlags::FIN)
+            || f.contains(ControlFlags::RSYN) && !f.contains(ControlFlags::ACK);
+        if consumes && before(ctl.verno, rcv_nxt) {
+            // Already seen: answer so the peer stops retransmitting.
+            self.maps.bump(HostCounter::CtlStale);
+            self.send_ack_or_rsynack(&st, &addrs, f, from);
+            return;
+        }
+        if f == ControlFlags::RSYN | ControlFlags::ACK {
+            self.on_rsyn_ack(&st, &addrs, ctl.ackno);
+            return;
+        }
+        if f.contains(ControlFlags::RSYN) {
+            self.maps.bump(HostCounter::CtlRsynRcvd);
+            let c = self.ctl_for(&st);
+            c.rcv_nxt = ctl.verno.wrapping_add(1);
+            let (snd, rcv) = (c.snd_nxt, c.rcv_nxt);
+            let pkt = Self::build(
+                &st,
+                Ipv4Addr::from(addrs.local_ip),
+                from,
+                ControlFlags::RSYN | ControlFlags::ACK,
+                snd,
+                rcv,
+            );
+            // Answered to the new address until it acknowledges; only then
+            // does the flow switch (serval-wire §5).
+            self.send_reliable(id, PendingKind::RsynAck { new_peer: from }, pkt, from, snd);
+            return;
+        }
+        if f.contains(ControlFlags::FIN) {
+            self.maps.bump(HostCounter::CtlFinRcvd);
+            let c = self.ctl_for(&st);
+            c.rcv_nxt = ctl.verno.wrapping_add(1);
+            c.peer_fin = true;
+            self.send_ack(&st, &addrs, Ipv4Addr::from(addrs.peer_ip));
+            self.maybe_done(id);
+        }
+        if f.contains(ControlFlags::ACK) {
+            self.maps.bump(HostCounter::CtlAckRcvd);
+            self.on_ack(&st, ctl.ackno);
+        }
+    }
+
+    fn send_ack_or_rsynack(
+        &mut self,
+        st: &FlowState,
+        addrs: &FlowAddrs,
+        f: ControlFlags,
+        from: Ipv4Addr,
+    ) {
+        if f.contains(ControlFlags::RSYN) {
+            let c = self.ctl_for(st).clone();
+            let pkt = Self::build(
+                st,
+                Ipv4Addr::from(addrs.local_ip),
+                from,
+                ControlFlags::RSYN | ControlFlags::ACK,
+                c.snd_nxt,
+                c.rcv_nxt,
+            );
+            self.send(&pkt, from);
+        } else {
+            self.send_ack(st, addrs, Ipv4Addr::from(addrs.peer_ip));
+        }
+    }
+
+    fn on_ack(&mut self, st: &FlowState, ackno: u32) {
+        let id = st.local_flow;
+        let Some(c) = self.ctl.get_mut(&id) else {
+            return;
+        };
+        let Some(p) = &c.pending else { return };
+        if p.acked_by != ackno {
+            return;
+        }
+        let kind = p.kind;
+        c.pending = None;
+        match kind {
+            PendingKind::Fin => c.fin_acked_at = Some(Instant::now()),
+            PendingKind::RsynAck { new_peer } => {
+                if let Ok(mut a) = self.maps.addrs.get(&id, 0) {
+                    a.peer_ip = new_peer.octets();
+                    let _ = self.maps.addrs.insert(id, a, 0);
+                }
+            }
+            PendingKind::Rsyn { .. } => {}
+        }
+        self.after_pending(st);
+        self.maybe_done(id);
+    }
+
+    fn on_rsyn_ack(&mut self, st: &FlowState, addrs: &FlowAddrs, ackno: u32) {
+        let id = st.local_flow;
+        let Some(c) = self.ctl.get_mut(&id) else {
+            return;
+        };
+        let Some(Pending {
+            kind: PendingKind::Rsyn { new_local },
+            acked_by,
+            ..
+        }) = c.pending.clone()
+        else {
+            return;
+        };
+        if acked_by != ackno {
+            return;
+        }
+        c.pending = None;
+        let (snd, rcv) = (c.snd_nxt, c.rcv_nxt);
+        let peer = Ipv4Addr::from(addrs.peer_ip);
+        let pkt = Self::build(st, new_local, peer, ControlFlags::ACK, snd, rcv);
+        self.send(&pkt, peer);
+        if let Ok(mut a) = self.maps.addrs.get(&id, 0) {
+            a.local_ip = new_local.octets();
+            let _ = self.maps.addrs.insert(id, a, 0);
+        }
+        self.after_pending(st);
+    }
+
+    /// A FIN that waited for an outstanding control packet goes now.
+    fn after_pending(&mut self, st: &FlowState) {
+        let id = st.local_flow;
+        if self
+            .ctl
+            .get(&id)
+            .is_some_and(|c| c.fin_wanted && c.pending.is_none())
+        {
+            self.ctl.get_mut(&id).unwrap().fin_wanted = false;
+            if let Some((st, addrs)) = self.flow(id) {
+                self.send_fin(&st, &addrs);
+            }
+        }
+    }
+
+    fn maybe_done(&mut self, id: u32) {
+        if let Some(c) = self.ctl.get_mut(&id) {
+            if c.peer_fin && c.fin_acked_at.is_some() && c.free_at.is_none() {
+                c.free_at = Some(Instant::now() + CLOSE_LINGER);
+            }
+        }
+    }
+
+    /// The peer reset the flow: reset the local socket too. The TCP side
+    /// sees a RST from the peer's TCP identity at the sequence it expects.
+    fn inject_rst(&mut self, st: &FlowState) {
+        let src = Ipv4Addr::from(st.tcp_peer_addr);
+        let dst = Ipv4Addr::from(st.tcp_local_addr);
+        let mut pkt = vec![0u8; 40];
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            protocol: IPPROTO_TCP,
+            payload_len: 20,
+            ttl: 64,
+            tos: 0,
+            ident: 0,
+            dont_frag: true,
+        };
+        ip.emit(&mut xlate_common::wire::ipv4::Ipv4Packet::new_unchecked(
+            &mut pkt[..],
+        ))
+        .expect("sized");
+        let tcp = xlate_common::wire::tcp::TcpRepr {
+            src_port: u16::from_be_bytes(st.tcp_peer_port),
+            dst_port: u16::from_be_bytes(st.tcp_local_port),
+            seq: st.peer_next_seq,
+            ack: 0,
+            flags: xlate_common::wire::tcp::TcpFlags(xlate_common::wire::tcp::TcpFlags::RST),
+            window: 0,
+            urgent: 0,
+            options: &[],
+            payload: &[],
+        };
+        tcp.emit(
+            &mut xlate_common::wire::tcp::TcpPacket::new_unchecked(&mut pkt[20..]),
+            src,
+            dst,
+        )
+        .expect("sized");
+        if let Err(e) = self.inject.send_to(&pkt, dst) {
+            eprintln!("xlate-user host: injecting a TCP reset: {e}");
+        }
+    }
+
+    /// Deletes every trace of a flow from the maps.
+    pub fn free(&mut self, id: u32, why: HostCounter) {
+        if let Ok(st) = self.maps.flows.get(&id, 0) {
+            let key = FlowKey {
+                saddr: st.tcp_local_addr,
+                daddr: st.tcp_peer_addr,
+                sport: st.tcp_local_port,
+                dport: st.tcp_peer_port,
+            };
+            let _ = self.maps.tuples.remove(&key);
+            let _ = self.maps.peers.remove(&PeerKey {
+                peer_ip: st.tcp_peer_addr,
+                peer_flow: st.peer_flow,
+            });
+        }
+        let _ = self.maps.flows.remove(&id);
+        let _ = self.maps.addrs.remove(&id);
+        self.ctl.remove(&id);
+        self.maps.bump(why);
+    }
+
+    /// Timers: retransmissions, lingering closed flows, expiry.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        let mut resend = Vec::new();
+        let mut give_up = Vec::new();
+        let mut free = Vec::new();
+        for (id, c) in self.ctl.iter_mut() {
+            if c.free_at.is_some_and(|t| t <= now) {
+                free.push(*id);
+                continue;
+            }
+            if c.fin_acked_at.is_some_and(|t| now - t > FIN_WAIT) && !c.peer_fin {
+                give_up.push(*id);
+                continue;
+            }
+            if let Some(p) = &mut c.pending {
+                if p.next_at <= now {
+                    if p.tries >= MAX_TRIES {
+                        give_up.push(*id);
+                        continue;
+                    }
+                    p.tries += 1;
+                    p.rto = (p.rto * 2).min(RTO_MAX);
+                    p.next_at = now + p.rto;
+                    resend.push((p.datagram.clone(), p.dst));
+                }
+            }
+        }
+        for (d, dst) in resend {
+            self.send(&d, dst);
+            self.maps.bump(HostCounter::CtlRetransmit);
+        }
+        for id in free {
+            self.free(id, HostCounter::FlowsFreed);
+        }
+        for id in give_up {
+            self.free(id, HostCounter::FlowsExpired);
+        }
+        self.expire();
+    }
+
+    fn expire(&mut self) {
+        let now = mono_ns();
+        let mut stale = Vec::new();
+        for item in self.maps.flows.iter() {
+            let Ok((id, st)) = item else { continue };
+            let idle = Duration::from_nanos(now.saturating_sub(st.last_seen_ns));
+            let age = Duration::from_nanos(now.saturating_sub(st.created_ns));
+            let handshaking = st.state != state::ESTABLISHED && st.state != state::ACK_PENDING;
+            if (handshaking && age > HANDSHAKE_TIMEOUT) || idle > self.idle_timeout {
+                stale.push(id);
+            }
+        }
+        for id in stale {
+            self.free(id, HostCounter::FlowsExpired);
+        }
+    }
+
+    /// Moves every flow to `to` (a local address): RSYN from the new
+    /// address; the flow switches when the RSYN-ACK arrives. New flows
+    /// use `to` at once. Returns how many flows are moving.
+    pub fn migrate(&mut self, to: Ipv4Addr) -> usize {
+        if let Ok(mut cfg) = self.maps.config.get(&0, 0) {
+            cfg.addr = to.octets();
+            let _ = self.maps.config.set(0, cfg, 0);
+        }
+        let ids: Vec<u32> = self.maps.flows.keys().filter_map(|k| k.ok()).collect();
+        let mut n = 0;
+        for id in ids {
+            let Some((st, addrs)) = self.flow(id) else {
+                continue;
+            };
+            if st.state != state::ESTABLISHED || addrs.local_ip == to.octets() {
+                continue;
+            }
+            let c = self.ctl_for(&st);
+            if c.pending.is_some() {
+                continue;
+            }
+            let verno = c.snd_nxt;
+            c.snd_nxt = c.snd_nxt.wrapping_add(1);
+            let (snd, rcv) = (c.snd_nxt, c.rcv_nxt);
+            let peer = Ipv4Addr::from(addrs.peer_ip);
+            let pkt = Self::build(&st, to, peer, ControlFlags::RSYN, verno, rcv);
+            self.send_reliable(id, PendingKind::Rsyn { new_local: to }, pkt, peer, snd);
+            n += 1;
+        }
+        n
+    }
+}

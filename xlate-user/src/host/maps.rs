@@ -1,0 +1,153 @@
+//! The host-mode maps as the agent holds them, pinned under
+//! `/sys/fs/bpf/xlate/host-<netns>-<iface>/` so `host flows` and
+//! `host stats` read the same state the kernel uses.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::Ebpf;
+use xlate_common::flow::{
+    names, FlowAddrs, FlowState, HostConfig, HostCounter, PeerKey, RouteTargets, ServeEntry,
+};
+use xlate_common::maps::{FlowKey, ServiceEntry, ServiceKey};
+
+/// Where a host-mode instance pins its maps: one directory per network
+/// namespace and interface, so several instances coexist on one machine.
+pub fn pin_dir(iface: &str) -> Result<PathBuf> {
+    let ns = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    use std::os::unix::fs::MetadataExt;
+    Ok(PathBuf::from(format!(
+        "/sys/fs/bpf/xlate/host-{}-{iface}",
+        ns.ino()
+    )))
+}
+
+/// Makes sure /sys/fs/bpf is a BPF filesystem (mounts one if not).
+pub fn ensure_bpffs() -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let path = std::ffi::CString::new("/sys/fs/bpf").unwrap();
+    // SAFETY: valid path and out-struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    std::fs::create_dir_all("/sys/fs/bpf").ok();
+    let (src, fstype) = (
+        std::ffi::CString::new("bpffs").unwrap(),
+        std::ffi::CString::new("bpf").unwrap(),
+    );
+    // SAFETY: valid C strings; mount(2) with no data.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(anyhow!(
+            "mounting bpffs on /sys/fs/bpf: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+pub struct HostMaps {
+    pub config: Array<MapData, HostConfig>,
+    pub serve: HashMap<MapData, [u8; 32], ServeEntry>,
+    pub connect: HashMap<MapData, ServiceKey, ServiceEntry>,
+    pub routes: LpmTrie<MapData, [u8; 32], RouteTargets>,
+    pub flows: HashMap<MapData, u32, FlowState>,
+    pub addrs: HashMap<MapData, u32, FlowAddrs>,
+    pub tuples: HashMap<MapData, FlowKey, u32>,
+    pub peers: HashMap<MapData, PeerKey, u32>,
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+const PINNED: &[&str] = &[
+    names::CONFIG,
+    names::SERVE,
+    names::CONNECT,
+    names::ROUTES,
+    names::FLOWS,
+    names::ADDRS,
+    names::TUPLES,
+    names::PEERS,
+    names::COUNTERS,
+];
+
+fn take(ebpf: &mut Ebpf, name: &str, dir: &Path) -> Result<Map> {
+    let m = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    m.pin(&path)
+        .with_context(|| format!("pinning {name} at {}", path.display()))?;
+    Ok(m)
+}
+
+impl HostMaps {
+    /// Takes the maps out of the loaded object and pins them in `dir`.
+    pub fn take_and_pin(ebpf: &mut Ebpf, dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(HostMaps {
+            config: take(ebpf, names::CONFIG, dir)?.try_into()?,
+            serve: take(ebpf, names::SERVE, dir)?.try_into()?,
+            connect: take(ebpf, names::CONNECT, dir)?.try_into()?,
+            routes: take(ebpf, names::ROUTES, dir)?.try_into()?,
+            flows: take(ebpf, names::FLOWS, dir)?.try_into()?,
+            addrs: take(ebpf, names::ADDRS, dir)?.try_into()?,
+            tuples: take(ebpf, names::TUPLES, dir)?.try_into()?,
+            peers: take(ebpf, names::PEERS, dir)?.try_into()?,
+            counters: take(ebpf, names::COUNTERS, dir)?.try_into()?,
+        })
+    }
+
+    pub fn unpin(dir: &Path) {
+        for name in PINNED {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+
+    /// Adds one to a counter from user space (CPU 0's slot; the agent is
+    /// the only user-space writer).
+    pub fn bump(&mut self, c: HostCounter) {
+        if let Ok(mut v) = self.counters.get(&c.index(), 0) {
+            let mut vals: Vec<u64> = v.iter().copied().collect();
+            vals[0] += 1;
+            v = PerCpuValues::try_from(vals).expect("same length");
+            let _ = self.counters.set(c.index(), v, 0);
+        }
+    }
+}
+
+/// Opens a pinned map of a running instance.
+pub fn open_pinned(iface: &str, name: &str) -> Result<Map> {
+    let path = pin_dir(iface)?.join(name);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "no host-mode instance on {iface} in this network namespace ({} not found)",
+            path.display()
+        )
+    })?;
+    Ok(Map::from_map_data(data)?)
+}
+
+/// Sums a per-CPU counter map.
+pub fn read_counters(map: &PerCpuArray<MapData, u64>) -> Vec<(HostCounter, u64)> {
+    HostCounter::ALL
+        .iter()
+        .map(|c| {
+            (
+                *c,
+                map.get(&c.index(), 0).map(|v| v.iter().sum()).unwrap_or(0),
+            )
+        })
+        .collect()
+}
