@@ -74,6 +74,8 @@ pub mod flag {
     pub const HAS_PEER_MAC: u8 = 0x04;
     /// The local TCP sent a RST; the agent was told.
     pub const LOCAL_RST: u8 = 0x08;
+    /// The peer's TCP sent a RST; the agent was told.
+    pub const PEER_RST: u8 = 0x10;
 }
 
 /// A flow as the kernel keeps it. Addresses and ports in network order.
@@ -158,6 +160,8 @@ pub mod event {
     /// The local TCP reset the connection: send a SAL RST, free the flow.
     pub const LOCAL_RST: u32 = 3;
     pub const ESTABLISHED: u32 = 4;
+    /// The peer's TCP reset the connection (a TCP RST inside SAL): free.
+    pub const PEER_RST: u32 = 5;
 }
 
 /// Host-mode counters, kernel and agent reasons in one per-CPU array.

@@ -797,15 +797,14 @@ fn server_flow(
     let Some(cfg) = CONFIG.get(0) else {
         return Err(HostCounter::IngressError);
     };
-    // The local TCP sees the client as (its IP, a port derived from its
-    // flow ID), probing a few ports if that tuple is taken.
-    let mut key = FlowKey {
-        saddr: cfg.addr,
-        daddr: ip_src,
-        sport: port,
-        dport: [0; 2],
-    };
-    let base = (src_flow ^ (src_flow >> 16)) as u16;
+    let id = alloc_flow_id().ok_or(HostCounter::DropTableFull)?;
+    // The local TCP sees the client as (its IP, a port taken from our new
+    // flow ID), probing a few ports if that tuple is live. Flow IDs count
+    // up per CPU from a random start (the agent seeds them), so ports
+    // rotate through 32768-65535 like an ephemeral range and a new flow
+    // does not land on a TIME_WAIT socket of a recent one.
+    let mut key = FlowKey { saddr: cfg.addr, daddr: ip_src, sport: port, dport: [0; 2] };
+    let base = (((id >> 8) << 1) | (id & 1)) as u16;
     let mut found = false;
     let mut i: u16 = 0;
     while i < 8 {
@@ -820,7 +819,6 @@ fn server_flow(
     if !found {
         return Err(HostCounter::DropTableFull);
     }
-    let id = alloc_flow_id().ok_or(HostCounter::DropTableFull)?;
     let (n0, n1) = (rand32(), rand32());
     let mut nonce = [0u8; 8];
     nonce[..4].copy_from_slice(&n0.to_ne_bytes());
@@ -903,6 +901,10 @@ fn translate_in(ctx: &TcContext, id: u32, hl: usize) -> Result<i32, i64> {
         next = next.wrapping_add(1);
     }
     flow.peer_next_seq = next;
+    if tcp_flags & TCP_RST != 0 && flow.flags & flag::PEER_RST == 0 {
+        flow.flags |= flag::PEER_RST;
+        notify(event::PEER_RST, id);
+    }
     if tcp_flags & TCP_ACK != 0
         && flow.flags & (flag::LOCAL_FIN | flag::LOCAL_FIN_ACKED) == flag::LOCAL_FIN
     {

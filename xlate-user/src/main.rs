@@ -128,6 +128,9 @@ impl From<Mode> for XdpMode {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`xlate-user … | head`), like other CLI tools.
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Decode { files, quiet } => decode(&files, quiet),

@@ -138,9 +138,20 @@ const OFFLOADS: &[(&str, &str)] = &[
 ];
 
 /// The offloads switched off, to switch back on when host mode stops.
+///
+/// Switching GSO off is not enough: Linux TCP always builds GSO packets
+/// and segments them in software after the egress hook, where protocol
+/// 144 has no segmentation handler. Capping the device's `gso_max_segs`
+/// at 1 makes TCP build single-segment packets instead.
 pub struct OffloadGuard {
     iface: String,
     restore: Vec<&'static str>,
+    gso_max_segs: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct LinkDetail {
+    gso_max_segs: Option<u32>,
 }
 
 impl OffloadGuard {
@@ -164,15 +175,28 @@ impl OffloadGuard {
             }
             run(&mut cmd)?;
         }
-        Ok(OffloadGuard {
-            iface: iface.to_string(),
-            restore,
-        })
+        let detail = run(Command::new("ip").args(["-d", "-j", "link", "show", "dev", iface]))?;
+        let segs = serde_json::from_str::<Vec<LinkDetail>>(&detail)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .and_then(|d| d.gso_max_segs);
+        let gso_max_segs = match segs {
+            Some(1) => None,
+            Some(n) => {
+                run(Command::new("ip").args(["link", "set", "dev", iface, "gso_max_segs", "1"]))?;
+                Some(n)
+            }
+            None => bail!("cannot read gso_max_segs of {iface} (`ip -d -j link show`)"),
+        };
+        Ok(OffloadGuard { iface: iface.to_string(), restore, gso_max_segs })
     }
 }
 
 impl Drop for OffloadGuard {
     fn drop(&mut self) {
+        if let Some(n) = self.gso_max_segs {
+            let _ = Command::new("ip").args(["link", "set", "dev", &self.iface, "gso_max_segs", &n.to_string()]).output();
+        }
         if self.restore.is_empty() {
             return;
         }

@@ -242,9 +242,18 @@ impl ControlPlane {
                 self.send(&pkt, peer);
                 self.free(ev.flow, HostCounter::FlowsFreed);
             }
-            _ => {
-                self.ctl_for(&st);
+            event::PEER_RST => {
+                // The RST itself already reached the local TCP.
+                if let Some(c) = self.ctl.get_mut(&ev.flow) {
+                    c.free_at = Some(Instant::now() + CLOSE_LINGER);
+                } else {
+                    self.free(ev.flow, HostCounter::FlowsFreed);
+                }
             }
+            // Nothing to do on NEW_FLOW/ESTABLISHED: the control state is
+            // created on first use, once the handshake has fixed both
+            // initial vernos (a client learns the peer's from the SYN-ACK).
+            _ => {}
         }
     }
 

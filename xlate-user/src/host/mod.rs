@@ -148,6 +148,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
         p.load()
             .with_context(|| format!("the kernel refused {prog}"))?;
     }
+    seed_flow_ids(&mut ebpf)?;
     let mut m = HostMaps::take_and_pin(&mut ebpf, &pin_dir)?;
     // From here on, leave nothing behind on any exit path.
     let _pins = scopeguard(pin_dir.clone());
@@ -229,6 +230,24 @@ pub fn run(opts: HostOptions) -> Result<()> {
     drop(links);
     drop(ebpf);
     r
+}
+
+/// Starts each CPU's flow-ID counter at a random point: flow IDs are then
+/// not guessable, and the ports the server side derives from them do not
+/// repeat those of an earlier run (whose TIME_WAIT sockets may linger).
+fn seed_flow_ids(ebpf: &mut aya::Ebpf) -> Result<()> {
+    let mut m: PerCpuArray<&mut MapData, u32> =
+        PerCpuArray::try_from(ebpf.map_mut(names::NEXT_FLOW).ok_or_else(|| anyhow!("flow-ID map missing"))?)?;
+    let n = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
+    let mut seeds = Vec::with_capacity(n);
+    let mut f = std::fs::File::open("/dev/urandom")?;
+    for _ in 0..n {
+        let mut b = [0u8; 4];
+        std::io::Read::read_exact(&mut f, &mut b)?;
+        seeds.push(u32::from_ne_bytes(b) & 0x00ff_ffff);
+    }
+    m.set(0, aya::maps::PerCpuValues::try_from(seeds)?, 0)?;
+    Ok(())
 }
 
 struct PinGuard(PathBuf);
