@@ -50,6 +50,11 @@ impl Netns {
             .expect("spawn in netns")
     }
 
+    /// Like [`spawn`](Self::spawn) for programs that report on stderr.
+    pub fn spawn_stderr(&self, program: &str, args: &[&str]) -> Bg {
+        self.spawn(program, args)
+    }
+
     /// Starts a background process in the namespace, killed on drop.
     pub fn spawn(&self, program: &str, args: &[&str]) -> Bg {
         let child = self
@@ -123,14 +128,39 @@ fn sh(cmd: &mut Command) {
 pub struct Bg {
     child: Option<Child>,
     stdout: Option<BufReader<ChildStdout>>,
+    stderr: Option<BufReader<std::process::ChildStderr>>,
 }
 
 impl Bg {
     fn new(mut child: Child) -> Bg {
         let stdout = child.stdout.take().map(BufReader::new);
-        Bg {
-            child: Some(child),
-            stdout,
+        Bg { child: Some(child), stdout, stderr: None }
+    }
+
+    /// Wraps a child spawned with piped stdout and stderr.
+    pub fn from_child(child: Child) -> Bg {
+        Bg::new(child)
+    }
+
+    /// Like [`wait_for_line`](Self::wait_for_line), on stderr.
+    pub fn wait_for_stderr_line(&mut self, needle: &str, timeout: Duration) -> String {
+        if self.stderr.is_none() {
+            let e = self.child.as_mut().and_then(|c| c.stderr.take()).expect("stderr piped");
+            self.stderr = Some(BufReader::new(e));
+        }
+        let deadline = Instant::now() + timeout;
+        let err = self.stderr.as_mut().unwrap();
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            let n = err.read_line(&mut line).expect("read child stderr");
+            if n == 0 || Instant::now() > deadline {
+                panic!("no stderr line containing {needle:?}; got: {seen}");
+            }
+            if line.contains(needle) {
+                return line;
+            }
+            seen.push_str(&line);
         }
     }
 
@@ -168,6 +198,8 @@ impl Bg {
         }
         let mut err = String::new();
         if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        } else if let Some(mut e) = self.stderr.take() {
             let _ = std::io::Read::read_to_string(&mut e, &mut err);
         }
         let _ = child.wait();

@@ -1,10 +1,9 @@
 //! `xlate-user decode` as an operator runs it: exit 0 on the original
 //! stack's captures, non-zero naming the packet when one is corrupt.
 
-use std::fs::File;
 use std::process::Command;
 
-use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
+use xlate_user::pcap::Capture;
 use xlate_tests::{fixture, serval_fixtures, xlate_user_bin};
 
 #[test]
@@ -30,13 +29,7 @@ fn every_fixture_decodes_with_exit_zero() {
         );
         assert!(stdout.contains(" 0 invalid"), "{stdout}");
         // One line per packet plus the summary.
-        let frames = PcapReader::new(File::open(&path).unwrap()).unwrap();
-        let mut count = 0;
-        let mut r = frames;
-        while let Some(p) = r.next_packet() {
-            p.unwrap();
-            count += 1;
-        }
+        let count = Capture::read(&path).unwrap().records.len();
         assert_eq!(stdout.lines().count(), count + 1, "{}", path.display());
     }
     assert_eq!(n, 8, "all eight captures present");
@@ -67,19 +60,9 @@ fn decode_prints_serval_fields() {
 
 /// Copies `src` to `dst`, flipping one byte at `offset` of frame `number`.
 fn corrupt(src: &str, dst: &std::path::Path, number: usize, offset: usize) {
-    let mut r = PcapReader::new(File::open(fixture(src)).unwrap()).unwrap();
-    let mut w = PcapWriter::with_header(File::create(dst).unwrap(), r.header()).unwrap();
-    let mut i = 0;
-    while let Some(p) = r.next_packet() {
-        let p = p.unwrap();
-        i += 1;
-        let mut data = p.data.into_owned();
-        if i == number {
-            data[offset] ^= 0x01;
-        }
-        w.write_packet(&PcapPacket::new(p.timestamp, p.orig_len, &data))
-            .unwrap();
-    }
+    let mut cap = Capture::read(&fixture(src)).unwrap();
+    cap.records[number - 1].data[offset] ^= 0x01;
+    cap.write(dst).unwrap();
 }
 
 #[test]

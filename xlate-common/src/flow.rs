@@ -49,8 +49,10 @@ pub mod state {
     pub const SYN_SENT: u8 = 1;
     /// Server: SYN received and delivered, waiting for the third ACK.
     pub const SYN_RCVD: u8 = 2;
-    /// Client: SYN-ACK received; egress keeps the CONTROL+SERVICE ACK form
-    /// until the server proves it knows the flow (serval-wire §5.4).
+    /// Client: SYN-ACK received; until the server proves it knows the flow
+    /// (serval-wire §5.4), pure ACKs and retransmissions go in the
+    /// CONTROL+SERVICE ACK form, first transmissions of data plain (as the
+    /// original stack sends them).
     pub const ACK_PENDING: u8 = 3;
     pub const ESTABLISHED: u8 = 4;
 
@@ -107,6 +109,10 @@ pub struct FlowState {
     /// Next TCP sequence number expected from the peer (for injecting a
     /// RST the local socket accepts when the peer resets the flow).
     pub peer_next_seq: u32,
+    /// Highest sequence number the local TCP has sent (end of its data):
+    /// tells first transmissions from retransmissions.
+    pub snd_max: u32,
+    pub _pad3: u32,
     pub created_ns: u64,
     pub last_seen_ns: u64,
 }
@@ -306,7 +312,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<HostConfig>(), 16);
-        assert_eq!(size_of::<FlowState>(), 32 + 16 + 16 + 12 + 4 + 8 + 8 + 16);
+        assert_eq!(size_of::<FlowState>(), 32 + 16 + 16 + 12 + 4 + 8 + 8 + 8 + 16);
         assert_eq!(size_of::<FlowAddrs>(), 8);
         assert_eq!(size_of::<PeerKey>(), 8);
         assert_eq!(size_of::<RouteTargets>(), 36);

@@ -255,26 +255,34 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
         return Ok(TC_ACT_SHOT);
     }
 
-    let form =
-        if flow.role == role::CLIENT && flow.state == state::SYN_SENT && tcp_flags & TCP_SYN != 0 {
-            Form::Syn
-        } else if flow.role == role::CLIENT && flow.state == state::ACK_PENDING {
-            Form::Ack
-        } else if flow.role == role::SERVER && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
-        {
-            Form::SynAck
-        } else {
-            Form::Data
-        };
-
     let tot_len = u16::from_be(ctx.load::<u16>(IP_OFF + 2)?);
     let doff = usize::from(ctx.load::<u8>(L4_OFF + 12)? >> 4) * 4;
-    let payload = u32::from(tot_len)
-        .wrapping_sub(20)
-        .wrapping_sub(doff as u32);
+    let payload = u32::from(tot_len).wrapping_sub(20).wrapping_sub(doff as u32);
+    let seq = u32::from_be(ctx.load::<u32>(L4_OFF + 4)?);
+    let seq_end = seq.wrapping_add(payload);
+    let is_client = flow.role == role::CLIENT;
+    let form = if is_client && flow.state == state::SYN_SENT && tcp_flags & TCP_SYN != 0 {
+        Form::Syn
+    } else if is_client && flow.state == state::ACK_PENDING && tcp_flags & TCP_SYN == 0 {
+        // The third ACK form, repeated on every pure ACK and on data
+        // retransmissions until the server shows it has the flow; data
+        // sent for the first time goes plain, as the original stack
+        // sends it (it discards payload riding on the third ACK).
+        if payload == 0 || (seq_end.wrapping_sub(flow.snd_max) as i32) <= 0 {
+            Form::Ack
+        } else {
+            Form::Data
+        }
+    } else if flow.role == role::SERVER && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+        Form::SynAck
+    } else {
+        Form::Data
+    };
+    if (seq_end.wrapping_sub(flow.snd_max) as i32) > 0 || flow.snd_max == 0 {
+        flow.snd_max = seq_end;
+    }
     if tcp_flags & TCP_FIN != 0 && flow.flags & flag::LOCAL_FIN == 0 {
-        let seq = u32::from_be(ctx.load::<u32>(L4_OFF + 4)?);
-        flow.local_fin_ack = seq.wrapping_add(payload).wrapping_add(1);
+        flow.local_fin_ack = seq_end.wrapping_add(1);
         flow.flags |= flag::LOCAL_FIN;
     }
     if tcp_flags & TCP_RST != 0 && flow.flags & flag::LOCAL_RST == 0 {
@@ -396,6 +404,8 @@ fn new_client_flow(key: &FlowKey, sid: &[u8; 32]) -> Option<u32> {
         _pad2: [0; 2],
         local_fin_ack: 0,
         peer_next_seq: 0,
+        snd_max: 0,
+        _pad3: 0,
         created_ns: t,
         last_seen_ns: t,
     };
@@ -844,6 +854,8 @@ fn server_flow(
         _pad2: [0; 2],
         local_fin_ack: 0,
         peer_next_seq: 0,
+        snd_max: 0,
+        _pad3: 0,
         created_ns: t,
         last_seen_ns: t,
     };

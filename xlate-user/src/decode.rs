@@ -2,12 +2,10 @@
 //! field an operator debugs with, and a verdict on each SAL packet.
 
 use std::fmt::Write as _;
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use pcap_file::{pcap::PcapReader, DataLink};
 use xlate_common::wire::{
     ipv4::Ipv4Packet,
     packet::{ServalRepr, Transport},
@@ -33,13 +31,14 @@ pub enum Link {
 }
 
 impl Link {
-    pub fn from_datalink(d: DataLink) -> Result<Self> {
-        Ok(match d {
-            DataLink::ETHERNET => Link::Ethernet,
-            DataLink::RAW | DataLink::IPV4 => Link::RawIp,
-            DataLink::LINUX_SLL => Link::Sll,
-            DataLink::LINUX_SLL2 => Link::Sll2,
-            other => bail!("unsupported link type {other:?}: xlate decodes Ethernet, raw IP, Linux SLL and SLL2 captures"),
+    /// From a pcap LINKTYPE_ value.
+    pub fn from_linktype(t: u32) -> Result<Self> {
+        Ok(match t {
+            1 => Link::Ethernet,
+            101 | 228 => Link::RawIp,
+            113 => Link::Sll,
+            276 => Link::Sll2,
+            other => bail!("unsupported link type {other}: xlate decodes Ethernet (1), raw IP (101, 228), Linux SLL (113) and SLL2 (276) captures"),
         })
     }
 
@@ -99,23 +98,9 @@ pub struct Decoded {
 
 /// Reads every frame of a classic pcap file, with its link type.
 pub fn read_pcap(path: &Path) -> Result<(Link, Vec<Vec<u8>>)> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut reader = PcapReader::new(file)
-        .with_context(|| format!("{} is not a classic pcap file", path.display()))?;
-    let link = Link::from_datalink(reader.header().datalink)
-        .with_context(|| format!("{}", path.display()))?;
-    let mut frames = Vec::new();
-    while let Some(pkt) = reader.next_packet() {
-        let pkt = pkt.with_context(|| {
-            format!(
-                "{}: packet {} is truncated or corrupt",
-                path.display(),
-                frames.len() + 1
-            )
-        })?;
-        frames.push(pkt.data.into_owned());
-    }
-    Ok((link, frames))
+    let cap = crate::pcap::Capture::read(path)?;
+    let link = Link::from_linktype(cap.linktype).with_context(|| format!("{}", path.display()))?;
+    Ok((link, cap.records.into_iter().map(|r| r.data).collect()))
 }
 
 /// Decodes every packet of a capture file.

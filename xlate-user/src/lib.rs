@@ -5,4 +5,5 @@ pub mod decode;
 pub mod ebpf;
 pub mod host;
 pub mod netif;
+pub mod pcap;
 pub mod rawsock;

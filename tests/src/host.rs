@@ -1,0 +1,200 @@
+//! A two-host lab for host-mode tests: a client and a server namespace on
+//! one veth link, each running `xlate-user host`, torn down (agents
+//! stopped cleanly, pins removed, namespaces deleted) on drop.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::netns::{veth, Bg, Netns};
+use crate::xlate_user_bin;
+
+pub const CLIENT_IP: &str = "10.61.0.1";
+pub const SERVER_IP: &str = "10.61.0.2";
+pub const SERVER_IP2: &str = "10.61.0.3";
+/// What client applications connect to (`--connect`).
+pub const SERVICE_ADDR: &str = "10.61.0.100";
+pub const SERVICE_PORT: u16 = 80;
+pub const SERVICE_ID: &str = "00000050";
+pub const HTTP_PORT: u16 = 8080;
+/// A second service for socket-level tests: clients use
+/// `APP_ADDR:APP_PORT`, the server listens on `APP_PORT`.
+pub const APP_SERVICE_ID: &str = "00000051";
+pub const APP_ADDR: &str = "10.61.0.101";
+pub const APP_PORT: u16 = 9000;
+pub const CLIENT_IF: &str = "hc0";
+pub const SERVER_IF: &str = "hs0";
+
+/// A running `xlate-user host`, stopped with SIGTERM on drop so that it
+/// detaches and unpins; its pin directory is removed if it had to be killed.
+pub struct Agent {
+    bg: Option<Bg>,
+    pin_dir: PathBuf,
+}
+
+impl Agent {
+    pub fn start(ns: &Netns, iface: &str, args: &[&str]) -> Agent {
+        let ino = std::fs::metadata(format!("/run/netns/{}", ns.name())).unwrap().ino();
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xlate/host-{ino}-{iface}"));
+        let bin = xlate_user_bin();
+        let mut full = vec![format!("--net=/run/netns/{}", ns.name()), bin.display().to_string(), "host".into(), "--iface".into(), iface.into()];
+        full.extend(args.iter().map(|s| s.to_string()));
+        let child = Command::new("nsenter").args(&full).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut bg = Bg::from_child(child);
+        bg.wait_for_line("xlate host mode on", Duration::from_secs(30));
+        Agent { bg: Some(bg), pin_dir }
+    }
+
+    /// Stops the agent; returns its stderr.
+    pub fn stop(&mut self) -> String {
+        match self.bg.take() {
+            Some(mut bg) => bg.stop(libc::SIGTERM).1,
+            None => String::new(),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        if self.pin_dir.exists() {
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
+    }
+}
+
+pub struct HostLab {
+    // Field order is drop order: agents stop before namespaces go.
+    pub server_agent: Agent,
+    pub client_agent: Agent,
+    pub http: Option<Bg>,
+    pub dir: PathBuf,
+    pub server: Netns,
+    pub client: Netns,
+}
+
+impl HostLab {
+    /// Client and server namespaces, host mode on both, and a python HTTP
+    /// server on the server side serving `dir` (files created by the test).
+    pub fn new(tag: &str) -> HostLab {
+        let client = Netns::new(&format!("{tag}-c"));
+        let server = Netns::new(&format!("{tag}-s"));
+        veth(&client, CLIENT_IF, &format!("{CLIENT_IP}/24"), &server, SERVER_IF, &format!("{SERVER_IP}/24"));
+        let dir = std::env::temp_dir().join(format!("xlate-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let server_agent = Agent::start(
+            &server,
+            SERVER_IF,
+            &["--serve", &format!("{SERVICE_ID}={HTTP_PORT}"), "--serve", &format!("{APP_SERVICE_ID}={APP_PORT}")],
+        );
+        let client_agent = Agent::start(
+            &client,
+            CLIENT_IF,
+            &[
+                "--connect",
+                &format!("{SERVICE_ID}={SERVICE_ADDR}:{SERVICE_PORT}"),
+                "--connect",
+                &format!("{APP_SERVICE_ID}={APP_ADDR}:{APP_PORT}"),
+            ],
+        );
+        HostLab { server_agent, client_agent, http: None, dir, server, client }
+    }
+
+    pub fn start_http(&mut self) {
+        let mut http = self.server.spawn(
+            "python3",
+            &["-u", "-m", "http.server", &HTTP_PORT.to_string(), "--bind", SERVER_IP, "--directory", self.dir.to_str().unwrap()],
+        );
+        http.wait_for_line("Serving HTTP", Duration::from_secs(10));
+        self.http = Some(http);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{SERVICE_ADDR}:{SERVICE_PORT}/{path}")
+    }
+
+    /// `xlate-user host <sub> --iface …` on one side (`nsenter` keeps the
+    /// mount namespace, where the pins are).
+    pub fn host_cli(&self, server_side: bool, sub: &[&str]) -> Output {
+        let (ns, iface) = if server_side { (&self.server, SERVER_IF) } else { (&self.client, CLIENT_IF) };
+        let mut args = vec![format!("--net=/run/netns/{}", ns.name()), xlate_user_bin().display().to_string(), "host".into()];
+        args.extend(sub.iter().map(|s| s.to_string()));
+        args.extend(["--iface".to_string(), iface.to_string()]);
+        Command::new("nsenter").args(&args).output().unwrap()
+    }
+
+    pub fn stats(&self, server_side: bool) -> BTreeMap<String, u64> {
+        let out = self.host_cli(server_side, &["stats"]);
+        assert!(out.status.success(), "host stats: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, v)| (k.to_string(), v.trim().parse().unwrap()))
+            .collect()
+    }
+
+    /// Live flows (rows of `host flows`, header dropped).
+    pub fn flows(&self, server_side: bool) -> Vec<String> {
+        let out = self.host_cli(server_side, &["flows"]);
+        assert!(out.status.success(), "host flows: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().skip(1).map(str::to_string).collect()
+    }
+
+    /// Waits until neither side has a flow left; panics naming what is left.
+    pub fn wait_no_flows(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let (c, s) = (self.flows(false), self.flows(true));
+            if c.is_empty() && s.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("flows left after {within:?}:\nclient: {c:#?}\nserver: {s:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for HostLab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A tcpdump on one interface of a namespace, writing a pcap.
+pub struct Capture {
+    bg: Option<Bg>,
+    pub path: PathBuf,
+}
+
+impl Capture {
+    pub fn start(ns: &Netns, iface: &str, path: PathBuf, filter: &[&str]) -> Capture {
+        // -Z root: Debian's tcpdump otherwise drops to its own user, which
+        // cannot write into the test's directory.
+        let mut args = vec!["-Z", "root", "--immediate-mode", "-i", iface, "-n", "-U", "-w", path.to_str().unwrap()];
+        args.extend_from_slice(filter);
+        let mut bg = ns.spawn_stderr("tcpdump", &args);
+        bg.wait_for_stderr_line("listening on", Duration::from_secs(10));
+        Capture { bg: Some(bg), path }
+    }
+
+    /// Stops tcpdump; returns its report ("N packets captured" …).
+    pub fn stop(&mut self) -> String {
+        match self.bg.take() {
+            Some(mut bg) => {
+                std::thread::sleep(Duration::from_millis(300));
+                bg.stop(libc::SIGINT).1
+            }
+            None => String::new(),
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,276 @@
+//! Host mode end to end: two network namespaces, `xlate-user host` on
+//! both, unmodified curl and python sockets as applications, real packets
+//! on a veth link, captures decoded with `xlate-user decode`.
+
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use xlate_common::wire::packet::{ServalRepr, Transport};
+use xlate_tests::host::*;
+use xlate_tests::{require_root, xlate_user_bin};
+use xlate_user::decode::{read_pcap, shape};
+
+/// The lab tests move a lot of data on a 2-core machine: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sh(ns: &xlate_tests::netns::Netns, script: &str) -> String {
+    let out = ns.output("sh", &["-c", script]);
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn make_file(lab: &HostLab, name: &str, bytes: usize) -> String {
+    let path = lab.dir.join(name);
+    let out = Command::new("sh")
+        .args(["-c", &format!("head -c {bytes} /dev/urandom > {0} && sha256sum {0}", path.display())])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+/// Parsed SAL packets of a capture, in order.
+fn sal_packets(path: &std::path::Path) -> Vec<(Vec<u8>, String)> {
+    let (link, frames) = read_pcap(path).unwrap();
+    frames
+        .iter()
+        .filter_map(|f| link.ipv4(f).ok())
+        .filter(|ip| ip.len() > 20 && ip[9] == 144)
+        .map(|ip| {
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let d = ip[..total].to_vec();
+            let s = shape(&ServalRepr::parse(&d).unwrap_or_else(|e| panic!("invalid SAL packet in capture: {e}")));
+            (d, s)
+        })
+        .collect()
+}
+
+const CONCURRENT: &str = r#"
+import socket, sys, threading
+N = int(sys.argv[1]); host = sys.argv[2]; port = int(sys.argv[3])
+ok = []; errs = []; lock = threading.Lock()
+def one(i):
+    try:
+        s = socket.create_connection((host, port), timeout=30)
+        s.sendall(b"GET /small.txt HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            d = s.recv(65536)
+            if not d: break
+            data += d
+        s.close()
+        assert data.startswith(b"HTTP/1.0 200") and data.endswith(b"x" * 1000), data[:60]
+        with lock: ok.append(i)
+    except Exception as e:
+        with lock: errs.append(repr(e))
+ts = [threading.Thread(target=one, args=(i,)) for i in range(N)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print(len(ok), "ok", len(errs), "errors", errs[:3])
+"#;
+
+#[test]
+fn curl_downloads_50_mb_and_100_concurrent_connections_complete() {
+    require_root();
+    let _g = serial();
+    let mut lab = HostLab::new("dl");
+    let sum = make_file(&lab, "big.bin", 50_000_000);
+    std::fs::write(lab.dir.join("small.txt"), "x".repeat(1000)).unwrap();
+    lab.start_http();
+
+    let got = sh(&lab.client, &format!("curl -sS --fail --max-time 120 {} | sha256sum", lab.url("big.bin")));
+    assert_eq!(got.split_whitespace().next().unwrap(), sum, "SHA-256 of the 50 MB download");
+
+    let out = lab.client.output("python3", &["-c", CONCURRENT, "100", SERVICE_ADDR, &SERVICE_PORT.to_string()]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.starts_with("100 ok 0 errors"), "{report} {}", String::from_utf8_lossy(&out.stderr));
+
+    // Normal close: both sides free every flow within seconds.
+    lab.wait_no_flows(Duration::from_secs(5));
+    let s = lab.stats(true);
+    assert!(s["ingress_syn"] >= 101, "{s:?}");
+    assert_eq!(s["flows_freed"], 101, "every connection freed once: {s:?}");
+    for bad in ["drop_bad_checksum", "drop_bad_length", "drop_bad_extension", "egress_gso_dropped", "egress_error", "ingress_error"] {
+        assert_eq!(s[bad], 0, "{bad}: {s:?}");
+        assert_eq!(lab.stats(false)[bad], 0, "client {bad}");
+    }
+}
+
+const SEQUENTIAL_CLIENT: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(b"GET /hello.txt HTTP/1.0\r\n\r\n")
+data = b""
+while True:
+    d = s.recv(4096)
+    if not d: break
+    data += d
+time.sleep(0.5)
+s.close()
+print(data.decode().strip())
+"#;
+
+#[test]
+fn the_wire_looks_like_the_original_stack() {
+    require_root();
+    let _g = serial();
+    let mut lab = HostLab::new("shape");
+    std::fs::write(lab.dir.join("hello.txt"), "hello serval\n").unwrap();
+    lab.start_http();
+    let pcap = lab.dir.join("link.pcap");
+    let mut cap = Capture::start(&lab.server, SERVER_IF, pcap.clone(), &["ip", "proto", "144"]);
+    // An HTTP/1.0 exchange whose client closes a moment after the server,
+    // so the two SAL FIN/ACK exchanges do not cross (the order of the
+    // original stack's capture).
+    let got = sh(&lab.client, &format!("python3 -c '{SEQUENTIAL_CLIENT}' {SERVICE_ADDR} {SERVICE_PORT}"));
+    assert!(got.ends_with("hello serval"), "{got}");
+    lab.wait_no_flows(Duration::from_secs(5));
+    let report = cap.stop();
+
+    // Every packet decodes with valid checksums.
+    let out = Command::new(xlate_user_bin()).arg("decode").arg(&pcap).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("cksum BAD"), "{text}");
+
+    let pkts = sal_packets(&pcap);
+    assert!(pkts.len() >= 10, "capture too small: {text} (tcpdump: {report})");
+    let shapes: Vec<&str> = pkts.iter().map(|(_, s)| s.as_str()).collect();
+    // Handshake exactly as in handshake-data-close.pcap.
+    assert_eq!(&shapes[..3], ["SYN/17/S", "SYN|ACK/8/S.", "ACK/17/."], "{shapes:#?}");
+    // Everything with a transport after the handshake is a bare data header.
+    for s in &shapes[3..] {
+        assert!(s.starts_with("-/3/") || s.ends_with("/8/none"), "unexpected packet shape {s}: {shapes:#?}");
+    }
+    // The close: SAL FIN and SAL ACK in each direction, SAL-only, and
+    // every SAL FIN follows a TCP FIN of the same side.
+    let control: Vec<(String, [u8; 4])> = pkts
+        .iter()
+        .filter(|(_, s)| s.ends_with("/none"))
+        .map(|(d, s)| (s.clone(), [d[12], d[13], d[14], d[15]]))
+        .collect();
+    assert_eq!(control.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), ["FIN/8/none", "ACK/8/none", "FIN/8/none", "ACK/8/none"]);
+    assert_ne!(control[0].1, control[2].1, "one SAL FIN from each side");
+    assert_eq!(control[0].1, control[3].1, "each FIN answered by the peer");
+    for (i, (d, s)) in pkts.iter().enumerate() {
+        if s == "FIN/8/none" {
+            let src = &d[12..16];
+            let tcp_fin_before = pkts[..i].iter().any(|(e, t)| t.contains('F') && !t.starts_with("FIN") && &e[12..16] == src);
+            assert!(tcp_fin_before, "SAL FIN #{i} without an earlier TCP FIN from {src:?}");
+        }
+    }
+    // Ports 0 on the wire.
+    for (d, _) in &pkts {
+        if let Transport::Tcp(t) = ServalRepr::parse(d).unwrap().transport {
+            assert_eq!((t.src_port, t.dst_port), (0, 0));
+        }
+    }
+}
+
+const ABORTING_CLIENT: &str = r#"
+import socket, struct, time, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"x"); time.sleep(0.3)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close(); print("aborted", flush=True)
+"#;
+
+const PATIENT_SERVER: &str = r#"
+import socket, sys
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2]))); l.listen(5); print("listening", flush=True)
+c, _ = l.accept(); c.settimeout(10)
+try:
+    while c.recv(100): pass
+    print("server saw EOF", flush=True)
+except ConnectionResetError:
+    print("server saw reset", flush=True)
+"#;
+
+const ABORTING_SERVER: &str = r#"
+import socket, struct, sys
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2]))); l.listen(5); print("listening", flush=True)
+c, _ = l.accept(); c.recv(1)
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()
+"#;
+
+const PATIENT_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(b"x")
+try:
+    d = s.recv(100)
+    print("client saw EOF" if not d else "client got data", flush=True)
+except ConnectionResetError:
+    print("client saw reset", flush=True)
+"#;
+
+#[test]
+fn resets_reach_the_other_side_and_free_the_flows() {
+    require_root();
+    let _g = serial();
+    let lab = HostLab::new("rst");
+    let port = APP_PORT.to_string();
+
+    // Client abort: the serving application sees the reset.
+    let mut server = lab.server.spawn("python3", &["-c", PATIENT_SERVER, SERVER_IP, &port]);
+    server.wait_for_line("listening", Duration::from_secs(10));
+    let out = lab.client.output("python3", &["-c", ABORTING_CLIENT, APP_ADDR, &port]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    server.wait_for_line("server saw reset", Duration::from_secs(10));
+    lab.wait_no_flows(Duration::from_secs(5));
+
+    // Server abort: the client application sees the reset.
+    let mut server = lab.server.spawn("python3", &["-c", ABORTING_SERVER, SERVER_IP, &port]);
+    server.wait_for_line("listening", Duration::from_secs(10));
+    let out = lab.client.output("python3", &["-c", PATIENT_CLIENT, APP_ADDR, &port]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "client saw reset", "{}", String::from_utf8_lossy(&out.stderr));
+    lab.wait_no_flows(Duration::from_secs(5));
+}
+
+#[test]
+fn a_serving_host_migrates_mid_transfer() {
+    require_root();
+    let _g = serial();
+    let mut lab = HostLab::new("mig");
+    let sum = make_file(&lab, "big.bin", 50_000_000);
+    lab.start_http();
+    lab.server.ip(&["addr", "add", &format!("{SERVER_IP2}/24"), "dev", SERVER_IF]);
+    let pcap = lab.dir.join("control.pcap");
+    // SAL packets that are not plain data (shl != 3).
+    let mut cap = Capture::start(&lab.server, SERVER_IF, pcap.clone(), &["ip", "proto", "144", "and", "ip[28]", "!=", "3"]);
+
+    let mut curl = lab.client.spawn(
+        "sh",
+        &["-c", &format!("curl -sS --fail --max-time 60 --limit-rate 20M {} | sha256sum", lab.url("big.bin"))],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let out = lab.host_cli(true, &["migrate", "--to", SERVER_IP2]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("moving 1 flows"), "{}", String::from_utf8_lossy(&out.stdout));
+    let line = curl.wait_for_line("-", Duration::from_secs(60));
+    assert_eq!(line.split_whitespace().next().unwrap(), sum, "transfer intact across the migration");
+    lab.wait_no_flows(Duration::from_secs(5));
+    cap.stop();
+
+    let pkts = sal_packets(&pcap);
+    let ctl: Vec<(String, String, String)> = pkts
+        .iter()
+        .map(|(d, s)| {
+            let ip = |o: usize| format!("{}.{}.{}.{}", d[o], d[o + 1], d[o + 2], d[o + 3]);
+            (s.clone(), ip(12), ip(16))
+        })
+        .filter(|(s, _, _)| s.starts_with("RSYN") || s.starts_with("ACK/8"))
+        .collect();
+    let rsyn = ctl.iter().position(|c| c.0 == "RSYN/8/none").expect("an RSYN");
+    assert_eq!(ctl[rsyn].1, SERVER_IP2, "RSYN from the new address");
+    assert_eq!(ctl[rsyn + 1], ("RSYN|ACK/8/none".into(), CLIENT_IP.into(), SERVER_IP2.into()));
+    assert_eq!(ctl[rsyn + 2], ("ACK/8/none".into(), SERVER_IP2.into(), CLIENT_IP.into()));
+    // After the switch, the data comes from the new address.
+    let s = lab.stats(true);
+    assert!(s["ctl_sent"] >= 2, "{s:?}");
+}
