@@ -274,3 +274,121 @@ fn a_serving_host_migrates_mid_transfer() {
     let s = lab.stats(true);
     assert!(s["ctl_sent"] >= 2, "{s:?}");
 }
+
+const ECHO_SERVER: &str = r#"
+import socket, sys
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2]))); l.listen(5); print("listening", flush=True)
+c, _ = l.accept()
+while True:
+    d = c.recv(100)
+    if not d: break
+    c.sendall(d)
+"#;
+
+const SLOW_ECHO_CLIENT: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(b"a"); assert s.recv(10) == b"a"; print("ready", flush=True)
+time.sleep(2)
+s.sendall(b"b"); assert s.recv(10) == b"b"; print("ok", flush=True)
+s.close()
+"#;
+
+const SEND_RAW: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for h in sys.argv[2:]:
+    s.sendto(bytes.fromhex(h), (sys.argv[1], 0))
+"#;
+
+fn serval(src: &str, dst: &str, sal: xlate_common::wire::sal::SalRepr, transport: Transport) -> Vec<u8> {
+    use xlate_common::wire::ipv4::Ipv4Repr;
+    let repr = ServalRepr {
+        ip: Ipv4Repr {
+            src_addr: src.parse().unwrap(),
+            dst_addr: dst.parse().unwrap(),
+            protocol: 144,
+            payload_len: 0,
+            ttl: 64,
+            tos: 0,
+            ident: 1,
+            dont_frag: false,
+        },
+        sal,
+        transport,
+    };
+    let mut b = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut b).unwrap();
+    b
+}
+
+/// Re-sums the SAL header after a test broke something else in it.
+fn fix_sal_checksum(d: &mut [u8]) {
+    let hl = usize::from(d[28]) * 4;
+    d[30] = 0;
+    d[31] = 0;
+    let c = xlate_common::wire::checksum::checksum(&d[20..20 + hl]);
+    d[30..32].copy_from_slice(&c.to_be_bytes());
+}
+
+#[test]
+fn malformed_sal_is_dropped_counted_and_never_answered_with_icmp() {
+    use xlate_common::wire::sal::{ControlFlags, ControlRepr, FlowId, SalRepr};
+    use xlate_common::wire::tcp::{TcpFlags, TcpRepr};
+    require_root();
+    let _g = serial();
+    let lab = HostLab::new("bad");
+    let port = APP_PORT.to_string();
+    let mut echo = lab.server.spawn("python3", &["-c", ECHO_SERVER, SERVER_IP, &port]);
+    echo.wait_for_line("listening", Duration::from_secs(10));
+    let mut client = lab.client.spawn("python3", &["-c", SLOW_ECHO_CLIENT, APP_ADDR, &port]);
+    client.wait_for_line("ready", Duration::from_secs(10));
+    let flows = lab.flows(true);
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    let cols: Vec<&str> = flows[0].split_whitespace().collect();
+    let (server_flow, client_flow): (u32, u32) = (cols[0].parse().unwrap(), cols[1].parse().unwrap());
+    let icmp_pcap = lab.dir.join("icmp.pcap");
+    let mut icmp = Capture::start(&lab.server, SERVER_IF, icmp_pcap.clone(), &["icmp"]);
+    let before = lab.stats(true);
+
+    let ack = TcpRepr { src_port: 0, dst_port: 0, seq: 1, ack: 1, flags: TcpFlags(TcpFlags::ACK), window: 100, urgent: 0, options: &[], payload: &[] };
+    let data = |dst: u32| serval(CLIENT_IP, SERVER_IP, SalRepr::data(FlowId(client_flow), FlowId(dst), 6), Transport::Tcp(ack));
+    let unknown_flow = data(0x0bad_f00d);
+    let mut bad_checksum = data(server_flow);
+    bad_checksum[30] ^= 0xff;
+    let mut bad_shl = data(server_flow);
+    bad_shl[28] = 2;
+    fix_sal_checksum(&mut bad_shl);
+    let ctl = |flags: ControlFlags| {
+        let mut sal = SalRepr::data(FlowId(client_flow), FlowId(server_flow), 6);
+        sal.control = Some(ControlRepr { flags, verno: 7, ackno: 7, nonce: [0xee; 8] });
+        serval(CLIENT_IP, SERVER_IP, sal, Transport::None)
+    };
+    let mut bad_ext = ctl(ControlFlags::ACK);
+    bad_ext[20 + 13] = 16; // CONTROL length byte: must be 20
+    fix_sal_checksum(&mut bad_ext);
+    let fin_bad_nonce = ctl(ControlFlags::FIN);
+    let rsyn_bad_nonce = ctl(ControlFlags::RSYN);
+    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let pkts = [&unknown_flow, &bad_checksum, &bad_shl, &bad_ext, &fin_bad_nonce, &rsyn_bad_nonce].map(|p| hex(p));
+    let mut args = vec!["-c", SEND_RAW, SERVER_IP];
+    args.extend(pkts.iter().map(String::as_str));
+    let out = lab.client.output("python3", &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The live connection is untouched.
+    client.wait_for_line("ok", Duration::from_secs(10));
+    let after = lab.stats(true);
+    let d = |k: &str| after[k] - before[k];
+    assert_eq!(d("drop_unknown_flow"), 1, "{after:?}");
+    assert_eq!(d("drop_bad_checksum"), 1, "{after:?}");
+    assert_eq!(d("drop_bad_length"), 1, "{after:?}");
+    assert_eq!(d("drop_bad_extension"), 1, "{after:?}");
+    assert_eq!(d("ctl_drop_bad_nonce"), 2, "FIN and RSYN with a wrong nonce: {after:?}");
+
+    let report = icmp.stop();
+    let frames = xlate_user::pcap::Capture::read(&icmp_pcap).unwrap().records.len();
+    assert_eq!(frames, 0, "no ICMP may leave a host-mode namespace ({report})");
+    lab.wait_no_flows(Duration::from_secs(5));
+}
