@@ -134,7 +134,11 @@ pub struct Bg {
 impl Bg {
     fn new(mut child: Child) -> Bg {
         let stdout = child.stdout.take().map(BufReader::new);
-        Bg { child: Some(child), stdout, stderr: None }
+        Bg {
+            child: Some(child),
+            stdout,
+            stderr: None,
+        }
     }
 
     /// Wraps a child spawned with piped stdout and stderr.
@@ -145,7 +149,11 @@ impl Bg {
     /// Like [`wait_for_line`](Self::wait_for_line), on stderr.
     pub fn wait_for_stderr_line(&mut self, needle: &str, timeout: Duration) -> String {
         if self.stderr.is_none() {
-            let e = self.child.as_mut().and_then(|c| c.stderr.take()).expect("stderr piped");
+            let e = self
+                .child
+                .as_mut()
+                .and_then(|c| c.stderr.take())
+                .expect("stderr piped");
             self.stderr = Some(BufReader::new(e));
         }
         let deadline = Instant::now() + timeout;

@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
-use xlate_user::pcap::Capture;
 use xlate_tests::{fixture, serval_fixtures, xlate_user_bin};
+use xlate_user::pcap::Capture;
 
 #[test]
 fn every_fixture_decodes_with_exit_zero() {

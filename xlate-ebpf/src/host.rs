@@ -257,7 +257,9 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
 
     let tot_len = u16::from_be(ctx.load::<u16>(IP_OFF + 2)?);
     let doff = usize::from(ctx.load::<u8>(L4_OFF + 12)? >> 4) * 4;
-    let payload = u32::from(tot_len).wrapping_sub(20).wrapping_sub(doff as u32);
+    let payload = u32::from(tot_len)
+        .wrapping_sub(20)
+        .wrapping_sub(doff as u32);
     let seq = u32::from_be(ctx.load::<u32>(L4_OFF + 4)?);
     let seq_end = seq.wrapping_add(payload);
     let is_client = flow.role == role::CLIENT;
@@ -813,7 +815,12 @@ fn server_flow(
     // up per CPU from a random start (the agent seeds them), so ports
     // rotate through 32768-65535 like an ephemeral range and a new flow
     // does not land on a TIME_WAIT socket of a recent one.
-    let mut key = FlowKey { saddr: cfg.addr, daddr: ip_src, sport: port, dport: [0; 2] };
+    let mut key = FlowKey {
+        saddr: cfg.addr,
+        daddr: ip_src,
+        sport: port,
+        dport: [0; 2],
+    };
     let base = (((id >> 8) << 1) | (id & 1)) as u16;
     let mut found = false;
     let mut i: u16 = 0;

@@ -188,14 +188,27 @@ impl OffloadGuard {
             }
             None => bail!("cannot read gso_max_segs of {iface} (`ip -d -j link show`)"),
         };
-        Ok(OffloadGuard { iface: iface.to_string(), restore, gso_max_segs })
+        Ok(OffloadGuard {
+            iface: iface.to_string(),
+            restore,
+            gso_max_segs,
+        })
     }
 }
 
 impl Drop for OffloadGuard {
     fn drop(&mut self) {
         if let Some(n) = self.gso_max_segs {
-            let _ = Command::new("ip").args(["link", "set", "dev", &self.iface, "gso_max_segs", &n.to_string()]).output();
+            let _ = Command::new("ip")
+                .args([
+                    "link",
+                    "set",
+                    "dev",
+                    &self.iface,
+                    "gso_max_segs",
+                    &n.to_string(),
+                ])
+                .output();
         }
         if self.restore.is_empty() {
             return;

@@ -48,7 +48,10 @@ impl Capture {
 
     pub fn parse(b: &[u8]) -> Result<Self> {
         if b.len() < 24 {
-            bail!("not a pcap file: {} bytes, shorter than the 24-byte header", b.len());
+            bail!(
+                "not a pcap file: {} bytes, shorter than the 24-byte header",
+                b.len()
+            );
         }
         let magic_le = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         let magic_be = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
@@ -61,7 +64,11 @@ impl Capture {
         };
         let u32_at = |at: usize| {
             let w = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-            if le { u32::from_le_bytes(w) } else { u32::from_be_bytes(w) }
+            if le {
+                u32::from_le_bytes(w)
+            } else {
+                u32::from_be_bytes(w)
+            }
         };
         let snaplen = u32_at(16);
         let linktype = u32_at(20) & 0x0fff_ffff;
@@ -73,15 +80,28 @@ impl Capture {
                 bail!("packet {n}: record header cut short at byte {at}");
             }
             let incl = u32_at(at + 8) as usize;
-            let rec = Record { ts_sec: u32_at(at), ts_frac: u32_at(at + 4), orig_len: u32_at(at + 12), data: Vec::new() };
+            let rec = Record {
+                ts_sec: u32_at(at),
+                ts_frac: u32_at(at + 4),
+                orig_len: u32_at(at + 12),
+                data: Vec::new(),
+            };
             at += 16;
             if incl > 262_144 || at + incl > b.len() {
                 bail!("packet {n}: captured length {incl} runs past the end of the file");
             }
-            records.push(Record { data: b[at..at + incl].to_vec(), ..rec });
+            records.push(Record {
+                data: b[at..at + incl].to_vec(),
+                ..rec
+            });
             at += incl;
         }
-        Ok(Capture { linktype, snaplen, nanos, records })
+        Ok(Capture {
+            linktype,
+            snaplen,
+            nanos,
+            records,
+        })
     }
 
     /// Writes the capture in the host's byte order, as tcpdump does.
@@ -116,7 +136,12 @@ mod tests {
             linktype: 1,
             snaplen: 64,
             nanos: false,
-            records: vec![Record { ts_sec: 1, ts_frac: 2, orig_len: 100, data: vec![7; 64] }],
+            records: vec![Record {
+                ts_sec: 1,
+                ts_frac: 2,
+                orig_len: 100,
+                data: vec![7; 64],
+            }],
         };
         let p = std::env::temp_dir().join(format!("xlate-pcap-{}.pcap", std::process::id()));
         cap.write(&p).unwrap();
@@ -129,7 +154,10 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        assert!(Capture::parse(&[0; 10]).unwrap_err().to_string().contains("shorter than the 24-byte header"));
+        assert!(Capture::parse(&[0; 10])
+            .unwrap_err()
+            .to_string()
+            .contains("shorter than the 24-byte header"));
         let mut b = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
         b.extend_from_slice(&[0; 8]);
         b.extend_from_slice(&65535u32.to_le_bytes());
@@ -137,6 +165,9 @@ mod tests {
         b.extend_from_slice(&[0; 8]);
         b.extend_from_slice(&100u32.to_le_bytes());
         b.extend_from_slice(&100u32.to_le_bytes());
-        assert!(Capture::parse(&b).unwrap_err().to_string().contains("packet 1: captured length 100 runs past"));
+        assert!(Capture::parse(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("packet 1: captured length 100 runs past"));
     }
 }

@@ -3,6 +3,7 @@
 //! The eBPF crate needs a second compiler (see toolchain.rs), so plain
 //! `cargo build` is not enough; these commands do every step in order.
 
+mod bench;
 mod setup;
 mod toolchain;
 mod util;
@@ -47,6 +48,13 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Measure, side by side in one run: host-mode goodput versus plain TCP
+    /// over the same namespaces and offload settings (iperf3). Needs root.
+    Bench {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
     /// Build and start xlate-user with the given arguments (default: --help).
     Run {
         #[arg(last = true)]
@@ -70,6 +78,14 @@ fn real_main() -> Result<()> {
             fuzz_seconds,
             cargo_args,
         } => test(no_fuzz, fuzz_seconds, &cargo_args),
+        Cmd::Bench { seconds } => {
+            if !is_root() {
+                bail!("cargo xtask bench needs root (network namespaces, BPF)");
+            }
+            setup::setup()?;
+            let bin = build(true)?;
+            bench::host_mode(&bin, seconds)
+        }
         Cmd::Run { args } => {
             let bin = build(false)?;
             let args = if args.is_empty() {

@@ -113,6 +113,10 @@ impl HostMaps {
             let _ = std::fs::remove_file(dir.join(name));
         }
         let _ = std::fs::remove_dir(dir);
+        // The shared parent goes too once the last instance is gone.
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 
     /// Adds one to a counter from user space (CPU 0's slot; the agent is

@@ -236,8 +236,10 @@ pub fn run(opts: HostOptions) -> Result<()> {
 /// not guessable, and the ports the server side derives from them do not
 /// repeat those of an earlier run (whose TIME_WAIT sockets may linger).
 fn seed_flow_ids(ebpf: &mut aya::Ebpf) -> Result<()> {
-    let mut m: PerCpuArray<&mut MapData, u32> =
-        PerCpuArray::try_from(ebpf.map_mut(names::NEXT_FLOW).ok_or_else(|| anyhow!("flow-ID map missing"))?)?;
+    let mut m: PerCpuArray<&mut MapData, u32> = PerCpuArray::try_from(
+        ebpf.map_mut(names::NEXT_FLOW)
+            .ok_or_else(|| anyhow!("flow-ID map missing"))?,
+    )?;
     let n = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
     let mut seeds = Vec::with_capacity(n);
     let mut f = std::fs::File::open("/dev/urandom")?;
