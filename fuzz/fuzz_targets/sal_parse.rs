@@ -13,15 +13,10 @@ fuzz_target!(|data: &[u8]| {
     for ext in pkt.extensions() {
         assert!(ext.is_ok(), "checked packet with a bad extension");
     }
-    let _ = (
-        pkt.control(),
-        pkt.service_id(),
-        pkt.source().map(|s| s.iter().count()),
-    );
+    let _ = (pkt.control(), pkt.service_id(), pkt.source().map(|s| s.iter().count()));
     if let Ok(repr) = SalRepr::parse(&pkt) {
         let mut buf = vec![0u8; repr.header_len()];
-        repr.emit(&mut SalPacket::new_unchecked(&mut buf[..]))
-            .unwrap();
+        repr.emit(&mut SalPacket::new_unchecked(&mut buf[..])).unwrap();
         let again = SalPacket::new_checked(&buf[..]).unwrap();
         assert_eq!(SalRepr::parse(&again).unwrap(), repr);
     }

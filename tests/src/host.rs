@@ -36,9 +36,7 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(ns: &Netns, iface: &str, args: &[&str]) -> Agent {
-        let ino = std::fs::metadata(format!("/run/netns/{}", ns.name()))
-            .unwrap()
-            .ino();
+        let ino = std::fs::metadata(format!("/run/netns/{}", ns.name())).unwrap().ino();
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xlate/host-{ino}-{iface}"));
         let bin = xlate_user_bin();
         let mut full = vec![
@@ -58,10 +56,7 @@ impl Agent {
             .unwrap();
         let mut bg = Bg::from_child(child);
         bg.wait_for_line("xlate host mode on", Duration::from_secs(30));
-        Agent {
-            bg: Some(bg),
-            pin_dir,
-        }
+        Agent { bg: Some(bg), pin_dir }
     }
 
     /// Stops the agent; returns its stderr.
@@ -96,46 +91,27 @@ impl HostLab {
     /// Client and server namespaces, host mode on both, and a python HTTP
     /// server on the server side serving `dir` (files created by the test).
     pub fn new(tag: &str) -> HostLab {
+        HostLab::with_args(tag, &[], &[])
+    }
+
+    /// Like [`new`](Self::new), with extra `xlate-user host` arguments for
+    /// the server and the client agent.
+    pub fn with_args(tag: &str, server_extra: &[&str], client_extra: &[&str]) -> HostLab {
         let client = Netns::new(&format!("{tag}-c"));
         let server = Netns::new(&format!("{tag}-s"));
-        veth(
-            &client,
-            CLIENT_IF,
-            &format!("{CLIENT_IP}/24"),
-            &server,
-            SERVER_IF,
-            &format!("{SERVER_IP}/24"),
-        );
+        veth(&client, CLIENT_IF, &format!("{CLIENT_IP}/24"), &server, SERVER_IF, &format!("{SERVER_IP}/24"));
         let dir = std::env::temp_dir().join(format!("xlate-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let server_agent = Agent::start(
-            &server,
-            SERVER_IF,
-            &[
-                "--serve",
-                &format!("{SERVICE_ID}={HTTP_PORT}"),
-                "--serve",
-                &format!("{APP_SERVICE_ID}={APP_PORT}"),
-            ],
-        );
-        let client_agent = Agent::start(
-            &client,
-            CLIENT_IF,
-            &[
-                "--connect",
-                &format!("{SERVICE_ID}={SERVICE_ADDR}:{SERVICE_PORT}"),
-                "--connect",
-                &format!("{APP_SERVICE_ID}={APP_ADDR}:{APP_PORT}"),
-            ],
-        );
-        HostLab {
-            server_agent,
-            client_agent,
-            http: None,
-            dir,
-            server,
-            client,
-        }
+        let serve = [format!("{SERVICE_ID}={HTTP_PORT}"), format!("{APP_SERVICE_ID}={APP_PORT}")];
+        let mut args: Vec<&str> = vec!["--serve", &serve[0], "--serve", &serve[1]];
+        args.extend_from_slice(server_extra);
+        let server_agent = Agent::start(&server, SERVER_IF, &args);
+        let connect =
+            [format!("{SERVICE_ID}={SERVICE_ADDR}:{SERVICE_PORT}"), format!("{APP_SERVICE_ID}={APP_ADDR}:{APP_PORT}")];
+        let mut args: Vec<&str> = vec!["--connect", &connect[0], "--connect", &connect[1]];
+        args.extend_from_slice(client_extra);
+        let client_agent = Agent::start(&client, CLIENT_IF, &args);
+        HostLab { server_agent, client_agent, http: None, dir, server, client }
     }
 
     pub fn start_http(&mut self) {
@@ -163,16 +139,9 @@ impl HostLab {
     /// `xlate-user host <sub> --iface …` on one side (`nsenter` keeps the
     /// mount namespace, where the pins are).
     pub fn host_cli(&self, server_side: bool, sub: &[&str]) -> Output {
-        let (ns, iface) = if server_side {
-            (&self.server, SERVER_IF)
-        } else {
-            (&self.client, CLIENT_IF)
-        };
-        let mut args = vec![
-            format!("--net=/run/netns/{}", ns.name()),
-            xlate_user_bin().display().to_string(),
-            "host".into(),
-        ];
+        let (ns, iface) = if server_side { (&self.server, SERVER_IF) } else { (&self.client, CLIENT_IF) };
+        let mut args =
+            vec![format!("--net=/run/netns/{}", ns.name()), xlate_user_bin().display().to_string(), "host".into()];
         args.extend(sub.iter().map(|s| s.to_string()));
         args.extend(["--iface".to_string(), iface.to_string()]);
         Command::new("nsenter").args(&args).output().unwrap()
@@ -180,11 +149,7 @@ impl HostLab {
 
     pub fn stats(&self, server_side: bool) -> BTreeMap<String, u64> {
         let out = self.host_cli(server_side, &["stats"]);
-        assert!(
-            out.status.success(),
-            "host stats: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "host stats: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_once(' '))
@@ -195,16 +160,8 @@ impl HostLab {
     /// Live flows (rows of `host flows`, header dropped).
     pub fn flows(&self, server_side: bool) -> Vec<String> {
         let out = self.host_cli(server_side, &["flows"]);
-        assert!(
-            out.status.success(),
-            "host flows: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .skip(1)
-            .map(str::to_string)
-            .collect()
+        assert!(out.status.success(), "host flows: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().skip(1).map(str::to_string).collect()
     }
 
     /// Waits until neither side has a flow left; panics naming what is left.
@@ -239,17 +196,7 @@ impl Capture {
     pub fn start(ns: &Netns, iface: &str, path: PathBuf, filter: &[&str]) -> Capture {
         // -Z root: Debian's tcpdump otherwise drops to its own user, which
         // cannot write into the test's directory.
-        let mut args = vec![
-            "-Z",
-            "root",
-            "--immediate-mode",
-            "-i",
-            iface,
-            "-n",
-            "-U",
-            "-w",
-            path.to_str().unwrap(),
-        ];
+        let mut args = vec!["-Z", "root", "--immediate-mode", "-i", iface, "-n", "-U", "-w", path.to_str().unwrap()];
         args.extend_from_slice(filter);
         let mut bg = ns.spawn_stderr("tcpdump", &args);
         bg.wait_for_stderr_line("listening on", Duration::from_secs(10));

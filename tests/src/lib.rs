@@ -21,14 +21,8 @@ pub fn fixture(name: &str) -> PathBuf {
 pub fn xlate_user_bin() -> PathBuf {
     let p = std::env::var_os("XLATE_USER_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xlate-user")
-        });
-    assert!(
-        p.exists(),
-        "{} missing: run the tests with `cargo xtask test`",
-        p.display()
-    );
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/xlate-user"));
+    assert!(p.exists(), "{} missing: run the tests with `cargo xtask test`", p.display());
     p
 }
 
@@ -36,5 +30,8 @@ pub fn xlate_user_bin() -> PathBuf {
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test loads BPF programs and creates network namespaces: run it as root (cargo xtask test)");
+    assert_eq!(
+        euid, 0,
+        "this test loads BPF programs and creates network namespaces: run it as root (cargo xtask test)"
+    );
 }

@@ -44,10 +44,7 @@ impl Netns {
 
     /// Runs a program in the namespace; returns its output (any status).
     pub fn output(&self, program: &str, args: &[&str]) -> Output {
-        self.cmd(program)
-            .args(args)
-            .output()
-            .expect("spawn in netns")
+        self.cmd(program).args(args).output().expect("spawn in netns")
     }
 
     /// Like [`spawn`](Self::spawn) for programs that report on stderr.
@@ -71,10 +68,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 if let Ok(pid) = pid.parse::<i32>() {
                     // SAFETY: signalling a pid we just listed.
@@ -82,9 +76,7 @@ impl Drop for Netns {
                 }
             }
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -113,14 +105,8 @@ pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: 
 }
 
 fn sh(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A background process, killed (SIGKILL) when dropped unless it was
@@ -134,11 +120,7 @@ pub struct Bg {
 impl Bg {
     fn new(mut child: Child) -> Bg {
         let stdout = child.stdout.take().map(BufReader::new);
-        Bg {
-            child: Some(child),
-            stdout,
-            stderr: None,
-        }
+        Bg { child: Some(child), stdout, stderr: None }
     }
 
     /// Wraps a child spawned with piped stdout and stderr.
@@ -149,11 +131,7 @@ impl Bg {
     /// Like [`wait_for_line`](Self::wait_for_line), on stderr.
     pub fn wait_for_stderr_line(&mut self, needle: &str, timeout: Duration) -> String {
         if self.stderr.is_none() {
-            let e = self
-                .child
-                .as_mut()
-                .and_then(|c| c.stderr.take())
-                .expect("stderr piped");
+            let e = self.child.as_mut().and_then(|c| c.stderr.take()).expect("stderr piped");
             self.stderr = Some(BufReader::new(e));
         }
         let deadline = Instant::now() + timeout;

@@ -15,18 +15,9 @@ fn every_fixture_decodes_with_exit_zero() {
             continue;
         }
         n += 1;
-        let out = Command::new(xlate_user_bin())
-            .arg("decode")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = Command::new(xlate_user_bin()).arg("decode").arg(&path).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}: {stdout}\n{}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}: {stdout}\n{}", path.display(), String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains(" 0 invalid"), "{stdout}");
         // One line per packet plus the summary.
         let count = Capture::read(&path).unwrap().records.len();
@@ -37,11 +28,7 @@ fn every_fixture_decodes_with_exit_zero() {
 
 #[test]
 fn decode_prints_serval_fields() {
-    let out = Command::new(xlate_user_bin())
-        .arg("decode")
-        .arg(fixture("handshake-data-close.pcap"))
-        .output()
-        .unwrap();
+    let out = Command::new(xlate_user_bin()).arg("decode").arg(fixture("handshake-data-close.pcap")).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let first = stdout.lines().next().unwrap();
     for needle in [
@@ -72,11 +59,7 @@ fn flipped_sal_checksum_byte_fails_naming_the_packet() {
     let bad = dir.join("bad-checksum.pcap");
     // Ethernet 14 + IPv4 20, then the SAL checksum at SAL offset 10.
     corrupt("handshake-data-close.pcap", &bad, 5, 14 + 20 + 10);
-    let out = Command::new(xlate_user_bin())
-        .arg("decode")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = Command::new(xlate_user_bin()).arg("decode").arg(&bad).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains("packet 5: bad SAL checksum"), "{stderr}");
@@ -85,11 +68,7 @@ fn flipped_sal_checksum_byte_fails_naming_the_packet() {
     // A bad shl (2 words) is named too.
     let bad_shl = dir.join("bad-shl.pcap");
     corrupt("handshake-data-close.pcap", &bad_shl, 4, 14 + 20 + 8);
-    let out = Command::new(xlate_user_bin())
-        .arg("decode")
-        .arg(&bad_shl)
-        .output()
-        .unwrap();
+    let out = Command::new(xlate_user_bin()).arg("decode").arg(&bad_shl).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("packet 4: SAL shl 2 is below"), "{stderr}");
@@ -98,10 +77,7 @@ fn flipped_sal_checksum_byte_fails_naming_the_packet() {
 
 #[test]
 fn unreadable_input_is_a_clear_error() {
-    let out = Command::new(xlate_user_bin())
-        .args(["decode", "/nonexistent.pcap"])
-        .output()
-        .unwrap();
+    let out = Command::new(xlate_user_bin()).args(["decode", "/nonexistent.pcap"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open /nonexistent.pcap"));
 }

@@ -38,11 +38,7 @@ fn sal_datagrams(name: &str) -> (usize, Vec<Vec<u8>>) {
 }
 
 fn shapes(name: &str) -> Vec<String> {
-    sal_datagrams(name)
-        .1
-        .iter()
-        .map(|d| shape(&ServalRepr::parse(d).unwrap()))
-        .collect()
+    sal_datagrams(name).1.iter().map(|d| shape(&ServalRepr::parse(d).unwrap())).collect()
 }
 
 #[test]
@@ -52,16 +48,10 @@ fn every_capture_decodes_and_reemits_byte_for_byte() {
         assert_eq!(n, frames, "{name}: frame count");
         assert_eq!(datagrams.len(), sal, "{name}: SAL packet count");
         for (i, d) in datagrams.iter().enumerate() {
-            let repr =
-                ServalRepr::parse(d).unwrap_or_else(|e| panic!("{name} SAL packet {}: {e}", i + 1));
+            let repr = ServalRepr::parse(d).unwrap_or_else(|e| panic!("{name} SAL packet {}: {e}", i + 1));
             let mut again = vec![0u8; repr.buffer_len()];
             repr.emit(&mut again).unwrap();
-            assert_eq!(
-                &again,
-                d,
-                "{name} SAL packet {}: re-emitted bytes differ",
-                i + 1
-            );
+            assert_eq!(&again, d, "{name} SAL packet {}: re-emitted bytes differ", i + 1);
         }
     }
 }
@@ -101,15 +91,11 @@ fn service_router_adds_source_and_ttl() {
     assert_eq!(after.sal.header_len(), 80);
     assert_eq!(after.ip.ttl, before.ip.ttl - 1);
     let src = after.sal.source.expect("forwarded SYN carries SOURCE");
-    let want: [std::net::Ipv4Addr; 2] =
-        ["10.0.1.1".parse().unwrap(), "10.0.1.254".parse().unwrap()];
+    let want: [std::net::Ipv4Addr; 2] = ["10.0.1.1".parse().unwrap(), "10.0.1.254".parse().unwrap()];
     assert_eq!(src.as_slice(), &want);
     // The SYN-ACK appends the responder.
     let synack = ServalRepr::parse(&d[2]).unwrap();
-    assert_eq!(
-        synack.sal.source.unwrap().last(),
-        Some(&"10.0.2.2".parse().unwrap())
-    );
+    assert_eq!(synack.sal.source.unwrap().last(), Some(&"10.0.2.2".parse().unwrap()));
     // Flow IDs are untouched by the router.
     assert_eq!(before.sal.src_flowid, after.sal.src_flowid);
 }
@@ -121,13 +107,7 @@ fn migration_is_rsyn_rsynack_ack_from_the_new_address() {
     let ctl: Vec<(String, String, String)> = parsed
         .iter()
         .filter(|p| matches!(p.transport, Transport::None))
-        .map(|p| {
-            (
-                p.sal.control.unwrap().flags.to_string(),
-                p.ip.src_addr.to_string(),
-                p.ip.dst_addr.to_string(),
-            )
-        })
+        .map(|p| (p.sal.control.unwrap().flags.to_string(), p.ip.src_addr.to_string(), p.ip.dst_addr.to_string()))
         .step_by(2) // each appears twice: before and after the router
         .take(3)
         .collect();
@@ -140,22 +120,9 @@ fn migration_is_rsyn_rsynack_ack_from_the_new_address() {
         ]
     );
     // RSYN consumes one verno; the RSYN-ACK acknowledges it.
-    let rsyn = parsed
-        .iter()
-        .find(|p| p.sal.control.is_some_and(|c| c.flags.to_string() == "RSYN"))
-        .unwrap();
-    let rack = parsed
-        .iter()
-        .find(|p| {
-            p.sal
-                .control
-                .is_some_and(|c| c.flags.to_string() == "RSYN|ACK")
-        })
-        .unwrap();
-    assert_eq!(
-        rack.sal.control.unwrap().ackno,
-        rsyn.sal.control.unwrap().verno.wrapping_add(1)
-    );
+    let rsyn = parsed.iter().find(|p| p.sal.control.is_some_and(|c| c.flags.to_string() == "RSYN")).unwrap();
+    let rack = parsed.iter().find(|p| p.sal.control.is_some_and(|c| c.flags.to_string() == "RSYN|ACK")).unwrap();
+    assert_eq!(rack.sal.control.unwrap().ackno, rsyn.sal.control.unwrap().verno.wrapping_add(1));
 }
 
 #[test]

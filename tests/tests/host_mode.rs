@@ -20,31 +20,17 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 fn sh(ns: &xlate_tests::netns::Netns, script: &str) -> String {
     let out = ns.output("sh", &["-c", script]);
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn make_file(lab: &HostLab, name: &str, bytes: usize) -> String {
     let path = lab.dir.join(name);
     let out = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "head -c {bytes} /dev/urandom > {0} && sha256sum {0}",
-                path.display()
-            ),
-        ])
+        .args(["-c", &format!("head -c {bytes} /dev/urandom > {0} && sha256sum {0}", path.display())])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
 }
 
 /// Parsed SAL packets of a capture, in order.
@@ -57,10 +43,7 @@ fn sal_packets(path: &std::path::Path) -> Vec<(Vec<u8>, String)> {
         .map(|ip| {
             let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
             let d = ip[..total].to_vec();
-            let s = shape(
-                &ServalRepr::parse(&d)
-                    .unwrap_or_else(|e| panic!("invalid SAL packet in capture: {e}")),
-            );
+            let s = shape(&ServalRepr::parse(&d).unwrap_or_else(|e| panic!("invalid SAL packet in capture: {e}")));
             (d, s)
         })
         .collect()
@@ -98,35 +81,12 @@ fn curl_downloads_50_mb_and_100_concurrent_connections_complete() {
     std::fs::write(lab.dir.join("small.txt"), "x".repeat(1000)).unwrap();
     lab.start_http();
 
-    let got = sh(
-        &lab.client,
-        &format!(
-            "curl -sS --fail --max-time 120 {} | sha256sum",
-            lab.url("big.bin")
-        ),
-    );
-    assert_eq!(
-        got.split_whitespace().next().unwrap(),
-        sum,
-        "SHA-256 of the 50 MB download"
-    );
+    let got = sh(&lab.client, &format!("curl -sS --fail --max-time 120 {} | sha256sum", lab.url("big.bin")));
+    assert_eq!(got.split_whitespace().next().unwrap(), sum, "SHA-256 of the 50 MB download");
 
-    let out = lab.client.output(
-        "python3",
-        &[
-            "-c",
-            CONCURRENT,
-            "100",
-            SERVICE_ADDR,
-            &SERVICE_PORT.to_string(),
-        ],
-    );
+    let out = lab.client.output("python3", &["-c", CONCURRENT, "100", SERVICE_ADDR, &SERVICE_PORT.to_string()]);
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        report.starts_with("100 ok 0 errors"),
-        "{report} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(report.starts_with("100 ok 0 errors"), "{report} {}", String::from_utf8_lossy(&out.stderr));
 
     // Normal close: both sides free every flow within seconds.
     lab.wait_no_flows(Duration::from_secs(5));
@@ -168,55 +128,29 @@ fn the_wire_looks_like_the_original_stack() {
     std::fs::write(lab.dir.join("hello.txt"), "hello serval\n").unwrap();
     lab.start_http();
     let pcap = lab.dir.join("link.pcap");
-    let mut cap = Capture::start(
-        &lab.server,
-        SERVER_IF,
-        pcap.clone(),
-        &["ip", "proto", "144"],
-    );
+    let mut cap = Capture::start(&lab.server, SERVER_IF, pcap.clone(), &["ip", "proto", "144"]);
     // An HTTP/1.0 exchange whose client closes a moment after the server,
     // so the two SAL FIN/ACK exchanges do not cross (the order of the
     // original stack's capture).
-    let got = sh(
-        &lab.client,
-        &format!("python3 -c '{SEQUENTIAL_CLIENT}' {SERVICE_ADDR} {SERVICE_PORT}"),
-    );
+    let got = sh(&lab.client, &format!("python3 -c '{SEQUENTIAL_CLIENT}' {SERVICE_ADDR} {SERVICE_PORT}"));
     assert!(got.ends_with("hello serval"), "{got}");
     lab.wait_no_flows(Duration::from_secs(5));
     let report = cap.stop();
 
     // Every packet decodes with valid checksums.
-    let out = Command::new(xlate_user_bin())
-        .arg("decode")
-        .arg(&pcap)
-        .output()
-        .unwrap();
+    let out = Command::new(xlate_user_bin()).arg("decode").arg(&pcap).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(!text.contains("cksum BAD"), "{text}");
 
     let pkts = sal_packets(&pcap);
-    assert!(
-        pkts.len() >= 10,
-        "capture too small: {text} (tcpdump: {report})"
-    );
+    assert!(pkts.len() >= 10, "capture too small: {text} (tcpdump: {report})");
     let shapes: Vec<&str> = pkts.iter().map(|(_, s)| s.as_str()).collect();
     // Handshake exactly as in handshake-data-close.pcap.
-    assert_eq!(
-        &shapes[..3],
-        ["SYN/17/S", "SYN|ACK/8/S.", "ACK/17/."],
-        "{shapes:#?}"
-    );
+    assert_eq!(&shapes[..3], ["SYN/17/S", "SYN|ACK/8/S.", "ACK/17/."], "{shapes:#?}");
     // Everything with a transport after the handshake is a bare data header.
     for s in &shapes[3..] {
-        assert!(
-            s.starts_with("-/3/") || s.ends_with("/8/none"),
-            "unexpected packet shape {s}: {shapes:#?}"
-        );
+        assert!(s.starts_with("-/3/") || s.ends_with("/8/none"), "unexpected packet shape {s}: {shapes:#?}");
     }
     // The close: SAL FIN and SAL ACK in each direction, SAL-only, and
     // every SAL FIN follows a TCP FIN of the same side.
@@ -234,13 +168,9 @@ fn the_wire_looks_like_the_original_stack() {
     for (i, (d, s)) in pkts.iter().enumerate() {
         if s == "FIN/8/none" {
             let src = &d[12..16];
-            let tcp_fin_before = pkts[..i]
-                .iter()
-                .any(|(e, t)| t.contains('F') && !t.starts_with("FIN") && &e[12..16] == src);
-            assert!(
-                tcp_fin_before,
-                "SAL FIN #{i} without an earlier TCP FIN from {src:?}"
-            );
+            let tcp_fin_before =
+                pkts[..i].iter().any(|(e, t)| t.contains('F') && !t.starts_with("FIN") && &e[12..16] == src);
+            assert!(tcp_fin_before, "SAL FIN #{i} without an earlier TCP FIN from {src:?}");
         }
     }
     // Ports 0 on the wire.
@@ -298,29 +228,17 @@ fn resets_reach_the_other_side_and_free_the_flows() {
     let port = APP_PORT.to_string();
 
     // Client abort: the serving application sees the reset.
-    let mut server = lab
-        .server
-        .spawn("python3", &["-c", PATIENT_SERVER, SERVER_IP, &port]);
+    let mut server = lab.server.spawn("python3", &["-c", PATIENT_SERVER, SERVER_IP, &port]);
     server.wait_for_line("listening", Duration::from_secs(10));
-    let out = lab
-        .client
-        .output("python3", &["-c", ABORTING_CLIENT, APP_ADDR, &port]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = lab.client.output("python3", &["-c", ABORTING_CLIENT, APP_ADDR, &port]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     server.wait_for_line("server saw reset", Duration::from_secs(10));
     lab.wait_no_flows(Duration::from_secs(5));
 
     // Server abort: the client application sees the reset.
-    let mut server = lab
-        .server
-        .spawn("python3", &["-c", ABORTING_SERVER, SERVER_IP, &port]);
+    let mut server = lab.server.spawn("python3", &["-c", ABORTING_SERVER, SERVER_IP, &port]);
     server.wait_for_line("listening", Duration::from_secs(10));
-    let out = lab
-        .client
-        .output("python3", &["-c", PATIENT_CLIENT, APP_ADDR, &port]);
+    let out = lab.client.output("python3", &["-c", PATIENT_CLIENT, APP_ADDR, &port]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "client saw reset",
@@ -337,45 +255,26 @@ fn a_serving_host_migrates_mid_transfer() {
     let mut lab = HostLab::new("mig");
     let sum = make_file(&lab, "big.bin", 50_000_000);
     lab.start_http();
-    lab.server
-        .ip(&["addr", "add", &format!("{SERVER_IP2}/24"), "dev", SERVER_IF]);
+    lab.server.ip(&["addr", "add", &format!("{SERVER_IP2}/24"), "dev", SERVER_IF]);
     let pcap = lab.dir.join("control.pcap");
     // SAL packets that are not plain data (shl != 3).
-    let mut cap = Capture::start(
-        &lab.server,
-        SERVER_IF,
-        pcap.clone(),
-        &["ip", "proto", "144", "and", "ip[28]", "!=", "3"],
-    );
+    let mut cap =
+        Capture::start(&lab.server, SERVER_IF, pcap.clone(), &["ip", "proto", "144", "and", "ip[28]", "!=", "3"]);
 
     let mut curl = lab.client.spawn(
         "sh",
-        &[
-            "-c",
-            &format!(
-                "curl -sS --fail --max-time 60 --limit-rate 20M {} | sha256sum",
-                lab.url("big.bin")
-            ),
-        ],
+        &["-c", &format!("curl -sS --fail --max-time 60 --limit-rate 20M {} | sha256sum", lab.url("big.bin"))],
     );
     std::thread::sleep(Duration::from_millis(800));
     let out = lab.host_cli(true, &["migrate", "--to", SERVER_IP2]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("moving 1 flows"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
     let line = curl.wait_for_line("-", Duration::from_secs(60));
-    assert_eq!(
-        line.split_whitespace().next().unwrap(),
-        sum,
-        "transfer intact across the migration"
-    );
+    assert_eq!(line.split_whitespace().next().unwrap(), sum, "transfer intact across the migration");
     lab.wait_no_flows(Duration::from_secs(5));
     cap.stop();
 
@@ -388,23 +287,10 @@ fn a_serving_host_migrates_mid_transfer() {
         })
         .filter(|(s, _, _)| s.starts_with("RSYN") || s.starts_with("ACK/8"))
         .collect();
-    let rsyn = ctl
-        .iter()
-        .position(|c| c.0 == "RSYN/8/none")
-        .expect("an RSYN");
+    let rsyn = ctl.iter().position(|c| c.0 == "RSYN/8/none").expect("an RSYN");
     assert_eq!(ctl[rsyn].1, SERVER_IP2, "RSYN from the new address");
-    assert_eq!(
-        ctl[rsyn + 1],
-        (
-            "RSYN|ACK/8/none".into(),
-            CLIENT_IP.into(),
-            SERVER_IP2.into()
-        )
-    );
-    assert_eq!(
-        ctl[rsyn + 2],
-        ("ACK/8/none".into(), SERVER_IP2.into(), CLIENT_IP.into())
-    );
+    assert_eq!(ctl[rsyn + 1], ("RSYN|ACK/8/none".into(), CLIENT_IP.into(), SERVER_IP2.into()));
+    assert_eq!(ctl[rsyn + 2], ("ACK/8/none".into(), SERVER_IP2.into(), CLIENT_IP.into()));
     // After the switch, the data comes from the new address.
     let s = lab.stats(true);
     assert!(s["ctl_sent"] >= 2, "{s:?}");
@@ -437,12 +323,7 @@ for h in sys.argv[2:]:
     s.sendto(bytes.fromhex(h), (sys.argv[1], 0))
 "#;
 
-fn serval(
-    src: &str,
-    dst: &str,
-    sal: xlate_common::wire::sal::SalRepr,
-    transport: Transport,
-) -> Vec<u8> {
+fn serval(src: &str, dst: &str, sal: xlate_common::wire::sal::SalRepr, transport: Transport) -> Vec<u8> {
     use xlate_common::wire::ipv4::Ipv4Repr;
     let repr = ServalRepr {
         ip: Ipv4Repr {
@@ -480,19 +361,14 @@ fn malformed_sal_is_dropped_counted_and_never_answered_with_icmp() {
     let _g = serial();
     let lab = HostLab::new("bad");
     let port = APP_PORT.to_string();
-    let mut echo = lab
-        .server
-        .spawn("python3", &["-c", ECHO_SERVER, SERVER_IP, &port]);
+    let mut echo = lab.server.spawn("python3", &["-c", ECHO_SERVER, SERVER_IP, &port]);
     echo.wait_for_line("listening", Duration::from_secs(10));
-    let mut client = lab
-        .client
-        .spawn("python3", &["-c", SLOW_ECHO_CLIENT, APP_ADDR, &port]);
+    let mut client = lab.client.spawn("python3", &["-c", SLOW_ECHO_CLIENT, APP_ADDR, &port]);
     client.wait_for_line("ready", Duration::from_secs(10));
     let flows = lab.flows(true);
     assert_eq!(flows.len(), 1, "{flows:?}");
     let cols: Vec<&str> = flows[0].split_whitespace().collect();
-    let (server_flow, client_flow): (u32, u32) =
-        (cols[0].parse().unwrap(), cols[1].parse().unwrap());
+    let (server_flow, client_flow): (u32, u32) = (cols[0].parse().unwrap(), cols[1].parse().unwrap());
     let icmp_pcap = lab.dir.join("icmp.pcap");
     let mut icmp = Capture::start(&lab.server, SERVER_IF, icmp_pcap.clone(), &["icmp"]);
     let before = lab.stats(true);
@@ -509,12 +385,7 @@ fn malformed_sal_is_dropped_counted_and_never_answered_with_icmp() {
         payload: &[],
     };
     let data = |dst: u32| {
-        serval(
-            CLIENT_IP,
-            SERVER_IP,
-            SalRepr::data(FlowId(client_flow), FlowId(dst), 6),
-            Transport::Tcp(ack),
-        )
+        serval(CLIENT_IP, SERVER_IP, SalRepr::data(FlowId(client_flow), FlowId(dst), 6), Transport::Tcp(ack))
     };
     let unknown_flow = data(0x0bad_f00d);
     let mut bad_checksum = data(server_flow);
@@ -524,12 +395,7 @@ fn malformed_sal_is_dropped_counted_and_never_answered_with_icmp() {
     fix_sal_checksum(&mut bad_shl);
     let ctl = |flags: ControlFlags| {
         let mut sal = SalRepr::data(FlowId(client_flow), FlowId(server_flow), 6);
-        sal.control = Some(ControlRepr {
-            flags,
-            verno: 7,
-            ackno: 7,
-            nonce: [0xee; 8],
-        });
+        sal.control = Some(ControlRepr { flags, verno: 7, ackno: 7, nonce: [0xee; 8] });
         serval(CLIENT_IP, SERVER_IP, sal, Transport::None)
     };
     let mut bad_ext = ctl(ControlFlags::ACK);
@@ -538,23 +404,11 @@ fn malformed_sal_is_dropped_counted_and_never_answered_with_icmp() {
     let fin_bad_nonce = ctl(ControlFlags::FIN);
     let rsyn_bad_nonce = ctl(ControlFlags::RSYN);
     let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let pkts = [
-        &unknown_flow,
-        &bad_checksum,
-        &bad_shl,
-        &bad_ext,
-        &fin_bad_nonce,
-        &rsyn_bad_nonce,
-    ]
-    .map(|p| hex(p));
+    let pkts = [&unknown_flow, &bad_checksum, &bad_shl, &bad_ext, &fin_bad_nonce, &rsyn_bad_nonce].map(|p| hex(p));
     let mut args = vec!["-c", SEND_RAW, SERVER_IP];
     args.extend(pkts.iter().map(String::as_str));
     let out = lab.client.output("python3", &args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // The live connection is untouched.
     client.wait_for_line("ok", Duration::from_secs(10));
@@ -564,20 +418,88 @@ fn malformed_sal_is_dropped_counted_and_never_answered_with_icmp() {
     assert_eq!(d("drop_bad_checksum"), 1, "{after:?}");
     assert_eq!(d("drop_bad_length"), 1, "{after:?}");
     assert_eq!(d("drop_bad_extension"), 1, "{after:?}");
-    assert_eq!(
-        d("ctl_drop_bad_nonce"),
-        2,
-        "FIN and RSYN with a wrong nonce: {after:?}"
-    );
+    assert_eq!(d("ctl_drop_bad_nonce"), 2, "FIN and RSYN with a wrong nonce: {after:?}");
 
     let report = icmp.stop();
-    let frames = xlate_user::pcap::Capture::read(&icmp_pcap)
-        .unwrap()
-        .records
-        .len();
-    assert_eq!(
-        frames, 0,
-        "no ICMP may leave a host-mode namespace ({report})"
-    );
+    let frames = xlate_user::pcap::Capture::read(&icmp_pcap).unwrap().records.len();
+    assert_eq!(frames, 0, "no ICMP may leave a host-mode namespace ({report})");
     lab.wait_no_flows(Duration::from_secs(5));
+}
+
+const ONE_ECHO: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(b"ping"); assert s.recv(10) == b"ping"; s.close(); print("echoed", flush=True)
+"#;
+
+#[test]
+fn routes_send_syns_to_their_targets_and_segments_fit_the_mtu() {
+    require_root();
+    let _g = serial();
+    // The app service is routed to the server by a /32 prefix rule; the
+    // HTTP service keeps the default (broadcast) resolution.
+    let route = format!("{APP_SERVICE_ID}:32={SERVER_IP}");
+    let mut lab = HostLab::with_args("route", &[], &["--route", &route]);
+    let sum = make_file(&lab, "big.bin", 5_000_000);
+    lab.start_http();
+    let pcap = lab.dir.join("syn.pcap");
+    // Headers only: enough for addresses and sizes.
+    let mut cap = Capture::start(&lab.server, SERVER_IF, pcap.clone(), &["-s", "96", "ip", "proto", "144"]);
+    let mut echo = lab.server.spawn("python3", &["-c", ECHO_SERVER, SERVER_IP, &APP_PORT.to_string()]);
+    echo.wait_for_line("listening", Duration::from_secs(10));
+    let out = lab.client.output("python3", &["-c", ONE_ECHO, APP_ADDR, &APP_PORT.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = sh(&lab.client, &format!("curl -sS --fail --max-time 30 {} | sha256sum", lab.url("big.bin")));
+    assert_eq!(got.split_whitespace().next().unwrap(), sum);
+    lab.wait_no_flows(Duration::from_secs(5));
+    cap.stop();
+
+    let cap = xlate_user::pcap::Capture::read(&pcap).unwrap();
+    let mut syn_dsts = Vec::new();
+    for r in &cap.records {
+        let ip = &r.data[14..];
+        // SAL SYN: CONTROL flags byte 0x80 at SAL offset 14.
+        if ip[20 + 8] == 17 && ip[20 + 14] == 0x80 {
+            syn_dsts.push(format!("{}.{}.{}.{}", ip[16], ip[17], ip[18], ip[19]));
+        }
+        // MSS clamping: no frame exceeds the 1500-byte MTU with SAL added.
+        assert!(r.orig_len <= 1514, "a {}-byte frame on a 1500-byte MTU link", r.orig_len);
+    }
+    assert_eq!(syn_dsts, [SERVER_IP, "10.61.0.255"], "routed SYN unicast, unrouted SYN broadcast");
+    assert!(cap.records.iter().any(|r| r.orig_len == 1514), "full-size segments were sent");
+}
+
+#[test]
+fn lost_sal_acks_make_the_fin_retransmit() {
+    require_root();
+    let _g = serial();
+    let mut lab = HostLab::new("rexmit");
+    std::fs::write(lab.dir.join("hello.txt"), "hello serval\n").unwrap();
+    lab.start_http();
+    // Drop every SAL-only ACK (shl 8, CONTROL flags 0x20) the client's
+    // agent sends, for a while: the server's SAL FIN goes unanswered.
+    // (nftables: this kernel has no tc drop action.)
+    let nft = |rules: &str| {
+        let mut child = lab
+            .client
+            .cmd("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "nft {rules}");
+    };
+    nft("table ip xlt {\n chain out {\n  type filter hook output priority 0;\n  ip protocol 144 @nh,224,8 8 @nh,272,8 0x20 drop\n }\n}\n");
+    let got = sh(&lab.client, &format!("python3 -c '{SEQUENTIAL_CLIENT}' {SERVICE_ADDR} {SERVICE_PORT}"));
+    assert!(got.ends_with("hello serval"), "{got}");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(lab.flows(true).len(), 1, "the server still waits for its SAL ACK");
+    nft("delete table ip xlt");
+    lab.wait_no_flows(Duration::from_secs(8));
+    let s = lab.stats(true);
+    assert!(s["ctl_retransmitted"] >= 1, "{s:?}");
+    // The client answered the repeated FIN as a stale control packet.
+    assert!(lab.stats(false)["ctl_stale_answered"] >= 1, "{:?}", lab.stats(false));
 }

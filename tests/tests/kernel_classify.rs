@@ -30,11 +30,7 @@ fn run_capture(c: &mut Classifier, name: &str) -> Counters {
             Link::Ethernet => f,
             _ => ethernet(link.ipv4(&f).unwrap()),
         };
-        assert_eq!(
-            c.test_run(&frame).unwrap(),
-            XDP_PASS,
-            "{name}: the classifier passes everything"
-        );
+        assert_eq!(c.test_run(&frame).unwrap(), XDP_PASS, "{name}: the classifier passes everything");
     }
     c.counters().unwrap().since(&before)
 }
@@ -46,21 +42,9 @@ fn test_run_counts_the_original_stacks_frames() {
     let d = run_capture(&mut c, "handshake-data-close.pcap");
     assert_eq!((d.get(Counter::Seen), d.get(Counter::Sal)), (16, 16), "{d}");
     let d = run_capture(&mut c, "tcp-broadcast-resolution.pcap");
-    assert_eq!(
-        (
-            d.get(Counter::Seen),
-            d.get(Counter::Sal),
-            d.get(Counter::NonIpv4)
-        ),
-        (19, 17, 2),
-        "{d}"
-    );
+    assert_eq!((d.get(Counter::Seen), d.get(Counter::Sal), d.get(Counter::NonIpv4)), (19, 17, 2), "{d}");
     let d = run_capture(&mut c, "no-stack-icmp-unreachable.pcap");
-    assert_eq!(
-        (d.get(Counter::Sal), d.get(Counter::OtherIpv4)),
-        (2, 2),
-        "{d}"
-    );
+    assert_eq!((d.get(Counter::Sal), d.get(Counter::OtherIpv4)), (2, 2), "{d}");
     let d = run_capture(&mut c, "migration-rsyn.pcap");
     assert_eq!((d.get(Counter::Seen), d.get(Counter::Sal)), (56, 56), "{d}");
 }
@@ -157,29 +141,15 @@ fn xdp_attached_in_a_namespace_counts_real_traffic() {
     veth(&a, "xa0", "10.201.0.1/24", &b, "xb0", "10.201.0.2/24");
 
     let bin = xlate_user_bin();
-    let mut watch = a.spawn(
-        bin.to_str().unwrap(),
-        &[
-            "watch",
-            "--iface",
-            "xa0",
-            "--interval",
-            "0",
-            "--xdp-mode",
-            "generic",
-        ],
-    );
+    let mut watch =
+        a.spawn(bin.to_str().unwrap(), &["watch", "--iface", "xa0", "--interval", "0", "--xdp-mode", "generic"]);
     watch.wait_for_line("attached xlate_classify to xa0", Duration::from_secs(20));
 
     // A real TCP exchange from b to a.
     let mut server = a.spawn("python3", &["-c", TCP_SERVER]);
     server.wait_for_line("listening", Duration::from_secs(10));
     let out = b.output("python3", &["-c", TCP_CLIENT]);
-    assert!(
-        out.status.success(),
-        "tcp client: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "tcp client: {}", String::from_utf8_lossy(&out.stderr));
 
     // 5 valid SAL SYNs and 3 with shl 2, sent as raw IP from b.
     let good = hex(&sal_syn("10.201.0.2", "10.201.0.1"));
@@ -190,38 +160,26 @@ fn xdp_attached_in_a_namespace_counts_real_traffic() {
     args.extend(std::iter::repeat_n(good.as_str(), 5));
     args.extend(std::iter::repeat_n(broken.as_str(), 3));
     let out = b.output("python3", &args);
-    assert!(
-        out.status.success(),
-        "raw sender: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "raw sender: {}", String::from_utf8_lossy(&out.stderr));
     std::thread::sleep(Duration::from_millis(300));
 
     let (rest, err) = watch.stop(libc::SIGTERM);
-    let final_line = rest
-        .lines()
-        .find(|l| l.starts_with("final "))
-        .unwrap_or_else(|| panic!("no final line: {rest} {err}"));
+    let final_line =
+        rest.lines().find(|l| l.starts_with("final ")).unwrap_or_else(|| panic!("no final line: {rest} {err}"));
     let c = parse_counters(final_line);
     assert_eq!(c["sal"], 5, "{final_line}");
     assert_eq!(c["sal_malformed"], 3, "{final_line}");
     // SYN, ACK, data, FIN, ACK of the client at least.
     assert!(c["tcp"] >= 4, "{final_line}");
     let sum: u64 = c.iter().filter(|(k, _)| *k != "seen").map(|(_, v)| v).sum();
-    assert_eq!(
-        sum, c["seen"],
-        "every packet is classified exactly once: {final_line}"
-    );
+    assert_eq!(sum, c["seen"], "every packet is classified exactly once: {final_line}");
 }
 
 #[test]
 fn watch_names_a_missing_interface() {
     require_root();
     let a = Netns::new("cls-missing");
-    let out = a.output(
-        xlate_user_bin().to_str().unwrap(),
-        &["watch", "--iface", "nope0", "--duration", "1"],
-    );
+    let out = a.output(xlate_user_bin().to_str().unwrap(), &["watch", "--iface", "nope0", "--duration", "1"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no interface named \"nope0\""), "{err}");

@@ -312,10 +312,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<HostConfig>(), 16);
-        assert_eq!(
-            size_of::<FlowState>(),
-            32 + 16 + 16 + 12 + 4 + 8 + 8 + 8 + 16
-        );
+        assert_eq!(size_of::<FlowState>(), 32 + 16 + 16 + 12 + 4 + 8 + 8 + 8 + 16);
         assert_eq!(size_of::<FlowAddrs>(), 8);
         assert_eq!(size_of::<PeerKey>(), 8);
         assert_eq!(size_of::<RouteTargets>(), 36);

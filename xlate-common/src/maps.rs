@@ -73,11 +73,7 @@ pub struct ServiceKey {
 
 impl ServiceKey {
     pub fn new(addr: core::net::Ipv4Addr, port: u16) -> Self {
-        ServiceKey {
-            addr: addr.octets(),
-            port: port.to_be_bytes(),
-            _pad: [0; 2],
-        }
+        ServiceKey { addr: addr.octets(), port: port.to_be_bytes(), _pad: [0; 2] }
     }
 }
 

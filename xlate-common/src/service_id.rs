@@ -282,10 +282,7 @@ mod tests {
     fn decimal_form_is_big_endian_in_bytes_0_to_3() {
         assert_eq!(id("dec:16386"), id("00004002"));
         assert_eq!(id("dec:4294967295"), id("ffffffff"));
-        assert_eq!(
-            "dec:4294967296".parse::<ServiceId>(),
-            Err(ParseError::BadDecimal)
-        );
+        assert_eq!("dec:4294967296".parse::<ServiceId>(), Err(ParseError::BadDecimal));
         assert_eq!("dec:".parse::<ServiceId>(), Err(ParseError::BadDecimal));
         assert_eq!("dec:-1".parse::<ServiceId>(), Err(ParseError::BadDecimal));
     }
@@ -301,31 +298,10 @@ mod tests {
     fn errors_name_the_problem() {
         assert_eq!("".parse::<ServiceId>(), Err(ParseError::Empty));
         assert_eq!("0x".parse::<ServiceId>(), Err(ParseError::Empty));
-        assert_eq!(
-            "00g0".parse::<ServiceId>(),
-            Err(ParseError::BadHexDigit {
-                position: 2,
-                found: 'g'
-            })
-        );
-        assert_eq!(
-            "0x00g0".parse::<ServiceId>(),
-            Err(ParseError::BadHexDigit {
-                position: 4,
-                found: 'g'
-            })
-        );
-        assert_eq!(
-            "0".repeat(65).parse::<ServiceId>(),
-            Err(ParseError::TooLong { digits: 65 })
-        );
-        assert_eq!(
-            "00000050:8".parse::<ServiceId>(),
-            Err(ParseError::BadHexDigit {
-                position: 8,
-                found: ':'
-            })
-        );
+        assert_eq!("00g0".parse::<ServiceId>(), Err(ParseError::BadHexDigit { position: 2, found: 'g' }));
+        assert_eq!("0x00g0".parse::<ServiceId>(), Err(ParseError::BadHexDigit { position: 4, found: 'g' }));
+        assert_eq!("0".repeat(65).parse::<ServiceId>(), Err(ParseError::TooLong { digits: 65 }));
+        assert_eq!("00000050:8".parse::<ServiceId>(), Err(ParseError::BadHexDigit { position: 8, found: ':' }));
     }
 
     #[test]
@@ -336,26 +312,11 @@ mod tests {
         assert!(!p.matches(&id("00000051")));
         let d: ServicePrefix = "dec:16386:32".parse().unwrap();
         assert_eq!(d.id(), id("00004002"));
-        assert_eq!(
-            "ff:4".parse::<ServicePrefix>(),
-            Err(ParseError::HostBitsSet { bits: 4 })
-        );
-        assert_eq!(
-            "f0:4".parse::<ServicePrefix>().unwrap().to_string(),
-            "f0000000:4"
-        );
-        assert_eq!(
-            "00:257".parse::<ServicePrefix>(),
-            Err(ParseError::BadPrefixLen)
-        );
-        assert_eq!(
-            "00:".parse::<ServicePrefix>(),
-            Err(ParseError::BadPrefixLen)
-        );
-        assert_eq!(
-            "00:x".parse::<ServicePrefix>(),
-            Err(ParseError::BadPrefixLen)
-        );
+        assert_eq!("ff:4".parse::<ServicePrefix>(), Err(ParseError::HostBitsSet { bits: 4 }));
+        assert_eq!("f0:4".parse::<ServicePrefix>().unwrap().to_string(), "f0000000:4");
+        assert_eq!("00:257".parse::<ServicePrefix>(), Err(ParseError::BadPrefixLen));
+        assert_eq!("00:".parse::<ServicePrefix>(), Err(ParseError::BadPrefixLen));
+        assert_eq!("00:x".parse::<ServicePrefix>(), Err(ParseError::BadPrefixLen));
         assert_eq!("00:0".parse::<ServicePrefix>().unwrap().bits(), 0);
         assert_eq!("00000050".parse::<ServicePrefix>().unwrap().bits(), 256);
     }

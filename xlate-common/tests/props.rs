@@ -9,10 +9,7 @@ use xlate_common::wire::{
     checksum,
     ipv4::{Ipv4Packet, Ipv4Repr},
     packet::{ServalRepr, Transport},
-    sal::{
-        ControlFlags, ControlRepr, Extension, FlowId, SalPacket, SalRepr, ServiceList, SourceAddrs,
-        SourceView,
-    },
+    sal::{ControlFlags, ControlRepr, Extension, FlowId, SalPacket, SalRepr, ServiceList, SourceAddrs, SourceView},
     tcp::{TcpFlags, TcpPacket, TcpRepr},
     udp::{UdpPacket, UdpRepr},
     IPPROTO_SAL, IPPROTO_TCP,
@@ -28,14 +25,12 @@ fn service_id() -> impl Strategy<Value = ServiceId> {
 }
 
 fn control() -> impl Strategy<Value = ControlRepr> {
-    (any::<u8>(), any::<u32>(), any::<u32>(), any::<[u8; 8]>()).prop_map(
-        |(f, verno, ackno, nonce)| ControlRepr {
-            flags: ControlFlags::from_bits_truncate(f),
-            verno,
-            ackno,
-            nonce,
-        },
-    )
+    (any::<u8>(), any::<u32>(), any::<u32>(), any::<[u8; 8]>()).prop_map(|(f, verno, ackno, nonce)| ControlRepr {
+        flags: ControlFlags::from_bits_truncate(f),
+        verno,
+        ackno,
+        nonce,
+    })
 }
 
 fn sal_repr(protocol: u8) -> impl Strategy<Value = SalRepr> {

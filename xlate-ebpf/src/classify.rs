@@ -45,9 +45,7 @@ fn classify(ctx: &XdpContext) -> Counter {
     if ptr_at::<[u8; ipv4::HEADER_LEN]>(ctx, l3).is_none() {
         return Counter::Malformed;
     }
-    let (Some(ver_ihl), Some(frag), Some(proto)) =
-        (u8_at(ctx, l3), be16_at(ctx, l3 + 6), u8_at(ctx, l3 + 9))
-    else {
+    let (Some(ver_ihl), Some(frag), Some(proto)) = (u8_at(ctx, l3), be16_at(ctx, l3 + 6), u8_at(ctx, l3 + 9)) else {
         return Counter::Malformed;
     };
     let ihl = usize::from(ver_ihl & 0x0f) * 4;

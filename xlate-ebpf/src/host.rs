@@ -19,8 +19,8 @@ use aya_ebpf::{
 };
 use xlate_common::{
     flow::{
-        event, flag, role, state, Event, FlowAddrs, FlowState, HostConfig, HostCounter, PeerKey,
-        RouteTargets, ServeEntry, MAX_FLOWS, MAX_ROUTE_TARGETS,
+        event, flag, role, state, Event, FlowAddrs, FlowState, HostConfig, HostCounter, PeerKey, RouteTargets,
+        ServeEntry, MAX_FLOWS, MAX_ROUTE_TARGETS,
     },
     maps::{FlowKey, ServiceEntry, ServiceKey},
     wire::{sal, IPPROTO_SAL, IPPROTO_TCP},
@@ -203,12 +203,7 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
     let sport: [u8; 2] = ctx.load(L4_OFF)?;
     let dport: [u8; 2] = ctx.load(L4_OFF + 2)?;
     let tcp_flags: u8 = ctx.load(L4_OFF + 13)?;
-    let key = FlowKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
-    };
+    let key = FlowKey { saddr, daddr, sport, dport };
 
     let id = match unsafe { TUPLES.get(&key) } {
         Some(id) => *id,
@@ -217,11 +212,7 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
                 count(HostCounter::EgressNotOurs);
                 return Ok(TC_ACT_OK);
             }
-            let ck = ServiceKey {
-                addr: daddr,
-                port: dport,
-                _pad: [0; 2],
-            };
+            let ck = ServiceKey { addr: daddr, port: dport, _pad: [0; 2] };
             let Some(entry) = (unsafe { CONNECT.get(&ck) }) else {
                 count(HostCounter::EgressNotOurs);
                 return Ok(TC_ACT_OK);
@@ -257,9 +248,7 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
 
     let tot_len = u16::from_be(ctx.load::<u16>(IP_OFF + 2)?);
     let doff = usize::from(ctx.load::<u8>(L4_OFF + 12)? >> 4) * 4;
-    let payload = u32::from(tot_len)
-        .wrapping_sub(20)
-        .wrapping_sub(doff as u32);
+    let payload = u32::from(tot_len).wrapping_sub(20).wrapping_sub(doff as u32);
     let seq = u32::from_be(ctx.load::<u32>(L4_OFF + 4)?);
     let seq_end = seq.wrapping_add(payload);
     let is_client = flow.role == role::CLIENT;
@@ -313,12 +302,7 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
     let ttl_proto_old: u16 = ctx.load(IP_OFF + 8)?;
     let ttl_proto_new = (ttl_proto_old & 0x00ff) | (u16::from(IPPROTO_SAL) << 8);
     ctx.store(IP_OFF + 8, &ttl_proto_new, 0)?;
-    ctx.l3_csum_replace(
-        IP_OFF + 10,
-        u64::from(ttl_proto_old),
-        u64::from(ttl_proto_new),
-        2,
-    )?;
+    ctx.l3_csum_replace(IP_OFF + 10, u64::from(ttl_proto_old), u64::from(ttl_proto_new), 2)?;
     let len_old = tot_len.to_be();
     let len_new = (tot_len + room as u16).to_be();
     ctx.store(IP_OFF + 2, &len_new, 0)?;
@@ -328,13 +312,7 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
 
     match form {
         Form::Syn => {
-            let h = control_header::<68>(
-                flow,
-                sal::ControlFlags::SYN.bits(),
-                flow.local_verno,
-                0,
-                true,
-            );
+            let h = control_header::<68>(flow, sal::ControlFlags::SYN.bits(), flow.local_verno, 0, true);
             ctx.store(L4_OFF, &h, 0)?;
             count(HostCounter::EgressSyn);
         }
@@ -350,13 +328,7 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
         }
         Form::SynAck => {
             let flags = (sal::ControlFlags::SYN | sal::ControlFlags::ACK).bits();
-            let h = control_header::<32>(
-                flow,
-                flags,
-                flow.local_verno,
-                flow.peer_verno.wrapping_add(1),
-                false,
-            );
+            let h = control_header::<32>(flow, flags, flow.local_verno, flow.peer_verno.wrapping_add(1), false);
             ctx.store(L4_OFF, &h, 0)?;
         }
         Form::Data => {
@@ -412,10 +384,7 @@ fn new_client_flow(key: &FlowKey, sid: &[u8; 32]) -> Option<u32> {
         last_seen_ns: t,
     };
     let peer_ip = route(sid, id).unwrap_or(cfg.broadcast);
-    let addrs = FlowAddrs {
-        local_ip: cfg.addr,
-        peer_ip,
-    };
+    let addrs = FlowAddrs { local_ip: cfg.addr, peer_ip };
     FLOWS.insert(&id, &st, BPF_NOEXIST).ok()?;
     if ADDRS.insert(&id, &addrs, 0).is_err() || TUPLES.insert(key, &id, 0).is_err() {
         let _ = FLOWS.remove(&id);
@@ -451,13 +420,7 @@ fn base_header<const N: usize>(flow: &FlowState, shl: u8) -> [u8; N] {
 
 /// Base + CONTROL (+ SERVICE when `service`), checksummed.
 #[inline(always)]
-fn control_header<const N: usize>(
-    flow: &FlowState,
-    flags: u8,
-    verno: u32,
-    ackno: u32,
-    service: bool,
-) -> [u8; N] {
+fn control_header<const N: usize>(flow: &FlowState, flags: u8, verno: u32, ackno: u32, service: bool) -> [u8; N] {
     let mut h = base_header::<N>(flow, (N / 4) as u8);
     h[12] = sal::ext_type::CONTROL;
     h[13] = sal::CONTROL_LEN as u8;
@@ -677,15 +640,7 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
         return Err(r);
     }
     // SAFETY: sums n bytes of our own buffer; n is a multiple of 4.
-    let sum = unsafe {
-        bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            buf.as_mut_ptr() as *mut u32,
-            n as u32,
-            0,
-        )
-    };
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, buf.as_mut_ptr() as *mut u32, n as u32, 0) };
     let sum = sum as u32;
     let folded = (sum & 0xffff) + (sum >> 16);
     let folded = (folded & 0xffff) + (folded >> 16);
@@ -751,11 +706,7 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
                     flow.peer_verno = ext.verno;
                     flow.peer_nonce = ext.nonce;
                     flow.state = state::ACK_PENDING;
-                    let peer_ip = if ext.sources != 0 {
-                        ext.source_last
-                    } else {
-                        ip_src
-                    };
+                    let peer_ip = if ext.sources != 0 { ext.source_last } else { ip_src };
                     if let Some(a) = ADDRS.get_ptr_mut(&dst_flow) {
                         // SAFETY: map value; the agent writes it only later.
                         unsafe { (*a).peer_ip = peer_ip };
@@ -789,20 +740,12 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
 
 /// Finds (retransmitted SYN) or creates the server side of a flow.
 #[inline(always)]
-fn server_flow(
-    sid: &[u8; 32],
-    ip_src: [u8; 4],
-    src_flow: u32,
-    ext: &Exts,
-) -> Result<u32, HostCounter> {
+fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &Exts) -> Result<u32, HostCounter> {
     let Some(serve) = (unsafe { SERVE.get(sid) }) else {
         return Err(HostCounter::DropUnknownService);
     };
     let port = serve.port;
-    let pk = PeerKey {
-        peer_ip: ip_src,
-        peer_flow: src_flow,
-    };
+    let pk = PeerKey { peer_ip: ip_src, peer_flow: src_flow };
     if let Some(id) = unsafe { PEERS.get(&pk) } {
         return Ok(*id);
     }
@@ -815,12 +758,7 @@ fn server_flow(
     // up per CPU from a random start (the agent seeds them), so ports
     // rotate through 32768-65535 like an ephemeral range and a new flow
     // does not land on a TIME_WAIT socket of a recent one.
-    let mut key = FlowKey {
-        saddr: cfg.addr,
-        daddr: ip_src,
-        sport: port,
-        dport: [0; 2],
-    };
+    let mut key = FlowKey { saddr: cfg.addr, daddr: ip_src, sport: port, dport: [0; 2] };
     let base = (((id >> 8) << 1) | (id & 1)) as u16;
     let mut found = false;
     let mut i: u16 = 0;
@@ -868,10 +806,7 @@ fn server_flow(
     };
     // A SYN that came through a service router is answered straight to
     // the client, which is the IP source (routers keep it).
-    let addrs = FlowAddrs {
-        local_ip: cfg.addr,
-        peer_ip: ip_src,
-    };
+    let addrs = FlowAddrs { local_ip: cfg.addr, peer_ip: ip_src };
     if FLOWS.insert(&id, &st, BPF_NOEXIST).is_err() {
         return Err(HostCounter::DropTableFull);
     }
@@ -924,9 +859,7 @@ fn translate_in(ctx: &TcContext, id: u32, hl: usize) -> Result<i32, i64> {
         flow.flags |= flag::PEER_RST;
         notify(event::PEER_RST, id);
     }
-    if tcp_flags & TCP_ACK != 0
-        && flow.flags & (flag::LOCAL_FIN | flag::LOCAL_FIN_ACKED) == flag::LOCAL_FIN
-    {
+    if tcp_flags & TCP_ACK != 0 && flow.flags & (flag::LOCAL_FIN | flag::LOCAL_FIN_ACKED) == flag::LOCAL_FIN {
         let ackn = u32::from_be(ctx.load::<u32>(tcp + 8)?);
         if ackn.wrapping_sub(flow.local_fin_ack) as i32 >= 0 {
             flow.flags |= flag::LOCAL_FIN_ACKED;
@@ -947,24 +880,12 @@ fn translate_in(ctx: &TcContext, id: u32, hl: usize) -> Result<i32, i64> {
     ctx.l4_csum_replace(csum_off, u64::from(old_ports), u64::from(new_ports), 4)?;
     let saddr: [u8; 4] = ctx.load(IP_OFF + 12)?;
     let daddr: [u8; 4] = ctx.load(IP_OFF + 16)?;
-    rewrite_addrs(
-        ctx,
-        csum_off,
-        saddr,
-        flow.tcp_peer_addr,
-        daddr,
-        flow.tcp_local_addr,
-    )?;
+    rewrite_addrs(ctx, csum_off, saddr, flow.tcp_peer_addr, daddr, flow.tcp_local_addr)?;
 
     let ttl_proto_old: u16 = ctx.load(IP_OFF + 8)?;
     let ttl_proto_new = (ttl_proto_old & 0x00ff) | (u16::from(IPPROTO_TCP) << 8);
     ctx.store(IP_OFF + 8, &ttl_proto_new, 0)?;
-    ctx.l3_csum_replace(
-        IP_OFF + 10,
-        u64::from(ttl_proto_old),
-        u64::from(ttl_proto_new),
-        2,
-    )?;
+    ctx.l3_csum_replace(IP_OFF + 10, u64::from(ttl_proto_old), u64::from(ttl_proto_new), 2)?;
     let len_old = tot_len.to_be();
     let len_new = (tot_len - hl as u16).to_be();
     ctx.store(IP_OFF + 2, &len_new, 0)?;

@@ -53,8 +53,7 @@ impl Classifier {
     pub fn load() -> Result<Self> {
         let mut ebpf = crate::ebpf::load()?;
         let prog: &mut Xdp = program(&mut ebpf)?;
-        prog.load()
-            .context("the kernel refused the classifier program")?;
+        prog.load().context("the kernel refused the classifier program")?;
         Ok(Classifier { ebpf })
     }
 
@@ -69,10 +68,8 @@ impl Classifier {
     }
 
     pub fn counters(&self) -> Result<Counters> {
-        let map = self
-            .ebpf
-            .map(names::COUNTERS)
-            .ok_or_else(|| anyhow!("map {} missing from the object", names::COUNTERS))?;
+        let map =
+            self.ebpf.map(names::COUNTERS).ok_or_else(|| anyhow!("map {} missing from the object", names::COUNTERS))?;
         let arr = PerCpuArray::<_, u64>::try_from(map)?;
         let mut out = Counters::default();
         for c in Counter::ALL {
@@ -87,18 +84,13 @@ impl Classifier {
     pub fn test_run(&mut self, frame: &[u8]) -> Result<u32> {
         let prog = program(&mut self.ebpf)?;
         let mut out = vec![0u8; frame.len() + 256];
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..Default::default()
-        })?;
+        let r =
+            prog.test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })?;
         Ok(r.return_value)
     }
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    let p = ebpf
-        .program_mut(PROGRAM)
-        .ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?;
+    let p = ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("program {PROGRAM} missing from the object"))?;
     Ok(p.try_into()?)
 }

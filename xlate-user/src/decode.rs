@@ -103,33 +103,50 @@ pub fn read_pcap(path: &Path) -> Result<(Link, Vec<Vec<u8>>)> {
     Ok((link, cap.records.into_iter().map(|r| r.data).collect()))
 }
 
-/// Decodes every packet of a capture file.
+/// Decodes every packet of a capture file. Frames cut short by the
+/// capture's snap length are printed as far as they go and not judged.
 pub fn decode_file(path: &Path) -> Result<Vec<Decoded>> {
-    let (link, frames) = read_pcap(path)?;
-    Ok(frames
+    let cap = crate::pcap::Capture::read(path)?;
+    let link = Link::from_linktype(cap.linktype).with_context(|| format!("{}", path.display()))?;
+    Ok(cap
+        .records
         .iter()
         .enumerate()
-        .map(|(i, f)| decode_frame(i + 1, link, f))
+        .map(|(i, r)| {
+            if r.truncated() {
+                decode_truncated(i + 1, link, &r.data, r.orig_len)
+            } else {
+                decode_frame(i + 1, link, &r.data)
+            }
+        })
         .collect())
+}
+
+fn decode_truncated(number: usize, link: Link, frame: &[u8], orig_len: u32) -> Decoded {
+    let note = format!(" [captured {} of {orig_len} bytes: not judged]", frame.len());
+    let line = match link.ipv4(frame) {
+        Ok(ip) if ip.len() >= 20 => {
+            // Shorten the IPv4 total length to what was captured so the
+            // headers that are there can be shown.
+            let mut ip = ip.to_vec();
+            let n = ip.len().min(usize::from(u16::MAX)) as u16;
+            let mut hdr = xlate_common::wire::ipv4::Ipv4Packet::new_unchecked(&mut ip[..]);
+            hdr.set_total_len(n);
+            hdr.fill_checksum();
+            decode_ipv4(&ip).0
+        }
+        _ => "short frame".to_string(),
+    };
+    Decoded { number, line: line + &note, verdict: Verdict::NotServal }
 }
 
 pub fn decode_frame(number: usize, link: Link, frame: &[u8]) -> Decoded {
     let (line, verdict) = match link.ipv4(frame) {
         Ok(ip) => decode_ipv4(ip),
-        Err(FrameKind::Short) => (
-            format!("short frame ({} bytes)", frame.len()),
-            Verdict::NotServal,
-        ),
-        Err(FrameKind::Ethertype(t)) => (
-            format!("{} (ethertype 0x{t:04x})", ethertype_name(t)),
-            Verdict::NotServal,
-        ),
+        Err(FrameKind::Short) => (format!("short frame ({} bytes)", frame.len()), Verdict::NotServal),
+        Err(FrameKind::Ethertype(t)) => (format!("{} (ethertype 0x{t:04x})", ethertype_name(t)), Verdict::NotServal),
     };
-    Decoded {
-        number,
-        line,
-        verdict,
-    }
+    Decoded { number, line, verdict }
 }
 
 fn ethertype_name(t: u16) -> &'static str {
@@ -204,28 +221,16 @@ fn describe_sal(line: &mut String, l4: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
         let _ = write!(line, " truncated ({} bytes)", l4.len());
         return;
     }
-    let _ = write!(
-        line,
-        " flow {}>{} shl {} proto {}",
-        view.src_flowid(),
-        view.dst_flowid(),
-        view.shl(),
-        view.protocol()
-    );
+    let _ =
+        write!(line, " flow {}>{} shl {} proto {}", view.src_flowid(), view.dst_flowid(), view.shl(), view.protocol());
     if view.header_len() > l4.len() {
         return;
     }
     for ext in view.extensions() {
         match ext {
             Ok(Extension::Control(c)) => {
-                let _ = write!(
-                    line,
-                    " CONTROL {} verno {} ackno {} nonce {}",
-                    c.flags,
-                    c.verno,
-                    c.ackno,
-                    hex(&c.nonce)
-                );
+                let _ =
+                    write!(line, " CONTROL {} verno {} ackno {} nonce {}", c.flags, c.verno, c.ackno, hex(&c.nonce));
             }
             Ok(Extension::Service(s)) => {
                 let _ = write!(line, " SERVICE {s}");
@@ -283,15 +288,7 @@ fn describe_tcp(line: &mut String, seg: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
     if let Some(mss) = t.mss() {
         let _ = write!(line, " mss {mss}");
     }
-    let _ = write!(
-        line,
-        " cksum {}",
-        if t.verify_checksum(src, dst) {
-            "ok"
-        } else {
-            "BAD"
-        }
-    );
+    let _ = write!(line, " cksum {}", if t.verify_checksum(src, dst) { "ok" } else { "BAD" });
 }
 
 fn describe_udp(line: &mut String, dgram: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
@@ -302,13 +299,7 @@ fn describe_udp(line: &mut String, dgram: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
             return;
         }
     };
-    let _ = write!(
-        line,
-        " {}>{} len {}",
-        u.src_port(),
-        u.dst_port(),
-        u.payload().len()
-    );
+    let _ = write!(line, " {}>{} len {}", u.src_port(), u.dst_port(), u.payload().len());
     let status = match (u.checksum(), u.verify_checksum(src, dst)) {
         (0, _) => "none",
         (_, true) => "ok",
@@ -321,10 +312,7 @@ fn describe_udp(line: &mut String, dgram: &[u8], src: Ipv4Addr, dst: Ipv4Addr) {
 /// addresses, flow IDs and sequence numbers: control flags, `shl`, and the
 /// transport's TCP flags (`none` for SAL-only packets), e.g. `SYN/17/S`.
 pub fn shape(p: &ServalRepr) -> String {
-    let control = p
-        .sal
-        .control
-        .map_or_else(|| "-".to_string(), |c| c.flags.to_string());
+    let control = p.sal.control.map_or_else(|| "-".to_string(), |c| c.flags.to_string());
     let transport = match &p.transport {
         Transport::None => "none".to_string(),
         Transport::Tcp(t) => format!("{}", t.flags),
@@ -394,14 +382,8 @@ mod tests {
         }
         let mut arp = eth.clone();
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
-        assert_eq!(
-            decode_frame(1, Link::Ethernet, &arp).line,
-            "ARP (ethertype 0x0806)"
-        );
-        assert_eq!(
-            decode_frame(1, Link::Ethernet, &eth[..5]).verdict,
-            Verdict::NotServal
-        );
+        assert_eq!(decode_frame(1, Link::Ethernet, &arp).line, "ARP (ethertype 0x0806)");
+        assert_eq!(decode_frame(1, Link::Ethernet, &eth[..5]).verdict, Verdict::NotServal);
     }
 
     #[test]
@@ -412,9 +394,6 @@ mod tests {
         hdr.set_total_len(26);
         hdr.fill_checksum();
         let (line, verdict) = decode_ipv4(&ip);
-        assert!(
-            matches!(verdict, Verdict::Invalid(ref why) if why.contains("truncated SAL base header")),
-            "{line}"
-        );
+        assert!(matches!(verdict, Verdict::Invalid(ref why) if why.contains("truncated SAL base header")), "{line}");
     }
 }

@@ -15,10 +15,7 @@ pub fn load() -> Result<Ebpf> {
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so map
 /// creation does not fail there. Newer kernels ignore it.
 fn raise_memlock() {
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: plain syscall with a valid struct; failure is harmless here.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
 }

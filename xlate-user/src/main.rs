@@ -134,12 +134,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Decode { files, quiet } => decode(&files, quiet),
-        Command::Watch {
-            iface,
-            xdp_mode,
-            interval,
-            duration,
-        } => watch(&iface, xdp_mode.into(), interval, duration).map(|_| ExitCode::SUCCESS),
+        Command::Watch { iface, xdp_mode, interval, duration } => {
+            watch(&iface, xdp_mode.into(), interval, duration).map(|_| ExitCode::SUCCESS)
+        }
         Command::Host(h) => host_cmd(h).map(|_| ExitCode::SUCCESS),
     };
     match r {
@@ -177,11 +174,7 @@ fn decode(files: &[PathBuf], quiet: bool) -> Result<ExitCode> {
         }
     }
     writeln!(out, "{sal} SAL packets, {} valid, {bad} invalid", sal - bad)?;
-    Ok(if bad == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn watch(iface: &str, mode: XdpMode, interval: f64, duration: Option<f64>) -> Result<()> {
@@ -189,10 +182,7 @@ fn watch(iface: &str, mode: XdpMode, interval: f64, duration: Option<f64>) -> Re
     classifier.attach(iface, mode)?;
     println!("attached xlate_classify to {iface} ({mode:?} mode)");
     std::io::stdout().flush()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
@@ -200,11 +190,7 @@ fn watch(iface: &str, mode: XdpMode, interval: f64, duration: Option<f64>) -> Re
         let forever = Duration::from_secs(u64::MAX / 4);
         let stop = tokio::time::sleep(duration.map_or(forever, Duration::from_secs_f64));
         tokio::pin!(stop);
-        let period = if interval > 0.0 {
-            Duration::from_secs_f64(interval)
-        } else {
-            forever
-        };
+        let period = if interval > 0.0 { Duration::from_secs_f64(interval) } else { forever };
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             tokio::select! {

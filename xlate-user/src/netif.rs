@@ -41,14 +41,9 @@ struct AddrInfo {
 
 fn run(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {shown}"))?;
+    let out = cmd.output().with_context(|| format!("cannot run {shown}"))?;
     if !out.status.success() {
-        bail!(
-            "{shown} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{shown} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -62,21 +57,13 @@ impl Interface {
         if !out.status.success() {
             bail!("no interface named {name:?} in this network namespace");
         }
-        let parsed: Vec<IpAddrJson> =
-            serde_json::from_slice(&out.stdout).context("parsing `ip -j addr` output")?;
-        let j = parsed
-            .into_iter()
-            .next()
-            .ok_or_else(|| anyhow!("no interface named {name:?}"))?;
+        let parsed: Vec<IpAddrJson> = serde_json::from_slice(&out.stdout).context("parsing `ip -j addr` output")?;
+        let j = parsed.into_iter().next().ok_or_else(|| anyhow!("no interface named {name:?}"))?;
         let mac = parse_mac(j.address.as_deref().unwrap_or("")).ok_or_else(|| {
-            anyhow!(
-                "interface {name} has no Ethernet address (host mode needs an Ethernet-like link)"
-            )
+            anyhow!("interface {name} has no Ethernet address (host mode needs an Ethernet-like link)")
         })?;
         let v4: Vec<&AddrInfo> = j.addr_info.iter().filter(|a| a.family == "inet").collect();
-        let first = v4
-            .first()
-            .ok_or_else(|| anyhow!("interface {name} has no IPv4 address"))?;
+        let first = v4.first().ok_or_else(|| anyhow!("interface {name} has no IPv4 address"))?;
         let addr: Ipv4Addr = first.local.parse()?;
         let broadcast = match &first.broadcast {
             Some(b) => b.parse()?,
@@ -101,21 +88,13 @@ impl Interface {
     }
 
     pub fn on_link(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix_len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix_len))
-        };
+        let mask = if self.prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix_len)) };
         u32::from(ip) & mask == u32::from(self.addr) & mask
     }
 }
 
 pub fn directed_broadcast(addr: Ipv4Addr, prefix_len: u8) -> Ipv4Addr {
-    let host = if prefix_len >= 32 {
-        0
-    } else {
-        u32::MAX >> prefix_len
-    };
+    let host = if prefix_len >= 32 { 0 } else { u32::MAX >> prefix_len };
     Ipv4Addr::from(u32::from(addr) | host)
 }
 
@@ -131,11 +110,8 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 /// Offload settings host mode needs off: software GSO has no handler for
 /// protocol 144 (a super-packet turned into SAL would be dropped), and
 /// checksums must be complete on the wire for any Serval peer.
-const OFFLOADS: &[(&str, &str)] = &[
-    ("tx-checksumming", "tx"),
-    ("tcp-segmentation-offload", "tso"),
-    ("generic-segmentation-offload", "gso"),
-];
+const OFFLOADS: &[(&str, &str)] =
+    &[("tx-checksumming", "tx"), ("tcp-segmentation-offload", "tso"), ("generic-segmentation-offload", "gso")];
 
 /// The offloads switched off, to switch back on when host mode stops.
 ///
@@ -160,9 +136,7 @@ impl OffloadGuard {
             .context("reading offloads (is ethtool installed? `cargo xtask setup` installs it)")?;
         let mut restore = Vec::new();
         for (long, short) in OFFLOADS {
-            let on = state
-                .lines()
-                .any(|l| l.trim_start().starts_with(&format!("{long}: on")));
+            let on = state.lines().any(|l| l.trim_start().starts_with(&format!("{long}: on")));
             if on {
                 restore.push(*short);
             }
@@ -188,27 +162,15 @@ impl OffloadGuard {
             }
             None => bail!("cannot read gso_max_segs of {iface} (`ip -d -j link show`)"),
         };
-        Ok(OffloadGuard {
-            iface: iface.to_string(),
-            restore,
-            gso_max_segs,
-        })
+        Ok(OffloadGuard { iface: iface.to_string(), restore, gso_max_segs })
     }
 }
 
 impl Drop for OffloadGuard {
     fn drop(&mut self) {
         if let Some(n) = self.gso_max_segs {
-            let _ = Command::new("ip")
-                .args([
-                    "link",
-                    "set",
-                    "dev",
-                    &self.iface,
-                    "gso_max_segs",
-                    &n.to_string(),
-                ])
-                .output();
+            let _ =
+                Command::new("ip").args(["link", "set", "dev", &self.iface, "gso_max_segs", &n.to_string()]).output();
         }
         if self.restore.is_empty() {
             return;
@@ -236,13 +198,7 @@ impl ConnectRoute {
         let route = !iface.on_link(addr);
         let a = addr.to_string();
         if route {
-            run(Command::new("ip").args([
-                "route",
-                "replace",
-                &format!("{a}/32"),
-                "dev",
-                &iface.name,
-            ]))?;
+            run(Command::new("ip").args(["route", "replace", &format!("{a}/32"), "dev", &iface.name]))?;
         }
         run(Command::new("ip").args([
             "neigh",
@@ -255,24 +211,16 @@ impl ConnectRoute {
             "nud",
             "permanent",
         ]))?;
-        Ok(ConnectRoute {
-            iface: iface.name.clone(),
-            addr,
-            route,
-        })
+        Ok(ConnectRoute { iface: iface.name.clone(), addr, route })
     }
 }
 
 impl Drop for ConnectRoute {
     fn drop(&mut self) {
         let a = self.addr.to_string();
-        let _ = Command::new("ip")
-            .args(["neigh", "del", &a, "dev", &self.iface])
-            .output();
+        let _ = Command::new("ip").args(["neigh", "del", &a, "dev", &self.iface]).output();
         if self.route {
-            let _ = Command::new("ip")
-                .args(["route", "del", &format!("{a}/32"), "dev", &self.iface])
-                .output();
+            let _ = Command::new("ip").args(["route", "del", &format!("{a}/32"), "dev", &self.iface]).output();
         }
     }
 }
@@ -283,14 +231,8 @@ mod tests {
 
     #[test]
     fn broadcast_and_on_link() {
-        assert_eq!(
-            directed_broadcast("10.0.0.1".parse().unwrap(), 24),
-            "10.0.0.255".parse::<Ipv4Addr>().unwrap()
-        );
-        assert_eq!(
-            directed_broadcast("10.0.0.1".parse().unwrap(), 32),
-            "10.0.0.1".parse::<Ipv4Addr>().unwrap()
-        );
+        assert_eq!(directed_broadcast("10.0.0.1".parse().unwrap(), 24), "10.0.0.255".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(directed_broadcast("10.0.0.1".parse().unwrap(), 32), "10.0.0.1".parse::<Ipv4Addr>().unwrap());
         assert_eq!(parse_mac("02:00:00:00:00:0a"), Some([2, 0, 0, 0, 0, 10]));
         assert_eq!(parse_mac("02:00"), None);
     }

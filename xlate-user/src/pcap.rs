@@ -48,10 +48,7 @@ impl Capture {
 
     pub fn parse(b: &[u8]) -> Result<Self> {
         if b.len() < 24 {
-            bail!(
-                "not a pcap file: {} bytes, shorter than the 24-byte header",
-                b.len()
-            );
+            bail!("not a pcap file: {} bytes, shorter than the 24-byte header", b.len());
         }
         let magic_le = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         let magic_be = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
@@ -80,28 +77,16 @@ impl Capture {
                 bail!("packet {n}: record header cut short at byte {at}");
             }
             let incl = u32_at(at + 8) as usize;
-            let rec = Record {
-                ts_sec: u32_at(at),
-                ts_frac: u32_at(at + 4),
-                orig_len: u32_at(at + 12),
-                data: Vec::new(),
-            };
+            let rec =
+                Record { ts_sec: u32_at(at), ts_frac: u32_at(at + 4), orig_len: u32_at(at + 12), data: Vec::new() };
             at += 16;
             if incl > 262_144 || at + incl > b.len() {
                 bail!("packet {n}: captured length {incl} runs past the end of the file");
             }
-            records.push(Record {
-                data: b[at..at + incl].to_vec(),
-                ..rec
-            });
+            records.push(Record { data: b[at..at + incl].to_vec(), ..rec });
             at += incl;
         }
-        Ok(Capture {
-            linktype,
-            snaplen,
-            nanos,
-            records,
-        })
+        Ok(Capture { linktype, snaplen, nanos, records })
     }
 
     /// Writes the capture in the host's byte order, as tcpdump does.
@@ -136,12 +121,7 @@ mod tests {
             linktype: 1,
             snaplen: 64,
             nanos: false,
-            records: vec![Record {
-                ts_sec: 1,
-                ts_frac: 2,
-                orig_len: 100,
-                data: vec![7; 64],
-            }],
+            records: vec![Record { ts_sec: 1, ts_frac: 2, orig_len: 100, data: vec![7; 64] }],
         };
         let p = std::env::temp_dir().join(format!("xlate-pcap-{}.pcap", std::process::id()));
         cap.write(&p).unwrap();
@@ -154,10 +134,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        assert!(Capture::parse(&[0; 10])
-            .unwrap_err()
-            .to_string()
-            .contains("shorter than the 24-byte header"));
+        assert!(Capture::parse(&[0; 10]).unwrap_err().to_string().contains("shorter than the 24-byte header"));
         let mut b = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
         b.extend_from_slice(&[0; 8]);
         b.extend_from_slice(&65535u32.to_le_bytes());
@@ -165,9 +142,6 @@ mod tests {
         b.extend_from_slice(&[0; 8]);
         b.extend_from_slice(&100u32.to_le_bytes());
         b.extend_from_slice(&100u32.to_le_bytes());
-        assert!(Capture::parse(&b)
-            .unwrap_err()
-            .to_string()
-            .contains("packet 1: captured length 100 runs past"));
+        assert!(Capture::parse(&b).unwrap_err().to_string().contains("packet 1: captured length 100 runs past"));
     }
 }

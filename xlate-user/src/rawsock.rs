@@ -18,13 +18,8 @@ impl RawSocket {
     /// header ourselves (the kernel fills in the checksum and length).
     pub fn new(protocol: i32) -> io::Result<Self> {
         // SAFETY: plain socket(2) call; the fd is owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                protocol,
-            )
-        };
+        let fd =
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, protocol) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -33,13 +28,7 @@ impl RawSocket {
         let one: libc::c_int = 1;
         // SAFETY: valid fd and option buffer.
         let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::IPPROTO_IP,
-                libc::IP_HDRINCL,
-                &one as *const _ as *const libc::c_void,
-                4,
-            )
+            libc::setsockopt(fd, libc::IPPROTO_IP, libc::IP_HDRINCL, &one as *const _ as *const libc::c_void, 4)
         };
         if r < 0 {
             return Err(io::Error::last_os_error());
@@ -59,9 +48,7 @@ impl RawSocket {
         let sa = libc::sockaddr_in {
             sin_family: libc::AF_INET as u16,
             sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(dst.octets()),
-            },
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.octets()) },
             sin_zero: [0; 8],
         };
         // SAFETY: valid fd, buffer and address.
@@ -86,14 +73,7 @@ impl RawSocket {
         loop {
             let mut guard = self.fd.readable().await?;
             // SAFETY: valid fd and buffer.
-            let n = unsafe {
-                libc::recv(
-                    self.raw(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                )
-            };
+            let n = unsafe { libc::recv(self.raw(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
             if n >= 0 {
                 return Ok(n as usize);
             }

@@ -17,11 +17,7 @@ const PORT: &str = "5201";
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip").args(args).output()?;
     if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }
@@ -35,9 +31,7 @@ impl Lab {
         ip(&["netns", "add", C])?;
         ip(&["netns", "add", S])?;
         let lab = Lab;
-        ip(&[
-            "link", "add", "bc0", "netns", C, "type", "veth", "peer", "name", "bs0", "netns", S,
-        ])?;
+        ip(&["link", "add", "bc0", "netns", C, "type", "veth", "peer", "name", "bs0", "netns", S])?;
         ip(&["-n", C, "addr", "add", &format!("{C_IP}/24"), "dev", "bc0"])?;
         ip(&["-n", S, "addr", "add", &format!("{S_IP}/24"), "dev", "bs0"])?;
         for (ns, dev) in [(C, "bc0"), (S, "bs0")] {
@@ -51,10 +45,7 @@ impl Lab {
     fn host_mode_offloads(&self) -> Result<()> {
         for (ns, dev) in [(C, "bc0"), (S, "bs0")] {
             let st = Command::new("ip")
-                .args([
-                    "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso",
-                    "off",
-                ])
+                .args(["netns", "exec", ns, "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off"])
                 .output()?;
             if !st.status.success() {
                 bail!("ethtool -K {dev} failed");
@@ -84,9 +75,7 @@ struct Bg(Child);
 impl Drop for Bg {
     fn drop(&mut self) {
         // SIGTERM so agents detach and unpin.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
         let _ = self.0.wait();
     }
 }
@@ -128,13 +117,9 @@ fn iperf(dst: &str, streams: u32, seconds: u32) -> Result<f64> {
         bail!("iperf3 to {dst} failed: {text}");
     }
     // "sum_received": { … "bits_per_second": N … }
-    let at = text
-        .find("\"sum_received\"")
-        .context("iperf3 output without sum_received")?;
+    let at = text.find("\"sum_received\"").context("iperf3 output without sum_received")?;
     let rest = &text[at..];
-    let b = rest
-        .find("\"bits_per_second\"")
-        .context("no bits_per_second")?;
+    let b = rest.find("\"bits_per_second\"").context("no bits_per_second")?;
     let num: String = rest[b + 18..]
         .trim_start()
         .chars()
@@ -157,38 +142,13 @@ pub fn host_mode(bin: &Path, seconds: u32) -> Result<()> {
     let plain_1 = iperf(S_IP, 1, seconds)?;
     let plain_4 = iperf(S_IP, 4, seconds)?;
     {
-        let _s = agent(
-            bin,
-            S,
-            &["--iface", "bs0", "--serve", &format!("00001451={PORT}")],
-        )?;
-        let _c = agent(
-            bin,
-            C,
-            &[
-                "--iface",
-                "bc0",
-                "--connect",
-                &format!("00001451={SVC_ADDR}:{PORT}"),
-            ],
-        )?;
+        let _s = agent(bin, S, &["--iface", "bs0", "--serve", &format!("00001451={PORT}")])?;
+        let _c = agent(bin, C, &["--iface", "bc0", "--connect", &format!("00001451={SVC_ADDR}:{PORT}")])?;
         let host_1 = iperf(SVC_ADDR, 1, seconds)?;
         let host_4 = iperf(SVC_ADDR, 4, seconds)?;
-        rows.push((
-            "plain TCP, default offloads (GSO/TSO on)",
-            plain_default_1,
-            plain_default_4,
-        ));
-        rows.push((
-            "plain TCP, host-mode offloads (tx csum off, 1 segment/skb)",
-            plain_1,
-            plain_4,
-        ));
-        rows.push((
-            "xlate host mode on both ends (SAL on the wire)",
-            host_1,
-            host_4,
-        ));
+        rows.push(("plain TCP, default offloads (GSO/TSO on)", plain_default_1, plain_default_4));
+        rows.push(("plain TCP, host-mode offloads (tx csum off, 1 segment/skb)", plain_1, plain_4));
+        rows.push(("xlate host mode on both ends (SAL on the wire)", host_1, host_4));
     }
     println!("\nbench host-mode: iperf3 goodput over one veth pair, {seconds} s per run, Gbit/s");
     println!("{:<62} {:>10} {:>10}", "path", "1 stream", "4 streams");

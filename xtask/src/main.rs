@@ -73,11 +73,7 @@ fn real_main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::setup().map(|_| ()),
         Cmd::Build { release } => build(release).map(|_| ()),
-        Cmd::Test {
-            no_fuzz,
-            fuzz_seconds,
-            cargo_args,
-        } => test(no_fuzz, fuzz_seconds, &cargo_args),
+        Cmd::Test { no_fuzz, fuzz_seconds, cargo_args } => test(no_fuzz, fuzz_seconds, &cargo_args),
         Cmd::Bench { seconds } => {
             if !is_root() {
                 bail!("cargo xtask bench needs root (network namespaces, BPF)");
@@ -88,15 +84,9 @@ fn real_main() -> Result<()> {
         }
         Cmd::Run { args } => {
             let bin = build(false)?;
-            let args = if args.is_empty() {
-                vec!["--help".to_string()]
-            } else {
-                args
-            };
-            let status = Command::new(&bin)
-                .args(&args)
-                .status()
-                .with_context(|| format!("starting {}", bin.display()))?;
+            let args = if args.is_empty() { vec!["--help".to_string()] } else { args };
+            let status =
+                Command::new(&bin).args(&args).status().with_context(|| format!("starting {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
     }
@@ -122,17 +112,13 @@ fn build(release: bool) -> Result<PathBuf> {
         bail!("the eBPF build succeeded but {} is missing", obj.display());
     }
     let mut cmd = Command::new(cargo());
-    cmd.current_dir(workspace_root())
-        .args(["build", "-p", "xlate-user"]);
+    cmd.current_dir(workspace_root()).args(["build", "-p", "xlate-user"]);
     if release {
         cmd.arg("--release");
     }
     cmd.env("XLATE_EBPF_OBJECT", &obj);
     run(&mut cmd)?;
-    Ok(workspace_root()
-        .join("target")
-        .join(if release { "release" } else { "debug" })
-        .join("xlate-user"))
+    Ok(workspace_root().join("target").join(if release { "release" } else { "debug" }).join("xlate-user"))
 }
 
 fn cargo() -> String {
@@ -164,11 +150,7 @@ fn test(no_fuzz: bool, fuzz_seconds: u32, cargo_args: &[String]) -> Result<()> {
         bail!("no test ran");
     }
     // The plain closing line CI reads, counting every test and fuzz target.
-    println!(
-        "xtask: {} passed, {} failed",
-        tally.passed + fuzzed,
-        tally.failed
-    );
+    println!("xtask: {} passed, {} failed", tally.passed + fuzzed, tally.failed);
     Ok(())
 }
 
@@ -181,10 +163,7 @@ struct Tally {
 /// Runs `cargo test`, echoing its output, and adds up its result lines.
 fn cargo_test(cmd: &mut Command) -> Result<Tally> {
     use std::io::{BufRead, BufReader};
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("starting cargo test")?;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().context("starting cargo test")?;
     let mut tally = Tally::default();
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
@@ -203,11 +182,7 @@ fn cargo_test(cmd: &mut Command) -> Result<Tally> {
     }
     let status = child.wait()?;
     if !status.success() {
-        println!(
-            "xtask: {} passed, {} failed",
-            tally.passed,
-            tally.failed.max(1)
-        );
+        println!("xtask: {} passed, {} failed", tally.passed, tally.failed.max(1));
         bail!("cargo test failed with {status}");
     }
     Ok(tally)
@@ -222,9 +197,7 @@ fn fuzz_smoke(seconds: u32) -> Result<u64> {
     };
     if util::which("cargo-fuzz").is_none() && !util::home_cargo_bin().join("cargo-fuzz").exists() {
         println!("test: installing cargo-fuzz (once)");
-        run(Command::new(cargo())
-            .args(["install", "--locked", "cargo-fuzz"])
-            .env_remove("RUSTUP_TOOLCHAIN"))?;
+        run(Command::new(cargo()).args(["install", "--locked", "cargo-fuzz"]).env_remove("RUSTUP_TOOLCHAIN"))?;
     }
     let targets = ["sal_parse", "packet_parse"];
     for target in targets {
@@ -241,10 +214,7 @@ fn fuzz_smoke(seconds: u32) -> Result<u64> {
 }
 
 fn nightly_toolchain() -> Option<String> {
-    let out = Command::new("rustup")
-        .args(["toolchain", "list"])
-        .output()
-        .ok()?;
+    let out = Command::new("rustup").args(["toolchain", "list"]).output().ok()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())

@@ -18,16 +18,14 @@ pub const TEST_TOOLS: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("ping", "iputils-ping"),
     ("curl", "curl"),
+    ("nft", "nftables"),
 ];
 
 static APT_UPDATE: Once = Once::new();
 
 pub fn apt_install(packages: &[&str]) -> Result<()> {
     if !is_root() {
-        bail!(
-            "need root to install {} (apt-get); run as root or install them by hand",
-            packages.join(" ")
-        );
+        bail!("need root to install {} (apt-get); run as root or install them by hand", packages.join(" "));
     }
     if which("apt-get").is_none() {
         bail!("apt-get not found: install {} by hand", packages.join(" "));
@@ -47,16 +45,11 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
 fn ensure_test_tools() -> Result<()> {
     let missing: Vec<&str> = TEST_TOOLS
         .iter()
-        .filter(|(bin, _)| {
-            which(bin).is_none() && !std::path::Path::new("/usr/sbin").join(bin).exists()
-        })
+        .filter(|(bin, _)| which(bin).is_none() && !std::path::Path::new("/usr/sbin").join(bin).exists())
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        println!(
-            "setup: test tools present: {}",
-            TEST_TOOLS.iter().map(|t| t.0).collect::<Vec<_>>().join(" ")
-        );
+        println!("setup: test tools present: {}", TEST_TOOLS.iter().map(|t| t.0).collect::<Vec<_>>().join(" "));
         return Ok(());
     }
     println!("setup: installing test tools: {}", missing.join(" "));

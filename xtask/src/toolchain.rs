@@ -21,13 +21,8 @@ pub const BPF_TARGET: &str = "bpfel-unknown-none";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const DEBIAN_BPF_CORE_DIR: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
-pub const DEBIAN_PACKAGES: &[&str] = &[
-    "rustc-web",
-    "cargo-web",
-    "libstd-rust-web-dev-bpf",
-    "llvm-22-dev",
-    "libpolly-22-dev",
-];
+pub const DEBIAN_PACKAGES: &[&str] =
+    &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev"];
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 /// How the eBPF crate gets built.
@@ -49,12 +44,7 @@ impl BpfToolchain {
 
     /// The cargo command that builds `manifest_dir`'s crate for BPF.
     pub fn build_command(&self, manifest_dir: &Path) -> Command {
-        let flags = [
-            "--cfg=bpf_target_arch=\"x86_64\"",
-            "-Cdebuginfo=2",
-            "-Clink-arg=--btf",
-        ]
-        .join("\x1f");
+        let flags = ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
         let mut cmd = match self {
             BpfToolchain::Debian => {
                 let mut c = Command::new(DEBIAN_CARGO);
@@ -64,17 +54,7 @@ impl BpfToolchain {
             }
             BpfToolchain::Nightly(t) => {
                 let mut c = Command::new("rustup");
-                c.args([
-                    "run",
-                    t,
-                    "cargo",
-                    "build",
-                    "--release",
-                    "--target",
-                    BPF_TARGET,
-                    "-Z",
-                    "build-std=core",
-                ]);
+                c.args(["run", t, "cargo", "build", "--release", "--target", BPF_TARGET, "-Z", "build-std=core"]);
                 c
             }
         };
@@ -102,34 +82,20 @@ impl BpfToolchain {
 
 fn debian_core_present() -> bool {
     std::fs::read_dir(DEBIAN_BPF_CORE_DIR)
-        .map(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
-        })
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libcore-")))
         .unwrap_or(false)
 }
 
 fn nightly_with_rust_src() -> Option<String> {
-    let out = Command::new("rustup")
-        .args(["toolchain", "list"])
-        .output()
-        .ok()?;
+    let out = Command::new("rustup").args(["toolchain", "list"]).output().ok()?;
     let list = String::from_utf8_lossy(&out.stdout);
-    for t in list
-        .lines()
-        .map(|l| l.split_whitespace().next().unwrap_or(""))
-    {
+    for t in list.lines().map(|l| l.split_whitespace().next().unwrap_or("")) {
         if !t.starts_with("nightly") {
             continue;
         }
-        let comps = Command::new("rustup")
-            .args(["component", "list", "--installed", "--toolchain", t])
-            .output()
-            .ok()?;
-        if String::from_utf8_lossy(&comps.stdout)
-            .lines()
-            .any(|l| l.starts_with("rust-src"))
-        {
+        let comps =
+            Command::new("rustup").args(["component", "list", "--installed", "--toolchain", t]).output().ok()?;
+        if String::from_utf8_lossy(&comps.stdout).lines().any(|l| l.starts_with("rust-src")) {
             return Some(t.to_string());
         }
     }
@@ -138,8 +104,7 @@ fn nightly_with_rust_src() -> Option<String> {
 
 /// The usable BPF toolchain, if any.
 pub fn detect() -> Option<BpfToolchain> {
-    if Path::new(DEBIAN_RUSTC).exists() && Path::new(DEBIAN_CARGO).exists() && debian_core_present()
-    {
+    if Path::new(DEBIAN_RUSTC).exists() && Path::new(DEBIAN_CARGO).exists() && debian_core_present() {
         return Some(BpfToolchain::Debian);
     }
     nightly_with_rust_src().map(BpfToolchain::Nightly)
@@ -161,10 +126,7 @@ pub fn ensure() -> Result<BpfToolchain> {
             tc
         }
         None => {
-            println!(
-                "setup: no BPF-capable compiler; installing Debian's: {}",
-                DEBIAN_PACKAGES.join(" ")
-            );
+            println!("setup: no BPF-capable compiler; installing Debian's: {}", DEBIAN_PACKAGES.join(" "));
             crate::setup::apt_install(DEBIAN_PACKAGES)?;
             match detect() {
                 Some(tc) => tc,
@@ -186,20 +148,12 @@ pub fn ensure() -> Result<BpfToolchain> {
             println!("setup: building bpf-linker against LLVM 22 (about 5 minutes, once)");
             let path = format!("{LLVM_BIN}:{}", path_with_cargo_bin());
             let mut cmd = Command::new("cargo");
-            cmd.args([
-                "install",
-                "--locked",
-                "bpf-linker",
-                "--no-default-features",
-                "--features",
-                "llvm-22",
-            ])
-            .env("PATH", path)
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("CARGO_TARGET_DIR");
+            cmd.args(["install", "--locked", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+                .env("PATH", path)
+                .env_remove("RUSTUP_TOOLCHAIN")
+                .env_remove("CARGO_TARGET_DIR");
             run(&mut cmd).context("cargo install bpf-linker failed")?;
-            bpf_linker()
-                .context("bpf-linker was installed but is not on PATH or in ~/.cargo/bin")?;
+            bpf_linker().context("bpf-linker was installed but is not on PATH or in ~/.cargo/bin")?;
         }
     }
     Ok(tc)

@@ -71,11 +71,8 @@ pub fn update16(check: u16, old: u16, new: u16) -> u16 {
 /// [`update16`] for an aligned 32-bit field (an address, a sequence number).
 #[inline(always)]
 pub fn update32(check: u16, old: u32, new: u32) -> u16 {
-    let acc = u32::from(!check)
-        + u32::from(!(old >> 16) as u16)
-        + u32::from(!(old as u16))
-        + (new >> 16)
-        + (new & 0xffff);
+    let acc =
+        u32::from(!check) + u32::from(!(old >> 16) as u16) + u32::from(!(old as u16)) + (new >> 16) + (new & 0xffff);
     !fold(acc)
 }
 
@@ -105,9 +102,7 @@ mod tests {
 
     #[test]
     fn data_with_its_checksum_sums_to_minus_zero() {
-        let mut data = [
-            0x45, 0x00, 0x00, 0x54, 0x12, 0x34, 0x40, 0x00, 0x40, 0x01, 0, 0,
-        ];
+        let mut data = [0x45, 0x00, 0x00, 0x54, 0x12, 0x34, 0x40, 0x00, 0x40, 0x01, 0, 0];
         let c = checksum(&data);
         data[10..12].copy_from_slice(&c.to_be_bytes());
         assert_eq!(fold(sum(&data)), 0xffff);

@@ -49,10 +49,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         }
         let total = p.total_len();
         if usize::from(total) < p.header_len() || usize::from(total) > b.len() {
-            return Err(Error::BadIpTotalLen {
-                total_len: total,
-                buffer: b.len(),
-            });
+            return Err(Error::BadIpTotalLen { total_len: total, buffer: b.len() });
         }
         Ok(p)
     }
@@ -201,19 +198,14 @@ impl Ipv4Repr {
     /// Writes the header (with checksum) into the first 20 bytes.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Ipv4Packet<T>) -> Result<()> {
         let total = HEADER_LEN + self.payload_len;
-        let total = u16::try_from(total)
-            .map_err(|_| Error::Unrepresentable("IPv4 payload over 65515 bytes"))?;
+        let total = u16::try_from(total).map_err(|_| Error::Unrepresentable("IPv4 payload over 65515 bytes"))?;
         let b = p.buffer.as_mut();
         need("IPv4 header", b, HEADER_LEN)?;
         b[field::VER_IHL] = 0x45;
         b[field::TOS] = self.tos;
         put16(b, field::TOTAL_LEN, total);
         put16(b, field::IDENT, self.ident);
-        put16(
-            b,
-            field::FLAGS_FRAG,
-            if self.dont_frag { FLAG_DF } else { 0 },
-        );
+        put16(b, field::FLAGS_FRAG, if self.dont_frag { FLAG_DF } else { 0 });
         b[field::TTL] = self.ttl;
         b[field::PROTOCOL] = self.protocol;
         b[field::SRC..field::SRC + 4].copy_from_slice(&self.src_addr.octets());

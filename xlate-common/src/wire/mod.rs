@@ -26,11 +26,7 @@ pub const IPPROTO_ICMP: u8 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
     /// The buffer ends before a header that must be there.
-    Truncated {
-        what: &'static str,
-        need: usize,
-        have: usize,
-    },
+    Truncated { what: &'static str, need: usize, have: usize },
     /// IPv4 version field is not 4.
     BadIpVersion(u8),
     /// IPv4 IHL below 5 words or beyond the buffer.
@@ -42,11 +38,7 @@ pub enum Error {
     /// An extension's type nibble is not one the stack knows.
     UnknownExtension { offset: usize, type_byte: u8 },
     /// An extension's length byte is wrong for its type.
-    BadExtensionLength {
-        offset: usize,
-        kind: &'static str,
-        len: u8,
-    },
+    BadExtensionLength { offset: usize, kind: &'static str, len: u8 },
     /// Extensions do not exactly fill `shl*4 - 12` bytes.
     ExtensionOverrun { offset: usize, len: u8, end: usize },
     /// More than 10 extensions.
@@ -58,11 +50,7 @@ pub enum Error {
     /// UDP length field inconsistent with the buffer.
     BadUdpLength { len: u16, buffer: usize },
     /// A checksum does not verify.
-    BadChecksum {
-        what: &'static str,
-        found: u16,
-        expected: u16,
-    },
+    BadChecksum { what: &'static str, found: u16, expected: u16 },
     /// A representation cannot be emitted as it stands.
     Unrepresentable(&'static str),
 }
@@ -75,38 +63,28 @@ impl fmt::Display for Error {
             }
             Error::BadIpVersion(v) => write!(f, "IPv4 version field is {v}, not 4"),
             Error::BadIpHeaderLen(ihl) => write!(f, "IPv4 IHL {ihl} is invalid"),
-            Error::BadIpTotalLen { total_len, buffer } => write!(
-                f,
-                "IPv4 total length {total_len} does not fit the header or the {buffer}-byte buffer"
-            ),
+            Error::BadIpTotalLen { total_len, buffer } => {
+                write!(f, "IPv4 total length {total_len} does not fit the header or the {buffer}-byte buffer")
+            }
             Error::BadShl(shl) => write!(f, "SAL shl {shl} is below the 3-word base header"),
-            Error::UnknownExtension { offset, type_byte } => write!(
-                f,
-                "SAL extension at offset {offset} has unknown type byte 0x{type_byte:02x}"
-            ),
-            Error::BadExtensionLength { offset, kind, len } => write!(
-                f,
-                "SAL {kind} extension at offset {offset} has invalid length {len}"
-            ),
-            Error::ExtensionOverrun { offset, len, end } => write!(
-                f,
-                "SAL extension at offset {offset} with length {len} runs past the header end {end}"
-            ),
+            Error::UnknownExtension { offset, type_byte } => {
+                write!(f, "SAL extension at offset {offset} has unknown type byte 0x{type_byte:02x}")
+            }
+            Error::BadExtensionLength { offset, kind, len } => {
+                write!(f, "SAL {kind} extension at offset {offset} has invalid length {len}")
+            }
+            Error::ExtensionOverrun { offset, len, end } => {
+                write!(f, "SAL extension at offset {offset} with length {len} runs past the header end {end}")
+            }
             Error::TooManyExtensions => write!(f, "more than 10 SAL extensions"),
             Error::TooManyOfKind(kind) => write!(f, "too many SAL {kind} extensions"),
             Error::BadTcpDataOffset(off) => write!(f, "TCP data offset {off} is invalid"),
-            Error::BadUdpLength { len, buffer } => write!(
-                f,
-                "UDP length {len} does not fit the 8-byte header or the {buffer}-byte buffer"
-            ),
-            Error::BadChecksum {
-                what,
-                found,
-                expected,
-            } => write!(
-                f,
-                "bad {what} checksum 0x{found:04x}, expected 0x{expected:04x}"
-            ),
+            Error::BadUdpLength { len, buffer } => {
+                write!(f, "UDP length {len} does not fit the 8-byte header or the {buffer}-byte buffer")
+            }
+            Error::BadChecksum { what, found, expected } => {
+                write!(f, "bad {what} checksum 0x{found:04x}, expected 0x{expected:04x}")
+            }
             Error::Unrepresentable(why) => write!(f, "cannot emit: {why}"),
         }
     }
@@ -118,11 +96,7 @@ pub type Result<T> = core::result::Result<T, Error>;
 #[inline(always)]
 pub(crate) fn need(what: &'static str, buf: &[u8], need: usize) -> Result<()> {
     if buf.len() < need {
-        Err(Error::Truncated {
-            what,
-            need,
-            have: buf.len(),
-        })
+        Err(Error::Truncated { what, need, have: buf.len() })
     } else {
         Ok(())
     }

@@ -45,9 +45,7 @@ impl<'a> ServalRepr<'a> {
         let ip_pkt = Ipv4Packet::new_checked(datagram)?;
         let ip = Ipv4Repr::parse(&ip_pkt)?;
         if ip.protocol != IPPROTO_SAL {
-            return Err(Error::Unrepresentable(
-                "not a SAL packet (IP protocol is not 144)",
-            ));
+            return Err(Error::Unrepresentable("not a SAL packet (IP protocol is not 144)"));
         }
         let total = usize::from(ip_pkt.total_len());
         let l4: &'a [u8] = &datagram[ip_pkt.header_len()..total];
@@ -58,12 +56,7 @@ impl<'a> ServalRepr<'a> {
         Ok(ServalRepr { ip, sal, transport })
     }
 
-    fn parse_transport(
-        protocol: u8,
-        rest: &'a [u8],
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-    ) -> Result<Transport<'a>> {
+    fn parse_transport(protocol: u8, rest: &'a [u8], src: Ipv4Addr, dst: Ipv4Addr) -> Result<Transport<'a>> {
         if rest.is_empty() {
             return Ok(Transport::None);
         }
@@ -75,16 +68,11 @@ impl<'a> ServalRepr<'a> {
             IPPROTO_UDP => {
                 let u = UdpPacket::new_checked(rest)?;
                 if usize::from(u.len()) != rest.len() {
-                    return Err(Error::BadUdpLength {
-                        len: u.len(),
-                        buffer: rest.len(),
-                    });
+                    return Err(Error::BadUdpLength { len: u.len(), buffer: rest.len() });
                 }
                 Ok(Transport::Udp(UdpRepr::parse(&u, src, dst)?))
             }
-            _ => Err(Error::Unrepresentable(
-                "SAL transport protocol is neither TCP nor UDP",
-            )),
+            _ => Err(Error::Unrepresentable("SAL transport protocol is neither TCP nor UDP")),
         }
     }
 
@@ -99,11 +87,7 @@ impl<'a> ServalRepr<'a> {
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize> {
         let total = self.buffer_len();
         if buf.len() < total {
-            return Err(Error::Truncated {
-                what: "output buffer",
-                need: total,
-                have: buf.len(),
-            });
+            return Err(Error::Truncated { what: "output buffer", need: total, have: buf.len() });
         }
         let buf = &mut buf[..total];
         let mut ip = self.ip;
@@ -117,16 +101,8 @@ impl<'a> ServalRepr<'a> {
         let rest = &mut l4[self.sal.header_len()..];
         match &self.transport {
             Transport::None => {}
-            Transport::Tcp(t) => t.emit(
-                &mut TcpPacket::new_unchecked(rest),
-                ip.src_addr,
-                ip.dst_addr,
-            )?,
-            Transport::Udp(u) => u.emit(
-                &mut UdpPacket::new_unchecked(rest),
-                ip.src_addr,
-                ip.dst_addr,
-            )?,
+            Transport::Tcp(t) => t.emit(&mut TcpPacket::new_unchecked(rest), ip.src_addr, ip.dst_addr)?,
+            Transport::Udp(u) => u.emit(&mut UdpPacket::new_unchecked(rest), ip.src_addr, ip.dst_addr)?,
         }
         Ok(total)
     }

@@ -173,10 +173,7 @@ pub struct Bounded<T: Copy, const N: usize> {
 
 impl<T: Copy, const N: usize> Bounded<T, N> {
     pub const fn new(filler: T) -> Self {
-        Bounded {
-            items: [filler; N],
-            len: 0,
-        }
+        Bounded { items: [filler; N], len: 0 }
     }
     /// Appends; gives the item back when the list is full.
     pub fn push(&mut self, item: T) -> core::result::Result<(), T> {
@@ -286,13 +283,8 @@ impl Extension<'_> {
                 b[4..SERVICE_LEN].copy_from_slice(id.as_bytes());
             }
             Extension::Address(body) => {
-                if body.len() < ADDRESS_MIN_LEN
-                    || (body.len() - ADDRESS_MIN_LEN) % 4 != 0
-                    || body.len() > 255
-                {
-                    return Err(Error::Unrepresentable(
-                        "ADDRESS extension length is not 12+4n",
-                    ));
+                if body.len() < ADDRESS_MIN_LEN || (body.len() - ADDRESS_MIN_LEN) % 4 != 0 || body.len() > 255 {
+                    return Err(Error::Unrepresentable("ADDRESS extension length is not 12+4n"));
                 }
                 b[..len].copy_from_slice(body);
                 b[0] = ext_type::ADDRESS;
@@ -300,9 +292,7 @@ impl Extension<'_> {
             }
             Extension::Source(v) => {
                 if !(SOURCE_MIN_ADDRS..=SOURCE_MAX_ADDRS).contains(&v.len()) || v.0.len() % 4 != 0 {
-                    return Err(Error::Unrepresentable(
-                        "SOURCE extension needs 2 to 20 addresses",
-                    ));
+                    return Err(Error::Unrepresentable("SOURCE extension needs 2 to 20 addresses"));
                 }
                 b[0] = ext_type::SOURCE;
                 b[1] = len as u8;
@@ -330,9 +320,7 @@ impl<'a> SourceView<'a> {
         self.0.is_empty()
     }
     pub fn iter(&self) -> impl Iterator<Item = Ipv4Addr> + 'a {
-        self.0
-            .chunks_exact(4)
-            .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+        self.0.chunks_exact(4).map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
     }
     pub fn last(&self) -> Option<Ipv4Addr> {
         self.iter().last()
@@ -387,11 +375,7 @@ impl<'a> Extensions<'a> {
             _ => return Err(Error::UnknownExtension { offset, type_byte }),
         };
         if rest.len() < 2 {
-            return Err(Error::ExtensionOverrun {
-                offset,
-                len: 0,
-                end: self.base + self.area.len(),
-            });
+            return Err(Error::ExtensionOverrun { offset, len: 0, end: self.base + self.area.len() });
         }
         let len = rest[1];
         let ulen = usize::from(len);
@@ -399,24 +383,13 @@ impl<'a> Extensions<'a> {
             ext_type::CONTROL => ulen == CONTROL_LEN,
             ext_type::SERVICE => ulen == SERVICE_LEN,
             ext_type::ADDRESS => ulen >= ADDRESS_MIN_LEN && (ulen - ADDRESS_MIN_LEN) % 4 == 0,
-            _ => {
-                ulen % 4 == 0
-                    && (4 + 4 * SOURCE_MIN_ADDRS..=4 + 4 * SOURCE_MAX_ADDRS).contains(&ulen)
-            }
+            _ => ulen % 4 == 0 && (4 + 4 * SOURCE_MIN_ADDRS..=4 + 4 * SOURCE_MAX_ADDRS).contains(&ulen),
         };
         if !len_ok {
-            return Err(Error::BadExtensionLength {
-                offset,
-                kind: name,
-                len,
-            });
+            return Err(Error::BadExtensionLength { offset, kind: name, len });
         }
         if ulen > rest.len() {
-            return Err(Error::ExtensionOverrun {
-                offset,
-                len,
-                end: self.base + self.area.len(),
-            });
+            return Err(Error::ExtensionOverrun { offset, len, end: self.base + self.area.len() });
         }
         let body = &rest[..ulen];
         self.pos += ulen;
@@ -541,11 +514,7 @@ impl<T: AsRef<[u8]>> SalPacket<T> {
         if self.verify_checksum() {
             Ok(())
         } else {
-            Err(Error::BadChecksum {
-                what: "SAL",
-                found: self.checksum(),
-                expected: self.expected_checksum(),
-            })
+            Err(Error::BadChecksum { what: "SAL", found: self.checksum(), expected: self.expected_checksum() })
         }
     }
     /// What follows the SAL header: the transport header and data, if any.
@@ -606,16 +575,11 @@ impl SalRepr {
         for ext in p.extensions() {
             match ext? {
                 Extension::Control(c) => r.control = Some(c),
-                Extension::Service(s) => r
-                    .services
-                    .push(s)
-                    .map_err(|_| Error::TooManyOfKind("SERVICE"))?,
+                Extension::Service(s) => r.services.push(s).map_err(|_| Error::TooManyOfKind("SERVICE"))?,
                 Extension::Source(v) => {
                     let mut addrs = SourceAddrs::empty();
                     for a in v.iter() {
-                        addrs
-                            .push(a)
-                            .map_err(|_| Error::TooManyOfKind("SOURCE address"))?;
+                        addrs.push(a).map_err(|_| Error::TooManyOfKind("SOURCE address"))?;
                     }
                     r.source = Some(addrs);
                 }
@@ -632,11 +596,7 @@ impl SalRepr {
     /// Header length in bytes (always a multiple of 4).
     pub fn header_len(&self) -> usize {
         BASE_LEN
-            + if self.control.is_some() {
-                CONTROL_LEN
-            } else {
-                0
-            }
+            + if self.control.is_some() { CONTROL_LEN } else { 0 }
             + SERVICE_LEN * self.services.len()
             + self.source.map_or(0, |s| 4 + 4 * s.len())
     }
@@ -646,9 +606,7 @@ impl SalRepr {
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut SalPacket<T>) -> Result<()> {
         if let Some(s) = &self.source {
             if s.len() < SOURCE_MIN_ADDRS {
-                return Err(Error::Unrepresentable(
-                    "SOURCE extension with fewer than 2 addresses",
-                ));
+                return Err(Error::Unrepresentable("SOURCE extension with fewer than 2 addresses"));
             }
         }
         let hl = self.header_len();

@@ -22,10 +22,7 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
         need("UDP header", b, HEADER_LEN)?;
         let len = p.len();
         if usize::from(len) < HEADER_LEN || usize::from(len) > b.len() {
-            return Err(Error::BadUdpLength {
-                len,
-                buffer: b.len(),
-            });
+            return Err(Error::BadUdpLength { len, buffer: b.len() });
         }
         Ok(p)
     }
@@ -56,14 +53,12 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
             return true;
         }
         let d = self.datagram();
-        let ph =
-            checksum::pseudo_header_v4(src.octets(), dst.octets(), IPPROTO_UDP, d.len() as u16);
+        let ph = checksum::pseudo_header_v4(src.octets(), dst.octets(), IPPROTO_UDP, d.len() as u16);
         checksum::fold(checksum::accumulate(ph, d)) == 0xffff
     }
     pub fn expected_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> u16 {
         let d = self.datagram();
-        let ph =
-            checksum::pseudo_header_v4(src.octets(), dst.octets(), IPPROTO_UDP, d.len() as u16);
+        let ph = checksum::pseudo_header_v4(src.octets(), dst.octets(), IPPROTO_UDP, d.len() as u16);
         let acc = checksum::accumulate(checksum::accumulate(ph, &d[..6]), &d[8..]);
         match !checksum::fold(acc) {
             0 => 0xffff,
@@ -103,15 +98,9 @@ impl<'a> UdpRepr<'a> {
     pub fn buffer_len(&self) -> usize {
         HEADER_LEN + self.payload.len()
     }
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
-        &self,
-        p: &mut UdpPacket<T>,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-    ) -> Result<()> {
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut UdpPacket<T>, src: Ipv4Addr, dst: Ipv4Addr) -> Result<()> {
         let total = self.buffer_len();
-        let len = u16::try_from(total)
-            .map_err(|_| Error::Unrepresentable("UDP datagram over 65535 bytes"))?;
+        let len = u16::try_from(total).map_err(|_| Error::Unrepresentable("UDP datagram over 65535 bytes"))?;
         let b = p.buffer.as_mut();
         need("UDP datagram buffer", b, total)?;
         put16(b, 0, self.src_port);

@@ -29,6 +29,18 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// After our SAL FIN is acknowledged, how long we wait for the peer's
 /// (the original stack's FINWAIT2).
 const FIN_WAIT: Duration = Duration::from_secs(60);
+/// How long the agent remembers a closed flow, to answer a retransmitted
+/// SAL FIN whose ACK was lost (the kernel maps are already clean).
+const TIME_WAIT: Duration = Duration::from_secs(60);
+
+/// What the agent keeps of a closed flow during TIME_WAIT.
+struct Closed {
+    state: FlowState,
+    addrs: FlowAddrs,
+    snd_nxt: u32,
+    rcv_nxt: u32,
+    until: Instant,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PendingKind {
@@ -68,10 +80,7 @@ fn before(a: u32, b: u32) -> bool {
 
 /// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.
 fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -82,18 +91,13 @@ pub struct ControlPlane {
     sal: RawSocket,
     inject: RawSocket,
     ctl: HashMap<u32, Ctl>,
+    closed: HashMap<u32, Closed>,
     idle_timeout: Duration,
 }
 
 impl ControlPlane {
     pub fn new(maps: HostMaps, sal: RawSocket, inject: RawSocket, idle_timeout: Duration) -> Self {
-        ControlPlane {
-            maps,
-            sal,
-            inject,
-            ctl: HashMap::new(),
-            idle_timeout,
-        }
+        ControlPlane { maps, sal, inject, ctl: HashMap::new(), closed: HashMap::new(), idle_timeout }
     }
 
     pub fn sal_socket(&self) -> &RawSocket {
@@ -115,14 +119,7 @@ impl ControlPlane {
         })
     }
 
-    fn build(
-        st: &FlowState,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        flags: ControlFlags,
-        verno: u32,
-        ackno: u32,
-    ) -> Vec<u8> {
+    fn build(st: &FlowState, src: Ipv4Addr, dst: Ipv4Addr, flags: ControlFlags, verno: u32, ackno: u32) -> Vec<u8> {
         let repr = ServalRepr {
             ip: Ipv4Repr {
                 src_addr: src,
@@ -138,12 +135,7 @@ impl ControlPlane {
                 src_flowid: FlowId(st.local_flow),
                 dst_flowid: FlowId(st.peer_flow),
                 protocol: IPPROTO_TCP,
-                control: Some(ControlRepr {
-                    flags,
-                    verno,
-                    ackno,
-                    nonce: st.local_nonce,
-                }),
+                control: Some(ControlRepr { flags, verno, ackno, nonce: st.local_nonce }),
                 services: xlate_common::wire::sal::ServiceList::empty(),
                 source: None,
             },
@@ -163,14 +155,7 @@ impl ControlPlane {
 
     /// Sends a control packet that must be acknowledged, and keeps it for
     /// retransmission.
-    fn send_reliable(
-        &mut self,
-        id: u32,
-        kind: PendingKind,
-        datagram: Vec<u8>,
-        dst: Ipv4Addr,
-        acked_by: u32,
-    ) {
+    fn send_reliable(&mut self, id: u32, kind: PendingKind, datagram: Vec<u8>, dst: Ipv4Addr, acked_by: u32) {
         self.send(&datagram, dst);
         let p = Pending {
             kind,
@@ -188,14 +173,7 @@ impl ControlPlane {
 
     fn send_ack(&mut self, st: &FlowState, addrs: &FlowAddrs, dst: Ipv4Addr) {
         let c = self.ctl_for(st).clone();
-        let pkt = Self::build(
-            st,
-            Ipv4Addr::from(addrs.local_ip),
-            dst,
-            ControlFlags::ACK,
-            c.snd_nxt,
-            c.rcv_nxt,
-        );
+        let pkt = Self::build(st, Ipv4Addr::from(addrs.local_ip), dst, ControlFlags::ACK, c.snd_nxt, c.rcv_nxt);
         self.send(&pkt, dst);
     }
 
@@ -209,14 +187,7 @@ impl ControlPlane {
         c.snd_nxt = c.snd_nxt.wrapping_add(1);
         let (snd, rcv) = (c.snd_nxt, c.rcv_nxt);
         let peer = Ipv4Addr::from(addrs.peer_ip);
-        let pkt = Self::build(
-            st,
-            Ipv4Addr::from(addrs.local_ip),
-            peer,
-            ControlFlags::FIN,
-            verno,
-            rcv,
-        );
+        let pkt = Self::build(st, Ipv4Addr::from(addrs.local_ip), peer, ControlFlags::FIN, verno, rcv);
         self.send_reliable(st.local_flow, PendingKind::Fin, pkt, peer, snd);
     }
 
@@ -231,14 +202,7 @@ impl ControlPlane {
                 let c = self.ctl_for(&st).clone();
                 let peer = Ipv4Addr::from(addrs.peer_ip);
                 let flags = ControlFlags::RST | ControlFlags::ACK;
-                let pkt = Self::build(
-                    &st,
-                    Ipv4Addr::from(addrs.local_ip),
-                    peer,
-                    flags,
-                    c.snd_nxt,
-                    c.rcv_nxt,
-                );
+                let pkt = Self::build(&st, Ipv4Addr::from(addrs.local_ip), peer, flags, c.snd_nxt, c.rcv_nxt);
                 self.send(&pkt, peer);
                 self.free(ev.flow, HostCounter::FlowsFreed);
             }
@@ -269,7 +233,7 @@ impl ControlPlane {
         };
         let id = p.sal.dst_flowid.0;
         let Some((st, addrs)) = self.flow(id) else {
-            self.maps.bump(HostCounter::CtlDropUnknownFlow);
+            self.answer_closed(id, &ctl);
             return;
         };
         let f = ctl.flags;
@@ -286,8 +250,8 @@ impl ControlPlane {
         }
         let from = p.ip.src_addr;
         let rcv_nxt = self.ctl_for(&st).rcv_nxt;
-        let consumes = f.contains(ControlFlags::FIN)
-            || f.contains(ControlFlags::RSYN) && !f.contains(ControlFlags::ACK);
+        let consumes =
+            f.contains(ControlFlags::FIN) || f.contains(ControlFlags::RSYN) && !f.contains(ControlFlags::ACK);
         if consumes && before(ctl.verno, rcv_nxt) {
             // Already seen: answer so the peer stops retransmitting.
             self.maps.bump(HostCounter::CtlStale);
@@ -330,13 +294,33 @@ impl ControlPlane {
         }
     }
 
-    fn send_ack_or_rsynack(
-        &mut self,
-        st: &FlowState,
-        addrs: &FlowAddrs,
-        f: ControlFlags,
-        from: Ipv4Addr,
-    ) {
+    /// A control packet for a flow we no longer have: a retransmitted SAL
+    /// FIN of a flow closed recently (our ACK was lost) is answered again.
+    fn answer_closed(&mut self, id: u32, ctl: &ControlRepr) {
+        let answer = match self.closed.get(&id) {
+            Some(c) if ctl.flags.contains(ControlFlags::FIN) && ctl.nonce == c.state.peer_nonce => {
+                let pkt = Self::build(
+                    &c.state,
+                    Ipv4Addr::from(c.addrs.local_ip),
+                    Ipv4Addr::from(c.addrs.peer_ip),
+                    ControlFlags::ACK,
+                    c.snd_nxt,
+                    c.rcv_nxt,
+                );
+                Some((pkt, Ipv4Addr::from(c.addrs.peer_ip)))
+            }
+            _ => None,
+        };
+        match answer {
+            Some((pkt, dst)) => {
+                self.maps.bump(HostCounter::CtlStale);
+                self.send(&pkt, dst);
+            }
+            None => self.maps.bump(HostCounter::CtlDropUnknownFlow),
+        }
+    }
+
+    fn send_ack_or_rsynack(&mut self, st: &FlowState, addrs: &FlowAddrs, f: ControlFlags, from: Ipv4Addr) {
         if f.contains(ControlFlags::RSYN) {
             let c = self.ctl_for(st).clone();
             let pkt = Self::build(
@@ -383,12 +367,7 @@ impl ControlPlane {
         let Some(c) = self.ctl.get_mut(&id) else {
             return;
         };
-        let Some(Pending {
-            kind: PendingKind::Rsyn { new_local },
-            acked_by,
-            ..
-        }) = c.pending.clone()
-        else {
+        let Some(Pending { kind: PendingKind::Rsyn { new_local }, acked_by, .. }) = c.pending.clone() else {
             return;
         };
         if acked_by != ackno {
@@ -409,11 +388,7 @@ impl ControlPlane {
     /// A FIN that waited for an outstanding control packet goes now.
     fn after_pending(&mut self, st: &FlowState) {
         let id = st.local_flow;
-        if self
-            .ctl
-            .get(&id)
-            .is_some_and(|c| c.fin_wanted && c.pending.is_none())
-        {
+        if self.ctl.get(&id).is_some_and(|c| c.fin_wanted && c.pending.is_none()) {
             self.ctl.get_mut(&id).unwrap().fin_wanted = false;
             if let Some((st, addrs)) = self.flow(id) {
                 self.send_fin(&st, &addrs);
@@ -445,10 +420,7 @@ impl ControlPlane {
             ident: 0,
             dont_frag: true,
         };
-        ip.emit(&mut xlate_common::wire::ipv4::Ipv4Packet::new_unchecked(
-            &mut pkt[..],
-        ))
-        .expect("sized");
+        ip.emit(&mut xlate_common::wire::ipv4::Ipv4Packet::new_unchecked(&mut pkt[..])).expect("sized");
         let tcp = xlate_common::wire::tcp::TcpRepr {
             src_port: u16::from_be_bytes(st.tcp_peer_port),
             dst_port: u16::from_be_bytes(st.tcp_local_port),
@@ -460,19 +432,27 @@ impl ControlPlane {
             options: &[],
             payload: &[],
         };
-        tcp.emit(
-            &mut xlate_common::wire::tcp::TcpPacket::new_unchecked(&mut pkt[20..]),
-            src,
-            dst,
-        )
-        .expect("sized");
+        tcp.emit(&mut xlate_common::wire::tcp::TcpPacket::new_unchecked(&mut pkt[20..]), src, dst).expect("sized");
         if let Err(e) = self.inject.send_to(&pkt, dst) {
             eprintln!("xlate-user host: injecting a TCP reset: {e}");
         }
     }
 
-    /// Deletes every trace of a flow from the maps.
+    /// Deletes every trace of a flow from the maps (a cleanly closed one is
+    /// remembered by the agent for TIME_WAIT).
     pub fn free(&mut self, id: u32, why: HostCounter) {
+        if let (Some(c), Some((st, addrs))) = (self.ctl.get(&id), self.flow(id)) {
+            if c.peer_fin && c.fin_acked_at.is_some() {
+                let closed = Closed {
+                    state: st,
+                    addrs,
+                    snd_nxt: c.snd_nxt,
+                    rcv_nxt: c.rcv_nxt,
+                    until: Instant::now() + TIME_WAIT,
+                };
+                self.closed.insert(id, closed);
+            }
+        }
         if let Ok(st) = self.maps.flows.get(&id, 0) {
             let key = FlowKey {
                 saddr: st.tcp_local_addr,
@@ -481,10 +461,7 @@ impl ControlPlane {
                 dport: st.tcp_peer_port,
             };
             let _ = self.maps.tuples.remove(&key);
-            let _ = self.maps.peers.remove(&PeerKey {
-                peer_ip: st.tcp_peer_addr,
-                peer_flow: st.peer_flow,
-            });
+            let _ = self.maps.peers.remove(&PeerKey { peer_ip: st.tcp_peer_addr, peer_flow: st.peer_flow });
         }
         let _ = self.maps.flows.remove(&id);
         let _ = self.maps.addrs.remove(&id);
@@ -530,6 +507,7 @@ impl ControlPlane {
         for id in give_up {
             self.free(id, HostCounter::FlowsExpired);
         }
+        self.closed.retain(|_, c| c.until > now);
         self.expire();
     }
 

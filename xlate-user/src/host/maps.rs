@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
-use xlate_common::flow::{
-    names, FlowAddrs, FlowState, HostConfig, HostCounter, PeerKey, RouteTargets, ServeEntry,
-};
+use xlate_common::flow::{names, FlowAddrs, FlowState, HostConfig, HostCounter, PeerKey, RouteTargets, ServeEntry};
 use xlate_common::maps::{FlowKey, ServiceEntry, ServiceKey};
 
 /// Where a host-mode instance pins its maps: one directory per network
@@ -17,10 +15,7 @@ use xlate_common::maps::{FlowKey, ServiceEntry, ServiceKey};
 pub fn pin_dir(iface: &str) -> Result<PathBuf> {
     let ns = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
     use std::os::unix::fs::MetadataExt;
-    Ok(PathBuf::from(format!(
-        "/sys/fs/bpf/xlate/host-{}-{iface}",
-        ns.ino()
-    )))
+    Ok(PathBuf::from(format!("/sys/fs/bpf/xlate/host-{}-{iface}", ns.ino())))
 }
 
 /// Makes sure /sys/fs/bpf is a BPF filesystem (mounts one if not).
@@ -33,25 +28,11 @@ pub fn ensure_bpffs() -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all("/sys/fs/bpf").ok();
-    let (src, fstype) = (
-        std::ffi::CString::new("bpffs").unwrap(),
-        std::ffi::CString::new("bpf").unwrap(),
-    );
+    let (src, fstype) = (std::ffi::CString::new("bpffs").unwrap(), std::ffi::CString::new("bpf").unwrap());
     // SAFETY: valid C strings; mount(2) with no data.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            path.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let r = unsafe { libc::mount(src.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if r != 0 {
-        return Err(anyhow!(
-            "mounting bpffs on /sys/fs/bpf: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(anyhow!("mounting bpffs on /sys/fs/bpf: {}", std::io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -81,13 +62,10 @@ const PINNED: &[&str] = &[
 ];
 
 fn take(ebpf: &mut Ebpf, name: &str, dir: &Path) -> Result<Map> {
-    let m = ebpf
-        .take_map(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    let m = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
     let path = dir.join(name);
     let _ = std::fs::remove_file(&path);
-    m.pin(&path)
-        .with_context(|| format!("pinning {name} at {}", path.display()))?;
+    m.pin(&path).with_context(|| format!("pinning {name} at {}", path.display()))?;
     Ok(m)
 }
 
@@ -135,23 +113,12 @@ impl HostMaps {
 pub fn open_pinned(iface: &str, name: &str) -> Result<Map> {
     let path = pin_dir(iface)?.join(name);
     let data = MapData::from_pin(&path).with_context(|| {
-        format!(
-            "no host-mode instance on {iface} in this network namespace ({} not found)",
-            path.display()
-        )
+        format!("no host-mode instance on {iface} in this network namespace ({} not found)", path.display())
     })?;
     Ok(Map::from_map_data(data)?)
 }
 
 /// Sums a per-CPU counter map.
 pub fn read_counters(map: &PerCpuArray<MapData, u64>) -> Vec<(HostCounter, u64)> {
-    HostCounter::ALL
-        .iter()
-        .map(|c| {
-            (
-                *c,
-                map.get(&c.index(), 0).map(|v| v.iter().sum()).unwrap_or(0),
-            )
-        })
-        .collect()
+    HostCounter::ALL.iter().map(|c| (*c, map.get(&c.index(), 0).map(|v| v.iter().sum()).unwrap_or(0))).collect()
 }

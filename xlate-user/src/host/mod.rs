@@ -17,8 +17,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use xlate_common::flow::{
-    names, state, Event, FlowAddrs, FlowState, HostConfig, RouteTargets, ServeEntry,
-    MAX_ROUTE_TARGETS,
+    names, state, Event, FlowAddrs, FlowState, HostConfig, RouteTargets, ServeEntry, MAX_ROUTE_TARGETS,
 };
 use xlate_common::maps::{ServiceEntry, ServiceKey};
 use xlate_common::{ServiceId, ServicePrefix};
@@ -38,14 +37,10 @@ pub struct Serve {
 impl FromStr for Serve {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        let (sid, port) = s
-            .rsplit_once('=')
-            .ok_or_else(|| anyhow!("--serve {s:?}: expected SERVICE_ID=PORT"))?;
+        let (sid, port) = s.rsplit_once('=').ok_or_else(|| anyhow!("--serve {s:?}: expected SERVICE_ID=PORT"))?;
         Ok(Serve {
             service: sid.parse().map_err(|e| anyhow!("--serve {s:?}: {e}"))?,
-            port: port.parse().map_err(|_| {
-                anyhow!("--serve {s:?}: port {port:?} is not a number from 1 to 65535")
-            })?,
+            port: port.parse().map_err(|_| anyhow!("--serve {s:?}: port {port:?} is not a number from 1 to 65535"))?,
         })
     }
 }
@@ -61,20 +56,12 @@ pub struct Connect {
 impl FromStr for Connect {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        let (sid, ap) = s
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--connect {s:?}: expected SERVICE_ID=ADDR:PORT"))?;
-        let (a, p) = ap
-            .rsplit_once(':')
-            .ok_or_else(|| anyhow!("--connect {s:?}: expected ADDR:PORT after '='"))?;
+        let (sid, ap) = s.split_once('=').ok_or_else(|| anyhow!("--connect {s:?}: expected SERVICE_ID=ADDR:PORT"))?;
+        let (a, p) = ap.rsplit_once(':').ok_or_else(|| anyhow!("--connect {s:?}: expected ADDR:PORT after '='"))?;
         Ok(Connect {
             service: sid.parse().map_err(|e| anyhow!("--connect {s:?}: {e}"))?,
-            addr: a
-                .parse()
-                .map_err(|_| anyhow!("--connect {s:?}: {a:?} is not an IPv4 address"))?,
-            port: p.parse().map_err(|_| {
-                anyhow!("--connect {s:?}: port {p:?} is not a number from 1 to 65535")
-            })?,
+            addr: a.parse().map_err(|_| anyhow!("--connect {s:?}: {a:?} is not an IPv4 address"))?,
+            port: p.parse().map_err(|_| anyhow!("--connect {s:?}: port {p:?} is not a number from 1 to 65535"))?,
         })
     }
 }
@@ -89,17 +76,12 @@ pub struct Route {
 impl FromStr for Route {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        let (p, t) = s
-            .rsplit_once('=')
-            .ok_or_else(|| anyhow!("--route {s:?}: expected SERVICE_ID[:BITS]=IP[,IP...]"))?;
+        let (p, t) =
+            s.rsplit_once('=').ok_or_else(|| anyhow!("--route {s:?}: expected SERVICE_ID[:BITS]=IP[,IP...]"))?;
         let prefix = p.parse().map_err(|e| anyhow!("--route {s:?}: {e}"))?;
         let targets = t
             .split(',')
-            .map(|a| {
-                a.trim()
-                    .parse()
-                    .map_err(|_| anyhow!("--route {s:?}: {a:?} is not an IPv4 address"))
-            })
+            .map(|a| a.trim().parse().map_err(|_| anyhow!("--route {s:?}: {a:?} is not an IPv4 address")))
             .collect::<Result<Vec<Ipv4Addr>>>()?;
         if targets.is_empty() || targets.len() > MAX_ROUTE_TARGETS {
             bail!("--route {s:?}: give 1 to {MAX_ROUTE_TARGETS} target addresses");
@@ -126,27 +108,18 @@ pub fn control_socket(iface: &str) -> Result<PathBuf> {
 /// Runs host mode until SIGINT/SIGTERM; cleans up on the way out.
 pub fn run(opts: HostOptions) -> Result<()> {
     let iface = Interface::lookup(&opts.iface)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _rt_guard = rt.enter();
     maps::ensure_bpffs()?;
     let pin_dir = maps::pin_dir(&iface.name)?;
     if pin_dir.exists() {
-        bail!(
-            "another host-mode instance runs on {} ({} exists); stop it first",
-            iface.name,
-            pin_dir.display()
-        );
+        bail!("another host-mode instance runs on {} ({} exists); stop it first", iface.name, pin_dir.display());
     }
     let mut ebpf = crate::ebpf::load()?;
     for (prog, _) in [("xlate_host_ingress", ()), ("xlate_host_egress", ())] {
-        let p: &mut SchedClassifier = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| anyhow!("program {prog} missing"))?
-            .try_into()?;
-        p.load()
-            .with_context(|| format!("the kernel refused {prog}"))?;
+        let p: &mut SchedClassifier =
+            ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing"))?.try_into()?;
+        p.load().with_context(|| format!("the kernel refused {prog}"))?;
     }
     seed_flow_ids(&mut ebpf)?;
     let mut m = HostMaps::take_and_pin(&mut ebpf, &pin_dir)?;
@@ -160,24 +133,11 @@ pub fn run(opts: HostOptions) -> Result<()> {
     };
     m.config.set(0, cfg, 0)?;
     for s in &opts.serve {
-        m.serve.insert(
-            s.service.0,
-            ServeEntry {
-                port: s.port.to_be_bytes(),
-                _pad: [0; 2],
-            },
-            0,
-        )?;
+        m.serve.insert(s.service.0, ServeEntry { port: s.port.to_be_bytes(), _pad: [0; 2] }, 0)?;
     }
     let mut connect_routes = Vec::new();
     for c in &opts.connect {
-        m.connect.insert(
-            ServiceKey::new(c.addr, c.port),
-            ServiceEntry {
-                service_id: c.service,
-            },
-            0,
-        )?;
+        m.connect.insert(ServiceKey::new(c.addr, c.port), ServiceEntry { service_id: c.service }, 0)?;
         connect_routes.push(ConnectRoute::add(&iface, c.addr)?);
     }
     for r in &opts.routes {
@@ -186,30 +146,19 @@ pub fn run(opts: HostOptions) -> Result<()> {
             t.addrs[i] = a.octets();
         }
         t.count = r.targets.len() as u32;
-        m.routes
-            .insert(&Key::new(u32::from(r.prefix.bits()), r.prefix.id().0), t, 0)?;
+        m.routes.insert(&Key::new(u32::from(r.prefix.bits()), r.prefix.id().0), t, 0)?;
     }
     let _offloads = OffloadGuard::disable(&iface.name)?;
     // The raw socket must exist before traffic: it is also what keeps the
     // kernel from answering SAL with ICMP protocol-unreachable.
-    let sal = RawSocket::new(i32::from(xlate_common::wire::IPPROTO_SAL))
-        .context("opening the raw SAL socket")?;
+    let sal = RawSocket::new(i32::from(xlate_common::wire::IPPROTO_SAL)).context("opening the raw SAL socket")?;
     let inject = RawSocket::new(libc::IPPROTO_RAW).context("opening the raw injection socket")?;
-    let events = RingBuf::try_from(
-        ebpf.take_map(names::EVENTS)
-            .ok_or_else(|| anyhow!("events map missing"))?,
-    )?;
+    let events = RingBuf::try_from(ebpf.take_map(names::EVENTS).ok_or_else(|| anyhow!("events map missing"))?)?;
 
     let mut links = Vec::new();
-    for (prog, at) in [
-        ("xlate_host_ingress", TcAttachType::Ingress),
-        ("xlate_host_egress", TcAttachType::Egress),
-    ] {
+    for (prog, at) in [("xlate_host_ingress", TcAttachType::Ingress), ("xlate_host_egress", TcAttachType::Egress)] {
         let p: &mut SchedClassifier = ebpf.program_mut(prog).unwrap().try_into()?;
-        links.push(
-            p.attach(&iface.name, at)
-                .with_context(|| format!("attaching {prog} to {}", iface.name))?,
-        );
+        links.push(p.attach(&iface.name, at).with_context(|| format!("attaching {prog} to {}", iface.name))?);
     }
     println!(
         "xlate host mode on {} ({} / broadcast {}, MSS {}): serving {}, connecting {}, {} routes",
@@ -236,10 +185,8 @@ pub fn run(opts: HostOptions) -> Result<()> {
 /// not guessable, and the ports the server side derives from them do not
 /// repeat those of an earlier run (whose TIME_WAIT sockets may linger).
 fn seed_flow_ids(ebpf: &mut aya::Ebpf) -> Result<()> {
-    let mut m: PerCpuArray<&mut MapData, u32> = PerCpuArray::try_from(
-        ebpf.map_mut(names::NEXT_FLOW)
-            .ok_or_else(|| anyhow!("flow-ID map missing"))?,
-    )?;
+    let mut m: PerCpuArray<&mut MapData, u32> =
+        PerCpuArray::try_from(ebpf.map_mut(names::NEXT_FLOW).ok_or_else(|| anyhow!("flow-ID map missing"))?)?;
     let n = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
     let mut seeds = Vec::with_capacity(n);
     let mut f = std::fs::File::open("/dev/urandom")?;
@@ -262,11 +209,7 @@ fn scopeguard(p: PathBuf) -> PinGuard {
     PinGuard(p)
 }
 
-async fn event_loop(
-    mut cp: ControlPlane,
-    events: RingBuf<MapData>,
-    sock_path: PathBuf,
-) -> Result<()> {
+async fn event_loop(mut cp: ControlPlane, events: RingBuf<MapData>, sock_path: PathBuf) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -276,8 +219,8 @@ async fn event_loop(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     std::fs::create_dir_all("/run/xlate")?;
     let _ = std::fs::remove_file(&sock_path);
-    let listener = tokio::net::UnixListener::bind(&sock_path)
-        .with_context(|| format!("binding {}", sock_path.display()))?;
+    let listener =
+        tokio::net::UnixListener::bind(&sock_path).with_context(|| format!("binding {}", sock_path.display()))?;
     let mut buf = vec![0u8; 65536];
     loop {
         tokio::select! {
@@ -331,12 +274,8 @@ fn command(cp: &mut ControlPlane, line: &str) -> String {
 /// `host migrate --to ADDR`: asks the running instance to move its flows.
 pub fn migrate(iface: &str, to: Ipv4Addr) -> Result<String> {
     let path = control_socket(iface)?;
-    let mut s = UnixStream::connect(&path).with_context(|| {
-        format!(
-            "no host-mode instance on {iface} in this network namespace ({})",
-            path.display()
-        )
-    })?;
+    let mut s = UnixStream::connect(&path)
+        .with_context(|| format!("no host-mode instance on {iface} in this network namespace ({})", path.display()))?;
     writeln!(s, "migrate {to}")?;
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line)?;
@@ -354,18 +293,13 @@ pub struct FlowRow {
 }
 
 pub fn flows(iface: &str) -> Result<Vec<FlowRow>> {
-    let flows: aya::maps::HashMap<MapData, u32, FlowState> =
-        maps::open_pinned(iface, names::FLOWS)?.try_into()?;
-    let addrs: aya::maps::HashMap<MapData, u32, FlowAddrs> =
-        maps::open_pinned(iface, names::ADDRS)?.try_into()?;
+    let flows: aya::maps::HashMap<MapData, u32, FlowState> = maps::open_pinned(iface, names::FLOWS)?.try_into()?;
+    let addrs: aya::maps::HashMap<MapData, u32, FlowAddrs> = maps::open_pinned(iface, names::ADDRS)?.try_into()?;
     let mut rows = Vec::new();
     for item in flows.iter() {
         let (id, st) = item?;
         let a = addrs.get(&id, 0).unwrap_or_default();
-        rows.push(FlowRow {
-            state: st,
-            addrs: a,
-        });
+        rows.push(FlowRow { state: st, addrs: a });
     }
     rows.sort_by_key(|r| r.state.local_flow);
     Ok(rows)
@@ -379,11 +313,7 @@ impl std::fmt::Display for FlowRow {
             "{:>10} {:>10} {:<6} {:<11} {:<15} {:<15} {}:{} > {}:{} service {}",
             s.local_flow,
             s.peer_flow,
-            if s.role == xlate_common::flow::role::CLIENT {
-                "client"
-            } else {
-                "server"
-            },
+            if s.role == xlate_common::flow::role::CLIENT { "client" } else { "server" },
             state::name(s.state),
             Ipv4Addr::from(self.addrs.local_ip),
             Ipv4Addr::from(self.addrs.peer_ip),
@@ -401,8 +331,5 @@ pub const FLOWS_HEADER: &str =
 
 pub fn stats(iface: &str) -> Result<Vec<(&'static str, u64)>> {
     let c: PerCpuArray<MapData, u64> = maps::open_pinned(iface, names::COUNTERS)?.try_into()?;
-    Ok(maps::read_counters(&c)
-        .into_iter()
-        .map(|(k, v)| (k.name(), v))
-        .collect())
+    Ok(maps::read_counters(&c).into_iter().map(|(k, v)| (k.name(), v)).collect())
 }
