@@ -8,6 +8,7 @@
 pub mod flow;
 pub mod maps;
 pub mod service_id;
+pub mod translate;
 pub mod wire;
 
 pub use service_id::{ServiceId, ServicePrefix};

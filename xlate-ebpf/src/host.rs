@@ -18,6 +18,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use xlate_common::{
+    translate::{self, Form, TCP_ACK, TCP_SYN},
     flow::{
         event, flag, role, state, Event, FlowAddrs, FlowState, HostConfig, HostCounter, PeerKey, RouteTargets,
         ServeEntry, MAX_FLOWS, MAX_ROUTE_TARGETS,
@@ -35,10 +36,6 @@ const BPF_ADJ_ROOM_NET: u32 = 0;
 const PACKET_HOST: u32 = 0;
 const SCRATCH_LEN: usize = 256;
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 #[map(name = "HOST_CONFIG")]
 static CONFIG: Array<HostConfig> = Array::with_max_entries(1, 0);
@@ -145,19 +142,6 @@ fn copy_n<const N: usize>(b: &[u8; SCRATCH_LEN], pos: usize) -> [u8; N] {
     out
 }
 
-/// Folded one's-complement sum of a fixed-size header.
-#[inline(always)]
-fn sum_words<const N: usize>(h: &[u8; N]) -> u16 {
-    let mut acc: u32 = 0;
-    let mut i = 0;
-    while i + 1 < N {
-        acc += u32::from(u16::from_be_bytes([h[i], h[i + 1]]));
-        i += 2;
-    }
-    let acc = (acc & 0xffff) + (acc >> 16);
-    ((acc & 0xffff) + (acc >> 16)) as u16
-}
-
 // ------------------------------------------------------------------ egress
 
 #[classifier]
@@ -169,19 +153,6 @@ pub fn xlate_host_egress(ctx: TcContext) -> i32 {
             TC_ACT_OK
         }
     }
-}
-
-/// What the local TCP segment becomes on the SAL side.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Form {
-    /// CONTROL(SYN) + SERVICE, 68 bytes.
-    Syn,
-    /// CONTROL(ACK) + SERVICE, 68 bytes: the third ACK form.
-    Ack,
-    /// CONTROL(SYN|ACK), 32 bytes.
-    SynAck,
-    /// Base header, 12 bytes.
-    Data,
 }
 
 #[inline(always)]
@@ -251,34 +222,10 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
     let payload = u32::from(tot_len).wrapping_sub(20).wrapping_sub(doff as u32);
     let seq = u32::from_be(ctx.load::<u32>(L4_OFF + 4)?);
     let seq_end = seq.wrapping_add(payload);
-    let is_client = flow.role == role::CLIENT;
-    let form = if is_client && flow.state == state::SYN_SENT && tcp_flags & TCP_SYN != 0 {
-        Form::Syn
-    } else if is_client && flow.state == state::ACK_PENDING && tcp_flags & TCP_SYN == 0 {
-        // The third ACK form, repeated on every pure ACK and on data
-        // retransmissions until the server shows it has the flow; data
-        // sent for the first time goes plain, as the original stack
-        // sends it (it discards payload riding on the third ACK).
-        if payload == 0 || (seq_end.wrapping_sub(flow.snd_max) as i32) <= 0 {
-            Form::Ack
-        } else {
-            Form::Data
-        }
-    } else if flow.role == role::SERVER && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
-        Form::SynAck
-    } else {
-        Form::Data
-    };
-    if (seq_end.wrapping_sub(flow.snd_max) as i32) > 0 || flow.snd_max == 0 {
-        flow.snd_max = seq_end;
-    }
-    if tcp_flags & TCP_FIN != 0 && flow.flags & flag::LOCAL_FIN == 0 {
-        flow.local_fin_ack = seq_end.wrapping_add(1);
-        flow.flags |= flag::LOCAL_FIN;
-    }
-    if tcp_flags & TCP_RST != 0 && flow.flags & flag::LOCAL_RST == 0 {
-        flow.flags |= flag::LOCAL_RST;
-        notify(event::LOCAL_RST, id);
+    let form = translate::egress_form(flow, tcp_flags, payload, seq_end);
+    let ev = translate::note_egress(flow, tcp_flags, seq_end);
+    if ev != 0 {
+        notify(ev, id);
     }
     flow.last_seen_ns = now();
 
@@ -294,11 +241,7 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
     rewrite_addrs(ctx, csum_off, saddr, addrs.local_ip, daddr, addrs.peer_ip)?;
 
     // IPv4: protocol 6 -> 144, total length grows by the SAL header.
-    let room: usize = match form {
-        Form::Syn | Form::Ack => 68,
-        Form::SynAck => 32,
-        Form::Data => 12,
-    };
+    let room = form.header_len();
     let ttl_proto_old: u16 = ctx.load(IP_OFF + 8)?;
     let ttl_proto_new = (ttl_proto_old & 0x00ff) | (u16::from(IPPROTO_SAL) << 8);
     ctx.store(IP_OFF + 8, &ttl_proto_new, 0)?;
@@ -312,31 +255,12 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
 
     match form {
         Form::Syn => {
-            let h = control_header::<68>(flow, sal::ControlFlags::SYN.bits(), flow.local_verno, 0, true);
-            ctx.store(L4_OFF, &h, 0)?;
+            ctx.store(L4_OFF, &translate::syn_header(flow), 0)?;
             count(HostCounter::EgressSyn);
         }
-        Form::Ack => {
-            let h = control_header::<68>(
-                flow,
-                sal::ControlFlags::ACK.bits(),
-                flow.local_verno.wrapping_add(1),
-                flow.peer_verno.wrapping_add(1),
-                true,
-            );
-            ctx.store(L4_OFF, &h, 0)?;
-        }
-        Form::SynAck => {
-            let flags = (sal::ControlFlags::SYN | sal::ControlFlags::ACK).bits();
-            let h = control_header::<32>(flow, flags, flow.local_verno, flow.peer_verno.wrapping_add(1), false);
-            ctx.store(L4_OFF, &h, 0)?;
-        }
-        Form::Data => {
-            let mut h = base_header::<12>(flow, 3);
-            let c = !sum_words(&h);
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            ctx.store(L4_OFF, &h, 0)?;
-        }
+        Form::Ack => ctx.store(L4_OFF, &translate::ack_header(flow), 0)?,
+        Form::SynAck => ctx.store(L4_OFF, &translate::synack_header(flow), 0)?,
+        Form::Data => ctx.store(L4_OFF, &translate::data_header(flow), 0)?,
     }
     // Link layer: the peer's MAC once known; the SYN goes to broadcast
     // (the receiving host mode marks it PACKET_HOST).
@@ -406,40 +330,6 @@ fn route(sid: &[u8; 32], id: u32) -> Option<[u8; 4]> {
     // Spread flows over targets; the flow ID is already unique per flow.
     let i = (id.wrapping_mul(2654435761) >> 16) % n;
     Some(t.addrs[opaque(i as usize) & (MAX_ROUTE_TARGETS - 1)])
-}
-
-#[inline(always)]
-fn base_header<const N: usize>(flow: &FlowState, shl: u8) -> [u8; N] {
-    let mut h = [0u8; N];
-    h[0..4].copy_from_slice(&flow.local_flow.to_be_bytes());
-    h[4..8].copy_from_slice(&flow.peer_flow.to_be_bytes());
-    h[8] = shl;
-    h[9] = IPPROTO_TCP;
-    h
-}
-
-/// Base + CONTROL (+ SERVICE when `service`), checksummed.
-#[inline(always)]
-fn control_header<const N: usize>(flow: &FlowState, flags: u8, verno: u32, ackno: u32, service: bool) -> [u8; N] {
-    let mut h = base_header::<N>(flow, (N / 4) as u8);
-    h[12] = sal::ext_type::CONTROL;
-    h[13] = sal::CONTROL_LEN as u8;
-    h[14] = flags;
-    h[16..20].copy_from_slice(&verno.to_be_bytes());
-    h[20..24].copy_from_slice(&ackno.to_be_bytes());
-    h[24..32].copy_from_slice(&flow.local_nonce);
-    if service && N >= 68 {
-        h[32] = sal::ext_type::SERVICE;
-        h[33] = sal::SERVICE_LEN as u8;
-        let mut i = 0;
-        while i < 32 {
-            h[36 + i] = flow.service_id[i];
-            i += 1;
-        }
-    }
-    let c = !sum_words(&h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    h
 }
 
 /// Rewrites IPv4 source and destination, fixing the IP checksum and the
@@ -849,22 +739,11 @@ fn translate_in(ctx: &TcContext, id: u32, hl: usize) -> Result<i32, i64> {
         flow.flags |= flag::HAS_PEER_MAC;
     }
     let seq = u32::from_be(ctx.load::<u32>(tcp + 4)?);
+    let ackn = u32::from_be(ctx.load::<u32>(tcp + 8)?);
     let payload = u32::from(tot_len).wrapping_sub(20 + hl as u32 + doff as u32);
-    let mut next = seq.wrapping_add(payload);
-    if tcp_flags & (TCP_SYN | TCP_FIN) != 0 {
-        next = next.wrapping_add(1);
-    }
-    flow.peer_next_seq = next;
-    if tcp_flags & TCP_RST != 0 && flow.flags & flag::PEER_RST == 0 {
-        flow.flags |= flag::PEER_RST;
-        notify(event::PEER_RST, id);
-    }
-    if tcp_flags & TCP_ACK != 0 && flow.flags & (flag::LOCAL_FIN | flag::LOCAL_FIN_ACKED) == flag::LOCAL_FIN {
-        let ackn = u32::from_be(ctx.load::<u32>(tcp + 8)?);
-        if ackn.wrapping_sub(flow.local_fin_ack) as i32 >= 0 {
-            flow.flags |= flag::LOCAL_FIN_ACKED;
-            notify(event::LOCAL_FIN_ACKED, id);
-        }
+    let ev = translate::note_ingress(flow, tcp_flags, seq, ackn, payload);
+    if ev != 0 {
+        notify(ev, id);
     }
     flow.last_seen_ns = now();
 

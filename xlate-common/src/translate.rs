@@ -1,0 +1,273 @@
+//! The translation core: per-packet decisions and header building shared
+//! by every fast path (host mode's TC programs, the gateway's XDP program).
+//! Pure functions over [`FlowState`], so they are unit-tested here and run
+//! unchanged in the kernel.
+
+use crate::flow::{event, flag, role, state, FlowState};
+use crate::wire::{sal, IPPROTO_TCP};
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// What a TCP segment of the legacy side becomes on the SAL side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// CONTROL(SYN) + SERVICE, 68 bytes.
+    Syn,
+    /// CONTROL(ACK) + SERVICE, 68 bytes: the third ACK form.
+    Ack,
+    /// CONTROL(SYN|ACK), 32 bytes.
+    SynAck,
+    /// Base header, 12 bytes.
+    Data,
+}
+
+impl Form {
+    pub const fn header_len(self) -> usize {
+        match self {
+            Form::Syn | Form::Ack => 68,
+            Form::SynAck => 32,
+            Form::Data => 12,
+        }
+    }
+}
+
+/// `a` is after `b` in 32-bit sequence space.
+#[inline(always)]
+pub fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// Chooses the SAL form of an outgoing segment (`seq_end` = seq + payload).
+///
+/// The client keeps the CONTROL+SERVICE ACK form on pure ACKs and on
+/// retransmitted data until the server proves it has the flow (the
+/// original stack never retransmits the third ACK); data sent for the first
+/// time goes plain, as the original stack sends it (it discards payload
+/// riding on the third ACK).
+#[inline(always)]
+pub fn egress_form(flow: &FlowState, tcp_flags: u8, payload: u32, seq_end: u32) -> Form {
+    let client = flow.role == role::CLIENT;
+    if client && flow.state == state::SYN_SENT && tcp_flags & TCP_SYN != 0 {
+        Form::Syn
+    } else if client && flow.state == state::ACK_PENDING && tcp_flags & TCP_SYN == 0 {
+        if payload == 0 || !seq_after(seq_end, flow.snd_max) {
+            Form::Ack
+        } else {
+            Form::Data
+        }
+    } else if flow.role == role::SERVER && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+        Form::SynAck
+    } else {
+        Form::Data
+    }
+}
+
+/// Bookkeeping for an outgoing segment; returns the event the agent must
+/// hear of (0 for none).
+#[inline(always)]
+pub fn note_egress(flow: &mut FlowState, tcp_flags: u8, seq_end: u32) -> u32 {
+    if seq_after(seq_end, flow.snd_max) || flow.snd_max == 0 {
+        flow.snd_max = seq_end;
+    }
+    if tcp_flags & TCP_FIN != 0 && flow.flags & flag::LOCAL_FIN == 0 {
+        flow.local_fin_ack = seq_end.wrapping_add(1);
+        flow.flags |= flag::LOCAL_FIN;
+    }
+    if tcp_flags & TCP_RST != 0 && flow.flags & flag::LOCAL_RST == 0 {
+        flow.flags |= flag::LOCAL_RST;
+        return event::LOCAL_RST;
+    }
+    0
+}
+
+/// Bookkeeping for an incoming segment (`seq`, `ack`, `payload` of the
+/// TCP segment inside SAL); returns the event the agent must hear of.
+#[inline(always)]
+pub fn note_ingress(flow: &mut FlowState, tcp_flags: u8, seq: u32, ack: u32, payload: u32) -> u32 {
+    let mut next = seq.wrapping_add(payload);
+    if tcp_flags & (TCP_SYN | TCP_FIN) != 0 {
+        next = next.wrapping_add(1);
+    }
+    flow.peer_next_seq = next;
+    if tcp_flags & TCP_RST != 0 && flow.flags & flag::PEER_RST == 0 {
+        flow.flags |= flag::PEER_RST;
+        return event::PEER_RST;
+    }
+    if tcp_flags & TCP_ACK != 0
+        && flow.flags & (flag::LOCAL_FIN | flag::LOCAL_FIN_ACKED) == flag::LOCAL_FIN
+        && !seq_after(flow.local_fin_ack, ack)
+    {
+        flow.flags |= flag::LOCAL_FIN_ACKED;
+        return event::LOCAL_FIN_ACKED;
+    }
+    0
+}
+
+/// Folded one's-complement sum of a fixed-size header (loop-free after
+/// monomorphisation, so the verifier sees straight-line code).
+#[inline(always)]
+pub fn sum_words<const N: usize>(h: &[u8; N]) -> u16 {
+    let mut acc: u32 = 0;
+    let mut i = 0;
+    while i + 1 < N {
+        acc += u32::from(u16::from_be_bytes([h[i], h[i + 1]]));
+        i += 2;
+    }
+    let acc = (acc & 0xffff) + (acc >> 16);
+    ((acc & 0xffff) + (acc >> 16)) as u16
+}
+
+/// The data header of a flow (base only, `shl` 3), checksummed.
+#[inline(always)]
+pub fn data_header(flow: &FlowState) -> [u8; 12] {
+    let mut h = [0u8; 12];
+    h[0..4].copy_from_slice(&flow.local_flow.to_be_bytes());
+    h[4..8].copy_from_slice(&flow.peer_flow.to_be_bytes());
+    h[8] = 3;
+    h[9] = IPPROTO_TCP;
+    let c = !sum_words(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h
+}
+
+/// Base + CONTROL (+ SERVICE when `N` is 68), checksummed.
+#[inline(always)]
+pub fn control_header<const N: usize>(flow: &FlowState, flags: u8, verno: u32, ackno: u32) -> [u8; N] {
+    let mut h = [0u8; N];
+    h[0..4].copy_from_slice(&flow.local_flow.to_be_bytes());
+    h[4..8].copy_from_slice(&flow.peer_flow.to_be_bytes());
+    h[8] = (N / 4) as u8;
+    h[9] = IPPROTO_TCP;
+    h[12] = sal::ext_type::CONTROL;
+    h[13] = sal::CONTROL_LEN as u8;
+    h[14] = flags;
+    h[16..20].copy_from_slice(&verno.to_be_bytes());
+    h[20..24].copy_from_slice(&ackno.to_be_bytes());
+    h[24..32].copy_from_slice(&flow.local_nonce);
+    if N >= 68 {
+        h[32] = sal::ext_type::SERVICE;
+        h[33] = sal::SERVICE_LEN as u8;
+        let mut i = 0;
+        while i < 32 {
+            h[36 + i] = flow.service_id[i];
+            i += 1;
+        }
+    }
+    let c = !sum_words(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h
+}
+
+/// SYN: CONTROL(SYN, V, 0) + SERVICE.
+#[inline(always)]
+pub fn syn_header(flow: &FlowState) -> [u8; 68] {
+    control_header::<68>(flow, sal::ControlFlags::SYN.bits(), flow.local_verno, 0)
+}
+
+/// Third ACK: CONTROL(ACK, V+1, Vp+1) + SERVICE.
+#[inline(always)]
+pub fn ack_header(flow: &FlowState) -> [u8; 68] {
+    control_header::<68>(
+        flow,
+        sal::ControlFlags::ACK.bits(),
+        flow.local_verno.wrapping_add(1),
+        flow.peer_verno.wrapping_add(1),
+    )
+}
+
+/// SYN-ACK: CONTROL(SYN|ACK, V, Vp+1).
+#[inline(always)]
+pub fn synack_header(flow: &FlowState) -> [u8; 32] {
+    let flags = (sal::ControlFlags::SYN | sal::ControlFlags::ACK).bits();
+    control_header::<32>(flow, flags, flow.local_verno, flow.peer_verno.wrapping_add(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::sal::{ControlFlags, SalPacket, SalRepr};
+
+    fn flow(role_: u8, state_: u8) -> FlowState {
+        FlowState {
+            service_id: [0x50; 32],
+            local_nonce: [1, 2, 3, 4, 5, 6, 7, 8],
+            peer_nonce: [9; 8],
+            local_flow: 0x0101,
+            peer_flow: 0x0202,
+            local_verno: 1000,
+            peer_verno: 5000,
+            tcp_local_addr: [10, 0, 0, 1],
+            tcp_peer_addr: [10, 0, 0, 2],
+            tcp_local_port: [0x30, 0x39],
+            tcp_peer_port: [0, 80],
+            role: role_,
+            state: state_,
+            flags: 0,
+            _pad: 0,
+            peer_mac: [0; 6],
+            _pad2: [0; 2],
+            local_fin_ack: 0,
+            peer_next_seq: 0,
+            snd_max: 0,
+            _pad3: 0,
+            created_ns: 0,
+            last_seen_ns: 0,
+        }
+    }
+
+    #[test]
+    fn headers_parse_as_the_original_stack_builds_them() {
+        let f = flow(role::CLIENT, state::SYN_SENT);
+        let syn = syn_header(&f);
+        let p = SalPacket::new_checked(&syn[..]).unwrap();
+        let r = SalRepr::parse(&p).unwrap();
+        assert_eq!(r.control.unwrap().flags, ControlFlags::SYN);
+        assert_eq!((r.control.unwrap().verno, r.control.unwrap().ackno), (1000, 0));
+        assert_eq!(r.service_id().unwrap().0, [0x50; 32]);
+        let ack = SalRepr::parse(&SalPacket::new_checked(&ack_header(&f)[..]).unwrap()).unwrap();
+        assert_eq!((ack.control.unwrap().verno, ack.control.unwrap().ackno), (1001, 5001));
+        let sa = SalRepr::parse(&SalPacket::new_checked(&synack_header(&f)[..]).unwrap()).unwrap();
+        assert_eq!(sa.control.unwrap().flags, ControlFlags::SYN | ControlFlags::ACK);
+        assert!(sa.services.is_empty());
+        let dh = data_header(&f);
+        let d = SalPacket::new_checked(&dh[..]).unwrap();
+        assert!(d.verify_checksum());
+        assert_eq!((d.src_flowid().0, d.dst_flowid().0, d.shl()), (0x0101, 0x0202, 3));
+    }
+
+    #[test]
+    fn third_ack_form_on_pure_acks_and_retransmissions_only() {
+        let mut f = flow(role::CLIENT, state::ACK_PENDING);
+        f.snd_max = 101;
+        assert_eq!(egress_form(&f, TCP_ACK, 0, 101), Form::Ack, "pure ACK");
+        assert_eq!(egress_form(&f, TCP_ACK, 50, 151), Form::Data, "new data");
+        assert_eq!(egress_form(&f, TCP_ACK, 50, 101), Form::Ack, "retransmitted data");
+        f.state = state::ESTABLISHED;
+        assert_eq!(egress_form(&f, TCP_ACK, 0, 101), Form::Data);
+        let s = flow(role::SERVER, state::SYN_RCVD);
+        assert_eq!(egress_form(&s, TCP_SYN | TCP_ACK, 0, 1), Form::SynAck);
+        assert_eq!(egress_form(&flow(role::CLIENT, state::SYN_SENT), TCP_SYN, 0, 1), Form::Syn);
+    }
+
+    #[test]
+    fn fin_tracking_reports_the_ack_of_our_fin_once() {
+        let mut f = flow(role::CLIENT, state::ESTABLISHED);
+        assert_eq!(note_egress(&mut f, TCP_FIN | TCP_ACK, 200), 0);
+        assert_eq!(f.local_fin_ack, 201);
+        assert_eq!(note_ingress(&mut f, TCP_ACK, 7, 200, 0), 0, "does not cover the FIN");
+        assert_eq!(note_ingress(&mut f, TCP_ACK, 7, 201, 0), event::LOCAL_FIN_ACKED);
+        assert_eq!(note_ingress(&mut f, TCP_ACK, 7, 201, 0), 0, "only once");
+        assert_eq!(note_egress(&mut f, TCP_RST, 201), event::LOCAL_RST);
+        assert_eq!(note_ingress(&mut f, TCP_RST, 9, 0, 0), event::PEER_RST);
+        assert_eq!(f.peer_next_seq, 9);
+    }
+
+    #[test]
+    fn sequence_comparisons_wrap() {
+        assert!(seq_after(5, u32::MAX - 5));
+        assert!(!seq_after(u32::MAX - 5, 5));
+    }
+}
