@@ -207,10 +207,18 @@ pub enum HostCounter {
     CtlStale,
     FlowsFreed,
     FlowsExpired,
+    // Gateway (packet-level translator):
+    GwToSal,
+    GwToTcp,
+    GwPassNoFlow,
+    GwPassIpOptions,
+    GwPassFragment,
+    GwDropNoInstance,
+    GwPartialChecksum,
 }
 
 impl HostCounter {
-    pub const COUNT: usize = 32;
+    pub const COUNT: usize = 39;
     pub const ALL: [HostCounter; HostCounter::COUNT] = {
         use HostCounter::*;
         [
@@ -246,6 +254,13 @@ impl HostCounter {
             CtlStale,
             FlowsFreed,
             FlowsExpired,
+            GwToSal,
+            GwToTcp,
+            GwPassNoFlow,
+            GwPassIpOptions,
+            GwPassFragment,
+            GwDropNoInstance,
+            GwPartialChecksum,
         ]
     };
 
@@ -288,6 +303,13 @@ impl HostCounter {
             CtlStale => "ctl_stale_answered",
             FlowsFreed => "flows_freed",
             FlowsExpired => "flows_expired",
+            GwToSal => "gw_tcp_to_sal",
+            GwToTcp => "gw_sal_to_tcp",
+            GwPassNoFlow => "gw_passed_no_flow",
+            GwPassIpOptions => "gw_passed_ip_options",
+            GwPassFragment => "gw_passed_fragment",
+            GwDropNoInstance => "gw_drop_no_instance",
+            GwPartialChecksum => "gw_partial_checksum",
         }
     }
 }
@@ -327,4 +349,43 @@ mod tests {
             }
         }
     }
+}
+
+/// Gateway maps and types (the packet-level translator).
+pub mod gw {
+    pub const SERVICES: &str = "GW_SERVICES";
+    pub const MAGLEV: &str = "GW_MAGLEV";
+    /// Maglev table size per service (prime).
+    pub const MAGLEV_SIZE: u32 = 1021;
+    pub const MAX_SERVICES: u32 = 64;
+
+    /// What a public (address, port) translates to.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[repr(C)]
+    pub struct GwService {
+        pub service_id: [u8; 32],
+        /// Row of this service in the Maglev map.
+        pub index: u32,
+        /// Non-zero: hand SYNs to this service router instead.
+        pub router: [u8; 4],
+    }
+
+    /// A hash of the client 4-tuple (network-order bytes), the same in the
+    /// kernel and in the agent: it picks the Maglev slot.
+    #[inline(always)]
+    pub fn flow_hash(saddr: [u8; 4], daddr: [u8; 4], sport: [u8; 2], dport: [u8; 2]) -> u32 {
+        let mut h = u32::from_be_bytes(saddr).wrapping_mul(0x9e37_79b1);
+        h ^= u32::from_be_bytes(daddr).rotate_left(13).wrapping_mul(0x85eb_ca6b);
+        h ^= (u32::from(u16::from_be_bytes(sport)) << 16 | u32::from(u16::from_be_bytes(dport))).wrapping_mul(0xc2b2_ae35);
+        // murmur3 finaliser
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), no implicit padding, every bit pattern valid.
+    unsafe impl aya::Pod for GwService {}
 }

@@ -34,11 +34,11 @@ const ETH_P_IP_BE: u16 = 0x0008; // 0x0800 as read raw on little-endian
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
 const BPF_ADJ_ROOM_NET: u32 = 0;
 const PACKET_HOST: u32 = 0;
-const SCRATCH_LEN: usize = 256;
+pub(crate) const SCRATCH_LEN: usize = 256;
 
 
 #[map(name = "HOST_CONFIG")]
-static CONFIG: Array<HostConfig> = Array::with_max_entries(1, 0);
+pub(crate) static CONFIG: Array<HostConfig> = Array::with_max_entries(1, 0);
 #[map(name = "HOST_SERVE")]
 static SERVE: HashMap<[u8; 32], ServeEntry> = HashMap::with_max_entries(1024, 0);
 #[map(name = "HOST_CONNECT")]
@@ -46,11 +46,11 @@ static CONNECT: HashMap<ServiceKey, ServiceEntry> = HashMap::with_max_entries(10
 #[map(name = "HOST_ROUTES")]
 static ROUTES: LpmTrie<[u8; 32], RouteTargets> = LpmTrie::with_max_entries(1024, 1); // BPF_F_NO_PREALLOC
 #[map(name = "HOST_FLOWS")]
-static FLOWS: HashMap<u32, FlowState> = HashMap::with_max_entries(MAX_FLOWS, 0);
+pub(crate) static FLOWS: HashMap<u32, FlowState> = HashMap::with_max_entries(MAX_FLOWS, 0);
 #[map(name = "HOST_ADDRS")]
-static ADDRS: HashMap<u32, FlowAddrs> = HashMap::with_max_entries(MAX_FLOWS, 0);
+pub(crate) static ADDRS: HashMap<u32, FlowAddrs> = HashMap::with_max_entries(MAX_FLOWS, 0);
 #[map(name = "HOST_TUPLES")]
-static TUPLES: HashMap<FlowKey, u32> = HashMap::with_max_entries(MAX_FLOWS, 0);
+pub(crate) static TUPLES: HashMap<FlowKey, u32> = HashMap::with_max_entries(MAX_FLOWS, 0);
 #[map(name = "HOST_PEERS")]
 static PEERS: HashMap<PeerKey, u32> = HashMap::with_max_entries(MAX_FLOWS, 0);
 #[map(name = "HOST_NEXT_FLOW")]
@@ -58,12 +58,12 @@ static NEXT_FLOW: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "HOST_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 #[map(name = "HOST_COUNTERS")]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HostCounter::COUNT as u32, 0);
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HostCounter::COUNT as u32, 0);
 #[map(name = "HOST_SCRATCH")]
-static SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn count(c: HostCounter) {
+pub(crate) fn count(c: HostCounter) {
     if let Some(p) = COUNTERS.get_ptr_mut(c.index()) {
         // SAFETY: this CPU's slot.
         unsafe { *p += 1 };
@@ -71,18 +71,18 @@ fn count(c: HostCounter) {
 }
 
 #[inline(always)]
-fn notify(kind: u32, flow: u32) {
+pub(crate) fn notify(kind: u32, flow: u32) {
     let _ = EVENTS.output::<Event>(Event { kind, flow }, 0);
 }
 
 #[inline(always)]
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     // SAFETY: no preconditions.
     unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]
-fn rand32() -> u32 {
+pub(crate) fn rand32() -> u32 {
     // SAFETY: no preconditions.
     unsafe { bpf_get_prandom_u32() }
 }
@@ -92,7 +92,7 @@ fn rand32() -> u32 {
 /// 24 bits, the CPU number in the low 8. Inserts use BPF_NOEXIST, so a
 /// wrapped counter that meets a live flow fails instead of overwriting it.
 #[inline(always)]
-fn alloc_flow_id() -> Option<u32> {
+pub(crate) fn alloc_flow_id() -> Option<u32> {
     let p = NEXT_FLOW.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot; no other writer while we run on it.
     let n = unsafe {
@@ -107,13 +107,13 @@ fn alloc_flow_id() -> Option<u32> {
     Some((n << 8) | cpu)
 }
 
-const BPF_NOEXIST: u64 = 1;
+pub(crate) const BPF_NOEXIST: u64 = 1;
 
 /// Hides a value from LLVM so that the mask after it survives: LLVM would
 /// otherwise drop `& 0xff` using facts the verifier does not track, and
 /// the verifier would reject the unbounded index.
 #[inline(always)]
-fn opaque(x: usize) -> usize {
+pub(crate) fn opaque(x: usize) -> usize {
     let mut v = x;
     // SAFETY: a register move to itself; only hides `v` from LLVM.
     unsafe { core::arch::asm!("{0} = {0}", inout(reg) v) };
@@ -122,17 +122,17 @@ fn opaque(x: usize) -> usize {
 
 /// Byte `i` of the scratch buffer, index masked in a way the verifier sees.
 #[inline(always)]
-fn at(b: &[u8; SCRATCH_LEN], i: usize) -> u8 {
+pub(crate) fn at(b: &[u8; SCRATCH_LEN], i: usize) -> u8 {
     b[opaque(i) & 0xff]
 }
 
 #[inline(always)]
-fn be32(b: &[u8; SCRATCH_LEN], i: usize) -> u32 {
+pub(crate) fn be32(b: &[u8; SCRATCH_LEN], i: usize) -> u32 {
     u32::from_be_bytes([at(b, i), at(b, i + 1), at(b, i + 2), at(b, i + 3)])
 }
 
 #[inline(always)]
-fn copy_n<const N: usize>(b: &[u8; SCRATCH_LEN], pos: usize) -> [u8; N] {
+pub(crate) fn copy_n<const N: usize>(b: &[u8; SCRATCH_LEN], pos: usize) -> [u8; N] {
     let mut out = [0u8; N];
     let mut i = 0;
     while i < N {
@@ -189,7 +189,7 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
                 return Ok(TC_ACT_OK);
             };
             let sid = entry.service_id.0;
-            match new_client_flow(&key, &sid) {
+            match new_client_flow(&key, &sid, None) {
                 Some(id) => id,
                 None => {
                     count(HostCounter::DropTableFull);
@@ -274,7 +274,7 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
 }
 
 #[inline(always)]
-fn new_client_flow(key: &FlowKey, sid: &[u8; 32]) -> Option<u32> {
+pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4]>) -> Option<u32> {
     let cfg = CONFIG.get(0)?;
     let id = alloc_flow_id()?;
     let (n0, n1) = (rand32(), rand32());
@@ -307,7 +307,10 @@ fn new_client_flow(key: &FlowKey, sid: &[u8; 32]) -> Option<u32> {
         created_ns: t,
         last_seen_ns: t,
     };
-    let peer_ip = route(sid, id).unwrap_or(cfg.broadcast);
+    let peer_ip = match peer {
+        Some(p) => p,
+        None => route(sid, id).unwrap_or(cfg.broadcast),
+    };
     let addrs = FlowAddrs { local_ip: cfg.addr, peer_ip };
     FLOWS.insert(&id, &st, BPF_NOEXIST).ok()?;
     if ADDRS.insert(&id, &addrs, 0).is_err() || TUPLES.insert(key, &id, 0).is_err() {
@@ -398,25 +401,25 @@ pub fn xlate_host_ingress(ctx: TcContext) -> i32 {
 /// many combinations of "found CONTROL / n SERVICE / SOURCE" collapse into
 /// one state instead of each re-verifying the rest of the program.
 #[repr(C)]
-pub struct Exts {
-    has_control: u8,
-    flags: u8,
-    services: u8,
-    sources: u8,
-    verno: u32,
-    ackno: u32,
-    nonce: [u8; 8],
-    service_at: u32,
-    source_last: [u8; 4],
+pub(crate) struct Exts {
+    pub(crate) has_control: u8,
+    pub(crate) flags: u8,
+    pub(crate) services: u8,
+    pub(crate) sources: u8,
+    pub(crate) verno: u32,
+    pub(crate) ackno: u32,
+    pub(crate) nonce: [u8; 8],
+    pub(crate) service_at: u32,
+    pub(crate) source_last: [u8; 4],
 }
 
 #[map(name = "HOST_EXTS")]
-static EXTS: PerCpuArray<Exts> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static EXTS: PerCpuArray<Exts> = PerCpuArray::with_max_entries(1, 0);
 
 /// Enforces the receiver rules over the header in `b` (`hl` bytes);
 /// false if one is broken.
 #[inline(always)]
-fn walk_extensions(b: &[u8; SCRATCH_LEN], hl: usize, e: &mut Exts) -> bool {
+pub(crate) fn walk_extensions(b: &[u8; SCRATCH_LEN], hl: usize, e: &mut Exts) -> bool {
     e.has_control = 0;
     e.services = 0;
     e.sources = 0;

@@ -5,6 +5,7 @@
 #![feature(asm_experimental_arch)]
 
 mod classify;
+mod gateway;
 mod host;
 mod packet;
 

@@ -1,0 +1,388 @@
+//! The packet-level translator (`xlate_gw`, XDP on the gateway NIC):
+//! legacy TCP clients reach Serval services. Client segments to a
+//! configured (address, port) become SAL packets to an instance chosen by
+//! Maglev hashing; SAL packets of known flows become TCP segments to the
+//! client. The rewritten packet is handed to the kernel (XDP_PASS), which
+//! forwards it: routing, neighbours and TTL stay the kernel's job.
+//!
+//! Flow state, counters and the control plane are host mode's: the gateway
+//! plays the Serval client for its legacy clients (`role::CLIENT`, the
+//! client's 4-tuple as the "local" TCP side).
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::{map, xdp},
+    maps::{Array, HashMap},
+    programs::XdpContext,
+};
+use xlate_common::{
+    flow::{
+        event,
+        gw::{flow_hash, GwService, MAGLEV_SIZE, MAX_SERVICES},
+        role, state, HostCounter,
+    },
+    maps::{FlowKey, ServiceKey},
+    translate::{self, Form, TCP_SYN},
+    wire::{checksum, sal, IPPROTO_SAL, IPPROTO_TCP},
+};
+
+use crate::host::{
+    count, new_client_flow, notify, now, opaque, walk_extensions, ADDRS, CONFIG, EXTS, FLOWS, SCRATCH, SCRATCH_LEN,
+    TUPLES,
+};
+
+const ETH: usize = 14;
+const TCP_ACK: u8 = 0x10;
+
+#[map(name = "GW_SERVICES")]
+static SERVICES: HashMap<ServiceKey, GwService> = HashMap::with_max_entries(MAX_SERVICES, 0);
+#[map(name = "GW_MAGLEV")]
+static MAGLEV: Array<[u8; 4]> = Array::with_max_entries(MAX_SERVICES * MAGLEV_SIZE, 0);
+
+#[inline(always)]
+fn ptr<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+#[inline(always)]
+fn rd<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+    // SAFETY: ptr() checked the bounds; packets carry no alignment promise.
+    ptr::<T>(ctx, off).map(|p| unsafe { p.read_unaligned() })
+}
+
+#[inline(always)]
+fn wr<T>(ctx: &XdpContext, off: usize, v: T) -> Option<()> {
+    // SAFETY: as in rd().
+    ptr::<T>(ctx, off).map(|p| unsafe { p.write_unaligned(v) })
+}
+
+#[xdp]
+pub fn xlate_gw(ctx: XdpContext) -> u32 {
+    gateway(&ctx).unwrap_or(XDP_PASS)
+}
+
+#[inline(always)]
+fn gateway(ctx: &XdpContext) -> Option<u32> {
+    if rd::<[u8; 2]>(ctx, 12)? != [0x08, 0x00] {
+        return Some(XDP_PASS);
+    }
+    let vihl: u8 = rd(ctx, ETH)?;
+    let proto: u8 = rd(ctx, ETH + 9)?;
+    if proto != IPPROTO_TCP && proto != IPPROTO_SAL {
+        return Some(XDP_PASS);
+    }
+    if vihl != 0x45 {
+        count(HostCounter::GwPassIpOptions);
+        return Some(XDP_PASS);
+    }
+    if u16::from_be_bytes(rd(ctx, ETH + 6)?) & 0x3fff != 0 {
+        count(HostCounter::GwPassFragment);
+        return Some(XDP_PASS);
+    }
+    if proto == IPPROTO_TCP {
+        to_sal(ctx)
+    } else {
+        to_tcp(ctx)
+    }
+}
+
+/// True when the TCP checksum field holds only the pseudo-header sum: the
+/// sender's stack left the rest to offload (CHECKSUM_PARTIAL, as on veth
+/// with tx offload on). Then only pseudo-header changes may touch it.
+/// A complete checksum equals that value by chance once in 65536.
+#[inline(always)]
+fn partial_checksum(check: u16, src: [u8; 4], dst: [u8; 4], tcp_len: u16) -> bool {
+    checksum::fold(checksum::pseudo_header_v4(src, dst, IPPROTO_TCP, tcp_len)) == check
+}
+
+/// Rewrites the IPv4 header in place: addresses, protocol, total length,
+/// TTL kept, checksum recomputed (20 bytes: cheaper than four updates).
+#[inline(always)]
+fn write_ip(ctx: &XdpContext, at: usize, src: [u8; 4], dst: [u8; 4], proto: u8, tot_len: u16) -> Option<()> {
+    let mut h: [u8; 20] = rd(ctx, at)?;
+    h[2..4].copy_from_slice(&tot_len.to_be_bytes());
+    h[9] = proto;
+    h[10] = 0;
+    h[11] = 0;
+    h[12..16].copy_from_slice(&src);
+    h[16..20].copy_from_slice(&dst);
+    let c = !translate::sum_words(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    wr(ctx, at, h)
+}
+
+/// New TCP checksum after addresses and (unless partial) ports change.
+#[inline(always)]
+fn tcp_check(
+    old: u16,
+    partial: bool,
+    addrs: ([u8; 4], [u8; 4], [u8; 4], [u8; 4]),
+    ports: (u32, u32),
+) -> u16 {
+    let (s_old, s_new, d_old, d_new) = addrs;
+    // The partial field holds the non-complemented pseudo sum; updating it
+    // is the same arithmetic on its complement.
+    let mut c = if partial { !old } else { old };
+    c = checksum::update32(c, u32::from_be_bytes(s_old), u32::from_be_bytes(s_new));
+    c = checksum::update32(c, u32::from_be_bytes(d_old), u32::from_be_bytes(d_new));
+    if partial {
+        !c
+    } else {
+        checksum::update32(c, ports.0, ports.1)
+    }
+}
+
+/// Legacy client -> Serval: TCP segment to SAL packet.
+#[inline(always)]
+fn to_sal(ctx: &XdpContext) -> Option<u32> {
+    let ip: [u8; 20] = rd(ctx, ETH)?;
+    let (saddr, daddr) = ([ip[12], ip[13], ip[14], ip[15]], [ip[16], ip[17], ip[18], ip[19]]);
+    let l4 = ETH + 20;
+    let tcp: [u8; 20] = rd(ctx, l4)?;
+    let (sport, dport) = ([tcp[0], tcp[1]], [tcp[2], tcp[3]]);
+    let flags = tcp[13];
+    let key = FlowKey { saddr, daddr, sport, dport };
+    let id = match unsafe { TUPLES.get(&key) } {
+        Some(id) => *id,
+        None => {
+            let sk = ServiceKey { addr: daddr, port: dport, _pad: [0; 2] };
+            let svc = unsafe { SERVICES.get(&sk) }?;
+            if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+                // Mid-connection segment of a flow we do not have: leave
+                // it to the kernel (and the stream-level fallback).
+                count(HostCounter::GwPassNoFlow);
+                return Some(XDP_PASS);
+            }
+            let peer = if svc.router != [0; 4] {
+                svc.router
+            } else {
+                let slot = flow_hash(saddr, daddr, sport, dport) % MAGLEV_SIZE;
+                let idx = svc.index.wrapping_mul(MAGLEV_SIZE).wrapping_add(slot);
+                match MAGLEV.get(idx) {
+                    Some(a) if *a != [0; 4] => *a,
+                    _ => {
+                        count(HostCounter::GwDropNoInstance);
+                        return Some(XDP_DROP);
+                    }
+                }
+            };
+            match new_client_flow(&key, &svc.service_id, Some(peer)) {
+                Some(id) => id,
+                None => {
+                    count(HostCounter::DropTableFull);
+                    return Some(XDP_PASS);
+                }
+            }
+        }
+    };
+    let flow = FLOWS.get_ptr_mut(&id)?;
+    // SAFETY: map value, valid while we run.
+    let flow = unsafe { &mut *flow };
+    let addrs = *unsafe { ADDRS.get(&id) }?;
+    let cfg = CONFIG.get(0)?;
+
+    let tot_len = u16::from_be_bytes([ip[2], ip[3]]);
+    let doff = u16::from(tcp[12] >> 4) * 4;
+    let tcp_len = tot_len.wrapping_sub(20);
+    let payload = u32::from(tcp_len.wrapping_sub(doff));
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let seq_end = seq.wrapping_add(payload);
+    let form = translate::egress_form(flow, flags, payload, seq_end);
+    let ev = translate::note_egress(flow, flags, seq_end);
+    if ev != 0 {
+        notify(ev, id);
+    }
+    flow.last_seen_ns = now();
+
+    let check = u16::from_be_bytes([tcp[16], tcp[17]]);
+    let partial = partial_checksum(check, saddr, daddr, tcp_len);
+    if partial {
+        count(HostCounter::GwPartialChecksum);
+    }
+    let mut new_check = tcp_check(
+        check,
+        partial,
+        (saddr, addrs.local_ip, daddr, addrs.peer_ip),
+        (u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]), 0),
+    );
+    // MSS clamp on SYN (Linux puts MSS first).
+    if flags & TCP_SYN != 0 && doff >= 24 {
+        let opt: [u8; 4] = rd(ctx, l4 + 20)?;
+        let mss = u16::from_be_bytes([opt[2], opt[3]]);
+        if opt[0] == 2 && opt[1] == 4 && mss > cfg.max_mss {
+            wr(ctx, l4 + 22, cfg.max_mss.to_be_bytes())?;
+            if !partial {
+                new_check = checksum::update16(new_check, mss, cfg.max_mss);
+            }
+        }
+    }
+    wr(ctx, l4, [0u8; 4])?;
+    wr(ctx, l4 + 16, new_check.to_be_bytes())?;
+
+    // Make room for SAL in front: move Ethernet + IPv4 back by `room`.
+    let room = form.header_len();
+    let head: [u8; ETH + 20] = rd(ctx, 0)?;
+    // SAFETY: adjusting the head of our own frame; bounds re-checked after.
+    if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, -(room as i32)) } != 0 {
+        count(HostCounter::EgressError);
+        return Some(XDP_PASS);
+    }
+    wr(ctx, 0, head)?;
+    write_ip(ctx, ETH, addrs.local_ip, addrs.peer_ip, IPPROTO_SAL, tot_len + room as u16)?;
+    match form {
+        Form::Syn => {
+            wr(ctx, l4, translate::syn_header(flow))?;
+            count(HostCounter::EgressSyn);
+        }
+        Form::Ack => wr(ctx, l4, translate::ack_header(flow))?,
+        Form::SynAck => wr(ctx, l4, translate::synack_header(flow))?,
+        Form::Data => wr(ctx, l4, translate::data_header(flow))?,
+    }
+    count(HostCounter::GwToSal);
+    Some(XDP_PASS)
+}
+
+/// Serval -> legacy client: SAL packet of a known flow to TCP segment.
+#[inline(always)]
+fn to_tcp(ctx: &XdpContext) -> Option<u32> {
+    let cfg = CONFIG.get(0)?;
+    let ip: [u8; 20] = rd(ctx, ETH)?;
+    if [ip[16], ip[17], ip[18], ip[19]] != cfg.addr {
+        return Some(XDP_PASS);
+    }
+    let ip_src = [ip[12], ip[13], ip[14], ip[15]];
+    let tot_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let l4 = ETH + 20;
+    let shl: u8 = rd(ctx, l4 + sal::field::SHL)?;
+    let hl = usize::from(shl) * 4;
+    if hl < sal::BASE_LEN || hl > SCRATCH_LEN || tot_len < 20 + hl || ctx.data() + ETH + tot_len > ctx.data_end() {
+        count(HostCounter::DropBadLength);
+        return Some(XDP_DROP);
+    }
+    let buf = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot.
+    let buf = unsafe { &mut *buf };
+    let n = opaque(hl) & 0x1fc;
+    if !(sal::BASE_LEN..=SCRATCH_LEN).contains(&n) {
+        return None;
+    }
+    // SAFETY: n bytes fit the scratch buffer.
+    let r = unsafe {
+        aya_ebpf::helpers::bpf_xdp_load_bytes(ctx.ctx, l4 as u32, buf.as_mut_ptr() as *mut _, n as u32)
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: n bytes of our own buffer, a multiple of 4.
+    let sum = unsafe {
+        aya_ebpf::helpers::bpf_csum_diff(core::ptr::null_mut(), 0, buf.as_mut_ptr() as *mut u32, n as u32, 0)
+    } as u32;
+    if checksum::fold(sum) != 0xffff {
+        count(HostCounter::DropBadChecksum);
+        return Some(XDP_DROP);
+    }
+    let ext = EXTS.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot.
+    let ext = unsafe { &mut *ext };
+    if !walk_extensions(buf, hl, ext) {
+        count(HostCounter::DropBadExtension);
+        return Some(XDP_DROP);
+    }
+    if tot_len == 20 + hl {
+        // SAL-only control packet: the agent's raw socket takes it.
+        count(HostCounter::IngressToAgent);
+        return Some(XDP_PASS);
+    }
+    let dst_flow = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let src_flow = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let flow = match FLOWS.get_ptr_mut(&dst_flow) {
+        Some(f) => f,
+        None => {
+            count(HostCounter::DropUnknownFlow);
+            return Some(XDP_DROP);
+        }
+    };
+    // SAFETY: map value, valid while we run.
+    let flow = unsafe { &mut *flow };
+    if flow.role != role::CLIENT {
+        return Some(XDP_PASS);
+    }
+    let syn = sal::ControlFlags::SYN.bits();
+    let ack = sal::ControlFlags::ACK.bits();
+    if ext.has_control != 0 {
+        if ext.flags != syn | ack || ext.ackno != flow.local_verno.wrapping_add(1) {
+            count(HostCounter::DropBadAck);
+            return Some(XDP_DROP);
+        }
+        if flow.state == state::SYN_SENT {
+            flow.peer_flow = src_flow;
+            flow.peer_verno = ext.verno;
+            flow.peer_nonce = ext.nonce;
+            flow.state = state::ACK_PENDING;
+            let peer_ip = if ext.sources != 0 { ext.source_last } else { ip_src };
+            if let Some(a) = ADDRS.get_ptr_mut(&dst_flow) {
+                // SAFETY: map value; the agent writes it only later.
+                unsafe { (*a).peer_ip = peer_ip };
+            }
+        }
+        count(HostCounter::IngressSynAck);
+    } else if flow.state == state::ACK_PENDING {
+        flow.state = state::ESTABLISHED;
+        notify(event::ESTABLISHED, dst_flow);
+    }
+
+    // The TCP segment after the SAL header.
+    let hl = opaque(hl) & 0x3fc;
+    let tcp_at = l4 + hl;
+    let tcp: [u8; 20] = rd(ctx, tcp_at)?;
+    let flags = tcp[13];
+    let doff = u16::from(tcp[12] >> 4) * 4;
+    let tcp_len = (tot_len - 20 - hl) as u16;
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let ackn = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+    let ev = translate::note_ingress(flow, flags, seq, ackn, u32::from(tcp_len.wrapping_sub(doff)));
+    if ev != 0 {
+        notify(ev, dst_flow);
+    }
+    flow.last_seen_ns = now();
+    let mut ports = [0u8; 4];
+    ports[..2].copy_from_slice(&flow.tcp_peer_port);
+    ports[2..].copy_from_slice(&flow.tcp_local_port);
+    let ip_dst = [ip[16], ip[17], ip[18], ip[19]];
+    let check = u16::from_be_bytes([tcp[16], tcp[17]]);
+    let partial = partial_checksum(check, ip_src, ip_dst, tcp_len);
+    let mut new_check = tcp_check(
+        check,
+        partial,
+        (ip_src, flow.tcp_peer_addr, ip_dst, flow.tcp_local_addr),
+        (u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]), u32::from_be_bytes(ports)),
+    );
+    if flags & TCP_SYN != 0 && doff >= 24 {
+        let opt: [u8; 4] = rd(ctx, tcp_at + 20)?;
+        let mss = u16::from_be_bytes([opt[2], opt[3]]);
+        if opt[0] == 2 && opt[1] == 4 && mss > cfg.max_mss {
+            wr(ctx, tcp_at + 22, cfg.max_mss.to_be_bytes())?;
+            if !partial {
+                new_check = checksum::update16(new_check, mss, cfg.max_mss);
+            }
+        }
+    }
+    wr(ctx, tcp_at, ports)?;
+    wr(ctx, tcp_at + 16, new_check.to_be_bytes())?;
+
+    // Drop the SAL header: move Ethernet + IPv4 forward by `hl`.
+    let head: [u8; ETH + 20] = rd(ctx, 0)?;
+    wr(ctx, hl, head)?;
+    // SAFETY: shrinking the head of our own frame.
+    if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, hl as i32) } != 0 {
+        count(HostCounter::IngressError);
+        return Some(XDP_DROP);
+    }
+    write_ip(ctx, ETH, flow.tcp_peer_addr, flow.tcp_local_addr, IPPROTO_TCP, tcp_len + 20)?;
+    count(HostCounter::GwToTcp);
+    Some(XDP_PASS)
+}
