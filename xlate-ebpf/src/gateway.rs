@@ -209,19 +209,30 @@ fn to_sal(ctx: &XdpContext) -> Option<u32> {
         (saddr, addrs.local_ip, daddr, addrs.peer_ip),
         (u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]), 0),
     );
-    // MSS clamp on SYN (Linux puts MSS first).
+    // MSS clamp on SYN (Linux puts MSS first). Reads and writes go
+    // through one checked pointer: a second computation of the same
+    // address would be a new packet pointer to the verifier.
     if flags & TCP_SYN != 0 && doff >= 24 {
-        let opt: [u8; 4] = rd(ctx, l4 + 20)?;
+        let p = ptr::<[u8; 4]>(ctx, l4 + 20)?;
+        // SAFETY: bounds checked by ptr().
+        let mut opt = unsafe { p.read_unaligned() };
         let mss = u16::from_be_bytes([opt[2], opt[3]]);
         if opt[0] == 2 && opt[1] == 4 && mss > cfg.max_mss {
-            wr(ctx, l4 + 22, cfg.max_mss.to_be_bytes())?;
+            opt[2..4].copy_from_slice(&cfg.max_mss.to_be_bytes());
+            // SAFETY: as above.
+            unsafe { p.write_unaligned(opt) };
             if !partial {
                 new_check = checksum::update16(new_check, mss, cfg.max_mss);
             }
         }
     }
-    wr(ctx, l4, [0u8; 4])?;
-    wr(ctx, l4 + 16, new_check.to_be_bytes())?;
+    let tp = ptr::<[u8; 20]>(ctx, l4)?;
+    // SAFETY: bounds checked by ptr().
+    let mut t = unsafe { tp.read_unaligned() };
+    t[0..4].copy_from_slice(&[0; 4]);
+    t[16..18].copy_from_slice(&new_check.to_be_bytes());
+    // SAFETY: as above.
+    unsafe { tp.write_unaligned(t) };
 
     // Make room for SAL in front: move Ethernet + IPv4 back by `room`.
     let room = form.header_len();
@@ -362,17 +373,26 @@ fn to_tcp(ctx: &XdpContext) -> Option<u32> {
         (u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]), u32::from_be_bytes(ports)),
     );
     if flags & TCP_SYN != 0 && doff >= 24 {
-        let opt: [u8; 4] = rd(ctx, tcp_at + 20)?;
+        let p = ptr::<[u8; 4]>(ctx, tcp_at + 20)?;
+        // SAFETY: bounds checked by ptr().
+        let mut opt = unsafe { p.read_unaligned() };
         let mss = u16::from_be_bytes([opt[2], opt[3]]);
         if opt[0] == 2 && opt[1] == 4 && mss > cfg.max_mss {
-            wr(ctx, tcp_at + 22, cfg.max_mss.to_be_bytes())?;
+            opt[2..4].copy_from_slice(&cfg.max_mss.to_be_bytes());
+            // SAFETY: as above.
+            unsafe { p.write_unaligned(opt) };
             if !partial {
                 new_check = checksum::update16(new_check, mss, cfg.max_mss);
             }
         }
     }
-    wr(ctx, tcp_at, ports)?;
-    wr(ctx, tcp_at + 16, new_check.to_be_bytes())?;
+    let tp = ptr::<[u8; 20]>(ctx, tcp_at)?;
+    // SAFETY: bounds checked by ptr().
+    let mut t = unsafe { tp.read_unaligned() };
+    t[0..4].copy_from_slice(&ports);
+    t[16..18].copy_from_slice(&new_check.to_be_bytes());
+    // SAFETY: as above.
+    unsafe { tp.write_unaligned(t) };
 
     // Drop the SAL header: move Ethernet + IPv4 forward by `hl`.
     let head: [u8; ETH + 20] = rd(ctx, 0)?;

@@ -1,9 +1,12 @@
 //! The xlate agent as a library: what `xlate-user` does, usable from tests.
 
 pub mod classify;
+pub mod config;
 pub mod decode;
 pub mod ebpf;
+pub mod gateway;
 pub mod host;
+pub mod maglev;
 pub mod netif;
 pub mod pcap;
 pub mod rawsock;

@@ -52,6 +52,34 @@ enum Command {
         #[arg(long)]
         duration: Option<f64>,
     },
+    /// The packet-level translator: legacy TCP clients reach Serval services
+    /// through this gateway (XDP on the NICs, flows in BPF maps, the SAL
+    /// control plane here). Runs until Ctrl-C/SIGTERM; SIGHUP reloads the
+    /// configuration (a bad file is refused and changes nothing).
+    Run {
+        /// Gateway NIC(s): one (one-armed) or two (two-armed).
+        #[arg(long = "iface", required = true)]
+        ifaces: Vec<String>,
+        /// TOML configuration (see config/xlate.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        xdp_mode: Mode,
+    },
+    /// The running translator's counters (translated, passed and dropped by
+    /// reason, control plane).
+    Stats {
+        /// The first --iface of the translator.
+        #[arg(long)]
+        iface: String,
+    },
+    /// The running translator's live flows.
+    Flows {
+        /// The first --iface of the translator.
+        #[arg(long)]
+        iface: String,
+    },
     /// Host mode: this host's ordinary TCP servers and clients speak Serval
     /// on the wire of one interface (the kernel's TCP does the transport,
     /// xlate adds the service access layer). Runs until Ctrl-C/SIGTERM.
@@ -138,6 +166,23 @@ fn main() -> ExitCode {
             watch(&iface, xdp_mode.into(), interval, duration).map(|_| ExitCode::SUCCESS)
         }
         Command::Host(h) => host_cmd(h).map(|_| ExitCode::SUCCESS),
+        Command::Run { ifaces, config, xdp_mode } => {
+            xlate_user::gateway::run(xlate_user::gateway::RunOptions { ifaces, config, mode: xdp_mode.into() })
+                .map(|_| ExitCode::SUCCESS)
+        }
+        Command::Stats { iface } => xlate_user::gateway::stats(&iface).map(|rows| {
+            for (name, v) in rows {
+                println!("{name} {v}");
+            }
+            ExitCode::SUCCESS
+        }),
+        Command::Flows { iface } => xlate_user::gateway::flows(&iface).map(|rows| {
+            println!("{}", host::FLOWS_HEADER);
+            for r in rows {
+                println!("{r}");
+            }
+            ExitCode::SUCCESS
+        }),
     };
     match r {
         Ok(code) => code,
@@ -213,13 +258,13 @@ fn host_cmd(h: HostCmd) -> Result<()> {
     match h.action {
         Some(HostAction::Flows { iface }) => {
             println!("{}", host::FLOWS_HEADER);
-            for row in host::flows(&iface)? {
+            for row in host::flows(host::maps::Kind::Host, &iface)? {
                 println!("{row}");
             }
             Ok(())
         }
         Some(HostAction::Stats { iface }) => {
-            for (name, v) in host::stats(&iface)? {
+            for (name, v) in host::stats(host::maps::Kind::Host, &iface)? {
                 println!("{name} {v}");
             }
             Ok(())

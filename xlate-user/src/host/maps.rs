@@ -10,12 +10,28 @@ use aya::Ebpf;
 use xlate_common::flow::{names, FlowAddrs, FlowState, HostConfig, HostCounter, PeerKey, RouteTargets, ServeEntry};
 use xlate_common::maps::{FlowKey, ServiceEntry, ServiceKey};
 
-/// Where a host-mode instance pins its maps: one directory per network
+/// Which program family an instance runs: host mode or the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Host,
+    Gateway,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Host => "host",
+            Kind::Gateway => "gw",
+        }
+    }
+}
+
+/// Where an instance pins its maps: one directory per kind, network
 /// namespace and interface, so several instances coexist on one machine.
-pub fn pin_dir(iface: &str) -> Result<PathBuf> {
+pub fn pin_dir(kind: Kind, iface: &str) -> Result<PathBuf> {
     let ns = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
     use std::os::unix::fs::MetadataExt;
-    Ok(PathBuf::from(format!("/sys/fs/bpf/xlate/host-{}-{iface}", ns.ino())))
+    Ok(PathBuf::from(format!("/sys/fs/bpf/xlate/{}-{}-{iface}", kind.prefix(), ns.ino())))
 }
 
 /// Makes sure /sys/fs/bpf is a BPF filesystem (mounts one if not).
@@ -110,11 +126,14 @@ impl HostMaps {
 }
 
 /// Opens a pinned map of a running instance.
-pub fn open_pinned(iface: &str, name: &str) -> Result<Map> {
-    let path = pin_dir(iface)?.join(name);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!("no host-mode instance on {iface} in this network namespace ({} not found)", path.display())
-    })?;
+pub fn open_pinned(kind: Kind, iface: &str, name: &str) -> Result<Map> {
+    let path = pin_dir(kind, iface)?.join(name);
+    let what = match kind {
+        Kind::Host => "host-mode instance",
+        Kind::Gateway => "translator",
+    };
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("no {what} on {iface} in this network namespace ({} not found)", path.display()))?;
     Ok(Map::from_map_data(data)?)
 }
 

@@ -25,7 +25,7 @@ use xlate_common::{ServiceId, ServicePrefix};
 use crate::netif::{ConnectRoute, Interface, OffloadGuard};
 use crate::rawsock::RawSocket;
 use control::ControlPlane;
-use maps::HostMaps;
+use maps::{HostMaps, Kind};
 
 /// `--serve SID=PORT`
 #[derive(Debug, Clone)]
@@ -99,8 +99,8 @@ pub struct HostOptions {
 }
 
 /// The control socket of a running instance, for `host migrate`.
-pub fn control_socket(iface: &str) -> Result<PathBuf> {
-    let dir = maps::pin_dir(iface)?;
+pub fn control_socket(kind: Kind, iface: &str) -> Result<PathBuf> {
+    let dir = maps::pin_dir(kind, iface)?;
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
     Ok(PathBuf::from("/run/xlate").join(format!("{name}.sock")))
 }
@@ -111,7 +111,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _rt_guard = rt.enter();
     maps::ensure_bpffs()?;
-    let pin_dir = maps::pin_dir(&iface.name)?;
+    let pin_dir = maps::pin_dir(Kind::Host, &iface.name)?;
     if pin_dir.exists() {
         bail!("another host-mode instance runs on {} ({} exists); stop it first", iface.name, pin_dir.display());
     }
@@ -173,8 +173,8 @@ pub fn run(opts: HostOptions) -> Result<()> {
     std::io::stdout().flush()?;
 
     let cp = ControlPlane::new(m, sal, inject, opts.idle_timeout);
-    let sock_path = control_socket(&iface.name)?;
-    let r = rt.block_on(event_loop(cp, events, sock_path.clone()));
+    let sock_path = control_socket(Kind::Host, &iface.name)?;
+    let r = rt.block_on(event_loop(cp, events, sock_path.clone(), None));
     let _ = std::fs::remove_file(&sock_path);
     drop(links);
     drop(ebpf);
@@ -184,7 +184,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
 /// Starts each CPU's flow-ID counter at a random point: flow IDs are then
 /// not guessable, and the ports the server side derives from them do not
 /// repeat those of an earlier run (whose TIME_WAIT sockets may linger).
-fn seed_flow_ids(ebpf: &mut aya::Ebpf) -> Result<()> {
+pub(crate) fn seed_flow_ids(ebpf: &mut aya::Ebpf) -> Result<()> {
     let mut m: PerCpuArray<&mut MapData, u32> =
         PerCpuArray::try_from(ebpf.map_mut(names::NEXT_FLOW).ok_or_else(|| anyhow!("flow-ID map missing"))?)?;
     let n = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
@@ -199,7 +199,7 @@ fn seed_flow_ids(ebpf: &mut aya::Ebpf) -> Result<()> {
     Ok(())
 }
 
-struct PinGuard(PathBuf);
+pub(crate) struct PinGuard(pub(crate) PathBuf);
 impl Drop for PinGuard {
     fn drop(&mut self) {
         HostMaps::unpin(&self.0);
@@ -209,10 +209,19 @@ fn scopeguard(p: PathBuf) -> PinGuard {
     PinGuard(p)
 }
 
-async fn event_loop(mut cp: ControlPlane, events: RingBuf<MapData>, sock_path: PathBuf) -> Result<()> {
+/// What a SIGHUP does (the gateway reloads its configuration).
+pub(crate) type Reload<'a> = Option<&'a mut dyn FnMut() -> Result<String>>;
+
+pub(crate) async fn event_loop(
+    mut cp: ControlPlane,
+    events: RingBuf<MapData>,
+    sock_path: PathBuf,
+    mut reload: Reload<'_>,
+) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     // The AsyncFd owns the ring buffer (and its fd).
     #[allow(deprecated)]
     let mut events = AsyncFd::new(events)?;
@@ -226,6 +235,14 @@ async fn event_loop(mut cp: ControlPlane, events: RingBuf<MapData>, sock_path: P
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = hup.recv() => {
+                if let Some(f) = reload.as_mut() {
+                    match f() {
+                        Ok(msg) => println!("{msg}"),
+                        Err(e) => eprintln!("xlate-user: reload refused, configuration unchanged: {e:#}"),
+                    }
+                }
+            }
             r = cp.sal_socket().recv(&mut buf) => {
                 let n = r?;
                 let pkt = buf[..n].to_vec();
@@ -273,7 +290,7 @@ fn command(cp: &mut ControlPlane, line: &str) -> String {
 
 /// `host migrate --to ADDR`: asks the running instance to move its flows.
 pub fn migrate(iface: &str, to: Ipv4Addr) -> Result<String> {
-    let path = control_socket(iface)?;
+    let path = control_socket(Kind::Host, iface)?;
     let mut s = UnixStream::connect(&path)
         .with_context(|| format!("no host-mode instance on {iface} in this network namespace ({})", path.display()))?;
     writeln!(s, "migrate {to}")?;
@@ -292,9 +309,9 @@ pub struct FlowRow {
     pub addrs: FlowAddrs,
 }
 
-pub fn flows(iface: &str) -> Result<Vec<FlowRow>> {
-    let flows: aya::maps::HashMap<MapData, u32, FlowState> = maps::open_pinned(iface, names::FLOWS)?.try_into()?;
-    let addrs: aya::maps::HashMap<MapData, u32, FlowAddrs> = maps::open_pinned(iface, names::ADDRS)?.try_into()?;
+pub fn flows(kind: Kind, iface: &str) -> Result<Vec<FlowRow>> {
+    let flows: aya::maps::HashMap<MapData, u32, FlowState> = maps::open_pinned(kind, iface, names::FLOWS)?.try_into()?;
+    let addrs: aya::maps::HashMap<MapData, u32, FlowAddrs> = maps::open_pinned(kind, iface, names::ADDRS)?.try_into()?;
     let mut rows = Vec::new();
     for item in flows.iter() {
         let (id, st) = item?;
@@ -329,7 +346,7 @@ impl std::fmt::Display for FlowRow {
 pub const FLOWS_HEADER: &str =
     "local_flow  peer_flow role   state       sal_local       sal_peer        tcp (local > peer) and service";
 
-pub fn stats(iface: &str) -> Result<Vec<(&'static str, u64)>> {
-    let c: PerCpuArray<MapData, u64> = maps::open_pinned(iface, names::COUNTERS)?.try_into()?;
+pub fn stats(kind: Kind, iface: &str) -> Result<Vec<(&'static str, u64)>> {
+    let c: PerCpuArray<MapData, u64> = maps::open_pinned(kind, iface, names::COUNTERS)?.try_into()?;
     Ok(maps::read_counters(&c).into_iter().map(|(k, v)| (k.name(), v)).collect())
 }

@@ -1,0 +1,211 @@
+//! The translator's TOML configuration. Errors name the file, the line and
+//! the value; a bad file changes nothing.
+//!
+//! ```toml
+//! [translator]
+//! sal_address = "10.10.0.1"
+//!
+//! [[service]]
+//! address = "203.0.113.1"
+//! port = 80
+//! service_id = "00000050"
+//! instances = ["10.10.0.11", { address = "10.10.0.12", weight = 3 }]
+//! # router = "10.10.0.254"
+//! ```
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use toml::Spanned;
+use xlate_common::ServiceId;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub sal_address: Ipv4Addr,
+    pub idle_timeout: u64,
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub service_id: ServiceId,
+    pub instances: Vec<Instance>,
+    pub router: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instance {
+    pub address: Ipv4Addr,
+    pub weight: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    translator: RawTranslator,
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTranslator {
+    sal_address: Spanned<String>,
+    #[serde(default = "default_idle")]
+    idle_timeout: u64,
+}
+
+fn default_idle() -> u64 {
+    600
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    address: Spanned<String>,
+    port: Spanned<i64>,
+    service_id: Spanned<toml::Value>,
+    instances: Option<Spanned<Vec<RawInstance>>>,
+    router: Option<Spanned<String>>,
+}
+
+// Untagged enums cannot hold `Spanned` values; errors in an instance name
+// the line of the `instances` list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawInstance {
+    Address(String),
+    Weighted { address: String, weight: i64 },
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("{}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let at = |span: std::ops::Range<usize>| format!("line {}", line_of(text, span.start));
+        let ip = |s: &Spanned<String>, field: &str| -> Result<Ipv4Addr> {
+            s.get_ref().parse().map_err(|_| {
+                anyhow::anyhow!("{}: {field} {:?} is not an IPv4 address", at(s.span()), s.get_ref())
+            })
+        };
+        let sal_address = ip(&raw.translator.sal_address, "sal_address")?;
+        let mut services = Vec::new();
+        let mut seen = HashSet::new();
+        for s in &raw.service {
+            let address = ip(&s.address, "address")?;
+            let port = u16::try_from(*s.port.get_ref())
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| anyhow::anyhow!("{}: port {} is not 1 to 65535", at(s.port.span()), s.port.get_ref()))?;
+            if !seen.insert((address, port)) {
+                bail!("{}: service {address}:{port} is configured twice", at(s.address.span()));
+            }
+            let service_id = match s.service_id.get_ref() {
+                toml::Value::String(v) => v
+                    .parse::<ServiceId>()
+                    .map_err(|e| anyhow::anyhow!("{}: service_id {v:?}: {e}", at(s.service_id.span())))?,
+                toml::Value::Integer(n) => ServiceId::from_u32(u32::try_from(*n).map_err(|_| {
+                    anyhow::anyhow!("{}: service_id {n} does not fit the decimal form (0 to 4294967295)", at(s.service_id.span()))
+                })?),
+                other => bail!("{}: service_id must be a string or an integer, not {}", at(s.service_id.span()), other.type_str()),
+            };
+            let mut instances = Vec::new();
+            let inst_span = s.instances.as_ref().map_or(s.address.span(), |i| i.span());
+            let inst_ip = |a: &str| -> Result<Ipv4Addr> {
+                a.parse()
+                    .map_err(|_| anyhow::anyhow!("{}: instance {a:?} is not an IPv4 address", at(inst_span.clone())))
+            };
+            for i in s.instances.iter().flat_map(|i| i.get_ref()) {
+                let (a, w) = match i {
+                    RawInstance::Address(a) => (inst_ip(a)?, 1),
+                    RawInstance::Weighted { address, weight } => {
+                        let w = u32::try_from(*weight).ok().filter(|w| (1..=100).contains(w)).ok_or_else(|| {
+                            anyhow::anyhow!("{}: instance {address}: weight {weight} is not 1 to 100", at(inst_span.clone()))
+                        })?;
+                        (inst_ip(address)?, w)
+                    }
+                };
+                if instances.iter().any(|x: &Instance| x.address == a) {
+                    bail!("{}: instance {a} is listed twice", at(inst_span.clone()));
+                }
+                instances.push(Instance { address: a, weight: w });
+            }
+            let router = s.router.as_ref().map(|r| ip(r, "router")).transpose()?;
+            if instances.is_empty() && router.is_none() {
+                bail!("{}: service {address}:{port} needs instances or a router", at(s.address.span()));
+            }
+            services.push(Service { address, port, service_id, instances, router });
+        }
+        if services.len() > xlate_common::flow::gw::MAX_SERVICES as usize {
+            bail!("{} services configured, at most {}", services.len(), xlate_common::flow::gw::MAX_SERVICES);
+        }
+        Ok(Config { sal_address, idle_timeout: raw.translator.idle_timeout, services })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[translator]
+sal_address = "10.10.0.1"
+
+[[service]]
+address = "203.0.113.1"
+port = 80
+service_id = "00000050"
+instances = ["10.10.0.11", { address = "10.10.0.12", weight = 3 }]
+
+[[service]]
+address = "203.0.113.1"
+port = 443
+service_id = 443
+router = "10.10.0.254"
+"#;
+
+    #[test]
+    fn parses_the_example() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.sal_address, Ipv4Addr::new(10, 10, 0, 1));
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.services[0].instances[1], Instance { address: Ipv4Addr::new(10, 10, 0, 12), weight: 3 });
+        assert_eq!(c.services[1].service_id, "000001bb".parse().unwrap());
+        assert_eq!(c.services[1].router, Some(Ipv4Addr::new(10, 10, 0, 254)));
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn errors_name_line_field_and_value() {
+        let e = err(&GOOD.replace("\"10.10.0.11\"", "\"10.10.0.300\""));
+        assert!(e.contains("line 9: instance \"10.10.0.300\" is not an IPv4 address"), "{e}");
+        let e = err(&GOOD.replace("port = 80", "port = 70000"));
+        assert!(e.contains("line 7: port 70000 is not 1 to 65535"), "{e}");
+        let e = err(&GOOD.replace("\"00000050\"", "\"00zz\""));
+        assert!(e.contains("line 8: service_id \"00zz\""), "{e}");
+        let e = err(&GOOD.replace("weight = 3", "weight = 0"));
+        assert!(e.contains("weight 0 is not 1 to 100"), "{e}");
+        let e = err(&GOOD.replace("port = 443", "port = 80"));
+        assert!(e.contains("line 12: service 203.0.113.1:80 is configured twice"), "{e}");
+        let e = err(&GOOD.replace("sal_address", "sal_addr"));
+        assert!(e.contains("sal_addr"), "{e}");
+        let e = err(&GOOD.replace("router = \"10.10.0.254\"", ""));
+        assert!(e.contains("needs instances or a router"), "{e}");
+    }
+}

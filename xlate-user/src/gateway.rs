@@ -1,0 +1,189 @@
+//! `xlate-user run`: the packet-level translator on a gateway. Loads the
+//! XDP program onto the gateway NIC(s), fills its maps from the TOML
+//! configuration (SIGHUP reloads it), and runs the SAL control plane shared
+//! with host mode. See docs/translator.md.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{Array, HashMap, MapData, RingBuf};
+use aya::programs::{Xdp, XdpMode};
+use xlate_common::flow::{gw, names, HostConfig};
+use xlate_common::maps::ServiceKey;
+
+use crate::config::Config;
+use crate::host::control::ControlPlane;
+use crate::host::maps::{ensure_bpffs, pin_dir, HostMaps, Kind};
+use crate::host::{control_socket, event_loop, seed_flow_ids, PinGuard};
+use crate::netif::Interface;
+use crate::rawsock::RawSocket;
+
+pub const PROGRAM: &str = "xlate_gw";
+
+pub struct RunOptions {
+    pub ifaces: Vec<String>,
+    pub config: PathBuf,
+    pub mode: XdpMode,
+}
+
+/// The gateway's own maps (the flow maps are host mode's).
+struct GwMaps {
+    services: HashMap<MapData, ServiceKey, gw::GwService>,
+    maglev: Array<MapData, [u8; 4]>,
+}
+
+impl GwMaps {
+    /// Replaces the service table with `cfg`'s (new entries first, then
+    /// stale ones removed, so a reload never leaves a gap).
+    fn apply(&mut self, cfg: &Config) -> Result<()> {
+        for (i, s) in cfg.services.iter().enumerate() {
+            let table = crate::maglev::table(&s.instances, gw::MAGLEV_SIZE);
+            for (slot, addr) in table.iter().enumerate() {
+                self.maglev.set(i as u32 * gw::MAGLEV_SIZE + slot as u32, addr.octets(), 0)?;
+            }
+            let entry = gw::GwService {
+                service_id: s.service_id.0,
+                index: i as u32,
+                router: s.router.map_or([0; 4], |r| r.octets()),
+            };
+            self.services.insert(ServiceKey::new(s.address, s.port), entry, 0)?;
+        }
+        let keep: Vec<ServiceKey> = cfg.services.iter().map(|s| ServiceKey::new(s.address, s.port)).collect();
+        let stale: Vec<ServiceKey> = self.services.keys().filter_map(|k| k.ok()).filter(|k| !keep.contains(k)).collect();
+        for k in stale {
+            self.services.remove(&k)?;
+        }
+        Ok(())
+    }
+}
+
+fn take(ebpf: &mut aya::Ebpf, name: &str, dir: &Path) -> Result<aya::maps::Map> {
+    let m = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    m.pin(&path).with_context(|| format!("pinning {name}"))?;
+    Ok(m)
+}
+
+/// Sysctls the translator needs, set while it runs and restored after:
+/// IPv4 forwarding (the kernel forwards the rewritten packets), and
+/// `accept_local` on the gateway NICs (a translated SAL packet carries the
+/// gateway's own SAL address as source, which the kernel otherwise drops
+/// as a martian).
+struct SysctlGuard(Vec<(String, String)>);
+
+impl SysctlGuard {
+    fn set(ifaces: &[Interface]) -> Result<Self> {
+        let mut wanted = vec!["/proc/sys/net/ipv4/ip_forward".to_string()];
+        for i in ifaces {
+            wanted.push(format!("/proc/sys/net/ipv4/conf/{}/accept_local", i.name));
+        }
+        let mut restore = Vec::new();
+        for p in wanted {
+            let old = std::fs::read_to_string(&p).with_context(|| format!("reading {p}"))?.trim().to_string();
+            if old != "1" {
+                std::fs::write(&p, "1").with_context(|| format!("setting {p}"))?;
+                println!("set {} = 1 while the translator runs", p.trim_start_matches("/proc/sys/").replace('/', "."));
+                restore.push((p, old));
+            }
+        }
+        Ok(SysctlGuard(restore))
+    }
+}
+
+impl Drop for SysctlGuard {
+    fn drop(&mut self) {
+        for (p, old) in &self.0 {
+            let _ = std::fs::write(p, old);
+        }
+    }
+}
+
+pub fn run(opts: RunOptions) -> Result<()> {
+    let cfg = Config::load(&opts.config)?;
+    if opts.ifaces.is_empty() {
+        bail!("give at least one --iface");
+    }
+    let ifaces: Vec<Interface> = opts.ifaces.iter().map(|n| Interface::lookup(n)).collect::<Result<_>>()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let _rt_guard = rt.enter();
+    ensure_bpffs()?;
+    let dir = pin_dir(Kind::Gateway, &ifaces[0].name)?;
+    if dir.exists() {
+        bail!("a translator already runs on {} ({} exists); stop it first", ifaces[0].name, dir.display());
+    }
+    let mut ebpf = crate::ebpf::load()?;
+    let prog: &mut Xdp = ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("program {PROGRAM} missing"))?.try_into()?;
+    prog.load().context("the kernel refused the translator program")?;
+    seed_flow_ids(&mut ebpf)?;
+    let mut flows = HostMaps::take_and_pin(&mut ebpf, &dir)?;
+    let _pins = PinGuard(dir.clone());
+    let mut gwm = GwMaps {
+        services: take(&mut ebpf, gw::SERVICES, &dir)?.try_into()?,
+        maglev: take(&mut ebpf, gw::MAGLEV, &dir)?.try_into()?,
+    };
+    let max_mss = ifaces.iter().map(|i| i.max_mss()).min().unwrap_or(1448);
+    flows.config.set(0, HostConfig { addr: cfg.sal_address.octets(), broadcast: [0; 4], mac: [0; 6], max_mss }, 0)?;
+    gwm.apply(&cfg)?;
+    let _sysctl = SysctlGuard::set(&ifaces)?;
+    let sal = RawSocket::new(i32::from(xlate_common::wire::IPPROTO_SAL)).context("opening the raw SAL socket")?;
+    let inject = RawSocket::new(libc::IPPROTO_RAW).context("opening the raw injection socket")?;
+    let events = RingBuf::try_from(ebpf.take_map(names::EVENTS).ok_or_else(|| anyhow!("events map missing"))?)?;
+    let mut links = Vec::new();
+    for i in &ifaces {
+        let prog: &mut Xdp = ebpf.program_mut(PROGRAM).unwrap().try_into()?;
+        links.push(prog.attach(&i.name, opts.mode).with_context(|| format!("attaching {PROGRAM} to {}", i.name))?);
+    }
+    println!(
+        "xlate translator on {} ({:?} XDP), SAL address {}, MSS {max_mss}, {} services",
+        opts.ifaces.join(","),
+        opts.mode,
+        cfg.sal_address,
+        cfg.services.len()
+    );
+    for s in &cfg.services {
+        let targets: Vec<String> = match s.router {
+            Some(r) => vec![format!("router {r}")],
+            None => s.instances.iter().map(|i| format!("{} (weight {})", i.address, i.weight)).collect(),
+        };
+        println!("  {}:{} -> service {} -> {}", s.address, s.port, s.service_id, targets.join(", "));
+    }
+    std::io::stdout().flush()?;
+
+    let cp = ControlPlane::new(flows, sal, inject, Duration::from_secs(cfg.idle_timeout));
+    let sock = control_socket(Kind::Gateway, &ifaces[0].name)?;
+    let path = opts.config.clone();
+    let mut reload = move || -> Result<String> {
+        let new = Config::load(&path)?;
+        if new.sal_address != cfg.sal_address {
+            bail!("sal_address cannot change while running (restart instead)");
+        }
+        gwm.apply(&new)?;
+        Ok(format!("reloaded {}: {} services", path.display(), new.services.len()))
+    };
+    let r = rt.block_on(event_loop(cp, events, sock.clone(), Some(&mut reload)));
+    let _ = std::fs::remove_file(&sock);
+    drop(links);
+    r
+}
+
+/// `xlate-user stats|flows` read the translator's pinned maps.
+pub fn stats(iface: &str) -> Result<Vec<(&'static str, u64)>> {
+    crate::host::stats(Kind::Gateway, iface)
+}
+
+pub fn flows(iface: &str) -> Result<Vec<crate::host::FlowRow>> {
+    crate::host::flows(Kind::Gateway, iface)
+}
+
+/// The instance a new connection from this 4-tuple goes to (what the
+/// kernel computes), for operators and tests.
+pub fn instance_for(cfg: &Config, client: (Ipv4Addr, u16), service: (Ipv4Addr, u16)) -> Option<Ipv4Addr> {
+    let s = cfg.services.iter().find(|s| (s.address, s.port) == service)?;
+    let table = crate::maglev::table(&s.instances, gw::MAGLEV_SIZE);
+    let h = gw::flow_hash(client.0.octets(), service.0.octets(), client.1.to_be_bytes(), service.1.to_be_bytes());
+    Some(table[(h % gw::MAGLEV_SIZE) as usize])
+}
