@@ -480,13 +480,7 @@ fn lost_sal_acks_make_the_fin_retransmit() {
     // agent sends, for a while: the server's SAL FIN goes unanswered.
     // (nftables: this kernel has no tc drop action.)
     let nft = |rules: &str| {
-        let mut child = lab
-            .client
-            .cmd("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = lab.client.cmd("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
         use std::io::Write;
         child.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
         assert!(child.wait().unwrap().success(), "nft {rules}");

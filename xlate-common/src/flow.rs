@@ -376,7 +376,8 @@ pub mod gw {
     pub fn flow_hash(saddr: [u8; 4], daddr: [u8; 4], sport: [u8; 2], dport: [u8; 2]) -> u32 {
         let mut h = u32::from_be_bytes(saddr).wrapping_mul(0x9e37_79b1);
         h ^= u32::from_be_bytes(daddr).rotate_left(13).wrapping_mul(0x85eb_ca6b);
-        h ^= (u32::from(u16::from_be_bytes(sport)) << 16 | u32::from(u16::from_be_bytes(dport))).wrapping_mul(0xc2b2_ae35);
+        h ^= (u32::from(u16::from_be_bytes(sport)) << 16 | u32::from(u16::from_be_bytes(dport)))
+            .wrapping_mul(0xc2b2_ae35);
         // murmur3 finaliser
         h ^= h >> 16;
         h = h.wrapping_mul(0x85eb_ca6b);

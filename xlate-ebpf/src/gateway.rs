@@ -117,12 +117,7 @@ fn write_ip(ctx: &XdpContext, at: usize, src: [u8; 4], dst: [u8; 4], proto: u8, 
 
 /// New TCP checksum after addresses and (unless partial) ports change.
 #[inline(always)]
-fn tcp_check(
-    old: u16,
-    partial: bool,
-    addrs: ([u8; 4], [u8; 4], [u8; 4], [u8; 4]),
-    ports: (u32, u32),
-) -> u16 {
+fn tcp_check(old: u16, partial: bool, addrs: ([u8; 4], [u8; 4], [u8; 4], [u8; 4]), ports: (u32, u32)) -> u16 {
     let (s_old, s_new, d_old, d_new) = addrs;
     // The partial field holds the non-complemented pseudo sum; updating it
     // is the same arithmetic on its complement.
@@ -282,9 +277,7 @@ fn to_tcp(ctx: &XdpContext) -> Option<u32> {
         return None;
     }
     // SAFETY: n bytes fit the scratch buffer.
-    let r = unsafe {
-        aya_ebpf::helpers::bpf_xdp_load_bytes(ctx.ctx, l4 as u32, buf.as_mut_ptr() as *mut _, n as u32)
-    };
+    let r = unsafe { aya_ebpf::helpers::bpf_xdp_load_bytes(ctx.ctx, l4 as u32, buf.as_mut_ptr() as *mut _, n as u32) };
     if r != 0 {
         return None;
     }

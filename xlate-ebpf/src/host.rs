@@ -18,12 +18,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use xlate_common::{
-    translate::{self, Form, TCP_ACK, TCP_SYN},
     flow::{
         event, flag, role, state, Event, FlowAddrs, FlowState, HostConfig, HostCounter, PeerKey, RouteTargets,
         ServeEntry, MAX_FLOWS, MAX_ROUTE_TARGETS,
     },
     maps::{FlowKey, ServiceEntry, ServiceKey},
+    translate::{self, Form, TCP_ACK, TCP_SYN},
     wire::{sal, IPPROTO_SAL, IPPROTO_TCP},
 };
 
@@ -35,7 +35,6 @@ const BPF_F_PSEUDO_HDR: u64 = 0x10;
 const BPF_ADJ_ROOM_NET: u32 = 0;
 const PACKET_HOST: u32 = 0;
 pub(crate) const SCRATCH_LEN: usize = 256;
-
 
 #[map(name = "HOST_CONFIG")]
 pub(crate) static CONFIG: Array<HostConfig> = Array::with_max_entries(1, 0);

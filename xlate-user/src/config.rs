@@ -97,9 +97,9 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         let at = |span: std::ops::Range<usize>| format!("line {}", line_of(text, span.start));
         let ip = |s: &Spanned<String>, field: &str| -> Result<Ipv4Addr> {
-            s.get_ref().parse().map_err(|_| {
-                anyhow::anyhow!("{}: {field} {:?} is not an IPv4 address", at(s.span()), s.get_ref())
-            })
+            s.get_ref()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{}: {field} {:?} is not an IPv4 address", at(s.span()), s.get_ref()))
         };
         let sal_address = ip(&raw.translator.sal_address, "sal_address")?;
         let mut services = Vec::new();
@@ -118,9 +118,16 @@ impl Config {
                     .parse::<ServiceId>()
                     .map_err(|e| anyhow::anyhow!("{}: service_id {v:?}: {e}", at(s.service_id.span())))?,
                 toml::Value::Integer(n) => ServiceId::from_u32(u32::try_from(*n).map_err(|_| {
-                    anyhow::anyhow!("{}: service_id {n} does not fit the decimal form (0 to 4294967295)", at(s.service_id.span()))
+                    anyhow::anyhow!(
+                        "{}: service_id {n} does not fit the decimal form (0 to 4294967295)",
+                        at(s.service_id.span())
+                    )
                 })?),
-                other => bail!("{}: service_id must be a string or an integer, not {}", at(s.service_id.span()), other.type_str()),
+                other => bail!(
+                    "{}: service_id must be a string or an integer, not {}",
+                    at(s.service_id.span()),
+                    other.type_str()
+                ),
             };
             let mut instances = Vec::new();
             let inst_span = s.instances.as_ref().map_or(s.address.span(), |i| i.span());
@@ -133,7 +140,10 @@ impl Config {
                     RawInstance::Address(a) => (inst_ip(a)?, 1),
                     RawInstance::Weighted { address, weight } => {
                         let w = u32::try_from(*weight).ok().filter(|w| (1..=100).contains(w)).ok_or_else(|| {
-                            anyhow::anyhow!("{}: instance {address}: weight {weight} is not 1 to 100", at(inst_span.clone()))
+                            anyhow::anyhow!(
+                                "{}: instance {address}: weight {weight} is not 1 to 100",
+                                at(inst_span.clone())
+                            )
                         })?;
                         (inst_ip(address)?, w)
                     }

@@ -52,7 +52,8 @@ impl GwMaps {
             self.services.insert(ServiceKey::new(s.address, s.port), entry, 0)?;
         }
         let keep: Vec<ServiceKey> = cfg.services.iter().map(|s| ServiceKey::new(s.address, s.port)).collect();
-        let stale: Vec<ServiceKey> = self.services.keys().filter_map(|k| k.ok()).filter(|k| !keep.contains(k)).collect();
+        let stale: Vec<ServiceKey> =
+            self.services.keys().filter_map(|k| k.ok()).filter(|k| !keep.contains(k)).collect();
         for k in stale {
             self.services.remove(&k)?;
         }

@@ -65,18 +65,6 @@ pub struct HostMaps {
     pub counters: PerCpuArray<MapData, u64>,
 }
 
-const PINNED: &[&str] = &[
-    names::CONFIG,
-    names::SERVE,
-    names::CONNECT,
-    names::ROUTES,
-    names::FLOWS,
-    names::ADDRS,
-    names::TUPLES,
-    names::PEERS,
-    names::COUNTERS,
-];
-
 fn take(ebpf: &mut Ebpf, name: &str, dir: &Path) -> Result<Map> {
     let m = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
     let path = dir.join(name);
@@ -102,9 +90,12 @@ impl HostMaps {
         })
     }
 
+    /// Removes an instance's pins (every map pinned in `dir`).
     pub fn unpin(dir: &Path) {
-        for name in PINNED {
-            let _ = std::fs::remove_file(dir.join(name));
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
         let _ = std::fs::remove_dir(dir);
         // The shared parent goes too once the last instance is gone.

@@ -310,8 +310,10 @@ pub struct FlowRow {
 }
 
 pub fn flows(kind: Kind, iface: &str) -> Result<Vec<FlowRow>> {
-    let flows: aya::maps::HashMap<MapData, u32, FlowState> = maps::open_pinned(kind, iface, names::FLOWS)?.try_into()?;
-    let addrs: aya::maps::HashMap<MapData, u32, FlowAddrs> = maps::open_pinned(kind, iface, names::ADDRS)?.try_into()?;
+    let flows: aya::maps::HashMap<MapData, u32, FlowState> =
+        maps::open_pinned(kind, iface, names::FLOWS)?.try_into()?;
+    let addrs: aya::maps::HashMap<MapData, u32, FlowAddrs> =
+        maps::open_pinned(kind, iface, names::ADDRS)?.try_into()?;
     let mut rows = Vec::new();
     for item in flows.iter() {
         let (id, st) = item?;
