@@ -4,6 +4,7 @@
 //! `cargo build` is not enough; these commands do every step in order.
 
 mod bench;
+mod lab;
 mod setup;
 mod toolchain;
 mod util;
@@ -55,7 +56,11 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
     },
-    /// Build and start xlate-user with the given arguments (default: --help).
+    /// Without arguments: build everything and start the built-in lab
+    /// (client, gateway running the translator, two host-mode instances
+    /// serving HTTP) with live counters; Ctrl-C tears it down.
+    /// `-- --iface IF --config FILE`: run the translator on a real NIC.
+    /// `-- COMMAND …`: any other xlate-user command (decode, host, stats…).
     Run {
         #[arg(last = true)]
         args: Vec<String>,
@@ -84,7 +89,21 @@ fn real_main() -> Result<()> {
         }
         Cmd::Run { args } => {
             let bin = build(false)?;
-            let args = if args.is_empty() { vec!["--help".to_string()] } else { args };
+            if args.is_empty() {
+                if !is_root() {
+                    bail!("the lab needs root (network namespaces, BPF): run `sudo cargo xtask run`");
+                }
+                setup::setup()?;
+                return lab::run(&bin);
+            }
+            // Options first: the translator on real NICs.
+            let args = if args[0].starts_with("--") && args[0] != "--help" && args[0] != "--version" {
+                let mut a = vec!["run".to_string()];
+                a.extend(args);
+                a
+            } else {
+                args
+            };
             let status =
                 Command::new(&bin).args(&args).status().with_context(|| format!("starting {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
