@@ -320,3 +320,66 @@ s.sendto(bytes.fromhex("000000010000ab000306ffff") + bytes(20), ("10.10.0.1", 0)
     assert_eq!(after["gw_passed_no_flow"] - before["gw_passed_no_flow"], 1, "{after:?}");
     assert_eq!(after["drop_bad_checksum"] - before["drop_bad_checksum"], 1, "{after:?}");
 }
+
+#[test]
+fn failover_new_connections_go_to_the_surviving_instance() {
+    require_root();
+    let _g = serial();
+    let mut lab = GatewayLab::new("fail", "\"10.10.0.11\", \"10.10.0.12\"", "generic", true);
+    let sum = big_file(&lab);
+    let mut dl = lab.client.spawn(
+        "sh",
+        &["-c", &format!("curl -sS --fail --max-time 60 --limit-rate 20M {} | sha256sum", lab.url("big.bin"))],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let flows = lab.flows();
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    let serving = flows[0].split_whitespace().nth(5).unwrap().to_string();
+    let dead = INSTANCES.iter().position(|a| *a != serving).unwrap();
+    // Stop the other instance's Serval stack: its SYNs go unanswered.
+    lab.instance_agents[dead].stop();
+    let conns = connections(&lab, 20);
+    assert_eq!(conns.len(), 20, "every new connection succeeded");
+    assert!(conns.iter().all(|(_, w)| w.to_string() == serving), "{conns:?}");
+    let line = dl.wait_for_line("-", Duration::from_secs(60));
+    assert_eq!(line.split_whitespace().next().unwrap(), sum, "the established flow to the survivor was unaffected");
+    let out = lab.gateway_agent.as_mut().unwrap().wait_for_line("out of rotation", Duration::from_secs(5));
+    assert!(out.contains(INSTANCES[dead]), "{out}");
+}
+
+/// Drops the first packet matching `what` forwarded by the gateway
+/// (nftables quota: up to 200 bytes matched are dropped: one SAL SYN or
+/// third ACK, 108 to 128 bytes), then lets everything through.
+fn drop_once(lab: &GatewayLab, table: &str, what: &str) {
+    let rules = format!(
+        "table ip {table} {{\n chain xfwd {{\n  type filter hook forward priority 0;\n  {what} quota until 200 bytes drop\n }}\n}}\n"
+    );
+    let mut child = lab.gateway.cmd("nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "nft {rules}");
+}
+
+#[test]
+fn a_lost_third_ack_and_a_retransmitted_syn_still_connect() {
+    require_root();
+    let _g = serial();
+    let lab = GatewayLab::new("robust", "\"10.10.0.11\"", "generic", true);
+    // The translator's third ACK (shl 17, CONTROL flags ACK) is lost once.
+    drop_once(&lab, "third_ack", "ip protocol 144 @nh,224,8 17 @nh,272,8 0x20");
+    let got = sh(&lab.client, &format!("curl -sS --fail --max-time 10 {}", lab.url("who")));
+    assert_eq!(got, INSTANCES[0]);
+    let rules = sh(&lab.gateway, "nft list table ip third_ack");
+    assert!(rules.contains("used 108 bytes"), "exactly one third ACK (108 bytes) was dropped: {rules}");
+    // The first SAL SYN is lost: the client's retransmitted SYN becomes the
+    // same SAL SYN (same flow ID, verno, nonce) and connects.
+    drop_once(&lab, "first_syn", "ip protocol 144 @nh,224,8 17 @nh,272,8 0x80");
+    let t = std::time::Instant::now();
+    let got = sh(&lab.client, &format!("curl -sS --fail --max-time 10 {}", lab.url("who")));
+    assert_eq!(got, INSTANCES[0]);
+    assert!(t.elapsed() >= Duration::from_millis(900), "the SYN was really lost once");
+    let s = lab.stats();
+    assert_eq!(s["egress_syn"], 3, "two connections, one SYN repeated: {s:?}");
+    assert_eq!(s["flows_expired"], 0, "no instance failed: {s:?}");
+    lab.wait_no_flows(Duration::from_secs(5));
+}

@@ -29,18 +29,34 @@ pub struct RunOptions {
     pub mode: XdpMode,
 }
 
-/// The gateway's own maps (the flow maps are host mode's).
+/// How long a flow may wait for its SYN-ACK before the instance it was
+/// sent to counts as failed. Longer than the client's first SYN
+/// retransmission (1 s), which repeats the same SAL SYN: one lost SYN
+/// does not fail an instance; the retransmission after that (3 s) then
+/// starts a new flow on a live instance.
+const SYN_TIMEOUT: Duration = Duration::from_millis(2200);
+/// How long a failed instance gets no new connections.
+const DOWN_FOR: Duration = Duration::from_secs(10);
+
+/// The gateway's own maps (the flow maps are host mode's), the running
+/// configuration and instance health.
 struct GwMaps {
     services: HashMap<MapData, ServiceKey, gw::GwService>,
     maglev: Array<MapData, [u8; 4]>,
+    cfg: Config,
+    path: PathBuf,
+    /// Instances that failed a handshake, and until when they are out.
+    down: std::collections::HashMap<Ipv4Addr, std::time::Instant>,
 }
 
 impl GwMaps {
-    /// Replaces the service table with `cfg`'s (new entries first, then
-    /// stale ones removed, so a reload never leaves a gap).
+    /// Replaces the service table with `cfg`'s, without the instances that
+    /// are down (unless that would leave a service with none). New entries
+    /// go in first, stale ones out after, so a reload never leaves a gap.
     fn apply(&mut self, cfg: &Config) -> Result<()> {
         for (i, s) in cfg.services.iter().enumerate() {
-            let table = crate::maglev::table(&s.instances, gw::MAGLEV_SIZE);
+            let up: Vec<_> = s.instances.iter().copied().filter(|x| !self.down.contains_key(&x.address)).collect();
+            let table = crate::maglev::table(if up.is_empty() { &s.instances } else { &up }, gw::MAGLEV_SIZE);
             for (slot, addr) in table.iter().enumerate() {
                 self.maglev.set(i as u32 * gw::MAGLEV_SIZE + slot as u32, addr.octets(), 0)?;
             }
@@ -58,6 +74,62 @@ impl GwMaps {
             self.services.remove(&k)?;
         }
         Ok(())
+    }
+}
+
+impl crate::host::LoopHooks for GwMaps {
+    fn reload(&mut self) -> Result<String> {
+        let new = Config::load(&self.path)?;
+        if new.sal_address != self.cfg.sal_address {
+            bail!("sal_address cannot change while running (restart instead)");
+        }
+        self.apply(&new)?;
+        self.cfg = new;
+        Ok(format!("reloaded {}: {} services", self.path.display(), self.cfg.services.len()))
+    }
+
+    /// Passive health checking: a handshake that got no SYN-ACK in time
+    /// marks its instance down for a while, its Maglev slots go to the
+    /// others, and the stuck flow is freed so that the client's SYN
+    /// retransmission starts over on a live instance.
+    fn tick(&mut self, cp: &mut ControlPlane) {
+        let now = std::time::Instant::now();
+        let mut changed = false;
+        self.down.retain(|a, until| {
+            let keep = *until > now;
+            if !keep {
+                println!("instance {a} back in rotation");
+                changed = true;
+            }
+            keep
+        });
+        let mono = crate::host::control::mono_ns();
+        let mut stuck = Vec::new();
+        for item in cp.maps.flows.iter() {
+            let Ok((id, st)) = item else { continue };
+            if st.state == xlate_common::flow::state::SYN_SENT
+                && Duration::from_nanos(mono.saturating_sub(st.created_ns)) > SYN_TIMEOUT
+            {
+                if let Ok(a) = cp.maps.addrs.get(&id, 0) {
+                    stuck.push((id, Ipv4Addr::from(a.peer_ip)));
+                }
+            }
+        }
+        for (id, inst) in stuck {
+            let configured = self.cfg.services.iter().any(|s| s.instances.iter().any(|i| i.address == inst));
+            if configured && !self.down.contains_key(&inst) {
+                println!("instance {inst} did not answer a SYN within {SYN_TIMEOUT:?}: out of rotation for {DOWN_FOR:?}");
+                self.down.insert(inst, now + DOWN_FOR);
+                changed = true;
+            }
+            cp.free(id, xlate_common::flow::HostCounter::FlowsExpired);
+        }
+        if changed {
+            let cfg = self.cfg.clone();
+            if let Err(e) = self.apply(&cfg) {
+                eprintln!("xlate-user: updating the instance tables: {e:#}");
+            }
+        }
     }
 }
 
@@ -125,6 +197,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let mut gwm = GwMaps {
         services: take(&mut ebpf, gw::SERVICES, &dir)?.try_into()?,
         maglev: take(&mut ebpf, gw::MAGLEV, &dir)?.try_into()?,
+        cfg: cfg.clone(),
+        path: opts.config.clone(),
+        down: Default::default(),
     };
     let max_mss = ifaces.iter().map(|i| i.max_mss()).min().unwrap_or(1448);
     flows.config.set(0, HostConfig { addr: cfg.sal_address.octets(), broadcast: [0; 4], mac: [0; 6], max_mss }, 0)?;
@@ -156,16 +231,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
 
     let cp = ControlPlane::new(flows, sal, inject, Duration::from_secs(cfg.idle_timeout));
     let sock = control_socket(Kind::Gateway, &ifaces[0].name)?;
-    let path = opts.config.clone();
-    let mut reload = move || -> Result<String> {
-        let new = Config::load(&path)?;
-        if new.sal_address != cfg.sal_address {
-            bail!("sal_address cannot change while running (restart instead)");
-        }
-        gwm.apply(&new)?;
-        Ok(format!("reloaded {}: {} services", path.display(), new.services.len()))
-    };
-    let r = rt.block_on(event_loop(cp, events, sock.clone(), Some(&mut reload)));
+    let r = rt.block_on(event_loop(cp, events, sock.clone(), Some(&mut gwm)));
     let _ = std::fs::remove_file(&sock);
     drop(links);
     r

@@ -79,7 +79,7 @@ fn before(a: u32, b: u32) -> bool {
 }
 
 /// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.
-fn mono_ns() -> u64 {
+pub(crate) fn mono_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };

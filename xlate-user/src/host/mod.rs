@@ -209,8 +209,14 @@ fn scopeguard(p: PathBuf) -> PinGuard {
     PinGuard(p)
 }
 
-/// What a SIGHUP does (the gateway reloads its configuration).
-pub(crate) type Reload<'a> = Option<&'a mut dyn FnMut() -> Result<String>>;
+/// What a mode adds to the shared event loop (the gateway: configuration
+/// reload on SIGHUP, instance health on every tick).
+pub(crate) trait LoopHooks {
+    fn reload(&mut self) -> Result<String>;
+    fn tick(&mut self, cp: &mut ControlPlane);
+}
+
+pub(crate) type Reload<'a> = Option<&'a mut dyn LoopHooks>;
 
 pub(crate) async fn event_loop(
     mut cp: ControlPlane,
@@ -236,8 +242,8 @@ pub(crate) async fn event_loop(
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                if let Some(f) = reload.as_mut() {
-                    match f() {
+                if let Some(h) = reload.as_mut() {
+                    match h.reload() {
                         Ok(msg) => println!("{msg}"),
                         Err(e) => eprintln!("xlate-user: reload refused, configuration unchanged: {e:#}"),
                     }
@@ -261,7 +267,12 @@ pub(crate) async fn event_loop(
                 }
                 guard.clear_ready();
             }
-            _ = tick.tick() => cp.tick(),
+            _ = tick.tick() => {
+                cp.tick();
+                if let Some(h) = reload.as_mut() {
+                    h.tick(&mut cp);
+                }
+            }
             conn = listener.accept() => {
                 if let Ok((stream, _)) = conn {
                     let (r, mut w) = stream.into_split();
