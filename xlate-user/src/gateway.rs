@@ -118,7 +118,9 @@ impl crate::host::LoopHooks for GwMaps {
         for (id, inst) in stuck {
             let configured = self.cfg.services.iter().any(|s| s.instances.iter().any(|i| i.address == inst));
             if configured && !self.down.contains_key(&inst) {
-                println!("instance {inst} did not answer a SYN within {SYN_TIMEOUT:?}: out of rotation for {DOWN_FOR:?}");
+                println!(
+                    "instance {inst} did not answer a SYN within {SYN_TIMEOUT:?}: out of rotation for {DOWN_FOR:?}"
+                );
                 self.down.insert(inst, now + DOWN_FOR);
                 changed = true;
             }

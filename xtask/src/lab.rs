@@ -103,7 +103,13 @@ fn build_and_watch(bin: &Path, children: &mut Vec<Child>) -> Result<()> {
         let www = logs.join(format!("www{}", n + 1));
         std::fs::create_dir_all(&www)?;
         std::fs::write(www.join("index.html"), format!("Hello from Serval instance {addr} (instance {})\n", n + 1))?;
-        children.push(spawn_in(ns, true, bin, &["host", "--iface", "e0", "--serve", "00000050=80"], &logs.join(format!("{ns}.log")))?);
+        children.push(spawn_in(
+            ns,
+            true,
+            bin,
+            &["host", "--iface", "e0", "--serve", "00000050=80"],
+            &logs.join(format!("{ns}.log")),
+        )?);
         children.push(spawn_in(
             ns,
             false,
@@ -160,7 +166,10 @@ fn build_and_watch(bin: &Path, children: &mut Vec<Child>) -> Result<()> {
             get("ingress_control_to_agent "),
             get("ctl_sent "),
             get("flows_freed "),
-            get("drop_bad_checksum ") + get("drop_unknown_flow ") + get("drop_bad_extension ") + get("drop_bad_length "),
+            get("drop_bad_checksum ")
+                + get("drop_unknown_flow ")
+                + get("drop_bad_extension ")
+                + get("drop_bad_length "),
         );
     }
     Ok(())

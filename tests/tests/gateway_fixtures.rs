@@ -1,0 +1,400 @@
+//! Packet fixtures for the translator's XDP program, run in the kernel with
+//! BPF_PROG_TEST_RUN: input frame, exact expected output frame, verdict and
+//! counters, for every per-packet duty of a packet-level translator
+//! (serval-wire §8). Where the original stack's captures have the packet,
+//! the fixture uses it as is, and what the translator emits is compared
+//! byte for byte with what the original stack sent.
+
+use std::net::Ipv4Addr;
+
+use aya::maps::{Array, HashMap, PerCpuArray};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::Ebpf;
+use xlate_common::flow::{flag, gw, role, state, FlowAddrs, FlowState, HostConfig, HostCounter};
+use xlate_common::maps::{FlowKey, ServiceKey};
+use xlate_common::wire::ipv4::{Ipv4Packet, Ipv4Repr};
+use xlate_common::wire::packet::{ServalRepr, Transport};
+use xlate_common::wire::tcp::{TcpFlags, TcpPacket, TcpRepr};
+use xlate_common::ServiceId;
+use xlate_tests::{fixture, require_root};
+use xlate_user::decode::{read_pcap, shape};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const CLIENT_PORT: u16 = 40000;
+/// The original stack's client and server in handshake-data-close.pcap:
+/// the translator stands in for the client, so the server's packets
+/// apply unchanged.
+const CAP_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const CAP_SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const MACS: [u8; 12] = [2, 0, 0, 0, 0, 0xaa, 2, 0, 0, 0, 0, 0xbb];
+
+struct Gw {
+    ebpf: Ebpf,
+}
+
+impl Gw {
+    fn new(sal_address: Ipv4Addr, instance: Ipv4Addr) -> Gw {
+        let mut ebpf = xlate_user::ebpf::load().unwrap();
+        let prog: &mut Xdp = ebpf.program_mut("xlate_gw").unwrap().try_into().unwrap();
+        prog.load().unwrap();
+        let mut cfg: Array<_, HostConfig> = Array::try_from(ebpf.map_mut("HOST_CONFIG").unwrap()).unwrap();
+        cfg.set(0, HostConfig { addr: sal_address.octets(), broadcast: [0; 4], mac: [0; 6], max_mss: 1448 }, 0)
+            .unwrap();
+        let mut svc: HashMap<_, ServiceKey, gw::GwService> =
+            HashMap::try_from(ebpf.map_mut(gw::SERVICES).unwrap()).unwrap();
+        let sid: ServiceId = "00000050".parse().unwrap();
+        svc.insert(ServiceKey::new(PUBLIC, 80), gw::GwService { service_id: sid.0, index: 0, router: [0; 4] }, 0)
+            .unwrap();
+        let mut mg: Array<_, [u8; 4]> = Array::try_from(ebpf.map_mut(gw::MAGLEV).unwrap()).unwrap();
+        for slot in 0..gw::MAGLEV_SIZE {
+            mg.set(slot, instance.octets(), 0).unwrap();
+        }
+        Gw { ebpf }
+    }
+
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut Xdp = self.ebpf.program_mut("xlate_gw").unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 512];
+        let r = prog
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .unwrap();
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn counters(&self) -> Vec<u64> {
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("HOST_COUNTERS").unwrap()).unwrap();
+        HostCounter::ALL.iter().map(|c| m.get(&c.index(), 0).unwrap().iter().sum()).collect()
+    }
+
+    /// Runs a frame; checks the verdict and exactly which counters moved.
+    fn expect(&mut self, frame: &[u8], verdict: u32, moved: &[HostCounter]) -> Vec<u8> {
+        let before = self.counters();
+        let (v, out) = self.run(frame);
+        assert_eq!(v, verdict, "verdict");
+        let after = self.counters();
+        for c in HostCounter::ALL {
+            let d = after[c.index() as usize] - before[c.index() as usize];
+            assert_eq!(d, u64::from(moved.contains(&c)), "counter {}", c.name());
+        }
+        out
+    }
+
+    fn flows(&self) -> Vec<FlowState> {
+        let m: HashMap<_, u32, FlowState> = HashMap::try_from(self.ebpf.map("HOST_FLOWS").unwrap()).unwrap();
+        m.iter().map(|r| r.unwrap().1).collect()
+    }
+
+    /// The flow the original stack's client had in the capture, as if the
+    /// translator had sent that SYN for CLIENT:CLIENT_PORT.
+    fn insert_capture_flow(&mut self) {
+        let (_, syn) = capture_packets("handshake-data-close.pcap")[0].clone();
+        let c = syn.sal.control.unwrap();
+        let key = FlowKey {
+            saddr: CLIENT.octets(),
+            daddr: PUBLIC.octets(),
+            sport: CLIENT_PORT.to_be_bytes(),
+            dport: 80u16.to_be_bytes(),
+        };
+        let st = FlowState {
+            service_id: syn.sal.service_id().unwrap().0,
+            local_nonce: c.nonce,
+            peer_nonce: [0; 8],
+            local_flow: syn.sal.src_flowid.0,
+            peer_flow: 0,
+            local_verno: c.verno,
+            peer_verno: 0,
+            tcp_local_addr: key.saddr,
+            tcp_peer_addr: key.daddr,
+            tcp_local_port: key.sport,
+            tcp_peer_port: key.dport,
+            role: role::CLIENT,
+            state: state::SYN_SENT,
+            flags: 0,
+            _pad: 0,
+            peer_mac: [0; 6],
+            _pad2: [0; 2],
+            local_fin_ack: 0,
+            peer_next_seq: 0,
+            snd_max: 0,
+            _pad3: 0,
+            created_ns: 0,
+            last_seen_ns: 0,
+        };
+        let id = st.local_flow;
+        let mut f: HashMap<_, u32, FlowState> = HashMap::try_from(self.ebpf.map_mut("HOST_FLOWS").unwrap()).unwrap();
+        f.insert(id, st, 0).unwrap();
+        let mut a: HashMap<_, u32, FlowAddrs> = HashMap::try_from(self.ebpf.map_mut("HOST_ADDRS").unwrap()).unwrap();
+        a.insert(id, FlowAddrs { local_ip: CAP_CLIENT.octets(), peer_ip: CAP_SERVER.octets() }, 0).unwrap();
+        let mut t: HashMap<_, FlowKey, u32> = HashMap::try_from(self.ebpf.map_mut("HOST_TUPLES").unwrap()).unwrap();
+        t.insert(key, id, 0).unwrap();
+    }
+}
+
+/// (IPv4 datagram bytes, parsed) of every SAL packet of a capture.
+fn capture_packets(name: &str) -> Vec<(Vec<u8>, ServalRepr<'static>)> {
+    let (link, frames) = read_pcap(&fixture(name)).unwrap();
+    frames
+        .iter()
+        .filter_map(|f| link.ipv4(f).ok())
+        .filter(|ip| ip[9] == 144)
+        .map(|ip| {
+            let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+            let d: &'static [u8] = Box::leak(ip[..total].to_vec().into_boxed_slice());
+            (d.to_vec(), ServalRepr::parse(d).unwrap())
+        })
+        .collect()
+}
+
+fn eth(ip: &[u8]) -> Vec<u8> {
+    let mut f = MACS.to_vec();
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(ip);
+    f
+}
+
+/// A client TCP segment (complete checksum, as from a real NIC).
+fn client_tcp(flags: u8, seq: u32, ack: u32, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    client_tcp_from(CLIENT_PORT, flags, seq, ack, options, payload)
+}
+
+fn client_tcp_from(port: u16, flags: u8, seq: u32, ack: u32, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let tcp = TcpRepr {
+        src_port: port,
+        dst_port: 80,
+        seq,
+        ack,
+        flags: TcpFlags(flags),
+        window: 502,
+        urgent: 0,
+        options,
+        payload,
+    };
+    let ip = Ipv4Repr {
+        src_addr: CLIENT,
+        dst_addr: PUBLIC,
+        protocol: 6,
+        payload_len: tcp.buffer_len(),
+        ttl: 63,
+        tos: 0,
+        ident: 0x4242,
+        dont_frag: true,
+    };
+    let mut b = vec![0u8; 20 + tcp.buffer_len()];
+    ip.emit(&mut Ipv4Packet::new_unchecked(&mut b[..])).unwrap();
+    tcp.emit(&mut TcpPacket::new_unchecked(&mut b[20..]), CLIENT, PUBLIC).unwrap();
+    eth(&b)
+}
+
+/// The SAL packet the translator must emit for a client segment: the same
+/// TCP with ports 0 (MSS clamped), inside `sal`, between the SAL addresses.
+fn expected_sal(
+    input: &[u8],
+    sal: xlate_common::wire::sal::SalRepr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    mss: Option<[u8; 4]>,
+) -> Vec<u8> {
+    let ip = Ipv4Packet::new_checked(&input[14..]).unwrap();
+    let ipr = Ipv4Repr::parse(&ip).unwrap();
+    let t = TcpPacket::new_checked(ip.payload()).unwrap();
+    let mut opts = t.options().to_vec();
+    if let Some(m) = mss {
+        opts[..4].copy_from_slice(&m);
+    }
+    let tcp = TcpRepr {
+        src_port: 0,
+        dst_port: 0,
+        seq: t.seq(),
+        ack: t.ack(),
+        flags: t.flags(),
+        window: t.window(),
+        urgent: t.urgent(),
+        options: &opts,
+        payload: t.payload(),
+    };
+    let repr = ServalRepr {
+        ip: Ipv4Repr { src_addr: src, dst_addr: dst, protocol: 144, ..ipr },
+        sal,
+        transport: Transport::Tcp(tcp),
+    };
+    let mut b = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut b).unwrap();
+    let mut f = input[..14].to_vec();
+    f.extend_from_slice(&b);
+    f
+}
+
+/// The TCP segment the client must receive for a SAL packet.
+fn expected_tcp(input_ip: &[u8]) -> Vec<u8> {
+    let p = ServalRepr::parse(input_ip).unwrap();
+    let Transport::Tcp(t) = p.transport else { panic!("no TCP") };
+    let tcp = TcpRepr { src_port: 80, dst_port: CLIENT_PORT, ..t };
+    let ip = Ipv4Repr { src_addr: PUBLIC, dst_addr: CLIENT, protocol: 6, payload_len: tcp.buffer_len(), ..p.ip };
+    let mut b = vec![0u8; 20 + tcp.buffer_len()];
+    ip.emit(&mut Ipv4Packet::new_unchecked(&mut b[..])).unwrap();
+    tcp.emit(&mut TcpPacket::new_unchecked(&mut b[20..]), PUBLIC, CLIENT).unwrap();
+    eth(&b)
+}
+
+#[test]
+fn a_client_syn_becomes_a_sal_syn_and_a_retransmission_the_same_one() {
+    require_root();
+    let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
+    // Linux's SYN options: MSS 1460, SACK-permitted, timestamps, NOP, WS 7.
+    let opts = [2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];
+    let syn = client_tcp(0x02, 1000, 0, &opts, &[]);
+    let out = gw.expect(&syn, XDP_PASS, &[HostCounter::GwToSal, HostCounter::EgressSyn]);
+    let flows = gw.flows();
+    assert_eq!(flows.len(), 1);
+    let f = flows[0];
+    assert_ne!(f.local_flow, 0, "flow IDs are non-zero");
+    let sal = xlate_common::wire::sal::SalRepr {
+        src_flowid: xlate_common::wire::sal::FlowId(f.local_flow),
+        dst_flowid: xlate_common::wire::sal::FlowId(0),
+        protocol: 6,
+        control: Some(xlate_common::wire::sal::ControlRepr {
+            flags: xlate_common::wire::sal::ControlFlags::SYN,
+            verno: f.local_verno,
+            ackno: 0,
+            nonce: f.local_nonce,
+        }),
+        services: xlate_common::wire::sal::ServiceList::one("00000050".parse().unwrap()),
+        source: None,
+    };
+    assert_eq!(out, expected_sal(&syn, sal, CAP_CLIENT, CAP_SERVER, Some([2, 4, 0x05, 0xa8])));
+    // Same shape as the original stack's SYN.
+    let orig = &capture_packets("handshake-data-close.pcap")[0].1;
+    assert_eq!(shape(&ServalRepr::parse(&out[14..]).unwrap()), shape(orig));
+    // The client's retransmitted SYN: the very same SAL SYN.
+    let again = gw.expect(&syn, XDP_PASS, &[HostCounter::GwToSal, HostCounter::EgressSyn]);
+    assert_eq!(again, out);
+    assert_eq!(gw.flows().len(), 1);
+}
+
+#[test]
+fn the_original_stacks_handshake_data_and_close_through_the_translator() {
+    require_root();
+    let caps = capture_packets("handshake-data-close.pcap");
+    let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
+    gw.insert_capture_flow();
+
+    // SYN-ACK (0xA0, ackno V+1): learn the server's flow ID, nonce, verno;
+    // the client gets a TCP SYN-ACK from the public address and port.
+    let (synack, _) = &caps[1];
+    let out = gw.expect(&eth(synack), XDP_PASS, &[HostCounter::GwToTcp, HostCounter::IngressSynAck]);
+    assert_eq!(out, expected_tcp(synack));
+    let f = gw.flows()[0];
+    assert_eq!((f.state, f.peer_flow, f.peer_verno), (state::ACK_PENDING, 3, caps[1].1.sal.control.unwrap().verno));
+    assert_eq!(f.peer_nonce, caps[1].1.sal.control.unwrap().nonce);
+
+    // The client's third ACK: CONTROL(ACK)+SERVICE, the SAL header byte for
+    // byte the one the original client sent.
+    let (third, third_repr) = &caps[2];
+    let Transport::Tcp(t) = third_repr.transport else { panic!() };
+    let ack = client_tcp(0x10, t.seq, t.ack, &[], &[]);
+    let out = gw.expect(&ack, XDP_PASS, &[HostCounter::GwToSal]);
+    assert_eq!(&out[14 + 20..14 + 20 + 68], &third[20..88], "third ACK SAL header identical to the original stack's");
+
+    // Client data before the server has spoken: a bare data header, again
+    // identical to the original client's.
+    let (data, data_repr) = &caps[4];
+    let Transport::Tcp(t) = data_repr.transport else { panic!() };
+    let seg = client_tcp(0x18, t.seq, t.ack, &[], t.payload);
+    let out = gw.expect(&seg, XDP_PASS, &[HostCounter::GwToSal]);
+    assert_eq!(&out[14 + 20..14 + 32], &data[20..32], "data header identical to the original stack's");
+    assert_eq!(out.len(), 14 + data.len());
+
+    // The server's data: a TCP segment with its payload; the flow is now
+    // known to the server, so the handshake form stops.
+    let (srv_data, _) = &caps[6];
+    let out = gw.expect(&eth(srv_data), XDP_PASS, &[HostCounter::GwToTcp]);
+    assert_eq!(out, expected_tcp(srv_data));
+    assert_eq!(gw.flows()[0].state, state::ESTABLISHED);
+
+    // The client's FIN, then the server's ACK of it: the agent is told to
+    // send the SAL FIN (flag set once the FIN is acknowledged).
+    let fin_seq = t.seq + t.payload.len() as u32;
+    gw.expect(&client_tcp(0x11, fin_seq, t.ack + 17, &[], &[]), XDP_PASS, &[HostCounter::GwToSal]);
+    assert_eq!(gw.flows()[0].flags & flag::LOCAL_FIN, flag::LOCAL_FIN);
+    let (srv_ack, _) = &caps[9];
+    gw.expect(&eth(srv_ack), XDP_PASS, &[HostCounter::GwToTcp]);
+    assert_eq!(gw.flows()[0].flags & flag::LOCAL_FIN_ACKED, flag::LOCAL_FIN_ACKED, "FIN acknowledged: SAL FIN due");
+
+    // The server's SAL FIN and SAL ACK: control-only, passed unchanged to
+    // the agent's raw socket.
+    for i in [11, 14] {
+        let frame = eth(&caps[i].0);
+        let out = gw.expect(&frame, XDP_PASS, &[HostCounter::IngressToAgent]);
+        assert_eq!(out, frame);
+    }
+}
+
+#[test]
+fn control_packets_of_the_original_stack_go_to_the_agent_unchanged() {
+    require_root();
+    // The reset (ACK|RST) of active-reset.pcap, to the client 10.0.1.1.
+    let rst = capture_packets("active-reset.pcap").pop().unwrap().0;
+    let mut gw = Gw::new(Ipv4Addr::new(10, 0, 1, 1), Ipv4Addr::new(10, 0, 2, 2));
+    let frame = eth(&rst);
+    assert_eq!(gw.expect(&frame, XDP_PASS, &[HostCounter::IngressToAgent]), frame);
+    // The RSYN of migration-rsyn.pcap, to the server 10.0.2.2.
+    let rsyn = capture_packets("migration-rsyn.pcap")
+        .into_iter()
+        .find(|(_, r)| r.sal.control.is_some_and(|c| c.flags == xlate_common::wire::sal::ControlFlags::RSYN))
+        .unwrap()
+        .0;
+    let mut gw = Gw::new(Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 4, 1));
+    let frame = eth(&rsyn);
+    assert_eq!(gw.expect(&frame, XDP_PASS, &[HostCounter::IngressToAgent]), frame);
+}
+
+#[test]
+fn bad_packets_are_dropped_or_passed_and_counted() {
+    require_root();
+    let caps = capture_packets("handshake-data-close.pcap");
+    let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
+    gw.insert_capture_flow();
+    // A SYN-ACK that does not acknowledge our SYN.
+    let mut wrong = caps[1].0.clone();
+    wrong[20 + 20] ^= 1; // ackno
+    fix_sal(&mut wrong);
+    gw.expect(&eth(&wrong), XDP_DROP, &[HostCounter::DropBadAck]);
+    // A flipped SAL checksum byte.
+    let mut bad = caps[6].0.clone();
+    bad[20 + 10] ^= 0xff;
+    gw.expect(&eth(&bad), XDP_DROP, &[HostCounter::DropBadChecksum]);
+    // Data for a flow the translator does not have.
+    let mut unknown = caps[6].0.clone();
+    unknown[20 + 4..20 + 8].copy_from_slice(&99u32.to_be_bytes());
+    fix_sal(&mut unknown);
+    gw.expect(&eth(&unknown), XDP_DROP, &[HostCounter::DropUnknownFlow]);
+    // shl below the base header.
+    let mut short = caps[6].0.clone();
+    short[20 + 8] = 2;
+    gw.expect(&eth(&short), XDP_DROP, &[HostCounter::DropBadLength]);
+    // A mid-connection segment to the service without a flow: passed for
+    // the fallback; other TCP and IP options: passed, the latter counted.
+    let stray = client_tcp_from(40001, 0x10, 5, 5, &[], &[]);
+    assert_eq!(gw.expect(&stray, XDP_PASS, &[HostCounter::GwPassNoFlow]), stray);
+    let mut other = client_tcp(0x02, 5, 0, &[], &[]);
+    other[14 + 22..14 + 24].copy_from_slice(&81u16.to_be_bytes()); // port 81: not configured
+    assert_eq!(gw.expect(&other, XDP_PASS, &[]), other);
+    let mut opts = stray.clone();
+    opts[14] = 0x46;
+    assert_eq!(gw.expect(&opts, XDP_PASS, &[HostCounter::GwPassIpOptions]), opts);
+    let mut frag = stray.clone();
+    frag[14 + 6] = 0x20;
+    assert_eq!(gw.expect(&frag, XDP_PASS, &[HostCounter::GwPassFragment]), frag);
+}
+
+fn fix_sal(ip: &mut [u8]) {
+    let hl = usize::from(ip[28]) * 4;
+    ip[30] = 0;
+    ip[31] = 0;
+    let c = xlate_common::wire::checksum::checksum(&ip[20..20 + hl]);
+    ip[30..32].copy_from_slice(&c.to_be_bytes());
+}
