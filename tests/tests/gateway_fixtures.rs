@@ -7,15 +7,12 @@
 
 use std::net::Ipv4Addr;
 
-use aya::maps::{Array, HashMap, PerCpuArray};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
-use aya::Ebpf;
-use xlate_common::flow::{flag, gw, role, state, FlowAddrs, FlowState, HostConfig, HostCounter};
-use xlate_common::maps::{FlowKey, ServiceKey};
+use aya::maps::{HashMap, PerCpuArray};
+use xlate_common::flow::{flag, role, state, FlowAddrs, FlowState, HostCounter};
+use xlate_common::maps::FlowKey;
 use xlate_common::wire::ipv4::{Ipv4Packet, Ipv4Repr};
 use xlate_common::wire::packet::{ServalRepr, Transport};
 use xlate_common::wire::tcp::{TcpFlags, TcpPacket, TcpRepr};
-use xlate_common::ServiceId;
 use xlate_tests::{fixture, require_root};
 use xlate_user::decode::{read_pcap, shape};
 
@@ -32,41 +29,21 @@ const CAP_SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const MACS: [u8; 12] = [2, 0, 0, 0, 0, 0xaa, 2, 0, 0, 0, 0, 0xbb];
 
 struct Gw {
-    ebpf: Ebpf,
+    bed: xlate_user::gateway::TestBed,
 }
 
 impl Gw {
     fn new(sal_address: Ipv4Addr, instance: Ipv4Addr) -> Gw {
-        let mut ebpf = xlate_user::ebpf::load().unwrap();
-        let prog: &mut Xdp = ebpf.program_mut("xlate_gw").unwrap().try_into().unwrap();
-        prog.load().unwrap();
-        let mut cfg: Array<_, HostConfig> = Array::try_from(ebpf.map_mut("HOST_CONFIG").unwrap()).unwrap();
-        cfg.set(0, HostConfig { addr: sal_address.octets(), broadcast: [0; 4], mac: [0; 6], max_mss: 1448 }, 0)
-            .unwrap();
-        let mut svc: HashMap<_, ServiceKey, gw::GwService> =
-            HashMap::try_from(ebpf.map_mut(gw::SERVICES).unwrap()).unwrap();
-        let sid: ServiceId = "00000050".parse().unwrap();
-        svc.insert(ServiceKey::new(PUBLIC, 80), gw::GwService { service_id: sid.0, index: 0, router: [0; 4] }, 0)
-            .unwrap();
-        let mut mg: Array<_, [u8; 4]> = Array::try_from(ebpf.map_mut(gw::MAGLEV).unwrap()).unwrap();
-        for slot in 0..gw::MAGLEV_SIZE {
-            mg.set(slot, instance.octets(), 0).unwrap();
-        }
-        Gw { ebpf }
+        Gw { bed: xlate_user::gateway::TestBed::new(sal_address, PUBLIC, instance).unwrap() }
     }
 
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut Xdp = self.ebpf.program_mut("xlate_gw").unwrap().try_into().unwrap();
-        let mut out = vec![0u8; frame.len() + 512];
-        let r = prog
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
-            .unwrap();
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        let (v, out, _) = self.bed.run(frame).unwrap();
+        (v, out)
     }
 
     fn counters(&self) -> Vec<u64> {
-        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map("HOST_COUNTERS").unwrap()).unwrap();
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.bed.ebpf.map("HOST_COUNTERS").unwrap()).unwrap();
         HostCounter::ALL.iter().map(|c| m.get(&c.index(), 0).unwrap().iter().sum()).collect()
     }
 
@@ -84,7 +61,7 @@ impl Gw {
     }
 
     fn flows(&self) -> Vec<FlowState> {
-        let m: HashMap<_, u32, FlowState> = HashMap::try_from(self.ebpf.map("HOST_FLOWS").unwrap()).unwrap();
+        let m: HashMap<_, u32, FlowState> = HashMap::try_from(self.bed.ebpf.map("HOST_FLOWS").unwrap()).unwrap();
         m.iter().map(|r| r.unwrap().1).collect()
     }
 
@@ -125,11 +102,13 @@ impl Gw {
             last_seen_ns: 0,
         };
         let id = st.local_flow;
-        let mut f: HashMap<_, u32, FlowState> = HashMap::try_from(self.ebpf.map_mut("HOST_FLOWS").unwrap()).unwrap();
+        let mut f: HashMap<_, u32, FlowState> =
+            HashMap::try_from(self.bed.ebpf.map_mut("HOST_FLOWS").unwrap()).unwrap();
         f.insert(id, st, 0).unwrap();
-        let mut a: HashMap<_, u32, FlowAddrs> = HashMap::try_from(self.ebpf.map_mut("HOST_ADDRS").unwrap()).unwrap();
+        let mut a: HashMap<_, u32, FlowAddrs> =
+            HashMap::try_from(self.bed.ebpf.map_mut("HOST_ADDRS").unwrap()).unwrap();
         a.insert(id, FlowAddrs { local_ip: CAP_CLIENT.octets(), peer_ip: CAP_SERVER.octets() }, 0).unwrap();
-        let mut t: HashMap<_, FlowKey, u32> = HashMap::try_from(self.ebpf.map_mut("HOST_TUPLES").unwrap()).unwrap();
+        let mut t: HashMap<_, FlowKey, u32> = HashMap::try_from(self.bed.ebpf.map_mut("HOST_TUPLES").unwrap()).unwrap();
         t.insert(key, id, 0).unwrap();
     }
 }

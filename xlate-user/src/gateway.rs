@@ -256,3 +256,41 @@ pub fn instance_for(cfg: &Config, client: (Ipv4Addr, u16), service: (Ipv4Addr, u
     let h = gw::flow_hash(client.0.octets(), service.0.octets(), client.1.to_be_bytes(), service.1.to_be_bytes());
     Some(table[(h % gw::MAGLEV_SIZE) as usize])
 }
+
+/// The translator's XDP program loaded (not attached) with one service,
+/// for packet fixtures and micro-benchmarks through BPF_PROG_TEST_RUN.
+pub struct TestBed {
+    pub ebpf: aya::Ebpf,
+}
+
+impl TestBed {
+    /// Service `00000050` at `public`:80, every Maglev slot on `instance`,
+    /// SAL address `sal_address`, MSS 1448.
+    pub fn new(sal_address: Ipv4Addr, public: Ipv4Addr, instance: Ipv4Addr) -> Result<TestBed> {
+        let mut ebpf = crate::ebpf::load()?;
+        let prog: &mut Xdp =
+            ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("program {PROGRAM} missing"))?.try_into()?;
+        prog.load()?;
+        let mut cfg: Array<_, HostConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap())?;
+        cfg.set(0, HostConfig { addr: sal_address.octets(), broadcast: [0; 4], mac: [0; 6], max_mss: 1448 }, 0)?;
+        let mut svc: HashMap<_, ServiceKey, gw::GwService> = HashMap::try_from(ebpf.map_mut(gw::SERVICES).unwrap())?;
+        let sid: xlate_common::ServiceId = "00000050".parse().expect("valid");
+        svc.insert(ServiceKey::new(public, 80), gw::GwService { service_id: sid.0, index: 0, router: [0; 4] }, 0)?;
+        let mut mg: Array<_, [u8; 4]> = Array::try_from(ebpf.map_mut(gw::MAGLEV).unwrap())?;
+        for slot in 0..gw::MAGLEV_SIZE {
+            mg.set(slot, instance.octets(), 0)?;
+        }
+        Ok(TestBed { ebpf })
+    }
+
+    /// Runs the program once on `frame`: (verdict, output frame, run time).
+    pub fn run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>, Duration)> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog: &mut Xdp = self.ebpf.program_mut(PROGRAM).unwrap().try_into()?;
+        let mut out = vec![0u8; frame.len() + 512];
+        let r =
+            prog.test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out, r.duration))
+    }
+}

@@ -1,5 +1,6 @@
 //! The xlate agent as a library: what `xlate-user` does, usable from tests.
 
+pub mod benchmark;
 pub mod classify;
 pub mod config;
 pub mod decode;

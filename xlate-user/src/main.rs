@@ -80,6 +80,13 @@ enum Command {
         #[arg(long)]
         iface: String,
     },
+    /// Micro-benchmark of the translator's XDP program (BPF_PROG_TEST_RUN),
+    /// used by `cargo xtask bench`.
+    #[command(hide = true)]
+    BenchXdp {
+        #[arg(long, default_value_t = 20000)]
+        runs: u32,
+    },
     /// Host mode: this host's ordinary TCP servers and clients speak Serval
     /// on the wire of one interface (the kernel's TCP does the transport,
     /// xlate adds the service access layer). Runs until Ctrl-C/SIGTERM.
@@ -170,6 +177,7 @@ fn main() -> ExitCode {
             xlate_user::gateway::run(xlate_user::gateway::RunOptions { ifaces, config, mode: xdp_mode.into() })
                 .map(|_| ExitCode::SUCCESS)
         }
+        Command::BenchXdp { runs } => xlate_user::benchmark::run(runs).map(|_| ExitCode::SUCCESS),
         Command::Stats { iface } => xlate_user::gateway::stats(&iface).map(|rows| {
             for (name, v) in rows {
                 println!("{name} {v}");

@@ -158,3 +158,125 @@ pub fn host_mode(bin: &Path, seconds: u32) -> Result<()> {
     drop(lab);
     Ok(())
 }
+
+const T_NS: [&str; 4] = ["xlt-bt-client", "xlt-bt-gw", "xlt-bt-sw", "xlt-bt-inst"];
+
+struct TranslatorLab;
+
+impl Drop for TranslatorLab {
+    fn drop(&mut self) {
+        for ns in T_NS {
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-TERM", pid]).status();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(800));
+        for ns in T_NS {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn iperf_from(ns: &str, dst: &str, streams: u32, seconds: u32) -> Result<f64> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "iperf3",
+            "-J",
+            "-c",
+            dst,
+            "-p",
+            PORT,
+            "-P",
+            &streams.to_string(),
+            "-t",
+            &seconds.to_string(),
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("iperf3 to {dst} failed: {text}");
+    }
+    let at = text.find("\"sum_received\"").context("iperf3 output without sum_received")?;
+    let rest = &text[at..];
+    let b = rest.find("\"bits_per_second\"").context("no bits_per_second")?;
+    let num: String = rest[b + 18..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
+        .collect();
+    Ok(num.parse::<f64>()? / 1e9)
+}
+
+/// Goodput through the translator versus plain routing through the same
+/// gateway (XDP attached either way), one and four streams; and the XDP
+/// program's ns/packet.
+pub fn translator(bin: &Path, seconds: u32) -> Result<()> {
+    let [client, gw, sw, inst] = T_NS;
+    for ns in T_NS {
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
+    }
+    let lab = TranslatorLab;
+    for ns in T_NS {
+        ip(&["netns", "add", ns])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    }
+    ip(&["link", "add", "lc0", "netns", client, "type", "veth", "peer", "name", "g0", "netns", gw])?;
+    ip(&["link", "add", "g1", "netns", gw, "type", "veth", "peer", "name", "s0", "netns", sw])?;
+    ip(&["link", "add", "e0", "netns", inst, "type", "veth", "peer", "name", "s1", "netns", sw])?;
+    ip(&["-n", sw, "link", "add", "br0", "type", "bridge"])?;
+    for (ns, dev, addr) in [
+        (client, "lc0", "198.51.100.2/24"),
+        (gw, "g0", "198.51.100.1/24"),
+        (gw, "g1", "10.10.0.1/24"),
+        (inst, "e0", "10.10.0.11/24"),
+    ] {
+        ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+        ip(&["-n", ns, "link", "set", dev, "up"])?;
+    }
+    for port in ["s0", "s1"] {
+        ip(&["-n", sw, "link", "set", port, "master", "br0", "up"])?;
+    }
+    ip(&["-n", sw, "link", "set", "br0", "up"])?;
+    ip(&["-n", client, "route", "add", "default", "via", "198.51.100.1"])?;
+    ip(&["-n", inst, "route", "add", "default", "via", "10.10.0.1"])?;
+    let dir = crate::util::workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("translator.toml");
+    std::fs::write(
+        &config,
+        format!("[translator]\nsal_address = \"10.10.0.1\"\n\n[[service]]\naddress = \"203.0.113.1\"\nport = {PORT}\nservice_id = \"00001451\"\ninstances = [\"10.10.0.11\"]\n"),
+    )?;
+    let _inst_agent = agent(bin, inst, &["--iface", "e0", "--serve", &format!("00001451={PORT}")])?;
+    let _iperf = Bg(Command::new("ip")
+        .args(["netns", "exec", inst, "iperf3", "-s", "-p", PORT])
+        .stdout(Stdio::null())
+        .spawn()?);
+    let _gw = Bg(Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{gw}"))
+        .arg(bin)
+        .args(["run", "--iface", "g0", "--iface", "g1", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .spawn()?);
+    std::thread::sleep(Duration::from_secs(2));
+    let routed_1 = iperf_from(client, "10.10.0.11", 1, seconds)?;
+    let routed_4 = iperf_from(client, "10.10.0.11", 4, seconds)?;
+    let xlate_1 = iperf_from(client, "203.0.113.1", 1, seconds)?;
+    let xlate_4 = iperf_from(client, "203.0.113.1", 4, seconds)?;
+    println!("\nbench translator: iperf3 goodput client -> gateway -> instance, {seconds} s per run, Gbit/s");
+    println!("{:<62} {:>10} {:>10}", "path", "1 stream", "4 streams");
+    println!("{:<62} {routed_1:>10.2} {routed_4:>10.2}", "plain IP routing through the gateway (XDP attached, passes)");
+    println!("{:<62} {xlate_1:>10.2} {xlate_4:>10.2}", "through the translator (TCP -> SAL -> host-mode instance)");
+    drop(lab);
+    println!();
+    let st = Command::new(bin).args(["bench-xdp", "--runs", "20000"]).status()?;
+    if !st.success() {
+        bail!("bench-xdp failed");
+    }
+    Ok(())
+}

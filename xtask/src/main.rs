@@ -50,7 +50,9 @@ enum Cmd {
         cargo_args: Vec<String>,
     },
     /// Measure, side by side in one run: host-mode goodput versus plain TCP
-    /// over the same namespaces and offload settings (iperf3). Needs root.
+    /// over the same namespaces and offload settings; translator goodput
+    /// versus plain routing through the same gateway (iperf3); the XDP
+    /// program's ns/packet (BPF_PROG_TEST_RUN). Needs root.
     Bench {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 5)]
@@ -85,7 +87,8 @@ fn real_main() -> Result<()> {
             }
             setup::setup()?;
             let bin = build(true)?;
-            bench::host_mode(&bin, seconds)
+            bench::host_mode(&bin, seconds)?;
+            bench::translator(&bin, seconds)
         }
         Cmd::Run { args } => {
             let bin = build(false)?;

@@ -1,0 +1,144 @@
+//! `xlate-user bench-xdp`: nanoseconds per packet of the translator's XDP
+//! program, measured in the kernel with BPF_PROG_TEST_RUN (one run per
+//! call: with `repeat`, XDP test runs keep the previous run's rewrite).
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::Result;
+use aya::maps::HashMap;
+use xlate_common::flow::FlowState;
+use xlate_common::wire::ipv4::{Ipv4Packet, Ipv4Repr};
+use xlate_common::wire::packet::{ServalRepr, Transport};
+use xlate_common::wire::sal::{ControlFlags, ControlRepr, FlowId, SalRepr};
+use xlate_common::wire::tcp::{TcpFlags, TcpPacket, TcpRepr};
+
+use crate::gateway::TestBed;
+
+const SAL: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const INSTANCE: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 11);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+
+fn frame(ip: &[u8]) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0];
+    f.extend_from_slice(ip);
+    f
+}
+
+fn client_segment(port: u16, flags: u8, seq: u32, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let tcp = TcpRepr {
+        src_port: port,
+        dst_port: 80,
+        seq,
+        ack: 1,
+        flags: TcpFlags(flags),
+        window: 502,
+        urgent: 0,
+        options,
+        payload,
+    };
+    let ip = Ipv4Repr {
+        src_addr: CLIENT,
+        dst_addr: PUBLIC,
+        protocol: 6,
+        payload_len: tcp.buffer_len(),
+        ttl: 64,
+        tos: 0,
+        ident: 1,
+        dont_frag: true,
+    };
+    let mut b = vec![0u8; 20 + tcp.buffer_len()];
+    ip.emit(&mut Ipv4Packet::new_unchecked(&mut b[..])).unwrap();
+    tcp.emit(&mut TcpPacket::new_unchecked(&mut b[20..]), CLIENT, PUBLIC).unwrap();
+    frame(&b)
+}
+
+fn sal_segment(flow: &FlowState, control: Option<ControlRepr>, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let tcp = TcpRepr {
+        src_port: 0,
+        dst_port: 0,
+        seq: 5000,
+        ack: 1001,
+        flags: TcpFlags(flags),
+        window: 502,
+        urgent: 0,
+        options: &[],
+        payload,
+    };
+    let mut sal = SalRepr::data(FlowId(77), FlowId(flow.local_flow), 6);
+    sal.control = control;
+    let repr = ServalRepr {
+        ip: Ipv4Repr {
+            src_addr: INSTANCE,
+            dst_addr: SAL,
+            protocol: 144,
+            payload_len: 0,
+            ttl: 64,
+            tos: 0,
+            ident: 1,
+            dont_frag: false,
+        },
+        sal,
+        transport: Transport::Tcp(tcp),
+    };
+    let mut b = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut b).unwrap();
+    frame(&b)
+}
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_nanos() as f64
+}
+
+pub fn run(runs: u32) -> Result<()> {
+    let mut bed = TestBed::new(SAL, PUBLIC, INSTANCE)?;
+    let payload = vec![0x5au8; 1448];
+    let mss = [2, 4, 0x05, 0xb4];
+    // New flows: a SYN from a new client port every time.
+    let mut new_syn = Vec::new();
+    for i in 0..runs.min(20_000) {
+        let f = client_segment(10_000 + (i % 50_000) as u16, 0x02, 1000, &mss, &[]);
+        new_syn.push(bed.run(&f)?.2);
+    }
+    // One flow through its handshake, then data both ways.
+    let syn = client_segment(9000, 0x02, 1000, &mss, &[]);
+    bed.run(&syn)?;
+    let mut retrans = Vec::new();
+    for _ in 0..runs {
+        retrans.push(bed.run(&syn)?.2);
+    }
+    let flows: HashMap<_, u32, FlowState> = HashMap::try_from(bed.ebpf.map("HOST_FLOWS").unwrap())?;
+    let flow = flows
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(_, f)| f)
+        .find(|f| f.tcp_local_port == 9000u16.to_be_bytes())
+        .expect("the benchmark flow");
+    drop(flows);
+    let synack = ControlRepr {
+        flags: ControlFlags::SYN | ControlFlags::ACK,
+        verno: 4000,
+        ackno: flow.local_verno.wrapping_add(1),
+        nonce: [7; 8],
+    };
+    bed.run(&sal_segment(&flow, Some(synack), 0x12, &[]))?;
+    let down = sal_segment(&flow, None, 0x10, &payload);
+    let mut to_tcp = Vec::new();
+    for _ in 0..runs {
+        to_tcp.push(bed.run(&down)?.2);
+    }
+    let up = client_segment(9000, 0x10, 1001, &[], &payload);
+    let mut to_sal = Vec::new();
+    for _ in 0..runs {
+        to_sal.push(bed.run(&up)?.2);
+    }
+    println!("bench xdp: translator program, BPF_PROG_TEST_RUN, median of {runs} runs, ns/packet");
+    println!("{:<44} {:>8}", "packet", "ns");
+    println!("{:<44} {:>8.0}", "SYN, new flow (allocates flow state)", median(new_syn));
+    println!("{:<44} {:>8.0}", "SYN retransmission (existing flow)", median(retrans));
+    println!("{:<44} {:>8.0}", "data TCP->SAL (1448 bytes)", median(to_sal));
+    println!("{:<44} {:>8.0}", "data SAL->TCP (1448 bytes)", median(to_tcp));
+    Ok(())
+}
