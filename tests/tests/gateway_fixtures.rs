@@ -303,6 +303,14 @@ fn the_original_stacks_handshake_data_and_close_through_the_translator() {
     gw.expect(&eth(srv_ack), XDP_PASS, &[HostCounter::GwToTcp]);
     assert_eq!(gw.flows()[0].flags & flag::LOCAL_FIN_ACKED, flag::LOCAL_FIN_ACKED, "FIN acknowledged: SAL FIN due");
 
+    // A client reset travels as data (the peer's TCP honours it) and tells
+    // the agent to send the SAL RST and free the flow.
+    let rst = client_tcp(0x04, fin_seq + 1, 0, &[], &[]);
+    let out = gw.expect(&rst, XDP_PASS, &[HostCounter::GwToSal]);
+    assert_eq!(&out[14 + 20 + 8..14 + 20 + 10], &[3, 6], "data header");
+    assert_eq!(out[14 + 32 + 13] & 0x04, 0x04, "TCP RST inside");
+    assert_eq!(gw.flows()[0].flags & flag::LOCAL_RST, flag::LOCAL_RST);
+
     // The server's SAL FIN and SAL ACK: control-only, passed unchanged to
     // the agent's raw socket.
     for i in [11, 14] {
