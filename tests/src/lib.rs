@@ -36,3 +36,17 @@ pub fn require_root() {
         "this test loads BPF programs and creates network namespaces: run it as root (cargo xtask test)"
     );
 }
+
+/// The lab tests move a lot of data on a 2-core machine: one at a time
+/// within a test binary.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs a shell script in a namespace; it must succeed; returns stdout.
+pub fn sh(ns: &netns::Netns, script: &str) -> String {
+    let out = ns.output("sh", &["-c", script]);
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

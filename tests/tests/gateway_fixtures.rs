@@ -76,31 +76,16 @@ impl Gw {
             sport: CLIENT_PORT.to_be_bytes(),
             dport: 80u16.to_be_bytes(),
         };
-        let st = FlowState {
-            service_id: syn.sal.service_id().unwrap().0,
-            local_nonce: c.nonce,
-            peer_nonce: [0; 8],
-            local_flow: syn.sal.src_flowid.0,
-            peer_flow: 0,
-            local_verno: c.verno,
-            peer_verno: 0,
-            tcp_local_addr: key.saddr,
-            tcp_peer_addr: key.daddr,
-            tcp_local_port: key.sport,
-            tcp_peer_port: key.dport,
-            role: role::CLIENT,
-            state: state::SYN_SENT,
-            flags: 0,
-            _pad: 0,
-            peer_mac: [0; 6],
-            _pad2: [0; 2],
-            local_fin_ack: 0,
-            peer_next_seq: 0,
-            snd_max: 0,
-            _pad3: 0,
-            created_ns: 0,
-            last_seen_ns: 0,
-        };
+        let st = FlowState::new(
+            role::CLIENT,
+            state::SYN_SENT,
+            syn.sal.service_id().unwrap().0,
+            syn.sal.src_flowid.0,
+            c.verno,
+            c.nonce,
+            &key,
+            0,
+        );
         let id = st.local_flow;
         let mut f: HashMap<_, u32, FlowState> =
             HashMap::try_from(self.bed.ebpf.map_mut("HOST_FLOWS").unwrap()).unwrap();

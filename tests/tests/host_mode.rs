@@ -3,26 +3,12 @@
 //! on a veth link, captures decoded with `xlate-user decode`.
 
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use xlate_common::wire::packet::{ServalRepr, Transport};
 use xlate_tests::host::*;
-use xlate_tests::{require_root, xlate_user_bin};
+use xlate_tests::{require_root, serial, sh, xlate_user_bin};
 use xlate_user::decode::{read_pcap, shape};
-
-/// The lab tests move a lot of data on a 2-core machine: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn sh(ns: &xlate_tests::netns::Netns, script: &str) -> String {
-    let out = ns.output("sh", &["-c", script]);
-    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 fn make_file(lab: &HostLab, name: &str, bytes: usize) -> String {
     let path = lab.dir.join(name);

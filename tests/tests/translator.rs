@@ -4,26 +4,13 @@
 
 use std::net::Ipv4Addr;
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use xlate_tests::gateway::*;
 use xlate_tests::host::Capture;
-use xlate_tests::{require_root, xlate_user_bin};
+use xlate_tests::{require_root, serial, sh, xlate_user_bin};
 use xlate_user::config::Config;
 use xlate_user::decode::read_pcap;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn sh(ns: &xlate_tests::netns::Netns, script: &str) -> String {
-    let out = ns.output("sh", &["-c", script]);
-    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 fn big_file(lab: &GatewayLab) -> String {
     let mut sum = String::new();

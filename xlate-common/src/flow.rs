@@ -117,6 +117,49 @@ pub struct FlowState {
     pub last_seen_ns: u64,
 }
 
+impl FlowState {
+    /// A new flow as one side knows it before hearing from the peer: its
+    /// own flow ID, initial verno and nonce, and the local TCP's 4-tuple
+    /// (`tuple.saddr`/`sport` local, `daddr`/`dport` the peer's).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        role: u8,
+        state: u8,
+        service_id: [u8; 32],
+        local_flow: u32,
+        local_verno: u32,
+        local_nonce: [u8; 8],
+        tuple: &crate::maps::FlowKey,
+        now_ns: u64,
+    ) -> Self {
+        FlowState {
+            service_id,
+            local_nonce,
+            peer_nonce: [0; 8],
+            local_flow,
+            peer_flow: 0,
+            local_verno,
+            peer_verno: 0,
+            tcp_local_addr: tuple.saddr,
+            tcp_peer_addr: tuple.daddr,
+            tcp_local_port: tuple.sport,
+            tcp_peer_port: tuple.dport,
+            role,
+            state,
+            flags: 0,
+            _pad: 0,
+            peer_mac: [0; 6],
+            _pad2: [0; 2],
+            local_fin_ack: 0,
+            peer_next_seq: 0,
+            snd_max: 0,
+            _pad3: 0,
+            created_ns: now_ns,
+            last_seen_ns: now_ns,
+        }
+    }
+}
+
 /// The current SAL-side addresses of a flow (migration changes them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]

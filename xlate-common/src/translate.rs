@@ -191,31 +191,13 @@ mod tests {
     use crate::wire::sal::{ControlFlags, SalPacket, SalRepr};
 
     fn flow(role_: u8, state_: u8) -> FlowState {
-        FlowState {
-            service_id: [0x50; 32],
-            local_nonce: [1, 2, 3, 4, 5, 6, 7, 8],
-            peer_nonce: [9; 8],
-            local_flow: 0x0101,
-            peer_flow: 0x0202,
-            local_verno: 1000,
-            peer_verno: 5000,
-            tcp_local_addr: [10, 0, 0, 1],
-            tcp_peer_addr: [10, 0, 0, 2],
-            tcp_local_port: [0x30, 0x39],
-            tcp_peer_port: [0, 80],
-            role: role_,
-            state: state_,
-            flags: 0,
-            _pad: 0,
-            peer_mac: [0; 6],
-            _pad2: [0; 2],
-            local_fin_ack: 0,
-            peer_next_seq: 0,
-            snd_max: 0,
-            _pad3: 0,
-            created_ns: 0,
-            last_seen_ns: 0,
-        }
+        let key =
+            crate::maps::FlowKey { saddr: [10, 0, 0, 1], daddr: [10, 0, 0, 2], sport: [0x30, 0x39], dport: [0, 80] };
+        let mut f = FlowState::new(role_, state_, [0x50; 32], 0x0101, 1000, [1, 2, 3, 4, 5, 6, 7, 8], &key, 0);
+        f.peer_nonce = [9; 8];
+        f.peer_flow = 0x0202;
+        f.peer_verno = 5000;
+        f
     }
 
     #[test]

@@ -131,6 +131,26 @@ fn tcp_check(old: u16, partial: bool, addrs: ([u8; 4], [u8; 4], [u8; 4], [u8; 4]
     }
 }
 
+/// Lowers an MSS option at `at` (Linux puts it first) to `max`; returns
+/// the TCP checksum adjusted for it (left alone when partial: the final
+/// sum will cover the new value). Read and write go through one checked
+/// pointer: recomputing the address would be a new packet pointer to the
+/// verifier.
+#[inline(always)]
+fn clamp_mss(ctx: &XdpContext, at: usize, partial: bool, check: u16, max: u16) -> Option<u16> {
+    let p = ptr::<[u8; 4]>(ctx, at)?;
+    // SAFETY: bounds checked by ptr().
+    let mut opt = unsafe { p.read_unaligned() };
+    let mss = u16::from_be_bytes([opt[2], opt[3]]);
+    if opt[0] != 2 || opt[1] != 4 || mss <= max {
+        return Some(check);
+    }
+    opt[2..4].copy_from_slice(&max.to_be_bytes());
+    // SAFETY: as above.
+    unsafe { p.write_unaligned(opt) };
+    Some(if partial { check } else { checksum::update16(check, mss, max) })
+}
+
 /// Legacy client -> Serval: TCP segment to SAL packet.
 #[inline(always)]
 fn to_sal(ctx: &XdpContext) -> Option<u32> {
@@ -204,22 +224,8 @@ fn to_sal(ctx: &XdpContext) -> Option<u32> {
         (saddr, addrs.local_ip, daddr, addrs.peer_ip),
         (u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]), 0),
     );
-    // MSS clamp on SYN (Linux puts MSS first). Reads and writes go
-    // through one checked pointer: a second computation of the same
-    // address would be a new packet pointer to the verifier.
     if flags & TCP_SYN != 0 && doff >= 24 {
-        let p = ptr::<[u8; 4]>(ctx, l4 + 20)?;
-        // SAFETY: bounds checked by ptr().
-        let mut opt = unsafe { p.read_unaligned() };
-        let mss = u16::from_be_bytes([opt[2], opt[3]]);
-        if opt[0] == 2 && opt[1] == 4 && mss > cfg.max_mss {
-            opt[2..4].copy_from_slice(&cfg.max_mss.to_be_bytes());
-            // SAFETY: as above.
-            unsafe { p.write_unaligned(opt) };
-            if !partial {
-                new_check = checksum::update16(new_check, mss, cfg.max_mss);
-            }
-        }
+        new_check = clamp_mss(ctx, l4 + 20, partial, new_check, cfg.max_mss)?;
     }
     let tp = ptr::<[u8; 20]>(ctx, l4)?;
     // SAFETY: bounds checked by ptr().
@@ -366,18 +372,7 @@ fn to_tcp(ctx: &XdpContext) -> Option<u32> {
         (u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]), u32::from_be_bytes(ports)),
     );
     if flags & TCP_SYN != 0 && doff >= 24 {
-        let p = ptr::<[u8; 4]>(ctx, tcp_at + 20)?;
-        // SAFETY: bounds checked by ptr().
-        let mut opt = unsafe { p.read_unaligned() };
-        let mss = u16::from_be_bytes([opt[2], opt[3]]);
-        if opt[0] == 2 && opt[1] == 4 && mss > cfg.max_mss {
-            opt[2..4].copy_from_slice(&cfg.max_mss.to_be_bytes());
-            // SAFETY: as above.
-            unsafe { p.write_unaligned(opt) };
-            if !partial {
-                new_check = checksum::update16(new_check, mss, cfg.max_mss);
-            }
-        }
+        new_check = clamp_mss(ctx, tcp_at + 20, partial, new_check, cfg.max_mss)?;
     }
     let tp = ptr::<[u8; 20]>(ctx, tcp_at)?;
     // SAFETY: bounds checked by ptr().

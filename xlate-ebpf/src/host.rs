@@ -86,6 +86,16 @@ pub(crate) fn rand32() -> u32 {
     unsafe { bpf_get_prandom_u32() }
 }
 
+/// A fresh 8-byte nonce for a new flow.
+#[inline(always)]
+pub(crate) fn rand_nonce() -> [u8; 8] {
+    let (n0, n1) = (rand32(), rand32());
+    let mut nonce = [0u8; 8];
+    nonce[..4].copy_from_slice(&n0.to_ne_bytes());
+    nonce[4..].copy_from_slice(&n1.to_ne_bytes());
+    nonce
+}
+
 /// Non-zero local flow IDs, unique without atomics (the BPF target has
 /// no atomic read-modify-write in `core`): a per-CPU counter in the high
 /// 24 bits, the CPU number in the low 8. Inserts use BPF_NOEXIST, so a
@@ -276,36 +286,8 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
 pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4]>) -> Option<u32> {
     let cfg = CONFIG.get(0)?;
     let id = alloc_flow_id()?;
-    let (n0, n1) = (rand32(), rand32());
-    let mut nonce = [0u8; 8];
-    nonce[..4].copy_from_slice(&n0.to_ne_bytes());
-    nonce[4..].copy_from_slice(&n1.to_ne_bytes());
-    let t = now();
-    let st = FlowState {
-        service_id: *sid,
-        local_nonce: nonce,
-        peer_nonce: [0; 8],
-        local_flow: id,
-        peer_flow: 0,
-        local_verno: rand32(),
-        peer_verno: 0,
-        tcp_local_addr: key.saddr,
-        tcp_peer_addr: key.daddr,
-        tcp_local_port: key.sport,
-        tcp_peer_port: key.dport,
-        role: role::CLIENT,
-        state: state::SYN_SENT,
-        flags: 0,
-        _pad: 0,
-        peer_mac: [0; 6],
-        _pad2: [0; 2],
-        local_fin_ack: 0,
-        peer_next_seq: 0,
-        snd_max: 0,
-        _pad3: 0,
-        created_ns: t,
-        last_seen_ns: t,
-    };
+    let nonce = rand_nonce();
+    let st = FlowState::new(role::CLIENT, state::SYN_SENT, *sid, id, rand32(), nonce, key, now());
     let peer_ip = match peer {
         Some(p) => p,
         None => route(sid, id).unwrap_or(cfg.broadcast),
@@ -666,36 +648,11 @@ fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &Exts) -> Re
     if !found {
         return Err(HostCounter::DropTableFull);
     }
-    let (n0, n1) = (rand32(), rand32());
-    let mut nonce = [0u8; 8];
-    nonce[..4].copy_from_slice(&n0.to_ne_bytes());
-    nonce[4..].copy_from_slice(&n1.to_ne_bytes());
-    let t = now();
-    let st = FlowState {
-        service_id: *sid,
-        local_nonce: nonce,
-        peer_nonce: ext.nonce,
-        local_flow: id,
-        peer_flow: src_flow,
-        local_verno: rand32(),
-        peer_verno: ext.verno,
-        tcp_local_addr: cfg.addr,
-        tcp_peer_addr: ip_src,
-        tcp_local_port: port,
-        tcp_peer_port: key.dport,
-        role: role::SERVER,
-        state: state::SYN_RCVD,
-        flags: 0,
-        _pad: 0,
-        peer_mac: [0; 6],
-        _pad2: [0; 2],
-        local_fin_ack: 0,
-        peer_next_seq: 0,
-        snd_max: 0,
-        _pad3: 0,
-        created_ns: t,
-        last_seen_ns: t,
-    };
+    let nonce = rand_nonce();
+    let mut st = FlowState::new(role::SERVER, state::SYN_RCVD, *sid, id, rand32(), nonce, &key, now());
+    st.peer_flow = src_flow;
+    st.peer_verno = ext.verno;
+    st.peer_nonce = ext.nonce;
     // A SYN that came through a service router is answered straight to
     // the client, which is the IP source (routers keep it).
     let addrs = FlowAddrs { local_ip: cfg.addr, peer_ip: ip_src };

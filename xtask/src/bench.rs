@@ -93,39 +93,9 @@ fn agent(bin: &Path, ns: &str, args: &[&str]) -> Result<Bg> {
     Ok(Bg(child))
 }
 
-/// Goodput in Gbit/s of an iperf3 run (receiver side).
+/// Goodput in Gbit/s of an iperf3 run from the client namespace.
 fn iperf(dst: &str, streams: u32, seconds: u32) -> Result<f64> {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            C,
-            "iperf3",
-            "-J",
-            "-c",
-            dst,
-            "-p",
-            PORT,
-            "-P",
-            &streams.to_string(),
-            "-t",
-            &seconds.to_string(),
-        ])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("iperf3 to {dst} failed: {text}");
-    }
-    // "sum_received": { … "bits_per_second": N … }
-    let at = text.find("\"sum_received\"").context("iperf3 output without sum_received")?;
-    let rest = &text[at..];
-    let b = rest.find("\"bits_per_second\"").context("no bits_per_second")?;
-    let num: String = rest[b + 18..]
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
-        .collect();
-    Ok(num.parse::<f64>()? / 1e9)
+    iperf_from(C, dst, streams, seconds)
 }
 
 pub fn host_mode(bin: &Path, seconds: u32) -> Result<()> {
@@ -179,6 +149,7 @@ impl Drop for TranslatorLab {
     }
 }
 
+/// Goodput in Gbit/s (receiver side) of an iperf3 run from `ns`.
 fn iperf_from(ns: &str, dst: &str, streams: u32, seconds: u32) -> Result<f64> {
     let out = Command::new("ip")
         .args([
