@@ -116,7 +116,6 @@ pub fn run(runs: u32) -> Result<()> {
         .map(|(_, f)| f)
         .find(|f| f.tcp_local_port == 9000u16.to_be_bytes())
         .expect("the benchmark flow");
-    drop(flows);
     let synack = ControlRepr {
         flags: ControlFlags::SYN | ControlFlags::ACK,
         verno: 4000,

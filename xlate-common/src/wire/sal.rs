@@ -283,7 +283,8 @@ impl Extension<'_> {
                 b[4..SERVICE_LEN].copy_from_slice(id.as_bytes());
             }
             Extension::Address(body) => {
-                if body.len() < ADDRESS_MIN_LEN || (body.len() - ADDRESS_MIN_LEN) % 4 != 0 || body.len() > 255 {
+                if body.len() < ADDRESS_MIN_LEN || !(body.len() - ADDRESS_MIN_LEN).is_multiple_of(4) || body.len() > 255
+                {
                     return Err(Error::Unrepresentable("ADDRESS extension length is not 12+4n"));
                 }
                 b[..len].copy_from_slice(body);
@@ -382,7 +383,7 @@ impl<'a> Extensions<'a> {
         let len_ok = match kind {
             ext_type::CONTROL => ulen == CONTROL_LEN,
             ext_type::SERVICE => ulen == SERVICE_LEN,
-            ext_type::ADDRESS => ulen >= ADDRESS_MIN_LEN && (ulen - ADDRESS_MIN_LEN) % 4 == 0,
+            ext_type::ADDRESS => ulen >= ADDRESS_MIN_LEN && (ulen - ADDRESS_MIN_LEN).is_multiple_of(4),
             _ => ulen % 4 == 0 && (4 + 4 * SOURCE_MIN_ADDRS..=4 + 4 * SOURCE_MAX_ADDRS).contains(&ulen),
         };
         if !len_ok {

@@ -253,7 +253,7 @@ impl<'a> TcpRepr<'a> {
 
     /// Writes header, options and payload, and the checksum for `src`/`dst`.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut TcpPacket<T>, src: Ipv4Addr, dst: Ipv4Addr) -> Result<()> {
-        if self.options.len() % 4 != 0 || self.options.len() > 40 {
+        if !self.options.len().is_multiple_of(4) || self.options.len() > 40 {
             return Err(Error::Unrepresentable("TCP options not a multiple of 4 bytes up to 40"));
         }
         let (hl, total) = (self.header_len(), self.buffer_len());
