@@ -141,8 +141,8 @@ fn load_balancing_follows_weights_and_the_4_tuple() {
         assert_eq!(xlate_user::gateway::instance_for(&cfg, (client, *port), public), Some(*who), "port {port}");
     }
     let light = conns.iter().filter(|(_, w)| w.to_string() == INSTANCES[0]).count();
-    // Weight 1 of 4: expect 50 of 200; binomial sd ~6, allow ~3 sd.
-    assert!((32..=68).contains(&light), "{light} of 200 connections on the weight-1 instance");
+    // Weight 1 of 4: expect 50 of 200; binomial sd ~6, allow ~3.5 sd.
+    assert!((29..=71).contains(&light), "{light} of 200 connections on the weight-1 instance");
     lab.wait_no_flows(Duration::from_secs(5));
 
     // Removing an instance (reload) moves only new connections, all to
