@@ -106,6 +106,24 @@ pub fn note_ingress(flow: &mut FlowState, tcp_flags: u8, seq: u32, ack: u32, pay
     0
 }
 
+/// The peer's SYN-ACK for a client flow. `None` if it does not acknowledge
+/// our SYN (drop it); `Some(true)` the first time, when the peer's flow ID,
+/// verno and nonce are learnt; `Some(false)` for a repeat.
+#[inline(always)]
+pub fn accept_synack(flow: &mut FlowState, src_flow: u32, verno: u32, ackno: u32, nonce: [u8; 8]) -> Option<bool> {
+    if flow.role != role::CLIENT || ackno != flow.local_verno.wrapping_add(1) {
+        return None;
+    }
+    if flow.state != state::SYN_SENT {
+        return Some(false);
+    }
+    flow.peer_flow = src_flow;
+    flow.peer_verno = verno;
+    flow.peer_nonce = nonce;
+    flow.state = state::ACK_PENDING;
+    Some(true)
+}
+
 /// Folded one's-complement sum of a fixed-size header (loop-free after
 /// monomorphisation, so the verifier sees straight-line code).
 #[inline(always)]
@@ -245,6 +263,17 @@ mod tests {
         assert_eq!(note_egress(&mut f, TCP_RST, 201), event::LOCAL_RST);
         assert_eq!(note_ingress(&mut f, TCP_RST, 9, 0, 0), event::PEER_RST);
         assert_eq!(f.peer_next_seq, 9);
+    }
+
+    #[test]
+    fn a_synack_must_acknowledge_our_syn_and_is_learnt_once() {
+        let mut f = flow(role::CLIENT, state::SYN_SENT);
+        assert_eq!(accept_synack(&mut f, 7, 900, 1000, [3; 8]), None, "ackno must be V+1");
+        assert_eq!(accept_synack(&mut f, 7, 900, 1001, [3; 8]), Some(true));
+        assert_eq!((f.peer_flow, f.peer_verno, f.peer_nonce, f.state), (7, 900, [3; 8], state::ACK_PENDING));
+        assert_eq!(accept_synack(&mut f, 8, 901, 1001, [4; 8]), Some(false), "a repeat changes nothing");
+        assert_eq!(f.peer_flow, 7);
+        assert_eq!(accept_synack(&mut flow(role::SERVER, state::SYN_RCVD), 7, 900, 1001, [3; 8]), None);
     }
 
     #[test]

@@ -27,8 +27,8 @@ use xlate_common::{
 };
 
 use crate::host::{
-    count, new_client_flow, notify, now, opaque, walk_extensions, ADDRS, CONFIG, EXTS, FLOWS, SCRATCH, SCRATCH_LEN,
-    TUPLES,
+    count, new_client_flow, notify, now, opaque, synack, walk_extensions, ADDRS, CONFIG, EXTS, FLOWS, SCRATCH,
+    SCRATCH_LEN, TUPLES,
 };
 
 const ETH: usize = 14;
@@ -324,20 +324,9 @@ fn to_tcp(ctx: &XdpContext) -> Option<u32> {
     let syn = sal::ControlFlags::SYN.bits();
     let ack = sal::ControlFlags::ACK.bits();
     if ext.has_control != 0 {
-        if ext.flags != syn | ack || ext.ackno != flow.local_verno.wrapping_add(1) {
+        if ext.flags != syn | ack || !synack(flow, dst_flow, ext, src_flow, ip_src) {
             count(HostCounter::DropBadAck);
             return Some(XDP_DROP);
-        }
-        if flow.state == state::SYN_SENT {
-            flow.peer_flow = src_flow;
-            flow.peer_verno = ext.verno;
-            flow.peer_nonce = ext.nonce;
-            flow.state = state::ACK_PENDING;
-            let peer_ip = if ext.sources != 0 { ext.source_last } else { ip_src };
-            if let Some(a) = ADDRS.get_ptr_mut(&dst_flow) {
-                // SAFETY: map value; the agent writes it only later.
-                unsafe { (*a).peer_ip = peer_ip };
-            }
         }
         count(HostCounter::IngressSynAck);
     } else if flow.state == state::ACK_PENDING {

@@ -571,20 +571,9 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
         let flow = unsafe { &mut *flow };
         if ext.has_control != 0 {
             if ext.flags == syn | ack {
-                if flow.role != role::CLIENT || ext.ackno != flow.local_verno.wrapping_add(1) {
+                if !synack(flow, dst_flow, ext, src_flow, ip_src) {
                     count(HostCounter::DropBadAck);
                     return Ok(TC_ACT_SHOT);
-                }
-                if flow.state == state::SYN_SENT {
-                    flow.peer_flow = src_flow;
-                    flow.peer_verno = ext.verno;
-                    flow.peer_nonce = ext.nonce;
-                    flow.state = state::ACK_PENDING;
-                    let peer_ip = if ext.sources != 0 { ext.source_last } else { ip_src };
-                    if let Some(a) = ADDRS.get_ptr_mut(&dst_flow) {
-                        // SAFETY: map value; the agent writes it only later.
-                        unsafe { (*a).peer_ip = peer_ip };
-                    }
                 }
                 count(HostCounter::IngressSynAck);
             } else if ext.flags == ack {
@@ -610,6 +599,27 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
         dst_flow
     };
     translate_in(ctx, id, hl)
+}
+
+/// Accepts a SYN-ACK for a client flow (false: it does not acknowledge
+/// our SYN). The first time, the peer's address is learnt too: the last
+/// SOURCE hop (the responder) if the SYN went through a router, else the
+/// IP source.
+#[inline(always)]
+pub(crate) fn synack(flow: &mut FlowState, id: u32, ext: &Exts, src_flow: u32, ip_src: [u8; 4]) -> bool {
+    match translate::accept_synack(flow, src_flow, ext.verno, ext.ackno, ext.nonce) {
+        None => false,
+        Some(first) => {
+            if first {
+                let peer_ip = if ext.sources != 0 { ext.source_last } else { ip_src };
+                if let Some(a) = ADDRS.get_ptr_mut(&id) {
+                    // SAFETY: map value; the agent writes it only later.
+                    unsafe { (*a).peer_ip = peer_ip };
+                }
+            }
+            true
+        }
+    }
 }
 
 /// Finds (retransmitted SYN) or creates the server side of a flow.
