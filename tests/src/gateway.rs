@@ -120,7 +120,18 @@ impl GatewayLab {
         let child = std::process::Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.gateway.name()))
             .arg(&bin)
-            .args(["run", "--iface", "g0", "--iface", "g1", "--xdp-mode", mode, "--config"])
+            .args([
+                "run",
+                "--iface",
+                "g0",
+                "--iface",
+                "g1",
+                "--xdp-mode",
+                mode,
+                "--metrics",
+                "127.0.0.1:9464",
+                "--config",
+            ])
             .arg(&self.config_path)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())

@@ -27,6 +27,8 @@ pub struct RunOptions {
     pub ifaces: Vec<String>,
     pub config: PathBuf,
     pub mode: XdpMode,
+    /// Serve Prometheus metrics here.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// How long a flow may wait for its SYN-ACK before the instance it was
@@ -233,6 +235,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
 
     let cp = ControlPlane::new(flows, sal, inject, Duration::from_secs(cfg.idle_timeout));
     let sock = control_socket(Kind::Gateway, &ifaces[0].name)?;
+    if let Some(addr) = opts.metrics {
+        rt.block_on(crate::metrics::serve(addr, Kind::Gateway, ifaces[0].name.clone()))?;
+        println!("metrics at http://{addr}/metrics");
+    }
     let r = rt.block_on(event_loop(cp, events, sock.clone(), Some(&mut gwm)));
     let _ = std::fs::remove_file(&sock);
     drop(links);

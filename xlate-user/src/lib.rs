@@ -8,6 +8,7 @@ pub mod ebpf;
 pub mod gateway;
 pub mod host;
 pub mod maglev;
+pub mod metrics;
 pub mod netif;
 pub mod pcap;
 pub mod rawsock;

@@ -66,6 +66,9 @@ enum Command {
         /// XDP attach mode.
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         xdp_mode: Mode,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// The running translator's counters (translated, passed and dropped by
     /// reason, control plane).
@@ -117,6 +120,9 @@ struct HostCmd {
     /// Free a flow that has carried no packet for this many seconds.
     #[arg(long, default_value_t = 600)]
     idle_timeout: u64,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -173,8 +179,8 @@ fn main() -> ExitCode {
             watch(&iface, xdp_mode.into(), interval, duration).map(|_| ExitCode::SUCCESS)
         }
         Command::Host(h) => host_cmd(h).map(|_| ExitCode::SUCCESS),
-        Command::Run { ifaces, config, xdp_mode } => {
-            xlate_user::gateway::run(xlate_user::gateway::RunOptions { ifaces, config, mode: xdp_mode.into() })
+        Command::Run { ifaces, config, xdp_mode, metrics } => {
+            xlate_user::gateway::run(xlate_user::gateway::RunOptions { ifaces, config, mode: xdp_mode.into(), metrics })
                 .map(|_| ExitCode::SUCCESS)
         }
         Command::BenchXdp { runs } => xlate_user::benchmark::run(runs).map(|_| ExitCode::SUCCESS),
@@ -284,6 +290,7 @@ fn host_cmd(h: HostCmd) -> Result<()> {
         None => {
             let iface = h.iface.context("--iface is required")?;
             host::run(HostOptions {
+                metrics: h.metrics,
                 iface,
                 serve: h.serve,
                 connect: h.connect,

@@ -91,6 +91,8 @@ impl FromStr for Route {
 }
 
 pub struct HostOptions {
+    /// Serve Prometheus metrics here.
+    pub metrics: Option<std::net::SocketAddr>,
     pub iface: String,
     pub serve: Vec<Serve>,
     pub connect: Vec<Connect>,
@@ -174,6 +176,10 @@ pub fn run(opts: HostOptions) -> Result<()> {
 
     let cp = ControlPlane::new(m, sal, inject, opts.idle_timeout);
     let sock_path = control_socket(Kind::Host, &iface.name)?;
+    if let Some(addr) = opts.metrics {
+        rt.block_on(crate::metrics::serve(addr, Kind::Host, iface.name.clone()))?;
+        println!("metrics at http://{addr}/metrics");
+    }
     let r = rt.block_on(event_loop(cp, events, sock_path.clone(), None));
     let _ = std::fs::remove_file(&sock_path);
     drop(links);
