@@ -172,6 +172,16 @@ fn load_balancing_follows_weights_and_the_4_tuple() {
     );
     let line = dl.wait_for_line("-", Duration::from_secs(60));
     assert_eq!(line.split_whitespace().next().unwrap(), sum, "the flow to the survivor was untouched");
+
+    // A bad file on SIGHUP is refused, naming the line, and changes nothing.
+    std::fs::write(&lab.config_path, config("\"10.10.0.300\"")).unwrap();
+    let gw = lab.gateway_agent.as_mut().unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(gw.pid(), libc::SIGHUP) };
+    let err = gw.wait_for_stderr_line("reload refused", Duration::from_secs(10));
+    assert!(err.contains("line 8: instance \"10.10.0.300\" is not an IPv4 address"), "{err}");
+    let still = connections(&lab, 5);
+    assert!(still.iter().all(|(_, w)| w.to_string() == serving), "{still:?}");
 }
 
 const PATIENT_SERVER: &str = r#"
