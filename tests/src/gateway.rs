@@ -78,6 +78,12 @@ impl GatewayLab {
             switch.ip(&["link", "set", sw_port, "master", "br0", "up"]);
         };
         port(&gateway, "g1", &format!("{SAL_ADDRESS}/24"), "s0");
+        // Frames the gateway redirects from native XDP reach a veth peer
+        // only if that peer has NAPI (GRO on) or an XDP program.
+        for (ns, dev) in [(&client, "lc0"), (&switch, "s0")] {
+            let out = ns.output("ethtool", &["-K", dev, "gro", "on"]);
+            assert!(out.status.success(), "ethtool -K {dev} gro on: {}", String::from_utf8_lossy(&out.stderr));
+        }
         let mut instances = Vec::new();
         for (i, addr) in INSTANCES.iter().enumerate() {
             let ns = Netns::new(&format!("{tag}-i{}", i + 1));

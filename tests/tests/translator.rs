@@ -54,6 +54,10 @@ fn download(mode: &str, tx_offload: bool, capture: bool) {
     let s = lab.stats();
     assert!(s["gw_tcp_to_sal"] > 100 && s["gw_sal_to_tcp"] > 30_000, "{s:?}");
     assert_eq!(s["gw_partial_checksum"] > 0, tx_offload, "partial checksums seen iff offload on: {s:?}");
+    // Frames with complete checksums leave straight from XDP (FIB lookup +
+    // redirect): all of the instance's data, and the client's unless its
+    // checksums are partial.
+    assert!(s["gw_redirected"] > 30_000, "{s:?}");
     // The same counters for Prometheus.
     let metrics = sh(&lab.gateway, "curl -sS --fail http://127.0.0.1:9464/metrics");
     let line = format!("xlate_events_total{{mode=\"translator\",iface=\"g0\",reason=\"gw_sal_to_tcp\"}} ");

@@ -35,6 +35,15 @@ pub struct HostConfig {
     pub mac: [u8; 6],
     /// Largest MSS that fits the MTU with IPv4 + SAL + TCP headers.
     pub max_mss: u16,
+    /// `config_flag::*` bits.
+    pub flags: u32,
+}
+
+/// Bits of [`HostConfig::flags`].
+pub mod config_flag {
+    /// The gateway sends rewritten frames out itself (FIB lookup +
+    /// XDP_REDIRECT) instead of handing them to the kernel.
+    pub const XDP_REDIRECT: u32 = 1;
 }
 
 /// Which end of the SAL handshake this host plays for a flow.
@@ -258,10 +267,11 @@ pub enum HostCounter {
     GwPassFragment,
     GwDropNoInstance,
     GwPartialChecksum,
+    GwRedirected,
 }
 
 impl HostCounter {
-    pub const COUNT: usize = 39;
+    pub const COUNT: usize = 40;
     pub const ALL: [HostCounter; HostCounter::COUNT] = {
         use HostCounter::*;
         [
@@ -304,6 +314,7 @@ impl HostCounter {
             GwPassFragment,
             GwDropNoInstance,
             GwPartialChecksum,
+            GwRedirected,
         ]
     };
 
@@ -353,6 +364,7 @@ impl HostCounter {
             GwPassFragment => "gw_passed_fragment",
             GwDropNoInstance => "gw_drop_no_instance",
             GwPartialChecksum => "gw_partial_checksum",
+            GwRedirected => "gw_redirected",
         }
     }
 }
@@ -376,7 +388,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<HostConfig>(), 16);
+        assert_eq!(size_of::<HostConfig>(), 20);
         assert_eq!(size_of::<FlowState>(), 32 + 16 + 16 + 12 + 4 + 8 + 8 + 8 + 16);
         assert_eq!(size_of::<FlowAddrs>(), 8);
         assert_eq!(size_of::<PeerKey>(), 8);

@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use xlate_common::{
     flow::{
-        event,
+        config_flag, event,
         gw::{flow_hash, GwService, MAGLEV_SIZE, MAX_SERVICES},
         role, state, HostCounter,
     },
@@ -88,6 +88,56 @@ fn gateway(ctx: &XdpContext) -> Option<u32> {
     } else {
         to_tcp(ctx)
     }
+}
+
+/// Sends the rewritten frame out directly when the kernel's FIB knows the
+/// next hop (route and neighbour): TTL decremented, MACs set, XDP_REDIRECT.
+/// Otherwise (no neighbour yet, TTL expiring, MTU, a partial checksum the
+/// kernel must still complete) the kernel forwards it: XDP_PASS.
+#[inline(always)]
+fn forward(ctx: &XdpContext, partial: bool) -> Option<u32> {
+    use aya_ebpf::bindings::{bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_SUCCESS};
+    let redirect = CONFIG.get(0).is_some_and(|c| c.flags & config_flag::XDP_REDIRECT != 0);
+    if partial || !redirect {
+        return Some(XDP_PASS);
+    }
+    let ip: [u8; 20] = rd(ctx, ETH)?;
+    if ip[8] <= 1 {
+        return Some(XDP_PASS);
+    }
+    // SAFETY: a plain C struct of integers and byte arrays; all-zero is valid.
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.family = 2; // AF_INET
+    p.l4_protocol = ip[9];
+    p.__bindgen_anon_1.tot_len = u16::from_be_bytes([ip[2], ip[3]]);
+    p.__bindgen_anon_2.tos = ip[1];
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    // SAFETY: reading the context.
+    p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: params point to our stack struct of the size given.
+    let rc = unsafe {
+        aya_ebpf::helpers::bpf_fib_lookup(ctx.ctx as *mut _, &mut p, core::mem::size_of::<FibParams>() as i32, 0)
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return Some(XDP_PASS);
+    }
+    let mut h = ip;
+    h[8] -= 1;
+    let c = checksum::update16(
+        u16::from_be_bytes([ip[10], ip[11]]),
+        u16::from_be_bytes([ip[8], ip[9]]),
+        u16::from_be_bytes([h[8], h[9]]),
+    );
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    wr(ctx, ETH, h)?;
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&p.dmac);
+    macs[6..].copy_from_slice(&p.smac);
+    wr(ctx, 0, macs)?;
+    count(HostCounter::GwRedirected);
+    // SAFETY: plain helper call.
+    Some(unsafe { aya_ebpf::helpers::bpf_redirect(p.ifindex, 0) } as u32)
 }
 
 /// True when the TCP checksum field holds only the pseudo-header sum: the
@@ -255,7 +305,7 @@ fn to_sal(ctx: &XdpContext) -> Option<u32> {
         Form::Data => wr(ctx, l4, translate::data_header(flow))?,
     }
     count(HostCounter::GwToSal);
-    Some(XDP_PASS)
+    forward(ctx, partial)
 }
 
 /// Serval -> legacy client: SAL packet of a known flow to TCP segment.
@@ -381,5 +431,5 @@ fn to_tcp(ctx: &XdpContext) -> Option<u32> {
     }
     write_ip(ctx, ETH, flow.tcp_peer_addr, flow.tcp_local_addr, IPPROTO_TCP, tcp_len + 20)?;
     count(HostCounter::GwToTcp);
-    Some(XDP_PASS)
+    forward(ctx, partial)
 }

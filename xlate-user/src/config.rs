@@ -26,6 +26,8 @@ use xlate_common::ServiceId;
 pub struct Config {
     pub sal_address: Ipv4Addr,
     pub idle_timeout: u64,
+    /// Send rewritten frames out from XDP when the FIB knows the next hop.
+    pub xdp_redirect: bool,
     pub services: Vec<Service>,
 }
 
@@ -58,6 +60,12 @@ struct RawTranslator {
     sal_address: Spanned<String>,
     #[serde(default = "default_idle")]
     idle_timeout: u64,
+    #[serde(default = "default_true")]
+    xdp_redirect: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_idle() -> u64 {
@@ -162,7 +170,12 @@ impl Config {
         if services.len() > xlate_common::flow::gw::MAX_SERVICES as usize {
             bail!("{} services configured, at most {}", services.len(), xlate_common::flow::gw::MAX_SERVICES);
         }
-        Ok(Config { sal_address, idle_timeout: raw.translator.idle_timeout, services })
+        Ok(Config {
+            sal_address,
+            idle_timeout: raw.translator.idle_timeout,
+            xdp_redirect: raw.translator.xdp_redirect,
+            services,
+        })
     }
 }
 

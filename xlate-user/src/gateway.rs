@@ -206,7 +206,17 @@ pub fn run(opts: RunOptions) -> Result<()> {
         down: Default::default(),
     };
     let max_mss = ifaces.iter().map(|i| i.max_mss()).min().unwrap_or(1448);
-    flows.config.set(0, HostConfig { addr: cfg.sal_address.octets(), broadcast: [0; 4], mac: [0; 6], max_mss }, 0)?;
+    flows.config.set(
+        0,
+        HostConfig {
+            addr: cfg.sal_address.octets(),
+            broadcast: [0; 4],
+            mac: [0; 6],
+            max_mss,
+            flags: if cfg.xdp_redirect { xlate_common::flow::config_flag::XDP_REDIRECT } else { 0 },
+        },
+        0,
+    )?;
     gwm.apply(&cfg)?;
     let _sysctl = SysctlGuard::set(&ifaces)?;
     let sal = RawSocket::new(i32::from(xlate_common::wire::IPPROTO_SAL)).context("opening the raw SAL socket")?;
@@ -278,7 +288,11 @@ impl TestBed {
             ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("program {PROGRAM} missing"))?.try_into()?;
         prog.load()?;
         let mut cfg: Array<_, HostConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap())?;
-        cfg.set(0, HostConfig { addr: sal_address.octets(), broadcast: [0; 4], mac: [0; 6], max_mss: 1448 }, 0)?;
+        cfg.set(
+            0,
+            HostConfig { addr: sal_address.octets(), broadcast: [0; 4], mac: [0; 6], max_mss: 1448, flags: 0 },
+            0,
+        )?;
         let mut svc: HashMap<_, ServiceKey, gw::GwService> = HashMap::try_from(ebpf.map_mut(gw::SERVICES).unwrap())?;
         let sid: xlate_common::ServiceId = "00000050".parse().expect("valid");
         svc.insert(ServiceKey::new(public, 80), gw::GwService { service_id: sid.0, index: 0, router: [0; 4] }, 0)?;

@@ -215,6 +215,10 @@ pub fn translator(bin: &Path, seconds: u32) -> Result<()> {
     ip(&["-n", sw, "link", "set", "br0", "up"])?;
     ip(&["-n", client, "route", "add", "default", "via", "198.51.100.1"])?;
     ip(&["-n", inst, "route", "add", "default", "via", "10.10.0.1"])?;
+    // veth peers of the gateway take XDP-redirected frames only with GRO on.
+    for (ns, dev) in [(client, "lc0"), (sw, "s0")] {
+        Command::new("ip").args(["netns", "exec", ns, "ethtool", "-K", dev, "gro", "on"]).output()?;
+    }
     let dir = crate::util::workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("translator.toml");

@@ -91,6 +91,10 @@ fn build_and_watch(bin: &Path, children: &mut Vec<Child>) -> Result<()> {
     ip(&["-n", gw, "addr", "add", "10.10.0.1/24", "dev", "g1"])?;
     ip(&["-n", gw, "link", "set", "g1", "up"])?;
     ip(&["-n", sw, "link", "set", "s0", "master", "br0", "up"])?;
+    // veth peers of the gateway take XDP-redirected frames only with GRO on.
+    for (ns, dev) in [(client, "lc0"), (sw, "s0")] {
+        Command::new("ip").args(["netns", "exec", ns, "ethtool", "-K", dev, "gro", "on"]).output()?;
+    }
     let logs = workspace_root().join("target/lab");
     std::fs::create_dir_all(&logs)?;
     for (n, (ns, addr)) in [(i1, "10.10.0.11"), (i2, "10.10.0.12")].iter().enumerate() {

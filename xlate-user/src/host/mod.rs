@@ -132,6 +132,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
         broadcast: iface.broadcast.octets(),
         mac: iface.mac,
         max_mss: iface.max_mss(),
+        flags: 0,
     };
     m.config.set(0, cfg, 0)?;
     for s in &opts.serve {
