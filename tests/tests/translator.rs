@@ -392,3 +392,49 @@ fn a_lost_third_ack_and_a_retransmitted_syn_still_connect() {
     assert_eq!(s["flows_expired"], 0, "no instance failed: {s:?}");
     lab.wait_no_flows(Duration::from_secs(5));
 }
+
+#[test]
+fn live_map_edits_change_new_connections_and_bad_edits_change_nothing() {
+    require_root();
+    let _g = serial();
+    let lab = GatewayLab::new("map", WEIGHTED, "generic", true);
+    let show = lab.gw_cli(&["map", "show"]);
+    assert!(show.contains("203.0.113.1:80 service 00000050 -> 10.10.0.11 ("), "{show}");
+    assert!(show.contains("10.10.0.12 ("), "{show}");
+    // Only the second instance from now on.
+    let out =
+        lab.gw_cli(&["map", "set", "--service", "203.0.113.1:80", "--id", "00000050", "--instances", "10.10.0.12:2"]);
+    assert!(out.contains("ok: 203.0.113.1:80"), "{out}");
+    let show = lab.gw_cli(&["map", "show"]);
+    assert!(show.contains("-> 10.10.0.12 (1021/1021 slots)"), "{show}");
+    let conns = connections(&lab, 10);
+    assert!(conns.iter().all(|(_, w)| w.to_string() == INSTANCES[1]), "{conns:?}");
+    // A bad edit is refused with the reason and changes nothing.
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.gateway.name()))
+        .arg(xlate_user_bin())
+        .args([
+            "map",
+            "set",
+            "--service",
+            "203.0.113.1:80",
+            "--id",
+            "00000050",
+            "--instances",
+            "10.10.0.300",
+            "--iface",
+            "g0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("instance \"10.10.0.300\" is not an IPv4 address"));
+    assert_eq!(lab.gw_cli(&["map", "show"]), show);
+    // Removing the service: the kernel no longer translates it.
+    let out = lab.gw_cli(&["map", "del", "--service", "203.0.113.1:80"]);
+    assert!(out.contains("removed"), "{out}");
+    assert!(lab.gw_cli(&["map", "show"]).trim().is_empty());
+    let before = lab.stats()["gw_tcp_to_sal"];
+    let _ = lab.client.output("curl", &["-sS", "--max-time", "2", &lab.url("who")]);
+    assert_eq!(lab.stats()["gw_tcp_to_sal"], before, "no translation after the service was removed");
+}

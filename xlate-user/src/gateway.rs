@@ -49,6 +49,9 @@ struct GwMaps {
     path: PathBuf,
     /// Instances that failed a handshake, and until when they are out.
     down: std::collections::HashMap<Ipv4Addr, std::time::Instant>,
+    /// The Maglev row of each service, stable across reloads and edits so
+    /// that a live entry never points at another service's row.
+    rows: std::collections::HashMap<(Ipv4Addr, u16), u32>,
 }
 
 impl GwMaps {
@@ -56,15 +59,26 @@ impl GwMaps {
     /// are down (unless that would leave a service with none). New entries
     /// go in first, stale ones out after, so a reload never leaves a gap.
     fn apply(&mut self, cfg: &Config) -> Result<()> {
-        for (i, s) in cfg.services.iter().enumerate() {
+        for s in &cfg.services {
+            let key = (s.address, s.port);
+            let row = match self.rows.get(&key) {
+                Some(r) => *r,
+                None => {
+                    let r = (0..gw::MAX_SERVICES)
+                        .find(|r| !self.rows.values().any(|u| u == r))
+                        .ok_or_else(|| anyhow!("no free service row: at most {} services", gw::MAX_SERVICES))?;
+                    self.rows.insert(key, r);
+                    r
+                }
+            };
             let up: Vec<_> = s.instances.iter().copied().filter(|x| !self.down.contains_key(&x.address)).collect();
             let table = crate::maglev::table(if up.is_empty() { &s.instances } else { &up }, gw::MAGLEV_SIZE);
             for (slot, addr) in table.iter().enumerate() {
-                self.maglev.set(i as u32 * gw::MAGLEV_SIZE + slot as u32, addr.octets(), 0)?;
+                self.maglev.set(row * gw::MAGLEV_SIZE + slot as u32, addr.octets(), 0)?;
             }
             let entry = gw::GwService {
                 service_id: s.service_id.0,
-                index: i as u32,
+                index: row,
                 router: s.router.map_or([0; 4], |r| r.octets()),
             };
             self.services.insert(ServiceKey::new(s.address, s.port), entry, 0)?;
@@ -75,7 +89,32 @@ impl GwMaps {
         for k in stale {
             self.services.remove(&k)?;
         }
+        self.rows.retain(|(a, p), _| cfg.services.iter().any(|s| s.address == *a && s.port == *p));
         Ok(())
+    }
+
+    /// Live edit: add or replace one service (by address and port).
+    fn set_service(&mut self, svc: crate::config::Service) -> Result<String> {
+        let mut cfg = self.cfg.clone();
+        cfg.services.retain(|s| (s.address, s.port) != (svc.address, svc.port));
+        let what = format!("{}:{} -> service {}", svc.address, svc.port, svc.service_id);
+        cfg.services.push(svc);
+        self.apply(&cfg)?;
+        self.cfg = cfg;
+        Ok(format!("ok: {what}"))
+    }
+
+    /// Live edit: remove one service.
+    fn del_service(&mut self, address: Ipv4Addr, port: u16) -> Result<String> {
+        let mut cfg = self.cfg.clone();
+        let before = cfg.services.len();
+        cfg.services.retain(|s| (s.address, s.port) != (address, port));
+        if cfg.services.len() == before {
+            bail!("no service at {address}:{port}");
+        }
+        self.apply(&cfg)?;
+        self.cfg = cfg;
+        Ok(format!("ok: removed {address}:{port}"))
     }
 }
 
@@ -88,6 +127,18 @@ impl crate::host::LoopHooks for GwMaps {
         self.apply(&new)?;
         self.cfg = new;
         Ok(format!("reloaded {}: {} services", self.path.display(), self.cfg.services.len()))
+    }
+
+    /// `service-set ADDR:PORT SID TARGETS` (TARGETS: `IP[:WEIGHT],…` or
+    /// `router=IP`) and `service-del ADDR:PORT`, from `xlate-user map`.
+    fn command(&mut self, line: &str) -> Option<String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let r = match words.as_slice() {
+            ["service-set", ap, sid, targets] => parse_service(ap, sid, targets).and_then(|s| self.set_service(s)),
+            ["service-del", ap] => parse_addr_port(ap).and_then(|(a, p)| self.del_service(a, p)),
+            _ => return None,
+        };
+        Some(r.unwrap_or_else(|e| format!("error: {e:#}")))
     }
 
     /// Passive health checking: a handshake that got no SYN-ACK in time
@@ -143,6 +194,38 @@ fn take(ebpf: &mut aya::Ebpf, name: &str, dir: &Path) -> Result<aya::maps::Map> 
     let _ = std::fs::remove_file(&path);
     m.pin(&path).with_context(|| format!("pinning {name}"))?;
     Ok(m)
+}
+
+fn parse_addr_port(s: &str) -> Result<(Ipv4Addr, u16)> {
+    let (a, p) = s.rsplit_once(':').ok_or_else(|| anyhow!("{s:?}: expected ADDR:PORT"))?;
+    let addr = a.parse().map_err(|_| anyhow!("{a:?} is not an IPv4 address"))?;
+    let port = p.parse().ok().filter(|p| *p != 0).ok_or_else(|| anyhow!("port {p:?} is not 1 to 65535"))?;
+    Ok((addr, port))
+}
+
+/// A service from `xlate-user map set` words, checked like the TOML file.
+fn parse_service(ap: &str, sid: &str, targets: &str) -> Result<crate::config::Service> {
+    let (address, port) = parse_addr_port(ap)?;
+    let service_id = sid.parse().map_err(|e| anyhow!("service ID {sid:?}: {e}"))?;
+    let (mut instances, mut router) = (Vec::new(), None);
+    if let Some(r) = targets.strip_prefix("router=") {
+        router = Some(r.parse().map_err(|_| anyhow!("router {r:?} is not an IPv4 address"))?);
+    } else {
+        for t in targets.split(',') {
+            let (a, w) = t.split_once(':').unwrap_or((t, "1"));
+            let address: Ipv4Addr = a.parse().map_err(|_| anyhow!("instance {a:?} is not an IPv4 address"))?;
+            let weight = w
+                .parse()
+                .ok()
+                .filter(|w| (1..=100).contains(w))
+                .ok_or_else(|| anyhow!("weight {w:?} is not 1 to 100"))?;
+            if instances.iter().any(|i: &crate::config::Instance| i.address == address) {
+                bail!("instance {address} is listed twice");
+            }
+            instances.push(crate::config::Instance { address, weight });
+        }
+    }
+    Ok(crate::config::Service { address, port, service_id, instances, router })
 }
 
 /// Sysctls the translator needs, set while it runs and restored after:
@@ -204,6 +287,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         cfg: cfg.clone(),
         path: opts.config.clone(),
         down: Default::default(),
+        rows: Default::default(),
     };
     let max_mss = ifaces.iter().map(|i| i.max_mss()).min().unwrap_or(1448);
     flows.config.set(
@@ -313,4 +397,50 @@ impl TestBed {
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out, r.duration))
     }
+}
+
+/// Sends one line to the running translator's control socket.
+pub fn control(iface: &str, line: &str) -> Result<String> {
+    use std::io::{BufRead, BufReader};
+    let path = control_socket(Kind::Gateway, iface)?;
+    let mut s = std::os::unix::net::UnixStream::connect(&path)
+        .with_context(|| format!("no translator on {iface} in this network namespace ({})", path.display()))?;
+    writeln!(s, "{line}")?;
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply)?;
+    let reply = reply.trim().to_string();
+    if let Some(e) = reply.strip_prefix("error: ") {
+        bail!("{e}");
+    }
+    Ok(reply)
+}
+
+/// The service table as the kernel has it: (address, port, service ID,
+/// router or instances with their Maglev slot counts).
+pub fn services(iface: &str) -> Result<Vec<String>> {
+    use crate::host::maps::open_pinned;
+    let svc: HashMap<MapData, ServiceKey, gw::GwService> =
+        open_pinned(Kind::Gateway, iface, gw::SERVICES)?.try_into()?;
+    let mg: Array<MapData, [u8; 4]> = open_pinned(Kind::Gateway, iface, gw::MAGLEV)?.try_into()?;
+    let mut rows = Vec::new();
+    for item in svc.iter() {
+        let (k, v) = item?;
+        let target = if v.router != [0; 4] {
+            format!("router {}", Ipv4Addr::from(v.router))
+        } else {
+            let mut counts: std::collections::BTreeMap<Ipv4Addr, u32> = Default::default();
+            for slot in 0..gw::MAGLEV_SIZE {
+                *counts.entry(Ipv4Addr::from(mg.get(&(v.index * gw::MAGLEV_SIZE + slot), 0)?)).or_default() += 1;
+            }
+            counts.iter().map(|(a, n)| format!("{a} ({n}/{} slots)", gw::MAGLEV_SIZE)).collect::<Vec<_>>().join(", ")
+        };
+        rows.push(format!(
+            "{}:{} service {} -> {target}",
+            Ipv4Addr::from(k.addr),
+            u16::from_be_bytes(k.port),
+            xlate_common::ServiceId(v.service_id)
+        ));
+    }
+    rows.sort();
+    Ok(rows)
 }

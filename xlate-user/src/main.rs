@@ -77,6 +77,13 @@ enum Command {
         #[arg(long)]
         iface: String,
     },
+    /// Show or edit the running translator's service table, live. Edits
+    /// are checked like the configuration file and do not survive a
+    /// restart or a SIGHUP reload: put lasting changes in the file.
+    Map {
+        #[command(subcommand)]
+        action: MapAction,
+    },
     /// The running translator's live flows.
     Flows {
         /// The first --iface of the translator.
@@ -123,6 +130,40 @@ struct HostCmd {
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<std::net::SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum MapAction {
+    /// Services as the kernel has them: address:port, service ID, and the
+    /// instances with their share of the Maglev table (or the router).
+    Show {
+        #[arg(long)]
+        iface: String,
+    },
+    /// Add or replace the service at --service.
+    Set {
+        #[arg(long)]
+        iface: String,
+        /// Public ADDR:PORT clients connect to.
+        #[arg(long)]
+        service: String,
+        /// Service ID (any form: 00000050, dec:80, 64 hex digits).
+        #[arg(long)]
+        id: String,
+        /// Instances: IP[:WEIGHT],...
+        #[arg(long, conflicts_with = "router", required_unless_present = "router")]
+        instances: Option<String>,
+        /// A Serval service router that takes the SYNs instead.
+        #[arg(long)]
+        router: Option<std::net::Ipv4Addr>,
+    },
+    /// Remove the service at --service (new connections to it pass to the kernel).
+    Del {
+        #[arg(long)]
+        iface: String,
+        #[arg(long)]
+        service: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -190,6 +231,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }),
+        Command::Map { action } => map_cmd(action).map(|_| ExitCode::SUCCESS),
         Command::Flows { iface } => xlate_user::gateway::flows(&iface).map(|rows| {
             println!("{}", host::FLOWS_HEADER);
             for r in rows {
@@ -299,4 +341,27 @@ fn host_cmd(h: HostCmd) -> Result<()> {
             })
         }
     }
+}
+
+fn map_cmd(action: MapAction) -> Result<()> {
+    use xlate_user::gateway;
+    match action {
+        MapAction::Show { iface } => {
+            for row in gateway::services(&iface)? {
+                println!("{row}");
+            }
+        }
+        MapAction::Set { iface, service, id, instances, router } => {
+            let targets = match (instances, router) {
+                (_, Some(r)) => format!("router={r}"),
+                (Some(i), None) => i,
+                (None, None) => anyhow::bail!("give --instances or --router"),
+            };
+            println!("{}", gateway::control(&iface, &format!("service-set {service} {id} {targets}"))?);
+        }
+        MapAction::Del { iface, service } => {
+            println!("{}", gateway::control(&iface, &format!("service-del {service}"))?);
+        }
+    }
+    Ok(())
 }

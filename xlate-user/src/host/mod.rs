@@ -221,6 +221,8 @@ fn scopeguard(p: PathBuf) -> PinGuard {
 pub(crate) trait LoopHooks {
     fn reload(&mut self) -> Result<String>;
     fn tick(&mut self, cp: &mut ControlPlane);
+    /// A control-socket command of this mode; None if it is not one.
+    fn command(&mut self, line: &str) -> Option<String>;
 }
 
 pub(crate) type Reload<'a> = Option<&'a mut dyn LoopHooks>;
@@ -286,7 +288,10 @@ pub(crate) async fn event_loop(
                     let mut line = String::new();
                     let mut r = tokio::io::BufReader::new(r);
                     if r.read_line(&mut line).await.is_ok() {
-                        let reply = command(&mut cp, line.trim());
+                        let reply = match reload.as_mut().and_then(|h| h.command(line.trim())) {
+                            Some(r) => r,
+                            None => command(&mut cp, line.trim()),
+                        };
                         let _ = w.write_all(format!("{reply}\n").as_bytes()).await;
                     }
                 }
