@@ -137,16 +137,7 @@ fn client_tcp_from(port: u16, flags: u8, seq: u32, ack: u32, options: &[u8], pay
         options,
         payload,
     };
-    let ip = Ipv4Repr {
-        src_addr: CLIENT,
-        dst_addr: PUBLIC,
-        protocol: 6,
-        payload_len: tcp.buffer_len(),
-        ttl: 63,
-        tos: 0,
-        ident: 0x4242,
-        dont_frag: true,
-    };
+    let ip = Ipv4Repr { ttl: 63, ident: 0x4242, dont_frag: true, ..Ipv4Repr::new(CLIENT, PUBLIC, 6, tcp.buffer_len()) };
     let mut b = vec![0u8; 20 + tcp.buffer_len()];
     ip.emit(&mut Ipv4Packet::new_unchecked(&mut b[..])).unwrap();
     tcp.emit(&mut TcpPacket::new_unchecked(&mut b[20..]), CLIENT, PUBLIC).unwrap();

@@ -311,20 +311,7 @@ for h in sys.argv[2:]:
 
 fn serval(src: &str, dst: &str, sal: xlate_common::wire::sal::SalRepr, transport: Transport) -> Vec<u8> {
     use xlate_common::wire::ipv4::Ipv4Repr;
-    let repr = ServalRepr {
-        ip: Ipv4Repr {
-            src_addr: src.parse().unwrap(),
-            dst_addr: dst.parse().unwrap(),
-            protocol: 144,
-            payload_len: 0,
-            ttl: 64,
-            tos: 0,
-            ident: 1,
-            dont_frag: false,
-        },
-        sal,
-        transport,
-    };
+    let repr = ServalRepr { ip: Ipv4Repr::new(src.parse().unwrap(), dst.parse().unwrap(), 144, 0), sal, transport };
     let mut b = vec![0u8; repr.buffer_len()];
     repr.emit(&mut b).unwrap();
     b

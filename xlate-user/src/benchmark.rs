@@ -38,16 +38,7 @@ fn client_segment(port: u16, flags: u8, seq: u32, options: &[u8], payload: &[u8]
         options,
         payload,
     };
-    let ip = Ipv4Repr {
-        src_addr: CLIENT,
-        dst_addr: PUBLIC,
-        protocol: 6,
-        payload_len: tcp.buffer_len(),
-        ttl: 64,
-        tos: 0,
-        ident: 1,
-        dont_frag: true,
-    };
+    let ip = Ipv4Repr { dont_frag: true, ..Ipv4Repr::new(CLIENT, PUBLIC, 6, tcp.buffer_len()) };
     let mut b = vec![0u8; 20 + tcp.buffer_len()];
     ip.emit(&mut Ipv4Packet::new_unchecked(&mut b[..])).unwrap();
     tcp.emit(&mut TcpPacket::new_unchecked(&mut b[20..]), CLIENT, PUBLIC).unwrap();
@@ -68,20 +59,7 @@ fn sal_segment(flow: &FlowState, control: Option<ControlRepr>, flags: u8, payloa
     };
     let mut sal = SalRepr::data(FlowId(77), FlowId(flow.local_flow), 6);
     sal.control = control;
-    let repr = ServalRepr {
-        ip: Ipv4Repr {
-            src_addr: INSTANCE,
-            dst_addr: SAL,
-            protocol: 144,
-            payload_len: 0,
-            ttl: 64,
-            tos: 0,
-            ident: 1,
-            dont_frag: false,
-        },
-        sal,
-        transport: Transport::Tcp(tcp),
-    };
+    let repr = ServalRepr { ip: Ipv4Repr::new(INSTANCE, SAL, 144, 0), sal, transport: Transport::Tcp(tcp) };
     let mut b = vec![0u8; repr.buffer_len()];
     repr.emit(&mut b).unwrap();
     frame(&b)

@@ -336,16 +336,7 @@ mod tests {
             sal::{FlowId, SalRepr},
         };
         let repr = ServalRepr {
-            ip: Ipv4Repr {
-                src_addr: Ipv4Addr::new(10, 0, 0, 1),
-                dst_addr: Ipv4Addr::new(10, 0, 0, 2),
-                protocol: IPPROTO_SAL,
-                payload_len: 0,
-                ttl: 64,
-                tos: 0,
-                ident: 1,
-                dont_frag: false,
-            },
+            ip: Ipv4Repr::new(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), IPPROTO_SAL, 0),
             sal: SalRepr::data(FlowId(7), FlowId(9), IPPROTO_TCP),
             transport: Transport::None,
         };

@@ -70,6 +70,7 @@ pub fn run(bin: &Path) -> Result<()> {
     let r = build_and_watch(bin, &mut children);
     println!("\nlab: tearing down");
     teardown(&mut children);
+    crate::util::unmount_own_bpffs();
     r
 }
 

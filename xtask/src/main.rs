@@ -87,8 +87,9 @@ fn real_main() -> Result<()> {
             }
             setup::setup()?;
             let bin = build(true)?;
-            bench::host_mode(&bin, seconds)?;
-            bench::translator(&bin, seconds)
+            let r = bench::host_mode(&bin, seconds).and_then(|_| bench::translator(&bin, seconds));
+            util::unmount_own_bpffs();
+            r
         }
         Cmd::Run { args } => {
             let bin = build(false)?;
@@ -154,7 +155,7 @@ fn test(no_fuzz: bool, fuzz_seconds: u32, cargo_args: &[String]) -> Result<()> {
     setup::setup()?;
     let bin = build(false)?;
     println!("test: cargo test --workspace");
-    let tally = cargo_test(
+    let tally = cargo_test_and_clean(
         Command::new(cargo())
             .current_dir(workspace_root())
             .args(["test", "--workspace"])
@@ -180,6 +181,13 @@ fn test(no_fuzz: bool, fuzz_seconds: u32, cargo_args: &[String]) -> Result<()> {
 struct Tally {
     passed: u64,
     failed: u64,
+}
+
+/// [`cargo_test`], then unmounts a bpffs the agents mounted, pass or fail.
+fn cargo_test_and_clean(cmd: &mut Command) -> Result<Tally> {
+    let r = cargo_test(cmd);
+    util::unmount_own_bpffs();
+    r
 }
 
 /// Runs `cargo test`, echoing its output, and adds up its result lines.

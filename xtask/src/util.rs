@@ -41,3 +41,24 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Unmounts a BPF filesystem at /sys/fs/bpf that an xlate agent mounted
+/// (source `xlate`) once no xlate pins remain: tests leave the machine as
+/// they found it. A bpffs mounted by the system is left alone.
+pub fn unmount_own_bpffs() {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let ours = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 2 && f[0] == "xlate" && f[1] == "/sys/fs/bpf" && f[2] == "bpf"
+    });
+    if !ours {
+        return;
+    }
+    let _ = std::fs::remove_dir("/sys/fs/bpf/xlate");
+    if std::path::Path::new("/sys/fs/bpf/xlate").exists() {
+        return;
+    }
+    let path = std::ffi::CString::new("/sys/fs/bpf").unwrap();
+    // SAFETY: plain umount2(2) of a path we checked.
+    unsafe { libc::umount2(path.as_ptr(), 0) };
+}

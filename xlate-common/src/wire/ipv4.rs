@@ -160,6 +160,11 @@ pub struct Ipv4Repr {
 }
 
 impl Ipv4Repr {
+    /// A header as Serval sends one: TTL 64, ToS 0, ident 0, DF clear.
+    pub const fn new(src_addr: Ipv4Addr, dst_addr: Ipv4Addr, protocol: u8, payload_len: usize) -> Self {
+        Ipv4Repr { src_addr, dst_addr, protocol, payload_len, ttl: 64, tos: 0, ident: 0, dont_frag: false }
+    }
+
     /// Parses a header; rejects options and fragments (Serval sends
     /// neither) and a bad header checksum.
     pub fn parse<T: AsRef<[u8]>>(p: &Ipv4Packet<T>) -> Result<Self> {

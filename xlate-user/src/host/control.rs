@@ -121,16 +121,7 @@ impl ControlPlane {
 
     fn build(st: &FlowState, src: Ipv4Addr, dst: Ipv4Addr, flags: ControlFlags, verno: u32, ackno: u32) -> Vec<u8> {
         let repr = ServalRepr {
-            ip: Ipv4Repr {
-                src_addr: src,
-                dst_addr: dst,
-                protocol: IPPROTO_SAL,
-                payload_len: 0,
-                ttl: 64,
-                tos: 0,
-                ident: 0,
-                dont_frag: false,
-            },
+            ip: Ipv4Repr::new(src, dst, IPPROTO_SAL, 0),
             sal: SalRepr {
                 src_flowid: FlowId(st.local_flow),
                 dst_flowid: FlowId(st.peer_flow),
@@ -410,16 +401,7 @@ impl ControlPlane {
         let src = Ipv4Addr::from(st.tcp_peer_addr);
         let dst = Ipv4Addr::from(st.tcp_local_addr);
         let mut pkt = vec![0u8; 40];
-        let ip = Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            protocol: IPPROTO_TCP,
-            payload_len: 20,
-            ttl: 64,
-            tos: 0,
-            ident: 0,
-            dont_frag: true,
-        };
+        let ip = Ipv4Repr { dont_frag: true, ..Ipv4Repr::new(src, dst, IPPROTO_TCP, 20) };
         ip.emit(&mut xlate_common::wire::ipv4::Ipv4Packet::new_unchecked(&mut pkt[..])).expect("sized");
         let tcp = xlate_common::wire::tcp::TcpRepr {
             src_port: u16::from_be_bytes(st.tcp_peer_port),

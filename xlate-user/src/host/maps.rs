@@ -34,7 +34,9 @@ pub fn pin_dir(kind: Kind, iface: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(format!("/sys/fs/bpf/xlate/{}-{}-{iface}", kind.prefix(), ns.ino())))
 }
 
-/// Makes sure /sys/fs/bpf is a BPF filesystem (mounts one if not).
+/// Makes sure /sys/fs/bpf is a BPF filesystem (mounts one if not, with
+/// the source name `xlate`, so that test harnesses can tell it is theirs
+/// to unmount; on a normal system it stays, as bpftool leaves it).
 pub fn ensure_bpffs() -> Result<()> {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     let path = std::ffi::CString::new("/sys/fs/bpf").unwrap();
@@ -44,7 +46,7 @@ pub fn ensure_bpffs() -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all("/sys/fs/bpf").ok();
-    let (src, fstype) = (std::ffi::CString::new("bpffs").unwrap(), std::ffi::CString::new("bpf").unwrap());
+    let (src, fstype) = (std::ffi::CString::new("xlate").unwrap(), std::ffi::CString::new("bpf").unwrap());
     // SAFETY: valid C strings; mount(2) with no data.
     let r = unsafe { libc::mount(src.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if r != 0 {
