@@ -361,3 +361,143 @@ fn fix_sal(ip: &mut [u8]) {
     let c = xlate_common::wire::checksum::checksum(&ip[20..20 + hl]);
     ip[30..32].copy_from_slice(&c.to_be_bytes());
 }
+
+// ------------------------------------------------------------ checksums
+//
+// A TCP checksum field equal to the pseudo-header sum is either a partial
+// checksum (the sender left the rest to offload) or, once in 65536
+// segments, a complete checksum that happens to have that value. XDP
+// cannot tell them apart; it writes the partial form and leaves a note for
+// the TC stage, which completes the checksum unless the skb is
+// CHECKSUM_PARTIAL. These fixtures pin both halves: the partial form is
+// exactly what offload needs, and the note turns it into exactly the
+// complete checksum.
+
+use xlate_common::flow::gw::ChecksumNote;
+use xlate_common::wire::checksum;
+
+/// The pseudo-header sum (folded) of the TCP segment of an IPv4 datagram.
+fn pseudo_sum(ip: &[u8], tcp_len: usize) -> u16 {
+    let (src, dst) = (ip[12..16].try_into().unwrap(), ip[16..20].try_into().unwrap());
+    checksum::fold(checksum::pseudo_header_v4(src, dst, 6, tcp_len as u16))
+}
+
+/// True when the TCP segment at `tcp` of datagram `ip` has a valid
+/// complete checksum.
+fn tcp_valid(ip: &[u8], tcp: usize) -> bool {
+    let seg = &ip[tcp..];
+    let s = checksum::combine(
+        checksum::pseudo_header_v4(ip[12..16].try_into().unwrap(), ip[16..20].try_into().unwrap(), 6, seg.len() as u16),
+        checksum::sum(seg),
+    );
+    checksum::fold(s) == 0xffff
+}
+
+/// Sets the 16-bit word at `word` (an even offset into the TCP segment) so
+/// that the segment's valid complete checksum equals its pseudo-header
+/// sum: the ambiguous case, as a real NIC's client sends it.
+fn make_ambiguous(ip: &mut [u8], tcp: usize, word: usize) {
+    let len = ip.len() - tcp;
+    let p = pseudo_sum(ip, len);
+    ip[tcp + word..tcp + word + 2].copy_from_slice(&[0, 0]);
+    ip[tcp + 16..tcp + 18].copy_from_slice(&[0, 0]);
+    let s = checksum::fold(checksum::combine(
+        checksum::pseudo_header_v4(ip[12..16].try_into().unwrap(), ip[16..20].try_into().unwrap(), 6, len as u16),
+        checksum::sum(&ip[tcp..]),
+    ));
+    // ~fold(S + w) == P  <=>  w == ~P - S == ~P + ~S (one's complement).
+    let w = checksum::fold(u32::from(!p) + u32::from(!s));
+    ip[tcp + word..tcp + word + 2].copy_from_slice(&w.to_be_bytes());
+    ip[tcp + 16..tcp + 18].copy_from_slice(&p.to_be_bytes());
+    assert!(tcp_valid(ip, tcp), "complete checksum");
+    assert_eq!(u16::from_be_bytes([ip[tcp + 16], ip[tcp + 17]]), pseudo_sum(ip, len), "and ambiguous");
+}
+
+/// The note the program left, and the frame after the TC stage applied it
+/// (as `bpf_l4_csum_replace` does for a skb that is not CHECKSUM_PARTIAL).
+fn settle(meta: &[u8], frame: &[u8]) -> (ChecksumNote, Vec<u8>) {
+    assert_eq!(meta.len(), ChecksumNote::LEN, "a checksum note in front of the frame");
+    let word = |i: usize| u32::from_ne_bytes(meta[i..i + 4].try_into().unwrap());
+    let note = ChecksumNote { magic: word(0), csum_offset: word(4), diff: word(8) };
+    assert_eq!(note.magic, ChecksumNote::MAGIC);
+    let off = note.csum_offset as usize;
+    let mut f = frame.to_vec();
+    let field = u16::from_be_bytes([f[off], f[off + 1]]);
+    f[off..off + 2].copy_from_slice(&note.apply(field).to_be_bytes());
+    (note, f)
+}
+
+#[test]
+fn an_ambiguous_complete_checksum_leaves_valid_both_ways() {
+    require_root();
+    let caps = capture_packets("handshake-data-close.pcap");
+    let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
+    gw.insert_capture_flow();
+    gw.expect(&eth(&caps[1].0), XDP_PASS, &[HostCounter::GwToTcp, HostCounter::IngressSynAck]);
+
+    // Client -> service: a data segment with a complete checksum that
+    // equals its pseudo-header sum (tx offload off, as from a real NIC).
+    let (_, data_repr) = &caps[4];
+    let Transport::Tcp(t) = data_repr.transport else { panic!() };
+    let mut seg = client_tcp(0x18, t.seq, t.ack, &[], t.payload);
+    make_ambiguous(&mut seg[14..], 20, 20);
+    let out = gw.expect(&seg, XDP_PASS, &[HostCounter::GwToSal, HostCounter::GwPartialChecksum]);
+    let tcp = 14 + 20 + 12;
+    assert!(!tcp_valid(&out[14..], tcp - 14), "XDP writes the partial form");
+    assert_eq!(u16::from_be_bytes([out[tcp + 16], out[tcp + 17]]), pseudo_sum(&out[14..], out.len() - tcp));
+    let (note, done) = settle(&gw.bed.last_meta, &out);
+    assert_eq!(note.csum_offset as usize, tcp + 16);
+    assert!(tcp_valid(&done[14..], tcp - 14), "the TC stage completes it");
+    assert_eq!(&done[tcp..tcp + 4], &[0; 4], "ports zeroed");
+    assert_eq!(&done[tcp + 4..tcp + 16], &seg[14 + 20 + 4..14 + 20 + 16], "the rest of the segment unchanged");
+    assert_eq!(&done[tcp + 18..], &seg[14 + 20 + 18..], "the rest of the segment unchanged");
+
+    // Service -> client: the server's data, made ambiguous the same way.
+    let mut srv = caps[6].0.clone();
+    let hl = usize::from(srv[20 + 8]) * 4;
+    make_ambiguous(&mut srv, 20 + hl, 20 + 12);
+    let out = gw.expect(&eth(&srv), XDP_PASS, &[HostCounter::GwToTcp, HostCounter::GwPartialChecksum]);
+    assert!(!tcp_valid(&out[14..], 20), "XDP writes the partial form");
+    let (note, done) = settle(&gw.bed.last_meta, &out);
+    assert_eq!(note.csum_offset, 14 + 20 + 16);
+    assert_eq!(done, expected_tcp(&srv), "after the TC stage: exactly the complete segment");
+}
+
+#[test]
+fn a_partial_checksum_leaves_in_the_form_offload_completes() {
+    require_root();
+    let caps = capture_packets("handshake-data-close.pcap");
+    let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
+    gw.insert_capture_flow();
+    gw.expect(&eth(&caps[1].0), XDP_PASS, &[HostCounter::GwToTcp, HostCounter::IngressSynAck]);
+
+    // A veth sender with tx offload: the field holds the pseudo-header sum
+    // and the rest of the segment is not summed.
+    let (_, data_repr) = &caps[4];
+    let Transport::Tcp(t) = data_repr.transport else { panic!() };
+    let mut seg = client_tcp(0x18, t.seq, t.ack, &[], t.payload);
+    let len = seg.len() - 34;
+    let p = pseudo_sum(&seg[14..], len);
+    seg[14 + 20 + 16..14 + 20 + 18].copy_from_slice(&p.to_be_bytes());
+    let out = gw.expect(&seg, XDP_PASS, &[HostCounter::GwToSal, HostCounter::GwPartialChecksum]);
+    let tcp = 14 + 20 + 12;
+    assert_eq!(
+        u16::from_be_bytes([out[tcp + 16], out[tcp + 17]]),
+        pseudo_sum(&out[14..], out.len() - tcp),
+        "the pseudo-header sum of the new addresses: what offload completes"
+    );
+    // Completed as offload does (the field, then sum the segment), it is valid.
+    let mut done = out.clone();
+    let s = checksum::sum(&done[tcp..]);
+    let c = !checksum::fold(s);
+    done[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
+    assert!(tcp_valid(&done[14..], tcp - 14));
+    assert_eq!(gw.bed.last_meta.len(), ChecksumNote::LEN, "the note is there; TC skips it for partial skbs");
+
+    // Unambiguous complete checksums carry no note.
+    let seg = client_tcp(0x10, t.seq + t.payload.len() as u32, t.ack, &[], &[]);
+    let out = gw.expect(&seg, XDP_PASS, &[HostCounter::GwToSal]);
+    assert!(gw.bed.last_meta.is_empty());
+    let hl = usize::from(out[14 + 20 + 8]) * 4;
+    assert!(tcp_valid(&out[14..], 20 + hl));
+}

@@ -268,10 +268,15 @@ pub enum HostCounter {
     GwDropNoInstance,
     GwPartialChecksum,
     GwRedirected,
+    GwChecksumCompleted,
+    GwChecksumOffloaded,
+    GwChecksumUnresolved,
+    GwPassNoRedirect,
+    GwRedirectFailed,
 }
 
 impl HostCounter {
-    pub const COUNT: usize = 40;
+    pub const COUNT: usize = 45;
     pub const ALL: [HostCounter; HostCounter::COUNT] = {
         use HostCounter::*;
         [
@@ -315,6 +320,11 @@ impl HostCounter {
             GwDropNoInstance,
             GwPartialChecksum,
             GwRedirected,
+            GwChecksumCompleted,
+            GwChecksumOffloaded,
+            GwChecksumUnresolved,
+            GwPassNoRedirect,
+            GwRedirectFailed,
         ]
     };
 
@@ -365,6 +375,11 @@ impl HostCounter {
             GwDropNoInstance => "gw_drop_no_instance",
             GwPartialChecksum => "gw_partial_checksum",
             GwRedirected => "gw_redirected",
+            GwChecksumCompleted => "gw_checksum_completed",
+            GwChecksumOffloaded => "gw_checksum_left_to_offload",
+            GwChecksumUnresolved => "gw_checksum_unresolved",
+            GwPassNoRedirect => "gw_passed_no_redirect_target",
+            GwRedirectFailed => "gw_redirect_failed",
         }
     }
 }
@@ -410,6 +425,62 @@ mod tests {
 pub mod gw {
     pub const SERVICES: &str = "GW_SERVICES";
     pub const MAGLEV: &str = "GW_MAGLEV";
+    /// Interfaces (by index) that rewritten frames may be redirected to
+    /// from XDP; the agent keeps it current (see `redirect` in the agent).
+    pub const REDIRECT_TARGETS: &str = "GW_REDIRECT_TARGETS";
+    pub const MAX_REDIRECT_TARGETS: u32 = 256;
+    /// Names of the translator's programs.
+    pub const XDP_PROGRAM: &str = "xlate_gw";
+    pub const CHECKSUM_PROGRAM: &str = "xlate_gw_checksum";
+
+    /// Left in XDP metadata in front of a rewritten frame whose TCP
+    /// checksum field held exactly the pseudo-header sum. Such a field is
+    /// either a partial checksum (the sender left the rest to offload) or,
+    /// once in 65536 segments, a complete checksum that happens to have
+    /// that value; the bytes cannot tell which, the skb can. XDP writes
+    /// the partial form and this note; the TC ingress program
+    /// (`xlate_gw_checksum`) applies `diff` with `bpf_l4_csum_replace`,
+    /// which the kernel skips for CHECKSUM_PARTIAL skbs and applies to all
+    /// others: every segment leaves with the checksum its form needs.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[repr(C)]
+    pub struct ChecksumNote {
+        pub magic: u32,
+        /// Offset of the TCP checksum field from the Ethernet header.
+        pub csum_offset: u32,
+        /// What turns the partial form into the complete one, as
+        /// `bpf_l4_csum_replace` takes it (size 0: a checksum difference),
+        /// in the kernel's byte order of checksum words.
+        pub diff: u32,
+    }
+
+    impl ChecksumNote {
+        pub const MAGIC: u32 = 0x584c_4331; // "XLC1"
+        pub const LEN: usize = core::mem::size_of::<ChecksumNote>();
+
+        /// The note that turns checksum field `partial` into `complete`
+        /// (both as read big-endian from the packet).
+        #[inline(always)]
+        pub fn new(csum_offset: u32, partial: u16, complete: u16) -> Self {
+            let d = crate::wire::checksum::fold(crate::wire::checksum::diff_to(partial, complete));
+            // The kernel adds raw 16-bit words as they lie in memory.
+            ChecksumNote { magic: Self::MAGIC, csum_offset, diff: u32::from(u16::from_ne_bytes(d.to_be_bytes())) }
+        }
+
+        /// The field after the kernel applied this note to `field` (what
+        /// `inet_proto_csum_replace_by_diff` does for a non-partial skb).
+        pub fn apply(&self, field: u16) -> u16 {
+            let d = u16::from_be_bytes((self.diff as u16).to_ne_bytes());
+            crate::wire::checksum::update_with_diff(field, u32::from(d))
+        }
+    }
+
+    /// Value of [`REDIRECT_TARGETS`]: why an interface may (or may not)
+    /// receive redirected frames.
+    pub mod redirect {
+        /// The device can transmit XDP frames (xdp-features `ndo-xmit`).
+        pub const OK: u32 = 1;
+    }
     /// Maglev table size per service (prime).
     pub const MAGLEV_SIZE: u32 = 1021;
     pub const MAX_SERVICES: u32 = 64;

@@ -10,15 +10,18 @@
 //! client's 4-tuple as the "local" TCP side).
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    macros::{map, xdp},
+    bindings::{
+        xdp_action::{XDP_DROP, XDP_PASS},
+        TC_ACT_OK,
+    },
+    macros::{classifier, map, xdp},
     maps::{Array, HashMap},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use xlate_common::{
     flow::{
         config_flag, event,
-        gw::{flow_hash, GwService, MAGLEV_SIZE, MAX_SERVICES},
+        gw::{flow_hash, redirect, ChecksumNote, GwService, MAGLEV_SIZE, MAX_REDIRECT_TARGETS, MAX_SERVICES},
         role, state, HostCounter,
     },
     maps::{FlowKey, ServiceKey},
@@ -38,6 +41,8 @@ const TCP_ACK: u8 = 0x10;
 static SERVICES: HashMap<ServiceKey, GwService> = HashMap::with_max_entries(MAX_SERVICES, 0);
 #[map(name = "GW_MAGLEV")]
 static MAGLEV: Array<[u8; 4]> = Array::with_max_entries(MAX_SERVICES * MAGLEV_SIZE, 0);
+#[map(name = "GW_REDIRECT_TARGETS")]
+static REDIRECT_TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_REDIRECT_TARGETS, 0);
 
 #[inline(always)]
 fn ptr<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
@@ -83,22 +88,82 @@ fn gateway(ctx: &XdpContext) -> Option<u32> {
         count(HostCounter::GwPassFragment);
         return Some(XDP_PASS);
     }
+    // One BPF function per direction: each gets its own stack frame
+    // instead of LLVM laying both directions' locals side by side.
+    // Flow creation is a third one, called from here rather than from
+    // inside a direction, so that no call chain stacks two big frames.
     if proto == IPPROTO_TCP {
-        to_sal(ctx)
+        let key = FlowKey {
+            saddr: rd(ctx, ETH + 12)?,
+            daddr: rd(ctx, ETH + 16)?,
+            sport: rd(ctx, ETH + 20)?,
+            dport: rd(ctx, ETH + 22)?,
+        };
+        // SAFETY: plain map lookup.
+        let id = match unsafe { TUPLES.get(&key) } {
+            Some(id) => *id,
+            None => {
+                let r = new_flow(&key, rd(ctx, ETH + 20 + 13)?);
+                if r >> 32 == 0 {
+                    return Some(r as u32);
+                }
+                r as u32
+            }
+        };
+        return Some(then_forward(ctx, to_sal_fn(ctx, id)));
+    }
+    Some(then_forward(ctx, to_tcp_fn(ctx)))
+}
+
+#[inline(always)]
+fn then_forward(ctx: &XdpContext, v: u32) -> u32 {
+    if v & FORWARD != 0 {
+        forward_fn(ctx, v & 1 != 0)
     } else {
-        to_tcp(ctx)
+        v
     }
 }
 
+#[inline(never)]
+fn to_sal_fn(ctx: &XdpContext, id: u32) -> u32 {
+    to_sal(ctx, id).unwrap_or(XDP_PASS)
+}
+
+#[inline(never)]
+fn to_tcp_fn(ctx: &XdpContext) -> u32 {
+    to_tcp(ctx).unwrap_or(XDP_PASS)
+}
+
 /// Sends the rewritten frame out directly when the kernel's FIB knows the
-/// next hop (route and neighbour): TTL decremented, MACs set, XDP_REDIRECT.
-/// Otherwise (no neighbour yet, TTL expiring, MTU, a partial checksum the
-/// kernel must still complete) the kernel forwards it: XDP_PASS.
+/// next hop (route and neighbour) and the agent has vouched for the egress
+/// device (it can transmit XDP frames: a physical NIC, or a veth whose peer
+/// runs XDP or GRO): TTL decremented, MACs set, XDP_REDIRECT. Otherwise (no
+/// neighbour yet, TTL expiring, MTU, a device that would drop the frame,
+/// a checksum the TC stage must still settle) the kernel forwards it:
+/// XDP_PASS.
+///
+/// The directions return [`FORWARD`] (with bit 0 set when the checksum
+/// is deferred) and the entry point calls this: its frame and theirs are
+/// never on the stack together.
 #[inline(always)]
-fn forward(ctx: &XdpContext, partial: bool) -> Option<u32> {
+fn forward(_ctx: &XdpContext, deferred: bool) -> Option<u32> {
+    Some(FORWARD | u32::from(deferred))
+}
+
+/// Not a verdict: "forward the rewritten frame" (see [`forward`]).
+const FORWARD: u32 = 1 << 16;
+
+/// [`forward`] as its own BPF function (stack frame).
+#[inline(never)]
+fn forward_fn(ctx: &XdpContext, deferred: bool) -> u32 {
+    forward_inner(ctx, deferred).unwrap_or(XDP_PASS)
+}
+
+#[inline(always)]
+fn forward_inner(ctx: &XdpContext, deferred: bool) -> Option<u32> {
     use aya_ebpf::bindings::{bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_SUCCESS};
     let redirect = CONFIG.get(0).is_some_and(|c| c.flags & config_flag::XDP_REDIRECT != 0);
-    if partial || !redirect {
+    if deferred || !redirect {
         return Some(XDP_PASS);
     }
     let ip: [u8; 20] = rd(ctx, ETH)?;
@@ -122,6 +187,11 @@ fn forward(ctx: &XdpContext, partial: bool) -> Option<u32> {
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Some(XDP_PASS);
     }
+    // SAFETY: plain map lookup.
+    if unsafe { REDIRECT_TARGETS.get(&p.ifindex) }.copied() != Some(redirect::OK) {
+        count(HostCounter::GwPassNoRedirect);
+        return Some(XDP_PASS);
+    }
     let mut h = ip;
     h[8] -= 1;
     let c = checksum::update16(
@@ -140,13 +210,71 @@ fn forward(ctx: &XdpContext, partial: bool) -> Option<u32> {
     Some(unsafe { aya_ebpf::helpers::bpf_redirect(p.ifindex, 0) } as u32)
 }
 
-/// True when the TCP checksum field holds only the pseudo-header sum: the
-/// sender's stack left the rest to offload (CHECKSUM_PARTIAL, as on veth
-/// with tx offload on). Then only pseudo-header changes may touch it.
-/// A complete checksum equals that value by chance once in 65536.
+/// True when the TCP checksum field holds exactly the pseudo-header sum.
+/// That is what a sender leaving the checksum to offload writes
+/// (CHECKSUM_PARTIAL, as on veth with tx offload on), and also what a
+/// complete checksum equals by chance once in 65536 segments. The frame's
+/// bytes cannot tell the two apart (and a client without TCP timestamps
+/// retransmits the very same bytes), so such a frame is rewritten in the
+/// partial form and settled by the TC stage, which sees the skb: see
+/// [`ChecksumNote`].
 #[inline(always)]
-fn partial_checksum(check: u16, src: [u8; 4], dst: [u8; 4], tcp_len: u16) -> bool {
+fn checksum_ambiguous(check: u16, src: [u8; 4], dst: [u8; 4], tcp_len: u16) -> bool {
     checksum::fold(checksum::pseudo_header_v4(src, dst, IPPROTO_TCP, tcp_len)) == check
+}
+
+/// The TCP checksum field after a rewrite: the complete form, and for an
+/// ambiguous field also the partial form (written to the packet) with the
+/// note that completes it in TC.
+#[derive(Clone, Copy)]
+struct NewCheck {
+    write: u16,
+    note: Option<(u16, u16)>,
+}
+
+/// New checksum for a rewrite of addresses and ports (and an MSS option
+/// lowered from `mss.0` to `mss.1`).
+#[inline(always)]
+fn new_check(
+    old: u16,
+    ambiguous: bool,
+    addrs: ([u8; 4], [u8; 4], [u8; 4], [u8; 4]),
+    ports: (u32, u32),
+    mss: (u16, u16),
+) -> NewCheck {
+    let mut complete = tcp_check(old, false, addrs, ports);
+    if mss.0 != mss.1 {
+        complete = checksum::update16(complete, mss.0, mss.1);
+    }
+    if !ambiguous {
+        return NewCheck { write: complete, note: None };
+    }
+    // The partial form covers only the pseudo-header; the kernel's final
+    // sum will cover the new ports and MSS.
+    let partial = tcp_check(old, true, addrs, ports);
+    NewCheck { write: partial, note: Some((partial, complete)) }
+}
+
+/// Leaves the note for the TC stage in front of the frame (XDP metadata).
+/// Without metadata support the partial form stays: right for the
+/// partial checksums of local senders, wrong for the rare complete one.
+#[inline(always)]
+fn leave_note(ctx: &XdpContext, csum_offset: usize, note: Option<(u16, u16)>) {
+    let Some((partial, complete)) = note else { return };
+    count(HostCounter::GwPartialChecksum);
+    // SAFETY: growing the metadata area of our own frame; checked below.
+    if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_meta(ctx.ctx, -(ChecksumNote::LEN as i32)) } != 0 {
+        count(HostCounter::GwChecksumUnresolved);
+        return;
+    }
+    let meta = ctx.metadata();
+    if meta + ChecksumNote::LEN > ctx.data() {
+        count(HostCounter::GwChecksumUnresolved);
+        return;
+    }
+    let n = ChecksumNote::new(csum_offset as u32, partial, complete);
+    // SAFETY: bounds checked against data just above.
+    unsafe { (meta as *mut ChecksumNote).write_unaligned(n) };
 }
 
 /// Rewrites the IPv4 header in place: addresses, protocol, total length,
@@ -182,68 +310,71 @@ fn tcp_check(old: u16, partial: bool, addrs: ([u8; 4], [u8; 4], [u8; 4], [u8; 4]
 }
 
 /// Lowers an MSS option at `at` (Linux puts it first) to `max`; returns
-/// the TCP checksum adjusted for it (left alone when partial: the final
-/// sum will cover the new value). Read and write go through one checked
-/// pointer: recomputing the address would be a new packet pointer to the
-/// verifier.
+/// the option's value before and after (equal when nothing changed).
+/// Read and write go through one checked pointer: recomputing the address
+/// would be a new packet pointer to the verifier.
 #[inline(always)]
-fn clamp_mss(ctx: &XdpContext, at: usize, partial: bool, check: u16, max: u16) -> Option<u16> {
+fn clamp_mss(ctx: &XdpContext, at: usize, max: u16) -> Option<(u16, u16)> {
     let p = ptr::<[u8; 4]>(ctx, at)?;
     // SAFETY: bounds checked by ptr().
     let mut opt = unsafe { p.read_unaligned() };
     let mss = u16::from_be_bytes([opt[2], opt[3]]);
     if opt[0] != 2 || opt[1] != 4 || mss <= max {
-        return Some(check);
+        return Some((mss, mss));
     }
     opt[2..4].copy_from_slice(&max.to_be_bytes());
     // SAFETY: as above.
     unsafe { p.write_unaligned(opt) };
-    Some(if partial { check } else { checksum::update16(check, mss, max) })
+    Some((mss, max))
+}
+
+/// Starts a flow for a client SYN to a configured service: picks the
+/// instance (Maglev) or the router. Its own BPF function (stack frame).
+/// Returns `1 << 32 | flow ID`, or a verdict for the frame.
+#[inline(never)]
+fn new_flow(key: &FlowKey, flags: u8) -> u64 {
+    let (saddr, daddr, sport, dport) = (key.saddr, key.daddr, key.sport, key.dport);
+    let sk = ServiceKey { addr: daddr, port: dport, _pad: [0; 2] };
+    // SAFETY: plain map lookup.
+    let Some(svc) = (unsafe { SERVICES.get(&sk) }) else {
+        return u64::from(XDP_PASS);
+    };
+    if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        // Mid-connection segment of a flow we do not have: leave it to
+        // the kernel (and the stream-level fallback).
+        count(HostCounter::GwPassNoFlow);
+        return u64::from(XDP_PASS);
+    }
+    let peer = if svc.router != [0; 4] {
+        svc.router
+    } else {
+        let slot = flow_hash(saddr, daddr, sport, dport) % MAGLEV_SIZE;
+        let idx = svc.index.wrapping_mul(MAGLEV_SIZE).wrapping_add(slot);
+        match MAGLEV.get(idx) {
+            Some(a) if *a != [0; 4] => *a,
+            _ => {
+                count(HostCounter::GwDropNoInstance);
+                return u64::from(XDP_DROP);
+            }
+        }
+    };
+    match new_client_flow(key, &svc.service_id, Some(peer)) {
+        Some(id) => (1 << 32) | u64::from(id),
+        None => {
+            count(HostCounter::DropTableFull);
+            u64::from(XDP_PASS)
+        }
+    }
 }
 
 /// Legacy client -> Serval: TCP segment to SAL packet.
 #[inline(always)]
-fn to_sal(ctx: &XdpContext) -> Option<u32> {
+fn to_sal(ctx: &XdpContext, id: u32) -> Option<u32> {
     let ip: [u8; 20] = rd(ctx, ETH)?;
     let (saddr, daddr) = ([ip[12], ip[13], ip[14], ip[15]], [ip[16], ip[17], ip[18], ip[19]]);
     let l4 = ETH + 20;
     let tcp: [u8; 20] = rd(ctx, l4)?;
-    let (sport, dport) = ([tcp[0], tcp[1]], [tcp[2], tcp[3]]);
     let flags = tcp[13];
-    let key = FlowKey { saddr, daddr, sport, dport };
-    let id = match unsafe { TUPLES.get(&key) } {
-        Some(id) => *id,
-        None => {
-            let sk = ServiceKey { addr: daddr, port: dport, _pad: [0; 2] };
-            let svc = unsafe { SERVICES.get(&sk) }?;
-            if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-                // Mid-connection segment of a flow we do not have: leave
-                // it to the kernel (and the stream-level fallback).
-                count(HostCounter::GwPassNoFlow);
-                return Some(XDP_PASS);
-            }
-            let peer = if svc.router != [0; 4] {
-                svc.router
-            } else {
-                let slot = flow_hash(saddr, daddr, sport, dport) % MAGLEV_SIZE;
-                let idx = svc.index.wrapping_mul(MAGLEV_SIZE).wrapping_add(slot);
-                match MAGLEV.get(idx) {
-                    Some(a) if *a != [0; 4] => *a,
-                    _ => {
-                        count(HostCounter::GwDropNoInstance);
-                        return Some(XDP_DROP);
-                    }
-                }
-            };
-            match new_client_flow(&key, &svc.service_id, Some(peer)) {
-                Some(id) => id,
-                None => {
-                    count(HostCounter::DropTableFull);
-                    return Some(XDP_PASS);
-                }
-            }
-        }
-    };
     let flow = FLOWS.get_ptr_mut(&id)?;
     // SAFETY: map value, valid while we run.
     let flow = unsafe { &mut *flow };
@@ -264,24 +395,20 @@ fn to_sal(ctx: &XdpContext) -> Option<u32> {
     flow.last_seen_ns = now();
 
     let check = u16::from_be_bytes([tcp[16], tcp[17]]);
-    let partial = partial_checksum(check, saddr, daddr, tcp_len);
-    if partial {
-        count(HostCounter::GwPartialChecksum);
-    }
-    let mut new_check = tcp_check(
+    let ambiguous = checksum_ambiguous(check, saddr, daddr, tcp_len);
+    let mss = if flags & TCP_SYN != 0 && doff >= 24 { clamp_mss(ctx, l4 + 20, cfg.max_mss)? } else { (0, 0) };
+    let nc = new_check(
         check,
-        partial,
+        ambiguous,
         (saddr, addrs.local_ip, daddr, addrs.peer_ip),
         (u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]), 0),
+        mss,
     );
-    if flags & TCP_SYN != 0 && doff >= 24 {
-        new_check = clamp_mss(ctx, l4 + 20, partial, new_check, cfg.max_mss)?;
-    }
     let tp = ptr::<[u8; 20]>(ctx, l4)?;
     // SAFETY: bounds checked by ptr().
     let mut t = unsafe { tp.read_unaligned() };
     t[0..4].copy_from_slice(&[0; 4]);
-    t[16..18].copy_from_slice(&new_check.to_be_bytes());
+    t[16..18].copy_from_slice(&nc.write.to_be_bytes());
     // SAFETY: as above.
     unsafe { tp.write_unaligned(t) };
 
@@ -305,7 +432,8 @@ fn to_sal(ctx: &XdpContext) -> Option<u32> {
         Form::Data => wr(ctx, l4, translate::data_header(flow))?,
     }
     count(HostCounter::GwToSal);
-    forward(ctx, partial)
+    leave_note(ctx, l4 + room + 16, nc.note);
+    forward(ctx, ambiguous)
 }
 
 /// Serval -> legacy client: SAL packet of a known flow to TCP segment.
@@ -403,21 +531,20 @@ fn to_tcp(ctx: &XdpContext) -> Option<u32> {
     ports[2..].copy_from_slice(&flow.tcp_local_port);
     let ip_dst = [ip[16], ip[17], ip[18], ip[19]];
     let check = u16::from_be_bytes([tcp[16], tcp[17]]);
-    let partial = partial_checksum(check, ip_src, ip_dst, tcp_len);
-    let mut new_check = tcp_check(
+    let ambiguous = checksum_ambiguous(check, ip_src, ip_dst, tcp_len);
+    let mss = if flags & TCP_SYN != 0 && doff >= 24 { clamp_mss(ctx, tcp_at + 20, cfg.max_mss)? } else { (0, 0) };
+    let nc = new_check(
         check,
-        partial,
+        ambiguous,
         (ip_src, flow.tcp_peer_addr, ip_dst, flow.tcp_local_addr),
         (u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]), u32::from_be_bytes(ports)),
+        mss,
     );
-    if flags & TCP_SYN != 0 && doff >= 24 {
-        new_check = clamp_mss(ctx, tcp_at + 20, partial, new_check, cfg.max_mss)?;
-    }
     let tp = ptr::<[u8; 20]>(ctx, tcp_at)?;
     // SAFETY: bounds checked by ptr().
     let mut t = unsafe { tp.read_unaligned() };
     t[0..4].copy_from_slice(&ports);
-    t[16..18].copy_from_slice(&new_check.to_be_bytes());
+    t[16..18].copy_from_slice(&nc.write.to_be_bytes());
     // SAFETY: as above.
     unsafe { tp.write_unaligned(t) };
 
@@ -431,5 +558,39 @@ fn to_tcp(ctx: &XdpContext) -> Option<u32> {
     }
     write_ip(ctx, ETH, flow.tcp_peer_addr, flow.tcp_local_addr, IPPROTO_TCP, tcp_len + 20)?;
     count(HostCounter::GwToTcp);
-    forward(ctx, partial)
+    leave_note(ctx, ETH + 20 + 16, nc.note);
+    forward(ctx, ambiguous)
+}
+
+/// TC ingress on every translator interface: settles the checksum of a
+/// frame that XDP rewrote in the partial form (see [`ChecksumNote`]).
+/// `bpf_l4_csum_replace` with a plain difference leaves a CHECKSUM_PARTIAL
+/// skb alone (the kernel or the NIC will sum the rewritten segment) and
+/// completes every other one.
+#[classifier]
+pub fn xlate_gw_checksum(ctx: TcContext) -> i32 {
+    // SAFETY: reading context fields the verifier turns into packet pointers.
+    let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, (*ctx.skb.skb).data as usize) };
+    if meta + ChecksumNote::LEN > data {
+        return TC_ACT_OK;
+    }
+    // SAFETY: bounds checked just above.
+    let note = unsafe { (meta as *const ChecksumNote).read_unaligned() };
+    if note.magic != ChecksumNote::MAGIC {
+        return TC_ACT_OK;
+    }
+    let off = note.csum_offset as usize;
+    let Ok(before) = ctx.load::<u16>(off) else {
+        count(HostCounter::GwChecksumUnresolved);
+        return TC_ACT_OK;
+    };
+    if ctx.l4_csum_replace(off, 0, u64::from(note.diff), 0).is_err() {
+        count(HostCounter::GwChecksumUnresolved);
+        return TC_ACT_OK;
+    }
+    match ctx.load::<u16>(off) {
+        Ok(after) if after != before => count(HostCounter::GwChecksumCompleted),
+        _ => count(HostCounter::GwChecksumOffloaded),
+    }
+    TC_ACT_OK
 }

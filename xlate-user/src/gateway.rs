@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, HashMap, MapData, RingBuf};
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use xlate_common::flow::{gw, names, HostConfig};
 use xlate_common::maps::ServiceKey;
 
@@ -21,7 +21,7 @@ use crate::host::{control_socket, event_loop, seed_flow_ids, PinGuard};
 use crate::netif::Interface;
 use crate::rawsock::RawSocket;
 
-pub const PROGRAM: &str = "xlate_gw";
+pub const PROGRAM: &str = gw::XDP_PROGRAM;
 
 pub struct RunOptions {
     pub ifaces: Vec<String>,
@@ -52,6 +52,79 @@ struct GwMaps {
     /// The Maglev row of each service, stable across reloads and edits so
     /// that a live entry never points at another service's row.
     rows: std::collections::HashMap<(Ipv4Addr, u16), u32>,
+    /// Devices XDP may redirect rewritten frames to (see `xdp_features`).
+    redirect: Redirect,
+}
+
+/// The redirect targets the kernel may use, kept in step with the devices'
+/// xdp-features (checked at start and every second: a veth's peer may
+/// start or stop GRO or XDP at any time).
+struct Redirect {
+    map: HashMap<MapData, u32, u32>,
+    /// ifindex -> accepts redirected frames, as last written.
+    known: std::collections::BTreeMap<u32, bool>,
+    /// The translator's own interfaces, named in messages.
+    ifaces: Vec<(u32, String)>,
+    enabled: bool,
+    ticks: u32,
+}
+
+impl Redirect {
+    fn name(&self, ifindex: u32) -> String {
+        self.ifaces.iter().find(|(i, _)| *i == ifindex).map_or(format!("ifindex {ifindex}"), |(_, n)| n.clone())
+    }
+
+    /// Reads every device's xdp-features and updates the map; says what
+    /// changed for the translator's own interfaces (all of them at start).
+    fn refresh(&mut self, start: bool) -> Result<()> {
+        if !self.enabled {
+            if start {
+                println!("XDP redirect off (xdp_redirect = false): the kernel forwards every rewritten frame");
+            }
+            return Ok(());
+        }
+        let devices = crate::xdp_features::devices()?;
+        let mut seen = std::collections::BTreeSet::new();
+        for d in devices {
+            seen.insert(d.ifindex);
+            let ok = d.accepts_redirect();
+            if self.known.get(&d.ifindex) == Some(&ok) {
+                continue;
+            }
+            if ok {
+                self.map.insert(d.ifindex, gw::redirect::OK, 0)?;
+            } else {
+                let _ = self.map.remove(&d.ifindex);
+            }
+            self.known.insert(d.ifindex, ok);
+            if self.ifaces.iter().any(|(i, _)| *i == d.ifindex) || !start {
+                let name = self.name(d.ifindex);
+                if ok {
+                    println!("{name}: frames to it leave by XDP redirect (the device transmits XDP frames)");
+                } else {
+                    println!(
+                        "{name}: frames to it go through the kernel's forwarding, not XDP redirect (its xdp-features lack \
+                         ndo-xmit; for a veth: its peer runs neither an XDP program nor GRO)"
+                    );
+                }
+            }
+        }
+        let gone: Vec<u32> = self.known.keys().copied().filter(|i| !seen.contains(i)).collect();
+        for i in gone {
+            let _ = self.map.remove(&i);
+            self.known.remove(&i);
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self) {
+        self.ticks += 1;
+        if self.ticks % 10 == 0 {
+            if let Err(e) = self.refresh(false) {
+                eprintln!("xlate-user: reading xdp-features: {e:#}");
+            }
+        }
+    }
 }
 
 impl GwMaps {
@@ -146,6 +219,7 @@ impl crate::host::LoopHooks for GwMaps {
     /// others, and the stuck flow is freed so that the client's SYN
     /// retransmission starts over on a live instance.
     fn tick(&mut self, cp: &mut ControlPlane) {
+        self.redirect.tick();
         let now = std::time::Instant::now();
         let mut changed = false;
         self.down.retain(|a, until| {
@@ -278,6 +352,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let mut ebpf = crate::ebpf::load()?;
     let prog: &mut Xdp = ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("program {PROGRAM} missing"))?.try_into()?;
     prog.load().context("the kernel refused the translator program")?;
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(gw::CHECKSUM_PROGRAM)
+        .ok_or_else(|| anyhow!("program {} missing", gw::CHECKSUM_PROGRAM))?
+        .try_into()?;
+    tc.load().context("the kernel refused the translator's checksum program")?;
     seed_flow_ids(&mut ebpf)?;
     let mut flows = HostMaps::take_and_pin(&mut ebpf, &dir)?;
     let _pins = PinGuard(dir.clone());
@@ -288,6 +367,15 @@ pub fn run(opts: RunOptions) -> Result<()> {
         path: opts.config.clone(),
         down: Default::default(),
         rows: Default::default(),
+        redirect: Redirect {
+            map: HashMap::try_from(
+                ebpf.take_map(gw::REDIRECT_TARGETS).ok_or_else(|| anyhow!("redirect map missing"))?,
+            )?,
+            known: Default::default(),
+            ifaces: ifaces.iter().map(|i| (i.index, i.name.clone())).collect(),
+            enabled: cfg.xdp_redirect,
+            ticks: 0,
+        },
     };
     let max_mss = ifaces.iter().map(|i| i.max_mss()).min().unwrap_or(1448);
     flows.config.set(
@@ -306,6 +394,17 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let sal = RawSocket::new(i32::from(xlate_common::wire::IPPROTO_SAL)).context("opening the raw SAL socket")?;
     let inject = RawSocket::new(libc::IPPROTO_RAW).context("opening the raw injection socket")?;
     let events = RingBuf::try_from(ebpf.take_map(names::EVENTS).ok_or_else(|| anyhow!("events map missing"))?)?;
+    // TC first: from the first rewritten frame on, its checksum note is
+    // settled.
+    let mut tc_links = Vec::new();
+    for i in &ifaces {
+        let tc: &mut SchedClassifier = ebpf.program_mut(gw::CHECKSUM_PROGRAM).unwrap().try_into()?;
+        tc_links.push(
+            tc.attach(&i.name, TcAttachType::Ingress)
+                .with_context(|| format!("attaching {} to {}", gw::CHECKSUM_PROGRAM, i.name))?,
+        );
+    }
+    gwm.redirect.refresh(true)?;
     let mut links = Vec::new();
     for i in &ifaces {
         let prog: &mut Xdp = ebpf.program_mut(PROGRAM).unwrap().try_into()?;
@@ -336,6 +435,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let r = rt.block_on(event_loop(cp, events, sock.clone(), Some(&mut gwm)));
     let _ = std::fs::remove_file(&sock);
     drop(links);
+    drop(tc_links);
     r
 }
 
@@ -361,6 +461,9 @@ pub fn instance_for(cfg: &Config, client: (Ipv4Addr, u16), service: (Ipv4Addr, u
 /// for packet fixtures and micro-benchmarks through BPF_PROG_TEST_RUN.
 pub struct TestBed {
     pub ebpf: aya::Ebpf,
+    /// The XDP metadata in front of the last output frame (a checksum note
+    /// for the TC stage, or empty).
+    pub last_meta: Vec<u8>,
 }
 
 impl TestBed {
@@ -384,17 +487,31 @@ impl TestBed {
         for slot in 0..gw::MAGLEV_SIZE {
             mg.set(slot, instance.octets(), 0)?;
         }
-        Ok(TestBed { ebpf })
+        Ok(TestBed { ebpf, last_meta: Vec::new() })
     }
 
     /// Runs the program once on `frame`: (verdict, output frame, run time).
+    /// Metadata the program left in front of the frame goes to `last_meta`.
     pub fn run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>, Duration)> {
         use aya::programs::{TestRun, TestRunOptions};
         let prog: &mut Xdp = self.ebpf.program_mut(PROGRAM).unwrap().try_into()?;
         let mut out = vec![0u8; frame.len() + 512];
-        let r =
-            prog.test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex. On output `data` is the length
+        // of the metadata in front of the frame.
+        let mut ctx_in = [0u8; 24];
+        ctx_in[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        let mut ctx_out = [0u8; 24];
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            ..Default::default()
+        })?;
         out.truncate(r.data_size_out as usize);
+        let meta = (u32::from_ne_bytes(ctx_out[0..4].try_into().expect("4 bytes")) as usize).min(out.len());
+        self.last_meta = out.drain(..meta).collect();
         Ok((r.return_value, out, r.duration))
     }
 }

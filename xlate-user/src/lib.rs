@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod netif;
 pub mod pcap;
 pub mod rawsock;
+pub mod xdp_features;

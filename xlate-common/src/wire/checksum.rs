@@ -83,6 +83,13 @@ pub fn update_with_diff(check: u16, diff: u32) -> u16 {
     !fold(combine(u32::from(!check), diff))
 }
 
+/// The difference that [`update_with_diff`] applies to turn checksum field
+/// `from` into `to`: `~to - ~from`, that is `~to + from`.
+#[inline(always)]
+pub fn diff_to(from: u16, to: u16) -> u32 {
+    u32::from(!to) + u32::from(from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +113,14 @@ mod tests {
         let c = checksum(&data);
         data[10..12].copy_from_slice(&c.to_be_bytes());
         assert_eq!(fold(sum(&data)), 0xffff);
+    }
+
+    #[test]
+    fn diff_to_turns_one_field_into_another() {
+        for (from, to) in [(0x1234, 0xabcd), (0, 0xffff), (0xffff, 0), (0x8000, 0x8000), (1, 0xfffe)] {
+            let got = update_with_diff(from, diff_to(from, to));
+            // 0x0000 and 0xffff are the same number in one's complement.
+            assert!(got == to || (got, to) == (0, 0xffff) || (got, to) == (0xffff, 0), "{from:x}->{to:x}: {got:x}");
+        }
     }
 }
