@@ -23,6 +23,59 @@ pub fn config(instances: &str) -> String {
     )
 }
 
+/// The instances' HTTP server: files from a directory (GET), a generated
+/// stream (`GET /gen/BYTES/SEED`: Python's `random.Random(SEED)` bytes, the
+/// same as [`generated_sha256`] hashes), and uploads (`PUT`: the body is
+/// hashed as it arrives, not stored, and the SHA-256 is the answer).
+pub const HTTP_SERVER: &str = r#"
+import hashlib, http.server, random, sys
+class H(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        p = self.path.split("/")
+        if len(p) == 4 and p[1] == "gen":
+            n, r = int(p[2]), random.Random(int(p[3]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            while n > 0:
+                k = min(n, 1 << 20)
+                self.wfile.write(r.randbytes(k))
+                n -= k
+            return
+        return super().do_GET()
+    def do_PUT(self):
+        n, h = int(self.headers["Content-Length"]), hashlib.sha256()
+        while n > 0:
+            d = self.rfile.read(min(n, 1 << 20))
+            if not d: break
+            h.update(d)
+            n -= len(d)
+        body = (h.hexdigest() + "\n").encode()
+        self.send_response(200 if n == 0 else 400)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.ThreadingHTTPServer.allow_reuse_address = True
+print("Serving HTTP", flush=True)
+http.server.ThreadingHTTPServer(("", int(sys.argv[1])), lambda *a: H(*a, directory=sys.argv[2])).serve_forever()
+"#;
+
+/// What the client must receive for `GET /gen/BYTES/SEED` (also writes the
+/// stream to `file` when given, for uploads).
+pub fn generated_sha256(bytes: u64, seed: u64, file: Option<&std::path::Path>) -> String {
+    let script = "import hashlib, random, sys\nn, r, h = int(sys.argv[1]), random.Random(int(sys.argv[2])), hashlib.sha256()\nf = open(sys.argv[3], 'wb') if len(sys.argv) > 3 else None\nwhile n > 0:\n    k = min(n, 1 << 20)\n    d = r.randbytes(k)\n    h.update(d)\n    if f: f.write(d)\n    n -= k\nprint(h.hexdigest())\n";
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", script, &bytes.to_string(), &seed.to_string()]);
+    if let Some(f) = file {
+        cmd.arg(f);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 pub const WEIGHTED: &str = "\"10.10.0.11\", { address = \"10.10.0.12\", weight = 3 }";
 
 pub struct GatewayLab {
@@ -30,6 +83,8 @@ pub struct GatewayLab {
     pub http: Vec<Bg>,
     pub instance_agents: Vec<Agent>,
     pub gateway_agent: Option<Bg>,
+    /// What the translator printed at start, up to its "running" line.
+    pub startup: String,
     pub dir: PathBuf,
     pub config_path: PathBuf,
     pub instances: Vec<Netns>,
@@ -41,7 +96,15 @@ pub struct GatewayLab {
 impl GatewayLab {
     /// `xdp_mode`: "generic" or "native"; `client_tx_offload`: whether the
     /// client's veth leaves TCP checksums to offload (partial checksums).
+    /// GRO is switched on at the far ends of the gateway's links, so that
+    /// the gateway may redirect from XDP to them.
     pub fn new(tag: &str, instances_toml: &str, xdp_mode: &str, client_tx_offload: bool) -> GatewayLab {
+        Self::with_gro(tag, instances_toml, xdp_mode, client_tx_offload, true)
+    }
+
+    /// As [`GatewayLab::new`]; `gro` false leaves every veth as `ip link`
+    /// makes it (GRO off): the lab a new user builds.
+    pub fn with_gro(tag: &str, instances_toml: &str, xdp_mode: &str, client_tx_offload: bool, gro: bool) -> GatewayLab {
         let client = Netns::new(&format!("{tag}-lc"));
         let gateway = Netns::new(&format!("{tag}-gw"));
         let switch = Netns::new(&format!("{tag}-sw"));
@@ -81,8 +144,8 @@ impl GatewayLab {
         // Frames the gateway redirects from native XDP reach a veth peer
         // only if that peer has NAPI (GRO on) or an XDP program.
         for (ns, dev) in [(&client, "lc0"), (&switch, "s0")] {
-            let out = ns.output("ethtool", &["-K", dev, "gro", "on"]);
-            assert!(out.status.success(), "ethtool -K {dev} gro on: {}", String::from_utf8_lossy(&out.stderr));
+            let out = ns.output("ethtool", &["-K", dev, "gro", if gro { "on" } else { "off" }]);
+            assert!(out.status.success(), "ethtool -K {dev} gro: {}", String::from_utf8_lossy(&out.stderr));
         }
         let mut instances = Vec::new();
         for (i, addr) in INSTANCES.iter().enumerate() {
@@ -100,7 +163,7 @@ impl GatewayLab {
             std::fs::create_dir_all(&www).unwrap();
             std::fs::write(www.join("who"), format!("{}\n", INSTANCES[i])).unwrap();
             instance_agents.push(Agent::start(ns, "e0", &["--serve", &format!("{SERVICE_ID}=80")]));
-            let mut h = ns.spawn("python3", &["-u", "-m", "http.server", "80", "--directory", www.to_str().unwrap()]);
+            let mut h = ns.spawn("python3", &["-u", "-c", HTTP_SERVER, "80", www.to_str().unwrap()]);
             h.wait_for_line("Serving HTTP", Duration::from_secs(10));
             http.push(h);
         }
@@ -110,6 +173,7 @@ impl GatewayLab {
             http,
             instance_agents,
             gateway_agent: None,
+            startup: String::new(),
             dir,
             config_path,
             instances,
@@ -145,7 +209,7 @@ impl GatewayLab {
             .spawn()
             .unwrap();
         let mut bg = Bg::from_child(child);
-        bg.wait_for_line("xlate translator on", Duration::from_secs(30));
+        self.startup = bg.read_until("xlate translator on", Duration::from_secs(30));
         self.gateway_agent = Some(bg);
     }
 

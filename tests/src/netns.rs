@@ -154,6 +154,25 @@ impl Bg {
         self.child.as_ref().expect("running").id() as i32
     }
 
+    /// Reads stdout lines until one contains `needle`; returns every line
+    /// read, that one included.
+    pub fn read_until(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let out = self.stdout.as_mut().expect("stdout piped");
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            let n = out.read_line(&mut line).expect("read child stdout");
+            if n == 0 || Instant::now() > deadline {
+                panic!("no line containing {needle:?}; got: {seen}");
+            }
+            seen.push_str(&line);
+            if line.contains(needle) {
+                return seen;
+            }
+        }
+    }
+
     /// Reads stdout lines until one contains `needle` (or the deadline or
     /// EOF passes, which panics with what was read).
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {

@@ -66,6 +66,9 @@ struct Redirect {
     /// The translator's own interfaces, named in messages.
     ifaces: Vec<(u32, String)>,
     enabled: bool,
+    /// Generic (skb) XDP: a redirected frame is handed to the device's
+    /// ordinary transmit path, which every device has.
+    generic: bool,
     ticks: u32,
 }
 
@@ -87,7 +90,7 @@ impl Redirect {
         let mut seen = std::collections::BTreeSet::new();
         for d in devices {
             seen.insert(d.ifindex);
-            let ok = d.accepts_redirect();
+            let ok = self.generic || d.accepts_redirect();
             if self.known.get(&d.ifindex) == Some(&ok) {
                 continue;
             }
@@ -99,7 +102,9 @@ impl Redirect {
             self.known.insert(d.ifindex, ok);
             if self.ifaces.iter().any(|(i, _)| *i == d.ifindex) || !start {
                 let name = self.name(d.ifindex);
-                if ok {
+                if ok && self.generic {
+                    println!("{name}: frames to it leave by XDP redirect (generic XDP: sent as ordinary skbs)");
+                } else if ok {
                     println!("{name}: frames to it leave by XDP redirect (the device transmits XDP frames)");
                 } else {
                     println!(
@@ -374,6 +379,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
             known: Default::default(),
             ifaces: ifaces.iter().map(|i| (i.index, i.name.clone())).collect(),
             enabled: cfg.xdp_redirect,
+            generic: opts.mode == XdpMode::Skb,
             ticks: 0,
         },
     };
