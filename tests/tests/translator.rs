@@ -434,6 +434,34 @@ fn live_map_edits_change_new_connections_and_bad_edits_change_nothing() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("instance \"10.10.0.300\" is not an IPv4 address"));
     assert_eq!(lab.gw_cli(&["map", "show"]), show);
+    // The validator of the configuration file checks live edits too: the
+    // translator's own SAL address, and a socket the gateway listens on
+    // (its metrics endpoint) are refused.
+    let refused = |service: &str, why: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", lab.gateway.name()])
+            .arg(xlate_user_bin())
+            .args([
+                "map",
+                "set",
+                "--service",
+                service,
+                "--id",
+                "00000050",
+                "--instances",
+                "10.10.0.12",
+                "--iface",
+                "g0",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(why), "{err}");
+    };
+    refused(&format!("{SAL_ADDRESS}:80"), "is the translator's sal_address");
+    refused("127.0.0.1:9464", "collides with a socket of this host listening on 127.0.0.1:9464");
+    assert_eq!(lab.gw_cli(&["map", "show"]), show);
     // Removing the service: the kernel no longer translates it.
     let out = lab.gw_cli(&["map", "del", "--service", "203.0.113.1:80"]);
     assert!(out.contains("removed"), "{out}");

@@ -46,6 +46,34 @@ pub struct Instance {
     pub weight: u32,
 }
 
+impl Service {
+    /// The rules every service obeys, whether it comes from the file, a
+    /// reload or `xlate-user map set`.
+    pub fn check(&self, sal_address: Ipv4Addr) -> Result<()> {
+        let (a, p) = (self.address, self.port);
+        match (self.instances.is_empty(), self.router) {
+            (true, None) => bail!("service {a}:{p} needs instances or a router (instances = [] gives it neither)"),
+            (false, Some(r)) => {
+                bail!("service {a}:{p} has both instances and router {r}: give one (the router picks instances itself)")
+            }
+            _ => {}
+        }
+        if a == sal_address {
+            bail!(
+                "service address {a} is the translator's sal_address: SAL packets to it would be taken for \
+                 translated traffic; give the service a public address of its own"
+            );
+        }
+        if a.is_unspecified() || a.is_broadcast() || a.is_multicast() {
+            bail!("service address {a} cannot be a unicast destination");
+        }
+        if let Some(i) = self.instances.iter().find(|i| i.address == sal_address) {
+            bail!("instance {} is the translator's own sal_address", i.address);
+        }
+        Ok(())
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -59,7 +87,7 @@ struct RawConfig {
 struct RawTranslator {
     sal_address: Spanned<String>,
     #[serde(default = "default_idle")]
-    idle_timeout: u64,
+    idle_timeout: Spanned<u64>,
     #[serde(default = "default_true")]
     xdp_redirect: bool,
 }
@@ -68,8 +96,8 @@ fn default_true() -> bool {
     true
 }
 
-fn default_idle() -> u64 {
-    600
+fn default_idle() -> Spanned<u64> {
+    Spanned::new(0..0, 600)
 }
 
 #[derive(Deserialize)]
@@ -110,6 +138,12 @@ impl Config {
                 .map_err(|_| anyhow::anyhow!("{}: {field} {:?} is not an IPv4 address", at(s.span()), s.get_ref()))
         };
         let sal_address = ip(&raw.translator.sal_address, "sal_address")?;
+        if *raw.translator.idle_timeout.get_ref() == 0 {
+            bail!(
+                "{}: idle_timeout 0 would expire every flow at once; give seconds (default 600)",
+                at(raw.translator.idle_timeout.span())
+            );
+        }
         let mut services = Vec::new();
         let mut seen = HashSet::new();
         for s in &raw.service {
@@ -162,17 +196,16 @@ impl Config {
                 instances.push(Instance { address: a, weight: w });
             }
             let router = s.router.as_ref().map(|r| ip(r, "router")).transpose()?;
-            if instances.is_empty() && router.is_none() {
-                bail!("{}: service {address}:{port} needs instances or a router", at(s.address.span()));
-            }
-            services.push(Service { address, port, service_id, instances, router });
+            let svc = Service { address, port, service_id, instances, router };
+            svc.check(sal_address).map_err(|e| anyhow::anyhow!("{}: {e}", at(s.address.span())))?;
+            services.push(svc);
         }
         if services.len() > xlate_common::flow::gw::MAX_SERVICES as usize {
             bail!("{} services configured, at most {}", services.len(), xlate_common::flow::gw::MAX_SERVICES);
         }
         Ok(Config {
             sal_address,
-            idle_timeout: raw.translator.idle_timeout,
+            idle_timeout: *raw.translator.idle_timeout.get_ref(),
             xdp_redirect: raw.translator.xdp_redirect,
             services,
         })
@@ -230,5 +263,16 @@ router = "10.10.0.254"
         assert!(e.contains("sal_addr"), "{e}");
         let e = err(&GOOD.replace("router = \"10.10.0.254\"", ""));
         assert!(e.contains("needs instances or a router"), "{e}");
+        let e =
+            err(&GOOD.replace("router = \"10.10.0.254\"", "router = \"10.10.0.254\"\ninstances = [\"10.10.0.11\"]"));
+        assert!(e.contains("line 12: service 203.0.113.1:443 has both instances and router 10.10.0.254"), "{e}");
+        let e =
+            err(&GOOD
+                .replace("instances = [\"10.10.0.11\", { address = \"10.10.0.12\", weight = 3 }]", "instances = []"));
+        assert!(e.contains("line 6: service 203.0.113.1:80 needs instances or a router"), "{e}");
+        let e = err(&GOOD.replace("sal_address = \"10.10.0.1\"", "sal_address = \"10.10.0.1\"\nidle_timeout = 0"));
+        assert!(e.contains("line 4: idle_timeout 0"), "{e}");
+        let e = err(&GOOD.replace("address = \"203.0.113.1\"\nport = 80", "address = \"10.10.0.1\"\nport = 80"));
+        assert!(e.contains("line 6: service address 10.10.0.1 is the translator's sal_address"), "{e}");
     }
 }

@@ -173,6 +173,8 @@ impl GwMaps {
 
     /// Live edit: add or replace one service (by address and port).
     fn set_service(&mut self, svc: crate::config::Service) -> Result<String> {
+        svc.check(self.cfg.sal_address)?;
+        check_listeners(std::slice::from_ref(&svc))?;
         let mut cfg = self.cfg.clone();
         cfg.services.retain(|s| (s.address, s.port) != (svc.address, svc.port));
         let what = format!("{}:{} -> service {}", svc.address, svc.port, svc.service_id);
@@ -199,6 +201,7 @@ impl GwMaps {
 impl crate::host::LoopHooks for GwMaps {
     fn reload(&mut self) -> Result<String> {
         let new = Config::load(&self.path)?;
+        check_listeners(&new.services).with_context(|| self.path.display().to_string())?;
         if new.sal_address != self.cfg.sal_address {
             bail!("sal_address cannot change while running (restart instead)");
         }
@@ -341,8 +344,45 @@ impl Drop for SysctlGuard {
     }
 }
 
+/// TCP sockets listening in this network namespace: (address, port).
+fn listeners() -> Result<Vec<(Ipv4Addr, u16)>> {
+    let text = std::fs::read_to_string("/proc/self/net/tcp").context("reading /proc/self/net/tcp")?;
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl local_address rem_address st ...; LISTEN is state 0A.
+        if f.len() < 4 || f[3] != "0A" {
+            continue;
+        }
+        let Some((a, p)) = f[1].split_once(':') else { continue };
+        let (Ok(a), Ok(p)) = (u32::from_str_radix(a, 16), u16::from_str_radix(p, 16)) else { continue };
+        // The address is printed as the host-order value of network bytes.
+        out.push((Ipv4Addr::from(a.to_ne_bytes()), p));
+    }
+    Ok(out)
+}
+
+/// A service the translator takes over must not be an address and port a
+/// socket of the gateway itself listens on: XDP rewrites those segments
+/// before the local stack could see them, so that socket would go deaf.
+fn check_listeners(services: &[crate::config::Service]) -> Result<()> {
+    let socks = listeners()?;
+    for s in services {
+        if let Some((a, p)) = socks.iter().find(|(a, p)| *p == s.port && *a == s.address) {
+            bail!(
+                "service {}:{} collides with a socket of this host listening on {a}:{p}; the translator would take \
+                 its traffic (move the service or the listener)",
+                s.address,
+                s.port
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(opts: RunOptions) -> Result<()> {
     let cfg = Config::load(&opts.config)?;
+    check_listeners(&cfg.services).with_context(|| opts.config.display().to_string())?;
     if opts.ifaces.is_empty() {
         bail!("give at least one --iface");
     }
