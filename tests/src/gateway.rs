@@ -217,10 +217,11 @@ impl GatewayLab {
         format!("http://{PUBLIC_IP}:{PUBLIC_PORT}/{path}")
     }
 
-    /// `xlate-user <args> --iface g0` in the gateway namespace.
+    /// `xlate-user <args> --iface g0` in the gateway namespace, as an
+    /// operator runs it: `ip netns exec`, with a mount namespace of its own.
     pub fn gw_cli(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.gateway.name()))
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", self.gateway.name()])
             .arg(crate::xlate_user_bin())
             .args(args)
             .args(["--iface", "g0"])

@@ -31,13 +31,14 @@ pub const SERVER_IF: &str = "hs0";
 /// detaches and unpins; its pin directory is removed if it had to be killed.
 pub struct Agent {
     bg: Option<Bg>,
-    pin_dir: PathBuf,
+    /// The pin directory's name under the host-wide pin base.
+    pin_name: String,
 }
 
 impl Agent {
     pub fn start(ns: &Netns, iface: &str, args: &[&str]) -> Agent {
         let ino = std::fs::metadata(format!("/run/netns/{}", ns.name())).unwrap().ino();
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xlate/host-{ino}-{iface}"));
+        let pin_name = format!("host-{ino}-{iface}");
         let bin = xlate_user_bin();
         let mut full = vec![
             format!("--net=/run/netns/{}", ns.name()),
@@ -56,7 +57,7 @@ impl Agent {
             .unwrap();
         let mut bg = Bg::from_child(child);
         bg.wait_for_line("xlate host mode on", Duration::from_secs(30));
-        Agent { bg: Some(bg), pin_dir }
+        Agent { bg: Some(bg), pin_name }
     }
 
     /// Stops the agent; returns its stderr.
@@ -71,8 +72,9 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
-        if self.pin_dir.exists() {
-            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        // Wherever the agent pinned (see xlate_user::pins).
+        for base in ["/proc/1/root/run/xlate/bpf", "/proc/1/root/sys/fs/bpf/xlate"] {
+            let _ = std::fs::remove_dir_all(std::path::Path::new(base).join(&self.pin_name));
         }
     }
 }
@@ -136,15 +138,16 @@ impl HostLab {
         format!("http://{SERVICE_ADDR}:{SERVICE_PORT}/{path}")
     }
 
-    /// `xlate-user host <sub> --iface …` on one side (`nsenter` keeps the
-    /// mount namespace, where the pins are).
+    /// `xlate-user host <sub> --iface …` on one side, as an operator runs
+    /// it: `ip netns exec`, which also gives the command a mount namespace
+    /// of its own (the pins must be reachable from there).
     pub fn host_cli(&self, server_side: bool, sub: &[&str]) -> Output {
         let (ns, iface) = if server_side { (&self.server, SERVER_IF) } else { (&self.client, CLIENT_IF) };
-        let mut args =
-            vec![format!("--net=/run/netns/{}", ns.name()), xlate_user_bin().display().to_string(), "host".into()];
+        let mut args = vec!["netns".into(), "exec".into(), ns.name().to_string()];
+        args.extend([xlate_user_bin().display().to_string(), "host".into()]);
         args.extend(sub.iter().map(|s| s.to_string()));
         args.extend(["--iface".to_string(), iface.to_string()]);
-        Command::new("nsenter").args(&args).output().unwrap()
+        Command::new("ip").args(&args).output().unwrap()
     }
 
     pub fn stats(&self, server_side: bool) -> BTreeMap<String, u64> {

@@ -16,7 +16,7 @@ use xlate_common::maps::ServiceKey;
 
 use crate::config::Config;
 use crate::host::control::ControlPlane;
-use crate::host::maps::{ensure_bpffs, pin_dir, HostMaps, Kind};
+use crate::host::maps::{pin_dir_for_agent, HostMaps, Kind};
 use crate::host::{control_socket, event_loop, seed_flow_ids, PinGuard};
 use crate::netif::Interface;
 use crate::rawsock::RawSocket;
@@ -389,10 +389,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let ifaces: Vec<Interface> = opts.ifaces.iter().map(|n| Interface::lookup(n)).collect::<Result<_>>()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _rt_guard = rt.enter();
-    ensure_bpffs()?;
-    let dir = pin_dir(Kind::Gateway, &ifaces[0].name)?;
+    let dir = pin_dir_for_agent(Kind::Gateway, &ifaces[0].name)?;
     if dir.exists() {
-        bail!("a translator already runs on {} ({} exists); stop it first", ifaces[0].name, dir.display());
+        bail!("a translator already runs on {} ({} exists); stop it first", ifaces[0].name, crate::pins::shown(&dir));
     }
     let mut ebpf = crate::ebpf::load()?;
     let prog: &mut Xdp = ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("program {PROGRAM} missing"))?.try_into()?;

@@ -11,5 +11,6 @@ pub mod maglev;
 pub mod metrics;
 pub mod netif;
 pub mod pcap;
+pub mod pins;
 pub mod rawsock;
 pub mod xdp_features;

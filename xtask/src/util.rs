@@ -46,6 +46,7 @@ pub fn is_root() -> bool {
 /// (source `xlate`) once no xlate pins remain: tests leave the machine as
 /// they found it. A bpffs mounted by the system is left alone.
 pub fn unmount_own_bpffs() {
+    unmount_run_bpffs();
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let ours = mounts.lines().any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -61,4 +62,26 @@ pub fn unmount_own_bpffs() {
     let path = std::ffi::CString::new("/sys/fs/bpf").unwrap();
     // SAFETY: plain umount2(2) of a path we checked.
     unsafe { libc::umount2(path.as_ptr(), 0) };
+}
+
+/// Unmounts the BPF filesystem agents mount at /run/xlate/bpf (source
+/// `xlate`) once it holds no pins.
+fn unmount_run_bpffs() {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let ours = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 2 && f[0] == "xlate" && f[1] == "/run/xlate/bpf" && f[2] == "bpf"
+    });
+    // The kernel's own maps.debug/progs.debug appear in every bpffs.
+    let pinned = std::fs::read_dir("/run/xlate/bpf")
+        .map(|d| d.flatten().any(|e| !e.file_name().to_string_lossy().ends_with(".debug")))
+        .unwrap_or(true);
+    if !ours || pinned {
+        return;
+    }
+    let path = std::ffi::CString::new("/run/xlate/bpf").unwrap();
+    // SAFETY: plain umount2(2) of a path we checked.
+    unsafe { libc::umount2(path.as_ptr(), 0) };
+    let _ = std::fs::remove_dir("/run/xlate/bpf");
+    let _ = std::fs::remove_dir("/run/xlate");
 }

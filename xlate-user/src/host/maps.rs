@@ -27,32 +27,22 @@ impl Kind {
 }
 
 /// Where an instance pins its maps: one directory per kind, network
-/// namespace and interface, so several instances coexist on one machine.
+/// namespace and interface, so several instances coexist on one machine;
+/// under the host-wide pin base (see [`crate::pins`]).
 pub fn pin_dir(kind: Kind, iface: &str) -> Result<PathBuf> {
-    let ns = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
-    use std::os::unix::fs::MetadataExt;
-    Ok(PathBuf::from(format!("/sys/fs/bpf/xlate/{}-{}-{iface}", kind.prefix(), ns.ino())))
+    crate::pins::dir_for_reading(&crate::host::control_socket(kind, iface)?, &pin_name(kind, iface)?)
 }
 
-/// Makes sure /sys/fs/bpf is a BPF filesystem (mounts one if not, with
-/// the source name `xlate`, so that test harnesses can tell it is theirs
-/// to unmount; on a normal system it stays, as bpftool leaves it).
-pub fn ensure_bpffs() -> Result<()> {
-    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-    let path = std::ffi::CString::new("/sys/fs/bpf").unwrap();
-    // SAFETY: valid path and out-struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    std::fs::create_dir_all("/sys/fs/bpf").ok();
-    let (src, fstype) = (std::ffi::CString::new("xlate").unwrap(), std::ffi::CString::new("bpf").unwrap());
-    // SAFETY: valid C strings; mount(2) with no data.
-    let r = unsafe { libc::mount(src.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
-    if r != 0 {
-        return Err(anyhow!("mounting bpffs on /sys/fs/bpf: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
+/// The same directory for an agent about to pin (mounts the base if needed).
+pub fn pin_dir_for_agent(kind: Kind, iface: &str) -> Result<PathBuf> {
+    Ok(crate::pins::base_for_agent()?.join(pin_name(kind, iface)?))
+}
+
+/// `<kind>-<netns inode>-<iface>`.
+pub fn pin_name(kind: Kind, iface: &str) -> Result<String> {
+    let ns = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    use std::os::unix::fs::MetadataExt;
+    Ok(format!("{}-{}-{iface}", kind.prefix(), ns.ino()))
 }
 
 pub struct HostMaps {
@@ -120,13 +110,20 @@ impl HostMaps {
 
 /// Opens a pinned map of a running instance.
 pub fn open_pinned(kind: Kind, iface: &str, name: &str) -> Result<Map> {
-    let path = pin_dir(kind, iface)?.join(name);
     let what = match kind {
         Kind::Host => "host-mode instance",
         Kind::Gateway => "translator",
     };
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("no {what} on {iface} in this network namespace ({} not found)", path.display()))?;
+    let path = pin_dir(kind, iface)
+        .with_context(|| format!("no {what} on {iface} in this network namespace (is the agent running?)"))?
+        .join(name);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "no {what} on {iface} in this network namespace ({} not found; is the agent running, and is this \
+             shell in its network namespace?)",
+            crate::pins::shown(&path)
+        )
+    })?;
     Ok(Map::from_map_data(data)?)
 }
 

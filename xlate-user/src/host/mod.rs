@@ -100,11 +100,10 @@ pub struct HostOptions {
     pub idle_timeout: Duration,
 }
 
-/// The control socket of a running instance, for `host migrate`.
+/// The control socket of a running instance, for `host migrate`. /run is
+/// the host's in every `ip netns exec` shell.
 pub fn control_socket(kind: Kind, iface: &str) -> Result<PathBuf> {
-    let dir = maps::pin_dir(kind, iface)?;
-    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-    Ok(PathBuf::from("/run/xlate").join(format!("{name}.sock")))
+    Ok(PathBuf::from("/run/xlate").join(format!("{}.sock", maps::pin_name(kind, iface)?)))
 }
 
 /// Runs host mode until SIGINT/SIGTERM; cleans up on the way out.
@@ -112,10 +111,13 @@ pub fn run(opts: HostOptions) -> Result<()> {
     let iface = Interface::lookup(&opts.iface)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _rt_guard = rt.enter();
-    maps::ensure_bpffs()?;
-    let pin_dir = maps::pin_dir(Kind::Host, &iface.name)?;
+    let pin_dir = maps::pin_dir_for_agent(Kind::Host, &iface.name)?;
     if pin_dir.exists() {
-        bail!("another host-mode instance runs on {} ({} exists); stop it first", iface.name, pin_dir.display());
+        bail!(
+            "another host-mode instance runs on {} ({} exists); stop it first",
+            iface.name,
+            crate::pins::shown(&pin_dir)
+        );
     }
     let mut ebpf = crate::ebpf::load()?;
     for (prog, _) in [("xlate_host_ingress", ()), ("xlate_host_egress", ())] {
