@@ -174,22 +174,10 @@ impl Bg {
     }
 
     /// Reads stdout lines until one contains `needle` (or the deadline or
-    /// EOF passes, which panics with what was read).
+    /// EOF passes, which panics with what was read); returns that line.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        let out = self.stdout.as_mut().expect("stdout piped");
-        let mut seen = String::new();
-        loop {
-            let mut line = String::new();
-            let n = out.read_line(&mut line).expect("read child stdout");
-            if n == 0 || Instant::now() > deadline {
-                panic!("no line containing {needle:?}; got: {seen}");
-            }
-            if line.contains(needle) {
-                return line;
-            }
-            seen.push_str(&line);
-        }
+        let seen = self.read_until(needle, timeout);
+        seen.lines().last().map(|l| format!("{l}\n")).unwrap_or_default()
     }
 
     /// Sends `sig`, waits for exit, returns the rest of stdout and stderr.

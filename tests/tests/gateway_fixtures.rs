@@ -427,19 +427,29 @@ fn settle(meta: &[u8], frame: &[u8]) -> (ChecksumNote, Vec<u8>) {
     (note, f)
 }
 
-#[test]
-fn an_ambiguous_complete_checksum_leaves_valid_both_ways() {
+/// A translator with the capture's flow past its SYN-ACK, and the capture.
+fn established() -> (Gw, Vec<(Vec<u8>, ServalRepr<'static>)>) {
     require_root();
     let caps = capture_packets("handshake-data-close.pcap");
     let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
     gw.insert_capture_flow();
     gw.expect(&eth(&caps[1].0), XDP_PASS, &[HostCounter::GwToTcp, HostCounter::IngressSynAck]);
+    (gw, caps)
+}
+
+/// The client's data segment of the capture, as a real NIC sends it.
+fn client_data(caps: &[(Vec<u8>, ServalRepr<'static>)]) -> (Vec<u8>, u32, u32, usize) {
+    let Transport::Tcp(t) = caps[4].1.transport else { panic!() };
+    (client_tcp(0x18, t.seq, t.ack, &[], t.payload), t.seq, t.ack, t.payload.len())
+}
+
+#[test]
+fn an_ambiguous_complete_checksum_leaves_valid_both_ways() {
+    let (mut gw, caps) = established();
 
     // Client -> service: a data segment with a complete checksum that
     // equals its pseudo-header sum (tx offload off, as from a real NIC).
-    let (_, data_repr) = &caps[4];
-    let Transport::Tcp(t) = data_repr.transport else { panic!() };
-    let mut seg = client_tcp(0x18, t.seq, t.ack, &[], t.payload);
+    let (mut seg, ..) = client_data(&caps);
     make_ambiguous(&mut seg[14..], 20, 20);
     let out = gw.expect(&seg, XDP_PASS, &[HostCounter::GwToSal, HostCounter::GwPartialChecksum]);
     let tcp = 14 + 20 + 12;
@@ -465,17 +475,11 @@ fn an_ambiguous_complete_checksum_leaves_valid_both_ways() {
 
 #[test]
 fn a_partial_checksum_leaves_in_the_form_offload_completes() {
-    require_root();
-    let caps = capture_packets("handshake-data-close.pcap");
-    let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
-    gw.insert_capture_flow();
-    gw.expect(&eth(&caps[1].0), XDP_PASS, &[HostCounter::GwToTcp, HostCounter::IngressSynAck]);
+    let (mut gw, caps) = established();
 
     // A veth sender with tx offload: the field holds the pseudo-header sum
     // and the rest of the segment is not summed.
-    let (_, data_repr) = &caps[4];
-    let Transport::Tcp(t) = data_repr.transport else { panic!() };
-    let mut seg = client_tcp(0x18, t.seq, t.ack, &[], t.payload);
+    let (mut seg, seq, ack, payload) = client_data(&caps);
     let len = seg.len() - 34;
     let p = pseudo_sum(&seg[14..], len);
     seg[14 + 20 + 16..14 + 20 + 18].copy_from_slice(&p.to_be_bytes());
@@ -495,7 +499,7 @@ fn a_partial_checksum_leaves_in_the_form_offload_completes() {
     assert_eq!(gw.bed.last_meta.len(), ChecksumNote::LEN, "the note is there; TC skips it for partial skbs");
 
     // Unambiguous complete checksums carry no note.
-    let seg = client_tcp(0x10, t.seq + t.payload.len() as u32, t.ack, &[], &[]);
+    let seg = client_tcp(0x10, seq + payload as u32, ack, &[], &[]);
     let out = gw.expect(&seg, XDP_PASS, &[HostCounter::GwToSal]);
     assert!(gw.bed.last_meta.is_empty());
     let hl = usize::from(out[14 + 20 + 8]) * 4;
