@@ -117,18 +117,10 @@ impl HostLab {
     }
 
     pub fn start_http(&mut self) {
+        // Files (GET), generated streams and uploads (PUT): see HTTP_SERVER.
         let mut http = self.server.spawn(
             "python3",
-            &[
-                "-u",
-                "-m",
-                "http.server",
-                &HTTP_PORT.to_string(),
-                "--bind",
-                SERVER_IP,
-                "--directory",
-                self.dir.to_str().unwrap(),
-            ],
+            &["-u", "-c", crate::gateway::HTTP_SERVER, &HTTP_PORT.to_string(), self.dir.to_str().unwrap()],
         );
         http.wait_for_line("Serving HTTP", Duration::from_secs(10));
         self.http = Some(http);

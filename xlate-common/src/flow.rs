@@ -37,6 +37,11 @@ pub struct HostConfig {
     pub max_mss: u16,
     /// `config_flag::*` bits.
     pub flags: u32,
+    /// Host mode: the helper device Serval segments are sent through to be
+    /// segmented and checksummed in software (0: translate in place).
+    pub segmenter_ifindex: u32,
+    /// Host mode: the interface translated segments leave by.
+    pub out_ifindex: u32,
 }
 
 /// Bits of [`HostConfig::flags`].
@@ -272,7 +277,7 @@ pub enum HostCounter {
     GwChecksumOffloaded,
     GwChecksumUnresolved,
     GwPassNoRedirect,
-    GwRedirectFailed,
+    EgressToSegmenter,
 }
 
 impl HostCounter {
@@ -324,7 +329,7 @@ impl HostCounter {
             GwChecksumOffloaded,
             GwChecksumUnresolved,
             GwPassNoRedirect,
-            GwRedirectFailed,
+            EgressToSegmenter,
         ]
     };
 
@@ -379,7 +384,7 @@ impl HostCounter {
             GwChecksumOffloaded => "gw_checksum_left_to_offload",
             GwChecksumUnresolved => "gw_checksum_unresolved",
             GwPassNoRedirect => "gw_passed_no_redirect_target",
-            GwRedirectFailed => "gw_redirect_failed",
+            EgressToSegmenter => "egress_to_segmenter",
         }
     }
 }

@@ -155,7 +155,7 @@ pub(crate) fn copy_n<const N: usize>(b: &[u8; SCRATCH_LEN], pos: usize) -> [u8; 
 
 #[classifier]
 pub fn xlate_host_egress(ctx: TcContext) -> i32 {
-    match egress(&ctx) {
+    match egress(&ctx, false) {
         Ok(v) => v,
         Err(_) => {
             count(HostCounter::EgressError);
@@ -164,8 +164,32 @@ pub fn xlate_host_egress(ctx: TcContext) -> i32 {
     }
 }
 
+/// TC ingress on the segmenter's far end. The interface's egress program
+/// sends every segment of a Serval flow to the segmenter, a veth pair
+/// without segmentation or checksum offload. The kernel cuts TCP's large
+/// (GSO) packets into segments and sums each one in software before they
+/// cross the pair. Here each segment is translated and sent out of the
+/// interface. TCP keeps building large packets, and traffic that is not
+/// Serval keeps every offload of the interface.
+#[classifier]
+pub fn xlate_host_segmented(ctx: TcContext) -> i32 {
+    match egress(&ctx, true) {
+        // Translated: egress() redirected it. Anything else arriving here
+        // (IPv6 neighbour discovery, a flow freed meanwhile) goes nowhere.
+        Ok(v) if v != TC_ACT_OK => v,
+        Ok(_) => {
+            count(HostCounter::EgressNotOurs);
+            TC_ACT_SHOT
+        }
+        Err(_) => {
+            count(HostCounter::EgressError);
+            TC_ACT_SHOT
+        }
+    }
+}
+
 #[inline(always)]
-fn egress(ctx: &TcContext) -> Result<i32, i64> {
+fn egress(ctx: &TcContext, at_segmenter: bool) -> Result<i32, i64> {
     if ctx.load::<u16>(12)? != ETH_P_IP_BE {
         return Ok(TC_ACT_OK);
     }
@@ -217,9 +241,17 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
         return Err(-1);
     };
     let addrs = *addrs;
+    let Some(cfg) = CONFIG.get(0) else {
+        return Err(-1);
+    };
+    if !at_segmenter && cfg.segmenter_ifindex != 0 {
+        count(HostCounter::EgressToSegmenter);
+        // SAFETY: plain helper call.
+        return Ok(unsafe { aya_ebpf::helpers::bpf_redirect(cfg.segmenter_ifindex, 0) } as i32);
+    }
     // Software GSO has no handler for protocol 144: a GSO super-packet
-    // would be dropped after we turned it into SAL. Host mode switches
-    // GSO/TSO off on the interface; count if one slips through.
+    // would be dropped after we turned it into SAL. Segments come through
+    // the segmenter one by one; count if one slips through.
     // SAFETY: reading a field of the context.
     if unsafe { (*ctx.skb.skb).gso_segs } > 1 {
         count(HostCounter::EgressGso);
@@ -279,6 +311,10 @@ fn egress(ctx: &TcContext) -> Result<i32, i64> {
         ctx.store(0, &[0xffu8; 6], 0)?;
     }
     count(HostCounter::EgressTranslated);
+    if at_segmenter {
+        // SAFETY: plain helper call.
+        return Ok(unsafe { aya_ebpf::helpers::bpf_redirect(cfg.out_ifindex, 0) } as i32);
+    }
     Ok(TC_ACT_OK)
 }
 

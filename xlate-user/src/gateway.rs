@@ -427,10 +427,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
         0,
         HostConfig {
             addr: cfg.sal_address.octets(),
-            broadcast: [0; 4],
-            mac: [0; 6],
             max_mss,
             flags: if cfg.xdp_redirect { xlate_common::flow::config_flag::XDP_REDIRECT } else { 0 },
+            ..Default::default()
         },
         0,
     )?;
@@ -520,11 +519,7 @@ impl TestBed {
             ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("program {PROGRAM} missing"))?.try_into()?;
         prog.load()?;
         let mut cfg: Array<_, HostConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap())?;
-        cfg.set(
-            0,
-            HostConfig { addr: sal_address.octets(), broadcast: [0; 4], mac: [0; 6], max_mss: 1448, flags: 0 },
-            0,
-        )?;
+        cfg.set(0, HostConfig { addr: sal_address.octets(), max_mss: 1448, ..Default::default() }, 0)?;
         let mut svc: HashMap<_, ServiceKey, gw::GwService> = HashMap::try_from(ebpf.map_mut(gw::SERVICES).unwrap())?;
         let sid: xlate_common::ServiceId = "00000050".parse().expect("valid");
         svc.insert(ServiceKey::new(public, 80), gw::GwService { service_id: sid.0, index: 0, router: [0; 4] }, 0)?;

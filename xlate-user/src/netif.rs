@@ -1,6 +1,6 @@
-//! Facts about a network interface and the few changes host mode makes to
-//! it (offloads, a route and a neighbour entry per `--connect` address),
-//! done with iproute2 and ethtool and undone on exit.
+//! Facts about a network interface and the few changes host mode makes
+//! around it (its segmenter veth pair, a route and a neighbour entry per
+//! `--connect` address), done with iproute2 and ethtool and undone on exit.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -107,80 +107,55 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
-/// Offload settings host mode needs off: software GSO has no handler for
-/// protocol 144 (a super-packet turned into SAL would be dropped), and
-/// checksums must be complete on the wire for any Serval peer.
-const OFFLOADS: &[(&str, &str)] =
-    &[("tx-checksumming", "tx"), ("tcp-segmentation-offload", "tso"), ("generic-segmentation-offload", "gso")];
-
-/// The offloads switched off, to switch back on when host mode stops.
-///
-/// Switching GSO off is not enough: Linux TCP always builds GSO packets
-/// and segments them in software after the egress hook, where protocol
-/// 144 has no segmentation handler. Capping the device's `gso_max_segs`
-/// at 1 makes TCP build single-segment packets instead.
-pub struct OffloadGuard {
-    iface: String,
-    restore: Vec<&'static str>,
-    gso_max_segs: Option<u32>,
+/// The segmenter: a veth pair of host mode's own, with segmentation and
+/// checksum offload off on its near end. Linux TCP builds large (GSO)
+/// packets and leaves their checksums to offload; SAL has no segmentation
+/// handler in the kernel and Serval peers need complete checksums. The
+/// egress program therefore sends Serval flows' packets into the pair, where
+/// the kernel segments and sums them in software on the way out, and
+/// translates the segments as they come out of the far end (see
+/// `xlate_host_segmented`). The interface itself keeps its offloads, so
+/// other traffic runs at full speed. Deleted on exit.
+pub struct Segmenter {
+    pub near: String,
+    pub near_index: u32,
+    pub far: String,
+    pub far_index: u32,
 }
 
-#[derive(Deserialize)]
-struct LinkDetail {
-    gso_max_segs: Option<u32>,
-}
-
-impl OffloadGuard {
-    pub fn disable(iface: &str) -> Result<Self> {
-        let state = run(Command::new("ethtool").args(["-k", iface]))
-            .context("reading offloads (is ethtool installed? `cargo xtask setup` installs it)")?;
-        let mut restore = Vec::new();
-        for (long, short) in OFFLOADS {
-            let on = state.lines().any(|l| l.trim_start().starts_with(&format!("{long}: on")));
-            if on {
-                restore.push(*short);
-            }
-        }
-        if !restore.is_empty() {
-            let mut cmd = Command::new("ethtool");
-            cmd.args(["-K", iface]);
-            for s in &restore {
-                cmd.args([*s, "off"]);
-            }
-            run(&mut cmd)?;
-        }
-        let detail = run(Command::new("ip").args(["-d", "-j", "link", "show", "dev", iface]))?;
-        let segs = serde_json::from_str::<Vec<LinkDetail>>(&detail)
-            .ok()
-            .and_then(|v| v.into_iter().next())
-            .and_then(|d| d.gso_max_segs);
-        let gso_max_segs = match segs {
-            Some(1) => None,
-            Some(n) => {
-                run(Command::new("ip").args(["link", "set", "dev", iface, "gso_max_segs", "1"]))?;
-                Some(n)
-            }
-            None => bail!("cannot read gso_max_segs of {iface} (`ip -d -j link show`)"),
-        };
-        Ok(OffloadGuard { iface: iface.to_string(), restore, gso_max_segs })
+fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: a valid C string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => bail!("no interface {name}: {}", std::io::Error::last_os_error()),
+        i => Ok(i),
     }
 }
 
-impl Drop for OffloadGuard {
+impl Segmenter {
+    pub fn create(iface: &Interface) -> Result<Self> {
+        let (near, far) = (format!("xlsg{}a", iface.index), format!("xlsg{}b", iface.index));
+        // A pair left by an agent that was killed.
+        let _ = Command::new("ip").args(["link", "del", &near]).output();
+        let mtu = iface.mtu.to_string();
+        run(Command::new("ip").args(["link", "add", &near, "mtu", &mtu, "type", "veth", "peer", "name", &far]))
+            .context("creating the segmenter veth pair")?;
+        let seg = Segmenter { near_index: ifindex(&near)?, far_index: ifindex(&far)?, near, far };
+        run(Command::new("ip").args(["link", "set", &seg.far, "mtu", &mtu]))?;
+        run(Command::new("ethtool").args(["-K", &seg.near, "tx", "off", "tso", "off", "gso", "off"]))
+            .context("switching the segmenter's offloads off (is ethtool installed?)")?;
+        for dev in [&seg.near, &seg.far] {
+            // No addresses, no IPv6 chatter: only Serval segments cross it.
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1");
+            run(Command::new("ip").args(["link", "set", dev, "up"]))?;
+        }
+        Ok(seg)
+    }
+}
+
+impl Drop for Segmenter {
     fn drop(&mut self) {
-        if let Some(n) = self.gso_max_segs {
-            let _ =
-                Command::new("ip").args(["link", "set", "dev", &self.iface, "gso_max_segs", &n.to_string()]).output();
-        }
-        if self.restore.is_empty() {
-            return;
-        }
-        let mut cmd = Command::new("ethtool");
-        cmd.args(["-K", &self.iface]);
-        for s in &self.restore {
-            cmd.args([*s, "on"]);
-        }
-        let _ = cmd.output();
+        let _ = Command::new("ip").args(["link", "del", &self.near]).output();
     }
 }
 

@@ -40,20 +40,6 @@ impl Lab {
         }
         Ok(lab)
     }
-
-    /// The offloads host mode runs with, for a like-for-like baseline.
-    fn host_mode_offloads(&self) -> Result<()> {
-        for (ns, dev) in [(C, "bc0"), (S, "bs0")] {
-            let st = Command::new("ip")
-                .args(["netns", "exec", ns, "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off"])
-                .output()?;
-            if !st.status.success() {
-                bail!("ethtool -K {dev} failed");
-            }
-            ip(&["-n", ns, "link", "set", "dev", dev, "gso_max_segs", "1"])?;
-        }
-        Ok(())
-    }
 }
 
 impl Drop for Lab {
@@ -93,37 +79,38 @@ fn agent(bin: &Path, ns: &str, args: &[&str]) -> Result<Bg> {
     Ok(Bg(child))
 }
 
-/// Goodput in Gbit/s of an iperf3 run from the client namespace.
-fn iperf(dst: &str, streams: u32, seconds: u32) -> Result<f64> {
-    iperf_from(C, dst, streams, seconds)
+/// Goodput in Gbit/s of iperf3 runs from the client namespace: client to
+/// server and server to client (`-R`), 1 and 4 streams.
+fn four_ways(dst: &str, seconds: u32) -> Result<[f64; 4]> {
+    Ok([
+        iperf_from(C, dst, 1, seconds, false)?,
+        iperf_from(C, dst, 4, seconds, false)?,
+        iperf_from(C, dst, 1, seconds, true)?,
+        iperf_from(C, dst, 4, seconds, true)?,
+    ])
 }
 
 pub fn host_mode(bin: &Path, seconds: u32) -> Result<()> {
     let lab = Lab::new()?;
-    let _iperf = Bg(Command::new("ip")
-        .args(["netns", "exec", S, "iperf3", "-s", "-B", S_IP, "-p", PORT])
-        .stdout(Stdio::null())
-        .spawn()?);
+    let _iperf =
+        Bg(Command::new("ip").args(["netns", "exec", S, "iperf3", "-s", "-p", PORT]).stdout(Stdio::null()).spawn()?);
     std::thread::sleep(Duration::from_millis(500));
-    let mut rows = Vec::new();
-    let plain_default_1 = iperf(S_IP, 1, seconds)?;
-    let plain_default_4 = iperf(S_IP, 4, seconds)?;
-    lab.host_mode_offloads()?;
-    let plain_1 = iperf(S_IP, 1, seconds)?;
-    let plain_4 = iperf(S_IP, 4, seconds)?;
-    {
+    let plain = four_ways(S_IP, seconds)?;
+    let (plain_beside, host) = {
         let _s = agent(bin, S, &["--iface", "bs0", "--serve", &format!("00001451={PORT}")])?;
         let _c = agent(bin, C, &["--iface", "bc0", "--connect", &format!("00001451={SVC_ADDR}:{PORT}")])?;
-        let host_1 = iperf(SVC_ADDR, 1, seconds)?;
-        let host_4 = iperf(SVC_ADDR, 4, seconds)?;
-        rows.push(("plain TCP, default offloads (GSO/TSO on)", plain_default_1, plain_default_4));
-        rows.push(("plain TCP, host-mode offloads (tx csum off, 1 segment/skb)", plain_1, plain_4));
-        rows.push(("xlate host mode on both ends (SAL on the wire)", host_1, host_4));
-    }
-    println!("\nbench host-mode: iperf3 goodput over one veth pair, {seconds} s per run, Gbit/s");
-    println!("{:<62} {:>10} {:>10}", "path", "1 stream", "4 streams");
-    for (name, one, four) in rows {
-        println!("{name:<62} {one:>10.2} {four:>10.2}");
+        (four_ways(S_IP, seconds)?, four_ways(SVC_ADDR, seconds)?)
+    };
+    let rows = [
+        ("plain TCP, default offloads, no agent", plain),
+        ("plain TCP on the same links, host mode running on both", plain_beside),
+        ("xlate host mode on both ends (SAL on the wire)", host),
+    ];
+    println!("\nbench host-mode: iperf3 goodput over one veth pair, {seconds} s per run, Gbit/s (x plain)");
+    println!("{:<56} {:>14} {:>14} {:>14} {:>14}", "path", "c->s 1", "c->s 4", "s->c 1", "s->c 4");
+    for (name, v) in rows {
+        let cells: Vec<String> = v.iter().zip(plain).map(|(g, p)| format!("{g:.2} ({:.2}x)", g / p)).collect();
+        println!("{name:<56} {:>14} {:>14} {:>14} {:>14}", cells[0], cells[1], cells[2], cells[3]);
     }
     drop(lab);
     Ok(())
@@ -149,8 +136,9 @@ impl Drop for TranslatorLab {
     }
 }
 
-/// Goodput in Gbit/s (receiver side) of an iperf3 run from `ns`.
-fn iperf_from(ns: &str, dst: &str, streams: u32, seconds: u32) -> Result<f64> {
+/// Goodput in Gbit/s (receiver side) of an iperf3 run from `ns`; with
+/// `reverse` the server sends.
+fn iperf_from(ns: &str, dst: &str, streams: u32, seconds: u32, reverse: bool) -> Result<f64> {
     let out = Command::new("ip")
         .args([
             "netns",
@@ -167,6 +155,7 @@ fn iperf_from(ns: &str, dst: &str, streams: u32, seconds: u32) -> Result<f64> {
             "-t",
             &seconds.to_string(),
         ])
+        .args(reverse.then_some("-R"))
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -239,10 +228,10 @@ pub fn translator(bin: &Path, seconds: u32) -> Result<()> {
         .stdout(Stdio::null())
         .spawn()?);
     std::thread::sleep(Duration::from_secs(2));
-    let routed_1 = iperf_from(client, "10.10.0.11", 1, seconds)?;
-    let routed_4 = iperf_from(client, "10.10.0.11", 4, seconds)?;
-    let xlate_1 = iperf_from(client, "203.0.113.1", 1, seconds)?;
-    let xlate_4 = iperf_from(client, "203.0.113.1", 4, seconds)?;
+    let routed_1 = iperf_from(client, "10.10.0.11", 1, seconds, false)?;
+    let routed_4 = iperf_from(client, "10.10.0.11", 4, seconds, false)?;
+    let xlate_1 = iperf_from(client, "203.0.113.1", 1, seconds, false)?;
+    let xlate_4 = iperf_from(client, "203.0.113.1", 4, seconds, false)?;
     println!("\nbench translator: iperf3 goodput client -> gateway -> instance, {seconds} s per run, Gbit/s");
     println!("{:<62} {:>10} {:>10}", "path", "1 stream", "4 streams");
     println!("{:<62} {routed_1:>10.2} {routed_4:>10.2}", "plain IP routing through the gateway (XDP attached, passes)");

@@ -22,7 +22,7 @@ use xlate_common::flow::{
 use xlate_common::maps::{ServiceEntry, ServiceKey};
 use xlate_common::{ServiceId, ServicePrefix};
 
-use crate::netif::{ConnectRoute, Interface, OffloadGuard};
+use crate::netif::{ConnectRoute, Interface, Segmenter};
 use crate::rawsock::RawSocket;
 use control::ControlPlane;
 use maps::{HostMaps, Kind};
@@ -120,7 +120,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
         );
     }
     let mut ebpf = crate::ebpf::load()?;
-    for (prog, _) in [("xlate_host_ingress", ()), ("xlate_host_egress", ())] {
+    for (prog, _) in [("xlate_host_ingress", ()), ("xlate_host_egress", ()), ("xlate_host_segmented", ())] {
         let p: &mut SchedClassifier =
             ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing"))?.try_into()?;
         p.load().with_context(|| format!("the kernel refused {prog}"))?;
@@ -129,12 +129,15 @@ pub fn run(opts: HostOptions) -> Result<()> {
     let mut m = HostMaps::take_and_pin(&mut ebpf, &pin_dir)?;
     // From here on, leave nothing behind on any exit path.
     let _pins = scopeguard(pin_dir.clone());
+    let segmenter = Segmenter::create(&iface)?;
     let cfg = HostConfig {
         addr: iface.addr.octets(),
         broadcast: iface.broadcast.octets(),
         mac: iface.mac,
         max_mss: iface.max_mss(),
         flags: 0,
+        segmenter_ifindex: segmenter.near_index,
+        out_ifindex: iface.index,
     };
     m.config.set(0, cfg, 0)?;
     for s in &opts.serve {
@@ -153,7 +156,6 @@ pub fn run(opts: HostOptions) -> Result<()> {
         t.count = r.targets.len() as u32;
         m.routes.insert(&Key::new(u32::from(r.prefix.bits()), r.prefix.id().0), t, 0)?;
     }
-    let _offloads = OffloadGuard::disable(&iface.name)?;
     // The raw socket must exist before traffic: it is also what keeps the
     // kernel from answering SAL with ICMP protocol-unreachable.
     let sal = RawSocket::new(i32::from(xlate_common::wire::IPPROTO_SAL)).context("opening the raw SAL socket")?;
@@ -161,9 +163,13 @@ pub fn run(opts: HostOptions) -> Result<()> {
     let events = RingBuf::try_from(ebpf.take_map(names::EVENTS).ok_or_else(|| anyhow!("events map missing"))?)?;
 
     let mut links = Vec::new();
-    for (prog, at) in [("xlate_host_ingress", TcAttachType::Ingress), ("xlate_host_egress", TcAttachType::Egress)] {
+    for (prog, dev, at) in [
+        ("xlate_host_segmented", &segmenter.far, TcAttachType::Ingress),
+        ("xlate_host_ingress", &iface.name, TcAttachType::Ingress),
+        ("xlate_host_egress", &iface.name, TcAttachType::Egress),
+    ] {
         let p: &mut SchedClassifier = ebpf.program_mut(prog).unwrap().try_into()?;
-        links.push(p.attach(&iface.name, at).with_context(|| format!("attaching {prog} to {}", iface.name))?);
+        links.push(p.attach(dev, at).with_context(|| format!("attaching {prog} to {dev}"))?);
     }
     println!(
         "xlate host mode on {} ({} / broadcast {}, MSS {}): serving {}, connecting {}, {} routes",
@@ -187,6 +193,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
     let _ = std::fs::remove_file(&sock_path);
     drop(links);
     drop(ebpf);
+    drop(segmenter);
     r
 }
 
