@@ -408,7 +408,8 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<HostConfig>(), 20);
+        assert_eq!(size_of::<HostConfig>(), 4 + 4 + 6 + 2 + 4 + 4 + 4);
+        assert_eq!(size_of::<gw::ChecksumNote>(), 12);
         assert_eq!(size_of::<FlowState>(), 32 + 16 + 16 + 12 + 4 + 8 + 8 + 8 + 16);
         assert_eq!(size_of::<FlowAddrs>(), 8);
         assert_eq!(size_of::<PeerKey>(), 8);
