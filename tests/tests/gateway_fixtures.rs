@@ -44,7 +44,7 @@ impl Gw {
 
     fn counters(&self) -> Vec<u64> {
         let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.bed.ebpf.map("HOST_COUNTERS").unwrap()).unwrap();
-        HostCounter::ALL.iter().map(|c| m.get(&c.index(), 0).unwrap().iter().sum()).collect()
+        HostCounter::all().map(|c| m.get(&c.index(), 0).unwrap().iter().sum()).collect()
     }
 
     /// Runs a frame; checks the verdict and exactly which counters moved.
@@ -53,7 +53,7 @@ impl Gw {
         let (v, out) = self.run(frame);
         assert_eq!(v, verdict, "verdict");
         let after = self.counters();
-        for c in HostCounter::ALL {
+        for c in HostCounter::all() {
             let d = after[c.index() as usize] - before[c.index() as usize];
             assert_eq!(d, u64::from(moved.contains(&c)), "counter {}", c.name());
         }

@@ -64,9 +64,9 @@ fn download(mode: &str, tx_offload: bool, capture: bool) {
     assert!(s["gw_redirected"] > 30_000, "{s:?}");
     // The same counters for Prometheus.
     let metrics = sh(&lab.gateway, "curl -sS --fail http://127.0.0.1:9464/metrics");
-    let line = format!("xlate_events_total{{mode=\"translator\",iface=\"g0\",reason=\"gw_sal_to_tcp\"}} ");
+    let line = "xlate_events_total{mode=\"translator\",iface=\"g0\",reason=\"gw_sal_to_tcp\"} ";
     let value: u64 =
-        metrics.lines().find_map(|l| l.strip_prefix(&line)).unwrap_or_else(|| panic!("{metrics}")).parse().unwrap();
+        metrics.lines().find_map(|l| l.strip_prefix(line)).unwrap_or_else(|| panic!("{metrics}")).parse().unwrap();
     assert!(value >= s["gw_sal_to_tcp"], "{metrics}");
     assert!(metrics.contains("xlate_flows{mode=\"translator\",iface=\"g0\"} 0"), "{metrics}");
     if let Some((mut c, mut v)) = caps {

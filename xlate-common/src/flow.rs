@@ -227,18 +227,25 @@ pub mod event {
     pub const PEER_RST: u32 = 5;
 }
 
-/// Host-mode counters, kernel and agent reasons in one per-CPU array.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Host-mode counters, kernel and agent reasons in one per-CPU array,
+/// each with the name operators see (`stats`, metrics). The variants are
+/// the array's indices, in order; strum derives the count, the list and
+/// the names from this one declaration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumCount, strum::EnumIter, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 #[repr(u32)]
 pub enum HostCounter {
     EgressTranslated = 0,
     EgressSyn,
     EgressNotOurs,
+    #[strum(serialize = "egress_gso_dropped")]
     EgressGso,
     EgressError,
     IngressTranslated,
     IngressSyn,
+    #[strum(serialize = "ingress_synack")]
     IngressSynAck,
+    #[strum(serialize = "ingress_control_to_agent")]
     IngressToAgent,
     IngressNotSal,
     DropBadChecksum,
@@ -247,145 +254,69 @@ pub enum HostCounter {
     DropUnknownFlow,
     DropUnknownService,
     DropBadNonce,
+    #[strum(serialize = "drop_bad_ackno")]
     DropBadAck,
     DropTableFull,
     DropIpOptions,
     IngressError,
     // Agent (control plane):
+    #[strum(serialize = "ctl_fin_received")]
     CtlFinRcvd,
+    #[strum(serialize = "ctl_ack_received")]
     CtlAckRcvd,
+    #[strum(serialize = "ctl_rst_received")]
     CtlRstRcvd,
+    #[strum(serialize = "ctl_rsyn_received")]
     CtlRsynRcvd,
     CtlSent,
+    #[strum(serialize = "ctl_retransmitted")]
     CtlRetransmit,
     CtlDropUnknownFlow,
     CtlDropBadNonce,
     CtlDropMalformed,
+    #[strum(serialize = "ctl_stale_answered")]
     CtlStale,
     FlowsFreed,
     FlowsExpired,
     // Gateway (packet-level translator):
+    #[strum(serialize = "gw_tcp_to_sal")]
     GwToSal,
+    #[strum(serialize = "gw_sal_to_tcp")]
     GwToTcp,
+    #[strum(serialize = "gw_passed_no_flow")]
     GwPassNoFlow,
+    #[strum(serialize = "gw_passed_ip_options")]
     GwPassIpOptions,
+    #[strum(serialize = "gw_passed_fragment")]
     GwPassFragment,
     GwDropNoInstance,
     GwPartialChecksum,
     GwRedirected,
     GwChecksumCompleted,
+    #[strum(serialize = "gw_checksum_left_to_offload")]
     GwChecksumOffloaded,
     GwChecksumUnresolved,
+    #[strum(serialize = "gw_passed_no_redirect_target")]
     GwPassNoRedirect,
     EgressToSegmenter,
 }
 
 impl HostCounter {
-    pub const COUNT: usize = 45;
-    pub const ALL: [HostCounter; HostCounter::COUNT] = {
-        use HostCounter::*;
-        [
-            EgressTranslated,
-            EgressSyn,
-            EgressNotOurs,
-            EgressGso,
-            EgressError,
-            IngressTranslated,
-            IngressSyn,
-            IngressSynAck,
-            IngressToAgent,
-            IngressNotSal,
-            DropBadChecksum,
-            DropBadLength,
-            DropBadExtension,
-            DropUnknownFlow,
-            DropUnknownService,
-            DropBadNonce,
-            DropBadAck,
-            DropTableFull,
-            DropIpOptions,
-            IngressError,
-            CtlFinRcvd,
-            CtlAckRcvd,
-            CtlRstRcvd,
-            CtlRsynRcvd,
-            CtlSent,
-            CtlRetransmit,
-            CtlDropUnknownFlow,
-            CtlDropBadNonce,
-            CtlDropMalformed,
-            CtlStale,
-            FlowsFreed,
-            FlowsExpired,
-            GwToSal,
-            GwToTcp,
-            GwPassNoFlow,
-            GwPassIpOptions,
-            GwPassFragment,
-            GwDropNoInstance,
-            GwPartialChecksum,
-            GwRedirected,
-            GwChecksumCompleted,
-            GwChecksumOffloaded,
-            GwChecksumUnresolved,
-            GwPassNoRedirect,
-            EgressToSegmenter,
-        ]
-    };
+    /// How many counters there are (the map's size).
+    pub const COUNT: usize = <Self as strum::EnumCount>::COUNT;
+
+    /// Every counter, in index order.
+    pub fn all() -> impl Iterator<Item = HostCounter> {
+        <Self as strum::IntoEnumIterator>::iter()
+    }
 
     pub const fn index(self) -> u32 {
         self as u32
     }
 
-    pub const fn name(self) -> &'static str {
-        use HostCounter::*;
-        match self {
-            EgressTranslated => "egress_translated",
-            EgressSyn => "egress_syn",
-            EgressNotOurs => "egress_not_ours",
-            EgressGso => "egress_gso_dropped",
-            EgressError => "egress_error",
-            IngressTranslated => "ingress_translated",
-            IngressSyn => "ingress_syn",
-            IngressSynAck => "ingress_synack",
-            IngressToAgent => "ingress_control_to_agent",
-            IngressNotSal => "ingress_not_sal",
-            DropBadChecksum => "drop_bad_checksum",
-            DropBadLength => "drop_bad_length",
-            DropBadExtension => "drop_bad_extension",
-            DropUnknownFlow => "drop_unknown_flow",
-            DropUnknownService => "drop_unknown_service",
-            DropBadNonce => "drop_bad_nonce",
-            DropBadAck => "drop_bad_ackno",
-            DropTableFull => "drop_table_full",
-            DropIpOptions => "drop_ip_options",
-            IngressError => "ingress_error",
-            CtlFinRcvd => "ctl_fin_received",
-            CtlAckRcvd => "ctl_ack_received",
-            CtlRstRcvd => "ctl_rst_received",
-            CtlRsynRcvd => "ctl_rsyn_received",
-            CtlSent => "ctl_sent",
-            CtlRetransmit => "ctl_retransmitted",
-            CtlDropUnknownFlow => "ctl_drop_unknown_flow",
-            CtlDropBadNonce => "ctl_drop_bad_nonce",
-            CtlDropMalformed => "ctl_drop_malformed",
-            CtlStale => "ctl_stale_answered",
-            FlowsFreed => "flows_freed",
-            FlowsExpired => "flows_expired",
-            GwToSal => "gw_tcp_to_sal",
-            GwToTcp => "gw_sal_to_tcp",
-            GwPassNoFlow => "gw_passed_no_flow",
-            GwPassIpOptions => "gw_passed_ip_options",
-            GwPassFragment => "gw_passed_fragment",
-            GwDropNoInstance => "gw_drop_no_instance",
-            GwPartialChecksum => "gw_partial_checksum",
-            GwRedirected => "gw_redirected",
-            GwChecksumCompleted => "gw_checksum_completed",
-            GwChecksumOffloaded => "gw_checksum_left_to_offload",
-            GwChecksumUnresolved => "gw_checksum_unresolved",
-            GwPassNoRedirect => "gw_passed_no_redirect_target",
-            EgressToSegmenter => "egress_to_segmenter",
-        }
+    /// The name operators see.
+    pub fn name(self) -> &'static str {
+        self.into()
     }
 }
 
@@ -418,12 +349,19 @@ mod tests {
 
     #[test]
     fn counters_dense_and_unique() {
-        for (i, c) in HostCounter::ALL.iter().enumerate() {
+        let all: std::vec::Vec<HostCounter> = HostCounter::all().collect();
+        assert_eq!(all.len(), HostCounter::COUNT);
+        for (i, c) in all.iter().enumerate() {
             assert_eq!(c.index() as usize, i);
-            for d in &HostCounter::ALL[i + 1..] {
+            for d in &all[i + 1..] {
                 assert_ne!(c.name(), d.name());
             }
         }
+        // Names operators and dashboards already know stay as they are.
+        assert_eq!(HostCounter::EgressGso.name(), "egress_gso_dropped");
+        assert_eq!(HostCounter::DropBadAck.name(), "drop_bad_ackno");
+        assert_eq!(HostCounter::GwToSal.name(), "gw_tcp_to_sal");
+        assert_eq!(HostCounter::FlowsFreed.name(), "flows_freed");
     }
 }
 

@@ -8,8 +8,10 @@ pub mod names {
     pub const SERVICES: &str = "XLATE_SERVICES";
 }
 
-/// Per-CPU packet counters, indexed by `Counter as u32`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Per-CPU packet counters of the classifier, indexed by `Counter as u32`;
+/// the names (`stats` output, metrics) are the variants in snake_case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumCount, strum::EnumIter, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 #[repr(u32)]
 pub enum Counter {
     /// Every packet the program saw.
@@ -30,30 +32,16 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const COUNT: usize = 8;
-    pub const ALL: [Counter; Counter::COUNT] = [
-        Counter::Seen,
-        Counter::NonIpv4,
-        Counter::Malformed,
-        Counter::Fragment,
-        Counter::Tcp,
-        Counter::Sal,
-        Counter::SalMalformed,
-        Counter::OtherIpv4,
-    ];
+    pub const COUNT: usize = <Self as strum::EnumCount>::COUNT;
+
+    /// Every counter, in index order.
+    pub fn all() -> impl Iterator<Item = Counter> {
+        <Self as strum::IntoEnumIterator>::iter()
+    }
 
     /// Stable snake_case name, used by `stats` output and metrics.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::Seen => "seen",
-            Counter::NonIpv4 => "non_ipv4",
-            Counter::Malformed => "malformed",
-            Counter::Fragment => "fragment",
-            Counter::Tcp => "tcp",
-            Counter::Sal => "sal",
-            Counter::SalMalformed => "sal_malformed",
-            Counter::OtherIpv4 => "other_ipv4",
-        }
+    pub fn name(self) -> &'static str {
+        self.into()
     }
 
     pub const fn index(self) -> u32 {
@@ -109,12 +97,17 @@ mod tests {
 
     #[test]
     fn counters_are_dense_and_named_uniquely() {
-        for (i, c) in Counter::ALL.iter().enumerate() {
+        let all: std::vec::Vec<Counter> = Counter::all().collect();
+        assert_eq!(all.len(), Counter::COUNT);
+        for (i, c) in all.iter().enumerate() {
             assert_eq!(c.index() as usize, i);
-            for d in &Counter::ALL[i + 1..] {
+            for d in &all[i + 1..] {
                 assert_ne!(c.name(), d.name());
             }
         }
+        assert_eq!(Counter::NonIpv4.name(), "non_ipv4");
+        assert_eq!(Counter::OtherIpv4.name(), "other_ipv4");
+        assert_eq!(Counter::SalMalformed.name(), "sal_malformed");
     }
 
     #[test]

@@ -34,11 +34,11 @@ impl Counters {
 impl fmt::Display for Counters {
     /// `name=value` pairs separated by spaces: easy to read and to parse.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, c) in Counter::ALL.iter().enumerate() {
+        for (i, c) in Counter::all().enumerate() {
             if i > 0 {
                 f.write_str(" ")?;
             }
-            write!(f, "{}={}", c.name(), self.get(*c))?;
+            write!(f, "{}={}", c.name(), self.get(c))?;
         }
         Ok(())
     }
@@ -72,7 +72,7 @@ impl Classifier {
             self.ebpf.map(names::COUNTERS).ok_or_else(|| anyhow!("map {} missing from the object", names::COUNTERS))?;
         let arr = PerCpuArray::<_, u64>::try_from(map)?;
         let mut out = Counters::default();
-        for c in Counter::ALL {
+        for c in Counter::all() {
             let per_cpu = arr.get(&c.index(), 0)?;
             out.0[c.index() as usize] = per_cpu.iter().sum();
         }

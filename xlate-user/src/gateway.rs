@@ -124,7 +124,7 @@ impl Redirect {
 
     fn tick(&mut self) {
         self.ticks += 1;
-        if self.ticks % 10 == 0 {
+        if self.ticks.is_multiple_of(10) {
             if let Err(e) = self.refresh(false) {
                 eprintln!("xlate-user: reading xdp-features: {e:#}");
             }

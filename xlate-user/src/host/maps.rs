@@ -129,5 +129,5 @@ pub fn open_pinned(kind: Kind, iface: &str, name: &str) -> Result<Map> {
 
 /// Sums a per-CPU counter map.
 pub fn read_counters(map: &PerCpuArray<MapData, u64>) -> Vec<(HostCounter, u64)> {
-    HostCounter::ALL.iter().map(|c| (*c, map.get(&c.index(), 0).map(|v| v.iter().sum()).unwrap_or(0))).collect()
+    HostCounter::all().map(|c| (c, map.get(&c.index(), 0).map(|v| v.iter().sum()).unwrap_or(0))).collect()
 }
