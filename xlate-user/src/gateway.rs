@@ -14,7 +14,8 @@ use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use xlate_common::flow::{gw, names, HostConfig};
 use xlate_common::maps::ServiceKey;
 
-use crate::config::Config;
+use crate::config::{Config, Service};
+use crate::control_protocol::{self, Request, Response};
 use crate::host::control::ControlPlane;
 use crate::host::maps::{pin_dir_for_agent, HostMaps, Kind};
 use crate::host::{control_socket, event_loop, seed_flow_ids, PinGuard};
@@ -210,16 +211,14 @@ impl crate::host::LoopHooks for GwMaps {
         Ok(format!("reloaded {}: {} services", self.path.display(), self.cfg.services.len()))
     }
 
-    /// `service-set ADDR:PORT SID TARGETS` (TARGETS: `IP[:WEIGHT],…` or
-    /// `router=IP`) and `service-del ADDR:PORT`, from `xlate-user map`.
-    fn command(&mut self, line: &str) -> Option<String> {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let r = match words.as_slice() {
-            ["service-set", ap, sid, targets] => parse_service(ap, sid, targets).and_then(|s| self.set_service(s)),
-            ["service-del", ap] => parse_addr_port(ap).and_then(|(a, p)| self.del_service(a, p)),
+    /// `xlate-user map set|del`.
+    fn request(&mut self, req: &Request) -> Option<Response> {
+        let r = match req {
+            Request::ServiceSet { service } => Service::try_from(service).and_then(|s| self.set_service(s)),
+            Request::ServiceDel { address, port } => self.del_service(*address, *port),
             _ => return None,
         };
-        Some(r.unwrap_or_else(|e| format!("error: {e:#}")))
+        Some(r.into())
     }
 
     /// Passive health checking: a handshake that got no SYN-ACK in time
@@ -278,7 +277,7 @@ fn take(ebpf: &mut aya::Ebpf, name: &str, dir: &Path) -> Result<aya::maps::Map> 
     Ok(m)
 }
 
-fn parse_addr_port(s: &str) -> Result<(Ipv4Addr, u16)> {
+pub fn parse_addr_port(s: &str) -> Result<(Ipv4Addr, u16)> {
     let (a, p) = s.rsplit_once(':').ok_or_else(|| anyhow!("{s:?}: expected ADDR:PORT"))?;
     let addr = a.parse().map_err(|_| anyhow!("{a:?} is not an IPv4 address"))?;
     let port = p.parse().ok().filter(|p| *p != 0).ok_or_else(|| anyhow!("port {p:?} is not 1 to 65535"))?;
@@ -286,7 +285,7 @@ fn parse_addr_port(s: &str) -> Result<(Ipv4Addr, u16)> {
 }
 
 /// A service from `xlate-user map set` words, checked like the TOML file.
-fn parse_service(ap: &str, sid: &str, targets: &str) -> Result<crate::config::Service> {
+pub fn parse_service(ap: &str, sid: &str, targets: &str) -> Result<crate::config::Service> {
     let (address, port) = parse_addr_port(ap)?;
     let service_id = sid.parse().map_err(|e| anyhow!("service ID {sid:?}: {e}"))?;
     let (mut instances, mut router) = (Vec::new(), None);
@@ -556,20 +555,9 @@ impl TestBed {
     }
 }
 
-/// Sends one line to the running translator's control socket.
-pub fn control(iface: &str, line: &str) -> Result<String> {
-    use std::io::{BufRead, BufReader};
-    let path = control_socket(Kind::Gateway, iface)?;
-    let mut s = std::os::unix::net::UnixStream::connect(&path)
-        .with_context(|| format!("no translator on {iface} in this network namespace ({})", path.display()))?;
-    writeln!(s, "{line}")?;
-    let mut reply = String::new();
-    BufReader::new(s).read_line(&mut reply)?;
-    let reply = reply.trim().to_string();
-    if let Some(e) = reply.strip_prefix("error: ") {
-        bail!("{e}");
-    }
-    Ok(reply)
+/// Sends a request to the running translator.
+pub fn control(iface: &str, req: &Request) -> Result<String> {
+    control_protocol::call(&control_socket(Kind::Gateway, iface)?, &format!("translator on {iface}"), req)
 }
 
 /// The service table as the kernel has it: (address, port, service ID,

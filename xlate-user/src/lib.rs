@@ -3,6 +3,7 @@
 pub mod benchmark;
 pub mod classify;
 pub mod config;
+pub mod control_protocol;
 pub mod decode;
 pub mod ebpf;
 pub mod gateway;

@@ -357,10 +357,14 @@ fn map_cmd(action: MapAction) -> Result<()> {
                 (Some(i), None) => i,
                 (None, None) => anyhow::bail!("give --instances or --router"),
             };
-            println!("{}", gateway::control(&iface, &format!("service-set {service} {id} {targets}"))?);
+            let svc = gateway::parse_service(&service, &id, &targets)?;
+            let service = (&svc).into();
+            println!("{}", gateway::control(&iface, &xlate_user::control_protocol::Request::ServiceSet { service })?);
         }
         MapAction::Del { iface, service } => {
-            println!("{}", gateway::control(&iface, &format!("service-del {service}"))?);
+            let (address, port) = gateway::parse_addr_port(&service)?;
+            let req = xlate_user::control_protocol::Request::ServiceDel { address, port };
+            println!("{}", gateway::control(&iface, &req)?);
         }
     }
     Ok(())

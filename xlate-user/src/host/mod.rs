@@ -4,9 +4,8 @@
 pub mod control;
 pub mod maps;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,6 +21,7 @@ use xlate_common::flow::{
 use xlate_common::maps::{ServiceEntry, ServiceKey};
 use xlate_common::{ServiceId, ServicePrefix};
 
+use crate::control_protocol::{self, Request, Response};
 use crate::netif::{ConnectRoute, Interface, Segmenter};
 use crate::rawsock::RawSocket;
 use control::ControlPlane;
@@ -230,8 +230,8 @@ fn scopeguard(p: PathBuf) -> PinGuard {
 pub(crate) trait LoopHooks {
     fn reload(&mut self) -> Result<String>;
     fn tick(&mut self, cp: &mut ControlPlane);
-    /// A control-socket command of this mode; None if it is not one.
-    fn command(&mut self, line: &str) -> Option<String>;
+    /// A control request of this mode; None if it is not one of its own.
+    fn request(&mut self, req: &Request) -> Option<Response>;
 }
 
 pub(crate) type Reload<'a> = Option<&'a mut dyn LoopHooks>;
@@ -296,12 +296,19 @@ pub(crate) async fn event_loop(
                     let (r, mut w) = stream.into_split();
                     let mut line = String::new();
                     let mut r = tokio::io::BufReader::new(r);
-                    if r.read_line(&mut line).await.is_ok() {
-                        let reply = match reload.as_mut().and_then(|h| h.command(line.trim())) {
-                            Some(r) => r,
-                            None => command(&mut cp, line.trim()),
+                    // A client that connects and says nothing (a PID probe,
+                    // a stuck script) must not hold up the data path's agent.
+                    let read = tokio::time::timeout(Duration::from_secs(2), r.read_line(&mut line)).await;
+                    if matches!(read, Ok(Ok(n)) if n > 0) {
+                        let reply = match control_protocol::parse(&line) {
+                            Err(bad) => bad,
+                            Ok(req) => match reload.as_mut().and_then(|h| h.request(&req)) {
+                                Some(r) => r,
+                                None => request(&mut cp, &req),
+                            },
                         };
-                        let _ = w.write_all(format!("{reply}\n").as_bytes()).await;
+                        let text = serde_json::to_string(&reply).unwrap_or_default();
+                        let _ = w.write_all(format!("{text}\n").as_bytes()).await;
                     }
                 }
             }
@@ -310,29 +317,21 @@ pub(crate) async fn event_loop(
     Ok(())
 }
 
-fn command(cp: &mut ControlPlane, line: &str) -> String {
-    match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-        ["migrate", to] => match to.parse::<Ipv4Addr>() {
-            Ok(a) => format!("ok: moving {} flows to {a}", cp.migrate(a)),
-            Err(_) => format!("error: {to:?} is not an IPv4 address"),
-        },
-        _ => format!("error: unknown command {line:?}"),
+/// The requests every agent answers (host mode's; the translator adds its own).
+fn request(cp: &mut ControlPlane, req: &Request) -> Response {
+    match req {
+        Request::Migrate { to } => Response::Ok(format!("ok: moving {} flows to {to}", cp.migrate(*to))),
+        other => Response::Error(format!("this agent does not take {other:?}")),
     }
 }
 
 /// `host migrate --to ADDR`: asks the running instance to move its flows.
 pub fn migrate(iface: &str, to: Ipv4Addr) -> Result<String> {
-    let path = control_socket(Kind::Host, iface)?;
-    let mut s = UnixStream::connect(&path)
-        .with_context(|| format!("no host-mode instance on {iface} in this network namespace ({})", path.display()))?;
-    writeln!(s, "migrate {to}")?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line)?;
-    let line = line.trim().to_string();
-    if let Some(e) = line.strip_prefix("error: ") {
-        bail!("{e}");
-    }
-    Ok(line)
+    control_protocol::call(
+        &control_socket(Kind::Host, iface)?,
+        &format!("host-mode instance on {iface}"),
+        &Request::Migrate { to },
+    )
 }
 
 /// One row of `host flows`.
