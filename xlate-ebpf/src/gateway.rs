@@ -5,9 +5,10 @@
 //! client. The rewritten packet is handed to the kernel (XDP_PASS), which
 //! forwards it: routing, neighbours and TTL stay the kernel's job.
 //!
-//! Flow state, counters and the control plane are host mode's: the gateway
-//! plays the Serval client for its legacy clients (`role::CLIENT`, the
-//! client's 4-tuple as the "local" TCP side).
+//! Flow state, counters and the control plane are shared with host mode
+//! (`state`, `flows`, `sal_rx`): the gateway plays the Serval client for
+//! its legacy clients (`role::CLIENT`, the client's 4-tuple as the "local"
+//! TCP side).
 
 use aya_ebpf::{
     bindings::{
@@ -29,10 +30,9 @@ use xlate_common::{
     wire::{checksum, sal, IPPROTO_SAL, IPPROTO_TCP},
 };
 
-use crate::host::{
-    count, new_client_flow, notify, now, opaque, synack, walk_extensions, ADDRS, CONFIG, EXTS, FLOWS, SCRATCH,
-    SCRATCH_LEN, TUPLES,
-};
+use crate::flows::{new_client_flow, synack};
+use crate::sal_rx::{opaque, walk_extensions, EXTS, SCRATCH, SCRATCH_LEN};
+use crate::state::{count, notify, now, ADDRS, CONFIG, FLOWS, TUPLES};
 
 const ETH: usize = 14;
 const TCP_ACK: u8 = 0x10;

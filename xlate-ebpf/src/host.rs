@@ -12,19 +12,22 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::bpf_csum_diff,
     macros::{classifier, map},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::HashMap,
     programs::TcContext,
 };
 use xlate_common::{
-    flow::{
-        event, flag, role, state, Event, FlowAddrs, FlowState, HostConfig, HostCounter, PeerKey, RouteTargets,
-        ServeEntry, MAX_FLOWS, MAX_ROUTE_TARGETS,
-    },
+    flow::{event, flag, role, state, FlowAddrs, FlowState, HostCounter, PeerKey, ServeEntry},
     maps::{FlowKey, ServiceEntry, ServiceKey},
     translate::{self, Form, TCP_ACK, TCP_SYN},
     wire::{sal, IPPROTO_SAL, IPPROTO_TCP},
+};
+
+use crate::flows::{new_client_flow, synack};
+use crate::sal_rx::{be32, copy_n, walk_extensions, Exts, EXTS, SCRATCH, SCRATCH_LEN};
+use crate::state::{
+    alloc_flow_id, count, notify, now, rand32, rand_nonce, ADDRS, BPF_NOEXIST, CONFIG, FLOWS, PEERS, TUPLES,
 };
 
 const ETH_LEN: usize = 14;
@@ -34,122 +37,11 @@ const ETH_P_IP_BE: u16 = 0x0008; // 0x0800 as read raw on little-endian
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
 const BPF_ADJ_ROOM_NET: u32 = 0;
 const PACKET_HOST: u32 = 0;
-pub(crate) const SCRATCH_LEN: usize = 256;
 
-#[map(name = "HOST_CONFIG")]
-pub(crate) static CONFIG: Array<HostConfig> = Array::with_max_entries(1, 0);
 #[map(name = "HOST_SERVE")]
 static SERVE: HashMap<[u8; 32], ServeEntry> = HashMap::with_max_entries(1024, 0);
 #[map(name = "HOST_CONNECT")]
 static CONNECT: HashMap<ServiceKey, ServiceEntry> = HashMap::with_max_entries(1024, 0);
-#[map(name = "HOST_ROUTES")]
-static ROUTES: LpmTrie<[u8; 32], RouteTargets> = LpmTrie::with_max_entries(1024, 1); // BPF_F_NO_PREALLOC
-#[map(name = "HOST_FLOWS")]
-pub(crate) static FLOWS: HashMap<u32, FlowState> = HashMap::with_max_entries(MAX_FLOWS, 0);
-#[map(name = "HOST_ADDRS")]
-pub(crate) static ADDRS: HashMap<u32, FlowAddrs> = HashMap::with_max_entries(MAX_FLOWS, 0);
-#[map(name = "HOST_TUPLES")]
-pub(crate) static TUPLES: HashMap<FlowKey, u32> = HashMap::with_max_entries(MAX_FLOWS, 0);
-#[map(name = "HOST_PEERS")]
-static PEERS: HashMap<PeerKey, u32> = HashMap::with_max_entries(MAX_FLOWS, 0);
-#[map(name = "HOST_NEXT_FLOW")]
-static NEXT_FLOW: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-#[map(name = "HOST_EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
-#[map(name = "HOST_COUNTERS")]
-pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HostCounter::COUNT as u32, 0);
-#[map(name = "HOST_SCRATCH")]
-pub(crate) static SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
-
-#[inline(always)]
-pub(crate) fn count(c: HostCounter) {
-    if let Some(p) = COUNTERS.get_ptr_mut(c.index()) {
-        // SAFETY: this CPU's slot.
-        unsafe { *p += 1 };
-    }
-}
-
-#[inline(always)]
-pub(crate) fn notify(kind: u32, flow: u32) {
-    let _ = EVENTS.output::<Event>(Event { kind, flow }, 0);
-}
-
-#[inline(always)]
-pub(crate) fn now() -> u64 {
-    // SAFETY: no preconditions.
-    unsafe { bpf_ktime_get_ns() }
-}
-
-#[inline(always)]
-pub(crate) fn rand32() -> u32 {
-    // SAFETY: no preconditions.
-    unsafe { bpf_get_prandom_u32() }
-}
-
-/// A fresh 8-byte nonce for a new flow.
-#[inline(always)]
-pub(crate) fn rand_nonce() -> [u8; 8] {
-    let (n0, n1) = (rand32(), rand32());
-    let mut nonce = [0u8; 8];
-    nonce[..4].copy_from_slice(&n0.to_ne_bytes());
-    nonce[4..].copy_from_slice(&n1.to_ne_bytes());
-    nonce
-}
-
-/// Non-zero local flow IDs, unique without atomics (the BPF target has
-/// no atomic read-modify-write in `core`): a per-CPU counter in the high
-/// 24 bits, the CPU number in the low 8. Inserts use BPF_NOEXIST, so a
-/// wrapped counter that meets a live flow fails instead of overwriting it.
-#[inline(always)]
-pub(crate) fn alloc_flow_id() -> Option<u32> {
-    let p = NEXT_FLOW.get_ptr_mut(0)?;
-    // SAFETY: this CPU's slot; no other writer while we run on it.
-    let n = unsafe {
-        *p = (*p).wrapping_add(1) & 0x00ff_ffff;
-        if *p == 0 {
-            *p = 1;
-        }
-        *p
-    };
-    // SAFETY: no preconditions.
-    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } & 0xff;
-    Some((n << 8) | cpu)
-}
-
-pub(crate) const BPF_NOEXIST: u64 = 1;
-
-/// Hides a value from LLVM so that the mask after it survives: LLVM would
-/// otherwise drop `& 0xff` using facts the verifier does not track, and
-/// the verifier would reject the unbounded index.
-#[inline(always)]
-pub(crate) fn opaque(x: usize) -> usize {
-    let mut v = x;
-    // SAFETY: a register move to itself; only hides `v` from LLVM.
-    unsafe { core::arch::asm!("{0} = {0}", inout(reg) v) };
-    v
-}
-
-/// Byte `i` of the scratch buffer, index masked in a way the verifier sees.
-#[inline(always)]
-pub(crate) fn at(b: &[u8; SCRATCH_LEN], i: usize) -> u8 {
-    b[opaque(i) & 0xff]
-}
-
-#[inline(always)]
-pub(crate) fn be32(b: &[u8; SCRATCH_LEN], i: usize) -> u32 {
-    u32::from_be_bytes([at(b, i), at(b, i + 1), at(b, i + 2), at(b, i + 3)])
-}
-
-#[inline(always)]
-pub(crate) fn copy_n<const N: usize>(b: &[u8; SCRATCH_LEN], pos: usize) -> [u8; N] {
-    let mut out = [0u8; N];
-    let mut i = 0;
-    while i < N {
-        out[i] = at(b, pos + i);
-        i += 1;
-    }
-    out
-}
 
 // ------------------------------------------------------------------ egress
 
@@ -318,40 +210,6 @@ fn egress(ctx: &TcContext, at_segmenter: bool) -> Result<i32, i64> {
     Ok(TC_ACT_OK)
 }
 
-#[inline(always)]
-pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4]>) -> Option<u32> {
-    let cfg = CONFIG.get(0)?;
-    let id = alloc_flow_id()?;
-    let nonce = rand_nonce();
-    let st = FlowState::new(role::CLIENT, state::SYN_SENT, *sid, id, rand32(), nonce, key, now());
-    let peer_ip = match peer {
-        Some(p) => p,
-        None => route(sid, id).unwrap_or(cfg.broadcast),
-    };
-    let addrs = FlowAddrs { local_ip: cfg.addr, peer_ip };
-    FLOWS.insert(&id, &st, BPF_NOEXIST).ok()?;
-    if ADDRS.insert(&id, &addrs, 0).is_err() || TUPLES.insert(key, &id, 0).is_err() {
-        let _ = FLOWS.remove(&id);
-        let _ = ADDRS.remove(&id);
-        return None;
-    }
-    notify(event::NEW_FLOW, id);
-    Some(id)
-}
-
-/// The longest-prefix route for a service ID; one target per flow.
-#[inline(always)]
-fn route(sid: &[u8; 32], id: u32) -> Option<[u8; 4]> {
-    let t = ROUTES.get(&Key::new(256, *sid))?;
-    let n = t.count;
-    if n == 0 || n as usize > MAX_ROUTE_TARGETS {
-        return None;
-    }
-    // Spread flows over targets; the flow ID is already unique per flow.
-    let i = (id.wrapping_mul(2654435761) >> 16) % n;
-    Some(t.addrs[opaque(i as usize) & (MAX_ROUTE_TARGETS - 1)])
-}
-
 /// Rewrites IPv4 source and destination, fixing the IP checksum and the
 /// TCP pseudo-header part of the TCP checksum.
 #[inline(always)]
@@ -411,92 +269,6 @@ pub fn xlate_host_ingress(ctx: TcContext) -> i32 {
             TC_ACT_SHOT
         }
     }
-}
-
-/// What the extension walk found. Kept in a per-CPU map slot rather than
-/// in registers: the verifier does not track map memory precisely, so the
-/// many combinations of "found CONTROL / n SERVICE / SOURCE" collapse into
-/// one state instead of each re-verifying the rest of the program.
-#[repr(C)]
-pub(crate) struct Exts {
-    pub(crate) has_control: u8,
-    pub(crate) flags: u8,
-    pub(crate) services: u8,
-    pub(crate) sources: u8,
-    pub(crate) verno: u32,
-    pub(crate) ackno: u32,
-    pub(crate) nonce: [u8; 8],
-    pub(crate) service_at: u32,
-    pub(crate) source_last: [u8; 4],
-}
-
-#[map(name = "HOST_EXTS")]
-pub(crate) static EXTS: PerCpuArray<Exts> = PerCpuArray::with_max_entries(1, 0);
-
-/// Enforces the receiver rules over the header in `b` (`hl` bytes);
-/// false if one is broken.
-#[inline(always)]
-pub(crate) fn walk_extensions(b: &[u8; SCRATCH_LEN], hl: usize, e: &mut Exts) -> bool {
-    e.has_control = 0;
-    e.services = 0;
-    e.sources = 0;
-    e.service_at = 0;
-    let mut pos = sal::BASE_LEN;
-    let mut n = 0;
-    while n < sal::MAX_EXTENSIONS {
-        if pos >= hl {
-            break;
-        }
-        n += 1;
-        let t = at(b, pos) & 0xf0;
-        if t == sal::ext_type::PAD {
-            pos += 1;
-            continue;
-        }
-        if pos + 2 > hl {
-            return false;
-        }
-        let len = usize::from(at(b, pos + 1));
-        if pos + len > hl {
-            return false;
-        }
-        match t {
-            sal::ext_type::CONTROL => {
-                if len != sal::CONTROL_LEN || e.has_control != 0 {
-                    return false;
-                }
-                e.has_control = 1;
-                e.flags = at(b, pos + 2) & 0xfc;
-                e.verno = be32(b, pos + 4);
-                e.ackno = be32(b, pos + 8);
-                e.nonce = copy_n::<8>(b, pos + 12);
-            }
-            sal::ext_type::SERVICE => {
-                if len != sal::SERVICE_LEN || e.services >= 2 {
-                    return false;
-                }
-                if e.services == 0 {
-                    e.service_at = (pos + 4) as u32;
-                }
-                e.services += 1;
-            }
-            sal::ext_type::ADDRESS => {
-                if len < sal::ADDRESS_MIN_LEN || (len - sal::ADDRESS_MIN_LEN) % 4 != 0 {
-                    return false;
-                }
-            }
-            sal::ext_type::SOURCE => {
-                if len % 4 != 0 || len < 12 || len > 84 || e.sources != 0 {
-                    return false;
-                }
-                e.sources = 1;
-                e.source_last = copy_n::<4>(b, pos + len - 4);
-            }
-            _ => return false,
-        }
-        pos += len;
-    }
-    pos == hl
 }
 
 #[inline(always)]
@@ -635,27 +407,6 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
         dst_flow
     };
     translate_in(ctx, id, hl)
-}
-
-/// Accepts a SYN-ACK for a client flow (false: it does not acknowledge
-/// our SYN). The first time, the peer's address is learnt too: the last
-/// SOURCE hop (the responder) if the SYN went through a router, else the
-/// IP source.
-#[inline(always)]
-pub(crate) fn synack(flow: &mut FlowState, id: u32, ext: &Exts, src_flow: u32, ip_src: [u8; 4]) -> bool {
-    match translate::accept_synack(flow, src_flow, ext.verno, ext.ackno, ext.nonce) {
-        None => false,
-        Some(first) => {
-            if first {
-                let peer_ip = if ext.sources != 0 { ext.source_last } else { ip_src };
-                if let Some(a) = ADDRS.get_ptr_mut(&id) {
-                    // SAFETY: map value; the agent writes it only later.
-                    unsafe { (*a).peer_ip = peer_ip };
-                }
-            }
-            true
-        }
-    }
 }
 
 /// Finds (retransmitted SYN) or creates the server side of a flow.

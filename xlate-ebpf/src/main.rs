@@ -5,9 +5,12 @@
 #![feature(asm_experimental_arch)]
 
 mod classify;
+mod flows;
 mod gateway;
 mod host;
 mod packet;
+mod sal_rx;
+mod state;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,0 +1,89 @@
+//! What every program of the translation core shares: the flow maps, the
+//! configuration, the counters, the event ring to the agent, and the
+//! small runtime helpers around them. Map names are the pin names the
+//! agent and operators use (`xlate_common::flow::names`).
+
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use xlate_common::{
+    flow::{Event, FlowAddrs, FlowState, HostConfig, HostCounter, PeerKey, MAX_FLOWS},
+    maps::FlowKey,
+};
+
+#[map(name = "HOST_CONFIG")]
+pub(crate) static CONFIG: Array<HostConfig> = Array::with_max_entries(1, 0);
+#[map(name = "HOST_FLOWS")]
+pub(crate) static FLOWS: HashMap<u32, FlowState> = HashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "HOST_ADDRS")]
+pub(crate) static ADDRS: HashMap<u32, FlowAddrs> = HashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "HOST_TUPLES")]
+pub(crate) static TUPLES: HashMap<FlowKey, u32> = HashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "HOST_PEERS")]
+pub(crate) static PEERS: HashMap<PeerKey, u32> = HashMap::with_max_entries(MAX_FLOWS, 0);
+#[map(name = "HOST_NEXT_FLOW")]
+static NEXT_FLOW: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "HOST_EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+#[map(name = "HOST_COUNTERS")]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HostCounter::COUNT as u32, 0);
+
+#[inline(always)]
+pub(crate) fn count(c: HostCounter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c.index()) {
+        // SAFETY: this CPU's slot.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub(crate) fn notify(kind: u32, flow: u32) {
+    let _ = EVENTS.output::<Event>(Event { kind, flow }, 0);
+}
+
+#[inline(always)]
+pub(crate) fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub(crate) fn rand32() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_get_prandom_u32() }
+}
+
+/// A fresh 8-byte nonce for a new flow.
+#[inline(always)]
+pub(crate) fn rand_nonce() -> [u8; 8] {
+    let (n0, n1) = (rand32(), rand32());
+    let mut nonce = [0u8; 8];
+    nonce[..4].copy_from_slice(&n0.to_ne_bytes());
+    nonce[4..].copy_from_slice(&n1.to_ne_bytes());
+    nonce
+}
+
+/// Non-zero local flow IDs, unique without atomics (the BPF target has
+/// no atomic read-modify-write in `core`): a per-CPU counter in the high
+/// 24 bits, the CPU number in the low 8. Inserts use BPF_NOEXIST, so a
+/// wrapped counter that meets a live flow fails instead of overwriting it.
+#[inline(always)]
+pub(crate) fn alloc_flow_id() -> Option<u32> {
+    let p = NEXT_FLOW.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; no other writer while we run on it.
+    let n = unsafe {
+        *p = (*p).wrapping_add(1) & 0x00ff_ffff;
+        if *p == 0 {
+            *p = 1;
+        }
+        *p
+    };
+    // SAFETY: no preconditions.
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } & 0xff;
+    Some((n << 8) | cpu)
+}
+
+pub(crate) const BPF_NOEXIST: u64 = 1;
+
