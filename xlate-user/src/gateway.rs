@@ -14,11 +14,11 @@ use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use xlate_common::flow::{gw, names, HostConfig};
 use xlate_common::maps::ServiceKey;
 
+use crate::agent::control_plane::ControlPlane;
+use crate::agent::maps::{pin_dir_for_agent, HostMaps, Kind};
+use crate::agent::protocol::{self as control_protocol, Request, Response};
+use crate::agent::{control_socket, event_loop, seed_flow_ids, PinGuard};
 use crate::config::{Config, Service};
-use crate::control_protocol::{self, Request, Response};
-use crate::host::control::ControlPlane;
-use crate::host::maps::{pin_dir_for_agent, HostMaps, Kind};
-use crate::host::{control_socket, event_loop, seed_flow_ids, PinGuard};
 use crate::netif::Interface;
 use crate::rawsock::RawSocket;
 
@@ -199,7 +199,7 @@ impl GwMaps {
     }
 }
 
-impl crate::host::LoopHooks for GwMaps {
+impl crate::agent::LoopHooks for GwMaps {
     fn reload(&mut self) -> Result<String> {
         let new = Config::load(&self.path)?;
         check_listeners(&new.services).with_context(|| self.path.display().to_string())?;
@@ -237,7 +237,7 @@ impl crate::host::LoopHooks for GwMaps {
             }
             keep
         });
-        let mono = crate::host::control::mono_ns();
+        let mono = crate::agent::control_plane::mono_ns();
         let mut stuck = Vec::new();
         for item in cp.maps.flows.iter() {
             let Ok((id, st)) = item else { continue };
@@ -390,7 +390,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let _rt_guard = rt.enter();
     let dir = pin_dir_for_agent(Kind::Gateway, &ifaces[0].name)?;
     if dir.exists() {
-        bail!("a translator already runs on {} ({} exists); stop it first", ifaces[0].name, crate::pins::shown(&dir));
+        bail!(
+            "a translator already runs on {} ({} exists); stop it first",
+            ifaces[0].name,
+            crate::agent::pins::shown(&dir)
+        );
     }
     let mut ebpf = crate::ebpf::load()?;
     let prog: &mut Xdp = ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("program {PROGRAM} missing"))?.try_into()?;
@@ -484,11 +488,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
 
 /// `xlate-user stats|flows` read the translator's pinned maps.
 pub fn stats(iface: &str) -> Result<Vec<(&'static str, u64)>> {
-    crate::host::stats(Kind::Gateway, iface)
+    crate::agent::inspect::stats(Kind::Gateway, iface)
 }
 
-pub fn flows(iface: &str) -> Result<Vec<crate::host::FlowRow>> {
-    crate::host::flows(Kind::Gateway, iface)
+pub fn flows(iface: &str) -> Result<Vec<crate::agent::inspect::FlowRow>> {
+    crate::agent::inspect::flows(Kind::Gateway, iface)
 }
 
 /// The instance a new connection from this 4-tuple goes to (what the
@@ -563,7 +567,7 @@ pub fn control(iface: &str, req: &Request) -> Result<String> {
 /// The service table as the kernel has it: (address, port, service ID,
 /// router or instances with their Maglev slot counts).
 pub fn services(iface: &str) -> Result<Vec<String>> {
-    use crate::host::maps::open_pinned;
+    use crate::agent::maps::open_pinned;
     let svc: HashMap<MapData, ServiceKey, gw::GwService> =
         open_pinned(Kind::Gateway, iface, gw::SERVICES)?.try_into()?;
     let mg: Array<MapData, [u8; 4]> = open_pinned(Kind::Gateway, iface, gw::MAGLEV)?.try_into()?;

@@ -1,9 +1,9 @@
 //! The xlate agent as a library: what `xlate-user` does, usable from tests.
 
+pub mod agent;
 pub mod benchmark;
 pub mod classify;
 pub mod config;
-pub mod control_protocol;
 pub mod decode;
 pub mod ebpf;
 pub mod gateway;
@@ -12,6 +12,5 @@ pub mod maglev;
 pub mod metrics;
 pub mod netif;
 pub mod pcap;
-pub mod pins;
 pub mod rawsock;
 pub mod xdp_features;

@@ -233,7 +233,7 @@ fn main() -> ExitCode {
         }),
         Command::Map { action } => map_cmd(action).map(|_| ExitCode::SUCCESS),
         Command::Flows { iface } => xlate_user::gateway::flows(&iface).map(|rows| {
-            println!("{}", host::FLOWS_HEADER);
+            println!("{}", xlate_user::agent::inspect::FLOWS_HEADER);
             for r in rows {
                 println!("{r}");
             }
@@ -313,14 +313,14 @@ fn watch(iface: &str, mode: XdpMode, interval: f64, duration: Option<f64>) -> Re
 fn host_cmd(h: HostCmd) -> Result<()> {
     match h.action {
         Some(HostAction::Flows { iface }) => {
-            println!("{}", host::FLOWS_HEADER);
-            for row in host::flows(host::maps::Kind::Host, &iface)? {
+            println!("{}", xlate_user::agent::inspect::FLOWS_HEADER);
+            for row in xlate_user::agent::inspect::flows(xlate_user::agent::maps::Kind::Host, &iface)? {
                 println!("{row}");
             }
             Ok(())
         }
         Some(HostAction::Stats { iface }) => {
-            for (name, v) in host::stats(host::maps::Kind::Host, &iface)? {
+            for (name, v) in xlate_user::agent::inspect::stats(xlate_user::agent::maps::Kind::Host, &iface)? {
                 println!("{name} {v}");
             }
             Ok(())
@@ -359,11 +359,11 @@ fn map_cmd(action: MapAction) -> Result<()> {
             };
             let svc = gateway::parse_service(&service, &id, &targets)?;
             let service = (&svc).into();
-            println!("{}", gateway::control(&iface, &xlate_user::control_protocol::Request::ServiceSet { service })?);
+            println!("{}", gateway::control(&iface, &xlate_user::agent::protocol::Request::ServiceSet { service })?);
         }
         MapAction::Del { iface, service } => {
             let (address, port) = gateway::parse_addr_port(&service)?;
-            let req = xlate_user::control_protocol::Request::ServiceDel { address, port };
+            let req = xlate_user::agent::protocol::Request::ServiceDel { address, port };
             println!("{}", gateway::control(&iface, &req)?);
         }
     }

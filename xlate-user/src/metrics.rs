@@ -10,7 +10,7 @@ use aya::maps::{HashMap, MapData, PerCpuArray};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xlate_common::flow::{names, FlowState};
 
-use crate::host::maps::{open_pinned, read_counters, Kind};
+use crate::agent::maps::{open_pinned, read_counters, Kind};
 
 /// Renders the metrics page.
 pub fn render(kind: Kind, iface: &str) -> Result<String> {

@@ -1,31 +1,24 @@
 //! `xlate-user host`: makes this host's ordinary TCP applications speak
 //! Serval on one interface. See docs/host-mode.md.
 
-pub mod control;
-pub mod maps;
-
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{lpm_trie::Key, MapData, PerCpuArray, RingBuf};
+use aya::maps::{lpm_trie::Key, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType};
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use xlate_common::flow::{
-    names, state, Event, FlowAddrs, FlowState, HostConfig, RouteTargets, ServeEntry, MAX_ROUTE_TARGETS,
-};
+use xlate_common::flow::{names, HostConfig, RouteTargets, ServeEntry, MAX_ROUTE_TARGETS};
 use xlate_common::maps::{ServiceEntry, ServiceKey};
 use xlate_common::{ServiceId, ServicePrefix};
 
-use crate::control_protocol::{self, Request, Response};
+use crate::agent::control_plane::ControlPlane;
+use crate::agent::maps::{self, HostMaps, Kind};
+use crate::agent::protocol::{self, Request};
+use crate::agent::{control_socket, event_loop, seed_flow_ids};
 use crate::netif::{ConnectRoute, Interface, Segmenter};
 use crate::rawsock::RawSocket;
-use control::ControlPlane;
-use maps::{HostMaps, Kind};
 
 /// `--serve SID=PORT`
 #[derive(Debug, Clone)]
@@ -100,12 +93,6 @@ pub struct HostOptions {
     pub idle_timeout: Duration,
 }
 
-/// The control socket of a running instance, for `host migrate`. /run is
-/// the host's in every `ip netns exec` shell.
-pub fn control_socket(kind: Kind, iface: &str) -> Result<PathBuf> {
-    Ok(PathBuf::from("/run/xlate").join(format!("{}.sock", maps::pin_name(kind, iface)?)))
-}
-
 /// Runs host mode until SIGINT/SIGTERM; cleans up on the way out.
 pub fn run(opts: HostOptions) -> Result<()> {
     let iface = Interface::lookup(&opts.iface)?;
@@ -116,7 +103,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
         bail!(
             "another host-mode instance runs on {} ({} exists); stop it first",
             iface.name,
-            crate::pins::shown(&pin_dir)
+            crate::agent::pins::shown(&pin_dir)
         );
     }
     let mut ebpf = crate::ebpf::load()?;
@@ -128,7 +115,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
     seed_flow_ids(&mut ebpf)?;
     let mut m = HostMaps::take_and_pin(&mut ebpf, &pin_dir)?;
     // From here on, leave nothing behind on any exit path.
-    let _pins = scopeguard(pin_dir.clone());
+    let _pins = crate::agent::PinGuard(pin_dir.clone());
     let segmenter = Segmenter::create(&iface)?;
     let cfg = HostConfig {
         addr: iface.addr.octets(),
@@ -197,189 +184,11 @@ pub fn run(opts: HostOptions) -> Result<()> {
     r
 }
 
-/// Starts each CPU's flow-ID counter at a random point: flow IDs are then
-/// not guessable, and the ports the server side derives from them do not
-/// repeat those of an earlier run (whose TIME_WAIT sockets may linger).
-pub(crate) fn seed_flow_ids(ebpf: &mut aya::Ebpf) -> Result<()> {
-    let mut m: PerCpuArray<&mut MapData, u32> =
-        PerCpuArray::try_from(ebpf.map_mut(names::NEXT_FLOW).ok_or_else(|| anyhow!("flow-ID map missing"))?)?;
-    let n = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
-    let mut seeds = Vec::with_capacity(n);
-    let mut f = std::fs::File::open("/dev/urandom")?;
-    for _ in 0..n {
-        let mut b = [0u8; 4];
-        std::io::Read::read_exact(&mut f, &mut b)?;
-        seeds.push(u32::from_ne_bytes(b) & 0x00ff_ffff);
-    }
-    m.set(0, aya::maps::PerCpuValues::try_from(seeds)?, 0)?;
-    Ok(())
-}
-
-pub(crate) struct PinGuard(pub(crate) PathBuf);
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        HostMaps::unpin(&self.0);
-    }
-}
-fn scopeguard(p: PathBuf) -> PinGuard {
-    PinGuard(p)
-}
-
-/// What a mode adds to the shared event loop (the gateway: configuration
-/// reload on SIGHUP, instance health on every tick).
-pub(crate) trait LoopHooks {
-    fn reload(&mut self) -> Result<String>;
-    fn tick(&mut self, cp: &mut ControlPlane);
-    /// A control request of this mode; None if it is not one of its own.
-    fn request(&mut self, req: &Request) -> Option<Response>;
-}
-
-pub(crate) type Reload<'a> = Option<&'a mut dyn LoopHooks>;
-
-pub(crate) async fn event_loop(
-    mut cp: ControlPlane,
-    events: RingBuf<MapData>,
-    sock_path: PathBuf,
-    mut reload: Reload<'_>,
-) -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    // The AsyncFd owns the ring buffer (and its fd).
-    #[allow(deprecated)]
-    let mut events = AsyncFd::new(events)?;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    std::fs::create_dir_all("/run/xlate")?;
-    let _ = std::fs::remove_file(&sock_path);
-    let listener =
-        tokio::net::UnixListener::bind(&sock_path).with_context(|| format!("binding {}", sock_path.display()))?;
-    let mut buf = vec![0u8; 65536];
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
-                if let Some(h) = reload.as_mut() {
-                    match h.reload() {
-                        Ok(msg) => println!("{msg}"),
-                        Err(e) => eprintln!("xlate-user: reload refused, configuration unchanged: {e:#}"),
-                    }
-                }
-            }
-            r = cp.sal_socket().recv(&mut buf) => {
-                let n = r?;
-                let pkt = buf[..n].to_vec();
-                cp.on_packet(&pkt);
-            }
-            guard = events.readable_mut() => {
-                let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    if item.len() >= std::mem::size_of::<Event>() {
-                        // SAFETY: the kernel wrote an Event; read unaligned.
-                        let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
-                        drop(item);
-                        cp.on_event(ev);
-                    }
-                }
-                guard.clear_ready();
-            }
-            _ = tick.tick() => {
-                cp.tick();
-                if let Some(h) = reload.as_mut() {
-                    h.tick(&mut cp);
-                }
-            }
-            conn = listener.accept() => {
-                if let Ok((stream, _)) = conn {
-                    let (r, mut w) = stream.into_split();
-                    let mut line = String::new();
-                    let mut r = tokio::io::BufReader::new(r);
-                    // A client that connects and says nothing (a PID probe,
-                    // a stuck script) must not hold up the data path's agent.
-                    let read = tokio::time::timeout(Duration::from_secs(2), r.read_line(&mut line)).await;
-                    if matches!(read, Ok(Ok(n)) if n > 0) {
-                        let reply = match control_protocol::parse(&line) {
-                            Err(bad) => bad,
-                            Ok(req) => match reload.as_mut().and_then(|h| h.request(&req)) {
-                                Some(r) => r,
-                                None => request(&mut cp, &req),
-                            },
-                        };
-                        let text = serde_json::to_string(&reply).unwrap_or_default();
-                        let _ = w.write_all(format!("{text}\n").as_bytes()).await;
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The requests every agent answers (host mode's; the translator adds its own).
-fn request(cp: &mut ControlPlane, req: &Request) -> Response {
-    match req {
-        Request::Migrate { to } => Response::Ok(format!("ok: moving {} flows to {to}", cp.migrate(*to))),
-        other => Response::Error(format!("this agent does not take {other:?}")),
-    }
-}
-
 /// `host migrate --to ADDR`: asks the running instance to move its flows.
 pub fn migrate(iface: &str, to: Ipv4Addr) -> Result<String> {
-    control_protocol::call(
+    protocol::call(
         &control_socket(Kind::Host, iface)?,
         &format!("host-mode instance on {iface}"),
         &Request::Migrate { to },
     )
-}
-
-/// One row of `host flows`.
-pub struct FlowRow {
-    pub state: FlowState,
-    pub addrs: FlowAddrs,
-}
-
-pub fn flows(kind: Kind, iface: &str) -> Result<Vec<FlowRow>> {
-    let flows: aya::maps::HashMap<MapData, u32, FlowState> =
-        maps::open_pinned(kind, iface, names::FLOWS)?.try_into()?;
-    let addrs: aya::maps::HashMap<MapData, u32, FlowAddrs> =
-        maps::open_pinned(kind, iface, names::ADDRS)?.try_into()?;
-    let mut rows = Vec::new();
-    for item in flows.iter() {
-        let (id, st) = item?;
-        let a = addrs.get(&id, 0).unwrap_or_default();
-        rows.push(FlowRow { state: st, addrs: a });
-    }
-    rows.sort_by_key(|r| r.state.local_flow);
-    Ok(rows)
-}
-
-impl std::fmt::Display for FlowRow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = &self.state;
-        write!(
-            f,
-            "{:>10} {:>10} {:<6} {:<11} {:<15} {:<15} {}:{} > {}:{} service {}",
-            s.local_flow,
-            s.peer_flow,
-            if s.role == xlate_common::flow::role::CLIENT { "client" } else { "server" },
-            state::name(s.state),
-            Ipv4Addr::from(self.addrs.local_ip),
-            Ipv4Addr::from(self.addrs.peer_ip),
-            Ipv4Addr::from(s.tcp_local_addr),
-            u16::from_be_bytes(s.tcp_local_port),
-            Ipv4Addr::from(s.tcp_peer_addr),
-            u16::from_be_bytes(s.tcp_peer_port),
-            ServiceId(s.service_id),
-        )
-    }
-}
-
-pub const FLOWS_HEADER: &str =
-    "local_flow  peer_flow role   state       sal_local       sal_peer        tcp (local > peer) and service";
-
-pub fn stats(kind: Kind, iface: &str) -> Result<Vec<(&'static str, u64)>> {
-    let c: PerCpuArray<MapData, u64> = maps::open_pinned(kind, iface, names::COUNTERS)?.try_into()?;
-    Ok(maps::read_counters(&c).into_iter().map(|(k, v)| (k.name(), v)).collect())
 }

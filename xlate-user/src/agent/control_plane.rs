@@ -1,5 +1,5 @@
-//! The SAL control plane of host mode: everything that is not per-packet
-//! translation. SAL FIN/ACK close, resets both ways, migration (answering
+//! The SAL control plane of every agent (host mode and the translator):
+//! everything that is not per-packet translation. SAL FIN/ACK close, resets both ways, migration (answering
 //! and initiating RSYN), stale control packets, retransmission of our own
 //! control packets, and freeing or expiring flows.
 

@@ -1,6 +1,6 @@
-//! The host-mode maps as the agent holds them, pinned under
-//! `/sys/fs/bpf/xlate/host-<netns>-<iface>/` so `host flows` and
-//! `host stats` read the same state the kernel uses.
+//! The flow engine's maps as an agent holds them (either mode), pinned in
+//! a directory per kind, network namespace and interface (see `pins`) so
+//! that `flows`, `stats` and metrics read the same state the kernel uses.
 
 use std::path::{Path, PathBuf};
 
@@ -30,12 +30,12 @@ impl Kind {
 /// namespace and interface, so several instances coexist on one machine;
 /// under the host-wide pin base (see [`crate::pins`]).
 pub fn pin_dir(kind: Kind, iface: &str) -> Result<PathBuf> {
-    crate::pins::dir_for_reading(&crate::host::control_socket(kind, iface)?, &pin_name(kind, iface)?)
+    crate::agent::pins::dir_for_reading(&crate::agent::control_socket(kind, iface)?, &pin_name(kind, iface)?)
 }
 
 /// The same directory for an agent about to pin (mounts the base if needed).
 pub fn pin_dir_for_agent(kind: Kind, iface: &str) -> Result<PathBuf> {
-    Ok(crate::pins::base_for_agent()?.join(pin_name(kind, iface)?))
+    Ok(crate::agent::pins::base_for_agent()?.join(pin_name(kind, iface)?))
 }
 
 /// `<kind>-<netns inode>-<iface>`.
@@ -121,7 +121,7 @@ pub fn open_pinned(kind: Kind, iface: &str, name: &str) -> Result<Map> {
         format!(
             "no {what} on {iface} in this network namespace ({} not found; is the agent running, and is this \
              shell in its network namespace?)",
-            crate::pins::shown(&path)
+            crate::agent::pins::shown(&path)
         )
     })?;
     Ok(Map::from_map_data(data)?)

@@ -1,0 +1,60 @@
+//! Reading a running agent's state from its pins: `flows` and `stats`.
+
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use aya::maps::{MapData, PerCpuArray};
+use xlate_common::flow::{names, state, FlowAddrs, FlowState};
+use xlate_common::ServiceId;
+
+use super::maps::{self, Kind};
+
+/// One row of `host flows`.
+pub struct FlowRow {
+    pub state: FlowState,
+    pub addrs: FlowAddrs,
+}
+
+pub fn flows(kind: Kind, iface: &str) -> Result<Vec<FlowRow>> {
+    let flows: aya::maps::HashMap<MapData, u32, FlowState> =
+        maps::open_pinned(kind, iface, names::FLOWS)?.try_into()?;
+    let addrs: aya::maps::HashMap<MapData, u32, FlowAddrs> =
+        maps::open_pinned(kind, iface, names::ADDRS)?.try_into()?;
+    let mut rows = Vec::new();
+    for item in flows.iter() {
+        let (id, st) = item?;
+        let a = addrs.get(&id, 0).unwrap_or_default();
+        rows.push(FlowRow { state: st, addrs: a });
+    }
+    rows.sort_by_key(|r| r.state.local_flow);
+    Ok(rows)
+}
+
+impl std::fmt::Display for FlowRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.state;
+        write!(
+            f,
+            "{:>10} {:>10} {:<6} {:<11} {:<15} {:<15} {}:{} > {}:{} service {}",
+            s.local_flow,
+            s.peer_flow,
+            if s.role == xlate_common::flow::role::CLIENT { "client" } else { "server" },
+            state::name(s.state),
+            Ipv4Addr::from(self.addrs.local_ip),
+            Ipv4Addr::from(self.addrs.peer_ip),
+            Ipv4Addr::from(s.tcp_local_addr),
+            u16::from_be_bytes(s.tcp_local_port),
+            Ipv4Addr::from(s.tcp_peer_addr),
+            u16::from_be_bytes(s.tcp_peer_port),
+            ServiceId(s.service_id),
+        )
+    }
+}
+
+pub const FLOWS_HEADER: &str =
+    "local_flow  peer_flow role   state       sal_local       sal_peer        tcp (local > peer) and service";
+
+pub fn stats(kind: Kind, iface: &str) -> Result<Vec<(&'static str, u64)>> {
+    let c: PerCpuArray<MapData, u64> = maps::open_pinned(kind, iface, names::COUNTERS)?.try_into()?;
+    Ok(maps::read_counters(&c).into_iter().map(|(k, v)| (k.name(), v)).collect())
+}

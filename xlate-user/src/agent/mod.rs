@@ -1,0 +1,155 @@
+//! What every xlate agent is, whichever mode it runs: the pins of its maps
+//! (`maps`, `pins`), the SAL control plane (`control_plane`), the control
+//! socket and its protocol (`protocol`), and one event loop (`event_loop`)
+//! into which a mode hooks what it adds (`LoopHooks`). Host mode and the
+//! translator are thin shells around it.
+
+pub mod control_plane;
+pub mod inspect;
+pub mod maps;
+pub mod pins;
+pub mod protocol;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use xlate_common::flow::{names, Event};
+
+use control_plane::ControlPlane;
+use maps::{HostMaps, Kind};
+use protocol::{Request, Response};
+
+/// The control socket of a running instance, for `host migrate`. /run is
+/// the host's in every `ip netns exec` shell.
+pub fn control_socket(kind: Kind, iface: &str) -> Result<PathBuf> {
+    Ok(PathBuf::from("/run/xlate").join(format!("{}.sock", maps::pin_name(kind, iface)?)))
+}
+
+/// Starts each CPU's flow-ID counter at a random point: flow IDs are then
+/// not guessable, and the ports the server side derives from them do not
+/// repeat those of an earlier run (whose TIME_WAIT sockets may linger).
+pub(crate) fn seed_flow_ids(ebpf: &mut aya::Ebpf) -> Result<()> {
+    let mut m: PerCpuArray<&mut MapData, u32> =
+        PerCpuArray::try_from(ebpf.map_mut(names::NEXT_FLOW).ok_or_else(|| anyhow!("flow-ID map missing"))?)?;
+    let n = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
+    let mut seeds = Vec::with_capacity(n);
+    let mut f = std::fs::File::open("/dev/urandom")?;
+    for _ in 0..n {
+        let mut b = [0u8; 4];
+        std::io::Read::read_exact(&mut f, &mut b)?;
+        seeds.push(u32::from_ne_bytes(b) & 0x00ff_ffff);
+    }
+    m.set(0, aya::maps::PerCpuValues::try_from(seeds)?, 0)?;
+    Ok(())
+}
+
+pub(crate) struct PinGuard(pub(crate) PathBuf);
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        HostMaps::unpin(&self.0);
+    }
+}
+
+/// What a mode adds to the shared event loop (the gateway: configuration
+/// reload on SIGHUP, instance health on every tick).
+pub(crate) trait LoopHooks {
+    fn reload(&mut self) -> Result<String>;
+    fn tick(&mut self, cp: &mut ControlPlane);
+    /// A control request of this mode; None if it is not one of its own.
+    fn request(&mut self, req: &Request) -> Option<Response>;
+}
+
+pub(crate) type Reload<'a> = Option<&'a mut dyn LoopHooks>;
+
+pub(crate) async fn event_loop(
+    mut cp: ControlPlane,
+    events: RingBuf<MapData>,
+    sock_path: PathBuf,
+    mut reload: Reload<'_>,
+) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    // The AsyncFd owns the ring buffer (and its fd).
+    #[allow(deprecated)]
+    let mut events = AsyncFd::new(events)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    std::fs::create_dir_all("/run/xlate")?;
+    let _ = std::fs::remove_file(&sock_path);
+    let listener =
+        tokio::net::UnixListener::bind(&sock_path).with_context(|| format!("binding {}", sock_path.display()))?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                if let Some(h) = reload.as_mut() {
+                    match h.reload() {
+                        Ok(msg) => println!("{msg}"),
+                        Err(e) => eprintln!("xlate-user: reload refused, configuration unchanged: {e:#}"),
+                    }
+                }
+            }
+            r = cp.sal_socket().recv(&mut buf) => {
+                let n = r?;
+                let pkt = buf[..n].to_vec();
+                cp.on_packet(&pkt);
+            }
+            guard = events.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    if item.len() >= std::mem::size_of::<Event>() {
+                        // SAFETY: the kernel wrote an Event; read unaligned.
+                        let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
+                        drop(item);
+                        cp.on_event(ev);
+                    }
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                cp.tick();
+                if let Some(h) = reload.as_mut() {
+                    h.tick(&mut cp);
+                }
+            }
+            conn = listener.accept() => {
+                if let Ok((stream, _)) = conn {
+                    let (r, mut w) = stream.into_split();
+                    let mut line = String::new();
+                    let mut r = tokio::io::BufReader::new(r);
+                    // A client that connects and says nothing (a PID probe,
+                    // a stuck script) must not hold up the data path's agent.
+                    let read = tokio::time::timeout(Duration::from_secs(2), r.read_line(&mut line)).await;
+                    if matches!(read, Ok(Ok(n)) if n > 0) {
+                        let reply = match protocol::parse(&line) {
+                            Err(bad) => bad,
+                            Ok(req) => match reload.as_mut().and_then(|h| h.request(&req)) {
+                                Some(r) => r,
+                                None => request(&mut cp, &req),
+                            },
+                        };
+                        let text = serde_json::to_string(&reply).unwrap_or_default();
+                        let _ = w.write_all(format!("{text}\n").as_bytes()).await;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The requests every agent answers (host mode's; the translator adds its own).
+fn request(cp: &mut ControlPlane, req: &Request) -> Response {
+    match req {
+        Request::Migrate { to } => Response::Ok(format!("ok: moving {} flows to {to}", cp.migrate(*to))),
+        other => Response::Error(format!("this agent does not take {other:?}")),
+    }
+}
