@@ -352,6 +352,13 @@ fn bad_packets_are_dropped_or_passed_and_counted() {
     let mut frag = stray.clone();
     frag[14 + 6] = 0x20;
     assert_eq!(gw.expect(&frag, XDP_PASS, &[HostCounter::GwPassFragment]), frag);
+    // A frame cut inside the IPv4 header: passed as it is, and counted.
+    let cut = stray[..14 + 8].to_vec();
+    assert_eq!(gw.expect(&cut, XDP_PASS, &[HostCounter::GwPassTruncated]), cut);
+    // A TCP segment cut inside its header: passed before anything was
+    // written.
+    let cut = stray[..14 + 20 + 10].to_vec();
+    assert_eq!(gw.expect(&cut, XDP_PASS, &[HostCounter::GwPassTruncated]), cut);
 }
 
 fn fix_sal(ip: &mut [u8]) {

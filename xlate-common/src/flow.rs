@@ -299,6 +299,14 @@ pub enum HostCounter {
     #[strum(serialize = "gw_passed_no_redirect_target")]
     GwPassNoRedirect,
     EgressToSegmenter,
+    /// A frame too short for the headers its first bytes announce: passed.
+    #[strum(serialize = "gw_passed_truncated")]
+    GwPassTruncated,
+    /// A rewrite failed half way (the frame cannot be passed as it is).
+    GwDropRewriteFailed,
+    /// Egress: a packet too short to read, before anything was written.
+    #[strum(serialize = "egress_passed_unreadable")]
+    EgressPassUnreadable,
 }
 
 impl HostCounter {

@@ -67,7 +67,13 @@ fn wr<T>(ctx: &XdpContext, off: usize, v: T) -> Option<()> {
 
 #[xdp]
 pub fn xlate_gw(ctx: XdpContext) -> u32 {
-    gateway(&ctx).unwrap_or(XDP_PASS)
+    match gateway(&ctx) {
+        Some(v) => v,
+        None => {
+            count(HostCounter::GwPassTruncated);
+            XDP_PASS
+        }
+    }
 }
 
 #[inline(always)]
@@ -126,12 +132,27 @@ fn then_forward(ctx: &XdpContext, v: u32) -> u32 {
 
 #[inline(never)]
 fn to_sal_fn(ctx: &XdpContext, id: u32) -> u32 {
-    to_sal(ctx, id).unwrap_or(XDP_PASS)
+    let mut written = false;
+    to_sal(ctx, id, &mut written).unwrap_or_else(|| failed(written))
 }
 
 #[inline(never)]
 fn to_tcp_fn(ctx: &XdpContext) -> u32 {
-    to_tcp(ctx).unwrap_or(XDP_PASS)
+    let mut written = false;
+    to_tcp(ctx, &mut written).unwrap_or_else(|| failed(written))
+}
+
+/// A direction gave up: before its first write the frame is passed as it
+/// came; after, a half-rewritten frame must not reach anyone.
+#[inline(always)]
+fn failed(written: bool) -> u32 {
+    if written {
+        count(HostCounter::GwDropRewriteFailed);
+        XDP_DROP
+    } else {
+        count(HostCounter::GwPassTruncated);
+        XDP_PASS
+    }
 }
 
 /// Sends the rewritten frame out directly when the kernel's FIB knows the
@@ -369,7 +390,7 @@ fn new_flow(key: &FlowKey, flags: u8) -> u64 {
 
 /// Legacy client -> Serval: TCP segment to SAL packet.
 #[inline(always)]
-fn to_sal(ctx: &XdpContext, id: u32) -> Option<u32> {
+fn to_sal(ctx: &XdpContext, id: u32, written: &mut bool) -> Option<u32> {
     let ip: [u8; 20] = rd(ctx, ETH)?;
     let (saddr, daddr) = ([ip[12], ip[13], ip[14], ip[15]], [ip[16], ip[17], ip[18], ip[19]]);
     let l4 = ETH + 20;
@@ -396,6 +417,7 @@ fn to_sal(ctx: &XdpContext, id: u32) -> Option<u32> {
 
     let check = u16::from_be_bytes([tcp[16], tcp[17]]);
     let ambiguous = checksum_ambiguous(check, saddr, daddr, tcp_len);
+    *written = true;
     let mss = if flags & TCP_SYN != 0 && doff >= 24 { clamp_mss(ctx, l4 + 20, cfg.max_mss)? } else { (0, 0) };
     let nc = new_check(
         check,
@@ -417,8 +439,8 @@ fn to_sal(ctx: &XdpContext, id: u32) -> Option<u32> {
     let head: [u8; ETH + 20] = rd(ctx, 0)?;
     // SAFETY: adjusting the head of our own frame; bounds re-checked after.
     if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, -(room as i32)) } != 0 {
-        count(HostCounter::EgressError);
-        return Some(XDP_PASS);
+        // Ports already zeroed: the frame cannot go on as it is.
+        return None;
     }
     wr(ctx, 0, head)?;
     write_ip(ctx, ETH, addrs.local_ip, addrs.peer_ip, IPPROTO_SAL, tot_len + room as u16)?;
@@ -438,7 +460,7 @@ fn to_sal(ctx: &XdpContext, id: u32) -> Option<u32> {
 
 /// Serval -> legacy client: SAL packet of a known flow to TCP segment.
 #[inline(always)]
-fn to_tcp(ctx: &XdpContext) -> Option<u32> {
+fn to_tcp(ctx: &XdpContext, written: &mut bool) -> Option<u32> {
     let cfg = CONFIG.get(0)?;
     let ip: [u8; 20] = rd(ctx, ETH)?;
     if [ip[16], ip[17], ip[18], ip[19]] != cfg.addr {
@@ -532,6 +554,7 @@ fn to_tcp(ctx: &XdpContext) -> Option<u32> {
     let ip_dst = [ip[16], ip[17], ip[18], ip[19]];
     let check = u16::from_be_bytes([tcp[16], tcp[17]]);
     let ambiguous = checksum_ambiguous(check, ip_src, ip_dst, tcp_len);
+    *written = true;
     let mss = if flags & TCP_SYN != 0 && doff >= 24 { clamp_mss(ctx, tcp_at + 20, cfg.max_mss)? } else { (0, 0) };
     let nc = new_check(
         check,
@@ -553,8 +576,7 @@ fn to_tcp(ctx: &XdpContext) -> Option<u32> {
     wr(ctx, hl, head)?;
     // SAFETY: shrinking the head of our own frame.
     if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, hl as i32) } != 0 {
-        count(HostCounter::IngressError);
-        return Some(XDP_DROP);
+        return None;
     }
     write_ip(ctx, ETH, flow.tcp_peer_addr, flow.tcp_local_addr, IPPROTO_TCP, tcp_len + 20)?;
     count(HostCounter::GwToTcp);

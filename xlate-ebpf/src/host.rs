@@ -47,10 +47,16 @@ static CONNECT: HashMap<ServiceKey, ServiceEntry> = HashMap::with_max_entries(10
 
 #[classifier]
 pub fn xlate_host_egress(ctx: TcContext) -> i32 {
-    match egress(&ctx, false) {
+    let mut written = false;
+    match egress(&ctx, false, &mut written) {
         Ok(v) => v,
-        Err(_) => {
+        // Half rewritten: it must not leave.
+        Err(_) if written => {
             count(HostCounter::EgressError);
+            TC_ACT_SHOT
+        }
+        Err(_) => {
+            count(HostCounter::EgressPassUnreadable);
             TC_ACT_OK
         }
     }
@@ -65,7 +71,8 @@ pub fn xlate_host_egress(ctx: TcContext) -> i32 {
 /// Serval keeps every offload of the interface.
 #[classifier]
 pub fn xlate_host_segmented(ctx: TcContext) -> i32 {
-    match egress(&ctx, true) {
+    let mut written = false;
+    match egress(&ctx, true, &mut written) {
         // Translated: egress() redirected it. Anything else arriving here
         // (IPv6 neighbour discovery, a flow freed meanwhile) goes nowhere.
         Ok(v) if v != TC_ACT_OK => v,
@@ -81,7 +88,7 @@ pub fn xlate_host_segmented(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn egress(ctx: &TcContext, at_segmenter: bool) -> Result<i32, i64> {
+fn egress(ctx: &TcContext, at_segmenter: bool, written: &mut bool) -> Result<i32, i64> {
     if ctx.load::<u16>(12)? != ETH_P_IP_BE {
         return Ok(TC_ACT_OK);
     }
@@ -165,6 +172,7 @@ fn egress(ctx: &TcContext, at_segmenter: bool) -> Result<i32, i64> {
     // TCP rewrites at the current offsets, checksum-neutral where the
     // kernel will finish the checksum (CHECKSUM_PARTIAL): the helpers know.
     let csum_off = L4_OFF + 16;
+    *written = true;
     if tcp_flags & TCP_SYN != 0 {
         clamp_mss(ctx, L4_OFF, doff)?;
     }
