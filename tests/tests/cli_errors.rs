@@ -52,3 +52,31 @@ fn the_shipped_configurations_parse() {
         xlate_user::config::Config::load(&p).unwrap_or_else(|e| panic!("{f}: {e:#}"));
     }
 }
+
+#[test]
+fn every_command_shows_an_example_and_read_commands_take_json() {
+    let commands: &[&[&str]] = &[
+        &["decode"],
+        &["watch"],
+        &["run"],
+        &["stats"],
+        &["flows"],
+        &["map", "show"],
+        &["map", "set"],
+        &["map", "del"],
+        &["host"],
+        &["host", "flows"],
+        &["host", "stats"],
+        &["host", "migrate"],
+    ];
+    for c in commands {
+        let out = Command::new(xlate_user_bin()).args(*c).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{c:?}");
+        assert!(help.contains("Example"), "{c:?} --help shows no example:\n{help}");
+        let reads = [&["stats"][..], &["flows"], &["map", "show"], &["host", "flows"], &["host", "stats"]];
+        if reads.contains(c) {
+            assert!(help.contains("--json"), "{c:?} has no --json:\n{help}");
+        }
+    }
+}

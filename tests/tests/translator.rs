@@ -405,6 +405,17 @@ fn live_map_edits_change_new_connections_and_bad_edits_change_nothing() {
     let show = lab.gw_cli(&["map", "show"]);
     assert!(show.contains("203.0.113.1:80 service 00000050 -> 10.10.0.11 ("), "{show}");
     assert!(show.contains("10.10.0.12 ("), "{show}");
+    // The same for scripts: JSON, with the Maglev shares 1:3.
+    let json: serde_json::Value = serde_json::from_str(&lab.gw_cli(&["map", "show", "--json"])).unwrap();
+    let svc = &json[0];
+    assert_eq!((svc["address"].as_str(), svc["port"].as_u64()), (Some("203.0.113.1"), Some(80)), "{json}");
+    let slots: Vec<u64> = svc["instances"].as_array().unwrap().iter().map(|i| i["slots"].as_u64().unwrap()).collect();
+    assert_eq!(slots.iter().sum::<u64>(), 1021, "{json}");
+    assert!(slots[1] > 2 * slots[0], "weight 3 against 1: {json}");
+    let stats: serde_json::Value = serde_json::from_str(&lab.gw_cli(&["stats", "--json"])).unwrap();
+    assert!(stats["gw_tcp_to_sal"].is_u64() && stats["drop_bad_checksum"] == 0, "{stats}");
+    let flows: serde_json::Value = serde_json::from_str(&lab.gw_cli(&["flows", "--json"])).unwrap();
+    assert!(flows.is_array(), "{flows}");
     // Only the second instance from now on.
     let out =
         lab.gw_cli(&["map", "set", "--service", "203.0.113.1:80", "--id", "00000050", "--instances", "10.10.0.12:2"]);

@@ -564,9 +564,37 @@ pub fn control(iface: &str, req: &Request) -> Result<String> {
     control_protocol::call(&control_socket(Kind::Gateway, iface)?, &format!("translator on {iface}"), req)
 }
 
-/// The service table as the kernel has it: (address, port, service ID,
-/// router or instances with their Maglev slot counts).
-pub fn services(iface: &str) -> Result<Vec<String>> {
+/// One row of the service table as the kernel has it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServiceRow {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub service_id: String,
+    pub router: Option<Ipv4Addr>,
+    /// Each instance and its share of the Maglev table (slots of 1021).
+    pub instances: Vec<InstanceShare>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceShare {
+    pub address: Ipv4Addr,
+    pub slots: u32,
+}
+
+impl std::fmt::Display for ServiceRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{} service {} -> ", self.address, self.port, self.service_id)?;
+        if let Some(r) = self.router {
+            return write!(f, "router {r}");
+        }
+        let shares: Vec<String> =
+            self.instances.iter().map(|i| format!("{} ({}/{} slots)", i.address, i.slots, gw::MAGLEV_SIZE)).collect();
+        write!(f, "{}", shares.join(", "))
+    }
+}
+
+/// The service table as the kernel has it, sorted by address and port.
+pub fn services(iface: &str) -> Result<Vec<ServiceRow>> {
     use crate::agent::maps::open_pinned;
     let svc: HashMap<MapData, ServiceKey, gw::GwService> =
         open_pinned(Kind::Gateway, iface, gw::SERVICES)?.try_into()?;
@@ -574,22 +602,23 @@ pub fn services(iface: &str) -> Result<Vec<String>> {
     let mut rows = Vec::new();
     for item in svc.iter() {
         let (k, v) = item?;
-        let target = if v.router != [0; 4] {
-            format!("router {}", Ipv4Addr::from(v.router))
-        } else {
+        let router = (v.router != [0; 4]).then(|| Ipv4Addr::from(v.router));
+        let mut instances = Vec::new();
+        if router.is_none() {
             let mut counts: std::collections::BTreeMap<Ipv4Addr, u32> = Default::default();
             for slot in 0..gw::MAGLEV_SIZE {
                 *counts.entry(Ipv4Addr::from(mg.get(&(v.index * gw::MAGLEV_SIZE + slot), 0)?)).or_default() += 1;
             }
-            counts.iter().map(|(a, n)| format!("{a} ({n}/{} slots)", gw::MAGLEV_SIZE)).collect::<Vec<_>>().join(", ")
-        };
-        rows.push(format!(
-            "{}:{} service {} -> {target}",
-            Ipv4Addr::from(k.addr),
-            u16::from_be_bytes(k.port),
-            xlate_common::ServiceId(v.service_id)
-        ));
+            instances = counts.into_iter().map(|(address, slots)| InstanceShare { address, slots }).collect();
+        }
+        rows.push(ServiceRow {
+            address: Ipv4Addr::from(k.addr),
+            port: u16::from_be_bytes(k.port),
+            service_id: xlate_common::ServiceId(v.service_id).to_string(),
+            router,
+            instances,
+        });
     }
-    rows.sort();
+    rows.sort_by_key(|r| (r.address, r.port));
     Ok(rows)
 }

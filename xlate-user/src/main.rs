@@ -27,6 +27,7 @@ enum Command {
     /// Print every packet of a capture (Ethernet, raw IP, Linux SLL/SLL2)
     /// with its Serval fields; exit 1 if any SAL packet breaks a receiver
     /// rule or has a bad checksum, naming the packet and the reason.
+    #[command(after_help = "Example:\n  xlate-user decode capture.pcap --quiet")]
     Decode {
         /// Classic pcap files (tcpdump -w).
         #[arg(required = true)]
@@ -38,6 +39,7 @@ enum Command {
     /// Attach the packet classifier to an interface and print how many TCP,
     /// SAL and other packets cross it. Detaches on Ctrl-C, SIGTERM or after
     /// --duration, printing the final counters.
+    #[command(after_help = "Example:\n  xlate-user watch --iface eth0 --duration 10")]
     Watch {
         /// Interface to attach to (XDP, ingress).
         #[arg(long)]
@@ -56,6 +58,9 @@ enum Command {
     /// through this gateway (XDP on the NICs, flows in BPF maps, the SAL
     /// control plane here). Runs until Ctrl-C/SIGTERM; SIGHUP reloads the
     /// configuration (a bad file is refused and changes nothing).
+    #[command(
+        after_help = "Example:\n  xlate-user run --iface eth0 --iface eth1 --config /etc/xlate/xlate.toml --metrics 127.0.0.1:9464\n  kill -HUP $(pidof xlate-user)   # reload the configuration"
+    )]
     Run {
         /// Gateway NIC(s): one (one-armed) or two (two-armed).
         #[arg(long = "iface", required = true)]
@@ -72,11 +77,8 @@ enum Command {
     },
     /// The running translator's counters (translated, passed and dropped by
     /// reason, control plane).
-    Stats {
-        /// The first --iface of the translator.
-        #[arg(long)]
-        iface: String,
-    },
+    #[command(after_help = "Example:\n  ip netns exec gw xlate-user stats --iface eth0 --json")]
+    Stats(ReadArgs),
     /// Show or edit the running translator's service table, live. Edits
     /// are checked like the configuration file and do not survive a
     /// restart or a SIGHUP reload: put lasting changes in the file.
@@ -85,11 +87,8 @@ enum Command {
         action: MapAction,
     },
     /// The running translator's live flows.
-    Flows {
-        /// The first --iface of the translator.
-        #[arg(long)]
-        iface: String,
-    },
+    #[command(after_help = "Example:\n  xlate-user flows --iface eth0")]
+    Flows(ReadArgs),
     /// Micro-benchmark of the translator's XDP program (BPF_PROG_TEST_RUN),
     /// used by `cargo xtask bench`.
     #[command(hide = true)]
@@ -100,6 +99,9 @@ enum Command {
     /// Host mode: this host's ordinary TCP servers and clients speak Serval
     /// on the wire of one interface (the kernel's TCP does the transport,
     /// xlate adds the service access layer). Runs until Ctrl-C/SIGTERM.
+    #[command(
+        after_help = "Examples:\n  xlate-user host --iface eth0 --serve 00000050=8080\n  xlate-user host --iface eth0 --connect 00000050=10.9.0.100:80 --route 00000050=10.9.0.2"
+    )]
     Host(HostCmd),
 }
 
@@ -136,11 +138,12 @@ struct HostCmd {
 enum MapAction {
     /// Services as the kernel has them: address:port, service ID, and the
     /// instances with their share of the Maglev table (or the router).
-    Show {
-        #[arg(long)]
-        iface: String,
-    },
+    #[command(after_help = "Example:\n  xlate-user map show --iface eth0 --json")]
+    Show(ReadArgs),
     /// Add or replace the service at --service.
+    #[command(
+        after_help = "Example:\n  xlate-user map set --iface eth0 --service 203.0.113.1:80 --id 00000050 --instances 10.10.0.11,10.10.0.12:3"
+    )]
     Set {
         #[arg(long)]
         iface: String,
@@ -158,6 +161,7 @@ enum MapAction {
         router: Option<std::net::Ipv4Addr>,
     },
     /// Remove the service at --service (new connections to it pass to the kernel).
+    #[command(after_help = "Example:\n  xlate-user map del --iface eth0 --service 203.0.113.1:80")]
     Del {
         #[arg(long)]
         iface: String,
@@ -166,19 +170,27 @@ enum MapAction {
     },
 }
 
+/// What every read command takes.
+#[derive(Args)]
+struct ReadArgs {
+    /// The agent's interface (the translator's first --iface).
+    #[arg(long)]
+    iface: String,
+    /// Print JSON (one object or array) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum HostAction {
     /// List the live SAL flows of the instance on --iface.
-    Flows {
-        #[arg(long)]
-        iface: String,
-    },
+    #[command(after_help = "Example:\n  ip netns exec web1 xlate-user host flows --iface eth0")]
+    Flows(ReadArgs),
     /// Print the instance's counters (translated, dropped by reason, control plane).
-    Stats {
-        #[arg(long)]
-        iface: String,
-    },
+    #[command(after_help = "Example:\n  xlate-user host stats --iface eth0 --json")]
+    Stats(ReadArgs),
     /// Move this host's live flows to another local address (RSYN).
+    #[command(after_help = "Example:\n  xlate-user host migrate --iface eth0 --to 10.9.0.22")]
     Migrate {
         #[arg(long)]
         iface: String,
@@ -225,18 +237,13 @@ fn main() -> ExitCode {
                 .map(|_| ExitCode::SUCCESS)
         }
         Command::BenchXdp { runs } => xlate_user::benchmark::run(runs).map(|_| ExitCode::SUCCESS),
-        Command::Stats { iface } => xlate_user::gateway::stats(&iface).map(|rows| {
-            for (name, v) in rows {
-                println!("{name} {v}");
-            }
+        Command::Stats(a) => xlate_user::gateway::stats(&a.iface).map(|rows| {
+            xlate_user::agent::inspect::print_stats(&rows, a.json);
             ExitCode::SUCCESS
         }),
         Command::Map { action } => map_cmd(action).map(|_| ExitCode::SUCCESS),
-        Command::Flows { iface } => xlate_user::gateway::flows(&iface).map(|rows| {
-            println!("{}", xlate_user::agent::inspect::FLOWS_HEADER);
-            for r in rows {
-                println!("{r}");
-            }
+        Command::Flows(a) => xlate_user::gateway::flows(&a.iface).map(|rows| {
+            xlate_user::agent::inspect::print_flows(&rows, a.json);
             ExitCode::SUCCESS
         }),
     };
@@ -312,17 +319,14 @@ fn watch(iface: &str, mode: XdpMode, interval: f64, duration: Option<f64>) -> Re
 
 fn host_cmd(h: HostCmd) -> Result<()> {
     match h.action {
-        Some(HostAction::Flows { iface }) => {
-            println!("{}", xlate_user::agent::inspect::FLOWS_HEADER);
-            for row in xlate_user::agent::inspect::flows(xlate_user::agent::maps::Kind::Host, &iface)? {
-                println!("{row}");
-            }
+        Some(HostAction::Flows(a)) => {
+            let rows = xlate_user::agent::inspect::flows(xlate_user::agent::maps::Kind::Host, &a.iface)?;
+            xlate_user::agent::inspect::print_flows(&rows, a.json);
             Ok(())
         }
-        Some(HostAction::Stats { iface }) => {
-            for (name, v) in xlate_user::agent::inspect::stats(xlate_user::agent::maps::Kind::Host, &iface)? {
-                println!("{name} {v}");
-            }
+        Some(HostAction::Stats(a)) => {
+            let rows = xlate_user::agent::inspect::stats(xlate_user::agent::maps::Kind::Host, &a.iface)?;
+            xlate_user::agent::inspect::print_stats(&rows, a.json);
             Ok(())
         }
         Some(HostAction::Migrate { iface, to }) => {
@@ -346,9 +350,14 @@ fn host_cmd(h: HostCmd) -> Result<()> {
 fn map_cmd(action: MapAction) -> Result<()> {
     use xlate_user::gateway;
     match action {
-        MapAction::Show { iface } => {
-            for row in gateway::services(&iface)? {
-                println!("{row}");
+        MapAction::Show(a) => {
+            let rows = gateway::services(&a.iface)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                for row in rows {
+                    println!("{row}");
+                }
             }
         }
         MapAction::Set { iface, service, id, instances, router } => {

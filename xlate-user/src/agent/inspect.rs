@@ -51,6 +51,49 @@ impl std::fmt::Display for FlowRow {
     }
 }
 
+impl FlowRow {
+    /// The row as `flows --json` prints it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let s = &self.state;
+        serde_json::json!({
+            "local_flow": s.local_flow,
+            "peer_flow": s.peer_flow,
+            "role": if s.role == xlate_common::flow::role::CLIENT { "client" } else { "server" },
+            "state": state::name(s.state),
+            "sal_local": Ipv4Addr::from(self.addrs.local_ip),
+            "sal_peer": Ipv4Addr::from(self.addrs.peer_ip),
+            "tcp_local": format!("{}:{}", Ipv4Addr::from(s.tcp_local_addr), u16::from_be_bytes(s.tcp_local_port)),
+            "tcp_peer": format!("{}:{}", Ipv4Addr::from(s.tcp_peer_addr), u16::from_be_bytes(s.tcp_peer_port)),
+            "service": ServiceId(s.service_id).to_string(),
+        })
+    }
+}
+
+/// Prints flows as a table, or as a JSON array.
+pub fn print_flows(rows: &[FlowRow], json: bool) {
+    if json {
+        println!("{}", serde_json::Value::Array(rows.iter().map(FlowRow::to_json).collect()));
+        return;
+    }
+    println!("{FLOWS_HEADER}");
+    for r in rows {
+        println!("{r}");
+    }
+}
+
+/// Prints counters as `name value` lines, or as one JSON object.
+pub fn print_stats(rows: &[(&'static str, u64)], json: bool) {
+    if json {
+        let m: serde_json::Map<String, serde_json::Value> =
+            rows.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
+        println!("{}", serde_json::Value::Object(m));
+        return;
+    }
+    for (name, v) in rows {
+        println!("{name} {v}");
+    }
+}
+
 pub const FLOWS_HEADER: &str =
     "local_flow  peer_flow role   state       sal_local       sal_peer        tcp (local > peer) and service";
 
