@@ -4,6 +4,8 @@
 //! `no_std` and allocation-free so that the eBPF programs use the very same
 //! code; the `user` feature adds what only user space needs.
 #![cfg_attr(not(test), no_std)]
+// The verifier barrier in wire::sal_walk is inline assembly.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 pub mod flow;
 pub mod maps;

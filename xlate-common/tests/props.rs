@@ -284,3 +284,105 @@ proptest! {
         let _ = s.parse::<ServicePrefix>();
     }
 }
+
+// ------------------------------------------------ one set of receiver rules
+
+/// One extension-area piece: well formed or broken in one way.
+fn piece() -> impl Strategy<Value = Vec<u8>> {
+    let ext = |t: u8, len: usize| {
+        proptest::collection::vec(any::<u8>(), len).prop_map(move |mut v| {
+            if !v.is_empty() {
+                v[0] = t | (v[0] & 0x0f);
+            }
+            if v.len() > 1 {
+                v[1] = len as u8;
+            }
+            v
+        })
+    };
+    // Each kind at and around its legal lengths, so that off-by-one rules
+    // show; plus any type and noise.
+    prop_oneof![
+        3 => Just(vec![0u8]),                                                  // PAD
+        3 => (18usize..23).prop_flat_map(move |n| ext(0x10, n)),               // CONTROL (20)
+        3 => (34usize..39).prop_flat_map(move |n| ext(0x20, n)),               // SERVICE (36)
+        2 => (8usize..30).prop_flat_map(move |n| ext(0x30, n)),                // ADDRESS (12 + 4k)
+        3 => (4usize..92).prop_flat_map(move |n| ext(0x40, n)),                // SOURCE (12..84, 4k)
+        1 => (1usize..40, 0u8..16).prop_flat_map(move |(n, t)| ext(t << 4, n)), // any type, any length
+        1 => proptest::collection::vec(any::<u8>(), 1..8),                     // noise
+    ]
+}
+
+/// Only well-formed pieces: headers that break only the counting rules
+/// (too many extensions, a third SERVICE, a second CONTROL or SOURCE).
+fn valid_piece() -> impl Strategy<Value = Vec<u8>> {
+    let fixed = |t: u8, len: usize| {
+        let mut v = vec![0u8; len];
+        v[0] = t;
+        v[1] = len as u8;
+        v
+    };
+    prop_oneof![
+        Just(vec![0u8]),
+        Just(fixed(0x10, 20)),
+        Just(fixed(0x20, 36)),
+        Just(fixed(0x30, 12)),
+        Just(fixed(0x40, 12)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    /// The kernel's walker and the wire library agree on every header that
+    /// fits the kernel's buffer: same verdict, and for valid ones the same
+    /// CONTROL, SERVICE and SOURCE findings.
+    #[test]
+    fn the_kernel_walker_and_the_wire_parser_agree(
+        pieces in prop_oneof![proptest::collection::vec(piece(), 0..14), proptest::collection::vec(valid_piece(), 0..14)],
+        pad_to_word in any::<bool>(),
+    ) {
+        use xlate_common::wire::sal_walk::{walk_extensions, Exts, WALK_BUF_LEN};
+        let mut h = vec![0u8; 12];
+        for p in &pieces {
+            h.extend_from_slice(p);
+        }
+        // shl counts words: pad with PAD bytes, or cut (which breaks the
+        // last extension: a case worth having too); fit the kernel's buffer.
+        h.truncate(WALK_BUF_LEN);
+        if pad_to_word && h.len() < WALK_BUF_LEN {
+            while !h.len().is_multiple_of(4) {
+                h.push(0);
+            }
+        } else {
+            h.truncate(h.len() / 4 * 4);
+        }
+        h[8] = (h.len() / 4) as u8;
+        let mut buf = [0u8; WALK_BUF_LEN];
+        buf[..h.len()].copy_from_slice(&h);
+        let mut e = Exts::default();
+        let walked = walk_extensions(&buf, h.len(), &mut e);
+        let parsed = SalPacket::new_checked(&h[..]);
+        prop_assert_eq!(walked, parsed.is_ok(), "walker {} vs parser {:?} on {:02x?}", walked, parsed.as_ref().err(), h);
+        if let Ok(p) = parsed {
+            let exts: Vec<Extension> = p.extensions().map(|x| x.unwrap()).collect();
+            let control = exts.iter().find_map(|x| if let Extension::Control(c) = x { Some(*c) } else { None });
+            prop_assert_eq!(e.has_control == 1, control.is_some());
+            if let Some(c) = control {
+                prop_assert_eq!((e.flags, e.verno, e.ackno, e.nonce), (c.flags.bits(), c.verno, c.ackno, c.nonce));
+            }
+            let services: Vec<ServiceId> =
+                exts.iter().filter_map(|x| if let Extension::Service(s) = x { Some(*s) } else { None }).collect();
+            prop_assert_eq!(usize::from(e.services), services.len());
+            if let Some(first) = services.first() {
+                let at = e.service_at as usize;
+                prop_assert_eq!(&h[at..at + 32], &first.0[..]);
+            }
+            let source = exts.iter().find_map(|x| if let Extension::Source(s) = x { Some(*s) } else { None });
+            prop_assert_eq!(e.sources == 1, source.is_some());
+            if let Some(s) = source {
+                prop_assert_eq!(Some(Ipv4Addr::from(e.source_last)), s.iter().last());
+            }
+        }
+    }
+}

@@ -2,7 +2,6 @@
 //! the ones a mode needs.
 #![no_std]
 #![no_main]
-#![feature(asm_experimental_arch)]
 
 mod classify;
 mod flows;

@@ -10,6 +10,7 @@ pub mod checksum;
 pub mod ipv4;
 pub mod packet;
 pub mod sal;
+pub mod sal_walk;
 pub mod tcp;
 pub mod udp;
 
