@@ -29,12 +29,12 @@ const CAP_SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const MACS: [u8; 12] = [2, 0, 0, 0, 0, 0xaa, 2, 0, 0, 0, 0, 0xbb];
 
 struct Gw {
-    bed: xlate_user::gateway::TestBed,
+    bed: xlate_user::testbed::TestBed,
 }
 
 impl Gw {
     fn new(sal_address: Ipv4Addr, instance: Ipv4Addr) -> Gw {
-        Gw { bed: xlate_user::gateway::TestBed::new(sal_address, PUBLIC, instance).unwrap() }
+        Gw { bed: xlate_user::testbed::TestBed::new(sal_address, PUBLIC, instance).unwrap() }
     }
 
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {

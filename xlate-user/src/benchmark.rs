@@ -13,7 +13,7 @@ use xlate_common::wire::packet::{ServalRepr, Transport};
 use xlate_common::wire::sal::{ControlFlags, ControlRepr, FlowId, SalRepr};
 use xlate_common::wire::tcp::{TcpFlags, TcpPacket, TcpRepr};
 
-use crate::gateway::TestBed;
+use crate::testbed::TestBed;
 
 const SAL: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);

@@ -1,6 +1,7 @@
 //! The xlate agent as a library: what `xlate-user` does, usable from tests.
 
 pub mod agent;
+#[cfg(feature = "testbed")]
 pub mod benchmark;
 pub mod classify;
 pub mod config;
@@ -13,4 +14,6 @@ pub mod metrics;
 pub mod netif;
 pub mod pcap;
 pub mod rawsock;
+#[cfg(feature = "testbed")]
+pub mod testbed;
 pub mod xdp_features;

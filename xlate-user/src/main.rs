@@ -90,7 +90,8 @@ enum Command {
     #[command(after_help = "Example:\n  xlate-user flows --iface eth0")]
     Flows(ReadArgs),
     /// Micro-benchmark of the translator's XDP program (BPF_PROG_TEST_RUN),
-    /// used by `cargo xtask bench`.
+    /// used by `cargo xtask bench` (built with the `testbed` feature only).
+    #[cfg(feature = "testbed")]
     #[command(hide = true)]
     BenchXdp {
         #[arg(long, default_value_t = 20000)]
@@ -236,6 +237,7 @@ fn main() -> ExitCode {
             xlate_user::gateway::run(xlate_user::gateway::RunOptions { ifaces, config, mode: xdp_mode.into(), metrics })
                 .map(|_| ExitCode::SUCCESS)
         }
+        #[cfg(feature = "testbed")]
         Command::BenchXdp { runs } => xlate_user::benchmark::run(runs).map(|_| ExitCode::SUCCESS),
         Command::Stats(a) => xlate_user::gateway::stats(&a.iface).map(|rows| {
             xlate_user::agent::inspect::print_stats(&rows, a.json);

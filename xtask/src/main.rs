@@ -86,7 +86,7 @@ fn real_main() -> Result<()> {
                 bail!("cargo xtask bench needs root (network namespaces, BPF)");
             }
             setup::setup()?;
-            let bin = build(true)?;
+            let bin = build_with(true, &["testbed"])?;
             let r = bench::host_mode(&bin, seconds).and_then(|_| bench::translator(&bin, seconds));
             util::unmount_own_bpffs();
             r
@@ -121,6 +121,12 @@ fn ebpf_object() -> PathBuf {
 
 /// Builds the eBPF object, then the agent; returns the agent's path.
 fn build(release: bool) -> Result<PathBuf> {
+    build_with(release, &[])
+}
+
+/// [`build`] with extra cargo features of xlate-user (`testbed` for the
+/// benchmarks).
+fn build_with(release: bool, features: &[&str]) -> Result<PathBuf> {
     let tc = match toolchain::detect() {
         Some(tc) if toolchain::bpf_linker().is_some() => tc,
         _ => {
@@ -138,6 +144,9 @@ fn build(release: bool) -> Result<PathBuf> {
     cmd.current_dir(workspace_root()).args(["build", "-p", "xlate-user"]);
     if release {
         cmd.arg("--release");
+    }
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
     }
     cmd.env("XLATE_EBPF_OBJECT", &obj);
     run(&mut cmd)?;

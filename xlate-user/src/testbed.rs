@@ -1,0 +1,70 @@
+//! Test-only: the translator's XDP program loaded (not attached) for packet
+//! fixtures and micro-benchmarks through BPF_PROG_TEST_RUN. Built only with
+//! the `testbed` feature (the tests and `cargo xtask bench` enable it), so
+//! it is not part of the production binary.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use aya::maps::{Array, HashMap};
+use aya::programs::Xdp;
+use xlate_common::flow::{gw, names, HostConfig};
+use xlate_common::maps::ServiceKey;
+
+use crate::gateway::PROGRAM;
+
+/// The translator's XDP program loaded (not attached) with one service,
+/// for packet fixtures and micro-benchmarks through BPF_PROG_TEST_RUN.
+pub struct TestBed {
+    pub ebpf: aya::Ebpf,
+    /// The XDP metadata in front of the last output frame (a checksum note
+    /// for the TC stage, or empty).
+    pub last_meta: Vec<u8>,
+}
+
+impl TestBed {
+    /// Service `00000050` at `public`:80, every Maglev slot on `instance`,
+    /// SAL address `sal_address`, MSS 1448.
+    pub fn new(sal_address: Ipv4Addr, public: Ipv4Addr, instance: Ipv4Addr) -> Result<TestBed> {
+        let mut ebpf = crate::ebpf::load()?;
+        let prog: &mut Xdp =
+            ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("program {PROGRAM} missing"))?.try_into()?;
+        prog.load()?;
+        let mut cfg: Array<_, HostConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap())?;
+        cfg.set(0, HostConfig { addr: sal_address.octets(), max_mss: 1448, ..Default::default() }, 0)?;
+        let mut svc: HashMap<_, ServiceKey, gw::GwService> = HashMap::try_from(ebpf.map_mut(gw::SERVICES).unwrap())?;
+        let sid: xlate_common::ServiceId = "00000050".parse().expect("valid");
+        svc.insert(ServiceKey::new(public, 80), gw::GwService { service_id: sid.0, index: 0, router: [0; 4] }, 0)?;
+        let mut mg: Array<_, [u8; 4]> = Array::try_from(ebpf.map_mut(gw::MAGLEV).unwrap())?;
+        for slot in 0..gw::MAGLEV_SIZE {
+            mg.set(slot, instance.octets(), 0)?;
+        }
+        Ok(TestBed { ebpf, last_meta: Vec::new() })
+    }
+
+    /// Runs the program once on `frame`: (verdict, output frame, run time).
+    /// Metadata the program left in front of the frame goes to `last_meta`.
+    pub fn run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>, Duration)> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog: &mut Xdp = self.ebpf.program_mut(PROGRAM).unwrap().try_into()?;
+        let mut out = vec![0u8; frame.len() + 512];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex. On output `data` is the length
+        // of the metadata in front of the frame.
+        let mut ctx_in = [0u8; 24];
+        ctx_in[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        let mut ctx_out = [0u8; 24];
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            ..Default::default()
+        })?;
+        out.truncate(r.data_size_out as usize);
+        let meta = (u32::from_ne_bytes(ctx_out[0..4].try_into().expect("4 bytes")) as usize).min(out.len());
+        self.last_meta = out.drain(..meta).collect();
+        Ok((r.return_value, out, r.duration))
+    }
+}
