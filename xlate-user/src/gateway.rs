@@ -3,7 +3,6 @@
 //! configuration (SIGHUP reloads it), and runs the SAL control plane shared
 //! with host mode. See docs/translator.md.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -83,7 +82,7 @@ impl Redirect {
     fn refresh(&mut self, start: bool) -> Result<()> {
         if !self.enabled {
             if start {
-                println!("XDP redirect off (xdp_redirect = false): the kernel forwards every rewritten frame");
+                tracing::info!("XDP redirect off (xdp_redirect = false): the kernel forwards every rewritten frame");
             }
             return Ok(());
         }
@@ -104,11 +103,11 @@ impl Redirect {
             if self.ifaces.iter().any(|(i, _)| *i == d.ifindex) || !start {
                 let name = self.name(d.ifindex);
                 if ok && self.generic {
-                    println!("{name}: frames to it leave by XDP redirect (generic XDP: sent as ordinary skbs)");
+                    tracing::info!("{name}: frames to it leave by XDP redirect (generic XDP: sent as ordinary skbs)");
                 } else if ok {
-                    println!("{name}: frames to it leave by XDP redirect (the device transmits XDP frames)");
+                    tracing::info!("{name}: frames to it leave by XDP redirect (the device transmits XDP frames)");
                 } else {
-                    println!(
+                    tracing::info!(
                         "{name}: frames to it go through the kernel's forwarding, not XDP redirect (its xdp-features lack \
                          ndo-xmit; for a veth: its peer runs neither an XDP program nor GRO)"
                     );
@@ -127,7 +126,7 @@ impl Redirect {
         self.ticks += 1;
         if self.ticks.is_multiple_of(10) {
             if let Err(e) = self.refresh(false) {
-                eprintln!("xlate-user: reading xdp-features: {e:#}");
+                tracing::warn!("reading xdp-features: {e:#}");
             }
         }
     }
@@ -232,7 +231,7 @@ impl crate::agent::LoopHooks for GwMaps {
         self.down.retain(|a, until| {
             let keep = *until > now;
             if !keep {
-                println!("instance {a} back in rotation");
+                tracing::info!("instance {a} back in rotation");
                 changed = true;
             }
             keep
@@ -252,7 +251,7 @@ impl crate::agent::LoopHooks for GwMaps {
         for (id, inst) in stuck {
             let configured = self.cfg.services.iter().any(|s| s.instances.iter().any(|i| i.address == inst));
             if configured && !self.down.contains_key(&inst) {
-                println!(
+                tracing::info!(
                     "instance {inst} did not answer a SYN within {SYN_TIMEOUT:?}: out of rotation for {DOWN_FOR:?}"
                 );
                 self.down.insert(inst, now + DOWN_FOR);
@@ -263,7 +262,7 @@ impl crate::agent::LoopHooks for GwMaps {
         if changed {
             let cfg = self.cfg.clone();
             if let Err(e) = self.apply(&cfg) {
-                eprintln!("xlate-user: updating the instance tables: {e:#}");
+                tracing::warn!("updating the instance tables: {e:#}");
             }
         }
     }
@@ -327,7 +326,10 @@ impl SysctlGuard {
             let old = std::fs::read_to_string(&p).with_context(|| format!("reading {p}"))?.trim().to_string();
             if old != "1" {
                 std::fs::write(&p, "1").with_context(|| format!("setting {p}"))?;
-                println!("set {} = 1 while the translator runs", p.trim_start_matches("/proc/sys/").replace('/', "."));
+                tracing::info!(
+                    "set {} = 1 while the translator runs",
+                    p.trim_start_matches("/proc/sys/").replace('/', ".")
+                );
                 restore.push((p, old));
             }
         }
@@ -380,6 +382,7 @@ fn check_listeners(services: &[crate::config::Service]) -> Result<()> {
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
+    crate::agent::init_logging();
     let cfg = Config::load(&opts.config)?;
     check_listeners(&cfg.services).with_context(|| opts.config.display().to_string())?;
     if opts.ifaces.is_empty() {
@@ -457,7 +460,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         let prog: &mut Xdp = ebpf.program_mut(PROGRAM).unwrap().try_into()?;
         links.push(prog.attach(&i.name, opts.mode).with_context(|| format!("attaching {PROGRAM} to {}", i.name))?);
     }
-    println!(
+    tracing::info!(
         "xlate translator on {} ({:?} XDP), SAL address {}, MSS {max_mss}, {} services",
         opts.ifaces.join(","),
         opts.mode,
@@ -469,15 +472,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
             Some(r) => vec![format!("router {r}")],
             None => s.instances.iter().map(|i| format!("{} (weight {})", i.address, i.weight)).collect(),
         };
-        println!("  {}:{} -> service {} -> {}", s.address, s.port, s.service_id, targets.join(", "));
+        tracing::info!("  {}:{} -> service {} -> {}", s.address, s.port, s.service_id, targets.join(", "));
     }
-    std::io::stdout().flush()?;
 
     let cp = ControlPlane::new(flows, sal, inject, Duration::from_secs(cfg.idle_timeout));
     let sock = control_socket(Kind::Gateway, &ifaces[0].name)?;
     if let Some(addr) = opts.metrics {
         rt.block_on(crate::metrics::serve(addr, Kind::Gateway, ifaces[0].name.clone()))?;
-        println!("metrics at http://{addr}/metrics");
+        tracing::info!("metrics at http://{addr}/metrics");
     }
     let r = rt.block_on(event_loop(cp, events, sock.clone(), Some(&mut gwm)));
     let _ = std::fs::remove_file(&sock);

@@ -140,7 +140,7 @@ impl ControlPlane {
     fn send(&mut self, datagram: &[u8], dst: Ipv4Addr) {
         match self.sal.send_to(datagram, dst) {
             Ok(()) => self.maps.bump(HostCounter::CtlSent),
-            Err(e) => eprintln!("xlate-user host: sending a control packet to {dst}: {e}"),
+            Err(e) => tracing::warn!("sending a control packet to {dst}: {e}"),
         }
     }
 
@@ -416,7 +416,7 @@ impl ControlPlane {
         };
         tcp.emit(&mut xlate_common::wire::tcp::TcpPacket::new_unchecked(&mut pkt[20..]), src, dst).expect("sized");
         if let Err(e) = self.inject.send_to(&pkt, dst) {
-            eprintln!("xlate-user host: injecting a TCP reset: {e}");
+            tracing::warn!("injecting a TCP reset: {e}");
         }
     }
 

@@ -20,6 +20,21 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use xlate_common::flow::{names, Event};
 
 use control_plane::ControlPlane;
+
+/// Daemon logging (`tracing`): info and debug lines on stdout, warnings and
+/// errors on stderr, each with a timestamp and level. `RUST_LOG` chooses
+/// the level (default `info`; `RUST_LOG=debug` for more).
+pub fn init_logging() {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let writer = std::io::stderr.with_max_level(tracing::Level::WARN).or_else(std::io::stdout);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
+}
 use maps::{HostMaps, Kind};
 use protocol::{Request, Response};
 
@@ -91,8 +106,8 @@ pub(crate) async fn event_loop(
             _ = hup.recv() => {
                 if let Some(h) = reload.as_mut() {
                     match h.reload() {
-                        Ok(msg) => println!("{msg}"),
-                        Err(e) => eprintln!("xlate-user: reload refused, configuration unchanged: {e:#}"),
+                        Ok(msg) => tracing::info!("{msg}"),
+                        Err(e) => tracing::warn!("reload refused, configuration unchanged: {e:#}"),
                     }
                 }
             }

@@ -1,7 +1,6 @@
 //! `xlate-user host`: makes this host's ordinary TCP applications speak
 //! Serval on one interface. See docs/host-mode.md.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::Duration;
@@ -95,6 +94,7 @@ pub struct HostOptions {
 
 /// Runs host mode until SIGINT/SIGTERM; cleans up on the way out.
 pub fn run(opts: HostOptions) -> Result<()> {
+    crate::agent::init_logging();
     let iface = Interface::lookup(&opts.iface)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _rt_guard = rt.enter();
@@ -158,7 +158,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
         let p: &mut SchedClassifier = ebpf.program_mut(prog).unwrap().try_into()?;
         links.push(p.attach(dev, at).with_context(|| format!("attaching {prog} to {dev}"))?);
     }
-    println!(
+    tracing::info!(
         "xlate host mode on {} ({} / broadcast {}, MSS {}): serving {}, connecting {}, {} routes",
         iface.name,
         iface.addr,
@@ -168,13 +168,12 @@ pub fn run(opts: HostOptions) -> Result<()> {
         opts.connect.len(),
         opts.routes.len()
     );
-    std::io::stdout().flush()?;
 
     let cp = ControlPlane::new(m, sal, inject, opts.idle_timeout);
     let sock_path = control_socket(Kind::Host, &iface.name)?;
     if let Some(addr) = opts.metrics {
         rt.block_on(crate::metrics::serve(addr, Kind::Host, iface.name.clone()))?;
-        println!("metrics at http://{addr}/metrics");
+        tracing::info!("metrics at http://{addr}/metrics");
     }
     let r = rt.block_on(event_loop(cp, events, sock_path.clone(), None));
     let _ = std::fs::remove_file(&sock_path);
