@@ -1,0 +1,350 @@
+//! Packet fixtures for host mode's TC programs, run in the kernel with
+//! BPF_PROG_TEST_RUN: a table of cases, each an input frame, the program,
+//! the verdict, exactly which counters moved, and what the output must be.
+//! The cases run in order on one loaded object, so later ones see the
+//! flows earlier ones created (a SYN, then its retransmission).
+
+use std::net::Ipv4Addr;
+
+use aya::maps::{Array, HashMap, PerCpuArray};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use xlate_common::flow::{names, role, FlowState, HostConfig, HostCounter, ServeEntry};
+use xlate_common::maps::{ServiceEntry, ServiceKey};
+use xlate_common::wire::ipv4::{Ipv4Packet, Ipv4Repr};
+use xlate_common::wire::packet::{ServalRepr, Transport};
+use xlate_common::wire::sal::ControlFlags;
+use xlate_common::wire::tcp::{TcpFlags, TcpPacket, TcpRepr};
+use xlate_common::ServiceId;
+use xlate_tests::{fixture, require_root};
+use xlate_user::decode::read_pcap;
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+
+/// This host: its SAL address, broadcast, MAC; a `--connect` and a `--serve`.
+const HOST: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
+const BROADCAST: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 255);
+const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x01];
+const SERVICE_ADDR: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 100);
+const LOCAL_PORT: u16 = 40000;
+const SERVE_PORT: u16 = 8080;
+const MAX_MSS: u16 = 1448;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Prog {
+    Egress,
+    Ingress,
+}
+
+impl Prog {
+    fn name(self) -> &'static str {
+        match self {
+            Prog::Egress => "xlate_host_egress",
+            Prog::Ingress => "xlate_host_ingress",
+        }
+    }
+}
+
+/// One row of the table.
+struct Case {
+    name: &'static str,
+    prog: Prog,
+    input: Vec<u8>,
+    verdict: u32,
+    moved: &'static [HostCounter],
+    /// What the output must satisfy (given the input and the loaded object).
+    check: fn(&Bed, &[u8], &[u8]),
+}
+
+struct Bed {
+    ebpf: aya::Ebpf,
+    last_syn: std::cell::RefCell<Vec<u8>>,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let mut ebpf = xlate_user::ebpf::load().unwrap();
+        for p in [Prog::Egress, Prog::Ingress] {
+            let prog: &mut SchedClassifier = ebpf.program_mut(p.name()).unwrap().try_into().unwrap();
+            prog.load().unwrap();
+        }
+        let mut cfg: Array<_, HostConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap()).unwrap();
+        let c = HostConfig {
+            addr: HOST.octets(),
+            broadcast: BROADCAST.octets(),
+            mac: HOST_MAC,
+            max_mss: MAX_MSS,
+            ..Default::default()
+        };
+        cfg.set(0, c, 0).unwrap();
+        let mut connect: HashMap<_, ServiceKey, ServiceEntry> =
+            HashMap::try_from(ebpf.map_mut(names::CONNECT).unwrap()).unwrap();
+        connect.insert(ServiceKey::new(SERVICE_ADDR, 80), ServiceEntry { service_id: sid() }, 0).unwrap();
+        let mut serve: HashMap<_, [u8; 32], ServeEntry> =
+            HashMap::try_from(ebpf.map_mut(names::SERVE).unwrap()).unwrap();
+        serve.insert(capture_sid().0, ServeEntry { port: SERVE_PORT.to_be_bytes(), _pad: [0; 2] }, 0).unwrap();
+        Bed { ebpf, last_syn: Default::default() }
+    }
+
+    fn counters(&self) -> Vec<u64> {
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(names::COUNTERS).unwrap()).unwrap();
+        HostCounter::all().map(|c| m.get(&c.index(), 0).unwrap().iter().sum()).collect()
+    }
+
+    fn flows(&self) -> Vec<FlowState> {
+        let m: HashMap<_, u32, FlowState> = HashMap::try_from(self.ebpf.map(names::FLOWS).unwrap()).unwrap();
+        let mut v: Vec<FlowState> = m.iter().map(|r| r.unwrap().1).collect();
+        v.sort_by_key(|f| f.local_flow);
+        v
+    }
+
+    fn run(&mut self, prog: Prog, frame: &[u8]) -> (u32, Vec<u8>) {
+        let p: &mut SchedClassifier = self.ebpf.program_mut(prog.name()).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 512];
+        let r = p
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .unwrap();
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+}
+
+fn sid() -> ServiceId {
+    "00000050".parse().unwrap()
+}
+
+/// The SAL packets of the original stack's handshake-data-close capture.
+fn capture() -> Vec<Vec<u8>> {
+    let (link, frames) = read_pcap(&fixture("handshake-data-close.pcap")).unwrap();
+    frames
+        .iter()
+        .filter_map(|f| link.ipv4(f).ok())
+        .filter(|ip| ip[9] == 144)
+        .map(|ip| ip[..usize::from(u16::from_be_bytes([ip[2], ip[3]]))].to_vec())
+        .collect()
+}
+
+fn capture_sid() -> ServiceId {
+    ServalRepr::parse(&capture()[0]).unwrap().sal.service_id().unwrap()
+}
+
+fn eth(dst: [u8; 6], ip: &[u8]) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&[2, 0, 0, 0, 0, 0x99, 0x08, 0x00]);
+    f.extend_from_slice(ip);
+    f
+}
+
+/// A segment of the local TCP (complete checksum).
+fn local_tcp(dst: Ipv4Addr, dport: u16, flags: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let tcp = TcpRepr {
+        src_port: LOCAL_PORT,
+        dst_port: dport,
+        seq: 1000,
+        ack: 0,
+        flags: TcpFlags(flags),
+        window: 502,
+        urgent: 0,
+        options,
+        payload,
+    };
+    let ip = Ipv4Repr { ttl: 64, ident: 7, dont_frag: true, ..Ipv4Repr::new(HOST, dst, 6, tcp.buffer_len()) };
+    let mut b = vec![0u8; 20 + tcp.buffer_len()];
+    ip.emit(&mut Ipv4Packet::new_unchecked(&mut b[..])).unwrap();
+    tcp.emit(&mut TcpPacket::new_unchecked(&mut b[20..]), HOST, dst).unwrap();
+    eth([2, 0, 0, 0, 0, 0x77], &b)
+}
+
+const SYN_OPTIONS: [u8; 4] = [2, 4, 0x05, 0xb4]; // MSS 1460
+
+fn unchanged(_: &Bed, input: &[u8], output: &[u8]) {
+    assert_eq!(output, input);
+}
+
+fn nothing(_: &Bed, _: &[u8], _: &[u8]) {}
+
+/// The output is the SAL SYN of the client flow the egress program made.
+fn sal_syn(bed: &Bed, _: &[u8], out: &[u8]) {
+    let flows = bed.flows();
+    let f = flows.iter().find(|f| f.role == role::CLIENT).expect("a client flow");
+    assert_eq!(&out[..6], &[0xff; 6], "first SYN to the link broadcast MAC");
+    let p = ServalRepr::parse(&out[14..]).expect("valid SAL, checksums included");
+    assert_eq!((p.ip.src_addr, p.ip.dst_addr, p.ip.protocol), (HOST, BROADCAST, 144));
+    assert_eq!(p.sal.src_flowid.0, f.local_flow);
+    assert_eq!(p.sal.service_id(), Some(sid()));
+    let c = p.sal.control.expect("CONTROL");
+    assert_eq!((c.flags, c.verno, c.nonce), (ControlFlags::SYN, f.local_verno, f.local_nonce));
+    let Transport::Tcp(t) = p.transport else { panic!("TCP inside") };
+    assert_eq!((t.src_port, t.dst_port, t.seq), (0, 0, 1000));
+    assert_eq!(t.options[..4], [2, 4, (MAX_MSS >> 8) as u8, MAX_MSS as u8], "MSS clamped");
+    *bed.last_syn.borrow_mut() = out.to_vec();
+}
+
+fn same_sal_syn(bed: &Bed, _: &[u8], out: &[u8]) {
+    assert_eq!(out, &bed.last_syn.borrow()[..], "a retransmitted SYN: the very same SAL SYN");
+    assert_eq!(bed.flows().len(), 1);
+}
+
+/// The output is a TCP SYN to the served local port, from the remote
+/// client's address and a port of the new server flow.
+fn tcp_syn_to_server(bed: &Bed, input: &[u8], out: &[u8]) {
+    let flows = bed.flows();
+    let f = flows.iter().find(|f| f.role == role::SERVER).expect("a server flow");
+    assert_eq!(&out[..6], &HOST_MAC, "delivered to this host");
+    let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
+    let sal_in = ServalRepr::parse(&input[14..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr(), ip.protocol()), (sal_in.ip.src_addr, HOST, 6));
+    let t = TcpPacket::new_checked(ip.payload()).unwrap();
+    assert!(t.verify_checksum(ip.src_addr(), ip.dst_addr()), "TCP checksum valid");
+    assert_eq!((t.src_port(), t.dst_port()), (u16::from_be_bytes(f.tcp_peer_port), SERVE_PORT));
+    assert!(t.src_port() >= 32768, "client ports rotate through 32768-65535");
+    let Transport::Tcp(orig) = sal_in.transport else { panic!() };
+    assert_eq!((t.seq(), t.flags()), (orig.seq, orig.flags));
+}
+
+fn one_server_flow(bed: &Bed, input: &[u8], out: &[u8]) {
+    tcp_syn_to_server(bed, input, out);
+    assert_eq!(bed.flows().iter().filter(|f| f.role == role::SERVER).count(), 1, "the retransmission found its flow");
+}
+
+fn cases() -> Vec<Case> {
+    let caps = capture();
+    let syn = eth([0xff; 6], &caps[0]);
+    let fin = eth([2, 0, 0, 0, 0, 0x01], &caps[11]);
+    let mut bad_sum = syn.clone();
+    bad_sum[14 + 20 + 10] ^= 0xff;
+    let mut unknown = eth(HOST_MAC, &caps[6]);
+    unknown[14 + 20 + 4..14 + 20 + 8].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+    fix_sal(&mut unknown);
+    let mut options = syn.clone();
+    options[14] = 0x46;
+    let mut unserved = syn.clone();
+    // The SERVICE extension's ID (after base 12 and CONTROL 20, at +4).
+    unserved[14 + 20 + 32 + 4] ^= 0x01;
+    fix_sal(&mut unserved);
+    let mut udp = local_tcp(SERVICE_ADDR, 80, 0x02, &[], &[]);
+    udp[14 + 9] = 17;
+    vec![
+        Case {
+            name: "a local SYN to a --connect address becomes a SAL SYN",
+            prog: Prog::Egress,
+            input: local_tcp(SERVICE_ADDR, 80, 0x02, &SYN_OPTIONS, &[]),
+            verdict: TC_ACT_OK,
+            moved: &[HostCounter::EgressTranslated, HostCounter::EgressSyn],
+            check: sal_syn,
+        },
+        Case {
+            name: "its retransmission becomes the same SAL SYN",
+            prog: Prog::Egress,
+            input: local_tcp(SERVICE_ADDR, 80, 0x02, &SYN_OPTIONS, &[]),
+            verdict: TC_ACT_OK,
+            moved: &[HostCounter::EgressTranslated, HostCounter::EgressSyn],
+            check: same_sal_syn,
+        },
+        Case {
+            name: "TCP to anywhere else passes untouched",
+            prog: Prog::Egress,
+            input: local_tcp(Ipv4Addr::new(10, 9, 0, 7), 22, 0x02, &SYN_OPTIONS, &[]),
+            verdict: TC_ACT_OK,
+            moved: &[HostCounter::EgressNotOurs],
+            check: unchanged,
+        },
+        Case {
+            name: "UDP passes untouched, uncounted",
+            prog: Prog::Egress,
+            input: udp,
+            verdict: TC_ACT_OK,
+            moved: &[],
+            check: unchanged,
+        },
+        Case {
+            name: "the original stack's SYN for a served service reaches the local server as TCP",
+            prog: Prog::Ingress,
+            input: syn.clone(),
+            verdict: TC_ACT_OK,
+            moved: &[HostCounter::IngressSyn, HostCounter::IngressTranslated],
+            check: tcp_syn_to_server,
+        },
+        Case {
+            name: "its retransmission finds the same flow",
+            prog: Prog::Ingress,
+            input: syn,
+            verdict: TC_ACT_OK,
+            moved: &[HostCounter::IngressSyn, HostCounter::IngressTranslated],
+            check: one_server_flow,
+        },
+        Case {
+            name: "a SAL FIN (control only) goes to the agent unchanged",
+            prog: Prog::Ingress,
+            input: fin,
+            verdict: TC_ACT_OK,
+            moved: &[HostCounter::IngressToAgent],
+            check: unchanged,
+        },
+        Case {
+            name: "a bad SAL checksum is dropped",
+            prog: Prog::Ingress,
+            input: bad_sum,
+            verdict: TC_ACT_SHOT,
+            moved: &[HostCounter::DropBadChecksum],
+            check: nothing,
+        },
+        Case {
+            name: "data for an unknown flow is dropped",
+            prog: Prog::Ingress,
+            input: unknown,
+            verdict: TC_ACT_SHOT,
+            moved: &[HostCounter::DropUnknownFlow],
+            check: nothing,
+        },
+        Case {
+            name: "SAL with IP options is dropped",
+            prog: Prog::Ingress,
+            input: options,
+            verdict: TC_ACT_SHOT,
+            moved: &[HostCounter::DropIpOptions],
+            check: nothing,
+        },
+        Case {
+            name: "a SYN for a service this host does not serve is dropped",
+            prog: Prog::Ingress,
+            input: unserved,
+            verdict: TC_ACT_SHOT,
+            moved: &[HostCounter::IngressSyn, HostCounter::DropUnknownService],
+            check: nothing,
+        },
+        Case {
+            name: "plain TCP is not host mode's on ingress",
+            prog: Prog::Ingress,
+            input: local_tcp(HOST, 22, 0x02, &[], &[]),
+            verdict: TC_ACT_OK,
+            moved: &[HostCounter::IngressNotSal],
+            check: unchanged,
+        },
+    ]
+}
+
+fn fix_sal(frame: &mut [u8]) {
+    let ip = &mut frame[14..];
+    let hl = usize::from(ip[28]) * 4;
+    ip[30..32].copy_from_slice(&[0, 0]);
+    let c = xlate_common::wire::checksum::checksum(&ip[20..20 + hl]);
+    ip[30..32].copy_from_slice(&c.to_be_bytes());
+}
+
+#[test]
+fn host_mode_programs_follow_the_fixture_table() {
+    require_root();
+    let mut bed = Bed::new();
+    for case in cases() {
+        let before = bed.counters();
+        let (verdict, out) = bed.run(case.prog, &case.input);
+        assert_eq!(verdict, case.verdict, "{}: verdict", case.name);
+        let after = bed.counters();
+        for c in HostCounter::all() {
+            let d = after[c.index() as usize] - before[c.index() as usize];
+            assert_eq!(d, u64::from(case.moved.contains(&c)), "{}: counter {}", case.name, c.name());
+        }
+        (case.check)(&bed, &case.input, &out);
+    }
+}
