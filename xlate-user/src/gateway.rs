@@ -478,7 +478,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let cp = ControlPlane::new(flows, sal, inject, Duration::from_secs(cfg.idle_timeout));
     let sock = control_socket(Kind::Gateway, &ifaces[0].name)?;
     if let Some(addr) = opts.metrics {
-        rt.block_on(crate::metrics::serve(addr, Kind::Gateway, ifaces[0].name.clone()))?;
+        crate::metrics::serve(addr, Kind::Gateway, ifaces[0].name.clone())?;
         tracing::info!("metrics at http://{addr}/metrics");
     }
     let r = rt.block_on(event_loop(cp, events, sock.clone(), Some(&mut gwm)));

@@ -1,60 +1,94 @@
 //! Prometheus metrics (`--metrics ADDR:PORT`): the counters and the number
-//! of live flows, read from the pinned maps, in the text exposition format
-//! at `/metrics`.
+//! of live flows, read from the pinned maps on every scrape and encoded by
+//! `prometheus-client` (OpenMetrics text) at `/metrics`, served by
+//! `tiny_http` on a thread of its own.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use xlate_common::flow::{names, FlowState};
 
 use crate::agent::maps::{open_pinned, read_counters, Kind};
 
-/// Renders the metrics page.
-pub fn render(kind: Kind, iface: &str) -> Result<String> {
-    let counters: PerCpuArray<MapData, u64> = open_pinned(kind, iface, names::COUNTERS)?.try_into()?;
-    let flows: HashMap<MapData, u32, FlowState> = open_pinned(kind, iface, names::FLOWS)?.try_into()?;
+/// Reads an agent's maps at scrape time.
+#[derive(Debug)]
+struct AgentCollector {
+    kind: Kind,
+    iface: String,
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let read = || -> Result<_> {
+            let counters: PerCpuArray<MapData, u64> =
+                open_pinned(self.kind, &self.iface, names::COUNTERS)?.try_into()?;
+            let flows: HashMap<MapData, u32, FlowState> =
+                open_pinned(self.kind, &self.iface, names::FLOWS)?.try_into()?;
+            Ok((read_counters(&counters), flows.keys().filter(|k| k.is_ok()).count()))
+        };
+        // A scrape that cannot read the maps fails (HTTP 500) rather than
+        // reporting zeros.
+        let (counters, flows) = read().map_err(|_| std::fmt::Error)?;
+        let mut events = encoder.encode_descriptor(
+            "xlate_events",
+            "Packets translated, passed and dropped, and control-plane events, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (c, v) in counters {
+            ConstCounter::new(v).encode(events.encode_family(&[("reason", c.name())])?)?;
+        }
+        let live = encoder.encode_descriptor("xlate_flows", "Live SAL flows.", None, MetricType::Gauge)?;
+        ConstGauge::new(flows as i64).encode(live)
+    }
+}
+
+/// The registry of one agent: its counters and flows, labelled with the
+/// mode and interface.
+fn registry(kind: Kind, iface: &str) -> Registry {
     let mode = match kind {
         Kind::Host => "host",
         Kind::Gateway => "translator",
     };
-    let labels = format!("mode=\"{mode}\",iface=\"{iface}\"");
+    let labels = [("mode".into(), mode.into()), ("iface".into(), iface.to_string().into())];
+    let mut r = Registry::with_labels(labels.into_iter());
+    r.register_collector(Box::new(AgentCollector { kind, iface: iface.to_string() }));
+    r
+}
+
+/// Renders the metrics page.
+pub fn render(kind: Kind, iface: &str) -> Result<String> {
     let mut out = String::new();
-    out.push_str(
-        "# HELP xlate_events_total Packets translated, passed and dropped, and control-plane events, by reason.\n",
-    );
-    out.push_str("# TYPE xlate_events_total counter\n");
-    for (c, v) in read_counters(&counters) {
-        let _ = writeln!(out, "xlate_events_total{{{labels},reason=\"{}\"}} {v}", c.name());
-    }
-    out.push_str("# HELP xlate_flows Live SAL flows.\n# TYPE xlate_flows gauge\n");
-    let _ = writeln!(out, "xlate_flows{{{labels}}} {}", flows.keys().filter(|k| k.is_ok()).count());
+    prometheus_client::encoding::text::encode(&mut out, &registry(kind, iface))
+        .map_err(|_| anyhow!("cannot read the maps of the agent on {iface}"))?;
     Ok(out)
 }
 
-/// Serves `/metrics` until the runtime stops.
-pub async fn serve(addr: SocketAddr, kind: Kind, iface: String) -> Result<()> {
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the metrics address {addr}"))?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut conn, _)) = listener.accept().await else { continue };
-            let mut req = [0u8; 1024];
-            let n = conn.read(&mut req).await.unwrap_or(0);
-            let path = String::from_utf8_lossy(&req[..n]).split_whitespace().nth(1).unwrap_or("/").to_string();
-            let (status, body) = match (path.as_str(), render(kind, &iface)) {
-                ("/metrics", Ok(b)) => ("200 OK", b),
-                ("/metrics", Err(e)) => ("500 Internal Server Error", format!("{e:#}\n")),
-                _ => ("404 Not Found", "see /metrics\n".to_string()),
+/// Serves `/metrics` on `addr` until the process ends. Binding errors are
+/// reported here, before the agent says it runs.
+pub fn serve(addr: SocketAddr, kind: Kind, iface: String) -> Result<()> {
+    let server = tiny_http::Server::http(addr).map_err(|e| anyhow!("binding the metrics address {addr}: {e}"))?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        let text_type = tiny_http::Header::from_bytes(
+            &b"Content-Type"[..],
+            &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
+        )
+        .expect("valid header");
+        for req in server.incoming_requests() {
+            let resp = match (req.url(), render(kind, &iface)) {
+                ("/metrics", Ok(body)) => tiny_http::Response::from_string(body).with_header(text_type.clone()),
+                ("/metrics", Err(e)) => tiny_http::Response::from_string(format!("{e:#}\n")).with_status_code(500),
+                _ => tiny_http::Response::from_string("see /metrics\n").with_status_code(404),
             };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
+            let _ = req.respond(resp);
         }
-    });
+    })?;
     Ok(())
 }

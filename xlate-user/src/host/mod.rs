@@ -172,7 +172,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
     let cp = ControlPlane::new(m, sal, inject, opts.idle_timeout);
     let sock_path = control_socket(Kind::Host, &iface.name)?;
     if let Some(addr) = opts.metrics {
-        rt.block_on(crate::metrics::serve(addr, Kind::Host, iface.name.clone()))?;
+        crate::metrics::serve(addr, Kind::Host, iface.name.clone())?;
         tracing::info!("metrics at http://{addr}/metrics");
     }
     let r = rt.block_on(event_loop(cp, events, sock_path.clone(), None));
