@@ -12,6 +12,7 @@ pub mod host;
 pub mod maglev;
 pub mod metrics;
 pub mod netif;
+pub mod netlink;
 pub mod pcap;
 pub mod rawsock;
 #[cfg(feature = "testbed")]

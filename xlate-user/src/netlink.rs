@@ -1,0 +1,205 @@
+//! What the agent asks of and changes in the network configuration, over
+//! rtnetlink (no `ip` binary, no scraped text): links, IPv4 addresses,
+//! veth pairs, host routes and permanent neighbour entries; and the one
+//! offload change the segmenter needs, through the ethtool ioctl (the
+//! ethtool netlink crates only read features).
+//!
+//! Each call runs on a short-lived current-thread runtime of its own, so
+//! the agent's set-up and teardown (including `Drop`s) can call them
+//! outside its event loop.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::stream::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+/// Runs `f` with a fresh rtnetlink connection.
+fn with_handle<T, F, Fut>(what: &str, f: F) -> Result<T>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<T, rtnetlink::Error>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+        tokio::spawn(conn);
+        f(handle).await.map_err(|e| anyhow!("{what}: {e}"))
+    })
+}
+
+/// A link's index, Ethernet address and MTU.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub index: u32,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
+}
+
+/// The link named `name` in this network namespace, if there is one.
+pub fn link(name: &str) -> Result<Option<Link>> {
+    let name = name.to_string();
+    with_handle("reading links", |h| async move {
+        let mut links = h.link().get().match_name(name).execute();
+        match links.try_next().await {
+            Ok(Some(m)) => {
+                let mut l = Link { index: m.header.index, mac: None, mtu: 0 };
+                for a in m.attributes {
+                    match a {
+                        LinkAttribute::Address(b) if b.len() == 6 => l.mac = b.try_into().ok(),
+                        LinkAttribute::Mtu(m) => l.mtu = m,
+                        _ => {}
+                    }
+                }
+                Ok(Some(l))
+            }
+            Ok(None) => Ok(None),
+            // No such device: the kernel answers ENODEV.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// An IPv4 address of a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Address {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+    pub broadcast: Option<Ipv4Addr>,
+}
+
+/// The IPv4 addresses of link `index`, in the kernel's order (primary first).
+pub fn ipv4_addresses(index: u32) -> Result<Vec<Ipv4Address>> {
+    with_handle("reading addresses", |h| async move {
+        let mut out = Vec::new();
+        let mut addrs = h.address().get().set_link_index_filter(index).execute();
+        while let Some(m) = addrs.try_next().await? {
+            if m.header.family != AddressFamily::Inet {
+                continue;
+            }
+            let (mut local, mut broadcast) = (None, None);
+            for a in m.attributes {
+                match a {
+                    AddressAttribute::Local(IpAddr::V4(v)) => local = Some(v),
+                    AddressAttribute::Address(IpAddr::V4(v)) if local.is_none() => local = Some(v),
+                    AddressAttribute::Broadcast(v) => broadcast = Some(v),
+                    _ => {}
+                }
+            }
+            if let Some(addr) = local {
+                out.push(Ipv4Address { addr, prefix_len: m.header.prefix_len, broadcast });
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Creates the veth pair `near`/`far` with `mtu`, both up; their indices.
+pub fn add_veth_pair(near: &str, far: &str, mtu: u32) -> Result<(u32, u32)> {
+    let (n, f) = (near.to_string(), far.to_string());
+    with_handle("creating a veth pair", |h| async move {
+        h.link().add(LinkVeth::new(&n, &f).mtu(mtu).build()).execute().await?;
+        Ok(())
+    })?;
+    let index = |name: &str| -> Result<u32> {
+        Ok(link(name)?.ok_or_else(|| anyhow!("{name} vanished right after it was created"))?.index)
+    };
+    let (ni, fi) = (index(near)?, index(far)?);
+    with_handle("setting the veth pair up", |h| async move {
+        for i in [ni, fi] {
+            h.link().set(LinkUnspec::new_with_index(i).mtu(mtu).up().build()).execute().await?;
+        }
+        Ok(())
+    })?;
+    Ok((ni, fi))
+}
+
+/// Deletes link `name` if it exists.
+pub fn delete_link(name: &str) -> Result<()> {
+    let Some(l) = link(name)? else { return Ok(()) };
+    with_handle("deleting a link", |h| async move { h.link().del(l.index).execute().await })
+}
+
+fn host_route(addr: Ipv4Addr, index: u32) -> rtnetlink::packet_route::route::RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(addr, 32)
+        .output_interface(index)
+        .scope(RouteScope::Link)
+        .build()
+}
+
+/// `ip route replace ADDR/32 dev IF`.
+pub fn replace_host_route(addr: Ipv4Addr, index: u32) -> Result<()> {
+    with_handle(
+        "adding a host route",
+        |h| async move { h.route().add(host_route(addr, index)).replace().execute().await },
+    )
+}
+
+/// `ip route del ADDR/32 dev IF`.
+pub fn delete_host_route(addr: Ipv4Addr, index: u32) -> Result<()> {
+    with_handle("deleting a host route", |h| async move { h.route().del(host_route(addr, index)).execute().await })
+}
+
+/// `ip neigh replace ADDR lladdr MAC dev IF nud permanent`.
+pub fn replace_permanent_neighbour(addr: Ipv4Addr, mac: [u8; 6], index: u32) -> Result<()> {
+    with_handle("adding a neighbour entry", |h| async move {
+        h.neighbours().add(index, IpAddr::V4(addr)).link_layer_address(&mac).replace().execute().await
+    })
+}
+
+/// `ip neigh del ADDR dev IF`.
+pub fn delete_neighbour(addr: Ipv4Addr, index: u32) -> Result<()> {
+    with_handle("deleting a neighbour entry", |h| async move {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.ifindex = index;
+        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)));
+        h.neighbours().del(m).execute().await
+    })
+}
+
+/// Switches transmit checksum offload, TSO and GSO off on `name` (what
+/// `ethtool -K NAME tx off tso off gso off` does), through SIOCETHTOOL.
+pub fn disable_tx_offloads(name: &str) -> Result<()> {
+    // Legacy single-feature ethtool commands, still mapped by the kernel
+    // onto the device's features.
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    const ETHTOOL_STSO: u32 = 0x1f;
+    const ETHTOOL_SGSO: u32 = 0x24;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    if name.len() >= libc::IFNAMSIZ {
+        bail!("interface name {name:?} is too long");
+    }
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    for cmd in [ETHTOOL_STXCSUM, ETHTOOL_STSO, ETHTOOL_SGSO] {
+        let mut v = EthtoolValue { cmd, data: 0 };
+        let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: &mut v, _pad: [0; 16] };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid socket, and an ifreq whose data points at an
+        // ethtool_value that outlives the call.
+        let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req as *mut IfReq) };
+        if r != 0 {
+            bail!("ethtool command {cmd:#x} on {name}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
