@@ -90,7 +90,7 @@ fn four_ways(dst: &str, seconds: u32) -> Result<[f64; 4]> {
     ])
 }
 
-pub fn host_mode(bin: &Path, seconds: u32) -> Result<()> {
+pub fn host_mode(bin: &Path, seconds: u32) -> Result<Table> {
     let lab = Lab::new()?;
     let _iperf =
         Bg(Command::new("ip").args(["netns", "exec", S, "iperf3", "-s", "-p", PORT]).stdout(Stdio::null()).spawn()?);
@@ -101,19 +101,63 @@ pub fn host_mode(bin: &Path, seconds: u32) -> Result<()> {
         let _c = agent(bin, C, &["--iface", "bc0", "--connect", &format!("00001451={SVC_ADDR}:{PORT}")])?;
         (four_ways(S_IP, seconds)?, four_ways(SVC_ADDR, seconds)?)
     };
-    let rows = [
-        ("plain TCP, default offloads, no agent", plain),
-        ("plain TCP on the same links, host mode running on both", plain_beside),
-        ("xlate host mode on both ends (SAL on the wire)", host),
-    ];
-    println!("\nbench host-mode: iperf3 goodput over one veth pair, {seconds} s per run, Gbit/s (x plain)");
-    println!("{:<56} {:>14} {:>14} {:>14} {:>14}", "path", "c->s 1", "c->s 4", "s->c 1", "s->c 4");
-    for (name, v) in rows {
-        let cells: Vec<String> = v.iter().zip(plain).map(|(g, p)| format!("{g:.2} ({:.2}x)", g / p)).collect();
-        println!("{name:<56} {:>14} {:>14} {:>14} {:>14}", cells[0], cells[1], cells[2], cells[3]);
-    }
     drop(lab);
-    Ok(())
+    Ok(Table {
+        title: format!("host mode: iperf3 goodput over one veth pair, {seconds} s per run, Gbit/s"),
+        columns: vec!["c->s 1", "c->s 4", "s->c 1", "s->c 4"],
+        rows: vec![
+            Row::new("plain TCP, default offloads, no agent", &plain),
+            Row::new("plain TCP on the same links, host mode running on both", &plain_beside),
+            Row::new("xlate host mode on both ends (SAL on the wire)", &host),
+        ],
+    })
+}
+
+/// One measured line: a name and one value per column.
+pub struct Row {
+    pub name: String,
+    pub values: Vec<f64>,
+}
+
+impl Row {
+    fn new(name: &str, values: &[f64]) -> Row {
+        Row { name: name.to_string(), values: values.to_vec() }
+    }
+}
+
+/// A table of measurements of one binary.
+pub struct Table {
+    pub title: String,
+    pub columns: Vec<&'static str>,
+    pub rows: Vec<Row>,
+}
+
+/// Prints the tables of this build, and beside each value the baseline's
+/// (same table, same row) and this build's share of it.
+pub fn print(new: &[Table], baseline: Option<(&str, &[Table])>) {
+    for (i, t) in new.iter().enumerate() {
+        println!("\nbench {}", t.title);
+        let base = baseline.and_then(|(_, b)| b.get(i));
+        if let Some((rev, _)) = baseline {
+            println!("(each cell: this build / baseline {rev} = ratio)");
+        }
+        let w = if base.is_some() { 24 } else { 10 };
+        print!("{:<58}", "");
+        for c in &t.columns {
+            print!(" {c:>w$}");
+        }
+        println!();
+        for (j, r) in t.rows.iter().enumerate() {
+            print!("{:<58}", r.name);
+            for (k, v) in r.values.iter().enumerate() {
+                match base.and_then(|b| b.rows.get(j)).and_then(|b| b.values.get(k)) {
+                    Some(o) => print!(" {:>w$}", format!("{v:.2} / {o:.2} = {:.2}", v / o)),
+                    None => print!(" {v:>w$.2}"),
+                }
+            }
+            println!();
+        }
+    }
 }
 
 const T_NS: [&str; 4] = ["xlt-bt-client", "xlt-bt-gw", "xlt-bt-sw", "xlt-bt-inst"];
@@ -175,7 +219,7 @@ fn iperf_from(ns: &str, dst: &str, streams: u32, seconds: u32, reverse: bool) ->
 /// Goodput through the translator versus plain routing through the same
 /// gateway (XDP attached either way), one and four streams; and the XDP
 /// program's ns/packet.
-pub fn translator(bin: &Path, seconds: u32) -> Result<()> {
+pub fn translator(bin: &Path, seconds: u32) -> Result<Table> {
     let [client, gw, sw, inst] = T_NS;
     for ns in T_NS {
         let _ = Command::new("ip").args(["netns", "del", ns]).output();
@@ -232,15 +276,33 @@ pub fn translator(bin: &Path, seconds: u32) -> Result<()> {
     let routed_4 = iperf_from(client, "10.10.0.11", 4, seconds, false)?;
     let xlate_1 = iperf_from(client, "203.0.113.1", 1, seconds, false)?;
     let xlate_4 = iperf_from(client, "203.0.113.1", 4, seconds, false)?;
-    println!("\nbench translator: iperf3 goodput client -> gateway -> instance, {seconds} s per run, Gbit/s");
-    println!("{:<62} {:>10} {:>10}", "path", "1 stream", "4 streams");
-    println!("{:<62} {routed_1:>10.2} {routed_4:>10.2}", "plain IP routing through the gateway (XDP attached, passes)");
-    println!("{:<62} {xlate_1:>10.2} {xlate_4:>10.2}", "through the translator (TCP -> SAL -> host-mode instance)");
     drop(lab);
-    println!();
-    let st = Command::new(bin).args(["bench-xdp", "--runs", "20000"]).status()?;
-    if !st.success() {
-        bail!("bench-xdp failed");
+    Ok(Table {
+        title: format!("translator: iperf3 goodput client -> gateway -> instance, {seconds} s per run, Gbit/s"),
+        columns: vec!["1 stream", "4 streams"],
+        rows: vec![
+            Row::new("plain IP routing through the gateway (XDP attached, passes)", &[routed_1, routed_4]),
+            Row::new("through the translator (TCP -> SAL -> host-mode instance)", &[xlate_1, xlate_4]),
+        ],
+    })
+}
+
+/// The XDP program's ns/packet (`xlate-user bench-xdp`, BPF_PROG_TEST_RUN).
+pub fn xdp(bin: &Path) -> Result<Table> {
+    let out = Command::new(bin).args(["bench-xdp", "--runs", "20000"]).output()?;
+    if !out.status.success() {
+        bail!("bench-xdp failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(())
+    let mut rows = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines().skip(2) {
+        let Some((name, ns)) = line.trim_end().rsplit_once(' ') else { continue };
+        if let Ok(v) = ns.trim().parse::<f64>() {
+            rows.push(Row::new(name.trim(), &[v]));
+        }
+    }
+    Ok(Table {
+        title: "xdp: the translator program, BPF_PROG_TEST_RUN, median of 20000 runs".into(),
+        columns: vec!["ns/packet"],
+        rows,
+    })
 }

@@ -57,6 +57,11 @@ enum Cmd {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+        /// Also build this git revision (in a worktree under target/bench)
+        /// and measure it in the same run, printed beside this build's
+        /// figures: before and after a change, under the same conditions.
+        #[arg(long, value_name = "REV")]
+        baseline: Option<String>,
     },
     /// Without arguments: build everything and start the built-in lab
     /// (client, gateway running the translator, two host-mode instances
@@ -81,13 +86,28 @@ fn real_main() -> Result<()> {
         Cmd::Setup => setup::setup().map(|_| ()),
         Cmd::Build { release } => build(release).map(|_| ()),
         Cmd::Test { no_fuzz, fuzz_seconds, cargo_args } => test(no_fuzz, fuzz_seconds, &cargo_args),
-        Cmd::Bench { seconds } => {
+        Cmd::Bench { seconds, baseline } => {
             if !is_root() {
                 bail!("cargo xtask bench needs root (network namespaces, BPF)");
             }
             setup::setup()?;
+            let old = baseline.as_deref().map(build_baseline).transpose()?;
             let bin = build_with(true, &["testbed"])?;
-            let r = bench::host_mode(&bin, seconds).and_then(|_| bench::translator(&bin, seconds));
+            let r = (|| {
+                // Interleaved, so that drift of the machine hits both alike.
+                let mut new = Vec::new();
+                let mut base = Vec::new();
+                type Bench = fn(&std::path::Path, u32) -> Result<bench::Table>;
+                let benches: [Bench; 3] = [bench::host_mode, bench::translator, |b: &std::path::Path, _| bench::xdp(b)];
+                for f in benches {
+                    new.push(f(&bin, seconds)?);
+                    if let Some(o) = &old {
+                        base.push(f(o, seconds)?);
+                    }
+                }
+                bench::print(&new, baseline.as_deref().map(|r| (r, &base[..])));
+                Ok(())
+            })();
             util::unmount_own_bpffs();
             r
         }
@@ -151,6 +171,36 @@ fn build_with(release: bool, features: &[&str]) -> Result<PathBuf> {
     cmd.env("XLATE_EBPF_OBJECT", &obj);
     run(&mut cmd)?;
     Ok(workspace_root().join("target").join(if release { "release" } else { "debug" }).join("xlate-user"))
+}
+
+/// Builds git revision `rev` in a worktree of its own under target/bench
+/// with that revision's own `cargo xtask build --release` (its bench-xdp
+/// is built in where it predates the `testbed` feature); its agent binary.
+fn build_baseline(rev: &str) -> Result<PathBuf> {
+    let root = workspace_root();
+    let out = Command::new("git").current_dir(&root).args(["rev-parse", "--short", rev]).output()?;
+    if !out.status.success() {
+        bail!("--baseline {rev}: not a git revision here");
+    }
+    let short = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dir = root.join("target/bench").join(format!("baseline-{short}"));
+    if !dir.join("Cargo.toml").exists() {
+        let _ = Command::new("git").current_dir(&root).args(["worktree", "prune"]).status();
+        run(Command::new("git").current_dir(&root).args(["worktree", "add", "--detach"]).arg(&dir).arg(rev))?;
+    }
+    println!("bench: building baseline {rev} ({short}) in {}", dir.display());
+    let has_feature = std::fs::read_to_string(dir.join("xlate-user/Cargo.toml"))?.contains("testbed = ");
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(&dir).args(["xtask", "build", "--release"]).env_remove("CARGO_TARGET_DIR");
+    run(&mut cmd)?;
+    if has_feature {
+        let obj = dir.join("xlate-ebpf/target/bpfel-unknown-none/release/xlate");
+        run(Command::new(cargo())
+            .current_dir(&dir)
+            .args(["build", "--release", "-p", "xlate-user", "--features", "testbed"])
+            .env("XLATE_EBPF_OBJECT", obj))?;
+    }
+    Ok(dir.join("target/release/xlate-user"))
 }
 
 fn cargo() -> String {
