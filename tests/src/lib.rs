@@ -2,6 +2,7 @@
 //! themselves, background processes that die with the test, and paths to
 //! the fixtures and the agent binary.
 
+pub mod apps;
 pub mod gateway;
 pub mod host;
 pub mod netns;

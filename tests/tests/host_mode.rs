@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use xlate_common::wire::packet::{ServalRepr, Transport};
+use xlate_tests::apps::{ABORTING_CLIENT, ABORTING_SERVER, PATIENT_CLIENT, PATIENT_SERVER};
 use xlate_tests::host::*;
 use xlate_tests::{require_root, serial, sh, xlate_user_bin};
 use xlate_user::decode::{read_pcap, shape};
@@ -166,45 +167,6 @@ fn the_wire_looks_like_the_original_stack() {
         }
     }
 }
-
-const ABORTING_CLIENT: &str = r#"
-import socket, struct, time, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-s.sendall(b"x"); time.sleep(0.3)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-s.close(); print("aborted", flush=True)
-"#;
-
-const PATIENT_SERVER: &str = r#"
-import socket, sys
-l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind((sys.argv[1], int(sys.argv[2]))); l.listen(5); print("listening", flush=True)
-c, _ = l.accept(); c.settimeout(10)
-try:
-    while c.recv(100): pass
-    print("server saw EOF", flush=True)
-except ConnectionResetError:
-    print("server saw reset", flush=True)
-"#;
-
-const ABORTING_SERVER: &str = r#"
-import socket, struct, sys
-l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind((sys.argv[1], int(sys.argv[2]))); l.listen(5); print("listening", flush=True)
-c, _ = l.accept(); c.recv(1)
-c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()
-"#;
-
-const PATIENT_CLIENT: &str = r#"
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-s.sendall(b"x")
-try:
-    d = s.recv(100)
-    print("client saw EOF" if not d else "client got data", flush=True)
-except ConnectionResetError:
-    print("client saw reset", flush=True)
-"#;
 
 #[test]
 fn resets_reach_the_other_side_and_free_the_flows() {

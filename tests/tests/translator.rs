@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
+use xlate_tests::apps::{ABORTING_CLIENT, ABORTING_SERVER, PATIENT_CLIENT, PATIENT_SERVER};
 use xlate_tests::gateway::*;
 use xlate_tests::host::Capture;
 use xlate_tests::{require_root, serial, sh, xlate_user_bin};
@@ -192,18 +193,6 @@ fn load_balancing_follows_weights_and_the_4_tuple() {
     assert!(still.iter().all(|(_, w)| w.to_string() == serving), "{still:?}");
 }
 
-const PATIENT_SERVER: &str = r#"
-import socket, sys
-l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind(("0.0.0.0", 80)); l.listen(5); print("listening", flush=True)
-c, _ = l.accept(); c.settimeout(10)
-try:
-    while c.recv(100): pass
-    print("server saw EOF", flush=True)
-except ConnectionResetError:
-    print("server saw reset", flush=True)
-"#;
-
 #[test]
 fn close_and_resets_through_the_translator() {
     require_root();
@@ -222,41 +211,20 @@ fn close_and_resets_through_the_translator() {
 
     // Server reset reaches the client as a TCP RST (the HTTP server is
     // replaced by one that aborts).
-    let abort = r#"
-import socket, struct
-l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind(("0.0.0.0", 80)); l.listen(5); print("listening", flush=True)
-c, _ = l.accept(); c.recv(1)
-c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()
-"#;
     let mut lab = lab;
     lab.http.clear();
     std::thread::sleep(Duration::from_millis(300));
-    let mut srv = lab.instances[0].spawn("python3", &["-c", abort]);
+    let mut srv = lab.instances[0].spawn("python3", &["-c", ABORTING_SERVER, "0.0.0.0", "80"]);
     srv.wait_for_line("listening", Duration::from_secs(10));
-    let client = r#"
-import socket
-s = socket.create_connection(("203.0.113.1", 80), timeout=10)
-s.sendall(b"x")
-try:
-    print("client got EOF" if not s.recv(100) else "client got data")
-except ConnectionResetError:
-    print("client saw reset")
-"#;
-    let got = sh(&lab.client, &format!("python3 -c '{client}'"));
-    assert_eq!(got, "client saw reset");
+    let out = lab.client.output("python3", &["-c", PATIENT_CLIENT, PUBLIC_IP, "80"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "client saw reset");
     lab.wait_no_flows(Duration::from_secs(5));
 
     // Client abort resets the server side.
-    let mut srv = lab.instances[0].spawn("python3", &["-c", PATIENT_SERVER]);
+    let mut srv = lab.instances[0].spawn("python3", &["-c", PATIENT_SERVER, "0.0.0.0", "80"]);
     srv.wait_for_line("listening", Duration::from_secs(10));
-    let abort_client = r#"
-import socket, struct, time
-s = socket.create_connection(("203.0.113.1", 80), timeout=10)
-s.sendall(b"x"); time.sleep(0.3)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); s.close()
-"#;
-    sh(&lab.client, &format!("python3 -c '{abort_client}'"));
+    let out = lab.client.output("python3", &["-c", ABORTING_CLIENT, PUBLIC_IP, "80"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     srv.wait_for_line("server saw reset", Duration::from_secs(10));
     lab.wait_no_flows(Duration::from_secs(5));
 }
