@@ -8,7 +8,7 @@
 use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap, PerCpuArray};
-use xlate_common::flow::{flag, role, state, FlowAddrs, FlowState, HostCounter};
+use xlate_common::flow::{flag, role, state, Counter, FlowAddrs, FlowState};
 use xlate_common::maps::FlowKey;
 use xlate_common::wire::ipv4::{Ipv4Packet, Ipv4Repr};
 use xlate_common::wire::packet::{ServalRepr, Transport};
@@ -43,17 +43,17 @@ impl Gw {
     }
 
     fn counters(&self) -> Vec<u64> {
-        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.bed.ebpf.map("HOST_COUNTERS").unwrap()).unwrap();
-        HostCounter::all().map(|c| m.get(&c.index(), 0).unwrap().iter().sum()).collect()
+        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.bed.ebpf.map("COUNTERS").unwrap()).unwrap();
+        Counter::all().map(|c| m.get(&c.index(), 0).unwrap().iter().sum()).collect()
     }
 
     /// Runs a frame; checks the verdict and exactly which counters moved.
-    fn expect(&mut self, frame: &[u8], verdict: u32, moved: &[HostCounter]) -> Vec<u8> {
+    fn expect(&mut self, frame: &[u8], verdict: u32, moved: &[Counter]) -> Vec<u8> {
         let before = self.counters();
         let (v, out) = self.run(frame);
         assert_eq!(v, verdict, "verdict");
         let after = self.counters();
-        for c in HostCounter::all() {
+        for c in Counter::all() {
             let d = after[c.index() as usize] - before[c.index() as usize];
             assert_eq!(d, u64::from(moved.contains(&c)), "counter {}", c.name());
         }
@@ -61,7 +61,7 @@ impl Gw {
     }
 
     fn flows(&self) -> Vec<FlowState> {
-        let m: HashMap<_, u32, FlowState> = HashMap::try_from(self.bed.ebpf.map("HOST_FLOWS").unwrap()).unwrap();
+        let m: HashMap<_, u32, FlowState> = HashMap::try_from(self.bed.ebpf.map("FLOWS").unwrap()).unwrap();
         m.iter().map(|r| r.unwrap().1).collect()
     }
 
@@ -87,13 +87,12 @@ impl Gw {
             0,
         );
         let id = st.local_flow;
-        let mut f: HashMap<_, u32, FlowState> =
-            HashMap::try_from(self.bed.ebpf.map_mut("HOST_FLOWS").unwrap()).unwrap();
+        let mut f: HashMap<_, u32, FlowState> = HashMap::try_from(self.bed.ebpf.map_mut("FLOWS").unwrap()).unwrap();
         f.insert(id, st, 0).unwrap();
         let mut a: HashMap<_, u32, FlowAddrs> =
-            HashMap::try_from(self.bed.ebpf.map_mut("HOST_ADDRS").unwrap()).unwrap();
+            HashMap::try_from(self.bed.ebpf.map_mut("FLOW_ADDRS").unwrap()).unwrap();
         a.insert(id, FlowAddrs { local_ip: CAP_CLIENT.octets(), peer_ip: CAP_SERVER.octets() }, 0).unwrap();
-        let mut t: HashMap<_, FlowKey, u32> = HashMap::try_from(self.bed.ebpf.map_mut("HOST_TUPLES").unwrap()).unwrap();
+        let mut t: HashMap<_, FlowKey, u32> = HashMap::try_from(self.bed.ebpf.map_mut("FLOW_TUPLES").unwrap()).unwrap();
         t.insert(key, id, 0).unwrap();
     }
 }
@@ -202,7 +201,7 @@ fn a_client_syn_becomes_a_sal_syn_and_a_retransmission_the_same_one() {
     // Linux's SYN options: MSS 1460, SACK-permitted, timestamps, NOP, WS 7.
     let opts = [2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];
     let syn = client_tcp(0x02, 1000, 0, &opts, &[]);
-    let out = gw.expect(&syn, XDP_PASS, &[HostCounter::GwToSal, HostCounter::EgressSyn]);
+    let out = gw.expect(&syn, XDP_PASS, &[Counter::GwToSal, Counter::EgressSyn]);
     let flows = gw.flows();
     assert_eq!(flows.len(), 1);
     let f = flows[0];
@@ -225,7 +224,7 @@ fn a_client_syn_becomes_a_sal_syn_and_a_retransmission_the_same_one() {
     let orig = &capture_packets("handshake-data-close.pcap")[0].1;
     assert_eq!(shape(&ServalRepr::parse(&out[14..]).unwrap()), shape(orig));
     // The client's retransmitted SYN: the very same SAL SYN.
-    let again = gw.expect(&syn, XDP_PASS, &[HostCounter::GwToSal, HostCounter::EgressSyn]);
+    let again = gw.expect(&syn, XDP_PASS, &[Counter::GwToSal, Counter::EgressSyn]);
     assert_eq!(again, out);
     assert_eq!(gw.flows().len(), 1);
 }
@@ -240,7 +239,7 @@ fn the_original_stacks_handshake_data_and_close_through_the_translator() {
     // SYN-ACK (0xA0, ackno V+1): learn the server's flow ID, nonce, verno;
     // the client gets a TCP SYN-ACK from the public address and port.
     let (synack, _) = &caps[1];
-    let out = gw.expect(&eth(synack), XDP_PASS, &[HostCounter::GwToTcp, HostCounter::IngressSynAck]);
+    let out = gw.expect(&eth(synack), XDP_PASS, &[Counter::GwToTcp, Counter::IngressSynAck]);
     assert_eq!(out, expected_tcp(synack));
     let f = gw.flows()[0];
     assert_eq!((f.state, f.peer_flow, f.peer_verno), (state::ACK_PENDING, 3, caps[1].1.sal.control.unwrap().verno));
@@ -251,7 +250,7 @@ fn the_original_stacks_handshake_data_and_close_through_the_translator() {
     let (third, third_repr) = &caps[2];
     let Transport::Tcp(t) = third_repr.transport else { panic!() };
     let ack = client_tcp(0x10, t.seq, t.ack, &[], &[]);
-    let out = gw.expect(&ack, XDP_PASS, &[HostCounter::GwToSal]);
+    let out = gw.expect(&ack, XDP_PASS, &[Counter::GwToSal]);
     assert_eq!(&out[14 + 20..14 + 20 + 68], &third[20..88], "third ACK SAL header identical to the original stack's");
 
     // Client data before the server has spoken: a bare data header, again
@@ -259,30 +258,30 @@ fn the_original_stacks_handshake_data_and_close_through_the_translator() {
     let (data, data_repr) = &caps[4];
     let Transport::Tcp(t) = data_repr.transport else { panic!() };
     let seg = client_tcp(0x18, t.seq, t.ack, &[], t.payload);
-    let out = gw.expect(&seg, XDP_PASS, &[HostCounter::GwToSal]);
+    let out = gw.expect(&seg, XDP_PASS, &[Counter::GwToSal]);
     assert_eq!(&out[14 + 20..14 + 32], &data[20..32], "data header identical to the original stack's");
     assert_eq!(out.len(), 14 + data.len());
 
     // The server's data: a TCP segment with its payload; the flow is now
     // known to the server, so the handshake form stops.
     let (srv_data, _) = &caps[6];
-    let out = gw.expect(&eth(srv_data), XDP_PASS, &[HostCounter::GwToTcp]);
+    let out = gw.expect(&eth(srv_data), XDP_PASS, &[Counter::GwToTcp]);
     assert_eq!(out, expected_tcp(srv_data));
     assert_eq!(gw.flows()[0].state, state::ESTABLISHED);
 
     // The client's FIN, then the server's ACK of it: the agent is told to
     // send the SAL FIN (flag set once the FIN is acknowledged).
     let fin_seq = t.seq + t.payload.len() as u32;
-    gw.expect(&client_tcp(0x11, fin_seq, t.ack + 17, &[], &[]), XDP_PASS, &[HostCounter::GwToSal]);
+    gw.expect(&client_tcp(0x11, fin_seq, t.ack + 17, &[], &[]), XDP_PASS, &[Counter::GwToSal]);
     assert_eq!(gw.flows()[0].flags & flag::LOCAL_FIN, flag::LOCAL_FIN);
     let (srv_ack, _) = &caps[9];
-    gw.expect(&eth(srv_ack), XDP_PASS, &[HostCounter::GwToTcp]);
+    gw.expect(&eth(srv_ack), XDP_PASS, &[Counter::GwToTcp]);
     assert_eq!(gw.flows()[0].flags & flag::LOCAL_FIN_ACKED, flag::LOCAL_FIN_ACKED, "FIN acknowledged: SAL FIN due");
 
     // A client reset travels as data (the peer's TCP honours it) and tells
     // the agent to send the SAL RST and free the flow.
     let rst = client_tcp(0x04, fin_seq + 1, 0, &[], &[]);
-    let out = gw.expect(&rst, XDP_PASS, &[HostCounter::GwToSal]);
+    let out = gw.expect(&rst, XDP_PASS, &[Counter::GwToSal]);
     assert_eq!(&out[14 + 20 + 8..14 + 20 + 10], &[3, 6], "data header");
     assert_eq!(out[14 + 32 + 13] & 0x04, 0x04, "TCP RST inside");
     assert_eq!(gw.flows()[0].flags & flag::LOCAL_RST, flag::LOCAL_RST);
@@ -291,7 +290,7 @@ fn the_original_stacks_handshake_data_and_close_through_the_translator() {
     // the agent's raw socket.
     for i in [11, 14] {
         let frame = eth(&caps[i].0);
-        let out = gw.expect(&frame, XDP_PASS, &[HostCounter::IngressToAgent]);
+        let out = gw.expect(&frame, XDP_PASS, &[Counter::IngressToAgent]);
         assert_eq!(out, frame);
     }
 }
@@ -303,7 +302,7 @@ fn control_packets_of_the_original_stack_go_to_the_agent_unchanged() {
     let rst = capture_packets("active-reset.pcap").pop().unwrap().0;
     let mut gw = Gw::new(Ipv4Addr::new(10, 0, 1, 1), Ipv4Addr::new(10, 0, 2, 2));
     let frame = eth(&rst);
-    assert_eq!(gw.expect(&frame, XDP_PASS, &[HostCounter::IngressToAgent]), frame);
+    assert_eq!(gw.expect(&frame, XDP_PASS, &[Counter::IngressToAgent]), frame);
     // The RSYN of migration-rsyn.pcap, to the server 10.0.2.2.
     let rsyn = capture_packets("migration-rsyn.pcap")
         .into_iter()
@@ -312,7 +311,7 @@ fn control_packets_of_the_original_stack_go_to_the_agent_unchanged() {
         .0;
     let mut gw = Gw::new(Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 4, 1));
     let frame = eth(&rsyn);
-    assert_eq!(gw.expect(&frame, XDP_PASS, &[HostCounter::IngressToAgent]), frame);
+    assert_eq!(gw.expect(&frame, XDP_PASS, &[Counter::IngressToAgent]), frame);
 }
 
 #[test]
@@ -325,40 +324,40 @@ fn bad_packets_are_dropped_or_passed_and_counted() {
     let mut wrong = caps[1].0.clone();
     wrong[20 + 20] ^= 1; // ackno
     fix_sal(&mut wrong);
-    gw.expect(&eth(&wrong), XDP_DROP, &[HostCounter::DropBadAck]);
+    gw.expect(&eth(&wrong), XDP_DROP, &[Counter::DropBadAck]);
     // A flipped SAL checksum byte.
     let mut bad = caps[6].0.clone();
     bad[20 + 10] ^= 0xff;
-    gw.expect(&eth(&bad), XDP_DROP, &[HostCounter::DropBadChecksum]);
+    gw.expect(&eth(&bad), XDP_DROP, &[Counter::DropBadChecksum]);
     // Data for a flow the translator does not have.
     let mut unknown = caps[6].0.clone();
     unknown[20 + 4..20 + 8].copy_from_slice(&99u32.to_be_bytes());
     fix_sal(&mut unknown);
-    gw.expect(&eth(&unknown), XDP_DROP, &[HostCounter::DropUnknownFlow]);
+    gw.expect(&eth(&unknown), XDP_DROP, &[Counter::DropUnknownFlow]);
     // shl below the base header.
     let mut short = caps[6].0.clone();
     short[20 + 8] = 2;
-    gw.expect(&eth(&short), XDP_DROP, &[HostCounter::DropBadLength]);
+    gw.expect(&eth(&short), XDP_DROP, &[Counter::DropBadLength]);
     // A mid-connection segment to the service without a flow: passed for
     // the fallback; other TCP and IP options: passed, the latter counted.
     let stray = client_tcp_from(40001, 0x10, 5, 5, &[], &[]);
-    assert_eq!(gw.expect(&stray, XDP_PASS, &[HostCounter::GwPassNoFlow]), stray);
+    assert_eq!(gw.expect(&stray, XDP_PASS, &[Counter::GwPassNoFlow]), stray);
     let mut other = client_tcp(0x02, 5, 0, &[], &[]);
     other[14 + 22..14 + 24].copy_from_slice(&81u16.to_be_bytes()); // port 81: not configured
     assert_eq!(gw.expect(&other, XDP_PASS, &[]), other);
     let mut opts = stray.clone();
     opts[14] = 0x46;
-    assert_eq!(gw.expect(&opts, XDP_PASS, &[HostCounter::GwPassIpOptions]), opts);
+    assert_eq!(gw.expect(&opts, XDP_PASS, &[Counter::GwPassIpOptions]), opts);
     let mut frag = stray.clone();
     frag[14 + 6] = 0x20;
-    assert_eq!(gw.expect(&frag, XDP_PASS, &[HostCounter::GwPassFragment]), frag);
+    assert_eq!(gw.expect(&frag, XDP_PASS, &[Counter::GwPassFragment]), frag);
     // A frame cut inside the IPv4 header: passed as it is, and counted.
     let cut = stray[..14 + 8].to_vec();
-    assert_eq!(gw.expect(&cut, XDP_PASS, &[HostCounter::GwPassTruncated]), cut);
+    assert_eq!(gw.expect(&cut, XDP_PASS, &[Counter::GwPassTruncated]), cut);
     // A TCP segment cut inside its header: passed before anything was
     // written.
     let cut = stray[..14 + 20 + 10].to_vec();
-    assert_eq!(gw.expect(&cut, XDP_PASS, &[HostCounter::GwPassTruncated]), cut);
+    assert_eq!(gw.expect(&cut, XDP_PASS, &[Counter::GwPassTruncated]), cut);
 }
 
 fn fix_sal(ip: &mut [u8]) {
@@ -440,7 +439,7 @@ fn established() -> (Gw, Vec<(Vec<u8>, ServalRepr<'static>)>) {
     let caps = capture_packets("handshake-data-close.pcap");
     let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
     gw.insert_capture_flow();
-    gw.expect(&eth(&caps[1].0), XDP_PASS, &[HostCounter::GwToTcp, HostCounter::IngressSynAck]);
+    gw.expect(&eth(&caps[1].0), XDP_PASS, &[Counter::GwToTcp, Counter::IngressSynAck]);
     (gw, caps)
 }
 
@@ -458,7 +457,7 @@ fn an_ambiguous_complete_checksum_leaves_valid_both_ways() {
     // equals its pseudo-header sum (tx offload off, as from a real NIC).
     let (mut seg, ..) = client_data(&caps);
     make_ambiguous(&mut seg[14..], 20, 20);
-    let out = gw.expect(&seg, XDP_PASS, &[HostCounter::GwToSal, HostCounter::GwPartialChecksum]);
+    let out = gw.expect(&seg, XDP_PASS, &[Counter::GwToSal, Counter::GwPartialChecksum]);
     let tcp = 14 + 20 + 12;
     assert!(!tcp_valid(&out[14..], tcp - 14), "XDP writes the partial form");
     assert_eq!(u16::from_be_bytes([out[tcp + 16], out[tcp + 17]]), pseudo_sum(&out[14..], out.len() - tcp));
@@ -473,7 +472,7 @@ fn an_ambiguous_complete_checksum_leaves_valid_both_ways() {
     let mut srv = caps[6].0.clone();
     let hl = usize::from(srv[20 + 8]) * 4;
     make_ambiguous(&mut srv, 20 + hl, 20 + 12);
-    let out = gw.expect(&eth(&srv), XDP_PASS, &[HostCounter::GwToTcp, HostCounter::GwPartialChecksum]);
+    let out = gw.expect(&eth(&srv), XDP_PASS, &[Counter::GwToTcp, Counter::GwPartialChecksum]);
     assert!(!tcp_valid(&out[14..], 20), "XDP writes the partial form");
     let (note, done) = settle(&gw.bed.last_meta, &out);
     assert_eq!(note.csum_offset, 14 + 20 + 16);
@@ -490,7 +489,7 @@ fn a_partial_checksum_leaves_in_the_form_offload_completes() {
     let len = seg.len() - 34;
     let p = pseudo_sum(&seg[14..], len);
     seg[14 + 20 + 16..14 + 20 + 18].copy_from_slice(&p.to_be_bytes());
-    let out = gw.expect(&seg, XDP_PASS, &[HostCounter::GwToSal, HostCounter::GwPartialChecksum]);
+    let out = gw.expect(&seg, XDP_PASS, &[Counter::GwToSal, Counter::GwPartialChecksum]);
     let tcp = 14 + 20 + 12;
     assert_eq!(
         u16::from_be_bytes([out[tcp + 16], out[tcp + 17]]),
@@ -507,7 +506,7 @@ fn a_partial_checksum_leaves_in_the_form_offload_completes() {
 
     // Unambiguous complete checksums carry no note.
     let seg = client_tcp(0x10, seq + payload as u32, ack, &[], &[]);
-    let out = gw.expect(&seg, XDP_PASS, &[HostCounter::GwToSal]);
+    let out = gw.expect(&seg, XDP_PASS, &[Counter::GwToSal]);
     assert!(gw.bed.last_meta.is_empty());
     let hl = usize::from(out[14 + 20 + 8]) * 4;
     assert!(tcp_valid(&out[14..], 20 + hl));

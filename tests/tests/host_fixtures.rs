@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{Array, HashMap, PerCpuArray};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use xlate_common::flow::{names, role, FlowState, HostConfig, HostCounter, ServeEntry};
+use xlate_common::flow::{names, role, Counter, EngineConfig, FlowState, ServeEntry};
 use xlate_common::maps::{ServiceEntry, ServiceKey};
 use xlate_common::wire::ipv4::{Ipv4Packet, Ipv4Repr};
 use xlate_common::wire::packet::{ServalRepr, Transport};
@@ -51,7 +51,7 @@ struct Case {
     prog: Prog,
     input: Vec<u8>,
     verdict: u32,
-    moved: &'static [HostCounter],
+    moved: &'static [Counter],
     /// What the output must satisfy (given the input and the loaded object).
     check: fn(&Bed, &[u8], &[u8]),
 }
@@ -68,8 +68,8 @@ impl Bed {
             let prog: &mut SchedClassifier = ebpf.program_mut(p.name()).unwrap().try_into().unwrap();
             prog.load().unwrap();
         }
-        let mut cfg: Array<_, HostConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap()).unwrap();
-        let c = HostConfig {
+        let mut cfg: Array<_, EngineConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap()).unwrap();
+        let c = EngineConfig {
             addr: HOST.octets(),
             broadcast: BROADCAST.octets(),
             mac: HOST_MAC,
@@ -88,7 +88,7 @@ impl Bed {
 
     fn counters(&self) -> Vec<u64> {
         let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(names::COUNTERS).unwrap()).unwrap();
-        HostCounter::all().map(|c| m.get(&c.index(), 0).unwrap().iter().sum()).collect()
+        Counter::all().map(|c| m.get(&c.index(), 0).unwrap().iter().sum()).collect()
     }
 
     fn flows(&self) -> Vec<FlowState> {
@@ -230,7 +230,7 @@ fn cases() -> Vec<Case> {
             prog: Prog::Egress,
             input: local_tcp(SERVICE_ADDR, 80, 0x02, &SYN_OPTIONS, &[]),
             verdict: TC_ACT_OK,
-            moved: &[HostCounter::EgressTranslated, HostCounter::EgressSyn],
+            moved: &[Counter::EgressTranslated, Counter::EgressSyn],
             check: sal_syn,
         },
         Case {
@@ -238,7 +238,7 @@ fn cases() -> Vec<Case> {
             prog: Prog::Egress,
             input: local_tcp(SERVICE_ADDR, 80, 0x02, &SYN_OPTIONS, &[]),
             verdict: TC_ACT_OK,
-            moved: &[HostCounter::EgressTranslated, HostCounter::EgressSyn],
+            moved: &[Counter::EgressTranslated, Counter::EgressSyn],
             check: same_sal_syn,
         },
         Case {
@@ -246,7 +246,7 @@ fn cases() -> Vec<Case> {
             prog: Prog::Egress,
             input: local_tcp(Ipv4Addr::new(10, 9, 0, 7), 22, 0x02, &SYN_OPTIONS, &[]),
             verdict: TC_ACT_OK,
-            moved: &[HostCounter::EgressNotOurs],
+            moved: &[Counter::EgressNotOurs],
             check: unchanged,
         },
         Case {
@@ -262,7 +262,7 @@ fn cases() -> Vec<Case> {
             prog: Prog::Ingress,
             input: syn.clone(),
             verdict: TC_ACT_OK,
-            moved: &[HostCounter::IngressSyn, HostCounter::IngressTranslated],
+            moved: &[Counter::IngressSyn, Counter::IngressTranslated],
             check: tcp_syn_to_server,
         },
         Case {
@@ -270,7 +270,7 @@ fn cases() -> Vec<Case> {
             prog: Prog::Ingress,
             input: syn,
             verdict: TC_ACT_OK,
-            moved: &[HostCounter::IngressSyn, HostCounter::IngressTranslated],
+            moved: &[Counter::IngressSyn, Counter::IngressTranslated],
             check: one_server_flow,
         },
         Case {
@@ -278,7 +278,7 @@ fn cases() -> Vec<Case> {
             prog: Prog::Ingress,
             input: fin,
             verdict: TC_ACT_OK,
-            moved: &[HostCounter::IngressToAgent],
+            moved: &[Counter::IngressToAgent],
             check: unchanged,
         },
         Case {
@@ -286,7 +286,7 @@ fn cases() -> Vec<Case> {
             prog: Prog::Ingress,
             input: bad_sum,
             verdict: TC_ACT_SHOT,
-            moved: &[HostCounter::DropBadChecksum],
+            moved: &[Counter::DropBadChecksum],
             check: nothing,
         },
         Case {
@@ -294,7 +294,7 @@ fn cases() -> Vec<Case> {
             prog: Prog::Ingress,
             input: unknown,
             verdict: TC_ACT_SHOT,
-            moved: &[HostCounter::DropUnknownFlow],
+            moved: &[Counter::DropUnknownFlow],
             check: nothing,
         },
         Case {
@@ -302,7 +302,7 @@ fn cases() -> Vec<Case> {
             prog: Prog::Ingress,
             input: options,
             verdict: TC_ACT_SHOT,
-            moved: &[HostCounter::DropIpOptions],
+            moved: &[Counter::DropIpOptions],
             check: nothing,
         },
         Case {
@@ -310,7 +310,7 @@ fn cases() -> Vec<Case> {
             prog: Prog::Ingress,
             input: unserved,
             verdict: TC_ACT_SHOT,
-            moved: &[HostCounter::IngressSyn, HostCounter::DropUnknownService],
+            moved: &[Counter::IngressSyn, Counter::DropUnknownService],
             check: nothing,
         },
         Case {
@@ -318,7 +318,7 @@ fn cases() -> Vec<Case> {
             prog: Prog::Ingress,
             input: local_tcp(HOST, 22, 0x02, &[], &[]),
             verdict: TC_ACT_OK,
-            moved: &[HostCounter::IngressNotSal],
+            moved: &[Counter::IngressNotSal],
             check: unchanged,
         },
     ]
@@ -341,7 +341,7 @@ fn host_mode_programs_follow_the_fixture_table() {
         let (verdict, out) = bed.run(case.prog, &case.input);
         assert_eq!(verdict, case.verdict, "{}: verdict", case.name);
         let after = bed.counters();
-        for c in HostCounter::all() {
+        for c in Counter::all() {
             let d = after[c.index() as usize] - before[c.index() as usize];
             assert_eq!(d, u64::from(case.moved.contains(&c)), "{}: counter {}", case.name, c.name());
         }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use xlate_common::maps::Counter;
+use xlate_common::maps::ClassifierCounter;
 use xlate_common::wire::{ipv4::Ipv4Packet, packet::ServalRepr, IPPROTO_SAL};
 use xlate_tests::netns::{veth, Netns};
 use xlate_tests::{fixture, require_root, xlate_user_bin};
@@ -40,13 +40,17 @@ fn test_run_counts_the_original_stacks_frames() {
     require_root();
     let mut c = Classifier::load().unwrap();
     let d = run_capture(&mut c, "handshake-data-close.pcap");
-    assert_eq!((d.get(Counter::Seen), d.get(Counter::Sal)), (16, 16), "{d}");
+    assert_eq!((d.get(ClassifierCounter::Seen), d.get(ClassifierCounter::Sal)), (16, 16), "{d}");
     let d = run_capture(&mut c, "tcp-broadcast-resolution.pcap");
-    assert_eq!((d.get(Counter::Seen), d.get(Counter::Sal), d.get(Counter::NonIpv4)), (19, 17, 2), "{d}");
+    assert_eq!(
+        (d.get(ClassifierCounter::Seen), d.get(ClassifierCounter::Sal), d.get(ClassifierCounter::NonIpv4)),
+        (19, 17, 2),
+        "{d}"
+    );
     let d = run_capture(&mut c, "no-stack-icmp-unreachable.pcap");
-    assert_eq!((d.get(Counter::Sal), d.get(Counter::OtherIpv4)), (2, 2), "{d}");
+    assert_eq!((d.get(ClassifierCounter::Sal), d.get(ClassifierCounter::OtherIpv4)), (2, 2), "{d}");
     let d = run_capture(&mut c, "migration-rsyn.pcap");
-    assert_eq!((d.get(Counter::Seen), d.get(Counter::Sal)), (56, 56), "{d}");
+    assert_eq!((d.get(ClassifierCounter::Seen), d.get(ClassifierCounter::Sal)), (56, 56), "{d}");
 }
 
 #[test]
@@ -76,14 +80,14 @@ fn test_run_sorts_malformed_frames_by_reason() {
     }
     let d = c.counters().unwrap().since(&before);
     let want = [
-        (Counter::Seen, 7),
-        (Counter::SalMalformed, 2),
-        (Counter::Fragment, 1),
-        (Counter::Malformed, 2),
-        (Counter::Tcp, 1),
-        (Counter::NonIpv4, 1),
-        (Counter::Sal, 0),
-        (Counter::OtherIpv4, 0),
+        (ClassifierCounter::Seen, 7),
+        (ClassifierCounter::SalMalformed, 2),
+        (ClassifierCounter::Fragment, 1),
+        (ClassifierCounter::Malformed, 2),
+        (ClassifierCounter::Tcp, 1),
+        (ClassifierCounter::NonIpv4, 1),
+        (ClassifierCounter::Sal, 0),
+        (ClassifierCounter::OtherIpv4, 0),
     ];
     for (counter, n) in want {
         assert_eq!(d.get(counter), n, "{}: {d}", counter.name());

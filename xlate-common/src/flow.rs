@@ -6,28 +6,30 @@
 //! writes: the kernel writes [`FlowState`] (the agent only reads it and
 //! deletes it), the agent writes [`FlowAddrs`] after creation (migration).
 
-/// Host-mode map names (also their pin names).
+/// Names of the flow engine's maps (also their pin names); the `HOST_*`
+/// ones are host mode's own.
 pub mod names {
-    pub const CONFIG: &str = "HOST_CONFIG";
+    pub const CONFIG: &str = "ENGINE_CONFIG";
     pub const SERVE: &str = "HOST_SERVE";
     pub const CONNECT: &str = "HOST_CONNECT";
     pub const ROUTES: &str = "HOST_ROUTES";
-    pub const FLOWS: &str = "HOST_FLOWS";
-    pub const ADDRS: &str = "HOST_ADDRS";
-    pub const TUPLES: &str = "HOST_TUPLES";
-    pub const PEERS: &str = "HOST_PEERS";
-    pub const NEXT_FLOW: &str = "HOST_NEXT_FLOW";
-    pub const EVENTS: &str = "HOST_EVENTS";
-    pub const COUNTERS: &str = "HOST_COUNTERS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const ADDRS: &str = "FLOW_ADDRS";
+    pub const TUPLES: &str = "FLOW_TUPLES";
+    pub const PEERS: &str = "FLOW_PEERS";
+    pub const NEXT_FLOW: &str = "NEXT_FLOW_ID";
+    pub const EVENTS: &str = "FLOW_EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
 }
 
 pub const MAX_FLOWS: u32 = 65536;
 pub const MAX_ROUTE_TARGETS: usize = 8;
 
-/// Interface-wide settings written by the agent before attaching.
+/// The flow engine's settings, written by the agent before attaching
+/// (either mode; the fields a mode does not use stay zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C)]
-pub struct HostConfig {
+pub struct EngineConfig {
     /// Primary IPv4 address: TCP identity and SAL source of new flows.
     pub addr: [u8; 4],
     /// Interface broadcast address: where SYNs without a route go.
@@ -44,7 +46,7 @@ pub struct HostConfig {
     pub out_ifindex: u32,
 }
 
-/// Bits of [`HostConfig::flags`].
+/// Bits of [`EngineConfig::flags`].
 pub mod config_flag {
     /// The gateway sends rewritten frames out itself (FIB lookup +
     /// XDP_REDIRECT) instead of handing them to the kernel.
@@ -227,14 +229,15 @@ pub mod event {
     pub const PEER_RST: u32 = 5;
 }
 
-/// Host-mode counters, kernel and agent reasons in one per-CPU array,
+/// The flow engine's counters (both modes), kernel and agent reasons in
+/// one per-CPU array,
 /// each with the name operators see (`stats`, metrics). The variants are
 /// the array's indices, in order; strum derives the count, the list and
 /// the names from this one declaration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumCount, strum::EnumIter, strum::IntoStaticStr)]
 #[strum(serialize_all = "snake_case")]
 #[repr(u32)]
-pub enum HostCounter {
+pub enum Counter {
     EgressTranslated = 0,
     EgressSyn,
     EgressNotOurs,
@@ -309,12 +312,12 @@ pub enum HostCounter {
     EgressPassUnreadable,
 }
 
-impl HostCounter {
+impl Counter {
     /// How many counters there are (the map's size).
     pub const COUNT: usize = <Self as strum::EnumCount>::COUNT;
 
     /// Every counter, in index order.
-    pub fn all() -> impl Iterator<Item = HostCounter> {
+    pub fn all() -> impl Iterator<Item = Counter> {
         <Self as strum::IntoEnumIterator>::iter()
     }
 
@@ -331,7 +334,7 @@ impl HostCounter {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), explicit padding fields, every bit pattern valid.
-    unsafe impl aya::Pod for super::HostConfig {}
+    unsafe impl aya::Pod for super::EngineConfig {}
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::FlowAddrs {}
     unsafe impl aya::Pod for super::PeerKey {}
@@ -347,7 +350,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<HostConfig>(), 4 + 4 + 6 + 2 + 4 + 4 + 4);
+        assert_eq!(size_of::<EngineConfig>(), 4 + 4 + 6 + 2 + 4 + 4 + 4);
         assert_eq!(size_of::<gw::ChecksumNote>(), 12);
         assert_eq!(size_of::<FlowState>(), 32 + 16 + 16 + 12 + 4 + 8 + 8 + 8 + 16);
         assert_eq!(size_of::<FlowAddrs>(), 8);
@@ -357,8 +360,8 @@ mod tests {
 
     #[test]
     fn counters_dense_and_unique() {
-        let all: std::vec::Vec<HostCounter> = HostCounter::all().collect();
-        assert_eq!(all.len(), HostCounter::COUNT);
+        let all: std::vec::Vec<Counter> = Counter::all().collect();
+        assert_eq!(all.len(), Counter::COUNT);
         for (i, c) in all.iter().enumerate() {
             assert_eq!(c.index() as usize, i);
             for d in &all[i + 1..] {
@@ -366,10 +369,10 @@ mod tests {
             }
         }
         // Names operators and dashboards already know stay as they are.
-        assert_eq!(HostCounter::EgressGso.name(), "egress_gso_dropped");
-        assert_eq!(HostCounter::DropBadAck.name(), "drop_bad_ackno");
-        assert_eq!(HostCounter::GwToSal.name(), "gw_tcp_to_sal");
-        assert_eq!(HostCounter::FlowsFreed.name(), "flows_freed");
+        assert_eq!(Counter::EgressGso.name(), "egress_gso_dropped");
+        assert_eq!(Counter::DropBadAck.name(), "drop_bad_ackno");
+        assert_eq!(Counter::GwToSal.name(), "gw_tcp_to_sal");
+        assert_eq!(Counter::FlowsFreed.name(), "flows_freed");
     }
 }
 

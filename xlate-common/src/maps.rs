@@ -8,12 +8,12 @@ pub mod names {
     pub const SERVICES: &str = "XLATE_SERVICES";
 }
 
-/// Per-CPU packet counters of the classifier, indexed by `Counter as u32`;
+/// Per-CPU packet counters of the classifier, indexed by `ClassifierCounter as u32`;
 /// the names (`stats` output, metrics) are the variants in snake_case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumCount, strum::EnumIter, strum::IntoStaticStr)]
 #[strum(serialize_all = "snake_case")]
 #[repr(u32)]
-pub enum Counter {
+pub enum ClassifierCounter {
     /// Every packet the program saw.
     Seen = 0,
     /// Frames that are not IPv4 (ARP, IPv6, …).
@@ -31,11 +31,11 @@ pub enum Counter {
     OtherIpv4,
 }
 
-impl Counter {
+impl ClassifierCounter {
     pub const COUNT: usize = <Self as strum::EnumCount>::COUNT;
 
     /// Every counter, in index order.
-    pub fn all() -> impl Iterator<Item = Counter> {
+    pub fn all() -> impl Iterator<Item = ClassifierCounter> {
         <Self as strum::IntoEnumIterator>::iter()
     }
 
@@ -97,17 +97,17 @@ mod tests {
 
     #[test]
     fn counters_are_dense_and_named_uniquely() {
-        let all: std::vec::Vec<Counter> = Counter::all().collect();
-        assert_eq!(all.len(), Counter::COUNT);
+        let all: std::vec::Vec<ClassifierCounter> = ClassifierCounter::all().collect();
+        assert_eq!(all.len(), ClassifierCounter::COUNT);
         for (i, c) in all.iter().enumerate() {
             assert_eq!(c.index() as usize, i);
             for d in &all[i + 1..] {
                 assert_ne!(c.name(), d.name());
             }
         }
-        assert_eq!(Counter::NonIpv4.name(), "non_ipv4");
-        assert_eq!(Counter::OtherIpv4.name(), "other_ipv4");
-        assert_eq!(Counter::SalMalformed.name(), "sal_malformed");
+        assert_eq!(ClassifierCounter::NonIpv4.name(), "non_ipv4");
+        assert_eq!(ClassifierCounter::OtherIpv4.name(), "other_ipv4");
+        assert_eq!(ClassifierCounter::SalMalformed.name(), "sal_malformed");
     }
 
     #[test]

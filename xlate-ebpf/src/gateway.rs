@@ -23,7 +23,7 @@ use xlate_common::{
     flow::{
         config_flag, event,
         gw::{flow_hash, redirect, ChecksumNote, GwService, MAGLEV_SIZE, MAX_REDIRECT_TARGETS, MAX_SERVICES},
-        role, state, HostCounter,
+        role, state, Counter,
     },
     maps::{FlowKey, ServiceKey},
     translate::{self, Form, TCP_SYN},
@@ -70,7 +70,7 @@ pub fn xlate_gw(ctx: XdpContext) -> u32 {
     match gateway(&ctx) {
         Some(v) => v,
         None => {
-            count(HostCounter::GwPassTruncated);
+            count(Counter::GwPassTruncated);
             XDP_PASS
         }
     }
@@ -87,11 +87,11 @@ fn gateway(ctx: &XdpContext) -> Option<u32> {
         return Some(XDP_PASS);
     }
     if vihl != 0x45 {
-        count(HostCounter::GwPassIpOptions);
+        count(Counter::GwPassIpOptions);
         return Some(XDP_PASS);
     }
     if u16::from_be_bytes(rd(ctx, ETH + 6)?) & 0x3fff != 0 {
-        count(HostCounter::GwPassFragment);
+        count(Counter::GwPassFragment);
         return Some(XDP_PASS);
     }
     // One BPF function per direction: each gets its own stack frame
@@ -147,10 +147,10 @@ fn to_tcp_fn(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn failed(written: bool) -> u32 {
     if written {
-        count(HostCounter::GwDropRewriteFailed);
+        count(Counter::GwDropRewriteFailed);
         XDP_DROP
     } else {
-        count(HostCounter::GwPassTruncated);
+        count(Counter::GwPassTruncated);
         XDP_PASS
     }
 }
@@ -210,7 +210,7 @@ fn forward_inner(ctx: &XdpContext, deferred: bool) -> Option<u32> {
     }
     // SAFETY: plain map lookup.
     if unsafe { REDIRECT_TARGETS.get(&p.ifindex) }.copied() != Some(redirect::OK) {
-        count(HostCounter::GwPassNoRedirect);
+        count(Counter::GwPassNoRedirect);
         return Some(XDP_PASS);
     }
     let mut h = ip;
@@ -226,7 +226,7 @@ fn forward_inner(ctx: &XdpContext, deferred: bool) -> Option<u32> {
     macs[..6].copy_from_slice(&p.dmac);
     macs[6..].copy_from_slice(&p.smac);
     wr(ctx, 0, macs)?;
-    count(HostCounter::GwRedirected);
+    count(Counter::GwRedirected);
     // SAFETY: plain helper call.
     Some(unsafe { aya_ebpf::helpers::bpf_redirect(p.ifindex, 0) } as u32)
 }
@@ -282,15 +282,15 @@ fn new_check(
 #[inline(always)]
 fn leave_note(ctx: &XdpContext, csum_offset: usize, note: Option<(u16, u16)>) {
     let Some((partial, complete)) = note else { return };
-    count(HostCounter::GwPartialChecksum);
+    count(Counter::GwPartialChecksum);
     // SAFETY: growing the metadata area of our own frame; checked below.
     if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_meta(ctx.ctx, -(ChecksumNote::LEN as i32)) } != 0 {
-        count(HostCounter::GwChecksumUnresolved);
+        count(Counter::GwChecksumUnresolved);
         return;
     }
     let meta = ctx.metadata();
     if meta + ChecksumNote::LEN > ctx.data() {
-        count(HostCounter::GwChecksumUnresolved);
+        count(Counter::GwChecksumUnresolved);
         return;
     }
     let n = ChecksumNote::new(csum_offset as u32, partial, complete);
@@ -363,7 +363,7 @@ fn new_flow(key: &FlowKey, flags: u8) -> u64 {
     if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         // Mid-connection segment of a flow we do not have: leave it to
         // the kernel (and the stream-level fallback).
-        count(HostCounter::GwPassNoFlow);
+        count(Counter::GwPassNoFlow);
         return u64::from(XDP_PASS);
     }
     let peer = if svc.router != [0; 4] {
@@ -374,7 +374,7 @@ fn new_flow(key: &FlowKey, flags: u8) -> u64 {
         match MAGLEV.get(idx) {
             Some(a) if *a != [0; 4] => *a,
             _ => {
-                count(HostCounter::GwDropNoInstance);
+                count(Counter::GwDropNoInstance);
                 return u64::from(XDP_DROP);
             }
         }
@@ -382,7 +382,7 @@ fn new_flow(key: &FlowKey, flags: u8) -> u64 {
     match new_client_flow(key, &svc.service_id, Some(peer)) {
         Some(id) => (1 << 32) | u64::from(id),
         None => {
-            count(HostCounter::DropTableFull);
+            count(Counter::DropTableFull);
             u64::from(XDP_PASS)
         }
     }
@@ -447,13 +447,13 @@ fn to_sal(ctx: &XdpContext, id: u32, written: &mut bool) -> Option<u32> {
     match form {
         Form::Syn => {
             wr(ctx, l4, translate::syn_header(flow))?;
-            count(HostCounter::EgressSyn);
+            count(Counter::EgressSyn);
         }
         Form::Ack => wr(ctx, l4, translate::ack_header(flow))?,
         Form::SynAck => wr(ctx, l4, translate::synack_header(flow))?,
         Form::Data => wr(ctx, l4, translate::data_header(flow))?,
     }
-    count(HostCounter::GwToSal);
+    count(Counter::GwToSal);
     leave_note(ctx, l4 + room + 16, nc.note);
     forward(ctx, ambiguous)
 }
@@ -472,7 +472,7 @@ fn to_tcp(ctx: &XdpContext, written: &mut bool) -> Option<u32> {
     let shl: u8 = rd(ctx, l4 + sal::field::SHL)?;
     let hl = usize::from(shl) * 4;
     if hl < sal::BASE_LEN || hl > SCRATCH_LEN || tot_len < 20 + hl || ctx.data() + ETH + tot_len > ctx.data_end() {
-        count(HostCounter::DropBadLength);
+        count(Counter::DropBadLength);
         return Some(XDP_DROP);
     }
     let buf = SCRATCH.get_ptr_mut(0)?;
@@ -492,19 +492,19 @@ fn to_tcp(ctx: &XdpContext, written: &mut bool) -> Option<u32> {
         aya_ebpf::helpers::bpf_csum_diff(core::ptr::null_mut(), 0, buf.as_mut_ptr() as *mut u32, n as u32, 0)
     } as u32;
     if checksum::fold(sum) != 0xffff {
-        count(HostCounter::DropBadChecksum);
+        count(Counter::DropBadChecksum);
         return Some(XDP_DROP);
     }
     let ext = EXTS.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot.
     let ext = unsafe { &mut *ext };
     if !walk_extensions(buf, hl, ext) {
-        count(HostCounter::DropBadExtension);
+        count(Counter::DropBadExtension);
         return Some(XDP_DROP);
     }
     if tot_len == 20 + hl {
         // SAL-only control packet: the agent's raw socket takes it.
-        count(HostCounter::IngressToAgent);
+        count(Counter::IngressToAgent);
         return Some(XDP_PASS);
     }
     let dst_flow = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
@@ -512,7 +512,7 @@ fn to_tcp(ctx: &XdpContext, written: &mut bool) -> Option<u32> {
     let flow = match FLOWS.get_ptr_mut(&dst_flow) {
         Some(f) => f,
         None => {
-            count(HostCounter::DropUnknownFlow);
+            count(Counter::DropUnknownFlow);
             return Some(XDP_DROP);
         }
     };
@@ -525,10 +525,10 @@ fn to_tcp(ctx: &XdpContext, written: &mut bool) -> Option<u32> {
     let ack = sal::ControlFlags::ACK.bits();
     if ext.has_control != 0 {
         if ext.flags != syn | ack || !synack(flow, dst_flow, ext, src_flow, ip_src) {
-            count(HostCounter::DropBadAck);
+            count(Counter::DropBadAck);
             return Some(XDP_DROP);
         }
-        count(HostCounter::IngressSynAck);
+        count(Counter::IngressSynAck);
     } else if flow.state == state::ACK_PENDING {
         flow.state = state::ESTABLISHED;
         notify(event::ESTABLISHED, dst_flow);
@@ -579,7 +579,7 @@ fn to_tcp(ctx: &XdpContext, written: &mut bool) -> Option<u32> {
         return None;
     }
     write_ip(ctx, ETH, flow.tcp_peer_addr, flow.tcp_local_addr, IPPROTO_TCP, tcp_len + 20)?;
-    count(HostCounter::GwToTcp);
+    count(Counter::GwToTcp);
     leave_note(ctx, ETH + 20 + 16, nc.note);
     forward(ctx, ambiguous)
 }
@@ -603,16 +603,16 @@ pub fn xlate_gw_checksum(ctx: TcContext) -> i32 {
     }
     let off = note.csum_offset as usize;
     let Ok(before) = ctx.load::<u16>(off) else {
-        count(HostCounter::GwChecksumUnresolved);
+        count(Counter::GwChecksumUnresolved);
         return TC_ACT_OK;
     };
     if ctx.l4_csum_replace(off, 0, u64::from(note.diff), 0).is_err() {
-        count(HostCounter::GwChecksumUnresolved);
+        count(Counter::GwChecksumUnresolved);
         return TC_ACT_OK;
     }
     match ctx.load::<u16>(off) {
-        Ok(after) if after != before => count(HostCounter::GwChecksumCompleted),
-        _ => count(HostCounter::GwChecksumOffloaded),
+        Ok(after) if after != before => count(Counter::GwChecksumCompleted),
+        _ => count(Counter::GwChecksumOffloaded),
     }
     TC_ACT_OK
 }

@@ -18,7 +18,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use xlate_common::{
-    flow::{event, flag, role, state, FlowAddrs, FlowState, HostCounter, PeerKey, ServeEntry},
+    flow::{event, flag, role, state, FlowAddrs, FlowState, Counter, PeerKey, ServeEntry},
     maps::{FlowKey, ServiceEntry, ServiceKey},
     translate::{self, Form, TCP_ACK, TCP_SYN},
     wire::{sal, IPPROTO_SAL, IPPROTO_TCP},
@@ -52,11 +52,11 @@ pub fn xlate_host_egress(ctx: TcContext) -> i32 {
         Ok(v) => v,
         // Half rewritten: it must not leave.
         Err(_) if written => {
-            count(HostCounter::EgressError);
+            count(Counter::EgressError);
             TC_ACT_SHOT
         }
         Err(_) => {
-            count(HostCounter::EgressPassUnreadable);
+            count(Counter::EgressPassUnreadable);
             TC_ACT_OK
         }
     }
@@ -77,11 +77,11 @@ pub fn xlate_host_segmented(ctx: TcContext) -> i32 {
         // (IPv6 neighbour discovery, a flow freed meanwhile) goes nowhere.
         Ok(v) if v != TC_ACT_OK => v,
         Ok(_) => {
-            count(HostCounter::EgressNotOurs);
+            count(Counter::EgressNotOurs);
             TC_ACT_SHOT
         }
         Err(_) => {
-            count(HostCounter::EgressError);
+            count(Counter::EgressError);
             TC_ACT_SHOT
         }
     }
@@ -98,7 +98,7 @@ fn egress(ctx: &TcContext, at_segmenter: bool, written: &mut bool) -> Result<i32
         return Ok(TC_ACT_OK);
     }
     if vihl != 0x45 || u16::from_be(ctx.load::<u16>(IP_OFF + 6)?) & 0x3fff != 0 {
-        count(HostCounter::EgressNotOurs);
+        count(Counter::EgressNotOurs);
         return Ok(TC_ACT_OK);
     }
     let saddr: [u8; 4] = ctx.load(IP_OFF + 12)?;
@@ -112,26 +112,26 @@ fn egress(ctx: &TcContext, at_segmenter: bool, written: &mut bool) -> Result<i32
         Some(id) => *id,
         None => {
             if tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-                count(HostCounter::EgressNotOurs);
+                count(Counter::EgressNotOurs);
                 return Ok(TC_ACT_OK);
             }
             let ck = ServiceKey { addr: daddr, port: dport, _pad: [0; 2] };
             let Some(entry) = (unsafe { CONNECT.get(&ck) }) else {
-                count(HostCounter::EgressNotOurs);
+                count(Counter::EgressNotOurs);
                 return Ok(TC_ACT_OK);
             };
             let sid = entry.service_id.0;
             match new_client_flow(&key, &sid, None) {
                 Some(id) => id,
                 None => {
-                    count(HostCounter::DropTableFull);
+                    count(Counter::DropTableFull);
                     return Ok(TC_ACT_SHOT);
                 }
             }
         }
     };
     let Some(flow) = FLOWS.get_ptr_mut(&id) else {
-        count(HostCounter::EgressNotOurs);
+        count(Counter::EgressNotOurs);
         return Ok(TC_ACT_OK);
     };
     // SAFETY: map value pointer, valid while we run (RCU).
@@ -144,7 +144,7 @@ fn egress(ctx: &TcContext, at_segmenter: bool, written: &mut bool) -> Result<i32
         return Err(-1);
     };
     if !at_segmenter && cfg.segmenter_ifindex != 0 {
-        count(HostCounter::EgressToSegmenter);
+        count(Counter::EgressToSegmenter);
         // SAFETY: plain helper call.
         return Ok(unsafe { aya_ebpf::helpers::bpf_redirect(cfg.segmenter_ifindex, 0) } as i32);
     }
@@ -153,7 +153,7 @@ fn egress(ctx: &TcContext, at_segmenter: bool, written: &mut bool) -> Result<i32
     // the segmenter one by one; count if one slips through.
     // SAFETY: reading a field of the context.
     if unsafe { (*ctx.skb.skb).gso_segs } > 1 {
-        count(HostCounter::EgressGso);
+        count(Counter::EgressGso);
         return Ok(TC_ACT_SHOT);
     }
 
@@ -197,7 +197,7 @@ fn egress(ctx: &TcContext, at_segmenter: bool, written: &mut bool) -> Result<i32
     match form {
         Form::Syn => {
             ctx.store(L4_OFF, &translate::syn_header(flow), 0)?;
-            count(HostCounter::EgressSyn);
+            count(Counter::EgressSyn);
         }
         Form::Ack => ctx.store(L4_OFF, &translate::ack_header(flow), 0)?,
         Form::SynAck => ctx.store(L4_OFF, &translate::synack_header(flow), 0)?,
@@ -210,7 +210,7 @@ fn egress(ctx: &TcContext, at_segmenter: bool, written: &mut bool) -> Result<i32
     } else if form == Form::Syn {
         ctx.store(0, &[0xffu8; 6], 0)?;
     }
-    count(HostCounter::EgressTranslated);
+    count(Counter::EgressTranslated);
     if at_segmenter {
         // SAFETY: plain helper call.
         return Ok(unsafe { aya_ebpf::helpers::bpf_redirect(cfg.out_ifindex, 0) } as i32);
@@ -273,7 +273,7 @@ pub fn xlate_host_ingress(ctx: TcContext) -> i32 {
     match ingress(&ctx) {
         Ok(v) => v,
         Err(_) => {
-            count(HostCounter::IngressError);
+            count(Counter::IngressError);
             TC_ACT_SHOT
         }
     }
@@ -286,24 +286,24 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
     }
     let proto: u8 = ctx.load(IP_OFF + 9)?;
     if proto != IPPROTO_SAL {
-        count(HostCounter::IngressNotSal);
+        count(Counter::IngressNotSal);
         return Ok(TC_ACT_OK);
     }
     let vihl: u8 = ctx.load(IP_OFF)?;
     if vihl != 0x45 || u16::from_be(ctx.load::<u16>(IP_OFF + 6)?) & 0x3fff != 0 {
         // Serval sends neither options nor fragments.
-        count(HostCounter::DropIpOptions);
+        count(Counter::DropIpOptions);
         return Ok(TC_ACT_SHOT);
     }
     let tot_len = usize::from(u16::from_be(ctx.load::<u16>(IP_OFF + 2)?));
     if tot_len < 20 + sal::BASE_LEN || ETH_LEN + tot_len > ctx.len() as usize {
-        count(HostCounter::DropBadLength);
+        count(Counter::DropBadLength);
         return Ok(TC_ACT_SHOT);
     }
     let sal_len = tot_len - 20;
     let hl = usize::from(ctx.load::<u8>(L4_OFF + sal::field::SHL)?) * 4;
     if hl < sal::BASE_LEN || hl > sal_len || hl > SCRATCH_LEN {
-        count(HostCounter::DropBadLength);
+        count(Counter::DropBadLength);
         return Ok(TC_ACT_SHOT);
     }
     let Some(buf) = SCRATCH.get_ptr_mut(0) else {
@@ -335,7 +335,7 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
     let folded = (sum & 0xffff) + (sum >> 16);
     let folded = (folded & 0xffff) + (folded >> 16);
     if folded != 0xffff {
-        count(HostCounter::DropBadChecksum);
+        count(Counter::DropBadChecksum);
         return Ok(TC_ACT_SHOT);
     }
     let Some(ext) = EXTS.get_ptr_mut(0) else {
@@ -344,18 +344,18 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
     // SAFETY: this CPU's slot.
     let ext = unsafe { &mut *ext };
     if !walk_extensions(buf, hl, ext) {
-        count(HostCounter::DropBadExtension);
+        count(Counter::DropBadExtension);
         return Ok(TC_ACT_SHOT);
     }
     let ext = &*ext;
     if sal_len == hl {
         // SAL-only control packet: the agent's raw socket takes it.
-        count(HostCounter::IngressToAgent);
+        count(Counter::IngressToAgent);
         return Ok(TC_ACT_OK);
     }
     if buf[9] != IPPROTO_TCP {
         // Serval UDP is not translated yet.
-        count(HostCounter::DropBadExtension);
+        count(Counter::DropBadExtension);
         return Ok(TC_ACT_SHOT);
     }
     let src_flow = be32(buf, 0);
@@ -366,11 +366,11 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
 
     let id = if ext.has_control != 0 && ext.flags == syn {
         if ext.services == 0 {
-            count(HostCounter::DropBadExtension);
+            count(Counter::DropBadExtension);
             return Ok(TC_ACT_SHOT);
         }
         let sid = copy_n::<32>(buf, ext.service_at as usize);
-        count(HostCounter::IngressSyn);
+        count(Counter::IngressSyn);
         match server_flow(&sid, ip_src, src_flow, &ext) {
             Ok(id) => id,
             Err(c) => {
@@ -380,7 +380,7 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
         }
     } else {
         let Some(flow) = FLOWS.get_ptr_mut(&dst_flow) else {
-            count(HostCounter::DropUnknownFlow);
+            count(Counter::DropUnknownFlow);
             return Ok(TC_ACT_SHOT);
         };
         // SAFETY: map value, valid while we run.
@@ -388,14 +388,14 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
         if ext.has_control != 0 {
             if ext.flags == syn | ack {
                 if !synack(flow, dst_flow, ext, src_flow, ip_src) {
-                    count(HostCounter::DropBadAck);
+                    count(Counter::DropBadAck);
                     return Ok(TC_ACT_SHOT);
                 }
-                count(HostCounter::IngressSynAck);
+                count(Counter::IngressSynAck);
             } else if ext.flags == ack {
                 // The third ACK (with SERVICE) or a repeat of it.
                 if ext.nonce != flow.peer_nonce {
-                    count(HostCounter::DropBadNonce);
+                    count(Counter::DropBadNonce);
                     return Ok(TC_ACT_SHOT);
                 }
                 if flow.state == state::SYN_RCVD {
@@ -404,7 +404,7 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
                 }
             } else {
                 // Control with a transport that is neither handshake form.
-                count(HostCounter::DropBadExtension);
+                count(Counter::DropBadExtension);
                 return Ok(TC_ACT_SHOT);
             }
         } else if flow.state == state::ACK_PENDING {
@@ -419,9 +419,9 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
 
 /// Finds (retransmitted SYN) or creates the server side of a flow.
 #[inline(always)]
-fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &Exts) -> Result<u32, HostCounter> {
+fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &Exts) -> Result<u32, Counter> {
     let Some(serve) = (unsafe { SERVE.get(sid) }) else {
-        return Err(HostCounter::DropUnknownService);
+        return Err(Counter::DropUnknownService);
     };
     let port = serve.port;
     let pk = PeerKey { peer_ip: ip_src, peer_flow: src_flow };
@@ -429,9 +429,9 @@ fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &Exts) -> Re
         return Ok(*id);
     }
     let Some(cfg) = CONFIG.get(0) else {
-        return Err(HostCounter::IngressError);
+        return Err(Counter::IngressError);
     };
-    let id = alloc_flow_id().ok_or(HostCounter::DropTableFull)?;
+    let id = alloc_flow_id().ok_or(Counter::DropTableFull)?;
     // The local TCP sees the client as (its IP, a port taken from our new
     // flow ID), probing a few ports if that tuple is live. Flow IDs count
     // up per CPU from a random start (the agent seeds them), so ports
@@ -451,7 +451,7 @@ fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &Exts) -> Re
         i += 1;
     }
     if !found {
-        return Err(HostCounter::DropTableFull);
+        return Err(Counter::DropTableFull);
     }
     let nonce = rand_nonce();
     let mut st = FlowState::new(role::SERVER, state::SYN_RCVD, *sid, id, rand32(), nonce, &key, now());
@@ -462,7 +462,7 @@ fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &Exts) -> Re
     // the client, which is the IP source (routers keep it).
     let addrs = FlowAddrs { local_ip: cfg.addr, peer_ip: ip_src };
     if FLOWS.insert(&id, &st, BPF_NOEXIST).is_err() {
-        return Err(HostCounter::DropTableFull);
+        return Err(Counter::DropTableFull);
     }
     if ADDRS.insert(&id, &addrs, 0).is_err()
         || TUPLES.insert(&key, &id, 0).is_err()
@@ -471,7 +471,7 @@ fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &Exts) -> Re
         let _ = FLOWS.remove(&id);
         let _ = ADDRS.remove(&id);
         let _ = TUPLES.remove(&key);
-        return Err(HostCounter::DropTableFull);
+        return Err(Counter::DropTableFull);
     }
     notify(event::NEW_FLOW, id);
     Ok(id)
@@ -481,7 +481,7 @@ fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &Exts) -> Re
 #[inline(always)]
 fn translate_in(ctx: &TcContext, id: u32, hl: usize) -> Result<i32, i64> {
     let Some(flow) = FLOWS.get_ptr_mut(&id) else {
-        count(HostCounter::DropUnknownFlow);
+        count(Counter::DropUnknownFlow);
         return Ok(TC_ACT_SHOT);
     };
     // SAFETY: map value, valid while we run.
@@ -539,6 +539,6 @@ fn translate_in(ctx: &TcContext, id: u32, hl: usize) -> Result<i32, i64> {
     ctx.store(0, &cfg.mac, 0)?;
     ctx.change_type(PACKET_HOST)?;
     ctx.adjust_room(-(hl as i32), BPF_ADJ_ROOM_NET, 0)?;
-    count(HostCounter::IngressTranslated);
+    count(Counter::IngressTranslated);
     Ok(TC_ACT_OK)
 }

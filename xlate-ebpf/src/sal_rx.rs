@@ -8,8 +8,8 @@ pub(crate) use xlate_common::wire::sal_walk::{
     be32, copy_n, opaque, walk_extensions, Exts, WALK_BUF_LEN as SCRATCH_LEN,
 };
 
-#[map(name = "HOST_SCRATCH")]
+#[map(name = "SAL_SCRATCH")]
 pub(crate) static SCRATCH: PerCpuArray<[u8; SCRATCH_LEN]> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "HOST_EXTS")]
+#[map(name = "SAL_EXTS")]
 pub(crate) static EXTS: PerCpuArray<Exts> = PerCpuArray::with_max_entries(1, 0);

@@ -9,29 +9,29 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use xlate_common::{
-    flow::{Event, FlowAddrs, FlowState, HostConfig, HostCounter, PeerKey, MAX_FLOWS},
+    flow::{Event, FlowAddrs, FlowState, EngineConfig, Counter, PeerKey, MAX_FLOWS},
     maps::FlowKey,
 };
 
-#[map(name = "HOST_CONFIG")]
-pub(crate) static CONFIG: Array<HostConfig> = Array::with_max_entries(1, 0);
-#[map(name = "HOST_FLOWS")]
+#[map(name = "ENGINE_CONFIG")]
+pub(crate) static CONFIG: Array<EngineConfig> = Array::with_max_entries(1, 0);
+#[map(name = "FLOWS")]
 pub(crate) static FLOWS: HashMap<u32, FlowState> = HashMap::with_max_entries(MAX_FLOWS, 0);
-#[map(name = "HOST_ADDRS")]
+#[map(name = "FLOW_ADDRS")]
 pub(crate) static ADDRS: HashMap<u32, FlowAddrs> = HashMap::with_max_entries(MAX_FLOWS, 0);
-#[map(name = "HOST_TUPLES")]
+#[map(name = "FLOW_TUPLES")]
 pub(crate) static TUPLES: HashMap<FlowKey, u32> = HashMap::with_max_entries(MAX_FLOWS, 0);
-#[map(name = "HOST_PEERS")]
+#[map(name = "FLOW_PEERS")]
 pub(crate) static PEERS: HashMap<PeerKey, u32> = HashMap::with_max_entries(MAX_FLOWS, 0);
-#[map(name = "HOST_NEXT_FLOW")]
+#[map(name = "NEXT_FLOW_ID")]
 static NEXT_FLOW: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-#[map(name = "HOST_EVENTS")]
+#[map(name = "FLOW_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
-#[map(name = "HOST_COUNTERS")]
-pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HostCounter::COUNT as u32, 0);
+#[map(name = "COUNTERS")]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT as u32, 0);
 
 #[inline(always)]
-pub(crate) fn count(c: HostCounter) {
+pub(crate) fn count(c: Counter) {
     if let Some(p) = COUNTERS.get_ptr_mut(c.index()) {
         // SAFETY: this CPU's slot.
         unsafe { *p += 1 };

@@ -87,7 +87,7 @@ pub fn run(runs: u32) -> Result<()> {
     for _ in 0..runs {
         retrans.push(bed.run(&syn)?.2);
     }
-    let flows: HashMap<_, u32, FlowState> = HashMap::try_from(bed.ebpf.map("HOST_FLOWS").unwrap())?;
+    let flows: HashMap<_, u32, FlowState> = HashMap::try_from(bed.ebpf.map("FLOWS").unwrap())?;
     let flow = flows
         .iter()
         .filter_map(|r| r.ok())

@@ -9,19 +9,19 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
     Ebpf,
 };
-use xlate_common::maps::{names, Counter};
+use xlate_common::maps::{names, ClassifierCounter};
 
 pub const PROGRAM: &str = "xlate_classify";
 
-/// Counter totals summed over all CPUs.
+/// ClassifierCounter totals summed over all CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Counters([u64; Counter::COUNT]);
+pub struct Counters([u64; ClassifierCounter::COUNT]);
 
 impl Counters {
-    pub fn get(&self, c: Counter) -> u64 {
+    pub fn get(&self, c: ClassifierCounter) -> u64 {
         self.0[c.index() as usize]
     }
-    /// Counter-wise difference, for "what happened since".
+    /// ClassifierCounter-wise difference, for "what happened since".
     pub fn since(&self, earlier: &Counters) -> Counters {
         let mut out = *self;
         for (o, e) in out.0.iter_mut().zip(earlier.0) {
@@ -34,7 +34,7 @@ impl Counters {
 impl fmt::Display for Counters {
     /// `name=value` pairs separated by spaces: easy to read and to parse.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, c) in Counter::all().enumerate() {
+        for (i, c) in ClassifierCounter::all().enumerate() {
             if i > 0 {
                 f.write_str(" ")?;
             }
@@ -72,7 +72,7 @@ impl Classifier {
             self.ebpf.map(names::COUNTERS).ok_or_else(|| anyhow!("map {} missing from the object", names::COUNTERS))?;
         let arr = PerCpuArray::<_, u64>::try_from(map)?;
         let mut out = Counters::default();
-        for c in Counter::all() {
+        for c in ClassifierCounter::all() {
             let per_cpu = arr.get(&c.index(), 0)?;
             out.0[c.index() as usize] = per_cpu.iter().sum();
         }

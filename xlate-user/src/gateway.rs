@@ -10,11 +10,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
-use xlate_common::flow::{gw, names, HostConfig};
+use xlate_common::flow::{gw, names, EngineConfig};
 use xlate_common::maps::ServiceKey;
 
 use crate::agent::control_plane::ControlPlane;
-use crate::agent::maps::{pin_dir_for_agent, HostMaps, Kind};
+use crate::agent::maps::{pin_dir_for_agent, FlowMaps, Kind};
 use crate::agent::protocol::{self as control_protocol, Request, Response};
 use crate::agent::{control_socket, event_loop, seed_flow_ids, PinGuard};
 use crate::config::{Config, Service};
@@ -257,7 +257,7 @@ impl crate::agent::LoopHooks for GwMaps {
                 self.down.insert(inst, now + DOWN_FOR);
                 changed = true;
             }
-            cp.free(id, xlate_common::flow::HostCounter::FlowsExpired);
+            cp.free(id, xlate_common::flow::Counter::FlowsExpired);
         }
         if changed {
             let cfg = self.cfg.clone();
@@ -408,7 +408,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         .try_into()?;
     tc.load().context("the kernel refused the translator's checksum program")?;
     seed_flow_ids(&mut ebpf)?;
-    let mut flows = HostMaps::take_and_pin(&mut ebpf, &dir)?;
+    let mut flows = FlowMaps::take_and_pin(&mut ebpf, &dir)?;
     let _pins = PinGuard(dir.clone());
     let mut gwm = GwMaps {
         services: take(&mut ebpf, gw::SERVICES, &dir)?.try_into()?,
@@ -431,7 +431,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let max_mss = ifaces.iter().map(|i| i.max_mss()).min().unwrap_or(1448);
     flows.config.set(
         0,
-        HostConfig {
+        EngineConfig {
             addr: cfg.sal_address.octets(),
             max_mss,
             flags: if cfg.xdp_redirect { xlate_common::flow::config_flag::XDP_REDIRECT } else { 0 },

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use aya::maps::{Array, HashMap};
 use aya::programs::Xdp;
-use xlate_common::flow::{gw, names, HostConfig};
+use xlate_common::flow::{gw, names, EngineConfig};
 use xlate_common::maps::ServiceKey;
 
 use crate::gateway::PROGRAM;
@@ -31,8 +31,8 @@ impl TestBed {
         let prog: &mut Xdp =
             ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("program {PROGRAM} missing"))?.try_into()?;
         prog.load()?;
-        let mut cfg: Array<_, HostConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap())?;
-        cfg.set(0, HostConfig { addr: sal_address.octets(), max_mss: 1448, ..Default::default() }, 0)?;
+        let mut cfg: Array<_, EngineConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap())?;
+        cfg.set(0, EngineConfig { addr: sal_address.octets(), max_mss: 1448, ..Default::default() }, 0)?;
         let mut svc: HashMap<_, ServiceKey, gw::GwService> = HashMap::try_from(ebpf.map_mut(gw::SERVICES).unwrap())?;
         let sid: xlate_common::ServiceId = "00000050".parse().expect("valid");
         svc.insert(ServiceKey::new(public, 80), gw::GwService { service_id: sid.0, index: 0, router: [0; 4] }, 0)?;

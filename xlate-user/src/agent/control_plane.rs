@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use xlate_common::flow::{event, state, Event, FlowAddrs, FlowState, HostCounter, PeerKey};
+use xlate_common::flow::{event, state, Counter, Event, FlowAddrs, FlowState, PeerKey};
 use xlate_common::maps::FlowKey;
 use xlate_common::wire::{
     ipv4::Ipv4Repr,
@@ -16,7 +16,7 @@ use xlate_common::wire::{
     IPPROTO_SAL, IPPROTO_TCP,
 };
 
-use super::maps::HostMaps;
+use super::maps::FlowMaps;
 use crate::rawsock::RawSocket;
 
 const RTO_INITIAL: Duration = Duration::from_secs(1);
@@ -87,7 +87,7 @@ pub(crate) fn mono_ns() -> u64 {
 }
 
 pub struct ControlPlane {
-    pub maps: HostMaps,
+    pub maps: FlowMaps,
     sal: RawSocket,
     inject: RawSocket,
     ctl: HashMap<u32, Ctl>,
@@ -96,7 +96,7 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    pub fn new(maps: HostMaps, sal: RawSocket, inject: RawSocket, idle_timeout: Duration) -> Self {
+    pub fn new(maps: FlowMaps, sal: RawSocket, inject: RawSocket, idle_timeout: Duration) -> Self {
         ControlPlane { maps, sal, inject, ctl: HashMap::new(), closed: HashMap::new(), idle_timeout }
     }
 
@@ -139,7 +139,7 @@ impl ControlPlane {
 
     fn send(&mut self, datagram: &[u8], dst: Ipv4Addr) {
         match self.sal.send_to(datagram, dst) {
-            Ok(()) => self.maps.bump(HostCounter::CtlSent),
+            Ok(()) => self.maps.bump(Counter::CtlSent),
             Err(e) => tracing::warn!("sending a control packet to {dst}: {e}"),
         }
     }
@@ -195,14 +195,14 @@ impl ControlPlane {
                 let flags = ControlFlags::RST | ControlFlags::ACK;
                 let pkt = Self::build(&st, Ipv4Addr::from(addrs.local_ip), peer, flags, c.snd_nxt, c.rcv_nxt);
                 self.send(&pkt, peer);
-                self.free(ev.flow, HostCounter::FlowsFreed);
+                self.free(ev.flow, Counter::FlowsFreed);
             }
             event::PEER_RST => {
                 // The RST itself already reached the local TCP.
                 if let Some(c) = self.ctl.get_mut(&ev.flow) {
                     c.free_at = Some(Instant::now() + CLOSE_LINGER);
                 } else {
-                    self.free(ev.flow, HostCounter::FlowsFreed);
+                    self.free(ev.flow, Counter::FlowsFreed);
                 }
             }
             // Nothing to do on NEW_FLOW/ESTABLISHED: the control state is
@@ -215,11 +215,11 @@ impl ControlPlane {
     /// A SAL packet the kernel passed up (SAL-only control packets).
     pub fn on_packet(&mut self, datagram: &[u8]) {
         let Ok(p) = ServalRepr::parse(datagram) else {
-            self.maps.bump(HostCounter::CtlDropMalformed);
+            self.maps.bump(Counter::CtlDropMalformed);
             return;
         };
         let Some(ctl) = p.sal.control else {
-            self.maps.bump(HostCounter::CtlDropMalformed);
+            self.maps.bump(Counter::CtlDropMalformed);
             return;
         };
         let id = p.sal.dst_flowid.0;
@@ -230,13 +230,13 @@ impl ControlPlane {
         let f = ctl.flags;
         if f.contains(ControlFlags::RST) {
             // Resets are believed without the nonce (the stack does so too).
-            self.maps.bump(HostCounter::CtlRstRcvd);
+            self.maps.bump(Counter::CtlRstRcvd);
             self.inject_rst(&st);
-            self.free(id, HostCounter::FlowsFreed);
+            self.free(id, Counter::FlowsFreed);
             return;
         }
         if ctl.nonce != st.peer_nonce {
-            self.maps.bump(HostCounter::CtlDropBadNonce);
+            self.maps.bump(Counter::CtlDropBadNonce);
             return;
         }
         let from = p.ip.src_addr;
@@ -245,7 +245,7 @@ impl ControlPlane {
             f.contains(ControlFlags::FIN) || f.contains(ControlFlags::RSYN) && !f.contains(ControlFlags::ACK);
         if consumes && before(ctl.verno, rcv_nxt) {
             // Already seen: answer so the peer stops retransmitting.
-            self.maps.bump(HostCounter::CtlStale);
+            self.maps.bump(Counter::CtlStale);
             self.send_ack_or_rsynack(&st, &addrs, f, from);
             return;
         }
@@ -254,7 +254,7 @@ impl ControlPlane {
             return;
         }
         if f.contains(ControlFlags::RSYN) {
-            self.maps.bump(HostCounter::CtlRsynRcvd);
+            self.maps.bump(Counter::CtlRsynRcvd);
             let c = self.ctl_for(&st);
             c.rcv_nxt = ctl.verno.wrapping_add(1);
             let (snd, rcv) = (c.snd_nxt, c.rcv_nxt);
@@ -272,7 +272,7 @@ impl ControlPlane {
             return;
         }
         if f.contains(ControlFlags::FIN) {
-            self.maps.bump(HostCounter::CtlFinRcvd);
+            self.maps.bump(Counter::CtlFinRcvd);
             let c = self.ctl_for(&st);
             c.rcv_nxt = ctl.verno.wrapping_add(1);
             c.peer_fin = true;
@@ -280,7 +280,7 @@ impl ControlPlane {
             self.maybe_done(id);
         }
         if f.contains(ControlFlags::ACK) {
-            self.maps.bump(HostCounter::CtlAckRcvd);
+            self.maps.bump(Counter::CtlAckRcvd);
             self.on_ack(&st, ctl.ackno);
         }
     }
@@ -304,10 +304,10 @@ impl ControlPlane {
         };
         match answer {
             Some((pkt, dst)) => {
-                self.maps.bump(HostCounter::CtlStale);
+                self.maps.bump(Counter::CtlStale);
                 self.send(&pkt, dst);
             }
-            None => self.maps.bump(HostCounter::CtlDropUnknownFlow),
+            None => self.maps.bump(Counter::CtlDropUnknownFlow),
         }
     }
 
@@ -422,7 +422,7 @@ impl ControlPlane {
 
     /// Deletes every trace of a flow from the maps (a cleanly closed one is
     /// remembered by the agent for TIME_WAIT).
-    pub fn free(&mut self, id: u32, why: HostCounter) {
+    pub fn free(&mut self, id: u32, why: Counter) {
         if let (Some(c), Some((st, addrs))) = (self.ctl.get(&id), self.flow(id)) {
             if c.peer_fin && c.fin_acked_at.is_some() {
                 let closed = Closed {
@@ -481,13 +481,13 @@ impl ControlPlane {
         }
         for (d, dst) in resend {
             self.send(&d, dst);
-            self.maps.bump(HostCounter::CtlRetransmit);
+            self.maps.bump(Counter::CtlRetransmit);
         }
         for id in free {
-            self.free(id, HostCounter::FlowsFreed);
+            self.free(id, Counter::FlowsFreed);
         }
         for id in give_up {
-            self.free(id, HostCounter::FlowsExpired);
+            self.free(id, Counter::FlowsExpired);
         }
         self.closed.retain(|_, c| c.until > now);
         self.expire();
@@ -506,7 +506,7 @@ impl ControlPlane {
             }
         }
         for id in stale {
-            self.free(id, HostCounter::FlowsExpired);
+            self.free(id, Counter::FlowsExpired);
         }
     }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
-use xlate_common::flow::{names, FlowAddrs, FlowState, HostConfig, HostCounter, PeerKey, RouteTargets, ServeEntry};
+use xlate_common::flow::{names, Counter, EngineConfig, FlowAddrs, FlowState, PeerKey, RouteTargets, ServeEntry};
 use xlate_common::maps::{FlowKey, ServiceEntry, ServiceKey};
 
 /// Which program family an instance runs: host mode or the gateway.
@@ -45,8 +45,8 @@ pub fn pin_name(kind: Kind, iface: &str) -> Result<String> {
     Ok(format!("{}-{}-{iface}", kind.prefix(), ns.ino()))
 }
 
-pub struct HostMaps {
-    pub config: Array<MapData, HostConfig>,
+pub struct FlowMaps {
+    pub config: Array<MapData, EngineConfig>,
     pub serve: HashMap<MapData, [u8; 32], ServeEntry>,
     pub connect: HashMap<MapData, ServiceKey, ServiceEntry>,
     pub routes: LpmTrie<MapData, [u8; 32], RouteTargets>,
@@ -65,11 +65,11 @@ fn take(ebpf: &mut Ebpf, name: &str, dir: &Path) -> Result<Map> {
     Ok(m)
 }
 
-impl HostMaps {
+impl FlowMaps {
     /// Takes the maps out of the loaded object and pins them in `dir`.
     pub fn take_and_pin(ebpf: &mut Ebpf, dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(HostMaps {
+        Ok(FlowMaps {
             config: take(ebpf, names::CONFIG, dir)?.try_into()?,
             serve: take(ebpf, names::SERVE, dir)?.try_into()?,
             connect: take(ebpf, names::CONNECT, dir)?.try_into()?,
@@ -98,7 +98,7 @@ impl HostMaps {
 
     /// Adds one to a counter from user space (CPU 0's slot; the agent is
     /// the only user-space writer).
-    pub fn bump(&mut self, c: HostCounter) {
+    pub fn bump(&mut self, c: Counter) {
         if let Ok(mut v) = self.counters.get(&c.index(), 0) {
             let mut vals: Vec<u64> = v.iter().copied().collect();
             vals[0] += 1;
@@ -128,6 +128,6 @@ pub fn open_pinned(kind: Kind, iface: &str, name: &str) -> Result<Map> {
 }
 
 /// Sums a per-CPU counter map.
-pub fn read_counters(map: &PerCpuArray<MapData, u64>) -> Vec<(HostCounter, u64)> {
-    HostCounter::all().map(|c| (c, map.get(&c.index(), 0).map(|v| v.iter().sum()).unwrap_or(0))).collect()
+pub fn read_counters(map: &PerCpuArray<MapData, u64>) -> Vec<(Counter, u64)> {
+    Counter::all().map(|c| (c, map.get(&c.index(), 0).map(|v| v.iter().sum()).unwrap_or(0))).collect()
 }

@@ -35,7 +35,7 @@ pub fn init_logging() {
         .with_ansi(false)
         .try_init();
 }
-use maps::{HostMaps, Kind};
+use maps::{FlowMaps, Kind};
 use protocol::{Request, Response};
 
 /// The control socket of a running instance, for `host migrate`. /run is
@@ -65,7 +65,7 @@ pub(crate) fn seed_flow_ids(ebpf: &mut aya::Ebpf) -> Result<()> {
 pub(crate) struct PinGuard(pub(crate) PathBuf);
 impl Drop for PinGuard {
     fn drop(&mut self) {
-        HostMaps::unpin(&self.0);
+        FlowMaps::unpin(&self.0);
     }
 }
 

@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{lpm_trie::Key, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType};
-use xlate_common::flow::{names, HostConfig, RouteTargets, ServeEntry, MAX_ROUTE_TARGETS};
+use xlate_common::flow::{names, EngineConfig, RouteTargets, ServeEntry, MAX_ROUTE_TARGETS};
 use xlate_common::maps::{ServiceEntry, ServiceKey};
 use xlate_common::{ServiceId, ServicePrefix};
 
 use crate::agent::control_plane::ControlPlane;
-use crate::agent::maps::{self, HostMaps, Kind};
+use crate::agent::maps::{self, FlowMaps, Kind};
 use crate::agent::protocol::{self, Request};
 use crate::agent::{control_socket, event_loop, seed_flow_ids};
 use crate::netif::{ConnectRoute, Interface, Segmenter};
@@ -113,11 +113,11 @@ pub fn run(opts: HostOptions) -> Result<()> {
         p.load().with_context(|| format!("the kernel refused {prog}"))?;
     }
     seed_flow_ids(&mut ebpf)?;
-    let mut m = HostMaps::take_and_pin(&mut ebpf, &pin_dir)?;
+    let mut m = FlowMaps::take_and_pin(&mut ebpf, &pin_dir)?;
     // From here on, leave nothing behind on any exit path.
     let _pins = crate::agent::PinGuard(pin_dir.clone());
     let segmenter = Segmenter::create(&iface)?;
-    let cfg = HostConfig {
+    let cfg = EngineConfig {
         addr: iface.addr.octets(),
         broadcast: iface.broadcast.octets(),
         mac: iface.mac,
