@@ -27,14 +27,32 @@ use xlate_common::{
     },
     maps::{FlowKey, ServiceKey},
     translate::{self, Form, TCP_SYN},
-    wire::{checksum, sal, IPPROTO_SAL, IPPROTO_TCP},
+    wire::{checksum, ethernet, ipv4::field as ipf, sal, tcp::field as tcpf, IPPROTO_SAL, IPPROTO_TCP},
 };
 
 use crate::flows::{new_client_flow, synack};
 use crate::sal_rx::{opaque, walk_extensions, EXTS, SCRATCH, SCRATCH_LEN};
 use crate::state::{count, notify, now, ADDRS, CONFIG, FLOWS, TUPLES};
 
-const ETH: usize = 14;
+const ETH: usize = ethernet::HEADER_LEN;
+/// Where the layer-4 header starts (IPv4 without options).
+const L4: usize = ETH + 20;
+
+/// An address field of a copied IPv4 header.
+#[inline(always)]
+fn addr(h: &[u8; 20], at: usize) -> [u8; 4] {
+    [h[at], h[at + 1], h[at + 2], h[at + 3]]
+}
+
+#[inline(always)]
+fn be16(h: &[u8; 20], at: usize) -> u16 {
+    u16::from_be_bytes([h[at], h[at + 1]])
+}
+
+#[inline(always)]
+fn be32(h: &[u8; 20], at: usize) -> u32 {
+    u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]])
+}
 const TCP_ACK: u8 = 0x10;
 
 #[map(name = "GW_SERVICES")]
@@ -78,11 +96,11 @@ pub fn xlate_gw(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn gateway(ctx: &XdpContext) -> Option<u32> {
-    if rd::<[u8; 2]>(ctx, 12)? != [0x08, 0x00] {
+    if u16::from_be_bytes(rd(ctx, ethernet::field::ETHERTYPE)?) != ethernet::ETHERTYPE_IPV4 {
         return Some(XDP_PASS);
     }
     let vihl: u8 = rd(ctx, ETH)?;
-    let proto: u8 = rd(ctx, ETH + 9)?;
+    let proto: u8 = rd(ctx, ETH + ipf::PROTOCOL)?;
     if proto != IPPROTO_TCP && proto != IPPROTO_SAL {
         return Some(XDP_PASS);
     }
@@ -90,7 +108,7 @@ fn gateway(ctx: &XdpContext) -> Option<u32> {
         count(Counter::GwPassIpOptions);
         return Some(XDP_PASS);
     }
-    if u16::from_be_bytes(rd(ctx, ETH + 6)?) & 0x3fff != 0 {
+    if u16::from_be_bytes(rd(ctx, ETH + ipf::FLAGS_FRAG)?) & 0x3fff != 0 {
         count(Counter::GwPassFragment);
         return Some(XDP_PASS);
     }
@@ -100,16 +118,16 @@ fn gateway(ctx: &XdpContext) -> Option<u32> {
     // inside a direction, so that no call chain stacks two big frames.
     if proto == IPPROTO_TCP {
         let key = FlowKey {
-            saddr: rd(ctx, ETH + 12)?,
-            daddr: rd(ctx, ETH + 16)?,
-            sport: rd(ctx, ETH + 20)?,
-            dport: rd(ctx, ETH + 22)?,
+            saddr: rd(ctx, ETH + ipf::SRC)?,
+            daddr: rd(ctx, ETH + ipf::DST)?,
+            sport: rd(ctx, L4 + tcpf::SRC_PORT)?,
+            dport: rd(ctx, L4 + tcpf::DST_PORT)?,
         };
         // SAFETY: plain map lookup.
         let id = match unsafe { TUPLES.get(&key) } {
             Some(id) => *id,
             None => {
-                let r = new_flow(&key, rd(ctx, ETH + 20 + 13)?);
+                let r = new_flow(&key, rd(ctx, L4 + tcpf::FLAGS)?);
                 if r >> 32 == 0 {
                     return Some(r as u32);
                 }
@@ -188,17 +206,17 @@ fn forward_inner(ctx: &XdpContext, deferred: bool) -> Option<u32> {
         return Some(XDP_PASS);
     }
     let ip: [u8; 20] = rd(ctx, ETH)?;
-    if ip[8] <= 1 {
+    if ip[ipf::TTL] <= 1 {
         return Some(XDP_PASS);
     }
     // SAFETY: a plain C struct of integers and byte arrays; all-zero is valid.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.family = 2; // AF_INET
-    p.l4_protocol = ip[9];
-    p.__bindgen_anon_1.tot_len = u16::from_be_bytes([ip[2], ip[3]]);
-    p.__bindgen_anon_2.tos = ip[1];
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    p.l4_protocol = ip[ipf::PROTOCOL];
+    p.__bindgen_anon_1.tot_len = be16(&ip, ipf::TOTAL_LEN);
+    p.__bindgen_anon_2.tos = ip[ipf::TOS];
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(addr(&ip, ipf::SRC));
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(addr(&ip, ipf::DST));
     // SAFETY: reading the context.
     p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     // SAFETY: params point to our stack struct of the size given.
@@ -214,18 +232,18 @@ fn forward_inner(ctx: &XdpContext, deferred: bool) -> Option<u32> {
         return Some(XDP_PASS);
     }
     let mut h = ip;
-    h[8] -= 1;
+    h[ipf::TTL] -= 1;
     let c = checksum::update16(
-        u16::from_be_bytes([ip[10], ip[11]]),
-        u16::from_be_bytes([ip[8], ip[9]]),
-        u16::from_be_bytes([h[8], h[9]]),
+        be16(&ip, ipf::CHECKSUM),
+        be16(&ip, ipf::TTL),
+        be16(&h, ipf::TTL),
     );
-    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h[ipf::CHECKSUM..ipf::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
     wr(ctx, ETH, h)?;
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&p.dmac);
     macs[6..].copy_from_slice(&p.smac);
-    wr(ctx, 0, macs)?;
+    wr(ctx, ethernet::field::DST, macs)?;
     count(Counter::GwRedirected);
     // SAFETY: plain helper call.
     Some(unsafe { aya_ebpf::helpers::bpf_redirect(p.ifindex, 0) } as u32)
@@ -303,14 +321,14 @@ fn leave_note(ctx: &XdpContext, csum_offset: usize, note: Option<(u16, u16)>) {
 #[inline(always)]
 fn write_ip(ctx: &XdpContext, at: usize, src: [u8; 4], dst: [u8; 4], proto: u8, tot_len: u16) -> Option<()> {
     let mut h: [u8; 20] = rd(ctx, at)?;
-    h[2..4].copy_from_slice(&tot_len.to_be_bytes());
-    h[9] = proto;
-    h[10] = 0;
-    h[11] = 0;
-    h[12..16].copy_from_slice(&src);
-    h[16..20].copy_from_slice(&dst);
+    h[ipf::TOTAL_LEN..ipf::TOTAL_LEN + 2].copy_from_slice(&tot_len.to_be_bytes());
+    h[ipf::PROTOCOL] = proto;
+    h[ipf::CHECKSUM] = 0;
+    h[ipf::CHECKSUM + 1] = 0;
+    h[ipf::SRC..ipf::SRC + 4].copy_from_slice(&src);
+    h[ipf::DST..ipf::DST + 4].copy_from_slice(&dst);
     let c = !translate::sum_words(&h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h[ipf::CHECKSUM..ipf::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
     wr(ctx, at, h)
 }
 
@@ -392,21 +410,21 @@ fn new_flow(key: &FlowKey, flags: u8) -> u64 {
 #[inline(always)]
 fn to_sal(ctx: &XdpContext, id: u32, written: &mut bool) -> Option<u32> {
     let ip: [u8; 20] = rd(ctx, ETH)?;
-    let (saddr, daddr) = ([ip[12], ip[13], ip[14], ip[15]], [ip[16], ip[17], ip[18], ip[19]]);
-    let l4 = ETH + 20;
+    let (saddr, daddr) = (addr(&ip, ipf::SRC), addr(&ip, ipf::DST));
+    let l4 = L4;
     let tcp: [u8; 20] = rd(ctx, l4)?;
-    let flags = tcp[13];
+    let flags = tcp[tcpf::FLAGS];
     let flow = FLOWS.get_ptr_mut(&id)?;
     // SAFETY: map value, valid while we run.
     let flow = unsafe { &mut *flow };
     let addrs = *unsafe { ADDRS.get(&id) }?;
     let cfg = CONFIG.get(0)?;
 
-    let tot_len = u16::from_be_bytes([ip[2], ip[3]]);
-    let doff = u16::from(tcp[12] >> 4) * 4;
+    let tot_len = be16(&ip, ipf::TOTAL_LEN);
+    let doff = u16::from(tcp[tcpf::DATA_OFF] >> 4) * 4;
     let tcp_len = tot_len.wrapping_sub(20);
     let payload = u32::from(tcp_len.wrapping_sub(doff));
-    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let seq = be32(&tcp, tcpf::SEQ);
     let seq_end = seq.wrapping_add(payload);
     let form = translate::egress_form(flow, flags, payload, seq_end);
     let ev = translate::note_egress(flow, flags, seq_end);
@@ -415,7 +433,7 @@ fn to_sal(ctx: &XdpContext, id: u32, written: &mut bool) -> Option<u32> {
     }
     flow.last_seen_ns = now();
 
-    let check = u16::from_be_bytes([tcp[16], tcp[17]]);
+    let check = be16(&tcp, tcpf::CHECKSUM);
     let ambiguous = checksum_ambiguous(check, saddr, daddr, tcp_len);
     *written = true;
     let mss = if flags & TCP_SYN != 0 && doff >= 24 { clamp_mss(ctx, l4 + 20, cfg.max_mss)? } else { (0, 0) };
@@ -423,20 +441,20 @@ fn to_sal(ctx: &XdpContext, id: u32, written: &mut bool) -> Option<u32> {
         check,
         ambiguous,
         (saddr, addrs.local_ip, daddr, addrs.peer_ip),
-        (u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]), 0),
+        (be32(&tcp, tcpf::SRC_PORT), 0),
         mss,
     );
     let tp = ptr::<[u8; 20]>(ctx, l4)?;
     // SAFETY: bounds checked by ptr().
     let mut t = unsafe { tp.read_unaligned() };
-    t[0..4].copy_from_slice(&[0; 4]);
-    t[16..18].copy_from_slice(&nc.write.to_be_bytes());
+    t[tcpf::SRC_PORT..tcpf::SRC_PORT + 4].copy_from_slice(&[0; 4]);
+    t[tcpf::CHECKSUM..tcpf::CHECKSUM + 2].copy_from_slice(&nc.write.to_be_bytes());
     // SAFETY: as above.
     unsafe { tp.write_unaligned(t) };
 
     // Make room for SAL in front: move Ethernet + IPv4 back by `room`.
     let room = form.header_len();
-    let head: [u8; ETH + 20] = rd(ctx, 0)?;
+    let head: [u8; L4] = rd(ctx, 0)?;
     // SAFETY: adjusting the head of our own frame; bounds re-checked after.
     if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, -(room as i32)) } != 0 {
         // Ports already zeroed: the frame cannot go on as it is.
@@ -454,7 +472,7 @@ fn to_sal(ctx: &XdpContext, id: u32, written: &mut bool) -> Option<u32> {
         Form::Data => wr(ctx, l4, translate::data_header(flow))?,
     }
     count(Counter::GwToSal);
-    leave_note(ctx, l4 + room + 16, nc.note);
+    leave_note(ctx, l4 + room + tcpf::CHECKSUM, nc.note);
     forward(ctx, ambiguous)
 }
 
@@ -463,12 +481,12 @@ fn to_sal(ctx: &XdpContext, id: u32, written: &mut bool) -> Option<u32> {
 fn to_tcp(ctx: &XdpContext, written: &mut bool) -> Option<u32> {
     let cfg = CONFIG.get(0)?;
     let ip: [u8; 20] = rd(ctx, ETH)?;
-    if [ip[16], ip[17], ip[18], ip[19]] != cfg.addr {
+    if addr(&ip, ipf::DST) != cfg.addr {
         return Some(XDP_PASS);
     }
-    let ip_src = [ip[12], ip[13], ip[14], ip[15]];
-    let tot_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let l4 = ETH + 20;
+    let ip_src = addr(&ip, ipf::SRC);
+    let tot_len = usize::from(be16(&ip, ipf::TOTAL_LEN));
+    let l4 = L4;
     let shl: u8 = rd(ctx, l4 + sal::field::SHL)?;
     let hl = usize::from(shl) * 4;
     if hl < sal::BASE_LEN || hl > SCRATCH_LEN || tot_len < 20 + hl || ctx.data() + ETH + tot_len > ctx.data_end() {
@@ -538,11 +556,11 @@ fn to_tcp(ctx: &XdpContext, written: &mut bool) -> Option<u32> {
     let hl = opaque(hl) & 0x3fc;
     let tcp_at = l4 + hl;
     let tcp: [u8; 20] = rd(ctx, tcp_at)?;
-    let flags = tcp[13];
-    let doff = u16::from(tcp[12] >> 4) * 4;
+    let flags = tcp[tcpf::FLAGS];
+    let doff = u16::from(tcp[tcpf::DATA_OFF] >> 4) * 4;
     let tcp_len = (tot_len - 20 - hl) as u16;
-    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-    let ackn = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+    let seq = be32(&tcp, tcpf::SEQ);
+    let ackn = be32(&tcp, tcpf::ACK);
     let ev = translate::note_ingress(flow, flags, seq, ackn, u32::from(tcp_len.wrapping_sub(doff)));
     if ev != 0 {
         notify(ev, dst_flow);
@@ -551,8 +569,8 @@ fn to_tcp(ctx: &XdpContext, written: &mut bool) -> Option<u32> {
     let mut ports = [0u8; 4];
     ports[..2].copy_from_slice(&flow.tcp_peer_port);
     ports[2..].copy_from_slice(&flow.tcp_local_port);
-    let ip_dst = [ip[16], ip[17], ip[18], ip[19]];
-    let check = u16::from_be_bytes([tcp[16], tcp[17]]);
+    let ip_dst = addr(&ip, ipf::DST);
+    let check = be16(&tcp, tcpf::CHECKSUM);
     let ambiguous = checksum_ambiguous(check, ip_src, ip_dst, tcp_len);
     *written = true;
     let mss = if flags & TCP_SYN != 0 && doff >= 24 { clamp_mss(ctx, tcp_at + 20, cfg.max_mss)? } else { (0, 0) };
@@ -560,19 +578,19 @@ fn to_tcp(ctx: &XdpContext, written: &mut bool) -> Option<u32> {
         check,
         ambiguous,
         (ip_src, flow.tcp_peer_addr, ip_dst, flow.tcp_local_addr),
-        (u32::from_be_bytes([tcp[0], tcp[1], tcp[2], tcp[3]]), u32::from_be_bytes(ports)),
+        (be32(&tcp, tcpf::SRC_PORT), u32::from_be_bytes(ports)),
         mss,
     );
     let tp = ptr::<[u8; 20]>(ctx, tcp_at)?;
     // SAFETY: bounds checked by ptr().
     let mut t = unsafe { tp.read_unaligned() };
-    t[0..4].copy_from_slice(&ports);
-    t[16..18].copy_from_slice(&nc.write.to_be_bytes());
+    t[tcpf::SRC_PORT..tcpf::SRC_PORT + 4].copy_from_slice(&ports);
+    t[tcpf::CHECKSUM..tcpf::CHECKSUM + 2].copy_from_slice(&nc.write.to_be_bytes());
     // SAFETY: as above.
     unsafe { tp.write_unaligned(t) };
 
     // Drop the SAL header: move Ethernet + IPv4 forward by `hl`.
-    let head: [u8; ETH + 20] = rd(ctx, 0)?;
+    let head: [u8; L4] = rd(ctx, 0)?;
     wr(ctx, hl, head)?;
     // SAFETY: shrinking the head of our own frame.
     if unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, hl as i32) } != 0 {
@@ -580,7 +598,7 @@ fn to_tcp(ctx: &XdpContext, written: &mut bool) -> Option<u32> {
     }
     write_ip(ctx, ETH, flow.tcp_peer_addr, flow.tcp_local_addr, IPPROTO_TCP, tcp_len + 20)?;
     count(Counter::GwToTcp);
-    leave_note(ctx, ETH + 20 + 16, nc.note);
+    leave_note(ctx, L4 + tcpf::CHECKSUM, nc.note);
     forward(ctx, ambiguous)
 }
 

@@ -21,7 +21,7 @@ use xlate_common::{
     flow::{event, flag, role, state, FlowAddrs, FlowState, Counter, PeerKey, ServeEntry},
     maps::{FlowKey, ServiceEntry, ServiceKey},
     translate::{self, Form, TCP_ACK, TCP_SYN},
-    wire::{sal, IPPROTO_SAL, IPPROTO_TCP},
+    wire::{ethernet, ipv4::field as ipf, sal, tcp::field as tcpf, IPPROTO_SAL, IPPROTO_TCP},
 };
 
 use crate::flows::{new_client_flow, synack};
@@ -30,10 +30,8 @@ use crate::state::{
     alloc_flow_id, count, notify, now, rand32, rand_nonce, ADDRS, BPF_NOEXIST, CONFIG, FLOWS, PEERS, TUPLES,
 };
 
-const ETH_LEN: usize = 14;
-const IP_OFF: usize = ETH_LEN;
-const L4_OFF: usize = ETH_LEN + 20;
-const ETH_P_IP_BE: u16 = 0x0008; // 0x0800 as read raw on little-endian
+const IP_OFF: usize = ethernet::HEADER_LEN;
+const L4_OFF: usize = IP_OFF + 20;
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
 const BPF_ADJ_ROOM_NET: u32 = 0;
 const PACKET_HOST: u32 = 0;
@@ -89,23 +87,23 @@ pub fn xlate_host_segmented(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn egress(ctx: &TcContext, at_segmenter: bool, written: &mut bool) -> Result<i32, i64> {
-    if ctx.load::<u16>(12)? != ETH_P_IP_BE {
+    if u16::from_be(ctx.load::<u16>(ethernet::field::ETHERTYPE)?) != ethernet::ETHERTYPE_IPV4 {
         return Ok(TC_ACT_OK);
     }
     let vihl: u8 = ctx.load(IP_OFF)?;
-    let proto: u8 = ctx.load(IP_OFF + 9)?;
+    let proto: u8 = ctx.load(IP_OFF + ipf::PROTOCOL)?;
     if proto != IPPROTO_TCP {
         return Ok(TC_ACT_OK);
     }
-    if vihl != 0x45 || u16::from_be(ctx.load::<u16>(IP_OFF + 6)?) & 0x3fff != 0 {
+    if vihl != 0x45 || u16::from_be(ctx.load::<u16>(IP_OFF + ipf::FLAGS_FRAG)?) & 0x3fff != 0 {
         count(Counter::EgressNotOurs);
         return Ok(TC_ACT_OK);
     }
-    let saddr: [u8; 4] = ctx.load(IP_OFF + 12)?;
-    let daddr: [u8; 4] = ctx.load(IP_OFF + 16)?;
+    let saddr: [u8; 4] = ctx.load(IP_OFF + ipf::SRC)?;
+    let daddr: [u8; 4] = ctx.load(IP_OFF + ipf::DST)?;
     let sport: [u8; 2] = ctx.load(L4_OFF)?;
-    let dport: [u8; 2] = ctx.load(L4_OFF + 2)?;
-    let tcp_flags: u8 = ctx.load(L4_OFF + 13)?;
+    let dport: [u8; 2] = ctx.load(L4_OFF + tcpf::DST_PORT)?;
+    let tcp_flags: u8 = ctx.load(L4_OFF + tcpf::FLAGS)?;
     let key = FlowKey { saddr, daddr, sport, dport };
 
     let id = match unsafe { TUPLES.get(&key) } {
@@ -157,10 +155,10 @@ fn egress(ctx: &TcContext, at_segmenter: bool, written: &mut bool) -> Result<i32
         return Ok(TC_ACT_SHOT);
     }
 
-    let tot_len = u16::from_be(ctx.load::<u16>(IP_OFF + 2)?);
-    let doff = usize::from(ctx.load::<u8>(L4_OFF + 12)? >> 4) * 4;
+    let tot_len = u16::from_be(ctx.load::<u16>(IP_OFF + ipf::TOTAL_LEN)?);
+    let doff = usize::from(ctx.load::<u8>(L4_OFF + tcpf::DATA_OFF)? >> 4) * 4;
     let payload = u32::from(tot_len).wrapping_sub(20).wrapping_sub(doff as u32);
-    let seq = u32::from_be(ctx.load::<u32>(L4_OFF + 4)?);
+    let seq = u32::from_be(ctx.load::<u32>(L4_OFF + tcpf::SEQ)?);
     let seq_end = seq.wrapping_add(payload);
     let form = translate::egress_form(flow, tcp_flags, payload, seq_end);
     let ev = translate::note_egress(flow, tcp_flags, seq_end);
@@ -171,7 +169,7 @@ fn egress(ctx: &TcContext, at_segmenter: bool, written: &mut bool) -> Result<i32
 
     // TCP rewrites at the current offsets, checksum-neutral where the
     // kernel will finish the checksum (CHECKSUM_PARTIAL): the helpers know.
-    let csum_off = L4_OFF + 16;
+    let csum_off = L4_OFF + tcpf::CHECKSUM;
     *written = true;
     if tcp_flags & TCP_SYN != 0 {
         clamp_mss(ctx, L4_OFF, doff)?;
@@ -183,14 +181,14 @@ fn egress(ctx: &TcContext, at_segmenter: bool, written: &mut bool) -> Result<i32
 
     // IPv4: protocol 6 -> 144, total length grows by the SAL header.
     let room = form.header_len();
-    let ttl_proto_old: u16 = ctx.load(IP_OFF + 8)?;
+    let ttl_proto_old: u16 = ctx.load(IP_OFF + ipf::TTL)?;
     let ttl_proto_new = (ttl_proto_old & 0x00ff) | (u16::from(IPPROTO_SAL) << 8);
-    ctx.store(IP_OFF + 8, &ttl_proto_new, 0)?;
-    ctx.l3_csum_replace(IP_OFF + 10, u64::from(ttl_proto_old), u64::from(ttl_proto_new), 2)?;
+    ctx.store(IP_OFF + ipf::TTL, &ttl_proto_new, 0)?;
+    ctx.l3_csum_replace(IP_OFF + ipf::CHECKSUM, u64::from(ttl_proto_old), u64::from(ttl_proto_new), 2)?;
     let len_old = tot_len.to_be();
     let len_new = (tot_len + room as u16).to_be();
-    ctx.store(IP_OFF + 2, &len_new, 0)?;
-    ctx.l3_csum_replace(IP_OFF + 10, u64::from(len_old), u64::from(len_new), 2)?;
+    ctx.store(IP_OFF + ipf::TOTAL_LEN, &len_new, 0)?;
+    ctx.l3_csum_replace(IP_OFF + ipf::CHECKSUM, u64::from(len_old), u64::from(len_new), 2)?;
 
     ctx.adjust_room(room as i32, BPF_ADJ_ROOM_NET, 0)?;
 
@@ -206,9 +204,9 @@ fn egress(ctx: &TcContext, at_segmenter: bool, written: &mut bool) -> Result<i32
     // Link layer: the peer's MAC once known; the SYN goes to broadcast
     // (the receiving host mode marks it PACKET_HOST).
     if flow.flags & flag::HAS_PEER_MAC != 0 {
-        ctx.store(0, &flow.peer_mac, 0)?;
+        ctx.store(ethernet::field::DST, &flow.peer_mac, 0)?;
     } else if form == Form::Syn {
-        ctx.store(0, &[0xffu8; 6], 0)?;
+        ctx.store(ethernet::field::DST, &[0xffu8; 6], 0)?;
     }
     count(Counter::EgressTranslated);
     if at_segmenter {
@@ -231,15 +229,15 @@ fn rewrite_addrs(
 ) -> Result<(), i64> {
     if s_old != s_new {
         let (o, n) = (u32::from_ne_bytes(s_old), u32::from_ne_bytes(s_new));
-        ctx.store(IP_OFF + 12, &s_new, 0)?;
+        ctx.store(IP_OFF + ipf::SRC, &s_new, 0)?;
         ctx.l4_csum_replace(tcp_csum, u64::from(o), u64::from(n), BPF_F_PSEUDO_HDR | 4)?;
-        ctx.l3_csum_replace(IP_OFF + 10, u64::from(o), u64::from(n), 4)?;
+        ctx.l3_csum_replace(IP_OFF + ipf::CHECKSUM, u64::from(o), u64::from(n), 4)?;
     }
     if d_old != d_new {
         let (o, n) = (u32::from_ne_bytes(d_old), u32::from_ne_bytes(d_new));
-        ctx.store(IP_OFF + 16, &d_new, 0)?;
+        ctx.store(IP_OFF + ipf::DST, &d_new, 0)?;
         ctx.l4_csum_replace(tcp_csum, u64::from(o), u64::from(n), BPF_F_PSEUDO_HDR | 4)?;
-        ctx.l3_csum_replace(IP_OFF + 10, u64::from(o), u64::from(n), 4)?;
+        ctx.l3_csum_replace(IP_OFF + ipf::CHECKSUM, u64::from(o), u64::from(n), 4)?;
     }
     Ok(())
 }
@@ -250,6 +248,7 @@ fn clamp_mss(ctx: &TcContext, tcp: usize, doff: usize) -> Result<(), i64> {
     if doff < 24 {
         return Ok(());
     }
+    // The first option, right after the 20-byte header: kind 2, length 4.
     let kind_len: u16 = ctx.load(tcp + 20)?;
     if kind_len != u16::from_ne_bytes([2, 4]) {
         return Ok(());
@@ -261,7 +260,7 @@ fn clamp_mss(ctx: &TcContext, tcp: usize, doff: usize) -> Result<(), i64> {
     if u16::from_be(old) > cfg.max_mss {
         let new = cfg.max_mss.to_be();
         ctx.store(tcp + 22, &new, 0)?;
-        ctx.l4_csum_replace(tcp + 16, u64::from(old), u64::from(new), 2)?;
+        ctx.l4_csum_replace(tcp + tcpf::CHECKSUM, u64::from(old), u64::from(new), 2)?;
     }
     Ok(())
 }
@@ -281,22 +280,22 @@ pub fn xlate_host_ingress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn ingress(ctx: &TcContext) -> Result<i32, i64> {
-    if ctx.load::<u16>(12)? != ETH_P_IP_BE {
+    if u16::from_be(ctx.load::<u16>(ethernet::field::ETHERTYPE)?) != ethernet::ETHERTYPE_IPV4 {
         return Ok(TC_ACT_OK);
     }
-    let proto: u8 = ctx.load(IP_OFF + 9)?;
+    let proto: u8 = ctx.load(IP_OFF + ipf::PROTOCOL)?;
     if proto != IPPROTO_SAL {
         count(Counter::IngressNotSal);
         return Ok(TC_ACT_OK);
     }
     let vihl: u8 = ctx.load(IP_OFF)?;
-    if vihl != 0x45 || u16::from_be(ctx.load::<u16>(IP_OFF + 6)?) & 0x3fff != 0 {
+    if vihl != 0x45 || u16::from_be(ctx.load::<u16>(IP_OFF + ipf::FLAGS_FRAG)?) & 0x3fff != 0 {
         // Serval sends neither options nor fragments.
         count(Counter::DropIpOptions);
         return Ok(TC_ACT_SHOT);
     }
-    let tot_len = usize::from(u16::from_be(ctx.load::<u16>(IP_OFF + 2)?));
-    if tot_len < 20 + sal::BASE_LEN || ETH_LEN + tot_len > ctx.len() as usize {
+    let tot_len = usize::from(u16::from_be(ctx.load::<u16>(IP_OFF + ipf::TOTAL_LEN)?));
+    if tot_len < 20 + sal::BASE_LEN || IP_OFF + tot_len > ctx.len() as usize {
         count(Counter::DropBadLength);
         return Ok(TC_ACT_SHOT);
     }
@@ -332,9 +331,7 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
     // SAFETY: sums n bytes of our own buffer; n is a multiple of 4.
     let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, buf.as_mut_ptr() as *mut u32, n as u32, 0) };
     let sum = sum as u32;
-    let folded = (sum & 0xffff) + (sum >> 16);
-    let folded = (folded & 0xffff) + (folded >> 16);
-    if folded != 0xffff {
+    if xlate_common::wire::checksum::fold(sum) != 0xffff {
         count(Counter::DropBadChecksum);
         return Ok(TC_ACT_SHOT);
     }
@@ -360,7 +357,7 @@ fn ingress(ctx: &TcContext) -> Result<i32, i64> {
     }
     let src_flow = be32(buf, 0);
     let dst_flow = be32(buf, 4);
-    let ip_src: [u8; 4] = ctx.load(IP_OFF + 12)?;
+    let ip_src: [u8; 4] = ctx.load(IP_OFF + ipf::SRC)?;
     let syn = sal::ControlFlags::SYN.bits();
     let ack = sal::ControlFlags::ACK.bits();
 
@@ -491,19 +488,19 @@ fn translate_in(ctx: &TcContext, id: u32, hl: usize) -> Result<i32, i64> {
     };
     let hl = hl & 0x3fc;
     let tcp = L4_OFF + hl;
-    let csum_off = tcp + 16;
-    let tcp_flags: u8 = ctx.load(tcp + 13)?;
-    let doff = usize::from(ctx.load::<u8>(tcp + 12)? >> 4) * 4;
-    let tot_len = u16::from_be(ctx.load::<u16>(IP_OFF + 2)?);
+    let csum_off = tcp + tcpf::CHECKSUM;
+    let tcp_flags: u8 = ctx.load(tcp + tcpf::FLAGS)?;
+    let doff = usize::from(ctx.load::<u8>(tcp + tcpf::DATA_OFF)? >> 4) * 4;
+    let tot_len = u16::from_be(ctx.load::<u16>(IP_OFF + ipf::TOTAL_LEN)?);
 
     // Learn the peer's link address (its own, or its router's).
-    let src_mac: [u8; 6] = ctx.load(6)?;
+    let src_mac: [u8; 6] = ctx.load(ethernet::field::SRC)?;
     if flow.flags & flag::HAS_PEER_MAC == 0 || flow.peer_mac != src_mac {
         flow.peer_mac = src_mac;
         flow.flags |= flag::HAS_PEER_MAC;
     }
-    let seq = u32::from_be(ctx.load::<u32>(tcp + 4)?);
-    let ackn = u32::from_be(ctx.load::<u32>(tcp + 8)?);
+    let seq = u32::from_be(ctx.load::<u32>(tcp + tcpf::SEQ)?);
+    let ackn = u32::from_be(ctx.load::<u32>(tcp + tcpf::ACK)?);
     let payload = u32::from(tot_len).wrapping_sub(20 + hl as u32 + doff as u32);
     let ev = translate::note_ingress(flow, tcp_flags, seq, ackn, payload);
     if ev != 0 {
@@ -521,22 +518,22 @@ fn translate_in(ctx: &TcContext, id: u32, hl: usize) -> Result<i32, i64> {
     let new_ports = u32::from_ne_bytes(ports);
     ctx.store(tcp, &new_ports, 0)?;
     ctx.l4_csum_replace(csum_off, u64::from(old_ports), u64::from(new_ports), 4)?;
-    let saddr: [u8; 4] = ctx.load(IP_OFF + 12)?;
-    let daddr: [u8; 4] = ctx.load(IP_OFF + 16)?;
+    let saddr: [u8; 4] = ctx.load(IP_OFF + ipf::SRC)?;
+    let daddr: [u8; 4] = ctx.load(IP_OFF + ipf::DST)?;
     rewrite_addrs(ctx, csum_off, saddr, flow.tcp_peer_addr, daddr, flow.tcp_local_addr)?;
 
-    let ttl_proto_old: u16 = ctx.load(IP_OFF + 8)?;
+    let ttl_proto_old: u16 = ctx.load(IP_OFF + ipf::TTL)?;
     let ttl_proto_new = (ttl_proto_old & 0x00ff) | (u16::from(IPPROTO_TCP) << 8);
-    ctx.store(IP_OFF + 8, &ttl_proto_new, 0)?;
-    ctx.l3_csum_replace(IP_OFF + 10, u64::from(ttl_proto_old), u64::from(ttl_proto_new), 2)?;
+    ctx.store(IP_OFF + ipf::TTL, &ttl_proto_new, 0)?;
+    ctx.l3_csum_replace(IP_OFF + ipf::CHECKSUM, u64::from(ttl_proto_old), u64::from(ttl_proto_new), 2)?;
     let len_old = tot_len.to_be();
     let len_new = (tot_len - hl as u16).to_be();
-    ctx.store(IP_OFF + 2, &len_new, 0)?;
-    ctx.l3_csum_replace(IP_OFF + 10, u64::from(len_old), u64::from(len_new), 2)?;
+    ctx.store(IP_OFF + ipf::TOTAL_LEN, &len_new, 0)?;
+    ctx.l3_csum_replace(IP_OFF + ipf::CHECKSUM, u64::from(len_old), u64::from(len_new), 2)?;
 
     // Broadcast SYNs (and any frame not addressed to our MAC) become
     // ours: TCP only accepts PACKET_HOST.
-    ctx.store(0, &cfg.mac, 0)?;
+    ctx.store(ethernet::field::DST, &cfg.mac, 0)?;
     ctx.change_type(PACKET_HOST)?;
     ctx.adjust_room(-(hl as i32), BPF_ADJ_ROOM_NET, 0)?;
     count(Counter::IngressTranslated);

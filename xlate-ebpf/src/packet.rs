@@ -5,8 +5,7 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
 
-pub const ETH_HDR_LEN: usize = 14;
-pub const ETH_P_IP: u16 = 0x0800;
+pub use xlate_common::wire::ethernet::{ETHERTYPE_IPV4 as ETH_P_IP, HEADER_LEN as ETH_HDR_LEN};
 
 /// A pointer to a `T` at `offset` from the start of the frame, if the whole
 /// `T` lies inside the frame.

@@ -15,8 +15,7 @@ use xlate_common::wire::{
     IPPROTO_ICMP, IPPROTO_SAL, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_VLAN: u16 = 0x8100;
+use xlate_common::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_VLAN};
 
 /// The link layers a capture may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

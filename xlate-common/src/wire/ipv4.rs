@@ -6,7 +6,8 @@ use super::{be16, checksum, need, put16, Error, Result};
 
 pub const HEADER_LEN: usize = 20;
 
-mod field {
+/// Byte offsets of the IPv4 header fields (no options).
+pub mod field {
     pub const VER_IHL: usize = 0;
     pub const TOS: usize = 1;
     pub const TOTAL_LEN: usize = 2;

@@ -7,6 +7,7 @@
 //! checks whatever is needed to represent the packet faithfully.
 
 pub mod checksum;
+pub mod ethernet;
 pub mod ipv4;
 pub mod packet;
 pub mod sal;

@@ -8,7 +8,8 @@ use super::{be16, be32, checksum, need, put16, put32, Error, Result, IPPROTO_TCP
 
 pub const HEADER_LEN: usize = 20;
 
-mod field {
+/// Byte offsets of the TCP header fields.
+pub mod field {
     pub const SRC_PORT: usize = 0;
     pub const DST_PORT: usize = 2;
     pub const SEQ: usize = 4;
