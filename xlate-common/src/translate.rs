@@ -6,10 +6,11 @@
 use crate::flow::{event, flag, role, state, FlowState};
 use crate::wire::{sal, IPPROTO_TCP};
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+// The TCP flag bits the bookkeeping reads: the wire library's.
+pub const TCP_FIN: u8 = crate::wire::tcp::TcpFlags::FIN;
+pub const TCP_SYN: u8 = crate::wire::tcp::TcpFlags::SYN;
+pub const TCP_RST: u8 = crate::wire::tcp::TcpFlags::RST;
+pub const TCP_ACK: u8 = crate::wire::tcp::TcpFlags::ACK;
 
 /// What a TCP segment of the legacy side becomes on the SAL side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

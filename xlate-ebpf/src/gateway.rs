@@ -26,7 +26,7 @@ use xlate_common::{
         role, state, Counter,
     },
     maps::{FlowKey, ServiceKey},
-    translate::{self, Form, TCP_SYN},
+    translate::{self, Form, TCP_ACK, TCP_SYN},
     wire::{checksum, ethernet, ipv4::field as ipf, sal, tcp::field as tcpf, IPPROTO_SAL, IPPROTO_TCP},
 };
 
@@ -53,7 +53,6 @@ fn be16(h: &[u8; 20], at: usize) -> u16 {
 fn be32(h: &[u8; 20], at: usize) -> u32 {
     u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]])
 }
-const TCP_ACK: u8 = 0x10;
 
 #[map(name = "GW_SERVICES")]
 static SERVICES: HashMap<ServiceKey, GwService> = HashMap::with_max_entries(MAX_SERVICES, 0);
