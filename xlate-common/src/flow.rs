@@ -234,7 +234,9 @@ pub mod event {
 /// each with the name operators see (`stats`, metrics). The variants are
 /// the array's indices, in order; strum derives the count, the list and
 /// the names from this one declaration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumCount, strum::EnumIter, strum::IntoStaticStr)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumCount, strum::EnumIter, strum::IntoStaticStr, strum::FromRepr,
+)]
 #[strum(serialize_all = "snake_case")]
 #[repr(u32)]
 pub enum Counter {
@@ -310,6 +312,9 @@ pub enum Counter {
     /// Egress: a packet too short to read, before anything was written.
     #[strum(serialize = "egress_passed_unreadable")]
     EgressPassUnreadable,
+    /// A tuple whose flow the agent freed meanwhile: passed untranslated.
+    #[strum(serialize = "passed_flow_freed")]
+    PassFlowFreed,
 }
 
 impl Counter {

@@ -10,10 +10,10 @@ use aya_ebpf::{
 };
 use xlate_common::{
     maps::ClassifierCounter,
-    wire::{ipv4, sal, IPPROTO_SAL, IPPROTO_TCP},
+    wire::{ethernet, ipv4, sal, IPPROTO_SAL, IPPROTO_TCP},
 };
 
-use crate::packet::{be16_at, ptr_at, u8_at, ETH_HDR_LEN, ETH_P_IP};
+use crate::engine::frame::{Frame, XdpFrame, IP_AT};
 
 #[map(name = "XLATE_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ClassifierCounter::COUNT as u32, 0);
@@ -35,19 +35,18 @@ pub fn xlate_classify(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> ClassifierCounter {
-    let Some(ethertype) = be16_at(ctx, 12) else {
+    let f = XdpFrame::new(ctx);
+    let Ok(ethertype) = f.load::<[u8; 2]>(ethernet::field::ETHERTYPE) else {
         return ClassifierCounter::NonIpv4;
     };
-    if ethertype != ETH_P_IP {
+    if u16::from_be_bytes(ethertype) != ethernet::ETHERTYPE_IPV4 {
         return ClassifierCounter::NonIpv4;
     }
-    let l3 = ETH_HDR_LEN;
-    if ptr_at::<[u8; ipv4::HEADER_LEN]>(ctx, l3).is_none() {
-        return ClassifierCounter::Malformed;
-    }
-    let (Some(ver_ihl), Some(frag), Some(proto)) = (u8_at(ctx, l3), be16_at(ctx, l3 + 6), u8_at(ctx, l3 + 9)) else {
+    let Ok(h) = f.load::<[u8; ipv4::HEADER_LEN]>(IP_AT) else {
         return ClassifierCounter::Malformed;
     };
+    let (ver_ihl, proto) = (h[0], h[ipv4::field::PROTOCOL]);
+    let frag = u16::from_be_bytes([h[ipv4::field::FLAGS_FRAG], h[ipv4::field::FLAGS_FRAG + 1]]);
     let ihl = usize::from(ver_ihl & 0x0f) * 4;
     if ver_ihl >> 4 != 4 || ihl < ipv4::HEADER_LEN {
         return ClassifierCounter::Malformed;
@@ -56,16 +55,16 @@ fn classify(ctx: &XdpContext) -> ClassifierCounter {
     if frag & 0x3fff != 0 {
         return ClassifierCounter::Fragment;
     }
-    let l4 = l3 + ihl;
+    let l4 = IP_AT + ihl;
     match proto {
         IPPROTO_TCP => ClassifierCounter::Tcp,
         IPPROTO_SAL => {
-            let Some(shl) = u8_at(ctx, l4 + sal::field::SHL) else {
+            let Ok(shl) = f.load::<u8>(l4 + sal::field::SHL) else {
                 return ClassifierCounter::SalMalformed;
             };
             let hl = usize::from(shl) * 4;
             // The whole SAL header must be in the frame.
-            if hl < sal::BASE_LEN || ptr_at::<u8>(ctx, l4 + hl - 1).is_none() {
+            if hl < sal::BASE_LEN || f.load::<u8>(l4 + hl - 1).is_err() {
                 return ClassifierCounter::SalMalformed;
             }
             ClassifierCounter::Sal

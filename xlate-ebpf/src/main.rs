@@ -1,15 +1,13 @@
 //! xlate's kernel programs. One object, several programs; the agent loads
-//! the ones a mode needs.
+//! the ones a mode needs. `engine` holds the translation; `gateway` (XDP)
+//! and `host` (TC) are the shells around it; `classify` is the watch tool.
 #![no_std]
 #![no_main]
 
 mod classify;
-mod flows;
+mod engine;
 mod gateway;
 mod host;
-mod packet;
-mod sal_rx;
-mod state;
 
 #[cfg(not(test))]
 #[panic_handler]

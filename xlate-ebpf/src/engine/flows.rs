@@ -1,0 +1,140 @@
+//! Creating flows, on either side, and accepting a SYN-ACK: the client
+//! side for a local TCP connecting out (host mode) or a legacy client (the
+//! translator), the server side for a SAL SYN to a served service.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::Key, HashMap, LpmTrie},
+};
+use xlate_common::{
+    flow::{event, role, state, Counter, FlowAddrs, FlowState, PeerKey, RouteTargets, ServeEntry, MAX_ROUTE_TARGETS},
+    maps::FlowKey,
+    translate,
+};
+
+use super::maps::{
+    alloc_flow_id, notify, now, rand32, rand_nonce, ADDRS, BPF_NOEXIST, CONFIG, FLOWS, PEERS, TUPLES,
+};
+use super::sal_rx::{opaque, Exts};
+
+/// Services this host serves, by service ID: the local port behind each.
+#[map(name = "HOST_SERVE")]
+pub(crate) static SERVE: HashMap<[u8; 32], ServeEntry> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "HOST_ROUTES")]
+pub(crate) static ROUTES: LpmTrie<[u8; 32], RouteTargets> = LpmTrie::with_max_entries(1024, 1); // BPF_F_NO_PREALLOC
+
+#[inline(always)]
+pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4]>) -> Option<u32> {
+    let cfg = CONFIG.get(0)?;
+    let id = alloc_flow_id()?;
+    let nonce = rand_nonce();
+    let st = FlowState::new(role::CLIENT, state::SYN_SENT, *sid, id, rand32(), nonce, key, now());
+    let peer_ip = match peer {
+        Some(p) => p,
+        None => route(sid, id).unwrap_or(cfg.broadcast),
+    };
+    let addrs = FlowAddrs { local_ip: cfg.addr, peer_ip };
+    FLOWS.insert(&id, &st, BPF_NOEXIST).ok()?;
+    if ADDRS.insert(&id, &addrs, 0).is_err() || TUPLES.insert(key, &id, 0).is_err() {
+        let _ = FLOWS.remove(&id);
+        let _ = ADDRS.remove(&id);
+        return None;
+    }
+    notify(event::NEW_FLOW, id);
+    Some(id)
+}
+
+/// The longest-prefix route for a service ID; one target per flow.
+#[inline(always)]
+fn route(sid: &[u8; 32], id: u32) -> Option<[u8; 4]> {
+    let t = ROUTES.get(&Key::new(256, *sid))?;
+    let n = t.count;
+    if n == 0 || n as usize > MAX_ROUTE_TARGETS {
+        return None;
+    }
+    // Spread flows over targets; the flow ID is already unique per flow.
+    let i = (id.wrapping_mul(2654435761) >> 16) % n;
+    Some(t.addrs[opaque(i as usize) & (MAX_ROUTE_TARGETS - 1)])
+}
+
+/// Accepts a SYN-ACK for a client flow (false: it does not acknowledge
+/// our SYN). The first time, the peer's address is learnt too: the last
+/// SOURCE hop (the responder) if the SYN went through a router, else the
+/// IP source.
+#[inline(always)]
+pub(crate) fn synack(flow: &mut FlowState, id: u32, ext: &Exts, src_flow: u32, ip_src: [u8; 4]) -> bool {
+    match translate::accept_synack(flow, src_flow, ext.verno, ext.ackno, ext.nonce) {
+        None => false,
+        Some(first) => {
+            if first {
+                let peer_ip = if ext.sources != 0 { ext.source_last } else { ip_src };
+                if let Some(a) = ADDRS.get_ptr_mut(&id) {
+                    // SAFETY: map value; the agent writes it only later.
+                    unsafe { (*a).peer_ip = peer_ip };
+                }
+            }
+            true
+        }
+    }
+}
+
+/// Finds (retransmitted SYN) or creates the server side of a flow.
+#[inline(always)]
+pub(crate) fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &Exts) -> Result<u32, Counter> {
+    let Some(serve) = (unsafe { SERVE.get(sid) }) else {
+        return Err(Counter::DropUnknownService);
+    };
+    let port = serve.port;
+    let pk = PeerKey { peer_ip: ip_src, peer_flow: src_flow };
+    if let Some(id) = unsafe { PEERS.get(&pk) } {
+        return Ok(*id);
+    }
+    let Some(cfg) = CONFIG.get(0) else {
+        return Err(Counter::IngressError);
+    };
+    let id = alloc_flow_id().ok_or(Counter::DropTableFull)?;
+    // The local TCP sees the client as (its IP, a port taken from our new
+    // flow ID), probing a few ports if that tuple is live. Flow IDs count
+    // up per CPU from a random start (the agent seeds them), so ports
+    // rotate through 32768-65535 like an ephemeral range and a new flow
+    // does not land on a TIME_WAIT socket of a recent one.
+    let mut key = FlowKey { saddr: cfg.addr, daddr: ip_src, sport: port, dport: [0; 2] };
+    let base = (((id >> 8) << 1) | (id & 1)) as u16;
+    let mut found = false;
+    let mut i: u16 = 0;
+    while i < 8 {
+        let p = 32768u16 | (base.wrapping_add(i.wrapping_mul(4099)) & 0x7fff);
+        key.dport = p.to_be_bytes();
+        if unsafe { TUPLES.get(&key) }.is_none() {
+            found = true;
+            break;
+        }
+        i += 1;
+    }
+    if !found {
+        return Err(Counter::DropTableFull);
+    }
+    let nonce = rand_nonce();
+    let mut st = FlowState::new(role::SERVER, state::SYN_RCVD, *sid, id, rand32(), nonce, &key, now());
+    st.peer_flow = src_flow;
+    st.peer_verno = ext.verno;
+    st.peer_nonce = ext.nonce;
+    // A SYN that came through a service router is answered straight to
+    // the client, which is the IP source (routers keep it).
+    let addrs = FlowAddrs { local_ip: cfg.addr, peer_ip: ip_src };
+    if FLOWS.insert(&id, &st, BPF_NOEXIST).is_err() {
+        return Err(Counter::DropTableFull);
+    }
+    if ADDRS.insert(&id, &addrs, 0).is_err()
+        || TUPLES.insert(&key, &id, 0).is_err()
+        || PEERS.insert(&pk, &id, 0).is_err()
+    {
+        let _ = FLOWS.remove(&id);
+        let _ = ADDRS.remove(&id);
+        let _ = TUPLES.remove(&key);
+        return Err(Counter::DropTableFull);
+    }
+    notify(event::NEW_FLOW, id);
+    Ok(id)
+}

@@ -1,0 +1,40 @@
+//! The flow engine: everything both hooks share. The translator (XDP,
+//! `gateway.rs`) and host mode (TC, `host.rs`) are thin shells around it:
+//! they decide which frames are theirs and what happens to a translated
+//! frame (forwarding, redirecting, link-layer addresses); the engine does
+//! the translation itself, once, against the [`frame::Frame`] view of
+//! either hook.
+//!
+//! - [`maps`]: the flow tables, configuration, counters and event ring.
+//! - [`flows`]: creating flows (either side) and accepting a SYN-ACK.
+//! - [`sal_rx`]: the per-CPU buffers the SAL receiver rules run on.
+//! - [`frame`]: reading and rewriting a frame at XDP or TC.
+//! - [`verdict`]: how a frame leaves untranslated, counted by reason.
+//! - [`ipv4`]: what the engine needs of the IPv4 header.
+//! - [`tcp_to_sal`] and [`sal_to_tcp`]: the two directions.
+
+pub(crate) mod flows;
+pub(crate) mod frame;
+pub(crate) mod ipv4;
+pub(crate) mod maps;
+pub(crate) mod sal_rx;
+pub(crate) mod sal_to_tcp;
+pub(crate) mod tcp_to_sal;
+pub(crate) mod verdict;
+
+use frame::Frame;
+use verdict::Packed;
+
+/// [`tcp_to_sal::tcp_to_sal`] as its own BPF function: each direction
+/// gets its own stack frame instead of LLVM laying locals of both side by
+/// side in the program's.
+#[inline(never)]
+pub(crate) fn tcp_to_sal_fn<F: Frame>(f: &F, id: u32) -> Packed {
+    Packed::pack(tcp_to_sal::tcp_to_sal(f, id).map(|t| t.pack()))
+}
+
+/// [`sal_to_tcp::sal_to_tcp`] as its own BPF function (see above).
+#[inline(never)]
+pub(crate) fn sal_to_tcp_fn<F: Frame>(f: &F) -> Packed {
+    Packed::pack(sal_to_tcp::sal_to_tcp(f))
+}

@@ -1,0 +1,155 @@
+//! SAL → TCP: a SAL packet is checked against the receiver rules, its flow
+//! found (or, for a SYN to a served service, created), and the TCP segment
+//! it carries handed on with the TCP side's addresses and ports.
+//! SAL-only control packets (FIN, ACK, RST, RSYN) go untouched to the
+//! agent's raw socket.
+
+use xlate_common::{
+    flow::{event, state, Counter},
+    translate::{self, TCP_SYN},
+    wire::{checksum, ipv4::field as ipf, sal, tcp::field as tcpf, IPPROTO_TCP},
+};
+
+use super::flows::{server_flow, synack};
+use super::frame::{Frame, TcpRewrite, IP_AT, L4_AT};
+use super::ipv4::{self, addr, be16, be32};
+use super::maps::{count, notify, now, CONFIG, FLOWS};
+use super::sal_rx::{self, copy_n, opaque, walk_extensions, EXTS, SCRATCH, SCRATCH_LEN};
+use super::verdict::Exit;
+
+/// Translates the SAL packet at [`L4_AT`]; returns its flow's ID.
+#[inline(always)]
+pub(crate) fn sal_to_tcp<F: Frame>(f: &F) -> Result<u32, Exit> {
+    let ip: [u8; 20] = f.load(IP_AT)?;
+    let tot_len = usize::from(be16(&ip, ipf::TOTAL_LEN));
+    if tot_len < 20 + sal::BASE_LEN || IP_AT + tot_len > f.len() {
+        return Err(Exit::Drop(Counter::DropBadLength));
+    }
+    let sal_len = tot_len - 20;
+    let hl = usize::from(f.load::<u8>(L4_AT + sal::field::SHL)?) * 4;
+    if hl < sal::BASE_LEN || hl > sal_len || hl > SCRATCH_LEN {
+        return Err(Exit::Drop(Counter::DropBadLength));
+    }
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+        return Err(Exit::Fault);
+    };
+    // SAFETY: this CPU's scratch slot.
+    let buf = unsafe { &mut *buf };
+    let n = opaque(hl) & 0x1fc;
+    if !(sal::BASE_LEN..=SCRATCH_LEN).contains(&n) {
+        return Err(Exit::Fault);
+    }
+    f.load_bytes(L4_AT, buf, n)?;
+    // SAFETY: sums n bytes of our own buffer; n is a multiple of 4.
+    let sum = unsafe {
+        aya_ebpf::helpers::bpf_csum_diff(core::ptr::null_mut(), 0, buf.as_mut_ptr() as *mut u32, n as u32, 0)
+    } as u32;
+    if checksum::fold(sum) != 0xffff {
+        return Err(Exit::Drop(Counter::DropBadChecksum));
+    }
+    let Some(ext) = EXTS.get_ptr_mut(0) else {
+        return Err(Exit::Fault);
+    };
+    // SAFETY: this CPU's slot.
+    let ext = unsafe { &mut *ext };
+    if !walk_extensions(buf, hl, ext) {
+        return Err(Exit::Drop(Counter::DropBadExtension));
+    }
+    if sal_len == hl {
+        return Err(Exit::Pass(Counter::IngressToAgent));
+    }
+    if buf[sal::field::PROTOCOL] != IPPROTO_TCP {
+        // Serval UDP is not translated (yet).
+        return Err(Exit::Drop(Counter::DropBadExtension));
+    }
+    let src_flow = sal_rx::be32(buf, sal::field::SRC_FLOWID);
+    let dst_flow = sal_rx::be32(buf, sal::field::DST_FLOWID);
+    let ip_src = addr(&ip, ipf::SRC);
+    let syn = sal::ControlFlags::SYN.bits();
+    let ack = sal::ControlFlags::ACK.bits();
+
+    let id = if ext.has_control != 0 && ext.flags == syn {
+        if ext.services == 0 {
+            return Err(Exit::Drop(Counter::DropBadExtension));
+        }
+        let sid = copy_n::<32>(buf, ext.service_at as usize);
+        count(Counter::IngressSyn);
+        server_flow(&sid, ip_src, src_flow, ext).map_err(Exit::Drop)?
+    } else {
+        let Some(flow) = FLOWS.get_ptr_mut(&dst_flow) else {
+            return Err(Exit::Drop(Counter::DropUnknownFlow));
+        };
+        // SAFETY: map value, valid while we run.
+        let flow = unsafe { &mut *flow };
+        if ext.has_control != 0 {
+            if ext.flags == syn | ack {
+                if !synack(flow, dst_flow, ext, src_flow, ip_src) {
+                    return Err(Exit::Drop(Counter::DropBadAck));
+                }
+                count(Counter::IngressSynAck);
+            } else if ext.flags == ack {
+                // The third ACK (with SERVICE) or a repeat of it.
+                if ext.nonce != flow.peer_nonce {
+                    return Err(Exit::Drop(Counter::DropBadNonce));
+                }
+                if flow.state == state::SYN_RCVD {
+                    flow.state = state::ESTABLISHED;
+                    notify(event::ESTABLISHED, dst_flow);
+                }
+            } else {
+                // Control with a transport that is neither handshake form.
+                return Err(Exit::Drop(Counter::DropBadExtension));
+            }
+        } else if flow.state == state::ACK_PENDING {
+            // The server sent data: it knows the flow.
+            flow.state = state::ESTABLISHED;
+            notify(event::ESTABLISHED, dst_flow);
+        }
+        dst_flow
+    };
+    strip(f, id, &ip, hl)?;
+    Ok(id)
+}
+
+/// Takes the SAL header (`hl` bytes) away and restores the TCP side's
+/// view of flow `id`: its addresses and ports.
+#[inline(always)]
+fn strip<F: Frame>(f: &F, id: u32, ip: &[u8; 20], hl: usize) -> Result<(), Exit> {
+    let Some(flow) = FLOWS.get_ptr_mut(&id) else {
+        return Err(Exit::Drop(Counter::DropUnknownFlow));
+    };
+    // SAFETY: map value, valid while we run.
+    let flow = unsafe { &mut *flow };
+    let Some(cfg) = CONFIG.get(0) else {
+        return Err(Exit::Fault);
+    };
+    let hl = opaque(hl) & 0x3fc;
+    let tcp_at = L4_AT + hl;
+    let tcp: [u8; 20] = f.load(tcp_at)?;
+    let flags = tcp[tcpf::FLAGS];
+    let doff = u16::from(tcp[tcpf::DATA_OFF] >> 4) * 4;
+    let tcp_len = be16(ip, ipf::TOTAL_LEN).wrapping_sub(20 + hl as u16);
+    let payload = u32::from(tcp_len.wrapping_sub(doff));
+    let ev = translate::note_ingress(flow, flags, be32(&tcp, tcpf::SEQ), be32(&tcp, tcpf::ACK), payload);
+    if ev != 0 {
+        notify(ev, id);
+    }
+    flow.last_seen_ns = now();
+
+    let mut ports = [0u8; 4];
+    ports[..2].copy_from_slice(&flow.tcp_peer_port);
+    ports[2..].copy_from_slice(&flow.tcp_local_port);
+    f.store(tcp_at + tcpf::SRC_PORT, &ports)?;
+    let mss = if flags & TCP_SYN != 0 && doff >= 24 { f.clamp_mss(tcp_at + 20, cfg.max_mss)? } else { (0, 0) };
+    let rw = TcpRewrite {
+        src: (addr(ip, ipf::SRC), flow.tcp_peer_addr),
+        dst: (addr(ip, ipf::DST), flow.tcp_local_addr),
+        ports: (addr(&tcp, tcpf::SRC_PORT), ports),
+        mss,
+        tcp_len,
+    };
+    f.fix_tcp_checksum(tcp_at, &rw)?;
+    ipv4::rewrite(f, flow.tcp_peer_addr, flow.tcp_local_addr, IPPROTO_TCP, tcp_len.wrapping_add(20))?;
+    f.shrink_l4(hl)?;
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! TCP → SAL: a segment of a known flow (from a legacy client at the
+//! gateway, from the local TCP in host mode) becomes a SAL packet in place.
+
+use xlate_common::{
+    flow::Counter,
+    translate::{self, Form, TCP_SYN},
+    wire::{ipv4::field as ipf, tcp::field as tcpf, IPPROTO_SAL},
+};
+
+use super::frame::{Frame, TcpRewrite, IP_AT, L4_AT};
+use super::ipv4::{self, addr, be16, be32};
+use super::maps::{count, notify, now, ADDRS, CONFIG, FLOWS};
+use super::verdict::Exit;
+
+/// What the shell needs to know of a translated segment.
+#[derive(Clone, Copy)]
+pub(crate) struct ToSal {
+    /// Where the TCP header starts now.
+    pub tcp_at: usize,
+    /// Whether it became a SAL SYN (its link-layer destination may still
+    /// be unknown).
+    pub syn: bool,
+}
+
+impl ToSal {
+    #[inline(always)]
+    pub fn pack(self) -> u32 {
+        (self.tcp_at as u32 & 0xffff) | (u32::from(self.syn) << 16)
+    }
+
+    #[inline(always)]
+    pub fn unpack(v: u32) -> ToSal {
+        ToSal { tcp_at: (v & 0xffff) as usize, syn: v & (1 << 16) != 0 }
+    }
+}
+
+/// Rewrites the TCP segment at [`L4_AT`], of flow `id`, into a SAL packet
+/// to the flow's peer: bookkeeping first, then ports zeroed (SAL carries
+/// the flow IDs), addresses and protocol, and the SAL header in front.
+#[inline(always)]
+pub(crate) fn tcp_to_sal<F: Frame>(f: &F, id: u32) -> Result<ToSal, Exit> {
+    let ip: [u8; 20] = f.load(IP_AT)?;
+    let tcp: [u8; 20] = f.load(L4_AT)?;
+    let Some(flow) = FLOWS.get_ptr_mut(&id) else {
+        return Err(Exit::Pass(Counter::PassFlowFreed));
+    };
+    // SAFETY: map value, valid while we run (RCU).
+    let flow = unsafe { &mut *flow };
+    // SAFETY: plain map lookup.
+    let Some(addrs) = (unsafe { ADDRS.get(&id) }).copied() else {
+        return Err(Exit::Pass(Counter::PassFlowFreed));
+    };
+    let Some(cfg) = CONFIG.get(0) else {
+        return Err(Exit::Fault);
+    };
+
+    let (saddr, daddr) = (addr(&ip, ipf::SRC), addr(&ip, ipf::DST));
+    let flags = tcp[tcpf::FLAGS];
+    let tot_len = be16(&ip, ipf::TOTAL_LEN);
+    let doff = u16::from(tcp[tcpf::DATA_OFF] >> 4) * 4;
+    let tcp_len = tot_len.wrapping_sub(20);
+    let payload = u32::from(tcp_len.wrapping_sub(doff));
+    let seq_end = be32(&tcp, tcpf::SEQ).wrapping_add(payload);
+    let form = translate::egress_form(flow, flags, payload, seq_end);
+    let ev = translate::note_egress(flow, flags, seq_end);
+    if ev != 0 {
+        notify(ev, id);
+    }
+    flow.last_seen_ns = now();
+
+    let old_ports = addr(&tcp, tcpf::SRC_PORT);
+    f.store(L4_AT + tcpf::SRC_PORT, &[0u8; 4])?;
+    let mss = if flags & TCP_SYN != 0 && doff >= 24 { f.clamp_mss(L4_AT + 20, cfg.max_mss)? } else { (0, 0) };
+    let rw = TcpRewrite {
+        src: (saddr, addrs.local_ip),
+        dst: (daddr, addrs.peer_ip),
+        ports: (old_ports, [0; 4]),
+        mss,
+        tcp_len,
+    };
+    f.fix_tcp_checksum(L4_AT, &rw)?;
+    let room = form.header_len();
+    ipv4::rewrite(f, addrs.local_ip, addrs.peer_ip, IPPROTO_SAL, tot_len.wrapping_add(room as u16))?;
+    f.grow_l4(room)?;
+    match form {
+        Form::Syn => {
+            f.store(L4_AT, &translate::syn_header(flow))?;
+            count(Counter::EgressSyn);
+        }
+        Form::Ack => f.store(L4_AT, &translate::ack_header(flow))?,
+        Form::SynAck => f.store(L4_AT, &translate::synack_header(flow))?,
+        Form::Data => f.store(L4_AT, &translate::data_header(flow))?,
+    }
+    Ok(ToSal { tcp_at: L4_AT + room, syn: form == Form::Syn })
+}
