@@ -6,14 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::host::Agent;
-use crate::netns::{veth, Bg, Netns};
+use crate::netns::{Bg, Naming, Netns};
+pub use xlate_lab::topology::translator::{CLIENT_IP, GW_CLIENT_IP, INSTANCES, PUBLIC_IP, SAL_ADDRESS};
+use xlate_lab::{Translator, TranslatorOptions};
 
-pub const CLIENT_IP: &str = "198.51.100.2";
-pub const GW_CLIENT_IP: &str = "198.51.100.1";
-pub const SAL_ADDRESS: &str = "10.10.0.1";
-pub const PUBLIC_IP: &str = "203.0.113.1";
 pub const PUBLIC_PORT: u16 = 80;
-pub const INSTANCES: [&str; 2] = ["10.10.0.11", "10.10.0.12"];
 pub const INSTANCE2_ALT: &str = "10.10.0.22";
 pub const SERVICE_ID: &str = "00000050";
 
@@ -105,55 +102,9 @@ impl GatewayLab {
     /// As [`GatewayLab::new`]; `gro` false leaves every veth as `ip link`
     /// makes it (GRO off): the lab a new user builds.
     pub fn with_gro(tag: &str, instances_toml: &str, xdp_mode: &str, client_tx_offload: bool, gro: bool) -> GatewayLab {
-        let client = Netns::new(&format!("{tag}-lc"));
-        let gateway = Netns::new(&format!("{tag}-gw"));
-        let switch = Netns::new(&format!("{tag}-sw"));
-        veth(&client, "lc0", &format!("{CLIENT_IP}/24"), &gateway, "g0", &format!("{GW_CLIENT_IP}/24"));
-        client.ip(&["route", "add", "default", "via", GW_CLIENT_IP]);
-        if !client_tx_offload {
-            let out = client.output("ethtool", &["-K", "lc0", "tx", "off"]);
-            assert!(out.status.success(), "ethtool: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        switch.ip(&["link", "add", "br0", "type", "bridge"]);
-        switch.ip(&["link", "set", "br0", "up"]);
-        // Service LAN: gateway g1 and the instances on bridge br0.
-        let port = |ns: &Netns, dev: &str, addr: &str, sw_port: &str| {
-            let out = std::process::Command::new("ip")
-                .args([
-                    "link",
-                    "add",
-                    dev,
-                    "netns",
-                    ns.name(),
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    sw_port,
-                    "netns",
-                    switch.name(),
-                ])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            ns.ip(&["addr", "add", addr, "dev", dev]);
-            ns.ip(&["link", "set", dev, "up"]);
-            switch.ip(&["link", "set", sw_port, "master", "br0", "up"]);
-        };
-        port(&gateway, "g1", &format!("{SAL_ADDRESS}/24"), "s0");
-        // Frames the gateway redirects from native XDP reach a veth peer
-        // only if that peer has NAPI (GRO on) or an XDP program.
-        for (ns, dev) in [(&client, "lc0"), (&switch, "s0")] {
-            let out = ns.output("ethtool", &["-K", dev, "gro", if gro { "on" } else { "off" }]);
-            assert!(out.status.success(), "ethtool -K {dev} gro: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let mut instances = Vec::new();
-        for (i, addr) in INSTANCES.iter().enumerate() {
-            let ns = Netns::new(&format!("{tag}-i{}", i + 1));
-            port(&ns, "e0", &format!("{addr}/24"), &format!("s{}", i + 1));
-            ns.ip(&["route", "add", "default", "via", SAL_ADDRESS]);
-            instances.push(ns);
-        }
+        let opts = TranslatorOptions { instances: INSTANCES.len(), gro, client_tx_offload };
+        let Translator { instances, switch, gateway, client } =
+            Translator::build(Naming::Unique(tag), opts).unwrap_or_else(|e| panic!("building the lab: {e:#}"));
         let dir = std::env::temp_dir().join(format!("xlate-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut http = Vec::new();

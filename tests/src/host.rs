@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::netns::{veth, Bg, Netns};
+use crate::netns::{Bg, Naming, Netns};
+pub use xlate_lab::topology::host_pair::{CLIENT_IF, CLIENT_IP, SERVER_IF, SERVER_IP};
+use xlate_lab::HostPair;
 use crate::xlate_user_bin;
 
-pub const CLIENT_IP: &str = "10.61.0.1";
-pub const SERVER_IP: &str = "10.61.0.2";
 pub const SERVER_IP2: &str = "10.61.0.3";
 /// What client applications connect to (`--connect`).
 pub const SERVICE_ADDR: &str = "10.61.0.100";
@@ -24,8 +24,6 @@ pub const HTTP_PORT: u16 = 8080;
 pub const APP_SERVICE_ID: &str = "00000051";
 pub const APP_ADDR: &str = "10.61.0.101";
 pub const APP_PORT: u16 = 9000;
-pub const CLIENT_IF: &str = "hc0";
-pub const SERVER_IF: &str = "hs0";
 
 /// A running `xlate-user host`, stopped with SIGTERM on drop so that it
 /// detaches and unpins; its pin directory is removed if it had to be killed.
@@ -99,9 +97,8 @@ impl HostLab {
     /// Like [`new`](Self::new), with extra `xlate-user host` arguments for
     /// the server and the client agent.
     pub fn with_args(tag: &str, server_extra: &[&str], client_extra: &[&str]) -> HostLab {
-        let client = Netns::new(&format!("{tag}-c"));
-        let server = Netns::new(&format!("{tag}-s"));
-        veth(&client, CLIENT_IF, &format!("{CLIENT_IP}/24"), &server, SERVER_IF, &format!("{SERVER_IP}/24"));
+        let HostPair { server, client } =
+            HostPair::build(Naming::Unique(tag)).unwrap_or_else(|e| panic!("building the lab: {e:#}"));
         let dir = std::env::temp_dir().join(format!("xlate-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let serve = [format!("{SERVICE_ID}={HTTP_PORT}"), format!("{APP_SERVICE_ID}={APP_PORT}")];

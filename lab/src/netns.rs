@@ -1,0 +1,312 @@
+//! Network namespaces, veth links and background processes for labs.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// How a lab names its namespaces.
+#[derive(Clone, Copy, Debug)]
+pub enum Naming<'a> {
+    /// `xlt-<pid>-<n>-<tag>-<role>`: unique across parallel tests and runs.
+    Unique(&'a str),
+    /// `<prefix>-<role>`: a lab an operator addresses by name (a stale one
+    /// of the same name is removed first).
+    Fixed(&'a str),
+}
+
+impl Naming<'_> {
+    /// The namespace for `role`, created with its loopback up.
+    pub fn create(self, role: &str) -> Result<Netns> {
+        match self {
+            Naming::Unique(tag) => Netns::try_new(&format!("{tag}-{role}")),
+            Naming::Fixed(prefix) => Netns::fixed(&format!("{prefix}-{role}")),
+        }
+    }
+}
+
+/// A network namespace owned by the lab; deleted, with every process in
+/// it killed, when dropped.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `xlt-<pid>-<n>-<tag>`, unique across parallel tests and runs,
+    /// with its loopback up. Panics if it cannot (for tests).
+    pub fn new(tag: &str) -> Netns {
+        Self::try_new(tag).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// As [`Netns::new`], with an error instead of a panic.
+    pub fn try_new(tag: &str) -> Result<Netns> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Self::create(format!("xlt-{}-{n}-{tag}", std::process::id()))
+    }
+
+    /// Creates the namespace `name`, removing a stale one of that name.
+    pub fn fixed(name: &str) -> Result<Netns> {
+        drop(Netns { name: name.to_string() });
+        Self::create(name.to_string())
+    }
+
+    fn create(name: String) -> Result<Netns> {
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Netns { name };
+        ns.try_ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/<name>`, for `nsenter --net=`.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// A command that runs inside the namespace (`ip netns exec`, which
+    /// also gives it a mount namespace of its own, as operators run it).
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// A command that enters only the network namespace (`nsenter --net`):
+    /// for agents, whose pins must stay visible to the host.
+    pub fn net_cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path())).arg(program);
+        c
+    }
+
+    /// `ip -n <ns> …`, which must succeed (panics otherwise; for tests).
+    pub fn ip(&self, args: &[&str]) {
+        self.try_ip(args).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// `ip -n <ns> …`.
+    pub fn try_ip(&self, args: &[&str]) -> Result<()> {
+        run(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+
+    /// `ethtool -K <dev> <feature> on|off` inside the namespace.
+    pub fn set_offload(&self, dev: &str, feature: &str, on: bool) -> Result<()> {
+        run(self.cmd("ethtool").args(["-K", dev, feature, if on { "on" } else { "off" }]))
+    }
+
+    /// Runs a program in the namespace; returns its output (any status).
+    pub fn output(&self, program: &str, args: &[&str]) -> Output {
+        self.cmd(program).args(args).output().expect("spawn in netns")
+    }
+
+    /// Like [`spawn`](Self::spawn) for programs that report on stderr.
+    pub fn spawn_stderr(&self, program: &str, args: &[&str]) -> Bg {
+        self.spawn(program, args)
+    }
+
+    /// Starts a background process in the namespace, killed on drop.
+    pub fn spawn(&self, program: &str, args: &[&str]) -> Bg {
+        let child = self
+            .cmd(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn in netns");
+        Bg::new(child)
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Sends SIGTERM to every process in the namespace and waits up to
+    /// `within` for them to go (agents detach and unpin on SIGTERM).
+    pub fn terminate_all(&self, within: Duration) {
+        for pid in self.pids() {
+            // SAFETY: signalling a pid just listed.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + within;
+        while !self.pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            // SAFETY: signalling a pid we just listed.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Connects `a` and `b` with a veth pair whose ends are created directly
+/// inside the namespaces (nothing touches the host's namespace), assigns
+/// the addresses (CIDR form) and brings both ends up. Panics on failure
+/// (for tests); see [`try_veth`].
+pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
+    try_veth(a, a_if, Some(a_addr), b, b_if, Some(b_addr)).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// As [`veth`]; an end without an address is only brought up.
+pub fn try_veth(a: &Netns, a_if: &str, a_addr: Option<&str>, b: &Netns, b_if: &str, b_addr: Option<&str>) -> Result<()> {
+    run(Command::new("ip").args([
+        "link",
+        "add",
+        a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ]))?;
+    for (ns, dev, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
+        if let Some(addr) = addr {
+            ns.try_ip(&["addr", "add", addr, "dev", dev])?;
+        }
+        ns.try_ip(&["link", "set", dev, "up"])?;
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A background process, killed when dropped (SIGKILL, or SIGTERM and a
+/// wait for those made with [`Bg::terminate_on_drop`]) unless it was
+/// stopped first.
+pub struct Bg {
+    child: Option<Child>,
+    stdout: Option<BufReader<ChildStdout>>,
+    stderr: Option<BufReader<std::process::ChildStderr>>,
+    drop_signal: i32,
+}
+
+impl Bg {
+    fn new(mut child: Child) -> Bg {
+        let stdout = child.stdout.take().map(BufReader::new);
+        Bg { child: Some(child), stdout, stderr: None, drop_signal: libc::SIGKILL }
+    }
+
+    /// Wraps a child (stdout and stderr piped, or not read).
+    pub fn from_child(child: Child) -> Bg {
+        Bg::new(child)
+    }
+
+    /// On drop, SIGTERM and wait: for agents, which detach and unpin.
+    pub fn terminate_on_drop(mut self) -> Bg {
+        self.drop_signal = libc::SIGTERM;
+        self
+    }
+
+    /// Like [`wait_for_line`](Self::wait_for_line), on stderr.
+    pub fn wait_for_stderr_line(&mut self, needle: &str, timeout: Duration) -> String {
+        if self.stderr.is_none() {
+            let e = self.child.as_mut().and_then(|c| c.stderr.take()).expect("stderr piped");
+            self.stderr = Some(BufReader::new(e));
+        }
+        let deadline = Instant::now() + timeout;
+        let err = self.stderr.as_mut().unwrap();
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            let n = err.read_line(&mut line).expect("read child stderr");
+            if n == 0 || Instant::now() > deadline {
+                panic!("no stderr line containing {needle:?}; got: {seen}");
+            }
+            if line.contains(needle) {
+                return line;
+            }
+            seen.push_str(&line);
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Whether the process has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Reads stdout lines until one contains `needle`; returns every line
+    /// read, that one included.
+    pub fn read_until(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let out = self.stdout.as_mut().expect("stdout piped");
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            let n = out.read_line(&mut line).expect("read child stdout");
+            if n == 0 || Instant::now() > deadline {
+                panic!("no line containing {needle:?}; got: {seen}");
+            }
+            seen.push_str(&line);
+            if line.contains(needle) {
+                return seen;
+            }
+        }
+    }
+
+    /// Reads stdout lines until one contains `needle` (or the deadline or
+    /// EOF passes, which panics with what was read); returns that line.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let seen = self.read_until(needle, timeout);
+        seen.lines().last().map(|l| format!("{l}\n")).unwrap_or_default()
+    }
+
+    /// Sends `sig`, waits for exit, returns the rest of stdout and stderr.
+    pub fn stop(&mut self, sig: i32) -> (String, String) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let mut rest = String::new();
+        if let Some(mut out) = self.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+        }
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        } else if let Some(mut e) = self.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        let _ = child.wait();
+        (rest, err)
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, self.drop_signal) };
+            let _ = c.wait();
+        }
+    }
+}
