@@ -531,3 +531,32 @@ fn a_plain_veth_lab_with_default_settings_moves_bytes_both_ways() {
     transfer(&lab);
     assert!(lab.stats()["gw_redirected"] > 1000);
 }
+
+#[test]
+fn the_kernel_log_is_off_by_default_and_switches_at_run_time() {
+    require_root();
+    let _g = serial();
+    let mut lab = GatewayLab::new("klog", "\"10.10.0.11\"", "generic", true);
+    let get = |lab: &GatewayLab| sh(&lab.client, &format!("curl -sS --fail --max-time 10 {}", lab.url("who")));
+    let agent_lines = |lab: &mut GatewayLab, until: &str| {
+        lab.gateway_agent.as_mut().unwrap().read_until(until, Duration::from_secs(10))
+    };
+    // Off by default: a request leaves no kernel line before "on".
+    get(&lab);
+    assert!(lab.gw_cli(&["kernel-log", "on"]).contains("kernel log on"));
+    let before = agent_lines(&mut lab, "kernel log on");
+    assert!(!before.contains("kernel:"), "kernel lines while off:\n{before}");
+    // On: each packet is named, both directions, with addresses.
+    get(&lab);
+    agent_lines(&mut lab, &format!("kernel: xdp translated gw_tcp_to_sal: {SAL_ADDRESS} -> 10.10.0.11 proto 144"));
+    agent_lines(&mut lab, &format!("kernel: xdp translated gw_sal_to_tcp: {PUBLIC_IP} -> {CLIENT_IP} proto 6"));
+    lab.wait_no_flows(Duration::from_secs(5));
+    assert!(lab.gw_cli(&["kernel-log", "off"]).contains("kernel log off"));
+    agent_lines(&mut lab, "kernel log off");
+    // Off again: silent until switched back on.
+    get(&lab);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(lab.gw_cli(&["kernel-log", "on"]).contains("kernel log on"));
+    let between = agent_lines(&mut lab, "kernel log on");
+    assert!(!between.contains("kernel:"), "kernel lines while off:\n{between}");
+}

@@ -51,6 +51,35 @@ pub mod config_flag {
     /// The gateway sends rewritten frames out itself (FIB lookup +
     /// XDP_REDIRECT) instead of handing them to the kernel.
     pub const XDP_REDIRECT: u32 = 1;
+    /// The kernel programs log every frame they handle (aya-log) to the
+    /// agent, which prints the lines: `xlate-user kernel-log on`. Off by
+    /// default: a line per packet is for debugging, not for production.
+    pub const KERNEL_LOG: u32 = 2;
+}
+
+/// Where a kernel log line comes from (see [`config_flag::KERNEL_LOG`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::FromRepr, strum::IntoStaticStr)]
+#[strum(serialize_all = "kebab-case")]
+#[repr(u8)]
+pub enum Hook {
+    /// The translator (`xlate_gw`, XDP).
+    Xdp = 1,
+    /// Host mode's egress (`xlate_host_egress`, TC).
+    HostEgress,
+    /// Host mode's segmenter (`xlate_host_segmented`, TC).
+    HostSegmenter,
+    /// Host mode's ingress (`xlate_host_ingress`, TC).
+    HostIngress,
+}
+
+/// What a kernel log line says happened to the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::FromRepr, strum::IntoStaticStr)]
+#[strum(serialize_all = "kebab-case")]
+#[repr(u8)]
+pub enum Logged {
+    Translated = 1,
+    Passed,
+    Dropped,
 }
 
 /// Which end of the SAL handshake this host plays for a flow.

@@ -25,7 +25,7 @@ use xlate_common::{
     flow::{
         config_flag,
         gw::{flow_hash, redirect, ChecksumNote, GwService, MAGLEV_SIZE, MAX_REDIRECT_TARGETS, MAX_SERVICES},
-        Counter,
+        Counter, Hook,
     },
     maps::{FlowKey, ServiceKey},
     translate::{TCP_ACK, TCP_SYN},
@@ -40,7 +40,7 @@ use crate::engine::{
     sal_to_tcp_fn,
     tcp_to_sal::ToSal,
     tcp_to_sal_fn,
-    verdict::{Action, Exit, Faults, Packed},
+    verdict::{translated, Action, Exit, Faults, Packed},
 };
 
 #[map(name = "GW_SERVICES")]
@@ -60,7 +60,7 @@ pub fn xlate_gw(ctx: XdpContext) -> u32 {
     let f = XdpFrame::new(&ctx);
     match gateway(&f) {
         Ok(action) => action,
-        Err(exit) => match exit.resolve(f.written(), FAULTS) {
+        Err(exit) => match exit.resolve(&f, Hook::Xdp, FAULTS) {
             Action::Pass => XDP_PASS,
             Action::Drop => XDP_DROP,
         },
@@ -96,7 +96,7 @@ fn gateway(f: &XdpFrame) -> Result<u32, Exit> {
             None => new_flow(&key, f.load(L4_AT + tcpf::FLAGS)?).unpack()?,
         };
         let to_sal = ToSal::unpack(tcp_to_sal_fn(f, id).unpack()?);
-        count(Counter::GwToSal);
+        translated(f, Hook::Xdp, Counter::GwToSal);
         f.leave_note(to_sal.tcp_at + tcpf::CHECKSUM);
         return Ok(forward_fn(f));
     }
@@ -107,7 +107,7 @@ fn gateway(f: &XdpFrame) -> Result<u32, Exit> {
         return Err(Exit::NotOurs);
     }
     sal_to_tcp_fn(f).unpack()?;
-    count(Counter::GwToTcp);
+    translated(f, Hook::Xdp, Counter::GwToTcp);
     f.leave_note(L4_AT + tcpf::CHECKSUM);
     Ok(forward_fn(f))
 }

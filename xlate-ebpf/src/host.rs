@@ -24,7 +24,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use xlate_common::{
-    flow::{flag, Counter},
+    flow::{flag, Counter, Hook},
     maps::{FlowKey, ServiceEntry, ServiceKey},
     translate::{TCP_ACK, TCP_SYN},
     wire::{ethernet, ipv4::field as ipf, tcp::field as tcpf, IPPROTO_SAL, IPPROTO_TCP},
@@ -38,7 +38,7 @@ use crate::engine::{
     sal_to_tcp_fn,
     tcp_to_sal::ToSal,
     tcp_to_sal_fn,
-    verdict::{Action, Exit, Faults, Packed},
+    verdict::{translated, Action, Exit, Faults, Packed},
 };
 
 const PACKET_HOST: u32 = 0;
@@ -64,7 +64,7 @@ pub fn xlate_host_egress(ctx: TcContext) -> i32 {
     let f = SkbFrame::new(&ctx);
     match egress(&f, false) {
         Ok(action) => action,
-        Err(exit) => tc(exit.resolve(f.written(), FAULTS)),
+        Err(exit) => tc(exit.resolve(&f, Hook::HostEgress, FAULTS)),
     }
 }
 
@@ -83,9 +83,9 @@ pub fn xlate_host_segmented(ctx: TcContext) -> i32 {
         Ok(action) => action,
         // Nothing arriving here may go on untranslated (IPv6 neighbour
         // discovery, a flow freed meanwhile): what would pass is dropped.
-        Err(Exit::NotOurs) => tc(Exit::Drop(Counter::EgressNotOurs).resolve(false, FAULTS)),
-        Err(Exit::Pass(c)) => tc(Exit::Drop(c).resolve(false, FAULTS)),
-        Err(exit) => tc(exit.resolve(f.written(), FAULTS)),
+        Err(Exit::NotOurs) => tc(Exit::Drop(Counter::EgressNotOurs).resolve(&f, Hook::HostSegmenter, FAULTS)),
+        Err(Exit::Pass(c)) => tc(Exit::Drop(c).resolve(&f, Hook::HostSegmenter, FAULTS)),
+        Err(exit) => tc(exit.resolve(&f, Hook::HostSegmenter, FAULTS)),
     }
 }
 
@@ -137,7 +137,8 @@ fn egress(f: &SkbFrame, at_segmenter: bool) -> Result<i32, Exit> {
             f.store(ethernet::field::DST, &[0xffu8; 6])?;
         }
     }
-    count(Counter::EgressTranslated);
+    let hook = if at_segmenter { Hook::HostSegmenter } else { Hook::HostEgress };
+    translated(f, hook, Counter::EgressTranslated);
     if at_segmenter {
         // SAFETY: plain helper call.
         return Ok(unsafe { aya_ebpf::helpers::bpf_redirect(cfg.out_ifindex, 0) } as i32);
@@ -174,7 +175,7 @@ pub fn xlate_host_ingress(ctx: TcContext) -> i32 {
     let f = SkbFrame::new(&ctx);
     match ingress(&f) {
         Ok(action) => action,
-        Err(exit) => tc(exit.resolve(f.written(), FAULTS)),
+        Err(exit) => tc(exit.resolve(&f, Hook::HostIngress, FAULTS)),
     }
 }
 
@@ -206,6 +207,6 @@ fn ingress(f: &SkbFrame) -> Result<i32, Exit> {
     // ours: TCP only accepts PACKET_HOST.
     f.store(ethernet::field::DST, &cfg.mac)?;
     f.ctx.change_type(PACKET_HOST).map_err(|_| Exit::Fault)?;
-    count(Counter::IngressTranslated);
+    translated(f, Hook::HostIngress, Counter::IngressTranslated);
     Ok(TC_ACT_OK)
 }

@@ -389,8 +389,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         bail!("give at least one --iface");
     }
     let ifaces: Vec<Interface> = opts.ifaces.iter().map(|n| Interface::lookup(n)).collect::<Result<_>>()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let _rt_guard = rt.enter();
+    let _rt_guard = crate::agent::runtime::runtime().enter();
     let dir = pin_dir_for_agent(Kind::Gateway, &ifaces[0].name)?;
     if dir.exists() {
         bail!(
@@ -400,6 +399,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
         );
     }
     let mut ebpf = crate::ebpf::load()?;
+    let kernel_log = crate::agent::kernel_log::reader(&mut ebpf)
+        .inspect_err(|e| tracing::warn!("no kernel debug log: {e:#}"))
+        .ok();
     let prog: &mut Xdp = ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("program {PROGRAM} missing"))?.try_into()?;
     prog.load().context("the kernel refused the translator program")?;
     let tc: &mut SchedClassifier = ebpf
@@ -481,7 +483,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         crate::metrics::serve(addr, Kind::Gateway, ifaces[0].name.clone())?;
         tracing::info!("metrics at http://{addr}/metrics");
     }
-    let r = rt.block_on(event_loop(cp, events, sock.clone(), Some(&mut gwm)));
+    let r = crate::agent::runtime::block_on(event_loop(cp, events, sock.clone(), kernel_log, Some(&mut gwm)));
     let _ = std::fs::remove_file(&sock);
     drop(links);
     drop(tc_links);

@@ -89,6 +89,10 @@ enum Command {
     /// The running translator's live flows.
     #[command(after_help = "Example:\n  xlate-user flows --iface eth0")]
     Flows(ReadArgs),
+    /// Switch the running translator's kernel debug log on or off: a line
+    /// per packet (what became of it and why) in the agent's output.
+    #[command(after_help = "Example:\n  xlate-user kernel-log on --iface eth0")]
+    KernelLog(KernelLogArgs),
     /// Micro-benchmark of the translator's XDP program (BPF_PROG_TEST_RUN),
     /// used by `cargo xtask bench` (built with the `testbed` feature only).
     #[cfg(feature = "testbed")]
@@ -171,6 +175,22 @@ enum MapAction {
     },
 }
 
+/// `kernel-log on|off --iface IF`, for either mode.
+#[derive(Args)]
+struct KernelLogArgs {
+    #[arg(value_enum)]
+    state: OnOff,
+    /// The agent's interface (the translator's first --iface).
+    #[arg(long)]
+    iface: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
 /// What every read command takes.
 #[derive(Args)]
 struct ReadArgs {
@@ -190,6 +210,10 @@ enum HostAction {
     /// Print the instance's counters (translated, dropped by reason, control plane).
     #[command(after_help = "Example:\n  xlate-user host stats --iface eth0 --json")]
     Stats(ReadArgs),
+    /// Switch the instance's kernel debug log on or off (a line per packet
+    /// in the agent's output).
+    #[command(after_help = "Example:\n  xlate-user host kernel-log on --iface eth0")]
+    KernelLog(KernelLogArgs),
     /// Move this host's live flows to another local address (RSYN).
     #[command(after_help = "Example:\n  xlate-user host migrate --iface eth0 --to 10.9.0.22")]
     Migrate {
@@ -244,6 +268,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
         Command::Map { action } => map_cmd(action).map(|_| ExitCode::SUCCESS),
+        Command::KernelLog(k) => {
+            let req = xlate_user::agent::protocol::Request::KernelLog { on: matches!(k.state, OnOff::On) };
+            xlate_user::gateway::control(&k.iface, &req).map(|m| {
+                println!("{m}");
+                ExitCode::SUCCESS
+            })
+        }
         Command::Flows(a) => xlate_user::gateway::flows(&a.iface).map(|rows| {
             xlate_user::agent::inspect::print_flows(&rows, a.json);
             ExitCode::SUCCESS
@@ -292,8 +323,7 @@ fn watch(iface: &str, mode: XdpMode, interval: f64, duration: Option<f64>) -> Re
     classifier.attach(iface, mode)?;
     println!("attached xlate_classify to {iface} ({mode:?} mode)");
     std::io::stdout().flush()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    rt.block_on(async {
+    xlate_user::agent::runtime::block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -329,6 +359,11 @@ fn host_cmd(h: HostCmd) -> Result<()> {
         Some(HostAction::Stats(a)) => {
             let rows = xlate_user::agent::inspect::stats(xlate_user::agent::maps::Kind::Host, &a.iface)?;
             xlate_user::agent::inspect::print_stats(&rows, a.json);
+            Ok(())
+        }
+        Some(HostAction::KernelLog(k)) => {
+            let req = xlate_user::agent::protocol::Request::KernelLog { on: matches!(k.state, OnOff::On) };
+            println!("{}", host::control(&k.iface, &req)?);
             Ok(())
         }
         Some(HostAction::Migrate { iface, to }) => {

@@ -4,9 +4,9 @@
 //! offload change the segmenter needs, through the ethtool ioctl (the
 //! ethtool netlink crates only read features).
 //!
-//! Each call runs on a short-lived current-thread runtime of its own, so
-//! the agent's set-up and teardown (including `Drop`s) can call them
-//! outside its event loop.
+//! Each call opens its own rtnetlink connection and runs on the agent's
+//! runtime (`agent::runtime`), so set-up and teardown (including `Drop`s)
+//! can call them outside the event loop.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -26,11 +26,14 @@ where
     F: FnOnce(Handle) -> Fut,
     Fut: Future<Output = Result<T, rtnetlink::Error>>,
 {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
-    rt.block_on(async {
+    crate::agent::runtime::block_on(async {
         let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-        tokio::spawn(conn);
-        f(handle).await.map_err(|e| anyhow!("{what}: {e}"))
+        // The connection is driven beside the request and dropped with it:
+        // nothing is left spawned on the runtime.
+        tokio::select! {
+            r = f(handle) => r.map_err(|e| anyhow!("{what}: {e}")),
+            _ = conn => Err(anyhow!("{what}: the rtnetlink connection ended")),
+        }
     })
 }
 

@@ -19,6 +19,7 @@ use core::mem::size_of;
 use aya_ebpf::{
     helpers::{bpf_skb_load_bytes, bpf_xdp_adjust_head, bpf_xdp_adjust_meta, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
+    EbpfContext,
 };
 use xlate_common::{
     flow::{gw::ChecksumNote, Counter},
@@ -51,6 +52,9 @@ pub(crate) struct TcpRewrite {
 }
 
 pub(crate) trait Frame {
+    type Ctx: EbpfContext;
+    /// The hook's context (for helpers that take it, such as logging).
+    fn ctx(&self) -> &Self::Ctx;
     /// Bytes from the Ethernet header to the end of the frame.
     fn len(&self) -> usize;
     fn load<T: Copy>(&self, at: usize) -> Result<T, Fault>;
@@ -131,6 +135,13 @@ impl<'a> XdpFrame<'a> {
 }
 
 impl Frame for XdpFrame<'_> {
+    type Ctx = XdpContext;
+
+    #[inline(always)]
+    fn ctx(&self) -> &XdpContext {
+        self.ctx
+    }
+
     #[inline(always)]
     fn len(&self) -> usize {
         self.ctx.data_end() - self.ctx.data()
@@ -284,6 +295,13 @@ impl<'a> SkbFrame<'a> {
 }
 
 impl Frame for SkbFrame<'_> {
+    type Ctx = TcContext;
+
+    #[inline(always)]
+    fn ctx(&self) -> &TcContext {
+        self.ctx
+    }
+
     #[inline(always)]
     fn len(&self) -> usize {
         self.ctx.len() as usize

@@ -10,12 +10,14 @@
 //! - [`sal_rx`]: the per-CPU buffers the SAL receiver rules run on.
 //! - [`frame`]: reading and rewriting a frame at XDP or TC.
 //! - [`verdict`]: how a frame leaves untranslated, counted by reason.
+//! - [`log`]: kernel debug logging, switched on and off at run time.
 //! - [`ipv4`]: what the engine needs of the IPv4 header.
 //! - [`tcp_to_sal`] and [`sal_to_tcp`]: the two directions.
 
 pub(crate) mod flows;
 pub(crate) mod frame;
 pub(crate) mod ipv4;
+pub(crate) mod log;
 pub(crate) mod maps;
 pub(crate) mod sal_rx;
 pub(crate) mod sal_to_tcp;

@@ -4,8 +4,10 @@
 //! turns it into the hook's action. A failure after the frame was written
 //! to drops it: a half-rewritten frame must not reach anyone.
 
-use xlate_common::flow::Counter;
+use xlate_common::flow::{Counter, Hook, Logged};
 
+use super::frame::Frame;
+use super::log;
 use super::maps::count;
 
 /// The frame could not be read or written where its headers said (too
@@ -53,26 +55,35 @@ pub(crate) enum Action {
 }
 
 impl Exit {
-    /// Counts the exit's reason and gives the hook's action.
+    /// Counts (and logs, when kernel logging is on) the exit's reason and
+    /// gives the hook's action.
     #[inline(always)]
-    pub fn resolve(self, written: bool, faults: Faults) -> Action {
+    pub fn resolve<F: Frame>(self, f: &F, hook: Hook, faults: Faults) -> Action {
         let exit = match self {
-            Exit::Fault if written => Exit::Drop(faults.half_written),
+            Exit::Fault if f.written() => Exit::Drop(faults.half_written),
             Exit::Fault => faults.unread,
             e => e,
         };
-        match exit {
-            Exit::Pass(c) => {
-                count(c);
-                Action::Pass
-            }
-            Exit::Drop(c) => {
-                count(c);
-                Action::Drop
-            }
+        let (action, logged, reason) = match exit {
+            Exit::Pass(c) => (Action::Pass, Logged::Passed, c),
+            Exit::Drop(c) => (Action::Drop, Logged::Dropped, c),
             // A fault's `unread` is never itself a fault.
-            Exit::NotOurs | Exit::Fault => Action::Pass,
+            Exit::NotOurs | Exit::Fault => return Action::Pass,
+        };
+        count(reason);
+        if log::on() {
+            log::frame(f, hook, logged, reason);
         }
+        action
+    }
+}
+
+/// A frame the engine translated: counted (and logged) as `what`.
+#[inline(always)]
+pub(crate) fn translated<F: Frame>(f: &F, hook: Hook, what: Counter) {
+    count(what);
+    if log::on() {
+        log::frame(f, hook, Logged::Translated, what);
     }
 }
 

@@ -6,9 +6,11 @@
 
 pub mod control_plane;
 pub mod inspect;
+pub mod kernel_log;
 pub mod maps;
 pub mod pins;
 pub mod protocol;
+pub mod runtime;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -84,6 +86,7 @@ pub(crate) async fn event_loop(
     mut cp: ControlPlane,
     events: RingBuf<MapData>,
     sock_path: PathBuf,
+    kernel_log: Option<kernel_log::Reader>,
     mut reload: Reload<'_>,
 ) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -93,6 +96,12 @@ pub(crate) async fn event_loop(
     // The AsyncFd owns the ring buffer (and its fd).
     #[allow(deprecated)]
     let mut events = AsyncFd::new(events)?;
+    // The kernel's debug log (silent unless switched on).
+    #[allow(deprecated)]
+    let mut kernel_log = match kernel_log {
+        Some(r) => Some(AsyncFd::new(r)?),
+        None => None,
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     std::fs::create_dir_all("/run/xlate")?;
     let _ = std::fs::remove_file(&sock_path);
@@ -127,6 +136,11 @@ pub(crate) async fn event_loop(
                         cp.on_event(ev);
                     }
                 }
+                guard.clear_ready();
+            }
+            guard = async { kernel_log.as_mut().expect("guarded").readable_mut().await }, if kernel_log.is_some() => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
             _ = tick.tick() => {
@@ -165,6 +179,13 @@ pub(crate) async fn event_loop(
 fn request(cp: &mut ControlPlane, req: &Request) -> Response {
     match req {
         Request::Migrate { to } => Response::Ok(format!("ok: moving {} flows to {to}", cp.migrate(*to))),
+        Request::KernelLog { on } => match kernel_log::set(&mut cp.maps, *on) {
+            Ok(()) => {
+                tracing::info!("kernel log {}", if *on { "on" } else { "off" });
+                Response::Ok(format!("ok: kernel log {}", if *on { "on" } else { "off" }))
+            }
+            Err(e) => Response::Error(format!("switching the kernel log: {e:#}")),
+        },
         other => Response::Error(format!("this agent does not take {other:?}")),
     }
 }

@@ -28,6 +28,8 @@ pub enum Request {
     ServiceSet { service: ServiceSpec },
     /// Translator: remove a service.
     ServiceDel { address: Ipv4Addr, port: u16 },
+    /// Either mode: switch the kernel programs' debug log on or off.
+    KernelLog { on: bool },
 }
 
 /// A service as the protocol carries it (the service ID in its text form).

@@ -96,8 +96,7 @@ pub struct HostOptions {
 pub fn run(opts: HostOptions) -> Result<()> {
     crate::agent::init_logging();
     let iface = Interface::lookup(&opts.iface)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let _rt_guard = rt.enter();
+    let _rt_guard = crate::agent::runtime::runtime().enter();
     let pin_dir = maps::pin_dir_for_agent(Kind::Host, &iface.name)?;
     if pin_dir.exists() {
         bail!(
@@ -107,6 +106,9 @@ pub fn run(opts: HostOptions) -> Result<()> {
         );
     }
     let mut ebpf = crate::ebpf::load()?;
+    let kernel_log = crate::agent::kernel_log::reader(&mut ebpf)
+        .inspect_err(|e| tracing::warn!("no kernel debug log: {e:#}"))
+        .ok();
     for (prog, _) in [("xlate_host_ingress", ()), ("xlate_host_egress", ()), ("xlate_host_segmented", ())] {
         let p: &mut SchedClassifier =
             ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing"))?.try_into()?;
@@ -175,7 +177,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
         crate::metrics::serve(addr, Kind::Host, iface.name.clone())?;
         tracing::info!("metrics at http://{addr}/metrics");
     }
-    let r = rt.block_on(event_loop(cp, events, sock_path.clone(), None));
+    let r = crate::agent::runtime::block_on(event_loop(cp, events, sock_path.clone(), kernel_log, None));
     let _ = std::fs::remove_file(&sock_path);
     drop(links);
     drop(ebpf);
@@ -185,9 +187,10 @@ pub fn run(opts: HostOptions) -> Result<()> {
 
 /// `host migrate --to ADDR`: asks the running instance to move its flows.
 pub fn migrate(iface: &str, to: Ipv4Addr) -> Result<String> {
-    protocol::call(
-        &control_socket(Kind::Host, iface)?,
-        &format!("host-mode instance on {iface}"),
-        &Request::Migrate { to },
-    )
+    control(iface, &Request::Migrate { to })
+}
+
+/// Sends a request to the running host-mode instance on `iface`.
+pub fn control(iface: &str, req: &Request) -> Result<String> {
+    protocol::call(&control_socket(Kind::Host, iface)?, &format!("host-mode instance on {iface}"), req)
 }
