@@ -216,11 +216,40 @@ impl GatewayLab {
     }
 }
 
+impl GatewayLab {
+    /// Stops the translator for good (`xlate-user stop`, as an operator
+    /// runs it: every flow reset, programs, pins and sysctls removed);
+    /// returns the agent's output (stdout, stderr).
+    pub fn stop_gateway(&mut self) -> (String, String) {
+        let Some(mut g) = self.gateway_agent.take() else { return Default::default() };
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", self.gateway.name()])
+            .arg(crate::xlate_user_bin())
+            .args(["stop", "--iface", "g0"])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => g.stop(0),
+            _ => g.stop(libc::SIGTERM),
+        }
+    }
+
+    /// Stops only the translator's agent, with `sig` (SIGTERM, SIGKILL):
+    /// the datapath goes on. Returns its output.
+    pub fn stop_gateway_agent(&mut self, sig: i32) -> (String, String) {
+        self.gateway_agent.take().map(|mut g| g.stop(sig)).unwrap_or_default()
+    }
+
+    /// Starts the translator again (generic XDP, as the lab's default);
+    /// returns what it printed up to its start-up line.
+    pub fn restart_gateway(&mut self, mode: &str) -> String {
+        self.start_gateway(mode);
+        self.startup.clone()
+    }
+}
+
 impl Drop for GatewayLab {
     fn drop(&mut self) {
-        if let Some(mut g) = self.gateway_agent.take() {
-            g.stop(libc::SIGTERM);
-        }
+        self.stop_gateway();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

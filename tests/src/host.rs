@@ -1,9 +1,8 @@
 //! A two-host lab for host-mode tests: a client and a server namespace on
 //! one veth link, each running `xlate-user host`, torn down (agents
-//! stopped cleanly, pins removed, namespaces deleted) on drop.
+//! stopped for good, pins removed, namespaces deleted) on drop.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -25,55 +24,73 @@ pub const APP_SERVICE_ID: &str = "00000051";
 pub const APP_ADDR: &str = "10.61.0.101";
 pub const APP_PORT: u16 = 9000;
 
-/// A running `xlate-user host`, stopped with SIGTERM on drop so that it
-/// detaches and unpins; its pin directory is removed if it had to be killed.
+/// A running `xlate-user host`, stopped for good on drop (`host stop`:
+/// flows reset, programs, pins and the segmenter removed).
 pub struct Agent {
     bg: Option<Bg>,
-    /// The pin directory's name under the host-wide pin base.
-    pin_name: String,
+    ns: String,
+    iface: String,
+    args: Vec<String>,
 }
 
 impl Agent {
     pub fn start(ns: &Netns, iface: &str, args: &[&str]) -> Agent {
-        let ino = std::fs::metadata(format!("/run/netns/{}", ns.name())).unwrap().ino();
-        let pin_name = format!("host-{ino}-{iface}");
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (bg, _) = Self::spawn(ns.name(), iface, &args);
+        Agent { bg: Some(bg), ns: ns.name().to_string(), iface: iface.to_string(), args }
+    }
+
+    /// Starts the agent; returns it and its start-up line.
+    fn spawn(ns: &str, iface: &str, args: &[String]) -> (Bg, String) {
         let bin = xlate_user_bin();
-        let mut full = vec![
-            format!("--net=/run/netns/{}", ns.name()),
-            bin.display().to_string(),
-            "host".into(),
-            "--iface".into(),
-            iface.into(),
-        ];
-        full.extend(args.iter().map(|s| s.to_string()));
         let child = Command::new("nsenter")
-            .args(&full)
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg(&bin)
+            .args(["host", "--iface", iface])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut bg = Bg::from_child(child);
-        bg.wait_for_line("xlate host mode on", Duration::from_secs(30));
-        Agent { bg: Some(bg), pin_name }
+        let line = bg.wait_for_line("xlate host mode on", Duration::from_secs(30));
+        (bg, line)
     }
 
-    /// Stops the agent; returns its stderr.
+    /// Stops host mode for good (`xlate-user host stop`, as an operator
+    /// runs it); returns the agent's stderr.
     pub fn stop(&mut self) -> String {
-        match self.bg.take() {
-            Some(mut bg) => bg.stop(libc::SIGTERM).1,
-            None => String::new(),
+        let Some(mut bg) = self.bg.take() else { return String::new() };
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(xlate_user_bin())
+            .args(["host", "stop", "--iface", &self.iface])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => bg.stop(0).1,
+            _ => bg.stop(libc::SIGTERM).1,
         }
+    }
+
+    /// Stops only the agent, with `sig` (SIGTERM, SIGKILL): the datapath
+    /// goes on. Returns the agent's stdout and stderr.
+    pub fn stop_agent(&mut self, sig: i32) -> (String, String) {
+        self.bg.take().map(|mut bg| bg.stop(sig)).unwrap_or_default()
+    }
+
+    /// Starts the agent again after [`Agent::stop_agent`]; returns its
+    /// start-up line.
+    pub fn restart(&mut self) -> String {
+        let (bg, line) = Self::spawn(&self.ns, &self.iface, &self.args);
+        self.bg = Some(bg);
+        line
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
-        // Wherever the agent pinned (see xlate_user::pins).
-        for base in ["/proc/1/root/run/xlate/bpf", "/proc/1/root/sys/fs/bpf/xlate"] {
-            let _ = std::fs::remove_dir_all(std::path::Path::new(base).join(&self.pin_name));
-        }
     }
 }
 

@@ -20,6 +20,79 @@ pub mod names {
     pub const NEXT_FLOW: &str = "NEXT_FLOW_ID";
     pub const EVENTS: &str = "FLOW_EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
+    /// The agent's control-plane state per flow ([`super::CtlRecord`]):
+    /// kept in the kernel so that a restarted agent carries on.
+    pub const AGENT_CTL: &str = "AGENT_CTL";
+}
+
+/// The agent's control-plane state of one flow, as it survives a restart
+/// of the agent (in the pinned `AGENT_CTL` map; the kernel programs never
+/// touch it). Times are CLOCK_MONOTONIC nanoseconds (0: unset), the clock
+/// of `bpf_ktime_get_ns`, which does not restart with the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct CtlRecord {
+    /// Next control verno we send, and the next we expect.
+    pub snd_nxt: u32,
+    pub rcv_nxt: u32,
+    /// The outstanding control packet (`ctl_pending::*`), if any: the
+    /// ackno that acknowledges it, where it goes, the address it moves
+    /// the flow to (RSYN, RSYN-ACK), and its retransmission state.
+    pub pending: u8,
+    /// `ctl_flag::*` bits.
+    pub flags: u8,
+    pub datagram_len: u16,
+    pub acked_by: u32,
+    pub pending_dst: [u8; 4],
+    pub pending_addr: [u8; 4],
+    pub tries: u32,
+    pub rto_ms: u32,
+    pub next_at_ns: u64,
+    pub fin_acked_at_ns: u64,
+    pub free_at_ns: u64,
+    /// The outstanding packet itself (IPv4 + SAL base + CONTROL: 52 bytes).
+    pub datagram: [u8; CtlRecord::MAX_DATAGRAM],
+}
+
+impl CtlRecord {
+    pub const MAX_DATAGRAM: usize = 64;
+}
+
+impl Default for CtlRecord {
+    fn default() -> Self {
+        CtlRecord {
+            snd_nxt: 0,
+            rcv_nxt: 0,
+            pending: ctl_pending::NONE,
+            flags: 0,
+            datagram_len: 0,
+            acked_by: 0,
+            pending_dst: [0; 4],
+            pending_addr: [0; 4],
+            tries: 0,
+            rto_ms: 0,
+            next_at_ns: 0,
+            fin_acked_at_ns: 0,
+            free_at_ns: 0,
+            datagram: [0; CtlRecord::MAX_DATAGRAM],
+        }
+    }
+}
+
+/// [`CtlRecord::pending`] values.
+pub mod ctl_pending {
+    pub const NONE: u8 = 0;
+    pub const FIN: u8 = 1;
+    pub const RSYN: u8 = 2;
+    pub const RSYN_ACK: u8 = 3;
+}
+
+/// [`CtlRecord::flags`] bits.
+pub mod ctl_flag {
+    /// Our FIN waits for the outstanding packet.
+    pub const FIN_WANTED: u8 = 1;
+    /// The peer's FIN arrived.
+    pub const PEER_FIN: u8 = 2;
 }
 
 pub const MAX_FLOWS: u32 = 65536;
@@ -375,6 +448,7 @@ mod pod {
     unsafe impl aya::Pod for super::ServeEntry {}
     unsafe impl aya::Pod for super::RouteTargets {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::CtlRecord {}
 }
 
 #[cfg(test)]
@@ -390,6 +464,7 @@ mod tests {
         assert_eq!(size_of::<FlowAddrs>(), 8);
         assert_eq!(size_of::<PeerKey>(), 8);
         assert_eq!(size_of::<RouteTargets>(), 36);
+        assert_eq!(size_of::<CtlRecord>(), 40 + 24 + 64);
     }
 
     #[test]

@@ -44,11 +44,11 @@ use crate::engine::{
 };
 
 #[map(name = "GW_SERVICES")]
-static SERVICES: HashMap<ServiceKey, GwService> = HashMap::with_max_entries(MAX_SERVICES, 0);
+static SERVICES: HashMap<ServiceKey, GwService> = HashMap::pinned(MAX_SERVICES, 0);
 #[map(name = "GW_MAGLEV")]
-static MAGLEV: Array<[u8; 4]> = Array::with_max_entries(MAX_SERVICES * MAGLEV_SIZE, 0);
+static MAGLEV: Array<[u8; 4]> = Array::pinned(MAX_SERVICES * MAGLEV_SIZE, 0);
 #[map(name = "GW_REDIRECT_TARGETS")]
-static REDIRECT_TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_REDIRECT_TARGETS, 0);
+static REDIRECT_TARGETS: HashMap<u32, u32> = HashMap::pinned(MAX_REDIRECT_TARGETS, 0);
 
 /// A frame too short for what its headers announce is passed as it came;
 /// one that fails half-rewritten is dropped.

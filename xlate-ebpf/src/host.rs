@@ -45,7 +45,7 @@ const PACKET_HOST: u32 = 0;
 
 /// Local (address, port) pairs that are Serval services (`--connect`).
 #[map(name = "HOST_CONNECT")]
-static CONNECT: HashMap<ServiceKey, ServiceEntry> = HashMap::with_max_entries(1024, 0);
+static CONNECT: HashMap<ServiceKey, ServiceEntry> = HashMap::pinned(1024, 0);
 
 #[inline(always)]
 fn tc(a: Action) -> i32 {

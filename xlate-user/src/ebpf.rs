@@ -1,15 +1,186 @@
-//! The kernel programs, embedded in the agent at build time.
+//! The kernel programs, embedded in the agent at build time, and how their
+//! maps are created or adopted.
+//!
+//! The flow engine's maps are pinned by name (see `xlate-ebpf`'s
+//! `engine/maps.rs`). An agent loads the object with its pin directory:
+//! maps already pinned there, by an earlier run of the agent whose
+//! programs still translate, are adopted, so that a restart or an upgrade
+//! loses no flow; the others are created and pinned. Before adopting a map
+//! the agent checks that its layout (type, key and value size, entries) is
+//! the one this build's programs expect: a map that changed is migrated
+//! where that is safe (the counters) and otherwise the start is refused,
+//! never silently recreated.
 
-use anyhow::{Context, Result};
-use aya::Ebpf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{MapData, MapInfo, PerCpuArray, PerCpuValues};
+use aya::{Ebpf, EbpfLoader};
+use aya_obj::maps::PinningType;
+use xlate_common::flow::names;
 
 /// The object built from `xlate-ebpf` for bpfel-unknown-none.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("XLATE_EBPF_OBJECT"));
 
-/// Parses the embedded object and creates its maps in the kernel.
+/// Loads the object with fresh maps of its own (tests, `watch`,
+/// benchmarks): they are pinned in a private directory only for as long as
+/// loading takes.
 pub fn load() -> Result<Ebpf> {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = crate::agent::pins::base_for_agent()?
+        .join(format!("load-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let r = load_in(&dir);
+    remove_pins(&dir);
+    r
+}
+
+/// A loaded object whose maps live in a pin directory.
+pub struct Resident {
+    pub ebpf: Ebpf,
+    /// The flow tables were already there (an earlier run's): they carry
+    /// live flows, and their flow-ID counters must not be reset.
+    pub adopted: bool,
+}
+
+/// Loads the object with its maps pinned in `dir`, adopting the maps an
+/// earlier run left there once their layout is checked (see the module).
+pub fn load_resident(dir: &Path) -> Result<Resident> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let adopted = dir.join(names::FLOWS).exists();
+    let migrations = check_layouts(dir)?;
+    let mut ebpf = load_in(dir)?;
+    for m in migrations {
+        m.finish(&mut ebpf)?;
+    }
+    Ok(Resident { ebpf, adopted })
+}
+
+fn load_in(dir: &Path) -> Result<Ebpf> {
     raise_memlock();
-    Ebpf::load(OBJECT).context("loading the embedded eBPF object (are you root?)")
+    EbpfLoader::new()
+        .default_map_pin_directory(dir)
+        .load(OBJECT)
+        .context("loading the embedded eBPF object (are you root?)")
+}
+
+/// Removes every pin in `dir`, and `dir`.
+pub fn remove_pins(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// A pinned map's layout, as the kernel has it or as the object wants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+impl Layout {
+    /// How `self` (the pinned map) differs from `want`, in words.
+    fn differences(&self, want: &Layout) -> Vec<String> {
+        let mut d = Vec::new();
+        let mut cmp = |what: &str, have: u32, want: u32| {
+            if have != want {
+                d.push(format!("{what} {have} where this build expects {want}"));
+            }
+        };
+        cmp("type", self.map_type, want.map_type);
+        cmp("key size", self.key_size, want.key_size);
+        cmp("value size", self.value_size, want.value_size);
+        cmp("max entries", self.max_entries, want.max_entries);
+        d
+    }
+}
+
+/// A map that changed layout in a way the agent carries over itself.
+struct Migration {
+    name: &'static str,
+    old: PathBuf,
+}
+
+impl Migration {
+    /// Copies what the old map held into the new one, then drops the old.
+    fn finish(self, ebpf: &mut Ebpf) -> Result<()> {
+        if self.name == names::COUNTERS {
+            let old: PerCpuArray<MapData, u64> = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(
+                MapData::from_pin(&self.old).with_context(|| format!("opening {}", self.old.display()))?,
+            ))?;
+            let mut new: PerCpuArray<&mut MapData, u64> =
+                PerCpuArray::try_from(ebpf.map_mut(names::COUNTERS).ok_or_else(|| anyhow!("counters missing"))?)?;
+            let n = old.len().min(new.len());
+            for i in 0..n {
+                if let Ok(v) = old.get(&i, 0) {
+                    let vals: Vec<u64> = v.iter().copied().collect();
+                    new.set(i, PerCpuValues::try_from(vals)?, 0)?;
+                }
+            }
+            tracing::info!("counters carried over into a table of {} (was {})", new.len(), old.len());
+        }
+        let _ = std::fs::remove_file(&self.old);
+        Ok(())
+    }
+}
+
+/// Compares every pinned map in `dir` with the object's definition.
+/// Counters that only grew or shrank are set aside for migration (renamed,
+/// so that loading creates the new map); any other change refuses.
+fn check_layouts(dir: &Path) -> Result<Vec<Migration>> {
+    let obj = aya_obj::Object::parse(OBJECT).map_err(|e| anyhow!("parsing the embedded eBPF object: {e}"))?;
+    let mut migrations = Vec::new();
+    let mut refused = Vec::new();
+    for (name, def) in &obj.maps {
+        if !matches!(def.pinning(), PinningType::ByName) {
+            continue;
+        }
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).with_context(|| format!("reading the pinned map {}", path.display()))?;
+        let have = Layout {
+            map_type: info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        };
+        let want = Layout {
+            map_type: def.map_type(),
+            key_size: def.key_size(),
+            value_size: def.value_size(),
+            max_entries: def.max_entries(),
+        };
+        if have == want {
+            continue;
+        }
+        let only_size = Layout { max_entries: want.max_entries, ..have } == want;
+        if name == names::COUNTERS && only_size {
+            let old = dir.join(format!("{name}_old"));
+            let _ = std::fs::remove_file(&old);
+            std::fs::rename(&path, &old).with_context(|| format!("setting {} aside", path.display()))?;
+            migrations.push(Migration { name: names::COUNTERS, old });
+            continue;
+        }
+        refused.push(format!("{name}: {}", have.differences(&want).join(", ")));
+    }
+    if !refused.is_empty() {
+        bail!(
+            "the maps pinned in {} come from a build whose layout differs from this one's, so their flows cannot be \
+             carried over:\n  {}\nStop the running datapath for good first (`xlate-user stop` or `xlate-user host \
+             stop`, which resets every flow), then start this build.",
+            crate::agent::pins::shown(dir),
+            refused.join("\n  ")
+        );
+    }
+    Ok(migrations)
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so map

@@ -4,7 +4,7 @@
 //! with host mode. See docs/translator.md.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -14,9 +14,11 @@ use xlate_common::flow::{gw, names, EngineConfig};
 use xlate_common::maps::ServiceKey;
 
 use crate::agent::control_plane::ControlPlane;
-use crate::agent::maps::{pin_dir_for_agent, FlowMaps, Kind};
+use crate::agent::maps::{pin_dir_for_agent, take, FlowMaps, Kind};
 use crate::agent::protocol::{self as control_protocol, Request, Response};
-use crate::agent::{control_socket, event_loop, seed_flow_ids, PinGuard};
+use crate::agent::resident::{self, attach_tc, attach_xdp, drop_other_links, Attached, Lock, Record};
+use crate::agent::{control_socket, event_loop, seed_flow_ids, Ending};
+use crate::ebpf::Resident;
 use crate::config::{Config, Service};
 use crate::netif::Interface;
 use crate::rawsock::RawSocket;
@@ -268,14 +270,6 @@ impl crate::agent::LoopHooks for GwMaps {
     }
 }
 
-fn take(ebpf: &mut aya::Ebpf, name: &str, dir: &Path) -> Result<aya::maps::Map> {
-    let m = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
-    let path = dir.join(name);
-    let _ = std::fs::remove_file(&path);
-    m.pin(&path).with_context(|| format!("pinning {name}"))?;
-    Ok(m)
-}
-
 pub fn parse_addr_port(s: &str) -> Result<(Ipv4Addr, u16)> {
     let (a, p) = s.rsplit_once(':').ok_or_else(|| anyhow!("{s:?}: expected ADDR:PORT"))?;
     let addr = a.parse().map_err(|_| anyhow!("{a:?} is not an IPv4 address"))?;
@@ -313,38 +307,6 @@ pub fn parse_service(ap: &str, sid: &str, targets: &str) -> Result<crate::config
 /// `accept_local` on the gateway NICs (a translated SAL packet carries the
 /// gateway's own SAL address as source, which the kernel otherwise drops
 /// as a martian).
-struct SysctlGuard(Vec<(String, String)>);
-
-impl SysctlGuard {
-    fn set(ifaces: &[Interface]) -> Result<Self> {
-        let mut wanted = vec!["/proc/sys/net/ipv4/ip_forward".to_string()];
-        for i in ifaces {
-            wanted.push(format!("/proc/sys/net/ipv4/conf/{}/accept_local", i.name));
-        }
-        let mut restore = Vec::new();
-        for p in wanted {
-            let old = std::fs::read_to_string(&p).with_context(|| format!("reading {p}"))?.trim().to_string();
-            if old != "1" {
-                std::fs::write(&p, "1").with_context(|| format!("setting {p}"))?;
-                tracing::info!(
-                    "set {} = 1 while the translator runs",
-                    p.trim_start_matches("/proc/sys/").replace('/', ".")
-                );
-                restore.push((p, old));
-            }
-        }
-        Ok(SysctlGuard(restore))
-    }
-}
-
-impl Drop for SysctlGuard {
-    fn drop(&mut self) {
-        for (p, old) in &self.0 {
-            let _ = std::fs::write(p, old);
-        }
-    }
-}
-
 /// TCP sockets listening in this network namespace: (address, port).
 fn listeners() -> Result<Vec<(Ipv4Addr, u16)>> {
     let text = std::fs::read_to_string("/proc/self/net/tcp").context("reading /proc/self/net/tcp")?;
@@ -390,15 +352,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
     }
     let ifaces: Vec<Interface> = opts.ifaces.iter().map(|n| Interface::lookup(n)).collect::<Result<_>>()?;
     let _rt_guard = crate::agent::runtime::runtime().enter();
-    let dir = pin_dir_for_agent(Kind::Gateway, &ifaces[0].name)?;
-    if dir.exists() {
-        bail!(
-            "a translator already runs on {} ({} exists); stop it first",
-            ifaces[0].name,
-            crate::agent::pins::shown(&dir)
-        );
-    }
-    let mut ebpf = crate::ebpf::load()?;
+    let first = ifaces[0].name.clone();
+    let _lock = Lock::take(Kind::Gateway, &first)?;
+    let dir = pin_dir_for_agent(Kind::Gateway, &first)?;
+    let Resident { mut ebpf, adopted } = crate::ebpf::load_resident(&dir)?;
     let kernel_log = crate::agent::kernel_log::reader(&mut ebpf)
         .inspect_err(|e| tracing::warn!("no kernel debug log: {e:#}"))
         .ok();
@@ -409,20 +366,26 @@ pub fn run(opts: RunOptions) -> Result<()> {
         .ok_or_else(|| anyhow!("program {} missing", gw::CHECKSUM_PROGRAM))?
         .try_into()?;
     tc.load().context("the kernel refused the translator's checksum program")?;
-    seed_flow_ids(&mut ebpf)?;
-    let mut flows = FlowMaps::take_and_pin(&mut ebpf, &dir)?;
-    let _pins = PinGuard(dir.clone());
+    if !adopted {
+        seed_flow_ids(&mut ebpf)?;
+    }
+    let mut flows = FlowMaps::take(&mut ebpf)?;
+    let services: HashMap<MapData, ServiceKey, gw::GwService> = take(&mut ebpf, gw::SERVICES)?.try_into()?;
+    // The Maglev rows an earlier run gave its services stay theirs.
+    let rows = services
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(k, v)| ((Ipv4Addr::from(k.addr), u16::from_be_bytes(k.port)), v.index))
+        .collect();
     let mut gwm = GwMaps {
-        services: take(&mut ebpf, gw::SERVICES, &dir)?.try_into()?,
-        maglev: take(&mut ebpf, gw::MAGLEV, &dir)?.try_into()?,
+        services,
+        maglev: take(&mut ebpf, gw::MAGLEV)?.try_into()?,
         cfg: cfg.clone(),
         path: opts.config.clone(),
         down: Default::default(),
-        rows: Default::default(),
+        rows,
         redirect: Redirect {
-            map: HashMap::try_from(
-                ebpf.take_map(gw::REDIRECT_TARGETS).ok_or_else(|| anyhow!("redirect map missing"))?,
-            )?,
+            map: HashMap::try_from(take(&mut ebpf, gw::REDIRECT_TARGETS)?)?,
             known: Default::default(),
             ifaces: ifaces.iter().map(|i| (i.index, i.name.clone())).collect(),
             enabled: cfg.xdp_redirect,
@@ -442,32 +405,40 @@ pub fn run(opts: RunOptions) -> Result<()> {
         0,
     )?;
     gwm.apply(&cfg)?;
-    let _sysctl = SysctlGuard::set(&ifaces)?;
+    let mut record = Record::load(Kind::Gateway, &first)?;
+    let mut sysctls = vec!["/proc/sys/net/ipv4/ip_forward".to_string()];
+    sysctls.extend(ifaces.iter().map(|i| format!("/proc/sys/net/ipv4/conf/{}/accept_local", i.name)));
+    record.set_sysctls(&sysctls)?;
+    record.save(Kind::Gateway, &first)?;
     let sal = RawSocket::new(i32::from(xlate_common::wire::IPPROTO_SAL)).context("opening the raw SAL socket")?;
     let inject = RawSocket::new(libc::IPPROTO_RAW).context("opening the raw injection socket")?;
-    let events = RingBuf::try_from(ebpf.take_map(names::EVENTS).ok_or_else(|| anyhow!("events map missing"))?)?;
+    let events = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)?;
     // TC first: from the first rewritten frame on, its checksum note is
     // settled.
-    let mut tc_links = Vec::new();
+    let mut how = Vec::new();
     for i in &ifaces {
         let tc: &mut SchedClassifier = ebpf.program_mut(gw::CHECKSUM_PROGRAM).unwrap().try_into()?;
-        tc_links.push(
-            tc.attach(&i.name, TcAttachType::Ingress)
-                .with_context(|| format!("attaching {} to {}", gw::CHECKSUM_PROGRAM, i.name))?,
-        );
+        how.push(attach_tc(tc, gw::CHECKSUM_PROGRAM, &i.name, TcAttachType::Ingress, &dir)?);
     }
     gwm.redirect.refresh(true)?;
-    let mut links = Vec::new();
     for i in &ifaces {
         let prog: &mut Xdp = ebpf.program_mut(PROGRAM).unwrap().try_into()?;
-        links.push(prog.attach(&i.name, opts.mode).with_context(|| format!("attaching {PROGRAM} to {}", i.name))?);
+        how.push(attach_xdp(prog, PROGRAM, &i.name, opts.mode, &dir)?);
     }
+    let keep: Vec<(&str, &str)> =
+        ifaces.iter().flat_map(|i| [(PROGRAM, i.name.as_str()), (gw::CHECKSUM_PROGRAM, i.name.as_str())]).collect();
+    drop_other_links(&dir, &keep);
     tracing::info!(
-        "xlate translator on {} ({:?} XDP), SAL address {}, MSS {max_mss}, {} services",
+        "xlate translator on {} ({:?} XDP), SAL address {}, MSS {max_mss}, {} services{}",
         opts.ifaces.join(","),
         opts.mode,
         cfg.sal_address,
-        cfg.services.len()
+        cfg.services.len(),
+        if how.contains(&Attached::Replaced) {
+            format!("; took over from the previous run with {} live flows", flows.flows.keys().count())
+        } else {
+            String::new()
+        }
     );
     for s in &cfg.services {
         let targets: Vec<String> = match s.router {
@@ -478,16 +449,25 @@ pub fn run(opts: RunOptions) -> Result<()> {
     }
 
     let cp = ControlPlane::new(flows, sal, inject, Duration::from_secs(cfg.idle_timeout));
-    let sock = control_socket(Kind::Gateway, &ifaces[0].name)?;
+    let sock = control_socket(Kind::Gateway, &first)?;
     if let Some(addr) = opts.metrics {
-        crate::metrics::serve(addr, Kind::Gateway, ifaces[0].name.clone())?;
+        crate::metrics::serve(addr, Kind::Gateway, first.clone())?;
         tracing::info!("metrics at http://{addr}/metrics");
     }
     let r = crate::agent::runtime::block_on(event_loop(cp, events, sock.clone(), kernel_log, Some(&mut gwm)));
     let _ = std::fs::remove_file(&sock);
-    drop(links);
-    drop(tc_links);
-    r
+    drop(gwm);
+    drop(ebpf);
+    match r? {
+        Ending::Signal => {
+            tracing::info!("agent stopped; the datapath goes on (`xlate-user stop --iface {first}` removes it)");
+        }
+        Ending::ForGood => {
+            resident::remove(Kind::Gateway, &first, &dir);
+            tracing::info!("stopped for good: programs, pins and sysctls removed");
+        }
+    }
+    Ok(())
 }
 
 /// `xlate-user stats|flows` read the translator's pinned maps.

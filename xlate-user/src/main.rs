@@ -89,6 +89,16 @@ enum Command {
     /// The running translator's live flows.
     #[command(after_help = "Example:\n  xlate-user flows --iface eth0")]
     Flows(ReadArgs),
+    /// Stop the translator on --iface for good: every flow is reset (a TCP
+    /// RST to each client, a SAL RST to each instance), then its programs,
+    /// pinned maps and sysctls are removed. (SIGTERM only stops the agent:
+    /// the datapath goes on, and the next `run` takes over its flows.)
+    #[command(after_help = "Example:\n  xlate-user stop --iface eth0")]
+    Stop {
+        /// The translator's first --iface.
+        #[arg(long)]
+        iface: String,
+    },
     /// Switch the running translator's kernel debug log on or off: a line
     /// per packet (what became of it and why) in the agent's output.
     #[command(after_help = "Example:\n  xlate-user kernel-log on --iface eth0")]
@@ -210,6 +220,15 @@ enum HostAction {
     /// Print the instance's counters (translated, dropped by reason, control plane).
     #[command(after_help = "Example:\n  xlate-user host stats --iface eth0 --json")]
     Stats(ReadArgs),
+    /// Stop host mode on --iface for good: every flow is reset (the local
+    /// TCP and the peer), then its programs, pinned maps, segmenter and
+    /// routes are removed. (SIGTERM only stops the agent: the datapath goes
+    /// on, and the next `host` run takes over its flows.)
+    #[command(after_help = "Example:\n  xlate-user host stop --iface eth0")]
+    Stop {
+        #[arg(long)]
+        iface: String,
+    },
     /// Switch the instance's kernel debug log on or off (a line per packet
     /// in the agent's output).
     #[command(after_help = "Example:\n  xlate-user host kernel-log on --iface eth0")]
@@ -268,6 +287,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
         Command::Map { action } => map_cmd(action).map(|_| ExitCode::SUCCESS),
+        Command::Stop { iface } => {
+            xlate_user::agent::stop(xlate_user::agent::maps::Kind::Gateway, &iface).map(|m| {
+                println!("{m}");
+                ExitCode::SUCCESS
+            })
+        }
         Command::KernelLog(k) => {
             let req = xlate_user::agent::protocol::Request::KernelLog { on: matches!(k.state, OnOff::On) };
             xlate_user::gateway::control(&k.iface, &req).map(|m| {
@@ -359,6 +384,10 @@ fn host_cmd(h: HostCmd) -> Result<()> {
         Some(HostAction::Stats(a)) => {
             let rows = xlate_user::agent::inspect::stats(xlate_user::agent::maps::Kind::Host, &a.iface)?;
             xlate_user::agent::inspect::print_stats(&rows, a.json);
+            Ok(())
+        }
+        Some(HostAction::Stop { iface }) => {
+            println!("{}", xlate_user::agent::stop(xlate_user::agent::maps::Kind::Host, &iface)?);
             Ok(())
         }
         Some(HostAction::KernelLog(k)) => {

@@ -69,7 +69,8 @@ pub fn directed_broadcast(addr: Ipv4Addr, prefix_len: u8) -> Ipv4Addr {
 /// the kernel segments and sums them in software on the way out, and
 /// translates the segments as they come out of the far end (see
 /// `xlate_host_segmented`). The interface itself keeps its offloads, so
-/// other traffic runs at full speed. Deleted on exit.
+/// other traffic runs at full speed. It stays when the agent stops (the
+/// datapath goes on); stopping for good deletes it (`agent::resident`).
 pub struct Segmenter {
     pub near: String,
     pub near_index: u32,
@@ -78,10 +79,15 @@ pub struct Segmenter {
 }
 
 impl Segmenter {
-    pub fn create(iface: &Interface) -> Result<Self> {
+    /// The pair an earlier run left (its programs still use it), or a new one.
+    pub fn adopt_or_create(iface: &Interface) -> Result<Self> {
         let (near, far) = (format!("xlsg{}a", iface.index), format!("xlsg{}b", iface.index));
-        // A pair left by an agent that was killed.
-        netlink::delete_link(&near)?;
+        if let (Some(n), Some(f)) = (netlink::link(&near)?, netlink::link(&far)?) {
+            if n.mtu == iface.mtu {
+                return Ok(Segmenter { near_index: n.index, far_index: f.index, near, far });
+            }
+            netlink::delete_link(&near)?;
+        }
         let (near_index, far_index) =
             netlink::add_veth_pair(&near, &far, iface.mtu).context("creating the segmenter veth pair")?;
         let seg = Segmenter { near_index, far_index, near, far };
@@ -94,19 +100,14 @@ impl Segmenter {
     }
 }
 
-impl Drop for Segmenter {
-    fn drop(&mut self) {
-        let _ = netlink::delete_link(&self.near);
-    }
-}
-
 /// A `--connect` address made reachable through the interface: a host
 /// route (unless on-link) and a permanent neighbour entry, since no host
-/// answers ARP for it; the egress program rewrites the frame anyway.
+/// answers ARP for it; the egress program rewrites the frame anyway. Like
+/// the segmenter, they stay while the datapath does.
 pub struct ConnectRoute {
-    index: u32,
-    addr: Ipv4Addr,
-    route: bool,
+    pub index: u32,
+    pub addr: Ipv4Addr,
+    pub route: bool,
 }
 
 impl ConnectRoute {
@@ -118,10 +119,9 @@ impl ConnectRoute {
         netlink::replace_permanent_neighbour(addr, [0xff; 6], iface.index)?;
         Ok(ConnectRoute { index: iface.index, addr, route })
     }
-}
 
-impl Drop for ConnectRoute {
-    fn drop(&mut self) {
+    /// Removes the entries.
+    pub fn remove(&self) {
         let _ = netlink::delete_neighbour(self.addr, self.index);
         if self.route {
             let _ = netlink::delete_host_route(self.addr, self.index);

@@ -19,10 +19,10 @@ use super::sal_rx::{opaque, Exts};
 
 /// Services this host serves, by service ID: the local port behind each.
 #[map(name = "HOST_SERVE")]
-pub(crate) static SERVE: HashMap<[u8; 32], ServeEntry> = HashMap::with_max_entries(1024, 0);
+pub(crate) static SERVE: HashMap<[u8; 32], ServeEntry> = HashMap::pinned(1024, 0);
 
 #[map(name = "HOST_ROUTES")]
-pub(crate) static ROUTES: LpmTrie<[u8; 32], RouteTargets> = LpmTrie::with_max_entries(1024, 1); // BPF_F_NO_PREALLOC
+pub(crate) static ROUTES: LpmTrie<[u8; 32], RouteTargets> = LpmTrie::pinned(1024, 1); // BPF_F_NO_PREALLOC
 
 #[inline(always)]
 pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4]>) -> Option<u32> {

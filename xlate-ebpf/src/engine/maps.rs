@@ -2,6 +2,11 @@
 //! configuration, the counters, the event ring to the agent, and the
 //! small runtime helpers around them. Map names are the pin names the
 //! agent and operators use (`xlate_common::flow::names`).
+//!
+//! The maps are pinned by name (`pinned`): an agent that restarts, or a
+//! newer build that replaces it, loads its programs against the very maps
+//! the running programs use, so no flow is lost (the agent checks that
+//! their layout is the one its programs expect before it adopts them).
 
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
@@ -9,26 +14,30 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use xlate_common::{
-    flow::{Event, FlowAddrs, FlowState, EngineConfig, Counter, PeerKey, MAX_FLOWS},
+    flow::{Counter, CtlRecord, EngineConfig, Event, FlowAddrs, FlowState, PeerKey, MAX_FLOWS},
     maps::FlowKey,
 };
 
 #[map(name = "ENGINE_CONFIG")]
-pub(crate) static CONFIG: Array<EngineConfig> = Array::with_max_entries(1, 0);
+pub(crate) static CONFIG: Array<EngineConfig> = Array::pinned(1, 0);
 #[map(name = "FLOWS")]
-pub(crate) static FLOWS: HashMap<u32, FlowState> = HashMap::with_max_entries(MAX_FLOWS, 0);
+pub(crate) static FLOWS: HashMap<u32, FlowState> = HashMap::pinned(MAX_FLOWS, 0);
 #[map(name = "FLOW_ADDRS")]
-pub(crate) static ADDRS: HashMap<u32, FlowAddrs> = HashMap::with_max_entries(MAX_FLOWS, 0);
+pub(crate) static ADDRS: HashMap<u32, FlowAddrs> = HashMap::pinned(MAX_FLOWS, 0);
 #[map(name = "FLOW_TUPLES")]
-pub(crate) static TUPLES: HashMap<FlowKey, u32> = HashMap::with_max_entries(MAX_FLOWS, 0);
+pub(crate) static TUPLES: HashMap<FlowKey, u32> = HashMap::pinned(MAX_FLOWS, 0);
 #[map(name = "FLOW_PEERS")]
-pub(crate) static PEERS: HashMap<PeerKey, u32> = HashMap::with_max_entries(MAX_FLOWS, 0);
+pub(crate) static PEERS: HashMap<PeerKey, u32> = HashMap::pinned(MAX_FLOWS, 0);
 #[map(name = "NEXT_FLOW_ID")]
-static NEXT_FLOW: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+static NEXT_FLOW: PerCpuArray<u32> = PerCpuArray::pinned(1, 0);
 #[map(name = "FLOW_EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::pinned(64 * 1024, 0);
+/// The agent's control-plane state per flow: kept here only so that it
+/// survives a restart of the agent (no program reads it).
+#[map(name = "AGENT_CTL")]
+static AGENT_CTL: HashMap<u32, CtlRecord> = HashMap::pinned(MAX_FLOWS, 0);
 #[map(name = "COUNTERS")]
-pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT as u32, 0);
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT as u32, 0);
 
 #[inline(always)]
 pub(crate) fn count(c: Counter) {

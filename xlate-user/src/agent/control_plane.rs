@@ -2,12 +2,20 @@
 //! everything that is not per-packet translation. SAL FIN/ACK close, resets both ways, migration (answering
 //! and initiating RSYN), stale control packets, retransmission of our own
 //! control packets, and freeing or expiring flows.
+//!
+//! Its per-flow state lives in memory and, written through after every
+//! event, in the pinned `AGENT_CTL` map: a restarted agent (or a newer
+//! build) picks up outstanding retransmissions, FIN bookkeeping and
+//! lingering closes where the last one left them. Only TIME_WAIT (answering
+//! a retransmitted FIN of a flow already freed) is not carried over.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use xlate_common::flow::{event, state, Counter, Event, FlowAddrs, FlowState, PeerKey};
+use xlate_common::flow::{
+    ctl_flag, ctl_pending, event, state, Counter, CtlRecord, Event, FlowAddrs, FlowState, PeerKey,
+};
 use xlate_common::maps::FlowKey;
 use xlate_common::wire::{
     ipv4::Ipv4Repr,
@@ -86,18 +94,161 @@ pub(crate) fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Instants to and from CLOCK_MONOTONIC nanoseconds (Rust's `Instant` is
+/// that clock on Linux, but does not expose it).
+fn to_ns(t: Instant) -> u64 {
+    let (now, now_ns) = (Instant::now(), mono_ns());
+    if t >= now {
+        now_ns + (t - now).as_nanos() as u64
+    } else {
+        now_ns.saturating_sub((now - t).as_nanos() as u64)
+    }
+}
+
+fn from_ns(ns: u64) -> Instant {
+    let (now, now_ns) = (Instant::now(), mono_ns());
+    if ns >= now_ns {
+        now + Duration::from_nanos(ns - now_ns)
+    } else {
+        now.checked_sub(Duration::from_nanos(now_ns - ns)).unwrap_or(now)
+    }
+}
+
+impl Ctl {
+    fn record(&self) -> CtlRecord {
+        let mut r = CtlRecord { snd_nxt: self.snd_nxt, rcv_nxt: self.rcv_nxt, ..Default::default() };
+        if self.fin_wanted {
+            r.flags |= ctl_flag::FIN_WANTED;
+        }
+        if self.peer_fin {
+            r.flags |= ctl_flag::PEER_FIN;
+        }
+        r.fin_acked_at_ns = self.fin_acked_at.map_or(0, to_ns);
+        r.free_at_ns = self.free_at.map_or(0, to_ns);
+        if let Some(p) = &self.pending {
+            let (kind, addr) = match p.kind {
+                PendingKind::Fin => (ctl_pending::FIN, Ipv4Addr::UNSPECIFIED),
+                PendingKind::Rsyn { new_local } => (ctl_pending::RSYN, new_local),
+                PendingKind::RsynAck { new_peer } => (ctl_pending::RSYN_ACK, new_peer),
+            };
+            let n = p.datagram.len().min(CtlRecord::MAX_DATAGRAM);
+            r.pending = kind;
+            r.pending_addr = addr.octets();
+            r.pending_dst = p.dst.octets();
+            r.acked_by = p.acked_by;
+            r.tries = p.tries;
+            r.rto_ms = p.rto.as_millis() as u32;
+            r.next_at_ns = to_ns(p.next_at);
+            r.datagram_len = n as u16;
+            r.datagram[..n].copy_from_slice(&p.datagram[..n]);
+        }
+        r
+    }
+
+    fn from_record(r: &CtlRecord) -> Ctl {
+        let at = |ns: u64| (ns != 0).then(|| from_ns(ns));
+        let kind = match r.pending {
+            ctl_pending::FIN => Some(PendingKind::Fin),
+            ctl_pending::RSYN => Some(PendingKind::Rsyn { new_local: Ipv4Addr::from(r.pending_addr) }),
+            ctl_pending::RSYN_ACK => Some(PendingKind::RsynAck { new_peer: Ipv4Addr::from(r.pending_addr) }),
+            _ => None,
+        };
+        let len = usize::from(r.datagram_len).min(CtlRecord::MAX_DATAGRAM);
+        Ctl {
+            snd_nxt: r.snd_nxt,
+            rcv_nxt: r.rcv_nxt,
+            pending: kind.map(|kind| Pending {
+                kind,
+                datagram: r.datagram[..len].to_vec(),
+                dst: Ipv4Addr::from(r.pending_dst),
+                acked_by: r.acked_by,
+                next_at: from_ns(r.next_at_ns),
+                rto: Duration::from_millis(u64::from(r.rto_ms)).max(RTO_INITIAL),
+                tries: r.tries,
+            }),
+            fin_wanted: r.flags & ctl_flag::FIN_WANTED != 0,
+            fin_acked_at: at(r.fin_acked_at_ns),
+            peer_fin: r.flags & ctl_flag::PEER_FIN != 0,
+            free_at: at(r.free_at_ns),
+        }
+    }
+}
+
 pub struct ControlPlane {
     pub maps: FlowMaps,
     sal: RawSocket,
     inject: RawSocket,
     ctl: HashMap<u32, Ctl>,
+    /// What `AGENT_CTL` holds of each flow (written through by [`Self::sync`]).
+    persisted: HashMap<u32, CtlRecord>,
     closed: HashMap<u32, Closed>,
     idle_timeout: Duration,
 }
 
 impl ControlPlane {
+    /// A control plane over `maps`, carrying on with the state an earlier
+    /// run left in `AGENT_CTL` (flows it names that no longer exist are
+    /// dropped).
     pub fn new(maps: FlowMaps, sal: RawSocket, inject: RawSocket, idle_timeout: Duration) -> Self {
-        ControlPlane { maps, sal, inject, ctl: HashMap::new(), closed: HashMap::new(), idle_timeout }
+        let mut cp = ControlPlane {
+            maps,
+            sal,
+            inject,
+            ctl: HashMap::new(),
+            persisted: HashMap::new(),
+            closed: HashMap::new(),
+            idle_timeout,
+        };
+        let records: Vec<(u32, CtlRecord)> = cp.maps.ctl.iter().filter_map(|r| r.ok()).collect();
+        for (id, r) in records {
+            if cp.maps.flows.get(&id, 0).is_ok() {
+                cp.ctl.insert(id, Ctl::from_record(&r));
+                cp.persisted.insert(id, r);
+            } else {
+                let _ = cp.maps.ctl.remove(&id);
+            }
+        }
+        if !cp.ctl.is_empty() {
+            tracing::info!("carried over the control state of {} flows", cp.ctl.len());
+        }
+        cp
+    }
+
+    /// Writes the control state that changed to `AGENT_CTL`; the event loop
+    /// calls it after every event.
+    pub fn sync(&mut self) {
+        for (id, c) in &self.ctl {
+            let r = c.record();
+            if self.persisted.get(id) != Some(&r) {
+                match self.maps.ctl.insert(*id, r, 0) {
+                    Ok(()) => {
+                        self.persisted.insert(*id, r);
+                    }
+                    Err(e) => tracing::warn!("keeping the control state of flow {id:#x}: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Resets every flow on both sides (a TCP RST to the local or legacy
+    /// TCP, a SAL RST to the peer) and frees it: the datapath stops for
+    /// good. Returns how many flows there were.
+    pub fn reset_all(&mut self) -> usize {
+        let ids: Vec<u32> = self.maps.flows.keys().filter_map(|k| k.ok()).collect();
+        for &id in &ids {
+            let Some((st, addrs)) = self.flow(id) else { continue };
+            if st.peer_flow != 0 {
+                let c = self.ctl_for(&st).clone();
+                let peer = Ipv4Addr::from(addrs.peer_ip);
+                let flags = ControlFlags::RST | ControlFlags::ACK;
+                let pkt = Self::build(&st, Ipv4Addr::from(addrs.local_ip), peer, flags, c.snd_nxt, c.rcv_nxt);
+                self.send(&pkt, peer);
+            }
+            self.inject_rst(&st);
+            self.free(id, Counter::FlowsFreed);
+        }
+        self.sync();
+        ids.len()
     }
 
     pub fn sal_socket(&self) -> &RawSocket {
@@ -448,6 +599,9 @@ impl ControlPlane {
         let _ = self.maps.flows.remove(&id);
         let _ = self.maps.addrs.remove(&id);
         self.ctl.remove(&id);
+        if self.persisted.remove(&id).is_some() {
+            let _ = self.maps.ctl.remove(&id);
+        }
         self.maps.bump(why);
     }
 

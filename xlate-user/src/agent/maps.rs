@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
-use xlate_common::flow::{names, Counter, EngineConfig, FlowAddrs, FlowState, PeerKey, RouteTargets, ServeEntry};
+use xlate_common::flow::{
+    names, Counter, CtlRecord, EngineConfig, FlowAddrs, FlowState, PeerKey, RouteTargets, ServeEntry,
+};
 use xlate_common::maps::{FlowKey, ServiceEntry, ServiceKey};
 
 /// Which program family an instance runs: host mode or the gateway.
@@ -55,45 +57,44 @@ pub struct FlowMaps {
     pub tuples: HashMap<MapData, FlowKey, u32>,
     pub peers: HashMap<MapData, PeerKey, u32>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// The agent's own control-plane state, kept across its restarts.
+    pub ctl: HashMap<MapData, u32, CtlRecord>,
 }
 
-fn take(ebpf: &mut Ebpf, name: &str, dir: &Path) -> Result<Map> {
-    let m = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
-    let path = dir.join(name);
-    let _ = std::fs::remove_file(&path);
-    m.pin(&path).with_context(|| format!("pinning {name} at {}", path.display()))?;
-    Ok(m)
+/// Takes a map out of the loaded object (already pinned by the loader:
+/// see `crate::ebpf`).
+pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
+    ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
 }
 
 impl FlowMaps {
-    /// Takes the maps out of the loaded object and pins them in `dir`.
-    pub fn take_and_pin(ebpf: &mut Ebpf, dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(FlowMaps {
-            config: take(ebpf, names::CONFIG, dir)?.try_into()?,
-            serve: take(ebpf, names::SERVE, dir)?.try_into()?,
-            connect: take(ebpf, names::CONNECT, dir)?.try_into()?,
-            routes: take(ebpf, names::ROUTES, dir)?.try_into()?,
-            flows: take(ebpf, names::FLOWS, dir)?.try_into()?,
-            addrs: take(ebpf, names::ADDRS, dir)?.try_into()?,
-            tuples: take(ebpf, names::TUPLES, dir)?.try_into()?,
-            peers: take(ebpf, names::PEERS, dir)?.try_into()?,
-            counters: take(ebpf, names::COUNTERS, dir)?.try_into()?,
+    /// Takes the maps out of the loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Self::from(|name| take(ebpf, name))
+    }
+
+    /// Opens the maps pinned in `dir` (an agent that no longer runs).
+    pub fn open(dir: &Path) -> Result<Self> {
+        Self::from(|name| {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+            Ok(Map::from_map_data(data)?)
         })
     }
 
-    /// Removes an instance's pins (every map pinned in `dir`).
-    pub fn unpin(dir: &Path) {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(dir);
-        // The shared parent goes too once the last instance is gone.
-        if let Some(parent) = dir.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
+    fn from(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+        Ok(FlowMaps {
+            config: get(names::CONFIG)?.try_into()?,
+            serve: get(names::SERVE)?.try_into()?,
+            connect: get(names::CONNECT)?.try_into()?,
+            routes: get(names::ROUTES)?.try_into()?,
+            flows: get(names::FLOWS)?.try_into()?,
+            addrs: get(names::ADDRS)?.try_into()?,
+            tuples: get(names::TUPLES)?.try_into()?,
+            peers: get(names::PEERS)?.try_into()?,
+            counters: get(names::COUNTERS)?.try_into()?,
+            ctl: get(names::AGENT_CTL)?.try_into()?,
+        })
     }
 
     /// Adds one to a counter from user space (CPU 0's slot; the agent is

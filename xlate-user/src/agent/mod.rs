@@ -10,6 +10,7 @@ pub mod kernel_log;
 pub mod maps;
 pub mod pins;
 pub mod protocol;
+pub mod resident;
 pub mod runtime;
 
 use std::path::PathBuf;
@@ -64,11 +65,15 @@ pub(crate) fn seed_flow_ids(ebpf: &mut aya::Ebpf) -> Result<()> {
     Ok(())
 }
 
-pub(crate) struct PinGuard(pub(crate) PathBuf);
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        FlowMaps::unpin(&self.0);
-    }
+/// How the event loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// SIGTERM or SIGINT: the agent exits, the datapath goes on (its
+    /// programs, maps and state stay for the next run to adopt).
+    Signal,
+    /// `stop` asked for: every flow was reset; the caller removes the
+    /// datapath (see [`resident`]).
+    ForGood,
 }
 
 /// What a mode adds to the shared event loop (the gateway: configuration
@@ -88,7 +93,7 @@ pub(crate) async fn event_loop(
     sock_path: PathBuf,
     kernel_log: Option<kernel_log::Reader>,
     mut reload: Reload<'_>,
-) -> Result<()> {
+) -> Result<Ending> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -108,7 +113,9 @@ pub(crate) async fn event_loop(
     let listener =
         tokio::net::UnixListener::bind(&sock_path).with_context(|| format!("binding {}", sock_path.display()))?;
     let mut buf = vec![0u8; 65536];
+    let mut ending = Ending::Signal;
     loop {
+        cp.sync();
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -158,21 +165,32 @@ pub(crate) async fn event_loop(
                     // a stuck script) must not hold up the data path's agent.
                     let read = tokio::time::timeout(Duration::from_secs(2), r.read_line(&mut line)).await;
                     if matches!(read, Ok(Ok(n)) if n > 0) {
-                        let reply = match protocol::parse(&line) {
-                            Err(bad) => bad,
-                            Ok(req) => match reload.as_mut().and_then(|h| h.request(&req)) {
+                        let parsed = protocol::parse(&line);
+                        let reply = match &parsed {
+                            Err(bad) => bad.clone(),
+                            Ok(Request::Stop) => {
+                                let n = cp.reset_all();
+                                tracing::info!("stopping for good: reset {n} flows");
+                                ending = Ending::ForGood;
+                                Response::Ok(format!("ok: reset {n} flows; removing the datapath"))
+                            }
+                            Ok(req) => match reload.as_mut().and_then(|h| h.request(req)) {
                                 Some(r) => r,
-                                None => request(&mut cp, &req),
+                                None => request(&mut cp, req),
                             },
                         };
                         let text = serde_json::to_string(&reply).unwrap_or_default();
                         let _ = w.write_all(format!("{text}\n").as_bytes()).await;
+                        if ending == Ending::ForGood {
+                            break;
+                        }
                     }
                 }
             }
         }
     }
-    Ok(())
+    cp.sync();
+    Ok(ending)
 }
 
 /// The requests every agent answers (host mode's; the translator adds its own).
@@ -188,4 +206,37 @@ fn request(cp: &mut ControlPlane, req: &Request) -> Response {
         },
         other => Response::Error(format!("this agent does not take {other:?}")),
     }
+}
+
+/// Stops a datapath for good: every flow is reset on both sides, then the
+/// programs, pins, sysctls and (host mode) the segmenter and routes are
+/// removed. A running agent does it and exits; without one, this process
+/// does it from the pins an earlier run left.
+pub fn stop(kind: Kind, iface: &str) -> Result<String> {
+    let what = resident::what(kind);
+    if resident::Lock::held(kind, iface)? {
+        let answer = protocol::call(&control_socket(kind, iface)?, &format!("{what} on {iface}"), &Request::Stop)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while resident::Lock::held(kind, iface)? {
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("{answer}; but the agent has not exited after 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return Ok(format!("{answer}\nstopped"));
+    }
+    let _lock = resident::Lock::take(kind, iface)?;
+    let Some(dir) = resident::orphan_dir(kind, iface)? else {
+        resident::remove(kind, iface, std::path::Path::new("/nonexistent"));
+        anyhow::bail!("no {what} on {iface} in this network namespace: nothing to stop");
+    };
+    let maps = FlowMaps::open(&dir)?;
+    let sal = crate::rawsock::RawSocket::new(i32::from(xlate_common::wire::IPPROTO_SAL))
+        .context("opening the raw SAL socket")?;
+    let inject = crate::rawsock::RawSocket::new(libc::IPPROTO_RAW).context("opening the raw injection socket")?;
+    let mut cp = ControlPlane::new(maps, sal, inject, Duration::from_secs(600));
+    let n = cp.reset_all();
+    drop(cp);
+    resident::remove(kind, iface, &dir);
+    Ok(format!("ok: reset {n} flows; removed the datapath (no agent was running)\nstopped"))
 }

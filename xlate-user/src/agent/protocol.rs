@@ -30,6 +30,9 @@ pub enum Request {
     ServiceDel { address: Ipv4Addr, port: u16 },
     /// Either mode: switch the kernel programs' debug log on or off.
     KernelLog { on: bool },
+    /// Either mode: stop for good (reset every flow, then remove the
+    /// datapath and exit).
+    Stop,
 }
 
 /// A service as the protocol carries it (the service ID in its text form).

@@ -15,7 +15,9 @@ use xlate_common::{ServiceId, ServicePrefix};
 use crate::agent::control_plane::ControlPlane;
 use crate::agent::maps::{self, FlowMaps, Kind};
 use crate::agent::protocol::{self, Request};
-use crate::agent::{control_socket, event_loop, seed_flow_ids};
+use crate::agent::resident::{self, attach_tc, drop_other_links, Attached, ConnectRouteRecord, Lock, Record};
+use crate::agent::{control_socket, event_loop, seed_flow_ids, Ending};
+use crate::ebpf::Resident;
 use crate::netif::{ConnectRoute, Interface, Segmenter};
 use crate::rawsock::RawSocket;
 
@@ -92,33 +94,31 @@ pub struct HostOptions {
     pub idle_timeout: Duration,
 }
 
-/// Runs host mode until SIGINT/SIGTERM; cleans up on the way out.
+/// Runs host mode until SIGINT/SIGTERM (the datapath stays for the next
+/// run) or `host stop` (it goes).
 pub fn run(opts: HostOptions) -> Result<()> {
     crate::agent::init_logging();
     let iface = Interface::lookup(&opts.iface)?;
     let _rt_guard = crate::agent::runtime::runtime().enter();
+    let _lock = Lock::take(Kind::Host, &iface.name)?;
     let pin_dir = maps::pin_dir_for_agent(Kind::Host, &iface.name)?;
-    if pin_dir.exists() {
-        bail!(
-            "another host-mode instance runs on {} ({} exists); stop it first",
-            iface.name,
-            crate::agent::pins::shown(&pin_dir)
-        );
-    }
-    let mut ebpf = crate::ebpf::load()?;
+    let Resident { mut ebpf, adopted } = crate::ebpf::load_resident(&pin_dir)?;
     let kernel_log = crate::agent::kernel_log::reader(&mut ebpf)
         .inspect_err(|e| tracing::warn!("no kernel debug log: {e:#}"))
         .ok();
-    for (prog, _) in [("xlate_host_ingress", ()), ("xlate_host_egress", ()), ("xlate_host_segmented", ())] {
+    for prog in PROGRAMS {
         let p: &mut SchedClassifier =
             ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing"))?.try_into()?;
         p.load().with_context(|| format!("the kernel refused {prog}"))?;
     }
-    seed_flow_ids(&mut ebpf)?;
-    let mut m = FlowMaps::take_and_pin(&mut ebpf, &pin_dir)?;
-    // From here on, leave nothing behind on any exit path.
-    let _pins = crate::agent::PinGuard(pin_dir.clone());
-    let segmenter = Segmenter::create(&iface)?;
+    if !adopted {
+        seed_flow_ids(&mut ebpf)?;
+    }
+    let mut m = FlowMaps::take(&mut ebpf)?;
+    let mut record = Record::load(Kind::Host, &iface.name)?;
+    let segmenter = Segmenter::adopt_or_create(&iface)?;
+    record.segmenter = Some(segmenter.near.clone());
+    record.save(Kind::Host, &iface.name)?;
     let cfg = EngineConfig {
         addr: iface.addr.octets(),
         broadcast: iface.broadcast.octets(),
@@ -129,13 +129,35 @@ pub fn run(opts: HostOptions) -> Result<()> {
         out_ifindex: iface.index,
     };
     m.config.set(0, cfg, 0)?;
+    // New entries first, then those an earlier run had and this one has
+    // not: a SYN never finds a gap.
+    let serve: Vec<[u8; 32]> = opts.serve.iter().map(|s| s.service.0).collect();
     for s in &opts.serve {
         m.serve.insert(s.service.0, ServeEntry { port: s.port.to_be_bytes(), _pad: [0; 2] }, 0)?;
     }
-    let mut connect_routes = Vec::new();
+    let stale: Vec<[u8; 32]> = m.serve.keys().filter_map(|k| k.ok()).filter(|k| !serve.contains(k)).collect();
+    for k in stale {
+        let _ = m.serve.remove(&k);
+    }
+    let mut routes = Vec::new();
     for c in &opts.connect {
         m.connect.insert(ServiceKey::new(c.addr, c.port), ServiceEntry { service_id: c.service }, 0)?;
-        connect_routes.push(ConnectRoute::add(&iface, c.addr)?);
+        let r = ConnectRoute::add(&iface, c.addr)?;
+        routes.push(ConnectRouteRecord { addr: r.addr, ifindex: r.index, route: r.route });
+    }
+    let connect: Vec<ServiceKey> = opts.connect.iter().map(|c| ServiceKey::new(c.addr, c.port)).collect();
+    let stale: Vec<ServiceKey> = m.connect.keys().filter_map(|k| k.ok()).filter(|k| !connect.contains(k)).collect();
+    for k in stale {
+        let _ = m.connect.remove(&k);
+    }
+    for old in record.connect_routes.iter().filter(|r| !routes.contains(r)) {
+        ConnectRoute { index: old.ifindex, addr: old.addr, route: old.route }.remove();
+    }
+    record.connect_routes = routes;
+    record.save(Kind::Host, &iface.name)?;
+    let old_routes: Vec<Key<[u8; 32]>> = m.routes.keys().filter_map(|k| k.ok()).collect();
+    for k in old_routes {
+        let _ = m.routes.remove(&k);
     }
     for r in &opts.routes {
         let mut t = RouteTargets::default();
@@ -149,26 +171,34 @@ pub fn run(opts: HostOptions) -> Result<()> {
     // kernel from answering SAL with ICMP protocol-unreachable.
     let sal = RawSocket::new(i32::from(xlate_common::wire::IPPROTO_SAL)).context("opening the raw SAL socket")?;
     let inject = RawSocket::new(libc::IPPROTO_RAW).context("opening the raw injection socket")?;
-    let events = RingBuf::try_from(ebpf.take_map(names::EVENTS).ok_or_else(|| anyhow!("events map missing"))?)?;
+    let events = RingBuf::try_from(maps::take(&mut ebpf, names::EVENTS)?)?;
 
-    let mut links = Vec::new();
-    for (prog, dev, at) in [
-        ("xlate_host_segmented", &segmenter.far, TcAttachType::Ingress),
-        ("xlate_host_ingress", &iface.name, TcAttachType::Ingress),
-        ("xlate_host_egress", &iface.name, TcAttachType::Egress),
-    ] {
+    let mut how = Vec::new();
+    let attachments = [
+        ("xlate_host_segmented", segmenter.far.as_str(), TcAttachType::Ingress),
+        ("xlate_host_ingress", iface.name.as_str(), TcAttachType::Ingress),
+        ("xlate_host_egress", iface.name.as_str(), TcAttachType::Egress),
+    ];
+    for (prog, dev, at) in attachments {
         let p: &mut SchedClassifier = ebpf.program_mut(prog).unwrap().try_into()?;
-        links.push(p.attach(dev, at).with_context(|| format!("attaching {prog} to {dev}"))?);
+        how.push(attach_tc(p, prog, dev, at, &pin_dir)?);
     }
+    let keep: Vec<(&str, &str)> = attachments.iter().map(|(p, d, _)| (*p, *d)).collect();
+    drop_other_links(&pin_dir, &keep);
     tracing::info!(
-        "xlate host mode on {} ({} / broadcast {}, MSS {}): serving {}, connecting {}, {} routes",
+        "xlate host mode on {} ({} / broadcast {}, MSS {}): serving {}, connecting {}, {} routes{}",
         iface.name,
         iface.addr,
         iface.broadcast,
         iface.max_mss(),
         opts.serve.len(),
         opts.connect.len(),
-        opts.routes.len()
+        opts.routes.len(),
+        if how.contains(&Attached::Replaced) {
+            format!("; took over from the previous run with {} live flows", m.flows.keys().count())
+        } else {
+            String::new()
+        }
     );
 
     let cp = ControlPlane::new(m, sal, inject, opts.idle_timeout);
@@ -179,13 +209,23 @@ pub fn run(opts: HostOptions) -> Result<()> {
     }
     let r = crate::agent::runtime::block_on(event_loop(cp, events, sock_path.clone(), kernel_log, None));
     let _ = std::fs::remove_file(&sock_path);
-    drop(links);
     drop(ebpf);
-    drop(segmenter);
-    r
+    match r? {
+        Ending::Signal => tracing::info!(
+            "agent stopped; the datapath goes on (`xlate-user host stop --iface {}` removes it)",
+            iface.name
+        ),
+        Ending::ForGood => {
+            resident::remove(Kind::Host, &iface.name, &pin_dir);
+            tracing::info!("stopped for good: programs, pins, the segmenter and routes removed");
+        }
+    }
+    Ok(())
 }
 
-/// `host migrate --to ADDR`: asks the running instance to move its flows.
+/// Host mode's programs.
+const PROGRAMS: [&str; 3] = ["xlate_host_ingress", "xlate_host_egress", "xlate_host_segmented"];
+
 pub fn migrate(iface: &str, to: Ipv4Addr) -> Result<String> {
     control(iface, &Request::Migrate { to })
 }

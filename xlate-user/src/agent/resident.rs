@@ -1,0 +1,265 @@
+//! What stays in the kernel between runs of an agent, so that stopping and
+//! starting it, or replacing it with a newer build, loses no flow (as
+//! Katran and Cilium do it):
+//!
+//! - the maps, pinned by name and adopted by the next run (`crate::ebpf`);
+//! - the programs' attachments, as pinned BPF links: the next run replaces
+//!   the program behind each link atomically (`bpf_link_update`), so no
+//!   packet ever meets an interface without its program;
+//! - the agent's control-plane state, in the pinned `AGENT_CTL` map;
+//! - a record of what the agent changed in the network configuration
+//!   (sysctls, the segmenter, routes), in /run/xlate, so that the next run
+//!   adopts it and stopping for good undoes it.
+//!
+//! SIGTERM, SIGINT or a crash stop only the agent: the datapath goes on.
+//! Stopping for good is its own action (`xlate-user stop`, `xlate-user
+//! host stop`): every flow is reset on both sides, then programs, pins,
+//! sysctls, the segmenter and routes are removed ([`stop_for_good`]).
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
+use serde::{Deserialize, Serialize};
+
+use super::maps::{pin_name, Kind};
+
+const RUN: &str = "/run/xlate";
+
+/// Held for as long as an agent runs (an flock, released by the kernel
+/// however the agent ends): a second agent for the same interface is
+/// refused, and a pin directory without a lock holder is an earlier run's,
+/// to adopt.
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    pub fn take(kind: Kind, iface: &str) -> Result<Lock> {
+        std::fs::create_dir_all(RUN).with_context(|| format!("creating {RUN}"))?;
+        let path = lock_path(kind, iface)?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!(
+                "{} already runs on {iface} in this network namespace (it holds {}); stop it first",
+                what(kind),
+                path.display()
+            );
+        }
+        Ok(Lock { _file: file })
+    }
+
+    /// Whether an agent holds the lock now.
+    pub fn held(kind: Kind, iface: &str) -> Result<bool> {
+        let path = lock_path(kind, iface)?;
+        let Ok(file) = File::open(&path) else { return Ok(false) };
+        // SAFETY: flock on a file descriptor we own.
+        let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        Ok(!free)
+    }
+}
+
+fn lock_path(kind: Kind, iface: &str) -> Result<PathBuf> {
+    Ok(Path::new(RUN).join(format!("{}.lock", pin_name(kind, iface)?)))
+}
+
+pub fn what(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Host => "a host-mode instance",
+        Kind::Gateway => "a translator",
+    }
+}
+
+/// What the agent changed in the network configuration, and how to undo
+/// it. Kept in /run/xlate/<agent>.json across runs.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Record {
+    /// sysctls the agent set, with their values before the first run.
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
+    /// Host mode's segmenter (the near end's name).
+    #[serde(default)]
+    pub segmenter: Option<String>,
+    /// Host routes and neighbour entries for `--connect` addresses.
+    #[serde(default)]
+    pub connect_routes: Vec<ConnectRouteRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectRouteRecord {
+    pub addr: Ipv4Addr,
+    pub ifindex: u32,
+    /// A host route was added (the address is not on the link).
+    pub route: bool,
+}
+
+impl Record {
+    fn path(kind: Kind, iface: &str) -> Result<PathBuf> {
+        Ok(Path::new(RUN).join(format!("{}.json", pin_name(kind, iface)?)))
+    }
+
+    /// The record an earlier run left (empty if none).
+    pub fn load(kind: Kind, iface: &str) -> Result<Record> {
+        let path = Self::path(kind, iface)?;
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).with_context(|| format!("reading {}", path.display())),
+            Err(_) => Ok(Record::default()),
+        }
+    }
+
+    pub fn save(&self, kind: Kind, iface: &str) -> Result<()> {
+        std::fs::create_dir_all(RUN)?;
+        let path = Self::path(kind, iface)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(self)?)?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Sets each sysctl to "1", remembering the value it had before the
+    /// first run changed it.
+    pub fn set_sysctls(&mut self, paths: &[String]) -> Result<()> {
+        for p in paths {
+            let old = std::fs::read_to_string(p).with_context(|| format!("reading {p}"))?.trim().to_string();
+            if old != "1" {
+                std::fs::write(p, "1").with_context(|| format!("setting {p}"))?;
+                tracing::info!("set {} = 1 while the translator runs", p.trim_start_matches("/proc/sys/").replace('/', "."));
+                if !self.sysctls.iter().any(|(q, _)| q == p) {
+                    self.sysctls.push((p.clone(), old));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes everything recorded, and forgets it.
+    fn undo(self, kind: Kind, iface: &str) {
+        for (p, old) in &self.sysctls {
+            if std::fs::write(p, old).is_ok() {
+                tracing::info!("restored {} = {old}", p.trim_start_matches("/proc/sys/").replace('/', "."));
+            }
+        }
+        if let Some(seg) = &self.segmenter {
+            let _ = crate::netlink::delete_link(seg);
+        }
+        for r in &self.connect_routes {
+            let _ = crate::netlink::delete_neighbour(r.addr, r.ifindex);
+            if r.route {
+                let _ = crate::netlink::delete_host_route(r.addr, r.ifindex);
+            }
+        }
+        if let Ok(p) = Self::path(kind, iface) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// How a program came to be attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link, pinned.
+    New,
+    /// The program behind an earlier run's link was replaced atomically.
+    Replaced,
+}
+
+fn link_pin(dir: &Path, prog: &str, iface: &str) -> PathBuf {
+    dir.join(format!("link-{prog}-{iface}"))
+}
+
+/// Attaches an XDP program to `iface` through a pinned link.
+pub fn attach_xdp(p: &mut Xdp, name: &str, iface: &str, mode: XdpMode, dir: &Path) -> Result<Attached> {
+    let pin = link_pin(dir, name, iface);
+    if pin.exists() {
+        let replaced = PinnedLink::from_pin(&pin)
+            .map_err(|e| anyhow!("{e}"))
+            .and_then(|l| aya::programs::xdp::XdpLink::try_from(FdLink::from(l)).map_err(|e| anyhow!("{e}")))
+            .and_then(|l| p.attach_to_link(l).map_err(|e| anyhow!("{e}")));
+        match replaced {
+            Ok(_) => return Ok(Attached::Replaced),
+            Err(e) => {
+                tracing::warn!("the earlier run's link of {name} on {iface} is gone ({e}); attaching anew");
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
+    }
+    let id = p.attach(iface, mode).with_context(|| format!("attaching {name} to {iface}"))?;
+    let link = p.take_link(id)?;
+    let fd: FdLink = link.try_into().map_err(|e| anyhow!("{name} on {iface} is not a BPF link: {e}"))?;
+    fd.pin(&pin).with_context(|| format!("pinning the link of {name} on {iface}"))?;
+    Ok(Attached::New)
+}
+
+/// Attaches a TC program to `iface` through a pinned (TCX) link.
+pub fn attach_tc(p: &mut SchedClassifier, name: &str, iface: &str, at: TcAttachType, dir: &Path) -> Result<Attached> {
+    let pin = link_pin(dir, name, iface);
+    if pin.exists() {
+        let replaced = PinnedLink::from_pin(&pin)
+            .map_err(|e| anyhow!("{e}"))
+            .and_then(|l| aya::programs::tc::SchedClassifierLink::try_from(FdLink::from(l)).map_err(|e| anyhow!("{e}")))
+            .and_then(|l| p.attach_to_link(l).map_err(|e| anyhow!("{e}")));
+        match replaced {
+            Ok(_) => return Ok(Attached::Replaced),
+            Err(e) => {
+                tracing::warn!("the earlier run's link of {name} on {iface} is gone ({e}); attaching anew");
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
+    }
+    let id = p.attach(iface, at).with_context(|| format!("attaching {name} to {iface}"))?;
+    let link = p.take_link(id)?;
+    let fd: FdLink = link.try_into().map_err(|e| anyhow!("{name} on {iface} is not a BPF link (TCX needs Linux 6.6): {e}"))?;
+    fd.pin(&pin).with_context(|| format!("pinning the link of {name} on {iface}"))?;
+    Ok(Attached::New)
+}
+
+/// Detaches links an earlier run pinned that this run does not use (an
+/// interface no longer given).
+pub fn drop_other_links(dir: &Path, keep: &[(&str, &str)]) {
+    let keep: Vec<PathBuf> = keep.iter().map(|(p, i)| link_pin(dir, p, i)).collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let is_link = e.file_name().to_string_lossy().starts_with("link-");
+            if is_link && !keep.contains(&e.path()) {
+                tracing::info!("detaching {} (not used by this run)", e.file_name().to_string_lossy());
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Stops a datapath for good, after its flows were reset: removes the
+/// links (the programs detach), the maps' pins, and what the record says
+/// the agent changed.
+pub fn remove(kind: Kind, iface: &str, dir: &Path) {
+    crate::ebpf::remove_pins(dir);
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+    match Record::load(kind, iface) {
+        Ok(r) => r.undo(kind, iface),
+        Err(e) => tracing::warn!("{e:#}"),
+    }
+}
+
+/// Where an agent that is not running left its pins, as this process sees
+/// them.
+pub fn orphan_dir(kind: Kind, iface: &str) -> Result<Option<PathBuf>> {
+    let name = pin_name(kind, iface)?;
+    for base in ["/sys/fs/bpf/xlate", "/run/xlate/bpf", "/proc/1/root/sys/fs/bpf/xlate", "/proc/1/root/run/xlate/bpf"] {
+        let d = Path::new(base).join(&name);
+        if d.is_dir() {
+            return Ok(Some(d));
+        }
+    }
+    Ok(None)
+}
