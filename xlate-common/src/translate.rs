@@ -92,7 +92,12 @@ pub fn note_ingress(flow: &mut FlowState, tcp_flags: u8, seq: u32, ack: u32, pay
     if tcp_flags & (TCP_SYN | TCP_FIN) != 0 {
         next = next.wrapping_add(1);
     }
-    flow.peer_next_seq = next;
+    // The highest: a zero-window probe (seq one below the window) or a
+    // retransmission must not move it back, or a reset injected at it
+    // would fall outside the window and be ignored.
+    if tcp_flags & TCP_SYN != 0 || seq_after(next, flow.peer_next_seq) {
+        flow.peer_next_seq = next;
+    }
     if tcp_flags & TCP_RST != 0 && flow.flags & flag::PEER_RST == 0 {
         flow.flags |= flag::PEER_RST;
         return event::PEER_RST;
@@ -264,6 +269,19 @@ mod tests {
         assert_eq!(note_egress(&mut f, TCP_RST, 201), event::LOCAL_RST);
         assert_eq!(note_ingress(&mut f, TCP_RST, 9, 0, 0), event::PEER_RST);
         assert_eq!(f.peer_next_seq, 9);
+    }
+
+    #[test]
+    fn the_peers_next_sequence_never_moves_back() {
+        let mut f = flow(role::CLIENT, state::SYN_SENT);
+        note_ingress(&mut f, TCP_SYN | TCP_ACK, 0xffff_fff0, 1, 0);
+        assert_eq!(f.peer_next_seq, 0xffff_fff1);
+        note_ingress(&mut f, TCP_ACK, 0xffff_fff1, 1, 100);
+        assert_eq!(f.peer_next_seq, 0x55, "across the wrap");
+        // A zero-window probe (one below the window) and a retransmission.
+        note_ingress(&mut f, TCP_ACK, 0x54, 1, 0);
+        note_ingress(&mut f, TCP_ACK, 0x10, 1, 20);
+        assert_eq!(f.peer_next_seq, 0x55);
     }
 
     #[test]

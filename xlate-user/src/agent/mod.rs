@@ -226,6 +226,7 @@ pub fn stop(kind: Kind, iface: &str) -> Result<String> {
         return Ok(format!("{answer}\nstopped"));
     }
     let _lock = resident::Lock::take(kind, iface)?;
+    let _rt = runtime::runtime().enter();
     let Some(dir) = resident::orphan_dir(kind, iface)? else {
         resident::remove(kind, iface, std::path::Path::new("/nonexistent"));
         anyhow::bail!("no {what} on {iface} in this network namespace: nothing to stop");

@@ -249,6 +249,9 @@ pub fn remove(kind: Kind, iface: &str, dir: &Path) {
         Ok(r) => r.undo(kind, iface),
         Err(e) => tracing::warn!("{e:#}"),
     }
+    if let Ok(p) = lock_path(kind, iface) {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 /// Where an agent that is not running left its pins, as this process sees
