@@ -13,12 +13,26 @@ use xlate_lab::{Bg, HostPair, Naming, Netns, Translator, TranslatorOptions};
 const SVC_ADDR: &str = "10.61.0.100";
 const PORT: &str = "5201";
 
-/// An agent in `ns` (network namespace only: its pins stay visible),
-/// stopped with SIGTERM when dropped.
-fn agent(bin: &Path, ns: &Netns, args: &[&str]) -> Result<Bg> {
+/// An agent in a namespace, stopped for good when dropped.
+struct Agent {
+    _bg: Bg,
+    stop: Command,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.stop.output();
+    }
+}
+
+/// Starts an agent in `ns` (network namespace only: its pins stay
+/// visible); `stop` is its stop-for-good command (`stop` or `host stop`).
+fn agent(bin: &Path, ns: &Netns, args: &[&str], stop: &[&str]) -> Result<Agent> {
     let child = ns.net_cmd(bin).args(args).stdout(Stdio::null()).spawn().context("starting xlate-user")?;
     std::thread::sleep(Duration::from_secs(2));
-    Ok(Bg::from_child(child).terminate_on_drop())
+    let mut cmd = ns.net_cmd(bin);
+    cmd.args(stop);
+    Ok(Agent { _bg: Bg::from_child(child).terminate_on_drop(), stop: cmd })
 }
 
 /// iperf3's server in `ns`.
@@ -47,8 +61,18 @@ pub fn host_mode(bin: &Path, seconds: u32) -> Result<Table> {
     let (plain_beside, host) = {
         let serve = format!("00001451={PORT}");
         let connect = format!("00001451={SVC_ADDR}:{PORT}");
-        let _s = agent(bin, s, &["host", "--iface", host_pair::SERVER_IF, "--serve", &serve])?;
-        let _c = agent(bin, c, &["host", "--iface", host_pair::CLIENT_IF, "--connect", &connect])?;
+        let _s = agent(
+            bin,
+            s,
+            &["host", "--iface", host_pair::SERVER_IF, "--serve", &serve],
+            &["host", "stop", "--iface", host_pair::SERVER_IF],
+        )?;
+        let _c = agent(
+            bin,
+            c,
+            &["host", "--iface", host_pair::CLIENT_IF, "--connect", &connect],
+            &["host", "stop", "--iface", host_pair::CLIENT_IF],
+        )?;
         (four_ways(c, host_pair::SERVER_IP, seconds)?, four_ways(c, SVC_ADDR, seconds)?)
     };
     drop(_iperf);
@@ -164,10 +188,15 @@ pub fn translator(bin: &Path, seconds: u32) -> Result<Table> {
         ),
     )?;
     let serve = format!("00001451={PORT}");
-    let _inst_agent = agent(bin, inst, &["host", "--iface", "e0", "--serve", &serve])?;
+    let _inst_agent = agent(bin, inst, &["host", "--iface", "e0", "--serve", &serve], &["host", "stop", "--iface", "e0"])?;
     let _iperf = iperf_server(inst)?;
     let config = config.to_str().context("config path")?;
-    let _gw = agent(bin, &lab.gateway, &["run", "--iface", "g0", "--iface", "g1", "--config", config])?;
+    let _gw = agent(
+        bin,
+        &lab.gateway,
+        &["run", "--iface", "g0", "--iface", "g1", "--config", config],
+        &["stop", "--iface", "g0"],
+    )?;
     let inst_ip = translator::INSTANCES[0];
     let routed_1 = iperf_from(client, inst_ip, 1, seconds, false)?;
     let routed_4 = iperf_from(client, inst_ip, 4, seconds, false)?;

@@ -48,6 +48,11 @@ pub fn run(bin: &Path) -> Result<()> {
     let lab = Translator::build(Naming::Fixed("xlate-lab"), opts)?;
     let r = start_and_watch(&lab, bin, &mut children);
     println!("\nlab: tearing down");
+    // Agents stop for good (SIGTERM alone would leave their datapaths).
+    let _ = lab.gateway.cmd(&bin.display().to_string()).args(["stop", "--iface", "g0"]).output();
+    for ns in &lab.instances {
+        let _ = ns.cmd(&bin.display().to_string()).args(["host", "stop", "--iface", "e0"]).output();
+    }
     stop(&mut children);
     drop(lab);
     crate::util::unmount_own_bpffs();
