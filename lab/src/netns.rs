@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -199,18 +200,77 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 /// A background process, killed when dropped (SIGKILL, or SIGTERM and a
 /// wait for those made with [`Bg::terminate_on_drop`]) unless it was
-/// stopped first.
+/// stopped first. Its stderr is drained as it comes (a chatty process
+/// never blocks on a full pipe) and kept for [`Bg::wait_for_stderr_line`]
+/// and [`Bg::stop`].
 pub struct Bg {
     child: Option<Child>,
     stdout: Option<BufReader<ChildStdout>>,
-    stderr: Option<BufReader<std::process::ChildStderr>>,
+    stderr: Option<Stderr>,
     drop_signal: i32,
+}
+
+/// The lines a child wrote to stderr so far, and how far a waiter read.
+struct Stderr {
+    lines: Arc<(Mutex<(Vec<String>, bool)>, Condvar)>,
+    seen: usize,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stderr {
+    fn drain(e: std::process::ChildStderr) -> Stderr {
+        let lines = Arc::new((Mutex::new((Vec::new(), false)), Condvar::new()));
+        let l = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(e).lines() {
+                let Ok(line) = line else { break };
+                let (m, c) = &*l;
+                m.lock().unwrap().0.push(line);
+                c.notify_all();
+            }
+            let (m, c) = &*l;
+            m.lock().unwrap().1 = true;
+            c.notify_all();
+        });
+        Stderr { lines, seen: 0, reader: Some(reader) }
+    }
+
+    /// Waits for a line containing `needle` after those already seen.
+    fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let (m, c) = &*self.lines;
+        let mut g = m.lock().unwrap();
+        loop {
+            while self.seen < g.0.len() {
+                let line = g.0[self.seen].clone();
+                self.seen += 1;
+                if line.contains(needle) {
+                    return format!("{line}\n");
+                }
+            }
+            let now = Instant::now();
+            if g.1 || now > deadline {
+                panic!("no stderr line containing {needle:?}; got: {}", g.0.join("\n"));
+            }
+            g = c.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Everything written, once the child has exited.
+    fn all(mut self) -> String {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let g = self.lines.0.lock().unwrap();
+        g.0.iter().map(|l| format!("{l}\n")).collect()
+    }
 }
 
 impl Bg {
     fn new(mut child: Child) -> Bg {
         let stdout = child.stdout.take().map(BufReader::new);
-        Bg { child: Some(child), stdout, stderr: None, drop_signal: libc::SIGKILL }
+        let stderr = child.stderr.take().map(Stderr::drain);
+        Bg { child: Some(child), stdout, stderr, drop_signal: libc::SIGKILL }
     }
 
     /// Wraps a child (stdout and stderr piped, or not read).
@@ -226,24 +286,7 @@ impl Bg {
 
     /// Like [`wait_for_line`](Self::wait_for_line), on stderr.
     pub fn wait_for_stderr_line(&mut self, needle: &str, timeout: Duration) -> String {
-        if self.stderr.is_none() {
-            let e = self.child.as_mut().and_then(|c| c.stderr.take()).expect("stderr piped");
-            self.stderr = Some(BufReader::new(e));
-        }
-        let deadline = Instant::now() + timeout;
-        let err = self.stderr.as_mut().unwrap();
-        let mut seen = String::new();
-        loop {
-            let mut line = String::new();
-            let n = err.read_line(&mut line).expect("read child stderr");
-            if n == 0 || Instant::now() > deadline {
-                panic!("no stderr line containing {needle:?}; got: {seen}");
-            }
-            if line.contains(needle) {
-                return line;
-            }
-            seen.push_str(&line);
-        }
+        self.stderr.as_mut().expect("stderr piped").wait_for(needle, timeout)
     }
 
     pub fn pid(&self) -> i32 {
@@ -281,22 +324,20 @@ impl Bg {
         seen.lines().last().map(|l| format!("{l}\n")).unwrap_or_default()
     }
 
-    /// Sends `sig`, waits for exit, returns the rest of stdout and stderr.
+    /// Sends `sig` (0: none, the process ends by itself), waits for exit,
+    /// returns the rest of stdout and all of stderr.
     pub fn stop(&mut self, sig: i32) -> (String, String) {
         let mut child = self.child.take().expect("running");
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, sig) };
+        if sig != 0 {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, sig) };
+        }
         let mut rest = String::new();
         if let Some(mut out) = self.stdout.take() {
             let _ = std::io::Read::read_to_string(&mut out, &mut rest);
         }
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        } else if let Some(mut e) = self.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
         let _ = child.wait();
+        let err = self.stderr.take().map(Stderr::all).unwrap_or_default();
         (rest, err)
     }
 }

@@ -201,7 +201,7 @@ fn a_client_syn_becomes_a_sal_syn_and_a_retransmission_the_same_one() {
     // Linux's SYN options: MSS 1460, SACK-permitted, timestamps, NOP, WS 7.
     let opts = [2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];
     let syn = client_tcp(0x02, 1000, 0, &opts, &[]);
-    let out = gw.expect(&syn, XDP_PASS, &[Counter::GwToSal, Counter::EgressSyn]);
+    let out = gw.expect(&syn, XDP_PASS, &[Counter::GwToSal, Counter::EgressSyn, Counter::FlowsHalfOpened]);
     let flows = gw.flows();
     assert_eq!(flows.len(), 1);
     let f = flows[0];
@@ -250,7 +250,9 @@ fn the_original_stacks_handshake_data_and_close_through_the_translator() {
     let (third, third_repr) = &caps[2];
     let Transport::Tcp(t) = third_repr.transport else { panic!() };
     let ack = client_tcp(0x10, t.seq, t.ack, &[], &[]);
-    let out = gw.expect(&ack, XDP_PASS, &[Counter::GwToSal]);
+    // It acknowledges the instance's SYN-ACK: the client is real (no
+    // longer half-open).
+    let out = gw.expect(&ack, XDP_PASS, &[Counter::GwToSal, Counter::FlowsProven]);
     assert_eq!(&out[14 + 20..14 + 20 + 68], &third[20..88], "third ACK SAL header identical to the original stack's");
 
     // Client data before the server has spoken: a bare data header, again
@@ -433,13 +435,16 @@ fn settle(meta: &[u8], frame: &[u8]) -> (ChecksumNote, Vec<u8>) {
     (note, f)
 }
 
-/// A translator with the capture's flow past its SYN-ACK, and the capture.
+/// A translator with the capture's flow past its SYN-ACK and the client's
+/// third ACK (which proves the client is there), and the capture.
 fn established() -> (Gw, Vec<(Vec<u8>, ServalRepr<'static>)>) {
     require_root();
     let caps = capture_packets("handshake-data-close.pcap");
     let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
     gw.insert_capture_flow();
     gw.expect(&eth(&caps[1].0), XDP_PASS, &[Counter::GwToTcp, Counter::IngressSynAck]);
+    let Transport::Tcp(t) = caps[2].1.transport else { panic!() };
+    gw.expect(&client_tcp(0x10, t.seq, t.ack, &[], &[]), XDP_PASS, &[Counter::GwToSal, Counter::FlowsProven]);
     (gw, caps)
 }
 

@@ -262,7 +262,8 @@ fn cases() -> Vec<Case> {
             prog: Prog::Ingress,
             input: syn.clone(),
             verdict: TC_ACT_OK,
-            moved: &[Counter::IngressSyn, Counter::IngressTranslated],
+            // Half-open until the client's ACK carries our nonce.
+            moved: &[Counter::IngressSyn, Counter::IngressTranslated, Counter::FlowsHalfOpened],
             check: tcp_syn_to_server,
         },
         Case {

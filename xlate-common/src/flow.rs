@@ -17,7 +17,8 @@ pub mod names {
     pub const ADDRS: &str = "FLOW_ADDRS";
     pub const TUPLES: &str = "FLOW_TUPLES";
     pub const PEERS: &str = "FLOW_PEERS";
-    pub const NEXT_FLOW: &str = "NEXT_FLOW_ID";
+    /// Per-CPU counters the server side rotates its local ports with.
+    pub const ROTATION: &str = "PORT_ROTATION";
     pub const EVENTS: &str = "FLOW_EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
     /// The agent's control-plane state per flow ([`super::CtlRecord`]):
@@ -128,6 +129,36 @@ pub mod config_flag {
     /// agent, which prints the lines: `xlate-user kernel-log on`. Off by
     /// default: a line per packet is for debugging, not for production.
     pub const KERNEL_LOG: u32 = 2;
+    /// Half-open flows reached their budget (the agent sets it, see
+    /// `SynBudget`): a new SYN is admitted only as the retransmission of
+    /// one declined a moment ago, which a spoofed source does not send.
+    pub const SYN_BUDGET: u32 = 4;
+    /// Half-open flows reached the hard limit: every new SYN is declined.
+    pub const SYN_HARD_LIMIT: u32 = 8;
+}
+
+/// How many half-open flows a datapath keeps before it admits only
+/// retransmitted SYNs, and the hard limit. A flow is half-open from its
+/// SYN until the other end proves it is there: at the gateway the legacy
+/// client acknowledges the instance's SYN-ACK, at a host-mode server the
+/// client's SAL ACK carries our nonce. Half-open flows are expired after
+/// [`SynBudget::TIMEOUT_S`] seconds. An instance's budget is larger than a
+/// gateway's hard limit, so that a gateway under a flood never makes its
+/// instances decline (and look dead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynBudget {
+    pub budget: u64,
+    pub hard: u64,
+}
+
+impl SynBudget {
+    pub const GATEWAY: SynBudget = SynBudget { budget: 8192, hard: 16384 };
+    pub const HOST: SynBudget = SynBudget { budget: 20000, hard: 32768 };
+    /// Seconds a flow may stay half-open.
+    pub const TIMEOUT_S: u64 = 8;
+    /// A SYN counts as retransmitted when it comes at least this long
+    /// after the declined one (clients wait a second or more).
+    pub const RETRANSMIT_GAP_NS: u64 = 400_000_000;
 }
 
 /// Where a kernel log line comes from (see [`config_flag::KERNEL_LOG`]).
@@ -196,6 +227,9 @@ pub mod flag {
     pub const LOCAL_RST: u8 = 0x08;
     /// The peer's TCP sent a RST; the agent was told.
     pub const PEER_RST: u8 = 0x10;
+    /// The other end proved it is there (see `SynBudget`): no longer
+    /// half-open.
+    pub const PROVEN: u8 = 0x20;
 }
 
 /// A flow as the kernel keeps it. Addresses and ports in network order.
@@ -417,6 +451,24 @@ pub enum Counter {
     /// A tuple whose flow the agent freed meanwhile: passed untranslated.
     #[strum(serialize = "passed_flow_freed")]
     PassFlowFreed,
+    /// A SAL RST without the flow's nonce that was not from the flow's
+    /// peer at its next verno either: not believed (RFC 5961's spirit).
+    #[strum(serialize = "ctl_drop_unbelieved_rst")]
+    CtlDropUnbelievedRst,
+    /// A flow started half-open (a gateway client's SYN, a SAL SYN at a
+    /// server).
+    FlowsHalfOpened,
+    /// A half-open flow's other end proved it is there.
+    FlowsProven,
+    /// The agent freed a flow that was still half-open.
+    FlowsFreedHalfOpen,
+    /// A SYN declined: half-open flows at their budget (and not a
+    /// retransmission), or at the hard limit.
+    #[strum(serialize = "drop_syn_over_budget")]
+    DropSynBudget,
+    /// A SYN admitted over the budget as the retransmission of a declined one.
+    #[strum(serialize = "syn_admitted_retransmitted")]
+    SynAdmittedRetransmit,
 }
 
 impl Counter {
@@ -464,7 +516,7 @@ mod tests {
         assert_eq!(size_of::<FlowAddrs>(), 8);
         assert_eq!(size_of::<PeerKey>(), 8);
         assert_eq!(size_of::<RouteTargets>(), 36);
-        assert_eq!(size_of::<CtlRecord>(), 40 + 24 + 64);
+        assert_eq!(size_of::<CtlRecord>(), 32 + 24 + 64);
     }
 
     #[test]

@@ -92,13 +92,19 @@ pub fn note_ingress(flow: &mut FlowState, tcp_flags: u8, seq: u32, ack: u32, pay
     if tcp_flags & (TCP_SYN | TCP_FIN) != 0 {
         next = next.wrapping_add(1);
     }
+    // A reset ends the flow only at exactly the sequence number expected
+    // (RFC 5961 §3.2, as the local TCP judges it too): data packets are
+    // accepted by flow ID alone, so one with a guessed RST must not free
+    // the flow while the TCP behind it carries on.
+    let rst_in_place = tcp_flags & TCP_RST != 0 && seq == flow.peer_next_seq;
     // The highest: a zero-window probe (seq one below the window) or a
     // retransmission must not move it back, or a reset injected at it
-    // would fall outside the window and be ignored.
-    if tcp_flags & TCP_SYN != 0 || seq_after(next, flow.peer_next_seq) {
+    // would fall outside the window and be ignored; nor may a reset move
+    // it (a guessed one would shift it away from the real one).
+    if tcp_flags & TCP_RST == 0 && (tcp_flags & TCP_SYN != 0 || seq_after(next, flow.peer_next_seq)) {
         flow.peer_next_seq = next;
     }
-    if tcp_flags & TCP_RST != 0 && flow.flags & flag::PEER_RST == 0 {
+    if rst_in_place && flow.flags & flag::PEER_RST == 0 {
         flow.flags |= flag::PEER_RST;
         return event::PEER_RST;
     }
@@ -267,8 +273,11 @@ mod tests {
         assert_eq!(note_ingress(&mut f, TCP_ACK, 7, 201, 0), event::LOCAL_FIN_ACKED);
         assert_eq!(note_ingress(&mut f, TCP_ACK, 7, 201, 0), 0, "only once");
         assert_eq!(note_egress(&mut f, TCP_RST, 201), event::LOCAL_RST);
-        assert_eq!(note_ingress(&mut f, TCP_RST, 9, 0, 0), event::PEER_RST);
-        assert_eq!(f.peer_next_seq, 9);
+        // A reset counts only at exactly the expected sequence number.
+        assert_eq!(note_ingress(&mut f, TCP_RST, 9, 0, 0), 0, "a guessed reset");
+        assert_eq!(note_ingress(&mut f, TCP_RST, 5, 0, 0), 0, "an old one");
+        assert_eq!(f.peer_next_seq, 7, "resets do not move it");
+        assert_eq!(note_ingress(&mut f, TCP_RST, 7, 0, 0), event::PEER_RST);
     }
 
     #[test]

@@ -33,6 +33,7 @@ use xlate_common::{
 };
 
 use crate::engine::{
+    admit::admit_syn,
     flows::new_client_flow,
     frame::{Frame, XdpFrame, IP_AT, L4_AT},
     ipv4::{self, addr, be16, Shape},
@@ -132,6 +133,7 @@ fn new_flow_inner(key: &FlowKey, flags: u8) -> Result<u32, Exit> {
         // the kernel (and the stream-level fallback).
         return Err(Exit::Pass(Counter::GwPassNoFlow));
     }
+    admit_syn(key)?;
     let peer = if svc.router != [0; 4] {
         svc.router
     } else {

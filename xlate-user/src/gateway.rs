@@ -10,14 +10,14 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
-use xlate_common::flow::{gw, names, EngineConfig};
+use xlate_common::flow::{gw, names, EngineConfig, SynBudget};
 use xlate_common::maps::ServiceKey;
 
 use crate::agent::control_plane::ControlPlane;
 use crate::agent::maps::{pin_dir_for_agent, take, FlowMaps, Kind};
 use crate::agent::protocol::{self as control_protocol, Request, Response};
 use crate::agent::resident::{self, attach_tc, attach_xdp, drop_other_links, Attached, Lock, Record};
-use crate::agent::{control_socket, event_loop, seed_flow_ids, Ending};
+use crate::agent::{control_socket, event_loop, seed_rotation, Ending};
 use crate::ebpf::Resident;
 use crate::config::{Config, Service};
 use crate::netif::Interface;
@@ -56,6 +56,8 @@ struct GwMaps {
     rows: std::collections::HashMap<(Ipv4Addr, u16), u32>,
     /// Devices XDP may redirect rewritten frames to (see `xdp_features`).
     redirect: Redirect,
+    /// New flows, oldest first, until their handshake is due (health).
+    syn_watch: std::collections::VecDeque<(std::time::Instant, u32)>,
 }
 
 /// The redirect targets the kernel may use, kept in step with the devices'
@@ -238,13 +240,16 @@ impl crate::agent::LoopHooks for GwMaps {
             }
             keep
         });
-        let mono = crate::agent::control_plane::mono_ns();
+        // Each new flow is looked at once, SYN_TIMEOUT after it started:
+        // the cost follows the new flows, not the size of the table.
+        self.syn_watch.extend(cp.take_new_flows());
         let mut stuck = Vec::new();
-        for item in cp.maps.flows.iter() {
-            let Ok((id, st)) = item else { continue };
-            if st.state == xlate_common::flow::state::SYN_SENT
-                && Duration::from_nanos(mono.saturating_sub(st.created_ns)) > SYN_TIMEOUT
-            {
+        while let Some(&(t, id)) = self.syn_watch.front() {
+            if now.duration_since(t) < SYN_TIMEOUT {
+                break;
+            }
+            self.syn_watch.pop_front();
+            if cp.maps.flows.get(&id, 0).is_ok_and(|st| st.state == xlate_common::flow::state::SYN_SENT) {
                 if let Ok(a) = cp.maps.addrs.get(&id, 0) {
                     stuck.push((id, Ipv4Addr::from(a.peer_ip)));
                 }
@@ -367,7 +372,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         .try_into()?;
     tc.load().context("the kernel refused the translator's checksum program")?;
     if !adopted {
-        seed_flow_ids(&mut ebpf)?;
+        seed_rotation(&mut ebpf)?;
     }
     let mut flows = FlowMaps::take(&mut ebpf)?;
     let services: HashMap<MapData, ServiceKey, gw::GwService> = take(&mut ebpf, gw::SERVICES)?.try_into()?;
@@ -384,6 +389,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         path: opts.config.clone(),
         down: Default::default(),
         rows,
+        syn_watch: Default::default(),
         redirect: Redirect {
             map: HashMap::try_from(take(&mut ebpf, gw::REDIRECT_TARGETS)?)?,
             known: Default::default(),
@@ -448,7 +454,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         tracing::info!("  {}:{} -> service {} -> {}", s.address, s.port, s.service_id, targets.join(", "));
     }
 
-    let cp = ControlPlane::new(flows, sal, inject, Duration::from_secs(cfg.idle_timeout));
+    let cp = ControlPlane::new(flows, sal, inject, Duration::from_secs(cfg.idle_timeout), SynBudget::GATEWAY);
     let sock = control_socket(Kind::Gateway, &first)?;
     if let Some(addr) = opts.metrics {
         crate::metrics::serve(addr, Kind::Gateway, first.clone())?;

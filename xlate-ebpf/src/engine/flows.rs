@@ -7,15 +7,20 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, HashMap, LpmTrie},
 };
 use xlate_common::{
-    flow::{event, role, state, Counter, FlowAddrs, FlowState, PeerKey, RouteTargets, ServeEntry, MAX_ROUTE_TARGETS},
+    flow::{
+        event, flag, role, state, Counter, FlowAddrs, FlowState, PeerKey, RouteTargets, ServeEntry, MAX_ROUTE_TARGETS,
+    },
     maps::FlowKey,
     translate,
 };
 
+use super::admit::admit_syn;
 use super::maps::{
-    alloc_flow_id, notify, now, rand32, rand_nonce, ADDRS, BPF_NOEXIST, CONFIG, FLOWS, PEERS, TUPLES,
+    alloc_flow_id, count, next_rotation, notify, now, rand32, rand_nonce, ADDRS, BPF_NOEXIST, CONFIG, FLOWS, PEERS,
+    TUPLES,
 };
 use super::sal_rx::{opaque, Exts};
+use super::verdict::Exit;
 
 /// Services this host serves, by service ID: the local port behind each.
 #[map(name = "HOST_SERVE")]
@@ -29,10 +34,16 @@ pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4
     let cfg = CONFIG.get(0)?;
     let id = alloc_flow_id()?;
     let nonce = rand_nonce();
-    let st = FlowState::new(role::CLIENT, state::SYN_SENT, *sid, id, rand32(), nonce, key, now());
+    let mut st = FlowState::new(role::CLIENT, state::SYN_SENT, *sid, id, rand32(), nonce, key, now());
+    // A local application's flow (host mode) is trusted from the start; a
+    // legacy client's (the gateway picked the peer) is half-open until it
+    // acknowledges the instance's SYN-ACK.
     let peer_ip = match peer {
         Some(p) => p,
-        None => route(sid, id).unwrap_or(cfg.broadcast),
+        None => {
+            st.flags |= flag::PROVEN;
+            route(sid, id).unwrap_or(cfg.broadcast)
+        }
     };
     let addrs = FlowAddrs { local_ip: cfg.addr, peer_ip };
     FLOWS.insert(&id, &st, BPF_NOEXIST).ok()?;
@@ -41,8 +52,20 @@ pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4
         let _ = ADDRS.remove(&id);
         return None;
     }
+    if st.flags & flag::PROVEN == 0 {
+        count(Counter::FlowsHalfOpened);
+    }
     notify(event::NEW_FLOW, id);
     Some(id)
+}
+
+/// The flow's other end proved it is there: it is no longer half-open.
+#[inline(always)]
+pub(crate) fn prove(flow: &mut FlowState) {
+    if flow.flags & flag::PROVEN == 0 {
+        flow.flags |= flag::PROVEN;
+        count(Counter::FlowsProven);
+    }
 }
 
 /// The longest-prefix route for a service ID; one target per flow.
@@ -87,20 +110,29 @@ pub(crate) fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &
     };
     let port = serve.port;
     let pk = PeerKey { peer_ip: ip_src, peer_flow: src_flow };
+    // SAFETY: plain map lookup.
     if let Some(id) = unsafe { PEERS.get(&pk) } {
         return Ok(*id);
     }
+    // A new one: (peer address, peer flow ID) names the sender.
+    let f = src_flow.to_be_bytes();
+    let who = FlowKey { saddr: ip_src, daddr: [0; 4], sport: [f[0], f[1]], dport: [f[2], f[3]] };
+    admit_syn(&who).map_err(|e| match e {
+        Exit::Drop(c) => c,
+        _ => Counter::DropSynBudget,
+    })?;
     let Some(cfg) = CONFIG.get(0) else {
         return Err(Counter::IngressError);
     };
     let id = alloc_flow_id().ok_or(Counter::DropTableFull)?;
-    // The local TCP sees the client as (its IP, a port taken from our new
-    // flow ID), probing a few ports if that tuple is live. Flow IDs count
-    // up per CPU from a random start (the agent seeds them), so ports
-    // rotate through 32768-65535 like an ephemeral range and a new flow
-    // does not land on a TIME_WAIT socket of a recent one.
+    // The local TCP sees the client as (its IP, a port from a per-CPU
+    // rotation), probing a few ports if that tuple is live. The rotation
+    // counts up from a random start (the agent seeds it), so ports walk
+    // through 32768-65535 like an ephemeral range and a new flow does not
+    // land on a TIME_WAIT socket of a recent one.
     let mut key = FlowKey { saddr: cfg.addr, daddr: ip_src, sport: port, dport: [0; 2] };
-    let base = (((id >> 8) << 1) | (id & 1)) as u16;
+    let r = next_rotation().ok_or(Counter::IngressError)?;
+    let base = (((r >> 8) << 1) | (r & 1)) as u16;
     let mut found = false;
     let mut i: u16 = 0;
     while i < 8 {
@@ -135,6 +167,7 @@ pub(crate) fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &
         let _ = TUPLES.remove(&key);
         return Err(Counter::DropTableFull);
     }
+    count(Counter::FlowsHalfOpened);
     notify(event::NEW_FLOW, id);
     Ok(id)
 }

@@ -28,8 +28,8 @@ pub(crate) static ADDRS: HashMap<u32, FlowAddrs> = HashMap::pinned(MAX_FLOWS, 0)
 pub(crate) static TUPLES: HashMap<FlowKey, u32> = HashMap::pinned(MAX_FLOWS, 0);
 #[map(name = "FLOW_PEERS")]
 pub(crate) static PEERS: HashMap<PeerKey, u32> = HashMap::pinned(MAX_FLOWS, 0);
-#[map(name = "NEXT_FLOW_ID")]
-static NEXT_FLOW: PerCpuArray<u32> = PerCpuArray::pinned(1, 0);
+#[map(name = "PORT_ROTATION")]
+static ROTATION: PerCpuArray<u32> = PerCpuArray::pinned(1, 0);
 #[map(name = "FLOW_EVENTS")]
 static EVENTS: RingBuf = RingBuf::pinned(64 * 1024, 0);
 /// The agent's control-plane state per flow: kept here only so that it
@@ -74,19 +74,35 @@ pub(crate) fn rand_nonce() -> [u8; 8] {
     nonce
 }
 
-/// Non-zero local flow IDs, unique without atomics (the BPF target has
-/// no atomic read-modify-write in `core`): a per-CPU counter in the high
-/// 24 bits, the CPU number in the low 8. Inserts use BPF_NOEXIST, so a
-/// wrapped counter that meets a live flow fails instead of overwriting it.
+/// A new local flow ID: random, so that one observed ID tells nothing of
+/// the others (they are what a forged data packet needs), non-zero, and
+/// not one of a live flow (checked here; the insert with BPF_NOEXIST
+/// catches a race). `None` only if four draws all collide: the table is
+/// that full.
 #[inline(always)]
 pub(crate) fn alloc_flow_id() -> Option<u32> {
-    let p = NEXT_FLOW.get_ptr_mut(0)?;
+    let mut i = 0;
+    while i < 4 {
+        let id = rand32();
+        // SAFETY: plain map lookup.
+        if id != 0 && unsafe { FLOWS.get(&id) }.is_none() {
+            return Some(id);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The next value of this CPU's rotation counter (seeded at random by the
+/// agent): the server side's local ports walk through the ephemeral range
+/// with it, so that a new flow does not land on the TIME_WAIT socket of a
+/// recent one. Never on the wire.
+#[inline(always)]
+pub(crate) fn next_rotation() -> Option<u32> {
+    let p = ROTATION.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot; no other writer while we run on it.
     let n = unsafe {
-        *p = (*p).wrapping_add(1) & 0x00ff_ffff;
-        if *p == 0 {
-            *p = 1;
-        }
+        *p = (*p).wrapping_add(1);
         *p
     };
     // SAFETY: no preconditions.

@@ -7,6 +7,7 @@
 //!
 //! - [`maps`]: the flow tables, configuration, counters and event ring.
 //! - [`flows`]: creating flows (either side) and accepting a SYN-ACK.
+//! - [`admit`]: admitting SYNs under a flood (the half-open budget).
 //! - [`sal_rx`]: the per-CPU buffers the SAL receiver rules run on.
 //! - [`frame`]: reading and rewriting a frame at XDP or TC.
 //! - [`verdict`]: how a frame leaves untranslated, counted by reason.
@@ -14,6 +15,7 @@
 //! - [`ipv4`]: what the engine needs of the IPv4 header.
 //! - [`tcp_to_sal`] and [`sal_to_tcp`]: the two directions.
 
+pub(crate) mod admit;
 pub(crate) mod flows;
 pub(crate) mod frame;
 pub(crate) mod ipv4;

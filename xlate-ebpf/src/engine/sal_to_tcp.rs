@@ -10,7 +10,7 @@ use xlate_common::{
     wire::{checksum, ipv4::field as ipf, sal, tcp::field as tcpf, IPPROTO_TCP},
 };
 
-use super::flows::{server_flow, synack};
+use super::flows::{prove, server_flow, synack};
 use super::frame::{Frame, TcpRewrite, IP_AT, L4_AT};
 use super::ipv4::{self, addr, be16, be32};
 use super::maps::{count, notify, now, CONFIG, FLOWS};
@@ -92,6 +92,8 @@ pub(crate) fn sal_to_tcp<F: Frame>(f: &F) -> Result<u32, Exit> {
                 if ext.nonce != flow.peer_nonce {
                     return Err(Exit::Drop(Counter::DropBadNonce));
                 }
+                // It carries our nonce: the client got our SYN-ACK.
+                prove(flow);
                 if flow.state == state::SYN_RCVD {
                     flow.state = state::ESTABLISHED;
                     notify(event::ESTABLISHED, dst_flow);

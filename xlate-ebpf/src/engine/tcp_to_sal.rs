@@ -2,11 +2,12 @@
 //! gateway, from the local TCP in host mode) becomes a SAL packet in place.
 
 use xlate_common::{
-    flow::Counter,
-    translate::{self, Form, TCP_SYN},
+    flow::{flag, state, Counter},
+    translate::{self, Form, TCP_ACK, TCP_SYN},
     wire::{ipv4::field as ipf, tcp::field as tcpf, IPPROTO_SAL},
 };
 
+use super::flows::prove;
 use super::frame::{Frame, TcpRewrite, IP_AT, L4_AT};
 use super::ipv4::{self, addr, be16, be32};
 use super::maps::{count, notify, now, ADDRS, CONFIG, FLOWS};
@@ -61,6 +62,15 @@ pub(crate) fn tcp_to_sal<F: Frame>(f: &F, id: u32) -> Result<ToSal, Exit> {
     let tcp_len = tot_len.wrapping_sub(20);
     let payload = u32::from(tcp_len.wrapping_sub(doff));
     let seq_end = be32(&tcp, tcpf::SEQ).wrapping_add(payload);
+    // A legacy client that acknowledges everything the instance sent (its
+    // SYN-ACK first of all) has seen it: a spoofed source cannot.
+    if flow.flags & flag::PROVEN == 0
+        && flags & TCP_ACK != 0
+        && (flow.state == state::ACK_PENDING || flow.state == state::ESTABLISHED)
+        && be32(&tcp, tcpf::ACK) == flow.peer_next_seq
+    {
+        prove(flow);
+    }
     let form = translate::egress_form(flow, flags, payload, seq_end);
     let ev = translate::note_egress(flow, flags, seq_end);
     if ev != 0 {

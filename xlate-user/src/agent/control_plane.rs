@@ -14,7 +14,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use xlate_common::flow::{
-    ctl_flag, ctl_pending, event, state, Counter, CtlRecord, Event, FlowAddrs, FlowState, PeerKey,
+    config_flag, ctl_flag, ctl_pending, event, flag, state, Counter, CtlRecord, Event, FlowAddrs, FlowState, PeerKey,
+    SynBudget,
 };
 use xlate_common::maps::FlowKey;
 use xlate_common::wire::{
@@ -32,8 +33,12 @@ const RTO_MAX: Duration = Duration::from_secs(120);
 const MAX_TRIES: u32 = 15;
 /// Time a fully closed flow lingers so late TCP segments still translate.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
-/// A handshake that has not completed by then is abandoned.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A flow still half-open by then is abandoned (see `SynBudget`).
+const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(SynBudget::TIMEOUT_S);
+/// How often the whole flow table is walked for idle flows (and half-open
+/// ones whose creation event was lost): its cost is spread over this long,
+/// not paid every tick.
+const SCAN_EVERY: Duration = Duration::from_secs(30);
 /// After our SAL FIN is acknowledged, how long we wait for the peer's
 /// (the original stack's FINWAIT2).
 const FIN_WAIT: Duration = Duration::from_secs(60);
@@ -183,13 +188,50 @@ pub struct ControlPlane {
     persisted: HashMap<u32, CtlRecord>,
     closed: HashMap<u32, Closed>,
     idle_timeout: Duration,
+    /// Flows created lately, oldest first (NEW_FLOW events): each is looked
+    /// at once, when it is due to be proven. Bounded by the admission rate
+    /// times [`HALF_OPEN_TIMEOUT`].
+    young: std::collections::VecDeque<(Instant, u32)>,
+    /// New flows since the mode last asked ([`Self::take_new_flows`]).
+    new_flows: Vec<(Instant, u32)>,
+    budget: SynBudget,
+    /// The last budget flags written (`config_flag::SYN_*`).
+    syn_flags: u32,
+    last_scan: Option<Instant>,
+    warnings: Warnings,
+}
+
+/// Warnings that a flood could repeat thousands of times a second: one
+/// line per kind every few seconds, with how many were held back. (An
+/// agent that logs faster than its output is read blocks on it.)
+#[derive(Default)]
+struct Warnings(HashMap<&'static str, (Option<Instant>, u64)>);
+
+impl Warnings {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn warn(&mut self, kind: &'static str, detail: impl std::fmt::Display) {
+        let now = Instant::now();
+        let (last, held) = self.0.entry(kind).or_default();
+        if last.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
+            *held += 1;
+            return;
+        }
+        if *held > 0 {
+            tracing::warn!("{kind}: {detail} (and {held} more like it)");
+        } else {
+            tracing::warn!("{kind}: {detail}");
+        }
+        *last = Some(now);
+        *held = 0;
+    }
 }
 
 impl ControlPlane {
     /// A control plane over `maps`, carrying on with the state an earlier
     /// run left in `AGENT_CTL` (flows it names that no longer exist are
     /// dropped).
-    pub fn new(maps: FlowMaps, sal: RawSocket, inject: RawSocket, idle_timeout: Duration) -> Self {
+    pub fn new(maps: FlowMaps, sal: RawSocket, inject: RawSocket, idle_timeout: Duration, budget: SynBudget) -> Self {
         let mut cp = ControlPlane {
             maps,
             sal,
@@ -198,6 +240,12 @@ impl ControlPlane {
             persisted: HashMap::new(),
             closed: HashMap::new(),
             idle_timeout,
+            young: Default::default(),
+            new_flows: Vec::new(),
+            budget,
+            syn_flags: 0,
+            last_scan: None,
+            warnings: Warnings::default(),
         };
         let records: Vec<(u32, CtlRecord)> = cp.maps.ctl.iter().filter_map(|r| r.ok()).collect();
         for (id, r) in records {
@@ -224,7 +272,7 @@ impl ControlPlane {
                     Ok(()) => {
                         self.persisted.insert(*id, r);
                     }
-                    Err(e) => tracing::warn!("keeping the control state of flow {id:#x}: {e}"),
+                    Err(e) => self.warnings.warn("keeping the control state of a flow", format!("{id:#x}: {e}")),
                 }
             }
         }
@@ -244,7 +292,9 @@ impl ControlPlane {
                 let pkt = Self::build(&st, Ipv4Addr::from(addrs.local_ip), peer, flags, c.snd_nxt, c.rcv_nxt);
                 self.send(&pkt, peer);
             }
-            self.inject_rst(&st);
+            if st.flags & flag::PROVEN != 0 {
+                self.inject_rst(&st);
+            }
             self.free(id, Counter::FlowsFreed);
         }
         self.sync();
@@ -291,7 +341,7 @@ impl ControlPlane {
     fn send(&mut self, datagram: &[u8], dst: Ipv4Addr) {
         match self.sal.send_to(datagram, dst) {
             Ok(()) => self.maps.bump(Counter::CtlSent),
-            Err(e) => tracing::warn!("sending a control packet to {dst}: {e}"),
+            Err(e) => self.warnings.warn("sending a control packet", format!("to {dst}: {e}")),
         }
     }
 
@@ -356,9 +406,14 @@ impl ControlPlane {
                     self.free(ev.flow, Counter::FlowsFreed);
                 }
             }
-            // Nothing to do on NEW_FLOW/ESTABLISHED: the control state is
+            // Watched until it is due to be proven. (The control state is
             // created on first use, once the handshake has fixed both
-            // initial vernos (a client learns the peer's from the SYN-ACK).
+            // initial vernos: a client learns the peer's from the SYN-ACK.)
+            event::NEW_FLOW => {
+                let now = Instant::now();
+                self.young.push_back((now, ev.flow));
+                self.new_flows.push((now, ev.flow));
+            }
             _ => {}
         }
     }
@@ -380,9 +435,23 @@ impl ControlPlane {
         };
         let f = ctl.flags;
         if f.contains(ControlFlags::RST) {
-            // Resets are believed without the nonce (the stack does so too).
+            // Believed only when plausible, in the spirit of RFC 5961: with
+            // the peer's nonce (the original stack puts it in its resets),
+            // or from the flow's current peer address at exactly the verno
+            // expected next. Anyone who can only guess (a flow ID, a verno)
+            // cannot end a flow.
+            let rcv_nxt = self.ctl.get(&id).map_or(st.peer_verno.wrapping_add(1), |c| c.rcv_nxt);
+            let from_peer = p.ip.src_addr == Ipv4Addr::from(addrs.peer_ip) && ctl.verno == rcv_nxt;
+            if ctl.nonce != st.peer_nonce && !from_peer {
+                self.maps.bump(Counter::CtlDropUnbelievedRst);
+                return;
+            }
             self.maps.bump(Counter::CtlRstRcvd);
-            self.inject_rst(&st);
+            // A half-open flow's TCP side is most likely a spoofed
+            // address: no reset goes back to it.
+            if st.flags & flag::PROVEN != 0 {
+                self.inject_rst(&st);
+            }
             self.free(id, Counter::FlowsFreed);
             return;
         }
@@ -567,13 +636,16 @@ impl ControlPlane {
         };
         tcp.emit(&mut xlate_common::wire::tcp::TcpPacket::new_unchecked(&mut pkt[20..]), src, dst).expect("sized");
         if let Err(e) = self.inject.send_to(&pkt, dst) {
-            tracing::warn!("injecting a TCP reset: {e}");
+            self.warnings.warn("injecting a TCP reset", format!("to {dst}: {e}"));
         }
     }
 
     /// Deletes every trace of a flow from the maps (a cleanly closed one is
     /// remembered by the agent for TIME_WAIT).
     pub fn free(&mut self, id: u32, why: Counter) {
+        if self.maps.flows.get(&id, 0).is_ok_and(|st| st.flags & flag::PROVEN == 0) {
+            self.maps.bump(Counter::FlowsFreedHalfOpen);
+        }
         if let (Some(c), Some((st, addrs))) = (self.ctl.get(&id), self.flow(id)) {
             if c.peer_fin && c.fin_acked_at.is_some() {
                 let closed = Closed {
@@ -645,22 +717,111 @@ impl ControlPlane {
         }
         self.closed.retain(|_, c| c.until > now);
         self.expire();
+        self.enforce_budget();
     }
 
+    /// Expiry at a cost proportional to the work: young flows are looked
+    /// at once each, when due to be proven; the whole table only every
+    /// [`SCAN_EVERY`] (idle flows, and half-open ones whose event was lost).
     fn expire(&mut self) {
-        let now = mono_ns();
-        let mut stale = Vec::new();
-        for item in self.maps.flows.iter() {
-            let Ok((id, st)) = item else { continue };
-            let idle = Duration::from_nanos(now.saturating_sub(st.last_seen_ns));
-            let age = Duration::from_nanos(now.saturating_sub(st.created_ns));
-            let handshaking = st.state != state::ESTABLISHED && st.state != state::ACK_PENDING;
-            if (handshaking && age > HANDSHAKE_TIMEOUT) || idle > self.idle_timeout {
-                stale.push(id);
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while let Some(&(t, id)) = self.young.front() {
+            if now.duration_since(t) < HALF_OPEN_TIMEOUT {
+                break;
+            }
+            self.young.pop_front();
+            due.push(id);
+        }
+        for id in due {
+            if self.maps.flows.get(&id, 0).is_ok_and(|st| st.flags & flag::PROVEN == 0) {
+                self.abandon(id);
             }
         }
-        for id in stale {
+        if self.last_scan.is_some_and(|t| now.duration_since(t) < SCAN_EVERY) {
+            return;
+        }
+        self.last_scan = Some(now);
+        let mono = mono_ns();
+        let (mut idle, mut half_open) = (Vec::new(), Vec::new());
+        for item in self.maps.flows.iter() {
+            let Ok((id, st)) = item else { continue };
+            let quiet = Duration::from_nanos(mono.saturating_sub(st.last_seen_ns));
+            let age = Duration::from_nanos(mono.saturating_sub(st.created_ns));
+            if st.flags & flag::PROVEN == 0 && age > HALF_OPEN_TIMEOUT {
+                half_open.push(id);
+            } else if quiet > self.idle_timeout {
+                idle.push(id);
+            }
+        }
+        for id in half_open {
+            self.abandon(id);
+        }
+        for id in idle {
             self.free(id, Counter::FlowsExpired);
+        }
+    }
+
+    /// A flow whose other end never proved it is there: freed, and the
+    /// peer told with a SAL RST (so that an instance frees its side at
+    /// once). The TCP side gets nothing: it is most likely a spoofed
+    /// address.
+    fn abandon(&mut self, id: u32) {
+        if let Some((st, addrs)) = self.flow(id) {
+            if st.peer_flow != 0 {
+                let c = self.ctl_for(&st).clone();
+                let peer = Ipv4Addr::from(addrs.peer_ip);
+                let flags = ControlFlags::RST | ControlFlags::ACK;
+                let pkt = Self::build(&st, Ipv4Addr::from(addrs.local_ip), peer, flags, c.snd_nxt, c.rcv_nxt);
+                self.send(&pkt, peer);
+            }
+        }
+        self.free(id, Counter::FlowsExpired);
+    }
+
+    /// New flows since the last call (creation time, flow ID), for a mode
+    /// that watches handshakes (the gateway's health check).
+    pub fn take_new_flows(&mut self) -> Vec<(Instant, u32)> {
+        std::mem::take(&mut self.new_flows)
+    }
+
+    /// How many flows are half-open: started, minus proven, minus freed
+    /// while half-open (counters the kernel and the agent keep in the
+    /// pinned counter map, so the figure survives restarts).
+    pub fn half_open(&self) -> u64 {
+        let sum = |c: Counter| -> u64 { self.maps.counters.get(&c.index(), 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        sum(Counter::FlowsHalfOpened)
+            .saturating_sub(sum(Counter::FlowsProven))
+            .saturating_sub(sum(Counter::FlowsFreedHalfOpen))
+    }
+
+    /// Tells the kernel whether half-open flows are at their budget or
+    /// hard limit (see `admit.rs` in the kernel programs).
+    fn enforce_budget(&mut self) {
+        let n = self.half_open();
+        let want = if n >= self.budget.hard {
+            config_flag::SYN_BUDGET | config_flag::SYN_HARD_LIMIT
+        } else if n >= self.budget.budget {
+            config_flag::SYN_BUDGET
+        } else {
+            0
+        };
+        if want == self.syn_flags {
+            return;
+        }
+        if let Ok(mut cfg) = self.maps.config.get(&0, 0) {
+            cfg.flags = (cfg.flags & !(config_flag::SYN_BUDGET | config_flag::SYN_HARD_LIMIT)) | want;
+            if self.maps.config.set(0, cfg, 0).is_ok() {
+                match (self.syn_flags, want) {
+                    (0, _) => tracing::warn!(
+                        "{n} half-open flows reached the budget of {}: admitting only retransmitted SYNs",
+                        self.budget.budget
+                    ),
+                    (_, 0) => tracing::info!("{n} half-open flows, under the budget: admitting every SYN again"),
+                    _ => {}
+                }
+                self.syn_flags = want;
+            }
         }
     }
 

@@ -47,12 +47,13 @@ pub fn control_socket(kind: Kind, iface: &str) -> Result<PathBuf> {
     Ok(PathBuf::from("/run/xlate").join(format!("{}.sock", maps::pin_name(kind, iface)?)))
 }
 
-/// Starts each CPU's flow-ID counter at a random point: flow IDs are then
-/// not guessable, and the ports the server side derives from them do not
-/// repeat those of an earlier run (whose TIME_WAIT sockets may linger).
-pub(crate) fn seed_flow_ids(ebpf: &mut aya::Ebpf) -> Result<()> {
+/// Starts each CPU's port rotation (see the kernel's `next_rotation`) at
+/// a random point, so that the local ports the server side uses do not
+/// repeat those of an earlier datapath (whose TIME_WAIT sockets may
+/// linger). Flow IDs themselves are drawn at random by the kernel.
+pub(crate) fn seed_rotation(ebpf: &mut aya::Ebpf) -> Result<()> {
     let mut m: PerCpuArray<&mut MapData, u32> =
-        PerCpuArray::try_from(ebpf.map_mut(names::NEXT_FLOW).ok_or_else(|| anyhow!("flow-ID map missing"))?)?;
+        PerCpuArray::try_from(ebpf.map_mut(names::ROTATION).ok_or_else(|| anyhow!("rotation map missing"))?)?;
     let n = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
     let mut seeds = Vec::with_capacity(n);
     let mut f = std::fs::File::open("/dev/urandom")?;
@@ -235,7 +236,11 @@ pub fn stop(kind: Kind, iface: &str) -> Result<String> {
     let sal = crate::rawsock::RawSocket::new(i32::from(xlate_common::wire::IPPROTO_SAL))
         .context("opening the raw SAL socket")?;
     let inject = crate::rawsock::RawSocket::new(libc::IPPROTO_RAW).context("opening the raw injection socket")?;
-    let mut cp = ControlPlane::new(maps, sal, inject, Duration::from_secs(600));
+    let budget = match kind {
+        Kind::Host => xlate_common::flow::SynBudget::HOST,
+        Kind::Gateway => xlate_common::flow::SynBudget::GATEWAY,
+    };
+    let mut cp = ControlPlane::new(maps, sal, inject, Duration::from_secs(600), budget);
     let n = cp.reset_all();
     drop(cp);
     resident::remove(kind, iface, &dir);

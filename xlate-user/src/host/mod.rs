@@ -16,7 +16,7 @@ use crate::agent::control_plane::ControlPlane;
 use crate::agent::maps::{self, FlowMaps, Kind};
 use crate::agent::protocol::{self, Request};
 use crate::agent::resident::{self, attach_tc, drop_other_links, Attached, ConnectRouteRecord, Lock, Record};
-use crate::agent::{control_socket, event_loop, seed_flow_ids, Ending};
+use crate::agent::{control_socket, event_loop, seed_rotation, Ending};
 use crate::ebpf::Resident;
 use crate::netif::{ConnectRoute, Interface, Segmenter};
 use crate::rawsock::RawSocket;
@@ -112,7 +112,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
         p.load().with_context(|| format!("the kernel refused {prog}"))?;
     }
     if !adopted {
-        seed_flow_ids(&mut ebpf)?;
+        seed_rotation(&mut ebpf)?;
     }
     let mut m = FlowMaps::take(&mut ebpf)?;
     let mut record = Record::load(Kind::Host, &iface.name)?;
@@ -201,7 +201,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
         }
     );
 
-    let cp = ControlPlane::new(m, sal, inject, opts.idle_timeout);
+    let cp = ControlPlane::new(m, sal, inject, opts.idle_timeout, xlate_common::flow::SynBudget::HOST);
     let sock_path = control_socket(Kind::Host, &iface.name)?;
     if let Some(addr) = opts.metrics {
         crate::metrics::serve(addr, Kind::Host, iface.name.clone())?;
