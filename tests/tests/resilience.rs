@@ -257,11 +257,15 @@ pkt = bytearray(hdr + ctl)
 s = sum(struct.unpack("!%dH" % (len(pkt) // 2), pkt))
 while s >> 16: s = (s & 0xffff) + (s >> 16)
 pkt[10:12] = struct.pack("!H", ~s & 0xffff)
-sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 144)
 if len(sys.argv) > 8:
-    sock.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND: any source address
-    sock.bind((sys.argv[8], 0))
-sock.sendto(bytes(pkt), (dst, 0))
+    # A spoofed source: the IP header is ours (IP_HDRINCL).
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(pkt), 1, 0, 64, 144, 0,
+                     socket.inet_aton(sys.argv[8]), socket.inet_aton(dst))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    sock.sendto(ip + bytes(pkt), (dst, 0))
+else:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 144)
+    sock.sendto(bytes(pkt), (dst, 0))
 "#;
 
 #[test]

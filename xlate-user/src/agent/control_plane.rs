@@ -285,8 +285,12 @@ impl ControlPlane {
         let ids: Vec<u32> = self.maps.flows.keys().filter_map(|k| k.ok()).collect();
         for &id in &ids {
             let Some((st, addrs)) = self.flow(id) else { continue };
+            let c = self.ctl_for(&st).clone();
+            // Translation stops first: the TCP side's next sequence number
+            // is then the one just read, and the injected reset lands
+            // exactly on it (a reset anywhere else is ignored).
+            self.free(id, Counter::FlowsFreed);
             if st.peer_flow != 0 {
-                let c = self.ctl_for(&st).clone();
                 let peer = Ipv4Addr::from(addrs.peer_ip);
                 let flags = ControlFlags::RST | ControlFlags::ACK;
                 let pkt = Self::build(&st, Ipv4Addr::from(addrs.local_ip), peer, flags, c.snd_nxt, c.rcv_nxt);
@@ -295,7 +299,6 @@ impl ControlPlane {
             if st.flags & flag::PROVEN != 0 {
                 self.inject_rst(&st);
             }
-            self.free(id, Counter::FlowsFreed);
         }
         self.sync();
         ids.len()
