@@ -62,6 +62,21 @@ fn xdp_prog(ns: &Netns, dev: &str) -> Option<String> {
     out.split("prog/xdp id ").nth(1).map(|r| r.split_whitespace().next().unwrap().to_string())
 }
 
+/// The TCP connections of `ns` took a reset (and none is left open) within
+/// a second.
+fn assert_reset(ns: &Netns) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let resets: u64 = sh(ns, "nstat -az TcpEstabResets | awk '/TcpEstabResets/ {print $2}'").parse().unwrap();
+        let open = sh(ns, "ss -Htn state established | wc -l");
+        if resets >= 1 && open == "0" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no reset landed: {resets} resets, {open} connections open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Every agent's pin directory (the test shares the agents' mount
 /// namespace), by name.
 fn pin_dirs() -> Vec<String> {
@@ -192,7 +207,10 @@ fn stopping_the_translator_for_good_resets_both_sides_and_leaves_nothing() {
     let (out, _) = lab.stop_gateway();
     assert!(out.contains("stopping for good: reset 1 flows"), "{out}");
     // The client's curl saw a reset, at once (not a timeout).
-    let line = dl.wait_for_line("exit=", Duration::from_secs(10));
+    // The client's TCP took the reset at once (its connection is gone);
+    // curl reports it once it has read what was already buffered.
+    assert_reset(&lab.client);
+    let line = dl.wait_for_line("exit=", Duration::from_secs(60));
     assert_eq!(line.trim(), "exit=56", "curl: connection reset ({line})");
     // The instance got the SAL RST: its flow is gone.
     let inst = std::process::Command::new("ip")
@@ -230,7 +248,10 @@ fn stopping_host_mode_for_good_without_its_agent_resets_both_sides() {
     let out = lab.client.cmd(xlate_user_bin().to_str().unwrap()).args(["host", "stop", "--iface", CLIENT_IF]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("reset 1 flows"));
-    let line = dl.wait_for_line("exit=", Duration::from_secs(10));
+    // The client's TCP took the reset at once (its connection is gone);
+    // curl reports it once it has read what was already buffered.
+    assert_reset(&lab.client);
+    let line = dl.wait_for_line("exit=", Duration::from_secs(60));
     assert_eq!(line.trim(), "exit=56", "curl: connection reset ({line})");
     // The server side got the SAL RST.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -446,4 +467,27 @@ fn a_syn_flood_from_spoofed_sources_leaves_established_and_new_connections_worki
     // (d) no instance was taken out of rotation for it.
     let (out, _) = lab.stop_gateway();
     assert!(!out.contains("out of rotation"), "{out}");
+}
+
+#[test]
+fn connections_made_and_closed_while_the_agent_is_down_are_closed_after_it_returns() {
+    require_root();
+    let _g = serial();
+    let mut lab = HostLab::new("hcl");
+    lab.start_http();
+    // The client's agent is down; its kernel programs still translate.
+    lab.client_agent.stop_agent(libc::SIGTERM);
+    let got = sh(&lab.client, &format!("curl -sS --fail --max-time 20 {} | sha256sum", lab.url("gen/5000000/31")));
+    assert_eq!(got.split_whitespace().next().unwrap(), generated_sha256(5_000_000, 31, None), "download intact");
+    // Its close needs the control plane (SAL FIN both ways): the flow
+    // waits, and its kernel events wait in the pinned ring.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lab.flows(true).len(), 1, "the server still has the closing flow");
+    let startup = lab.client_agent.restart();
+    assert!(startup.contains("took over from the previous run with 1 live flows"), "{startup}");
+    // The new run reads the queued FIN event, sends its SAL FIN, answers
+    // the server's (retransmitted) one: both sides free the flow.
+    lab.wait_no_flows(Duration::from_secs(15));
+    let s = lab.stats(false);
+    assert!(s["ctl_fin_received"] >= 1 && s["ctl_sent"] >= 2, "{s:?}");
 }

@@ -150,44 +150,58 @@ pub fn sum_words<const N: usize>(h: &[u8; N]) -> u16 {
     ((acc & 0xffff) + (acc >> 16)) as u16
 }
 
+/// The base header's fields of a flow into `h` (checksum left zero).
+#[inline(always)]
+fn put_base<const N: usize>(h: &mut [u8; N], flow: &FlowState) {
+    use sal::field::{DST_FLOWID, PROTOCOL, SHL, SRC_FLOWID};
+    h[SRC_FLOWID..SRC_FLOWID + 4].copy_from_slice(&flow.local_flow.to_be_bytes());
+    h[DST_FLOWID..DST_FLOWID + 4].copy_from_slice(&flow.peer_flow.to_be_bytes());
+    h[SHL] = (N / 4) as u8;
+    h[PROTOCOL] = IPPROTO_TCP;
+}
+
+/// Fills in the checksum of a whole header.
+#[inline(always)]
+fn put_checksum<const N: usize>(h: &mut [u8; N]) {
+    let c = !sum_words(h);
+    h[sal::field::CHECKSUM..sal::field::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
+}
+
 /// The data header of a flow (base only, `shl` 3), checksummed.
 #[inline(always)]
-pub fn data_header(flow: &FlowState) -> [u8; 12] {
-    let mut h = [0u8; 12];
-    h[0..4].copy_from_slice(&flow.local_flow.to_be_bytes());
-    h[4..8].copy_from_slice(&flow.peer_flow.to_be_bytes());
-    h[8] = 3;
-    h[9] = IPPROTO_TCP;
-    let c = !sum_words(&h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
+pub fn data_header(flow: &FlowState) -> [u8; sal::BASE_LEN] {
+    let mut h = [0u8; sal::BASE_LEN];
+    put_base(&mut h, flow);
+    put_checksum(&mut h);
     h
 }
 
 /// Base + CONTROL (+ SERVICE when `N` is 68), checksummed.
 #[inline(always)]
 pub fn control_header<const N: usize>(flow: &FlowState, flags: u8, verno: u32, ackno: u32) -> [u8; N] {
+    use sal::control_field::{ACKNO, FLAGS, NONCE, VERNO};
     let mut h = [0u8; N];
-    h[0..4].copy_from_slice(&flow.local_flow.to_be_bytes());
-    h[4..8].copy_from_slice(&flow.peer_flow.to_be_bytes());
-    h[8] = (N / 4) as u8;
-    h[9] = IPPROTO_TCP;
-    h[12] = sal::ext_type::CONTROL;
-    h[13] = sal::CONTROL_LEN as u8;
-    h[14] = flags;
-    h[16..20].copy_from_slice(&verno.to_be_bytes());
-    h[20..24].copy_from_slice(&ackno.to_be_bytes());
-    h[24..32].copy_from_slice(&flow.local_nonce);
-    if N >= 68 {
-        h[32] = sal::ext_type::SERVICE;
-        h[33] = sal::SERVICE_LEN as u8;
+    put_base(&mut h, flow);
+    // CONTROL right after the base header, SERVICE after it (the order the
+    // original stack emits).
+    let c = sal::BASE_LEN;
+    h[c] = sal::ext_type::CONTROL;
+    h[c + 1] = sal::CONTROL_LEN as u8;
+    h[c + FLAGS] = flags;
+    h[c + VERNO..c + VERNO + 4].copy_from_slice(&verno.to_be_bytes());
+    h[c + ACKNO..c + ACKNO + 4].copy_from_slice(&ackno.to_be_bytes());
+    h[c + NONCE..c + NONCE + 8].copy_from_slice(&flow.local_nonce);
+    if N >= sal::BASE_LEN + sal::CONTROL_LEN + sal::SERVICE_LEN {
+        let s = sal::BASE_LEN + sal::CONTROL_LEN;
+        h[s] = sal::ext_type::SERVICE;
+        h[s + 1] = sal::SERVICE_LEN as u8;
         let mut i = 0;
         while i < 32 {
-            h[36 + i] = flow.service_id[i];
+            h[s + sal::SERVICE_ID_AT + i] = flow.service_id[i];
             i += 1;
         }
     }
-    let c = !sum_words(&h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
+    put_checksum(&mut h);
     h
 }
 

@@ -12,6 +12,9 @@ use crate::service_id::ServiceId;
 pub const BASE_LEN: usize = 12;
 pub const CONTROL_LEN: usize = 20;
 pub const SERVICE_LEN: usize = 36;
+/// Where a SERVICE extension's service ID starts (after type, length and
+/// two reserved bytes).
+pub const SERVICE_ID_AT: usize = 4;
 pub const ADDRESS_MIN_LEN: usize = 12;
 pub const SOURCE_MIN_ADDRS: usize = 2;
 pub const SOURCE_MAX_ADDRS: usize = 20;
@@ -396,7 +399,7 @@ impl<'a> Extensions<'a> {
         self.pos += ulen;
         Ok(match kind {
             ext_type::CONTROL => Extension::Control(ControlRepr::parse(body)),
-            ext_type::SERVICE => Extension::Service(ServiceId::from_slice(&body[4..36])),
+            ext_type::SERVICE => Extension::Service(ServiceId::from_slice(&body[SERVICE_ID_AT..SERVICE_ID_AT + 32])),
             ext_type::ADDRESS => Extension::Address(body),
             _ => Extension::Source(SourceView(&body[4..])),
         })

@@ -283,13 +283,22 @@ impl ControlPlane {
     /// good. Returns how many flows there were.
     pub fn reset_all(&mut self) -> usize {
         let ids: Vec<u32> = self.maps.flows.keys().filter_map(|k| k.ok()).collect();
+        // Translation stops first, for every flow: the TCP side's next
+        // sequence number is then the one read here, and the injected
+        // reset must land exactly on it (a reset anywhere else is ignored).
+        let mut gone = Vec::new();
         for &id in &ids {
             let Some((st, addrs)) = self.flow(id) else { continue };
             let c = self.ctl_for(&st).clone();
-            // Translation stops first: the TCP side's next sequence number
-            // is then the one just read, and the injected reset lands
-            // exactly on it (a reset anywhere else is ignored).
             self.free(id, Counter::FlowsFreed);
+            gone.push((st, addrs, c));
+        }
+        // Segments translated just before are still on their way up the
+        // stack; the resets (which take another path) must not overtake them.
+        if !gone.is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for (st, addrs, c) in gone {
             if st.peer_flow != 0 {
                 let peer = Ipv4Addr::from(addrs.peer_ip);
                 let flags = ControlFlags::RST | ControlFlags::ACK;
@@ -858,5 +867,61 @@ impl ControlPlane {
             n += 1;
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a restarted agent reads back is what the last one had: an
+    /// outstanding RSYN-ACK (a migration) or FIN with its retransmission
+    /// state, FIN bookkeeping and lingering close.
+    #[test]
+    fn control_state_survives_the_round_trip_through_the_pinned_map() {
+        let now = Instant::now();
+        let migrating = Ctl {
+            snd_nxt: 7,
+            rcv_nxt: 0xffff_fff0,
+            pending: Some(Pending {
+                kind: PendingKind::RsynAck { new_peer: Ipv4Addr::new(10, 0, 0, 9) },
+                datagram: (0..52).collect(),
+                dst: Ipv4Addr::new(10, 0, 0, 9),
+                acked_by: 8,
+                next_at: now + Duration::from_millis(1500),
+                rto: Duration::from_secs(4),
+                tries: 3,
+            }),
+            fin_wanted: true,
+            fin_acked_at: None,
+            peer_fin: false,
+            free_at: None,
+        };
+        let closing = Ctl {
+            snd_nxt: 1,
+            rcv_nxt: 2,
+            pending: None,
+            fin_wanted: false,
+            fin_acked_at: Some(now - Duration::from_secs(3)),
+            peer_fin: true,
+            free_at: Some(now + Duration::from_millis(400)),
+        };
+        for c in [migrating, closing] {
+            let back = Ctl::from_record(&c.record());
+            assert_eq!((back.snd_nxt, back.rcv_nxt, back.fin_wanted, back.peer_fin), (c.snd_nxt, c.rcv_nxt, c.fin_wanted, c.peer_fin));
+            let close = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+                (Some(a), Some(b)) => a.max(b) - a.min(b) < Duration::from_millis(5),
+                (a, b) => a.is_none() && b.is_none(),
+            };
+            assert!(close(back.fin_acked_at, c.fin_acked_at) && close(back.free_at, c.free_at));
+            match (back.pending, c.pending) {
+                (None, None) => {}
+                (Some(b), Some(p)) => {
+                    assert_eq!((b.kind, b.datagram, b.dst, b.acked_by, b.rto, b.tries), (p.kind, p.datagram, p.dst, p.acked_by, p.rto, p.tries));
+                    assert!(close(Some(b.next_at), Some(p.next_at)));
+                }
+                _ => panic!("pending lost"),
+            }
+        }
     }
 }

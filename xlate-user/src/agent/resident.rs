@@ -252,6 +252,11 @@ pub fn remove(kind: Kind, iface: &str, dir: &Path) {
     if let Ok(p) = lock_path(kind, iface) {
         let _ = std::fs::remove_file(p);
     }
+    // The control socket of an agent that was killed.
+    if let Ok(p) = super::control_socket(kind, iface) {
+        let _ = std::fs::remove_file(p);
+    }
+    let _ = std::fs::remove_dir(RUN);
 }
 
 /// Where an agent that is not running left its pins, as this process sees
