@@ -15,6 +15,7 @@ pub mod netif;
 pub mod netlink;
 pub mod pcap;
 pub mod rawsock;
+pub mod relay;
 #[cfg(feature = "testbed")]
 pub mod testbed;
 pub mod xdp_features;
