@@ -166,7 +166,14 @@ pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: 
 }
 
 /// As [`veth`]; an end without an address is only brought up.
-pub fn try_veth(a: &Netns, a_if: &str, a_addr: Option<&str>, b: &Netns, b_if: &str, b_addr: Option<&str>) -> Result<()> {
+pub fn try_veth(
+    a: &Netns,
+    a_if: &str,
+    a_addr: Option<&str>,
+    b: &Netns,
+    b_if: &str,
+    b_addr: Option<&str>,
+) -> Result<()> {
     run(Command::new("ip").args([
         "link",
         "add",

@@ -8,9 +8,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::netns::{Bg, Naming, Netns};
+use crate::xlate_user_bin;
 pub use xlate_lab::topology::host_pair::{CLIENT_IF, CLIENT_IP, SERVER_IF, SERVER_IP};
 use xlate_lab::HostPair;
-use crate::xlate_user_bin;
 
 pub const SERVER_IP2: &str = "10.61.0.3";
 /// What client applications connect to (`--connect`).

@@ -33,14 +33,21 @@ impl Transfers {
             "sh",
             &[
                 "-c",
-                &format!("curl -sS --fail --max-time 120 --limit-rate {RATE} {} | sha256sum", url_of(&format!("gen/{BYTES}/12"))),
+                &format!(
+                    "curl -sS --fail --max-time 120 --limit-rate {RATE} {} | sha256sum",
+                    url_of(&format!("gen/{BYTES}/12"))
+                ),
             ],
         );
         let up = ns.spawn(
             "sh",
             &[
                 "-c",
-                &format!("curl -sS --fail --max-time 120 --limit-rate {RATE} -T {} {}", file.display(), url_of("up200")),
+                &format!(
+                    "curl -sS --fail --max-time 120 --limit-rate {RATE} -T {} {}",
+                    file.display(),
+                    url_of("up200")
+                ),
             ],
         );
         Transfers { down, up, want_down, want_up, file }
@@ -200,7 +207,13 @@ fn stopping_the_translator_for_good_resets_both_sides_and_leaves_nothing() {
     assert_eq!(sh(&lab.gateway, "sysctl -n net.ipv4.ip_forward"), "1");
     let mut dl = lab.client.spawn(
         "sh",
-        &["-c", &format!("curl -sS --max-time 60 --limit-rate 1M -o /dev/null {}; echo exit=$?", lab.url(&format!("gen/{BYTES}/5")))],
+        &[
+            "-c",
+            &format!(
+                "curl -sS --max-time 60 --limit-rate 1M -o /dev/null {}; echo exit=$?",
+                lab.url(&format!("gen/{BYTES}/5"))
+            ),
+        ],
     );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(lab.flows().len(), 1);
@@ -239,13 +252,24 @@ fn stopping_host_mode_for_good_without_its_agent_resets_both_sides() {
     lab.start_http();
     let mut dl = lab.client.spawn(
         "sh",
-        &["-c", &format!("curl -sS --max-time 60 --limit-rate 1M -o /dev/null {}; echo exit=$?", lab.url(&format!("gen/{BYTES}/6")))],
+        &[
+            "-c",
+            &format!(
+                "curl -sS --max-time 60 --limit-rate 1M -o /dev/null {}; echo exit=$?",
+                lab.url(&format!("gen/{BYTES}/6"))
+            ),
+        ],
     );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(lab.flows(true).len(), 1);
     // The client's agent crashed; the operator stops its datapath for good.
     lab.client_agent.stop_agent(libc::SIGKILL);
-    let out = lab.client.cmd(xlate_user_bin().to_str().unwrap()).args(["host", "stop", "--iface", CLIENT_IF]).output().unwrap();
+    let out = lab
+        .client
+        .cmd(xlate_user_bin().to_str().unwrap())
+        .args(["host", "stop", "--iface", CLIENT_IF])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("reset 1 flows"));
     // The client's TCP took the reset at once (its connection is gone);

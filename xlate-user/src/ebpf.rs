@@ -28,8 +28,11 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("XLATE_EBPF_OBJECT")
 /// loading takes.
 pub fn load() -> Result<Ebpf> {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = crate::agent::pins::base_for_agent()?
-        .join(format!("load-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let dir = crate::agent::pins::base_for_agent()?.join(format!(
+        "load-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let r = load_in(&dir);
     remove_pins(&dir);

@@ -18,8 +18,8 @@ use crate::agent::maps::{pin_dir_for_agent, take, FlowMaps, Kind};
 use crate::agent::protocol::{self as control_protocol, Request, Response};
 use crate::agent::resident::{self, attach_tc, attach_xdp, drop_other_links, Attached, Lock, Record};
 use crate::agent::{control_socket, event_loop, seed_rotation, Ending};
-use crate::ebpf::Resident;
 use crate::config::{Config, Service};
+use crate::ebpf::Resident;
 use crate::netif::Interface;
 use crate::rawsock::RawSocket;
 
@@ -361,9 +361,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let _lock = Lock::take(Kind::Gateway, &first)?;
     let dir = pin_dir_for_agent(Kind::Gateway, &first)?;
     let Resident { mut ebpf, adopted } = crate::ebpf::load_resident(&dir)?;
-    let kernel_log = crate::agent::kernel_log::reader(&mut ebpf)
-        .inspect_err(|e| tracing::warn!("no kernel debug log: {e:#}"))
-        .ok();
+    let kernel_log =
+        crate::agent::kernel_log::reader(&mut ebpf).inspect_err(|e| tracing::warn!("no kernel debug log: {e:#}")).ok();
     let prog: &mut Xdp = ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("program {PROGRAM} missing"))?.try_into()?;
     prog.load().context("the kernel refused the translator program")?;
     let tc: &mut SchedClassifier = ebpf

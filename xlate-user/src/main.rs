@@ -287,12 +287,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }),
         Command::Map { action } => map_cmd(action).map(|_| ExitCode::SUCCESS),
-        Command::Stop { iface } => {
-            xlate_user::agent::stop(xlate_user::agent::maps::Kind::Gateway, &iface).map(|m| {
-                println!("{m}");
-                ExitCode::SUCCESS
-            })
-        }
+        Command::Stop { iface } => xlate_user::agent::stop(xlate_user::agent::maps::Kind::Gateway, &iface).map(|m| {
+            println!("{m}");
+            ExitCode::SUCCESS
+        }),
         Command::KernelLog(k) => {
             let req = xlate_user::agent::protocol::Request::KernelLog { on: matches!(k.state, OnOff::On) };
             xlate_user::gateway::control(&k.iface, &req).map(|m| {

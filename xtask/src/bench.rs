@@ -140,17 +140,7 @@ pub fn print(new: &[Table], baseline: Option<(&str, &[Table])>) {
 fn iperf_from(ns: &Netns, dst: &str, streams: u32, seconds: u32, reverse: bool) -> Result<f64> {
     let out = ns
         .cmd("iperf3")
-        .args([
-            "-J",
-            "-c",
-            dst,
-            "-p",
-            PORT,
-            "-P",
-            &streams.to_string(),
-            "-t",
-            &seconds.to_string(),
-        ])
+        .args(["-J", "-c", dst, "-p", PORT, "-P", &streams.to_string(), "-t", &seconds.to_string()])
         .args(reverse.then_some("-R"))
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -188,7 +178,8 @@ pub fn translator(bin: &Path, seconds: u32) -> Result<Table> {
         ),
     )?;
     let serve = format!("00001451={PORT}");
-    let _inst_agent = agent(bin, inst, &["host", "--iface", "e0", "--serve", &serve], &["host", "stop", "--iface", "e0"])?;
+    let _inst_agent =
+        agent(bin, inst, &["host", "--iface", "e0", "--serve", &serve], &["host", "stop", "--iface", "e0"])?;
     let _iperf = iperf_server(inst)?;
     let config = config.to_str().context("config path")?;
     let _gw = agent(

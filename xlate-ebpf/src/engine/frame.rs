@@ -227,8 +227,7 @@ impl Frame for XdpFrame<'_> {
     fn fix_tcp_checksum(&self, tcp_at: usize, rw: &TcpRewrite) -> Result<(), Fault> {
         let at = tcp_at + tcpf::CHECKSUM;
         let old = u16::from_be_bytes(self.load::<[u8; 2]>(at)?);
-        let ambiguous =
-            checksum::fold(checksum::pseudo_header_v4(rw.src.0, rw.dst.0, IPPROTO_TCP, rw.tcp_len)) == old;
+        let ambiguous = checksum::fold(checksum::pseudo_header_v4(rw.src.0, rw.dst.0, IPPROTO_TCP, rw.tcp_len)) == old;
         let mut complete = pseudo_update(old, false, rw);
         complete = checksum::update32(complete, u32::from_be_bytes(rw.ports.0), u32::from_be_bytes(rw.ports.1));
         if rw.mss.0 != rw.mss.1 {
@@ -362,12 +361,7 @@ impl Frame for SkbFrame<'_> {
         let at = tcp_at + tcpf::CHECKSUM;
         let ne = u32::from_ne_bytes;
         self.l4_csum_replace(at, ne(rw.ports.0), ne(rw.ports.1), 4)?;
-        self.l4_csum_replace(
-            at,
-            u32::from(rw.mss.0.to_be()),
-            u32::from(rw.mss.1.to_be()),
-            2,
-        )?;
+        self.l4_csum_replace(at, u32::from(rw.mss.0.to_be()), u32::from(rw.mss.1.to_be()), 2)?;
         self.l4_csum_replace(at, ne(rw.src.0), ne(rw.src.1), BPF_F_PSEUDO_HDR | 4)?;
         self.l4_csum_replace(at, ne(rw.dst.0), ne(rw.dst.1), BPF_F_PSEUDO_HDR | 4)
     }

@@ -111,4 +111,3 @@ pub(crate) fn next_rotation() -> Option<u32> {
 }
 
 pub(crate) const BPF_NOEXIST: u64 = 1;
-

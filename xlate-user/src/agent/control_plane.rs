@@ -908,7 +908,10 @@ mod tests {
         };
         for c in [migrating, closing] {
             let back = Ctl::from_record(&c.record());
-            assert_eq!((back.snd_nxt, back.rcv_nxt, back.fin_wanted, back.peer_fin), (c.snd_nxt, c.rcv_nxt, c.fin_wanted, c.peer_fin));
+            assert_eq!(
+                (back.snd_nxt, back.rcv_nxt, back.fin_wanted, back.peer_fin),
+                (c.snd_nxt, c.rcv_nxt, c.fin_wanted, c.peer_fin)
+            );
             let close = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
                 (Some(a), Some(b)) => a.max(b) - a.min(b) < Duration::from_millis(5),
                 (a, b) => a.is_none() && b.is_none(),
@@ -917,7 +920,10 @@ mod tests {
             match (back.pending, c.pending) {
                 (None, None) => {}
                 (Some(b), Some(p)) => {
-                    assert_eq!((b.kind, b.datagram, b.dst, b.acked_by, b.rto, b.tries), (p.kind, p.datagram, p.dst, p.acked_by, p.rto, p.tries));
+                    assert_eq!(
+                        (b.kind, b.datagram, b.dst, b.acked_by, b.rto, b.tries),
+                        (p.kind, p.datagram, p.dst, p.acked_by, p.rto, p.tries)
+                    );
                     assert!(close(Some(b.next_at), Some(p.next_at)));
                 }
                 _ => panic!("pending lost"),

@@ -59,9 +59,7 @@ impl log::Log for KernelLines {
 
 /// `hook=1 what=3 proto=144 reason=10 src=… dst=…` in words.
 pub fn describe(text: &str) -> Option<String> {
-    let field = |k: &str| {
-        text.split_whitespace().find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
-    };
+    let field = |k: &str| text.split_whitespace().find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')));
     let num = |k: &str| field(k).and_then(|v| v.parse::<u32>().ok());
     let hook: &str = Hook::from_repr(u8::try_from(num("hook")?).ok()?)?.into();
     let what: &str = Logged::from_repr(u8::try_from(num("what")?).ok()?)?.into();
@@ -77,10 +75,7 @@ mod tests {
     fn kernel_lines_are_named() {
         let reason = Counter::DropBadChecksum.index();
         let line = format!("hook=1 what=3 proto=144 reason={reason} src=10.10.0.11 dst=10.10.0.1");
-        assert_eq!(
-            describe(&line).unwrap(),
-            "xdp dropped drop_bad_checksum: 10.10.0.11 -> 10.10.0.1 proto 144"
-        );
+        assert_eq!(describe(&line).unwrap(), "xdp dropped drop_bad_checksum: 10.10.0.11 -> 10.10.0.1 proto 144");
         let line = "hook=4 what=1 proto=6 reason=5 src=10.0.0.1 dst=10.0.0.2";
         assert_eq!(describe(line).unwrap(), "host-ingress translated ingress_translated: 10.0.0.1 -> 10.0.0.2 proto 6");
         assert_eq!(describe("hook=9 what=1 proto=6 reason=5 src=a dst=b"), None);

@@ -132,7 +132,10 @@ impl Record {
             let old = std::fs::read_to_string(p).with_context(|| format!("reading {p}"))?.trim().to_string();
             if old != "1" {
                 std::fs::write(p, "1").with_context(|| format!("setting {p}"))?;
-                tracing::info!("set {} = 1 while the translator runs", p.trim_start_matches("/proc/sys/").replace('/', "."));
+                tracing::info!(
+                    "set {} = 1 while the translator runs",
+                    p.trim_start_matches("/proc/sys/").replace('/', ".")
+                );
                 if !self.sysctls.iter().any(|(q, _)| q == p) {
                     self.sysctls.push((p.clone(), old));
                 }
@@ -217,7 +220,8 @@ pub fn attach_tc(p: &mut SchedClassifier, name: &str, iface: &str, at: TcAttachT
     }
     let id = p.attach(iface, at).with_context(|| format!("attaching {name} to {iface}"))?;
     let link = p.take_link(id)?;
-    let fd: FdLink = link.try_into().map_err(|e| anyhow!("{name} on {iface} is not a BPF link (TCX needs Linux 6.6): {e}"))?;
+    let fd: FdLink =
+        link.try_into().map_err(|e| anyhow!("{name} on {iface} is not a BPF link (TCX needs Linux 6.6): {e}"))?;
     fd.pin(&pin).with_context(|| format!("pinning the link of {name} on {iface}"))?;
     Ok(Attached::New)
 }

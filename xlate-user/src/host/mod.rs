@@ -103,9 +103,8 @@ pub fn run(opts: HostOptions) -> Result<()> {
     let _lock = Lock::take(Kind::Host, &iface.name)?;
     let pin_dir = maps::pin_dir_for_agent(Kind::Host, &iface.name)?;
     let Resident { mut ebpf, adopted } = crate::ebpf::load_resident(&pin_dir)?;
-    let kernel_log = crate::agent::kernel_log::reader(&mut ebpf)
-        .inspect_err(|e| tracing::warn!("no kernel debug log: {e:#}"))
-        .ok();
+    let kernel_log =
+        crate::agent::kernel_log::reader(&mut ebpf).inspect_err(|e| tracing::warn!("no kernel debug log: {e:#}")).ok();
     for prog in PROGRAMS {
         let p: &mut SchedClassifier =
             ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing"))?.try_into()?;

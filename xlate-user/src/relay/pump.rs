@@ -267,9 +267,8 @@ fn drain(hold: &mut Hold, fd: RawFd, held: usize) -> io::Result<usize> {
         Hold::Buf { data, start } => {
             // SAFETY: writing bytes we hold; MSG_NOSIGNAL: a closed peer is
             // an error, not a signal.
-            let n = unsafe {
-                libc::send(fd, data[*start..].as_ptr() as *const _, data.len() - *start, libc::MSG_NOSIGNAL)
-            };
+            let n =
+                unsafe { libc::send(fd, data[*start..].as_ptr() as *const _, data.len() - *start, libc::MSG_NOSIGNAL) };
             if n > 0 {
                 *start += n as usize;
             }
