@@ -184,16 +184,17 @@ pub struct ControlPlane {
     sal: RawSocket,
     inject: RawSocket,
     ctl: HashMap<u32, Ctl>,
-    /// What `AGENT_CTL` holds of each flow (written through by [`Self::sync`]).
-    persisted: HashMap<u32, CtlRecord>,
+    /// Flows whose control state changed since the last [`Self::sync`].
+    dirty: std::collections::HashSet<u32>,
     closed: HashMap<u32, Closed>,
     idle_timeout: Duration,
     /// Flows created lately, oldest first (NEW_FLOW events): each is looked
     /// at once, when it is due to be proven. Bounded by the admission rate
     /// times [`HALF_OPEN_TIMEOUT`].
     young: std::collections::VecDeque<(Instant, u32)>,
-    /// New flows since the mode last asked ([`Self::take_new_flows`]).
-    new_flows: Vec<(Instant, u32)>,
+    /// New flows since the mode last asked ([`Self::take_new_flows`]);
+    /// `None` unless a mode asked to watch them.
+    new_flows: Option<Vec<(Instant, u32)>>,
     budget: SynBudget,
     /// The last budget flags written (`config_flag::SYN_*`).
     syn_flags: u32,
@@ -237,11 +238,11 @@ impl ControlPlane {
             sal,
             inject,
             ctl: HashMap::new(),
-            persisted: HashMap::new(),
+            dirty: Default::default(),
             closed: HashMap::new(),
             idle_timeout,
             young: Default::default(),
-            new_flows: Vec::new(),
+            new_flows: None,
             budget,
             syn_flags: 0,
             last_scan: None,
@@ -251,7 +252,6 @@ impl ControlPlane {
         for (id, r) in records {
             if cp.maps.flows.get(&id, 0).is_ok() {
                 cp.ctl.insert(id, Ctl::from_record(&r));
-                cp.persisted.insert(id, r);
             } else {
                 let _ = cp.maps.ctl.remove(&id);
             }
@@ -263,19 +263,21 @@ impl ControlPlane {
     }
 
     /// Writes the control state that changed to `AGENT_CTL`; the event loop
-    /// calls it after every event.
+    /// calls it after every event. Its cost follows the flows that changed.
     pub fn sync(&mut self) {
-        for (id, c) in &self.ctl {
-            let r = c.record();
-            if self.persisted.get(id) != Some(&r) {
-                match self.maps.ctl.insert(*id, r, 0) {
-                    Ok(()) => {
-                        self.persisted.insert(*id, r);
-                    }
-                    Err(e) => self.warnings.warn("keeping the control state of a flow", format!("{id:#x}: {e}")),
-                }
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(c) = self.ctl.get(&id) else { continue };
+            if let Err(e) = self.maps.ctl.insert(id, c.record(), 0) {
+                self.warnings.warn("keeping the control state of a flow", format!("{id:#x}: {e}"));
             }
         }
+    }
+
+    /// A flow's control state, to change (it is written out at the next
+    /// [`Self::sync`]).
+    fn ctl_mut(&mut self, id: u32) -> Option<&mut Ctl> {
+        self.dirty.insert(id);
+        self.ctl.get_mut(&id)
     }
 
     /// Resets every flow on both sides (a TCP RST to the local or legacy
@@ -324,6 +326,7 @@ impl ControlPlane {
     }
 
     fn ctl_for(&mut self, st: &FlowState) -> &mut Ctl {
+        self.dirty.insert(st.local_flow);
         self.ctl.entry(st.local_flow).or_insert_with(|| Ctl {
             // SYN consumed one verno on each side.
             snd_nxt: st.local_verno.wrapping_add(1),
@@ -370,7 +373,7 @@ impl ControlPlane {
             rto: RTO_INITIAL,
             tries: 1,
         };
-        if let Some(c) = self.ctl.get_mut(&id) {
+        if let Some(c) = self.ctl_mut(id) {
             c.pending = Some(p);
         }
     }
@@ -412,7 +415,7 @@ impl ControlPlane {
             }
             event::PEER_RST => {
                 // The RST itself already reached the local TCP.
-                if let Some(c) = self.ctl.get_mut(&ev.flow) {
+                if let Some(c) = self.ctl_mut(ev.flow) {
                     c.free_at = Some(Instant::now() + CLOSE_LINGER);
                 } else {
                     self.free(ev.flow, Counter::FlowsFreed);
@@ -424,7 +427,9 @@ impl ControlPlane {
             event::NEW_FLOW => {
                 let now = Instant::now();
                 self.young.push_back((now, ev.flow));
-                self.new_flows.push((now, ev.flow));
+                if let Some(v) = &mut self.new_flows {
+                    v.push((now, ev.flow));
+                }
             }
             _ => {}
         }
@@ -562,7 +567,7 @@ impl ControlPlane {
 
     fn on_ack(&mut self, st: &FlowState, ackno: u32) {
         let id = st.local_flow;
-        let Some(c) = self.ctl.get_mut(&id) else {
+        let Some(c) = self.ctl_mut(id) else {
             return;
         };
         let Some(p) = &c.pending else { return };
@@ -587,7 +592,7 @@ impl ControlPlane {
 
     fn on_rsyn_ack(&mut self, st: &FlowState, addrs: &FlowAddrs, ackno: u32) {
         let id = st.local_flow;
-        let Some(c) = self.ctl.get_mut(&id) else {
+        let Some(c) = self.ctl_mut(id) else {
             return;
         };
         let Some(Pending { kind: PendingKind::Rsyn { new_local }, acked_by, .. }) = c.pending.clone() else {
@@ -612,7 +617,7 @@ impl ControlPlane {
     fn after_pending(&mut self, st: &FlowState) {
         let id = st.local_flow;
         if self.ctl.get(&id).is_some_and(|c| c.fin_wanted && c.pending.is_none()) {
-            self.ctl.get_mut(&id).unwrap().fin_wanted = false;
+            self.ctl_mut(id).unwrap().fin_wanted = false;
             if let Some((st, addrs)) = self.flow(id) {
                 self.send_fin(&st, &addrs);
             }
@@ -620,7 +625,7 @@ impl ControlPlane {
     }
 
     fn maybe_done(&mut self, id: u32) {
-        if let Some(c) = self.ctl.get_mut(&id) {
+        if let Some(c) = self.ctl_mut(id) {
             if c.peer_fin && c.fin_acked_at.is_some() && c.free_at.is_none() {
                 c.free_at = Some(Instant::now() + CLOSE_LINGER);
             }
@@ -683,9 +688,8 @@ impl ControlPlane {
         let _ = self.maps.flows.remove(&id);
         let _ = self.maps.addrs.remove(&id);
         self.ctl.remove(&id);
-        if self.persisted.remove(&id).is_some() {
-            let _ = self.maps.ctl.remove(&id);
-        }
+        self.dirty.remove(&id);
+        let _ = self.maps.ctl.remove(&id);
         self.maps.bump(why);
     }
 
@@ -714,6 +718,7 @@ impl ControlPlane {
                     p.rto = (p.rto * 2).min(RTO_MAX);
                     p.next_at = now + p.rto;
                     resend.push((p.datagram.clone(), p.dst));
+                    self.dirty.insert(*id);
                 }
             }
         }
@@ -792,9 +797,10 @@ impl ControlPlane {
     }
 
     /// New flows since the last call (creation time, flow ID), for a mode
-    /// that watches handshakes (the gateway's health check).
+    /// that watches handshakes (the gateway's health check). The first
+    /// call starts the watch.
     pub fn take_new_flows(&mut self) -> Vec<(Instant, u32)> {
-        std::mem::take(&mut self.new_flows)
+        self.new_flows.replace(Vec::new()).unwrap_or_default()
     }
 
     /// How many flows are half-open: started, minus proven, minus freed
