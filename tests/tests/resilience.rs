@@ -354,20 +354,24 @@ fn forged_resets_do_not_end_a_flow_and_flow_ids_give_nothing_away() {
 
     // Flow IDs are random: among 30 connections, none is within 2^16 of
     // another (sequential IDs, as before, all were).
-    let mut ids = Vec::new();
-    for _ in 0..30 {
-        let mut c = lab.client.spawn("python3", &["-c", xlate_tests::apps::PATIENT_CLIENT, PUBLIC_IP, "80"]);
-        std::thread::sleep(Duration::from_millis(200));
+    // 30 connections held open at once (each sends a byte the server
+    // waits to complete), their flow IDs read while they all live.
+    let mut clients: Vec<Bg> = (0..30)
+        .map(|_| lab.client.spawn("python3", &["-c", xlate_tests::apps::PATIENT_CLIENT, PUBLIC_IP, "80"]))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ids: Vec<u64> = loop {
         let flows: serde_json::Value = serde_json::from_str(&lab.gw_cli(&["flows", "--json"])).unwrap();
-        for f in flows.as_array().unwrap() {
-            let id = f["local_flow"].as_u64().unwrap();
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
+        let ids: Vec<u64> = flows.as_array().unwrap().iter().map(|f| f["local_flow"].as_u64().unwrap()).collect();
+        if ids.len() >= 30 || Instant::now() > deadline {
+            break ids;
         }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for c in &mut clients {
         c.stop(libc::SIGKILL);
     }
-    assert!(ids.len() >= 20, "{ids:?}");
+    assert!(ids.len() >= 30, "{ids:?}");
     for (i, a) in ids.iter().enumerate() {
         for b in &ids[i + 1..] {
             assert!(a.abs_diff(*b) >= 1 << 16, "flow IDs {a:#x} and {b:#x} are close: guessable");
