@@ -179,49 +179,82 @@ fn link_pin(dir: &Path, prog: &str, iface: &str) -> PathBuf {
     dir.join(format!("link-{prog}-{iface}"))
 }
 
+/// A program that can be attached through a BPF link, or put behind an
+/// existing one.
+trait LinkAttach {
+    /// Replaces the program behind `link` (atomically, `bpf_link_update`).
+    fn replace(&mut self, link: FdLink) -> Result<()>;
+    /// Attaches anew; returns the link.
+    fn attach_new(&mut self) -> Result<FdLink>;
+}
+
+struct XdpOn<'a> {
+    p: &'a mut Xdp,
+    iface: &'a str,
+    mode: XdpMode,
+}
+
+impl LinkAttach for XdpOn<'_> {
+    fn replace(&mut self, link: FdLink) -> Result<()> {
+        let link = aya::programs::xdp::XdpLink::try_from(link).map_err(|e| anyhow!("{e}"))?;
+        self.p.attach_to_link(link)?;
+        Ok(())
+    }
+
+    fn attach_new(&mut self) -> Result<FdLink> {
+        let id = self.p.attach(self.iface, self.mode)?;
+        let link = self.p.take_link(id)?;
+        link.try_into().map_err(|e| anyhow!("not a BPF link: {e}"))
+    }
+}
+
+struct TcOn<'a> {
+    p: &'a mut SchedClassifier,
+    iface: &'a str,
+    at: TcAttachType,
+}
+
+impl LinkAttach for TcOn<'_> {
+    fn replace(&mut self, link: FdLink) -> Result<()> {
+        let link = aya::programs::tc::SchedClassifierLink::try_from(link).map_err(|e| anyhow!("{e}"))?;
+        self.p.attach_to_link(link)?;
+        Ok(())
+    }
+
+    fn attach_new(&mut self) -> Result<FdLink> {
+        let id = self.p.attach(self.iface, self.at)?;
+        let link = self.p.take_link(id)?;
+        link.try_into().map_err(|e| anyhow!("not a BPF link (TCX needs Linux 6.6): {e}"))
+    }
+}
+
 /// Attaches an XDP program to `iface` through a pinned link.
 pub fn attach_xdp(p: &mut Xdp, name: &str, iface: &str, mode: XdpMode, dir: &Path) -> Result<Attached> {
-    let pin = link_pin(dir, name, iface);
-    if pin.exists() {
-        let replaced = PinnedLink::from_pin(&pin)
-            .map_err(|e| anyhow!("{e}"))
-            .and_then(|l| aya::programs::xdp::XdpLink::try_from(FdLink::from(l)).map_err(|e| anyhow!("{e}")))
-            .and_then(|l| p.attach_to_link(l).map_err(|e| anyhow!("{e}")));
-        match replaced {
-            Ok(_) => return Ok(Attached::Replaced),
-            Err(e) => {
-                tracing::warn!("the earlier run's link of {name} on {iface} is gone ({e}); attaching anew");
-                let _ = std::fs::remove_file(&pin);
-            }
-        }
-    }
-    let id = p.attach(iface, mode).with_context(|| format!("attaching {name} to {iface}"))?;
-    let link = p.take_link(id)?;
-    let fd: FdLink = link.try_into().map_err(|e| anyhow!("{name} on {iface} is not a BPF link: {e}"))?;
-    fd.pin(&pin).with_context(|| format!("pinning the link of {name} on {iface}"))?;
-    Ok(Attached::New)
+    attach_pinned(&mut XdpOn { p, iface, mode }, name, iface, dir)
 }
 
 /// Attaches a TC program to `iface` through a pinned (TCX) link.
 pub fn attach_tc(p: &mut SchedClassifier, name: &str, iface: &str, at: TcAttachType, dir: &Path) -> Result<Attached> {
+    attach_pinned(&mut TcOn { p, iface, at }, name, iface, dir)
+}
+
+/// Puts the program behind the link an earlier run pinned, or attaches it
+/// and pins the new link. A pinned link whose interface is gone is
+/// replaced by a new one.
+fn attach_pinned(prog: &mut impl LinkAttach, name: &str, iface: &str, dir: &Path) -> Result<Attached> {
     let pin = link_pin(dir, name, iface);
     if pin.exists() {
-        let replaced = PinnedLink::from_pin(&pin)
-            .map_err(|e| anyhow!("{e}"))
-            .and_then(|l| aya::programs::tc::SchedClassifierLink::try_from(FdLink::from(l)).map_err(|e| anyhow!("{e}")))
-            .and_then(|l| p.attach_to_link(l).map_err(|e| anyhow!("{e}")));
+        let replaced =
+            PinnedLink::from_pin(&pin).map_err(|e| anyhow!("{e}")).and_then(|l| prog.replace(FdLink::from(l)));
         match replaced {
-            Ok(_) => return Ok(Attached::Replaced),
+            Ok(()) => return Ok(Attached::Replaced),
             Err(e) => {
                 tracing::warn!("the earlier run's link of {name} on {iface} is gone ({e}); attaching anew");
                 let _ = std::fs::remove_file(&pin);
             }
         }
     }
-    let id = p.attach(iface, at).with_context(|| format!("attaching {name} to {iface}"))?;
-    let link = p.take_link(id)?;
-    let fd: FdLink =
-        link.try_into().map_err(|e| anyhow!("{name} on {iface} is not a BPF link (TCX needs Linux 6.6): {e}"))?;
+    let fd = prog.attach_new().with_context(|| format!("attaching {name} to {iface}"))?;
     fd.pin(&pin).with_context(|| format!("pinning the link of {name} on {iface}"))?;
     Ok(Attached::New)
 }
