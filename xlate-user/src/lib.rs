@@ -16,6 +16,7 @@ pub mod netlink;
 pub mod pcap;
 pub mod rawsock;
 pub mod relay;
+pub mod sockdiag;
 #[cfg(feature = "testbed")]
 pub mod testbed;
 pub mod xdp_features;

@@ -10,7 +10,7 @@
 //! a retransmitted FIN of a flow already freed) is not carried over.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use xlate_common::flow::{
@@ -285,7 +285,36 @@ impl ControlPlane {
     /// good. Returns how many flows there were.
     pub fn reset_all(&mut self) -> usize {
         let ids: Vec<u32> = self.maps.flows.keys().filter_map(|k| k.ok()).collect();
-        // Translation stops first, for every flow: the TCP side's next
+        // A TCP end on this host (host mode's applications) is reset by
+        // destroying its socket, while translation still runs: the
+        // application sees the abort at once, and the kernel's own reset
+        // reaches the peer translated. An injected RST would have to hit
+        // the socket's next expected sequence number exactly, which the
+        // datapath knows only approximately while segments are in flight.
+        let diag = match crate::sockdiag::SockDiag::open() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.warnings.warn("opening sock_diag", format!("{e:#}; local sockets get injected resets"));
+                None
+            }
+        };
+        let mut destroyed = std::collections::HashSet::new();
+        for &id in &ids {
+            let (Some(diag), Some((st, _))) = (&diag, self.flow(id)) else { continue };
+            if st.flags & flag::PROVEN == 0 {
+                continue;
+            }
+            let local = SocketAddrV4::new(st.tcp_local_addr.into(), u16::from_be_bytes(st.tcp_local_port));
+            let peer = SocketAddrV4::new(st.tcp_peer_addr.into(), u16::from_be_bytes(st.tcp_peer_port));
+            match diag.destroy_tcp(local, peer) {
+                Ok(crate::sockdiag::Destroyed::Yes) => {
+                    destroyed.insert(id);
+                }
+                Ok(crate::sockdiag::Destroyed::NoSuchSocket) => {}
+                Err(e) => self.warnings.warn("destroying a local socket", format!("{e:#}")),
+            }
+        }
+        // Then translation stops, for every flow: a remote TCP end's next
         // sequence number is then the one read here, and the injected
         // reset must land exactly on it (a reset anywhere else is ignored).
         let mut gone = Vec::new();
@@ -293,21 +322,21 @@ impl ControlPlane {
             let Some((st, addrs)) = self.flow(id) else { continue };
             let c = self.ctl_for(&st).clone();
             self.free(id, Counter::FlowsFreed);
-            gone.push((st, addrs, c));
+            gone.push((id, st, addrs, c));
         }
         // Segments translated just before are still on their way up the
         // stack; the resets (which take another path) must not overtake them.
         if !gone.is_empty() {
             std::thread::sleep(Duration::from_millis(50));
         }
-        for (st, addrs, c) in gone {
+        for (id, st, addrs, c) in gone {
             if st.peer_flow != 0 {
                 let peer = Ipv4Addr::from(addrs.peer_ip);
                 let flags = ControlFlags::RST | ControlFlags::ACK;
                 let pkt = Self::build(&st, Ipv4Addr::from(addrs.local_ip), peer, flags, c.snd_nxt, c.rcv_nxt);
                 self.send(&pkt, peer);
             }
-            if st.flags & flag::PROVEN != 0 {
+            if st.flags & flag::PROVEN != 0 && !destroyed.contains(&id) {
                 self.inject_rst(&st);
             }
         }
