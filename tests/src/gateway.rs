@@ -84,6 +84,8 @@ pub struct GatewayLab {
     pub startup: String,
     pub dir: PathBuf,
     pub config_path: PathBuf,
+    /// `xlate-user` subcommand and extra arguments the gateway runs with.
+    pub command: Vec<String>,
     pub instances: Vec<Netns>,
     pub switch: Netns,
     pub gateway: Netns,
@@ -102,6 +104,21 @@ impl GatewayLab {
     /// As [`GatewayLab::new`]; `gro` false leaves every veth as `ip link`
     /// makes it (GRO off): the lab a new user builds.
     pub fn with_gro(tag: &str, instances_toml: &str, xdp_mode: &str, client_tx_offload: bool, gro: bool) -> GatewayLab {
+        Self::build(tag, instances_toml, "", xdp_mode, client_tx_offload, gro, &["run"])
+    }
+
+    /// The lab with `config_tail` appended to the service's section of the
+    /// configuration (e.g. `mode = "relay"`, or a `[relay]` table), and the
+    /// gateway started as `xlate-user <command...>`.
+    pub fn build(
+        tag: &str,
+        instances_toml: &str,
+        config_tail: &str,
+        xdp_mode: &str,
+        client_tx_offload: bool,
+        gro: bool,
+        command: &[&str],
+    ) -> GatewayLab {
         let opts = TranslatorOptions { instances: INSTANCES.len(), gro, client_tx_offload };
         let Translator { instances, switch, gateway, client } =
             Translator::build(Naming::Unique(tag), opts).unwrap_or_else(|e| panic!("building the lab: {e:#}"));
@@ -119,7 +136,7 @@ impl GatewayLab {
             http.push(h);
         }
         let config_path = dir.join("xlate.toml");
-        std::fs::write(&config_path, config(instances_toml)).unwrap();
+        std::fs::write(&config_path, config(instances_toml) + config_tail).unwrap();
         let mut lab = GatewayLab {
             http,
             instance_agents,
@@ -127,6 +144,7 @@ impl GatewayLab {
             startup: String::new(),
             dir,
             config_path,
+            command: command.iter().map(|s| s.to_string()).collect(),
             instances,
             switch,
             gateway,
@@ -141,18 +159,8 @@ impl GatewayLab {
         let child = std::process::Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.gateway.name()))
             .arg(&bin)
-            .args([
-                "run",
-                "--iface",
-                "g0",
-                "--iface",
-                "g1",
-                "--xdp-mode",
-                mode,
-                "--metrics",
-                "127.0.0.1:9464",
-                "--config",
-            ])
+            .args(&self.command)
+            .args(["--iface", "g0", "--iface", "g1", "--xdp-mode", mode, "--metrics", "127.0.0.1:9464", "--config"])
             .arg(&self.config_path)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())

@@ -135,6 +135,10 @@ pub mod config_flag {
     pub const SYN_BUDGET: u32 = 4;
     /// Half-open flows reached the hard limit: every new SYN is declined.
     pub const SYN_HARD_LIMIT: u32 = 8;
+    /// A local SYN to a `HOST_CONNECT` address goes, as a SAL SYN, to the
+    /// TCP destination itself (the gateway's relay connects to the
+    /// instance it chose), not along a service route.
+    pub const CONNECT_TO_TCP_DESTINATION: u32 = 16;
 }
 
 /// How many half-open flows a datapath keeps before it admits only
@@ -469,6 +473,26 @@ pub enum Counter {
     /// A SYN admitted over the budget as the retransmission of a declined one.
     #[strum(serialize = "syn_admitted_retransmitted")]
     SynAdmittedRetransmit,
+    /// A SYN to a service the operator gave to the relay (`mode = "relay"`).
+    #[strum(serialize = "gw_passed_relay_service")]
+    GwPassRelayService,
+    // The relay (counted by the agent, not the kernel):
+    /// A client connection the relay accepted.
+    RelayAccepted,
+    /// Its Serval connection to the chosen instance was made.
+    RelayConnected,
+    /// No instance, or the instance did not answer: the client was reset.
+    RelayConnectFailed,
+    /// Both directions ended with a FIN.
+    RelayClosed,
+    /// A reset on either side, passed on to the other.
+    RelayReset,
+    /// Idle past the relay's idle timeout: reset on both sides.
+    RelayIdle,
+    /// Bytes the relay moved from clients to instances.
+    RelayBytesToService,
+    /// Bytes the relay moved from instances to clients.
+    RelayBytesToClient,
 }
 
 impl Counter {
@@ -541,6 +565,9 @@ mod tests {
 pub mod gw {
     pub const SERVICES: &str = "GW_SERVICES";
     pub const MAGLEV: &str = "GW_MAGLEV";
+    /// Services the operator gave to the relay (`mode = "relay"`): XDP
+    /// passes their segments to the kernel, whose socket is the relay's.
+    pub const RELAY_SERVICES: &str = "GW_RELAY_SERVICES";
     /// Interfaces (by index) that rewritten frames may be redirected to
     /// from XDP; the agent keeps it current (see `redirect` in the agent).
     pub const REDIRECT_TARGETS: &str = "GW_REDIRECT_TARGETS";

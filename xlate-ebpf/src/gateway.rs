@@ -48,6 +48,9 @@ use crate::engine::{
 static SERVICES: HashMap<ServiceKey, GwService> = HashMap::pinned(MAX_SERVICES, 0);
 #[map(name = "GW_MAGLEV")]
 static MAGLEV: Array<[u8; 4]> = Array::pinned(MAX_SERVICES * MAGLEV_SIZE, 0);
+/// Value unused (present = the relay's).
+#[map(name = "GW_RELAY_SERVICES")]
+static RELAY_SERVICES: HashMap<ServiceKey, u32> = HashMap::pinned(MAX_SERVICES, 0);
 #[map(name = "GW_REDIRECT_TARGETS")]
 static REDIRECT_TARGETS: HashMap<u32, u32> = HashMap::pinned(MAX_REDIRECT_TARGETS, 0);
 
@@ -128,6 +131,10 @@ fn new_flow_inner(key: &FlowKey, flags: u8) -> Result<u32, Exit> {
     let Some(svc) = (unsafe { SERVICES.get(&sk) }) else {
         return Err(Exit::NotOurs);
     };
+    // SAFETY: plain map lookup.
+    if unsafe { RELAY_SERVICES.get(&sk) }.is_some() {
+        return Err(Exit::Pass(Counter::GwPassRelayService));
+    }
     if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         // Mid-connection segment of a flow we do not have: leave it to
         // the kernel (and the stream-level fallback).

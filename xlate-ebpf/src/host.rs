@@ -24,7 +24,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use xlate_common::{
-    flow::{flag, Counter, Hook},
+    flow::{config_flag, flag, Counter, Hook},
     maps::{FlowKey, ServiceEntry, ServiceKey},
     translate::{TCP_ACK, TCP_SYN},
     wire::{ethernet, ipv4::field as ipf, tcp::field as tcpf, IPPROTO_SAL, IPPROTO_TCP},
@@ -164,7 +164,11 @@ fn new_flow_inner(key: &FlowKey, tcp_flags: u8) -> Result<u32, Exit> {
         return Err(Exit::Pass(Counter::EgressNotOurs));
     };
     let sid = entry.service_id.0;
-    new_client_flow(key, &sid, None).ok_or(Exit::Drop(Counter::DropTableFull))
+    let Some(cfg) = CONFIG.get(0) else {
+        return Err(Exit::Fault);
+    };
+    let peer = (cfg.flags & config_flag::CONNECT_TO_TCP_DESTINATION != 0).then_some(key.daddr);
+    new_client_flow(key, &sid, peer).ok_or(Exit::Drop(Counter::DropTableFull))
 }
 
 // ----------------------------------------------------------------- ingress

@@ -11,6 +11,12 @@
 //! service_id = "00000050"
 //! instances = ["10.10.0.11", { address = "10.10.0.12", weight = 3 }]
 //! # router = "10.10.0.254"
+//! # mode = "relay"          # every connection through the stream relay
+//!
+//! # [relay]                 # the stream-level relay (docs/relay.md)
+//! # data_mover = "splice"   # or "copy"
+//! # buffer = 262144         # bytes in flight per direction and connection
+//! # idle_timeout = 600      # seconds
 //! ```
 
 use std::collections::HashSet;
@@ -29,6 +35,35 @@ pub struct Config {
     /// Send rewritten frames out from XDP when the FIB knows the next hop.
     pub xdp_redirect: bool,
     pub services: Vec<Service>,
+    pub relay: RelaySettings,
+}
+
+/// How the stream-level relay moves bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelaySettings {
+    pub mover: crate::relay::pump::Mode,
+    /// Bytes in flight per direction and connection (the pipe's size).
+    pub buffer: usize,
+    /// Seconds a relayed connection may move nothing before it is reset.
+    pub idle_timeout: u64,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings { mover: crate::relay::pump::Mode::Splice, buffer: 256 * 1024, idle_timeout: 600 }
+    }
+}
+
+/// Which path a service's connections take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceMode {
+    /// The packet-level fast path (XDP); the relay takes only what it
+    /// declines.
+    #[default]
+    Fast,
+    /// Every connection through the stream-level relay.
+    Relay,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +73,7 @@ pub struct Service {
     pub service_id: ServiceId,
     pub instances: Vec<Instance>,
     pub router: Option<Ipv4Addr>,
+    pub mode: ServiceMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +93,11 @@ impl Service {
                 bail!("service {a}:{p} has both instances and router {r}: give one (the router picks instances itself)")
             }
             _ => {}
+        }
+        if self.mode == ServiceMode::Relay && self.router.is_some() {
+            bail!(
+                "service {a}:{p}: mode = \"relay\" needs instances (the relay connects to the instance Maglev picks)"
+            );
         }
         if a == sal_address {
             bail!(
@@ -80,6 +121,15 @@ struct RawConfig {
     translator: RawTranslator,
     #[serde(default)]
     service: Vec<RawService>,
+    relay: Option<RawRelay>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    data_mover: Option<Spanned<String>>,
+    buffer: Option<Spanned<i64>>,
+    idle_timeout: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +158,7 @@ struct RawService {
     service_id: Spanned<toml::Value>,
     instances: Option<Spanned<Vec<RawInstance>>>,
     router: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
 }
 
 // Untagged enums cannot hold `Spanned` values; errors in an instance name
@@ -196,18 +247,49 @@ impl Config {
                 instances.push(Instance { address: a, weight: w });
             }
             let router = s.router.as_ref().map(|r| ip(r, "router")).transpose()?;
-            let svc = Service { address, port, service_id, instances, router };
+            let mode = match s.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+                None | Some(("fast", _)) => ServiceMode::Fast,
+                Some(("relay", _)) => ServiceMode::Relay,
+                Some((other, span)) => bail!("{}: mode {other:?} is not \"fast\" or \"relay\"", at(span)),
+            };
+            let svc = Service { address, port, service_id, instances, router, mode };
             svc.check(sal_address).map_err(|e| anyhow::anyhow!("{}: {e}", at(s.address.span())))?;
             services.push(svc);
         }
         if services.len() > xlate_common::flow::gw::MAX_SERVICES as usize {
             bail!("{} services configured, at most {}", services.len(), xlate_common::flow::gw::MAX_SERVICES);
         }
+        let mut relay = RelaySettings::default();
+        if let Some(r) = &raw.relay {
+            if let Some(m) = &r.data_mover {
+                relay.mover = match m.get_ref().as_str() {
+                    "splice" => crate::relay::pump::Mode::Splice,
+                    "copy" => crate::relay::pump::Mode::Copy,
+                    other => bail!("{}: data_mover {other:?} is not \"splice\" or \"copy\"", at(m.span())),
+                };
+            }
+            if let Some(b) = &r.buffer {
+                relay.buffer =
+                    usize::try_from(*b.get_ref()).ok().filter(|b| (4096..=64 << 20).contains(b)).ok_or_else(|| {
+                        anyhow::anyhow!("{}: buffer {} is not 4096 to 67108864 bytes", at(b.span()), b.get_ref())
+                    })?;
+            }
+            if let Some(t) = &r.idle_timeout {
+                relay.idle_timeout = u64::try_from(*t.get_ref()).ok().filter(|t| *t > 0).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}: idle_timeout {} is not a positive number of seconds",
+                        at(t.span()),
+                        t.get_ref()
+                    )
+                })?;
+            }
+        }
         Ok(Config {
             sal_address,
             idle_timeout: *raw.translator.idle_timeout.get_ref(),
             xdp_redirect: raw.translator.xdp_redirect,
             services,
+            relay,
         })
     }
 }
@@ -231,6 +313,10 @@ address = "203.0.113.1"
 port = 443
 service_id = 443
 router = "10.10.0.254"
+
+[relay]
+data_mover = "copy"
+buffer = 65536
 "#;
 
     #[test]
@@ -241,6 +327,12 @@ router = "10.10.0.254"
         assert_eq!(c.services[0].instances[1], Instance { address: Ipv4Addr::new(10, 10, 0, 12), weight: 3 });
         assert_eq!(c.services[1].service_id, "000001bb".parse().unwrap());
         assert_eq!(c.services[1].router, Some(Ipv4Addr::new(10, 10, 0, 254)));
+        assert_eq!(c.services[0].mode, ServiceMode::Fast);
+        assert_eq!(c.relay.mover, crate::relay::pump::Mode::Copy);
+        assert_eq!(c.relay.buffer, 65536);
+        assert_eq!(c.relay.idle_timeout, 600);
+        let r = Config::parse(&GOOD.replace("port = 80\n", "port = 80\nmode = \"relay\"\n")).unwrap();
+        assert_eq!(r.services[0].mode, ServiceMode::Relay);
     }
 
     fn err(text: &str) -> String {
@@ -274,5 +366,13 @@ router = "10.10.0.254"
         assert!(e.contains("line 4: idle_timeout 0"), "{e}");
         let e = err(&GOOD.replace("address = \"203.0.113.1\"\nport = 80", "address = \"10.10.0.1\"\nport = 80"));
         assert!(e.contains("line 6: service address 10.10.0.1 is the translator's sal_address"), "{e}");
+        let e = err(&GOOD.replace("port = 80\n", "port = 80\nmode = \"slow\"\n"));
+        assert!(e.contains("line 8: mode \"slow\" is not \"fast\" or \"relay\""), "{e}");
+        let e = err(&GOOD.replace("port = 443\n", "port = 443\nmode = \"relay\"\n"));
+        assert!(e.contains("mode = \"relay\" needs instances"), "{e}");
+        let e = err(&GOOD.replace("buffer = 65536", "buffer = 12"));
+        assert!(e.contains("line 20: buffer 12 is not 4096 to 67108864 bytes"), "{e}");
+        let e = err(&GOOD.replace("\"copy\"", "\"zero\""));
+        assert!(e.contains("line 19: data_mover \"zero\" is not \"splice\" or \"copy\""), "{e}");
     }
 }

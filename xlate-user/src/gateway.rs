@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
-use xlate_common::flow::{gw, names, EngineConfig, SynBudget};
+use xlate_common::flow::{config_flag, gw, names, EngineConfig, SynBudget};
 use xlate_common::maps::ServiceKey;
 
 use crate::agent::control_plane::ControlPlane;
@@ -20,10 +20,14 @@ use crate::agent::resident::{self, attach_tc, attach_xdp, drop_other_links, Atta
 use crate::agent::{control_socket, event_loop, seed_rotation, Ending};
 use crate::config::{Config, Service};
 use crate::ebpf::Resident;
-use crate::netif::Interface;
+use crate::netif::{Interface, Segmenter};
 use crate::rawsock::RawSocket;
 
 pub const PROGRAM: &str = gw::XDP_PROGRAM;
+/// Host mode's egress programs, which carry the relay's outbound
+/// connections.
+const HOST_EGRESS: &str = "xlate_host_egress";
+const HOST_SEGMENTED: &str = "xlate_host_segmented";
 
 pub struct RunOptions {
     pub ifaces: Vec<String>,
@@ -31,6 +35,22 @@ pub struct RunOptions {
     pub mode: XdpMode,
     /// Serve Prometheus metrics here.
     pub metrics: Option<std::net::SocketAddr>,
+    pub relay: RelayUse,
+    /// Overrides the configuration's `[relay] data_mover`.
+    pub mover: Option<crate::relay::pump::Mode>,
+    /// Add the service addresses no interface has (dynamic aliasing).
+    pub alias: bool,
+}
+
+/// What the stream-level relay takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayUse {
+    /// No relay: what the fast path declines goes to the kernel as it is.
+    Off,
+    /// What the fast path declines, and the services in `mode = "relay"`.
+    Fallback,
+    /// Every service (`xlate-user relay`): the fast path translates none.
+    Everything,
 }
 
 /// How long a flow may wait for its SYN-ACK before the instance it was
@@ -58,6 +78,70 @@ struct GwMaps {
     redirect: Redirect,
     /// New flows, oldest first, until their handshake is due (health).
     syn_watch: std::collections::VecDeque<(std::time::Instant, u32)>,
+    /// The relay's share: `None` when it is off.
+    relay: Option<RelayMaps>,
+}
+
+/// What the agent keeps in step for the relay at every change of the
+/// service table.
+struct RelayMaps {
+    /// Services whose segments XDP leaves to the relay.
+    services: HashMap<MapData, ServiceKey, u32>,
+    /// (instance, [`crate::relay::connect_port`]) -> service ID: the
+    /// relay's outbound connections become SAL connections.
+    connect: HashMap<MapData, ServiceKey, xlate_common::maps::ServiceEntry>,
+    /// The table the relay's listeners follow.
+    table: tokio::sync::watch::Sender<std::sync::Arc<Config>>,
+    everything: bool,
+    /// `--mode`: overrides the file's `data_mover`.
+    mover: Option<crate::relay::pump::Mode>,
+}
+
+impl RelayMaps {
+    /// `xlate-user relay` gives every service to the relay.
+    fn adjust(&self, cfg: &mut Config) {
+        if let Some(m) = self.mover {
+            cfg.relay.mover = m;
+        }
+        if self.everything {
+            for s in &mut cfg.services {
+                s.mode = crate::config::ServiceMode::Relay;
+            }
+        }
+    }
+
+    /// New entries first, stale ones after (as for the services).
+    fn apply(&mut self, cfg: &Config, rows: &std::collections::HashMap<(Ipv4Addr, u16), u32>) -> Result<()> {
+        use crate::config::ServiceMode;
+        let mut relayed = Vec::new();
+        let mut connect = Vec::new();
+        for s in &cfg.services {
+            let key = ServiceKey::new(s.address, s.port);
+            if s.mode == ServiceMode::Relay {
+                self.services.insert(key, 1, 0)?;
+                relayed.push(key);
+            }
+            let port = crate::relay::connect_port(rows[&(s.address, s.port)]);
+            let entry = xlate_common::maps::ServiceEntry { service_id: s.service_id };
+            for t in s.instances.iter().map(|i| i.address).chain(s.router) {
+                let k = ServiceKey::new(t, port);
+                self.connect.insert(k, entry, 0)?;
+                connect.push(k);
+            }
+        }
+        let stale: Vec<ServiceKey> =
+            self.services.keys().filter_map(|k| k.ok()).filter(|k| !relayed.contains(k)).collect();
+        for k in stale {
+            self.services.remove(&k)?;
+        }
+        let stale: Vec<ServiceKey> =
+            self.connect.keys().filter_map(|k| k.ok()).filter(|k| !connect.contains(k)).collect();
+        for k in stale {
+            self.connect.remove(&k)?;
+        }
+        self.table.send_replace(std::sync::Arc::new(cfg.clone()));
+        Ok(())
+    }
 }
 
 /// The redirect targets the kernel may use, kept in step with the devices'
@@ -172,17 +256,23 @@ impl GwMaps {
             self.services.remove(&k)?;
         }
         self.rows.retain(|(a, p), _| cfg.services.iter().any(|s| s.address == *a && s.port == *p));
+        if let Some(r) = self.relay.as_mut() {
+            r.apply(cfg, &self.rows)?;
+        }
         Ok(())
     }
 
     /// Live edit: add or replace one service (by address and port).
     fn set_service(&mut self, svc: crate::config::Service) -> Result<String> {
         svc.check(self.cfg.sal_address)?;
-        check_listeners(std::slice::from_ref(&svc))?;
+        check_listeners(std::slice::from_ref(&svc), &self.cfg)?;
         let mut cfg = self.cfg.clone();
         cfg.services.retain(|s| (s.address, s.port) != (svc.address, svc.port));
         let what = format!("{}:{} -> service {}", svc.address, svc.port, svc.service_id);
         cfg.services.push(svc);
+        if let Some(r) = &self.relay {
+            r.adjust(&mut cfg);
+        }
         self.apply(&cfg)?;
         self.cfg = cfg;
         Ok(format!("ok: {what}"))
@@ -204,8 +294,11 @@ impl GwMaps {
 
 impl crate::agent::LoopHooks for GwMaps {
     fn reload(&mut self) -> Result<String> {
-        let new = Config::load(&self.path)?;
-        check_listeners(&new.services).with_context(|| self.path.display().to_string())?;
+        let mut new = Config::load(&self.path)?;
+        check_listeners(&new.services, &self.cfg).with_context(|| self.path.display().to_string())?;
+        if let Some(r) = &self.relay {
+            r.adjust(&mut new);
+        }
         if new.sal_address != self.cfg.sal_address {
             bail!("sal_address cannot change while running (restart instead)");
         }
@@ -304,7 +397,7 @@ pub fn parse_service(ap: &str, sid: &str, targets: &str) -> Result<crate::config
             instances.push(crate::config::Instance { address, weight });
         }
     }
-    Ok(crate::config::Service { address, port, service_id, instances, router })
+    Ok(crate::config::Service { address, port, service_id, instances, router, mode: Default::default() })
 }
 
 /// Sysctls the translator needs, set while it runs and restored after:
@@ -333,9 +426,12 @@ fn listeners() -> Result<Vec<(Ipv4Addr, u16)>> {
 /// A service the translator takes over must not be an address and port a
 /// socket of the gateway itself listens on: XDP rewrites those segments
 /// before the local stack could see them, so that socket would go deaf.
-fn check_listeners(services: &[crate::config::Service]) -> Result<()> {
+fn check_listeners(services: &[crate::config::Service], running: &Config) -> Result<()> {
     let socks = listeners()?;
-    for s in services {
+    // The running services' sockets are the relay's own.
+    let ours =
+        |s: &&crate::config::Service| !running.services.iter().any(|r| (r.address, r.port) == (s.address, s.port));
+    for s in services.iter().filter(ours) {
         if let Some((a, p)) = socks.iter().find(|(a, p)| *p == s.port && *a == s.address) {
             bail!(
                 "service {}:{} collides with a socket of this host listening on {a}:{p}; the translator would take \
@@ -350,8 +446,22 @@ fn check_listeners(services: &[crate::config::Service]) -> Result<()> {
 
 pub fn run(opts: RunOptions) -> Result<()> {
     crate::agent::init_logging();
-    let cfg = Config::load(&opts.config)?;
-    check_listeners(&cfg.services).with_context(|| opts.config.display().to_string())?;
+    let mut cfg = Config::load(&opts.config)?;
+    let none = Config { services: Vec::new(), ..cfg.clone() };
+    check_listeners(&cfg.services, &none).with_context(|| opts.config.display().to_string())?;
+    if let Some(m) = opts.mover {
+        cfg.relay.mover = m;
+    }
+    if opts.relay == RelayUse::Off {
+        if let Some(s) = cfg.services.iter().find(|s| s.mode == crate::config::ServiceMode::Relay) {
+            bail!(
+                "{}: service {}:{} has mode = \"relay\" but the relay is off (--no-relay)",
+                opts.config.display(),
+                s.address,
+                s.port
+            );
+        }
+    }
     if opts.ifaces.is_empty() {
         bail!("give at least one --iface");
     }
@@ -389,6 +499,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         down: Default::default(),
         rows,
         syn_watch: Default::default(),
+        relay: None,
         redirect: Redirect {
             map: HashMap::try_from(take(&mut ebpf, gw::REDIRECT_TARGETS)?)?,
             known: Default::default(),
@@ -399,18 +510,49 @@ pub fn run(opts: RunOptions) -> Result<()> {
         },
     };
     let max_mss = ifaces.iter().map(|i| i.max_mss()).min().unwrap_or(1448);
-    flows.config.set(
-        0,
-        EngineConfig {
-            addr: cfg.sal_address.octets(),
-            max_mss,
-            flags: if cfg.xdp_redirect { xlate_common::flow::config_flag::XDP_REDIRECT } else { 0 },
-            ..Default::default()
-        },
-        0,
-    )?;
-    gwm.apply(&cfg)?;
     let mut record = Record::load(Kind::Gateway, &first)?;
+    // A crashed run's aliases go; the relay adds what it wants again.
+    record.remove_aliases();
+    let mut engine = EngineConfig {
+        addr: cfg.sal_address.octets(),
+        max_mss,
+        flags: if cfg.xdp_redirect { config_flag::XDP_REDIRECT } else { 0 },
+        ..Default::default()
+    };
+    // The relay's Serval side: its outbound connections leave by the
+    // interface that reaches the instances, through the TC egress program
+    // and a segmenter (as host mode's do).
+    let serval_side = if opts.relay == RelayUse::Off {
+        None
+    } else {
+        let iface = serval_side(&ifaces, &cfg);
+        let seg = Segmenter::adopt_or_create(iface)?;
+        record.segmenter = Some(seg.near.clone());
+        engine.flags |= config_flag::CONNECT_TO_TCP_DESTINATION;
+        engine.segmenter_ifindex = seg.near_index;
+        engine.out_ifindex = iface.index;
+        for prog in [HOST_EGRESS, HOST_SEGMENTED] {
+            let p: &mut SchedClassifier =
+                ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing"))?.try_into()?;
+            p.load().with_context(|| format!("the kernel refused {prog}"))?;
+        }
+        let mut cfg = cfg.clone();
+        let table = tokio::sync::watch::Sender::new(std::sync::Arc::new(cfg.clone()));
+        let rm = RelayMaps {
+            services: HashMap::try_from(take(&mut ebpf, gw::RELAY_SERVICES)?)?,
+            connect: HashMap::try_from(crate::agent::maps::open_in(&dir, names::CONNECT)?)?,
+            table,
+            everything: opts.relay == RelayUse::Everything,
+            mover: opts.mover,
+        };
+        rm.adjust(&mut cfg);
+        gwm.cfg = cfg;
+        gwm.relay = Some(rm);
+        Some((iface.name.clone(), seg))
+    };
+    flows.config.set(0, engine, 0)?;
+    let cfg = gwm.cfg.clone();
+    gwm.apply(&cfg)?;
     let mut sysctls = vec!["/proc/sys/net/ipv4/ip_forward".to_string()];
     sysctls.extend(ifaces.iter().map(|i| format!("/proc/sys/net/ipv4/conf/{}/accept_local", i.name)));
     record.set_sysctls(&sysctls)?;
@@ -430,8 +572,19 @@ pub fn run(opts: RunOptions) -> Result<()> {
         let prog: &mut Xdp = ebpf.program_mut(PROGRAM).unwrap().try_into()?;
         how.push(attach_xdp(prog, PROGRAM, &i.name, opts.mode, &dir)?);
     }
-    let keep: Vec<(&str, &str)> =
+    let mut keep: Vec<(&str, &str)> =
         ifaces.iter().flat_map(|i| [(PROGRAM, i.name.as_str()), (gw::CHECKSUM_PROGRAM, i.name.as_str())]).collect();
+    if let Some((iface, seg)) = &serval_side {
+        let attachments = [
+            (HOST_SEGMENTED, seg.far.as_str(), TcAttachType::Ingress),
+            (HOST_EGRESS, iface.as_str(), TcAttachType::Egress),
+        ];
+        for (prog, dev, at) in attachments {
+            let p: &mut SchedClassifier = ebpf.program_mut(prog).unwrap().try_into()?;
+            how.push(attach_tc(p, prog, dev, at, &dir)?);
+            keep.push((prog, dev));
+        }
+    }
     drop_other_links(&dir, &keep);
     tracing::info!(
         "xlate translator on {} ({:?} XDP), SAL address {}, MSS {max_mss}, {} services{}",
@@ -459,7 +612,42 @@ pub fn run(opts: RunOptions) -> Result<()> {
         crate::metrics::serve(addr, Kind::Gateway, first.clone())?;
         tracing::info!("metrics at http://{addr}/metrics");
     }
-    let r = crate::agent::runtime::block_on(event_loop(cp, events, sock.clone(), kernel_log, Some(&mut gwm)));
+    let relay = match &serval_side {
+        Some(_) => {
+            let aliases = opts.alias.then(|| crate::relay::alias::Aliases::new(ifaces[0].index, first.clone()));
+            let table = gwm.relay.as_ref().expect("relay maps").table.subscribe();
+            let relay = crate::relay::Relay::new(&dir, table, aliases)?;
+            let c = &gwm.cfg.relay;
+            tracing::info!(
+                "relay: {:?}, {} bytes per direction and connection, idle timeout {} s{}",
+                c.mover,
+                c.buffer,
+                c.idle_timeout,
+                if opts.alias { "; dynamic aliasing on" } else { "" }
+            );
+            Some(relay)
+        }
+        None => None,
+    };
+    let local = tokio::task::LocalSet::new();
+    let r = crate::agent::runtime::block_on(local.run_until(async {
+        let relay = async {
+            match relay {
+                Some(r) => r.run().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = event_loop(cp, events, sock.clone(), kernel_log, Some(&mut gwm)) => r,
+            _ = relay => unreachable!("the relay runs until dropped"),
+        }
+    }));
+    // The relay's connections and listeners end with the agent (they are
+    // its sockets); so do the aliases it added.
+    drop(local);
+    let mut record = Record::load(Kind::Gateway, &first)?;
+    record.remove_aliases();
+    record.save(Kind::Gateway, &first)?;
     let _ = std::fs::remove_file(&sock);
     drop(gwm);
     drop(ebpf);
@@ -473,6 +661,24 @@ pub fn run(opts: RunOptions) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The interface the instances are reached by: the one holding the source
+/// address the kernel would use towards the first instance (or router);
+/// the last interface if that cannot be told.
+fn serval_side<'a>(ifaces: &'a [Interface], cfg: &Config) -> &'a Interface {
+    let target = cfg.services.iter().flat_map(|s| s.instances.iter().map(|i| i.address).chain(s.router)).next();
+    let source = target.and_then(|t| {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        s.connect((t, 9)).ok()?;
+        match s.local_addr().ok()? {
+            std::net::SocketAddr::V4(a) => Some(*a.ip()),
+            _ => None,
+        }
+    });
+    source
+        .and_then(|a| ifaces.iter().find(|i| i.addrs.contains(&a)))
+        .unwrap_or_else(|| ifaces.last().expect("at least one interface"))
 }
 
 /// `xlate-user stats|flows` read the translator's pinned maps.

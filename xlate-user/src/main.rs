@@ -56,24 +56,32 @@ enum Command {
     },
     /// The packet-level translator: legacy TCP clients reach Serval services
     /// through this gateway (XDP on the NICs, flows in BPF maps, the SAL
-    /// control plane here). Runs until Ctrl-C/SIGTERM; SIGHUP reloads the
-    /// configuration (a bad file is refused and changes nothing).
+    /// control plane here). What XDP declines (IP options, a full flow
+    /// table) and services with mode = "relay" go to the stream-level relay
+    /// (docs/relay.md). Runs until Ctrl-C/SIGTERM; SIGHUP or SIGUSR1 reloads
+    /// the configuration (a bad file is refused and changes nothing).
     #[command(
-        after_help = "Example:\n  xlate-user run --iface eth0 --iface eth1 --config /etc/xlate/xlate.toml --metrics 127.0.0.1:9464\n  kill -HUP $(pidof xlate-user)   # reload the configuration"
+        after_help = "Example:\n  xlate-user run --iface eth0 --iface eth1 --config /etc/xlate/xlate.toml --alias --metrics 127.0.0.1:9464\n  kill -HUP $(pidof xlate-user)   # reload the configuration"
     )]
     Run {
-        /// Gateway NIC(s): one (one-armed) or two (two-armed).
-        #[arg(long = "iface", required = true)]
-        ifaces: Vec<String>,
-        /// TOML configuration (see config/xlate.toml).
-        #[arg(long)]
-        config: PathBuf,
-        /// XDP attach mode.
-        #[arg(long, value_enum, default_value_t = Mode::Auto)]
-        xdp_mode: Mode,
-        /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
-        #[arg(long, value_name = "ADDR:PORT")]
-        metrics: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        gw: GatewayArgs,
+        /// No stream-level relay: what the fast path declines is left to
+        /// the kernel as it is (no service may have mode = "relay").
+        #[arg(long, conflicts_with = "alias")]
+        no_relay: bool,
+    },
+    /// The stream-level relay alone (the paper's translator design, and
+    /// the baseline of the comparison): every service's connections are
+    /// accepted by the relay and carried to the instance over a SAL
+    /// connection. Same configuration, maps, stats, flows and metrics as
+    /// `run`, which it replaces on the same interfaces.
+    #[command(
+        after_help = "Example:\n  xlate-user relay --iface eth0 --iface eth1 --config /etc/xlate/xlate.toml --alias --mode splice"
+    )]
+    Relay {
+        #[command(flatten)]
+        gw: GatewayArgs,
     },
     /// The running translator's counters (translated, passed and dropped by
     /// reason, control plane).
@@ -244,6 +252,59 @@ enum HostAction {
     },
 }
 
+/// What `run` and `relay` share.
+#[derive(Args)]
+struct GatewayArgs {
+    /// Gateway NIC(s): one (one-armed) or two (two-armed); the first faces
+    /// the clients (aliases go there).
+    #[arg(long = "iface", required = true)]
+    ifaces: Vec<String>,
+    /// TOML configuration (see config/xlate.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    xdp_mode: Mode,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Dynamic aliasing: add the service addresses that no interface has
+    /// to the first --iface (as /32), and remove them on exit and when
+    /// they leave the configuration.
+    #[arg(long)]
+    alias: bool,
+    /// How the relay moves bytes (default: the file's [relay] data_mover,
+    /// else splice).
+    #[arg(long = "mode", value_enum)]
+    mover: Option<Mover>,
+}
+
+impl GatewayArgs {
+    fn options(self, relay: xlate_user::gateway::RelayUse) -> xlate_user::gateway::RunOptions {
+        xlate_user::gateway::RunOptions {
+            ifaces: self.ifaces,
+            config: self.config,
+            mode: self.xdp_mode.into(),
+            metrics: self.metrics,
+            relay,
+            mover: self.mover.map(|m| match m {
+                Mover::Splice => xlate_user::relay::pump::Mode::Splice,
+                Mover::Copy => xlate_user::relay::pump::Mode::Copy,
+            }),
+            alias: self.alias,
+        }
+    }
+}
+
+/// How the relay moves bytes.
+#[derive(Clone, Copy, ValueEnum)]
+enum Mover {
+    /// splice(2) through a pipe: the bytes never reach user space.
+    Splice,
+    /// read(2) into a buffer and write(2) it out (the paper's Figure 5a).
+    Copy,
+}
+
 /// XDP attach mode, as operators know it from `ip link set … xdp*`.
 #[derive(Clone, Copy, ValueEnum)]
 enum Mode {
@@ -276,9 +337,13 @@ fn main() -> ExitCode {
             watch(&iface, xdp_mode.into(), interval, duration).map(|_| ExitCode::SUCCESS)
         }
         Command::Host(h) => host_cmd(h).map(|_| ExitCode::SUCCESS),
-        Command::Run { ifaces, config, xdp_mode, metrics } => {
-            xlate_user::gateway::run(xlate_user::gateway::RunOptions { ifaces, config, mode: xdp_mode.into(), metrics })
-                .map(|_| ExitCode::SUCCESS)
+        Command::Run { gw, no_relay } => {
+            use xlate_user::gateway::RelayUse;
+            let relay = if no_relay { RelayUse::Off } else { RelayUse::Fallback };
+            xlate_user::gateway::run(gw.options(relay)).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Relay { gw } => {
+            xlate_user::gateway::run(gw.options(xlate_user::gateway::RelayUse::Everything)).map(|_| ExitCode::SUCCESS)
         }
         #[cfg(feature = "testbed")]
         Command::BenchXdp { runs } => xlate_user::benchmark::run(runs).map(|_| ExitCode::SUCCESS),

@@ -20,21 +20,76 @@ use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-/// Runs `f` with a fresh rtnetlink connection.
+/// Runs `f` with a fresh rtnetlink connection, outside the event loop.
 fn with_handle<T, F, Fut>(what: &str, f: F) -> Result<T>
 where
     F: FnOnce(Handle) -> Fut,
     Fut: Future<Output = Result<T, rtnetlink::Error>>,
 {
-    crate::agent::runtime::block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
-        // The connection is driven beside the request and dropped with it:
-        // nothing is left spawned on the runtime.
-        tokio::select! {
-            r = f(handle) => r.map_err(|e| anyhow!("{what}: {e}")),
-            _ = conn => Err(anyhow!("{what}: the rtnetlink connection ended")),
+    crate::agent::runtime::block_on(request(what, f))
+}
+
+/// Runs `f` with a fresh rtnetlink connection, from inside the event loop
+/// (awaited).
+async fn request<T, F, Fut>(what: &str, f: F) -> Result<T>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = Result<T, rtnetlink::Error>>,
+{
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    // The connection is driven beside the request and dropped with it:
+    // nothing is left spawned on the runtime.
+    tokio::select! {
+        r = f(handle) => r.map_err(|e| anyhow!("{what}: {e}")),
+        _ = conn => Err(anyhow!("{what}: the rtnetlink connection ended")),
+    }
+}
+
+/// Every IPv4 address of this network namespace, on any link.
+pub async fn all_ipv4_addresses() -> Result<Vec<Ipv4Addr>> {
+    request("reading addresses", |h| async move {
+        let mut out = Vec::new();
+        let mut addrs = h.address().get().execute();
+        while let Some(m) = addrs.try_next().await? {
+            for a in m.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(v)) = a {
+                    out.push(v);
+                }
+            }
         }
+        Ok(out)
     })
+    .await
+}
+
+/// Adds `addr/32` to link `index` (an alias).
+pub async fn add_alias(addr: Ipv4Addr, index: u32) -> Result<()> {
+    request(
+        &format!("adding {addr}/32"),
+        |h| async move { h.address().add(index, IpAddr::V4(addr), 32).execute().await },
+    )
+    .await
+}
+
+/// Removes `addr/32` from link `index`, if it is there.
+pub async fn delete_alias(addr: Ipv4Addr, index: u32) -> Result<()> {
+    request(&format!("removing {addr}/32"), |h| async move {
+        let mut addrs = h.address().get().set_link_index_filter(index).execute();
+        while let Some(m) = addrs.try_next().await? {
+            let ours = m.header.prefix_len == 32
+                && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(v)) if *v == addr));
+            if ours {
+                return h.address().del(m).execute().await;
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// [`delete_alias`], outside the event loop.
+pub fn delete_alias_blocking(addr: Ipv4Addr, index: u32) -> Result<()> {
+    crate::agent::runtime::block_on(delete_alias(addr, index))
 }
 
 /// A link's index, Ethernet address and MTU.

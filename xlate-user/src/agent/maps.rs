@@ -75,11 +75,7 @@ impl FlowMaps {
 
     /// Opens the maps pinned in `dir` (an agent that no longer runs).
     pub fn open(dir: &Path) -> Result<Self> {
-        Self::from(|name| {
-            let path = dir.join(name);
-            let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-            Ok(Map::from_map_data(data)?)
-        })
+        Self::from(|name| open_in(dir, name))
     }
 
     fn from(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
@@ -100,12 +96,18 @@ impl FlowMaps {
     /// Adds one to a counter from user space (CPU 0's slot; the agent is
     /// the only user-space writer).
     pub fn bump(&mut self, c: Counter) {
-        if let Ok(mut v) = self.counters.get(&c.index(), 0) {
-            let mut vals: Vec<u64> = v.iter().copied().collect();
-            vals[0] += 1;
-            v = PerCpuValues::try_from(vals).expect("same length");
-            let _ = self.counters.set(c.index(), v, 0);
-        }
+        bump_counter(&mut self.counters, c, 1);
+    }
+}
+
+/// Adds `n` to counter `c` (in the first CPU's slot: the agent counts
+/// from one thread, and readers sum the slots).
+pub fn bump_counter(counters: &mut PerCpuArray<MapData, u64>, c: Counter, n: u64) {
+    if let Ok(v) = counters.get(&c.index(), 0) {
+        let mut vals: Vec<u64> = v.iter().copied().collect();
+        vals[0] += n;
+        let v = PerCpuValues::try_from(vals).expect("same length");
+        let _ = counters.set(c.index(), v, 0);
     }
 }
 
@@ -125,6 +127,13 @@ pub fn open_pinned(kind: Kind, iface: &str, name: &str) -> Result<Map> {
             crate::agent::pins::shown(&path)
         )
     })?;
+    Ok(Map::from_map_data(data)?)
+}
+
+/// Opens map `name` pinned in `dir` (the agent's own pin directory).
+pub fn open_in(dir: &Path, name: &str) -> Result<Map> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     Ok(Map::from_map_data(data)?)
 }
 

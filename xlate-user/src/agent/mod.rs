@@ -99,6 +99,8 @@ pub(crate) async fn event_loop(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // The paper's translator reloads on SIGUSR1.
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     // The AsyncFd owns the ring buffer (and its fd).
     #[allow(deprecated)]
     let mut events = AsyncFd::new(events)?;
@@ -120,7 +122,7 @@ pub(crate) async fn event_loop(
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
+            _ = async { tokio::select! { _ = hup.recv() => {}, _ = usr1.recv() => {} } } => {
                 if let Some(h) = reload.as_mut() {
                     match h.reload() {
                         Ok(msg) => tracing::info!("{msg}"),

@@ -45,6 +45,8 @@ pub struct ServiceSpec {
     pub instances: Vec<InstanceSpec>,
     #[serde(default)]
     pub router: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub mode: crate::config::ServiceMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +63,7 @@ impl From<&Service> for ServiceSpec {
             service_id: s.service_id.to_string(),
             instances: s.instances.iter().map(|i| InstanceSpec { address: i.address, weight: i.weight }).collect(),
             router: s.router,
+            mode: s.mode,
         }
     }
 }
@@ -74,6 +77,7 @@ impl TryFrom<&ServiceSpec> for Service {
             service_id: s.service_id.parse().map_err(|e| anyhow!("service ID {:?}: {e}", s.service_id))?,
             instances: s.instances.iter().map(|i| Instance { address: i.address, weight: i.weight }).collect(),
             router: s.router,
+            mode: s.mode,
         })
     }
 }
@@ -138,6 +142,7 @@ mod tests {
             service_id: "000001bb".parse().unwrap(),
             instances: vec![Instance { address: Ipv4Addr::new(10, 10, 0, 12), weight: 3 }],
             router: None,
+            mode: crate::config::ServiceMode::Relay,
         };
         let back = Service::try_from(&ServiceSpec::from(&s)).unwrap();
         assert_eq!(back, s);

@@ -93,6 +93,16 @@ pub struct Record {
     /// Host routes and neighbour entries for `--connect` addresses.
     #[serde(default)]
     pub connect_routes: Vec<ConnectRouteRecord>,
+    /// Service addresses the relay added (`--alias`): removed whenever the
+    /// agent exits, and by the next run if it crashed.
+    #[serde(default)]
+    pub aliases: Vec<AliasRecord>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasRecord {
+    pub addr: Ipv4Addr,
+    pub ifindex: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,8 +154,18 @@ impl Record {
         Ok(())
     }
 
+    /// Removes the aliases recorded (outside the event loop).
+    pub fn remove_aliases(&mut self) {
+        for a in self.aliases.drain(..) {
+            match crate::netlink::delete_alias_blocking(a.addr, a.ifindex) {
+                Ok(()) => tracing::info!("removed the alias {}/32", a.addr),
+                Err(e) => tracing::warn!("removing the alias {}: {e:#}", a.addr),
+            }
+        }
+    }
+
     /// Undoes everything recorded, and forgets it.
-    fn undo(self, kind: Kind, iface: &str) {
+    fn undo(mut self, kind: Kind, iface: &str) {
         for (p, old) in &self.sysctls {
             if std::fs::write(p, old).is_ok() {
                 tracing::info!("restored {} = {old}", p.trim_start_matches("/proc/sys/").replace('/', "."));
@@ -154,6 +174,7 @@ impl Record {
         if let Some(seg) = &self.segmenter {
             let _ = crate::netlink::delete_link(seg);
         }
+        self.remove_aliases();
         for r in &self.connect_routes {
             let _ = crate::netlink::delete_neighbour(r.addr, r.ifindex);
             if r.route {

@@ -106,7 +106,7 @@ pub async fn relay(a: TcpStream, b: TcpStream, mode: Mode, limits: Limits) -> io
 /// when [`relay`] returns), and ends its reading side now, which wakes a
 /// direction waiting on it without sending anything (a shutdown of the
 /// sending side would send a FIN first).
-fn abort(s: &TcpStream) {
+pub fn abort(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
     // SAFETY: shutting down a socket we hold.
     unsafe { libc::shutdown(s.as_raw_fd(), libc::SHUT_RD) };
