@@ -46,3 +46,76 @@ try:
 except ConnectionResetError:
     print("client saw reset", flush=True)
 "#;
+
+/// Sends an HTTP/1.0 GET for PATH (argv 3), shuts its sending side down
+/// (a half-close: FIN), then reads the whole answer; prints the SHA-256 of
+/// the body.
+pub const HALF_CLOSING_CLIENT: &str = r#"
+import hashlib, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+s.sendall(("GET %s HTTP/1.0\r\n\r\n" % sys.argv[3]).encode())
+s.shutdown(socket.SHUT_WR)
+data = b""
+while True:
+    d = s.recv(1 << 16)
+    if not d: break
+    data += d
+print(hashlib.sha256(data.split(b"\r\n\r\n", 1)[1]).hexdigest(), flush=True)
+"#;
+
+/// Accepts one connection, says "bye" and shuts its sending side down at
+/// once (it closes first), then reads to the end: prints "listening", then
+/// "server got N SHA256".
+pub const EARLY_CLOSING_SERVER: &str = r#"
+import hashlib, socket, sys
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2]))); l.listen(5); print("listening", flush=True)
+c, _ = l.accept(); c.settimeout(20)
+c.sendall(b"bye"); c.shutdown(socket.SHUT_WR)
+h, n = hashlib.sha256(), 0
+while True:
+    d = c.recv(1 << 16)
+    if not d: break
+    h.update(d); n += len(d)
+print("server got", n, h.hexdigest(), flush=True)
+"#;
+
+/// Connects, waits for the server's end (it closes first), then uploads
+/// BYTES (argv 3) generated from SEED (argv 4) as `generated_sha256`
+/// makes them, and closes: prints "client got b'bye'" first.
+pub const LATE_UPLOADING_CLIENT: &str = r#"
+import random, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+got = b""
+while True:
+    d = s.recv(100)
+    if not d: break
+    got += d
+print("client got", got, flush=True)
+n, r = int(sys.argv[3]), random.Random(int(sys.argv[4]))
+while n > 0:
+    k = min(n, 1 << 20)
+    s.sendall(r.randbytes(k))
+    n -= k
+s.close()
+"#;
+
+/// Opens N (argv 3) connections at once, then sends a GET /who on each,
+/// then reads every answer: prints the number of answers that named an
+/// instance.
+pub const MANY_AT_ONCE: &str = r#"
+import socket, sys
+socks = [socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30) for _ in range(int(sys.argv[3]))]
+for s in socks:
+    s.sendall(b"GET /who HTTP/1.0\r\n\r\n")
+ok = 0
+for s in socks:
+    data = b""
+    while True:
+        d = s.recv(4096)
+        if not d: break
+        data += d
+    if data.split(b"\r\n\r\n", 1)[-1].strip().startswith(b"10.10.0."): ok += 1
+    s.close()
+print(ok, flush=True)
+"#;

@@ -133,9 +133,11 @@ fn egress(f: &SkbFrame, at_segmenter: bool) -> Result<i32, Exit> {
         let flow = unsafe { &*flow };
         if flow.flags & flag::HAS_PEER_MAC != 0 {
             f.store(ethernet::field::DST, &flow.peer_mac)?;
-        } else if to_sal.syn {
+        } else if to_sal.syn && cfg.flags & config_flag::CONNECT_TO_TCP_DESTINATION == 0 {
             f.store(ethernet::field::DST, &[0xffu8; 6])?;
         }
+        // (A SYN to the TCP destination itself keeps the MAC the kernel
+        // resolved for that address.)
     }
     let hook = if at_segmenter { Hook::HostSegmenter } else { Hook::HostEgress };
     translated(f, hook, Counter::EgressTranslated);
@@ -193,10 +195,20 @@ fn ingress(f: &SkbFrame) -> Result<i32, Exit> {
         Shape::Options(_) | Shape::Fragment(_) => return Err(Exit::Drop(Counter::DropIpOptions)),
         Shape::Plain(_) => {}
     }
-    let id = sal_to_tcp_fn(f).unpack()?;
     let Some(cfg) = CONFIG.get(0) else {
         return Err(Exit::Fault);
     };
+    // A frame sent to every host on the link (a SYN before its sender
+    // knew our MAC) is ours only if its IP destination is us or the
+    // link's broadcast: a SYN meant for a neighbour is not.
+    let eth_dst: [u8; 6] = f.load(ethernet::field::DST)?;
+    if eth_dst != cfg.mac {
+        let ip_dst: [u8; 4] = f.load(IP_AT + ipf::DST)?;
+        if ip_dst != cfg.addr && ip_dst != cfg.broadcast && ip_dst != [0xff; 4] {
+            return Err(Exit::NotOurs);
+        }
+    }
+    let id = sal_to_tcp_fn(f).unpack()?;
     // Learn the peer's link address (its own, or its router's).
     let src_mac: [u8; 6] = f.load(ethernet::field::SRC)?;
     if let Some(flow) = FLOWS.get_ptr_mut(&id) {

@@ -34,6 +34,9 @@ pub struct Config {
     pub idle_timeout: u64,
     /// Send rewritten frames out from XDP when the FIB knows the next hop.
     pub xdp_redirect: bool,
+    /// Size of the flow tables (default: the build's, 65536). A full
+    /// table declines new flows to the relay.
+    pub max_flows: Option<u32>,
     pub services: Vec<Service>,
     pub relay: RelaySettings,
 }
@@ -140,6 +143,7 @@ struct RawTranslator {
     idle_timeout: Spanned<u64>,
     #[serde(default = "default_true")]
     xdp_redirect: bool,
+    max_flows: Option<Spanned<i64>>,
 }
 
 fn default_true() -> bool {
@@ -195,6 +199,14 @@ impl Config {
                 at(raw.translator.idle_timeout.span())
             );
         }
+        let max_flows = match &raw.translator.max_flows {
+            None => None,
+            Some(m) => {
+                Some(u32::try_from(*m.get_ref()).ok().filter(|n| (16..=1 << 22).contains(n)).ok_or_else(|| {
+                    anyhow::anyhow!("{}: max_flows {} is not 16 to 4194304", at(m.span()), m.get_ref())
+                })?)
+            }
+        };
         let mut services = Vec::new();
         let mut seen = HashSet::new();
         for s in &raw.service {
@@ -288,6 +300,7 @@ impl Config {
             sal_address,
             idle_timeout: *raw.translator.idle_timeout.get_ref(),
             xdp_redirect: raw.translator.xdp_redirect,
+            max_flows,
             services,
             relay,
         })
@@ -372,6 +385,8 @@ buffer = 65536
         assert!(e.contains("mode = \"relay\" needs instances"), "{e}");
         let e = err(&GOOD.replace("buffer = 65536", "buffer = 12"));
         assert!(e.contains("line 20: buffer 12 is not 4096 to 67108864 bytes"), "{e}");
+        let e = err(&GOOD.replace("sal_address = \"10.10.0.1\"", "sal_address = \"10.10.0.1\"\nmax_flows = 2"));
+        assert!(e.contains("line 4: max_flows 2 is not 16 to 4194304"), "{e}");
         let e = err(&GOOD.replace("\"copy\"", "\"zero\""));
         assert!(e.contains("line 19: data_mover \"zero\" is not \"splice\" or \"copy\""), "{e}");
     }

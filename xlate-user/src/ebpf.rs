@@ -34,7 +34,7 @@ pub fn load() -> Result<Ebpf> {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let r = load_in(&dir);
+    let r = load_in(&dir, None);
     remove_pins(&dir);
     r
 }
@@ -47,25 +47,33 @@ pub struct Resident {
     pub adopted: bool,
 }
 
+/// The per-flow tables, whose size the operator may set (`max_flows`).
+const FLOW_TABLES: [&str; 5] = [names::FLOWS, names::ADDRS, names::TUPLES, names::PEERS, names::AGENT_CTL];
+
 /// Loads the object with its maps pinned in `dir`, adopting the maps an
 /// earlier run left there once their layout is checked (see the module).
-pub fn load_resident(dir: &Path) -> Result<Resident> {
+/// `max_flows` sizes the flow tables (the object's default when `None`).
+pub fn load_resident(dir: &Path, max_flows: Option<u32>) -> Result<Resident> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let adopted = dir.join(names::FLOWS).exists();
-    let migrations = check_layouts(dir)?;
-    let mut ebpf = load_in(dir)?;
+    let migrations = check_layouts(dir, max_flows)?;
+    let mut ebpf = load_in(dir, max_flows)?;
     for m in migrations {
         m.finish(&mut ebpf)?;
     }
     Ok(Resident { ebpf, adopted })
 }
 
-fn load_in(dir: &Path) -> Result<Ebpf> {
+fn load_in(dir: &Path, max_flows: Option<u32>) -> Result<Ebpf> {
     raise_memlock();
-    EbpfLoader::new()
-        .default_map_pin_directory(dir)
-        .load(OBJECT)
-        .context("loading the embedded eBPF object (are you root?)")
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(dir);
+    if let Some(n) = max_flows {
+        for t in FLOW_TABLES {
+            loader.map_max_entries(t, n);
+        }
+    }
+    loader.load(OBJECT).context("loading the embedded eBPF object (are you root?)")
 }
 
 /// Removes every pin in `dir`, and `dir`.
@@ -136,7 +144,7 @@ impl Migration {
 /// Compares every pinned map in `dir` with the object's definition.
 /// Counters that only grew or shrank are set aside for migration (renamed,
 /// so that loading creates the new map); any other change refuses.
-fn check_layouts(dir: &Path) -> Result<Vec<Migration>> {
+fn check_layouts(dir: &Path, max_flows: Option<u32>) -> Result<Vec<Migration>> {
     let obj = aya_obj::Object::parse(OBJECT).map_err(|e| anyhow!("parsing the embedded eBPF object: {e}"))?;
     let mut migrations = Vec::new();
     let mut refused = Vec::new();
@@ -159,7 +167,10 @@ fn check_layouts(dir: &Path) -> Result<Vec<Migration>> {
             map_type: def.map_type(),
             key_size: def.key_size(),
             value_size: def.value_size(),
-            max_entries: def.max_entries(),
+            max_entries: match max_flows {
+                Some(n) if FLOW_TABLES.contains(&name.as_str()) => n,
+                _ => def.max_entries(),
+            },
         };
         if have == want {
             continue;

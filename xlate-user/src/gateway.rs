@@ -80,6 +80,7 @@ struct GwMaps {
     syn_watch: std::collections::VecDeque<(std::time::Instant, u32)>,
     /// The relay's share: `None` when it is off.
     relay: Option<RelayMaps>,
+    relay_view: Option<crate::relay::View>,
 }
 
 /// What the agent keeps in step for the relay at every change of the
@@ -302,6 +303,9 @@ impl crate::agent::LoopHooks for GwMaps {
         if new.sal_address != self.cfg.sal_address {
             bail!("sal_address cannot change while running (restart instead)");
         }
+        if new.max_flows != self.cfg.max_flows {
+            bail!("max_flows cannot change while running (the tables are sized at start: stop for good, then start)");
+        }
         self.apply(&new)?;
         self.cfg = new;
         Ok(format!("reloaded {}: {} services", self.path.display(), self.cfg.services.len()))
@@ -312,6 +316,10 @@ impl crate::agent::LoopHooks for GwMaps {
         let r = match req {
             Request::ServiceSet { service } => Service::try_from(service).and_then(|s| self.set_service(s)),
             Request::ServiceDel { address, port } => self.del_service(*address, *port),
+            Request::RelayConnections => {
+                let rows = self.relay_view.as_ref().map(|v| v.connections()).unwrap_or_default();
+                Ok(serde_json::to_string(&rows).unwrap_or_default())
+            }
             _ => return None,
         };
         Some(r.into())
@@ -470,7 +478,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let first = ifaces[0].name.clone();
     let _lock = Lock::take(Kind::Gateway, &first)?;
     let dir = pin_dir_for_agent(Kind::Gateway, &first)?;
-    let Resident { mut ebpf, adopted } = crate::ebpf::load_resident(&dir)?;
+    let Resident { mut ebpf, adopted } = crate::ebpf::load_resident(&dir, cfg.max_flows)?;
     let kernel_log =
         crate::agent::kernel_log::reader(&mut ebpf).inspect_err(|e| tracing::warn!("no kernel debug log: {e:#}")).ok();
     let prog: &mut Xdp = ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("program {PROGRAM} missing"))?.try_into()?;
@@ -500,6 +508,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         rows,
         syn_watch: Default::default(),
         relay: None,
+        relay_view: None,
         redirect: Redirect {
             map: HashMap::try_from(take(&mut ebpf, gw::REDIRECT_TARGETS)?)?,
             known: Default::default(),
@@ -617,6 +626,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
             let aliases = opts.alias.then(|| crate::relay::alias::Aliases::new(ifaces[0].index, first.clone()));
             let table = gwm.relay.as_ref().expect("relay maps").table.subscribe();
             let relay = crate::relay::Relay::new(&dir, table, aliases)?;
+            gwm.relay_view = Some(relay.view());
             let c = &gwm.cfg.relay;
             tracing::info!(
                 "relay: {:?}, {} bytes per direction and connection, idle timeout {} s{}",
@@ -688,6 +698,16 @@ pub fn stats(iface: &str) -> Result<Vec<(&'static str, u64)>> {
 
 pub fn flows(iface: &str) -> Result<Vec<crate::agent::inspect::FlowRow>> {
     crate::agent::inspect::flows(Kind::Gateway, iface)
+}
+
+/// The connections the running translator's relay carries (none when no
+/// agent runs: the relay's sockets are the agent's).
+pub fn relayed(iface: &str) -> Result<Vec<crate::relay::RelayRow>> {
+    if !resident::Lock::held(Kind::Gateway, iface)? {
+        return Ok(Vec::new());
+    }
+    let text = control(iface, &Request::RelayConnections)?;
+    serde_json::from_str(&text).with_context(|| format!("the agent answered {text:?}"))
 }
 
 /// The instance a new connection from this 4-tuple goes to (what the

@@ -363,9 +363,10 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
         }
-        Command::Flows(a) => xlate_user::gateway::flows(&a.iface).map(|rows| {
-            xlate_user::agent::inspect::print_flows(&rows, a.json);
-            ExitCode::SUCCESS
+        Command::Flows(a) => xlate_user::gateway::flows(&a.iface).and_then(|rows| {
+            let relayed = xlate_user::gateway::relayed(&a.iface)?;
+            xlate_user::agent::inspect::print_flows_and_relayed(&rows, &relayed, a.json);
+            Ok(ExitCode::SUCCESS)
         }),
     };
     match r {

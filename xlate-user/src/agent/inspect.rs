@@ -81,6 +81,25 @@ pub fn print_flows(rows: &[FlowRow], json: bool) {
     }
 }
 
+/// [`print_flows`], then the relay's connections (`relay` in the role
+/// column; in JSON, objects with `"relay": true`).
+pub fn print_flows_and_relayed(rows: &[FlowRow], relayed: &[crate::relay::RelayRow], json: bool) {
+    if json {
+        let mut all: Vec<serde_json::Value> = rows.iter().map(FlowRow::to_json).collect();
+        for r in relayed {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            v["relay"] = serde_json::Value::Bool(true);
+            all.push(v);
+        }
+        println!("{}", serde_json::Value::Array(all));
+        return;
+    }
+    print_flows(rows, false);
+    for r in relayed {
+        println!("{r}");
+    }
+}
+
 /// Prints counters as `name value` lines, or as one JSON object.
 pub fn print_stats(rows: &[(&'static str, u64)], json: bool) {
     if json {

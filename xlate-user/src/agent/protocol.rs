@@ -33,6 +33,9 @@ pub enum Request {
     /// Either mode: stop for good (reset every flow, then remove the
     /// datapath and exit).
     Stop,
+    /// Translator: the connections the relay carries (a JSON array of
+    /// `relay::RelayRow`).
+    RelayConnections,
 }
 
 /// A service as the protocol carries it (the service ID in its text form).

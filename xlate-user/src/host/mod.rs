@@ -102,7 +102,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
     let _rt_guard = crate::agent::runtime::runtime().enter();
     let _lock = Lock::take(Kind::Host, &iface.name)?;
     let pin_dir = maps::pin_dir_for_agent(Kind::Host, &iface.name)?;
-    let Resident { mut ebpf, adopted } = crate::ebpf::load_resident(&pin_dir)?;
+    let Resident { mut ebpf, adopted } = crate::ebpf::load_resident(&pin_dir, None)?;
     let kernel_log =
         crate::agent::kernel_log::reader(&mut ebpf).inspect_err(|e| tracing::warn!("no kernel debug log: {e:#}")).ok();
     for prog in PROGRAMS {

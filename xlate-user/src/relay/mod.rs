@@ -45,8 +45,9 @@ use crate::agent::maps::{bump_counter, open_in};
 use crate::config::{Config, RelaySettings};
 
 /// How long the relay waits for the instance to complete the handshake
-/// before it resets the client (the SYN and two retransmissions).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+/// (the SYN and its first retransmission); longer than the health check's
+/// 2.2 s, so that a second try finds the dead instance replaced.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The TCP port the relay connects to on an instance for the service in
 /// Maglev row `row`. SAL carries no ports (the service ID names the
@@ -65,6 +66,86 @@ struct Shared {
     maglev: Array<MapData, [u8; 4]>,
     counters: RefCell<PerCpuArray<MapData, u64>>,
     settings: Cell<RelaySettings>,
+    /// The connections being relayed, by a number of their own.
+    conns: RefCell<std::collections::BTreeMap<u64, Rc<Conn>>>,
+    next: Cell<u64>,
+}
+
+/// One relayed connection, as `flows` shows it.
+struct Conn {
+    client: SocketAddrV4,
+    public: SocketAddrV4,
+    instance: Cell<Option<SocketAddrV4>>,
+    progress: pump::Progress,
+}
+
+/// A relayed connection in `xlate-user flows`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RelayRow {
+    pub client: SocketAddrV4,
+    pub public: SocketAddrV4,
+    /// The instance (and the service's connect port), once chosen.
+    pub instance: Option<SocketAddrV4>,
+    /// connecting, relaying, half_closed (one direction ended), closing.
+    pub state: String,
+    pub bytes_to_service: u64,
+    pub bytes_to_client: u64,
+    /// Bytes held by the relay right now, each way.
+    pub held_to_service: usize,
+    pub held_to_client: usize,
+}
+
+impl std::fmt::Display for RelayRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>10} {:>10} {:<6} {:<11} {} > {} via {} bytes to service {} to client {} held {}/{}",
+            "-",
+            "-",
+            "relay",
+            self.state,
+            self.client,
+            self.public,
+            self.instance.map_or("-".to_string(), |i| i.to_string()),
+            self.bytes_to_service,
+            self.bytes_to_client,
+            self.held_to_service,
+            self.held_to_client,
+        )
+    }
+}
+
+/// The relay as the agent's requests see it (same thread).
+#[derive(Clone)]
+pub struct View(Rc<Shared>);
+
+impl View {
+    pub fn connections(&self) -> Vec<RelayRow> {
+        self.0
+            .conns
+            .borrow()
+            .values()
+            .map(|c| {
+                let p = &c.progress;
+                RelayRow {
+                    client: c.client,
+                    public: c.public,
+                    instance: c.instance.get(),
+                    state: match (c.instance.get(), p.ends.get()) {
+                        (None, _) => "connecting",
+                        (Some(_), 0) => "relaying",
+                        (Some(_), 1) => "half_closed",
+                        _ => "closing",
+                    }
+                    .to_string(),
+                    bytes_to_service: p.a_to_b.get(),
+                    bytes_to_client: p.b_to_a.get(),
+                    held_to_service: p.held_a_to_b.get(),
+                    held_to_client: p.held_b_to_a.get(),
+                }
+            })
+            .collect()
+    }
 }
 
 impl Shared {
@@ -117,12 +198,18 @@ impl Relay {
                 maglev: open_in(dir, gw::MAGLEV)?.try_into()?,
                 counters: RefCell::new(open_in(dir, xlate_common::flow::names::COUNTERS)?.try_into()?),
                 settings: Cell::new(settings),
+                conns: RefCell::new(Default::default()),
+                next: Cell::new(0),
             }),
             listeners: StdHashMap::new(),
             table,
             aliases,
             warned: Vec::new(),
         })
+    }
+
+    pub fn view(&self) -> View {
+        View(self.shared.clone())
     }
 
     /// Runs until dropped (the agent's loop ends). Must run inside a
@@ -234,31 +321,31 @@ async fn serve(client: TcpStream, from: SocketAddr, shared: Rc<Shared>) {
     let (SocketAddr::V4(from), Ok(SocketAddr::V4(public))) = (from, client.local_addr()) else {
         return;
     };
-    let Some(target) = shared.pick(public, from) else {
-        tracing::debug!("relay: {from} -> {public}: no such service or no instance");
+    let conn = Rc::new(Conn { client: from, public, instance: Cell::new(None), progress: pump::Progress::default() });
+    let id = shared.next.get();
+    shared.next.set(id + 1);
+    shared.conns.borrow_mut().insert(id, conn.clone());
+    // Forgotten however the connection ends (also when the task is
+    // dropped with the agent).
+    struct Forget<'a>(&'a Shared, u64);
+    impl Drop for Forget<'_> {
+        fn drop(&mut self) {
+            self.0.conns.borrow_mut().remove(&self.1);
+        }
+    }
+    let _forget = Forget(&shared, id);
+    let Some(server) = connect(&shared, public, from).await else {
         shared.count(Counter::RelayConnectFailed, 1);
         pump::abort(&client);
         return;
     };
-    let server = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!("relay: {from} -> {public} via {target}: {e}");
-            shared.count(Counter::RelayConnectFailed, 1);
-            pump::abort(&client);
-            return;
-        }
-        Err(_) => {
-            tracing::debug!("relay: {from} -> {public} via {target}: no answer in {CONNECT_TIMEOUT:?}");
-            shared.count(Counter::RelayConnectFailed, 1);
-            pump::abort(&client);
-            return;
-        }
-    };
+    if let Ok(SocketAddr::V4(peer)) = server.peer_addr() {
+        conn.instance.set(Some(peer));
+    }
     shared.count(Counter::RelayConnected, 1);
     let s = shared.settings.get();
     let limits = pump::Limits { per_direction: s.buffer, idle: Duration::from_secs(s.idle_timeout) };
-    match pump::relay(client, server, s.mover, limits).await {
+    match pump::relay_with(client, server, s.mover, limits, &conn.progress).await {
         Ok(r) => {
             shared.count(Counter::RelayBytesToService, r.a_to_b);
             shared.count(Counter::RelayBytesToClient, r.b_to_a);
@@ -276,4 +363,28 @@ async fn serve(client: TcpStream, from: SocketAddr, shared: Rc<Shared>) {
             shared.count(Counter::RelayReset, 1);
         }
     }
+}
+
+/// The Serval side: a connection to the instance the fast path would
+/// pick. If that instance does not answer, the agent's health check takes
+/// it out of the Maglev table meanwhile (no SYN-ACK within 2.2 s), and a
+/// second try goes to the instance that replaced it.
+async fn connect(shared: &Shared, public: SocketAddrV4, from: SocketAddrV4) -> Option<TcpStream> {
+    let mut tried = None;
+    for _ in 0..2 {
+        let Some(target) = shared.pick(public, from) else {
+            tracing::debug!("relay: {from} -> {public}: no such service or no instance");
+            return None;
+        };
+        if tried == Some(target) {
+            return None;
+        }
+        tried = Some(target);
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+            Ok(Ok(s)) => return Some(s),
+            Ok(Err(e)) => tracing::debug!("relay: {from} -> {public} via {target}: {e}"),
+            Err(_) => tracing::debug!("relay: {from} -> {public} via {target}: no answer in {CONNECT_TIMEOUT:?}"),
+        }
+    }
+    None
 }

@@ -67,11 +67,48 @@ pub struct Report {
     pub ending: Ending,
 }
 
+/// A relayed connection as it goes, for `flows` and the metrics: updated
+/// at every read and write.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes written to `b` (from `a`), and to `a` (from `b`).
+    pub a_to_b: Cell<u64>,
+    pub b_to_a: Cell<u64>,
+    /// Bytes held right now, a to b and b to a.
+    pub held_a_to_b: Cell<usize>,
+    pub held_b_to_a: Cell<usize>,
+    /// The most bytes ever held in one direction at once.
+    pub max_in_flight: Cell<usize>,
+    /// Directions that saw their source's end (FIN).
+    pub ends: Cell<u8>,
+}
+
 /// Relays between `a` and `b` until both directions are done.
 pub async fn relay(a: TcpStream, b: TcpStream, mode: Mode, limits: Limits) -> io::Result<Report> {
+    relay_with(a, b, mode, limits, &Progress::default()).await
+}
+
+/// [`relay`], reporting as it goes in `progress`.
+pub async fn relay_with(
+    a: TcpStream,
+    b: TcpStream,
+    mode: Mode,
+    limits: Limits,
+    progress: &Progress,
+) -> io::Result<Report> {
     let last = Cell::new(Instant::now());
-    let max = Cell::new(0usize);
-    let one = |src, dst| Direction { src, dst, mode, cap: limits.per_direction, last: &last, max: &max };
+    let max = &progress.max_in_flight;
+    let one = |src, dst, moved, held| Direction {
+        src,
+        dst,
+        mode,
+        cap: limits.per_direction,
+        last: &last,
+        max,
+        moved,
+        held_now: held,
+        ends: &progress.ends,
+    };
     let (ab, ba) = {
         let idle = async {
             loop {
@@ -83,11 +120,17 @@ pub async fn relay(a: TcpStream, b: TcpStream, mode: Mode, limits: Limits) -> io
             }
         };
         tokio::select! {
-            r = async { tokio::join!(one(&a, &b).run(), one(&b, &a).run()) } => r,
+            r = async {
+                tokio::join!(
+                    one(&a, &b, &progress.a_to_b, &progress.held_a_to_b).run(),
+                    one(&b, &a, &progress.b_to_a, &progress.held_b_to_a).run()
+                )
+            } => r,
             _ = idle => {
                 abort(&a);
                 abort(&b);
-                return Ok(Report { a_to_b: 0, b_to_a: 0, max_in_flight: max.get(), ending: Ending::Idle });
+                let (a_to_b, b_to_a) = (progress.a_to_b.get(), progress.b_to_a.get());
+                return Ok(Report { a_to_b, b_to_a, max_in_flight: max.get(), ending: Ending::Idle });
             }
         }
     };
@@ -119,6 +162,9 @@ struct Direction<'a> {
     cap: usize,
     last: &'a Cell<Instant>,
     max: &'a Cell<usize>,
+    moved: &'a Cell<u64>,
+    held_now: &'a Cell<usize>,
+    ends: &'a Cell<u8>,
 }
 
 struct Done {
@@ -157,6 +203,12 @@ impl Direction<'_> {
             Mode::Copy => Hold::Buf { data: Vec::with_capacity(self.cap), start: 0 },
         };
         let (mut held, mut bytes, mut eof) = (0usize, 0u64, false);
+        // A pipe is full by its slots (one per page or piece of a page
+        // spliced in) before it is full by bytes: splice then says EAGAIN
+        // although the socket has data, and a socket whose peer closed
+        // stays "readable" (tokio keeps read-closed readiness). Reading
+        // waits for the next drain instead of spinning.
+        let mut pipe_full = false;
         loop {
             if held == 0 && eof {
                 if self.aborted() {
@@ -169,18 +221,22 @@ impl Direction<'_> {
             }
             // Read while there is room, write while there is something:
             // whichever the sockets allow first.
-            let can_read = !eof && held < self.cap;
+            let can_read = !eof && held < self.cap && !pipe_full;
             tokio::select! {
                 r = self.src.ready(Interest::READABLE), if can_read => {
                     r?;
                     match self.src.try_io(Interest::READABLE, || fill(&mut hold, self.src.as_raw_fd(), self.cap - held)) {
-                        Ok(0) => eof = true,
+                        Ok(0) => {
+                            eof = true;
+                            self.ends.set(self.ends.get() + 1);
+                        }
                         Ok(n) => {
                             held += n;
+                            self.held_now.set(held);
                             self.max.set(self.max.get().max(held));
                             self.last.set(Instant::now());
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => pipe_full = held > 0 && self.mode == Mode::Splice,
                         Err(e) if is_reset(&e) => return Ok(self.reset(bytes)),
                         Err(e) => return Err(e),
                     }
@@ -189,8 +245,11 @@ impl Direction<'_> {
                     r?;
                     match self.dst.try_io(Interest::WRITABLE, || drain(&mut hold, self.dst.as_raw_fd(), held)) {
                         Ok(n) => {
+                            pipe_full = false;
                             held -= n;
                             bytes += n as u64;
+                            self.held_now.set(held);
+                            self.moved.set(bytes);
                             self.last.set(Instant::now());
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
