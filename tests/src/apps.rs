@@ -119,3 +119,29 @@ for s in socks:
     s.close()
 print(ok, flush=True)
 "#;
+
+/// Opens N (argv 3) connections and holds them, sending nothing: prints
+/// "held N" once all are open, then sleeps until killed.
+pub const HOLDING_CLIENT: &str = r#"
+import socket, sys, time
+socks = [socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) for _ in range(int(sys.argv[3]))]
+print("held", len(socks), flush=True)
+time.sleep(600)
+"#;
+
+/// GET PATH (argv 3) from a socket whose every packet carries IP options
+/// (NOP, NOP, NOP, end): prints the SHA-256 of the body.
+pub const IP_OPTIONS_CLIENT: &str = r#"
+import hashlib, socket, sys
+s = socket.socket()
+s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([1, 1, 1, 0]))
+s.settimeout(20)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.sendall(("GET %s HTTP/1.0\r\n\r\n" % sys.argv[3]).encode())
+data = b""
+while True:
+    d = s.recv(1 << 16)
+    if not d: break
+    data += d
+print(hashlib.sha256(data.split(b"\r\n\r\n", 1)[1]).hexdigest(), flush=True)
+"#;

@@ -104,16 +104,14 @@ impl GatewayLab {
     /// As [`GatewayLab::new`]; `gro` false leaves every veth as `ip link`
     /// makes it (GRO off): the lab a new user builds.
     pub fn with_gro(tag: &str, instances_toml: &str, xdp_mode: &str, client_tx_offload: bool, gro: bool) -> GatewayLab {
-        Self::build(tag, instances_toml, "", xdp_mode, client_tx_offload, gro, &["run"])
+        Self::build(tag, &config(instances_toml), xdp_mode, client_tx_offload, gro, &["run"])
     }
 
-    /// The lab with `config_tail` appended to the service's section of the
-    /// configuration (e.g. `mode = "relay"`, or a `[relay]` table), and the
-    /// gateway started as `xlate-user <command...>`.
+    /// The lab with the configuration `config_text` (see [`config`]), and
+    /// the gateway started as `xlate-user <command...>`.
     pub fn build(
         tag: &str,
-        instances_toml: &str,
-        config_tail: &str,
+        config_text: &str,
         xdp_mode: &str,
         client_tx_offload: bool,
         gro: bool,
@@ -136,7 +134,7 @@ impl GatewayLab {
             http.push(h);
         }
         let config_path = dir.join("xlate.toml");
-        std::fs::write(&config_path, config(instances_toml) + config_tail).unwrap();
+        std::fs::write(&config_path, config_text).unwrap();
         let mut lab = GatewayLab {
             http,
             instance_agents,

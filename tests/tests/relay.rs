@@ -9,6 +9,8 @@ use xlate_tests::apps::*;
 use xlate_tests::gateway::*;
 use xlate_tests::{require_root, serial, sh, xlate_user_bin};
 
+const ONE: &str = "\"10.10.0.11\"";
+
 /// The two implementations of the translator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Path {
@@ -22,9 +24,9 @@ enum Path {
 impl Path {
     fn lab(self, tag: &str) -> GatewayLab {
         match self {
-            Path::Fast => GatewayLab::build(tag, "\"10.10.0.11\"", "", "generic", true, true, &["run"]),
+            Path::Fast => GatewayLab::build(tag, &config(ONE), "generic", true, true, &["run"]),
             Path::Relay(m) => {
-                GatewayLab::build(tag, "\"10.10.0.11\"", "", "generic", true, true, &["relay", "--alias", "--mode", m])
+                GatewayLab::build(tag, &config(ONE), "generic", true, true, &["relay", "--alias", "--mode", m])
             }
         }
     }
@@ -144,4 +146,161 @@ fn rss_kb(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A second service on port 81, given to the relay (the instance serves
+/// the same service ID).
+const RELAY_SERVICE: &str =
+    "\n[[service]]\naddress = \"203.0.113.1\"\nport = 81\nservice_id = \"00000050\"\ninstances = [\"10.10.0.11\"]\nmode = \"relay\"\n";
+
+fn get(lab: &GatewayLab, port: u16, bytes: u64, seed: u64) -> String {
+    let url = format!("http://{PUBLIC_IP}:{port}/gen/{bytes}/{seed}");
+    let out = sh(&lab.client, &format!("curl -sS --fail --max-time 30 {url} | sha256sum"));
+    out.split_whitespace().next().unwrap_or_default().to_string()
+}
+
+/// What the fast path declines (a SYN with IP options, a SYN over its
+/// share of a full flow table, a service given to the relay) is served by
+/// the relay; what the fast path owns never reaches it.
+#[test]
+fn the_relay_takes_what_the_fast_path_declines_and_nothing_else() {
+    require_root();
+    let _g = serial();
+    // 32 flows: the fast path takes 24, the relay keeps 8.
+    assert_eq!(xlate_user::gateway::relay_reserve(32), 8);
+    let text = config(ONE).replace("[translator]\n", "[translator]\nmax_flows = 32\n") + RELAY_SERVICE;
+    let lab = GatewayLab::build("steer", &text, "generic", true, true, &["run", "--alias"]);
+    for seed in 0..3 {
+        assert_eq!(get(&lab, 80, 1_000_000, seed), generated_sha256(1_000_000, seed, None));
+    }
+    let s = lab.stats();
+    assert!(s["gw_tcp_to_sal"] > 0, "{s:?}");
+    assert_eq!(s["relay_accepted"], 0, "the fast path's connections never reach the relay: {s:?}");
+
+    // A service in mode = "relay".
+    assert_eq!(get(&lab, 81, 2_000_000, 5), generated_sha256(2_000_000, 5, None));
+    let s = lab.stats();
+    assert_eq!((s["relay_accepted"], s["relay_connected"]), (1, 1), "{s:?}");
+    assert!(s["gw_passed_relay_service"] > 0, "{s:?}");
+
+    // A client whose packets carry IP options.
+    let got = sh(&lab.client, &format!("python3 -c '{IP_OPTIONS_CLIENT}' {PUBLIC_IP} 80 /gen/1000000/6"));
+    assert_eq!(got, generated_sha256(1_000_000, 6, None), "IP options client");
+    let s = lab.stats();
+    assert_eq!(s["relay_connected"], 2, "{s:?}");
+    assert!(s["gw_passed_ip_options"] > 0, "{s:?}");
+
+    // The fast path's share of the table is full: the next connection is
+    // relayed (its SAL connection uses the relay's reserve).
+    lab.wait_no_flows(Duration::from_secs(10));
+    let mut hold = lab.client.spawn("python3", &["-u", "-c", HOLDING_CLIENT, PUBLIC_IP, "80", "24"]);
+    hold.wait_for_line("held 24", Duration::from_secs(20));
+    let before = lab.stats()["drop_table_full"];
+    assert_eq!(get(&lab, 80, 1_000_000, 7), generated_sha256(1_000_000, 7, None), "over a full table");
+    let s = lab.stats();
+    assert_eq!(s["relay_connected"], 3, "{s:?}");
+    assert!(s["drop_table_full"] > before, "{s:?}");
+    // Room again: new connections take the fast path.
+    drop(hold);
+    lab.wait_no_flows(Duration::from_secs(10));
+    let fast = lab.stats()["gw_tcp_to_sal"];
+    assert_eq!(get(&lab, 80, 1_000_000, 8), generated_sha256(1_000_000, 8, None));
+    let s = lab.stats();
+    assert!(s["gw_tcp_to_sal"] > fast, "{s:?}");
+    assert_eq!(s["relay_accepted"], 3, "{s:?}");
+}
+
+/// The addresses on g0 of the gateway, as `a.b.c.d/len` strings.
+fn g0_addresses(lab: &GatewayLab) -> String {
+    sh(&lab.gateway, "ip -4 -o addr show dev g0 | awk '{print $4}'")
+}
+
+fn signal(lab: &GatewayLab, sig: i32) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(lab.gateway_agent.as_ref().unwrap().pid(), sig) };
+}
+
+/// `--alias`: service addresses no interface has are added (and reached),
+/// removed when a reload drops them, and gone after every kind of exit.
+#[test]
+fn dynamic_aliasing_adds_the_service_addresses_and_takes_them_away() {
+    require_root();
+    let _g = serial();
+    let second = "\n[[service]]\naddress = \"203.0.113.7\"\nport = 80\nservice_id = \"00000050\"\ninstances = [\"10.10.0.11\"]\nmode = \"relay\"\n";
+    let text = config(ONE).replace("instances = [", "mode = \"relay\"\ninstances = [") + second;
+    let mut lab = GatewayLab::build("alias", &text, "generic", true, true, &["run", "--alias"]);
+    let wait_for = |lab: &GatewayLab, want: &[&str], gone: &[&str]| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let a = g0_addresses(lab);
+            if want.iter().all(|w| a.contains(w)) && !gone.iter().any(|g| a.contains(g)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "g0 has {a}; want {want:?}, not {gone:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(&lab, &["203.0.113.1/32", "203.0.113.7/32"], &[]);
+    let got = sh(&lab.client, "curl -sS --fail --max-time 10 http://203.0.113.7/gen/100000/1 | sha256sum");
+    assert_eq!(got.split_whitespace().next().unwrap(), generated_sha256(100_000, 1, None));
+    // A reload that drops 203.0.113.7.
+    std::fs::write(&lab.config_path, &text[..text.len() - second.len()]).unwrap();
+    signal(&lab, libc::SIGUSR1);
+    lab.gateway_agent.as_mut().unwrap().wait_for_line("reloaded", Duration::from_secs(10));
+    wait_for(&lab, &["203.0.113.1/32"], &["203.0.113.7"]);
+    // SIGTERM: the agent goes (the datapath stays), so do its aliases.
+    lab.stop_gateway_agent(libc::SIGTERM);
+    wait_for(&lab, &[], &["203.0.113."]);
+    // SIGINT after a restart.
+    lab.restart_gateway("generic");
+    wait_for(&lab, &["203.0.113.1/32"], &[]);
+    lab.stop_gateway_agent(libc::SIGINT);
+    wait_for(&lab, &[], &["203.0.113."]);
+    // An address the operator configured is left alone.
+    sh(&lab.gateway, "ip addr add 203.0.113.1/32 dev g0");
+    lab.restart_gateway("generic");
+    lab.stop_gateway_agent(libc::SIGTERM);
+    wait_for(&lab, &["203.0.113.1/32"], &[]);
+}
+
+/// A client reading at 1 MB/s from a 200 MB download: the relay holds at
+/// most its buffer per direction (pipe or user-space buffer), its memory
+/// does not grow, and the instance is held back by TCP's window instead.
+#[test]
+fn a_slow_reader_holds_the_relay_to_its_bound() {
+    require_root();
+    let _g = serial();
+    const BUFFER: u64 = 256 * 1024;
+    for mode in ["splice", "copy"] {
+        let lab = Path::Relay(mode).lab(&format!("bp{}", &mode[..2]));
+        let pid = lab.gateway_agent.as_ref().unwrap().pid();
+        let rss0 = rss_kb(pid);
+        let url = lab.url("gen/200000000/9");
+        let mut dl = lab.client.spawn("curl", &["-sS", "--limit-rate", "1M", "-o", "/dev/null", &url]);
+        let (mut max_held, mut max_rss, mut moved) = (0u64, 0u64, 0u64);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(8) {
+            let rows: serde_json::Value = serde_json::from_str(&lab.gw_cli(&["flows", "--json"])).unwrap();
+            for r in rows.as_array().unwrap().iter().filter(|r| r["relay"] == true) {
+                max_held = max_held.max(r["held_to_client"].as_u64().unwrap());
+                moved = r["bytes_to_client"].as_u64().unwrap();
+            }
+            max_rss = max_rss.max(rss_kb(pid));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        drop(dl.stop(libc::SIGTERM));
+        assert!(max_held <= BUFFER, "{mode}: {max_held} bytes held at once, over the {BUFFER}-byte bound");
+        assert!(max_held > 0, "{mode}: the buffer was never used");
+        // 8 s at 1 MB/s, plus what the kernel's socket buffers can take
+        // (the client's receive buffer, the relay's send buffer): the
+        // rest waits at the instance.
+        let max_of = |ns: &xlate_tests::netns::Netns, key: &str| -> u64 {
+            sh(ns, &format!("sysctl -n {key}")).split_whitespace().last().unwrap().parse().unwrap()
+        };
+        let sockets = max_of(&lab.client, "net.ipv4.tcp_rmem") + max_of(&lab.gateway, "net.ipv4.tcp_wmem");
+        let bound = 10_000_000 + sockets + BUFFER;
+        assert!(moved < bound, "{mode}: the relay moved {moved} bytes to a 1 MB/s reader in 8 s (bound {bound})");
+        assert!(max_rss < rss0 + 8 * 1024, "{mode}: RSS grew from {rss0} kB to {max_rss} kB");
+        eprintln!("{mode}: held at most {max_held} B, moved {moved} B in 8 s, RSS {rss0} -> {max_rss} kB");
+    }
 }

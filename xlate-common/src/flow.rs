@@ -24,6 +24,23 @@ pub mod names {
     /// The agent's control-plane state per flow ([`super::CtlRecord`]):
     /// kept in the kernel so that a restarted agent carries on.
     pub const AGENT_CTL: &str = "AGENT_CTL";
+    /// How many flows exist, and the fast path's share ([`super::flow_count`]).
+    pub const FLOW_COUNT: &str = "FLOW_COUNT";
+}
+
+/// Slots of the `FLOW_COUNT` array. The kernel creates flows and the agent
+/// frees them, so each side counts its own (monotonic) and the number of
+/// flows is the difference: no atomic operation spans user space.
+pub mod flow_count {
+    /// Flows the kernel created (atomic adds).
+    pub const CREATED: u32 = 0;
+    /// Flows the agent freed.
+    pub const FREED: u32 = 1;
+    /// The gateway declines new client flows (to the relay) once this many
+    /// flows exist (0: no limit but the table's size). The agent keeps the
+    /// rest of the table for the relay's own SAL connections.
+    pub const FAST_PATH_LIMIT: u32 = 2;
+    pub const SLOTS: u32 = 3;
 }
 
 /// The agent's control-plane state of one flow, as it survives a restart

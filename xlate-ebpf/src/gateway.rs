@@ -37,7 +37,7 @@ use crate::engine::{
     flows::new_client_flow,
     frame::{Frame, XdpFrame, IP_AT, L4_AT},
     ipv4::{self, addr, be16, Shape},
-    maps::{count, CONFIG, TUPLES},
+    maps::{count, fast_path_full, CONFIG, TUPLES},
     sal_to_tcp_fn,
     tcp_to_sal::ToSal,
     tcp_to_sal_fn,
@@ -139,6 +139,11 @@ fn new_flow_inner(key: &FlowKey, flags: u8) -> Result<u32, Exit> {
         // Mid-connection segment of a flow we do not have: leave it to
         // the kernel (and the stream-level fallback).
         return Err(Exit::Pass(Counter::GwPassNoFlow));
+    }
+    // The rest of the table is the relay's (its SAL connections need flows
+    // too): the SYN goes to the kernel, whose socket is the relay's.
+    if fast_path_full() {
+        return Err(Exit::Pass(Counter::DropTableFull));
     }
     admit_syn(key)?;
     let peer = if svc.router != [0; 4] {

@@ -560,6 +560,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
         Some((iface.name.clone(), seg))
     };
     flows.config.set(0, engine, 0)?;
+    // With a relay, part of the flow table is kept for the relay's own SAL
+    // connections: the fast path declines new flows (to the relay) first.
+    let table = u64::from(cfg.max_flows.unwrap_or(xlate_common::flow::MAX_FLOWS));
+    let fast_path_limit = match serval_side {
+        Some(_) => table - relay_reserve(table),
+        None => 0,
+    };
+    flows.set_fast_path_limit(fast_path_limit);
     let cfg = gwm.cfg.clone();
     gwm.apply(&cfg)?;
     let mut sysctls = vec!["/proc/sys/net/ipv4/ip_forward".to_string()];
@@ -671,6 +679,12 @@ pub fn run(opts: RunOptions) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Flow-table entries kept for the relay's SAL connections: an eighth of
+/// the table, at least 8, at most half.
+pub fn relay_reserve(table: u64) -> u64 {
+    (table / 8).max(8).min(table / 2)
 }
 
 /// The interface the instances are reached by: the one holding the source

@@ -16,8 +16,8 @@ use xlate_common::{
 
 use super::admit::admit_syn;
 use super::maps::{
-    alloc_flow_id, count, next_rotation, notify, now, rand32, rand_nonce, ADDRS, BPF_NOEXIST, CONFIG, FLOWS, PEERS,
-    TUPLES,
+    alloc_flow_id, count, flow_created, next_rotation, notify, now, rand32, rand_nonce, ADDRS, BPF_NOEXIST, CONFIG,
+    FLOWS, PEERS, TUPLES,
 };
 use super::sal_rx::{opaque, Exts};
 use super::verdict::Exit;
@@ -52,6 +52,7 @@ pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4
         let _ = ADDRS.remove(&id);
         return None;
     }
+    flow_created();
     if st.flags & flag::PROVEN == 0 {
         count(Counter::FlowsHalfOpened);
     }
@@ -167,6 +168,7 @@ pub(crate) fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &
         let _ = TUPLES.remove(&key);
         return Err(Counter::DropTableFull);
     }
+    flow_created();
     count(Counter::FlowsHalfOpened);
     notify(event::NEW_FLOW, id);
     Ok(id)

@@ -14,7 +14,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use xlate_common::{
-    flow::{Counter, CtlRecord, EngineConfig, Event, FlowAddrs, FlowState, PeerKey, MAX_FLOWS},
+    flow::{flow_count, Counter, CtlRecord, EngineConfig, Event, FlowAddrs, FlowState, PeerKey, MAX_FLOWS},
     maps::FlowKey,
 };
 
@@ -36,6 +36,12 @@ static EVENTS: RingBuf = RingBuf::pinned(64 * 1024, 0);
 /// survives a restart of the agent (no program reads it).
 #[map(name = "AGENT_CTL")]
 static AGENT_CTL: HashMap<u32, CtlRecord> = HashMap::pinned(MAX_FLOWS, 0);
+/// Per CPU: the kernel adds without atomics, and the sum over CPUs is
+/// read only when a new flow is considered.
+#[map(name = "FLOW_COUNT")]
+static FLOW_COUNT: PerCpuArray<u64> = PerCpuArray::pinned(flow_count::SLOTS, 0);
+/// More CPUs than any gateway has; the sum stops at the first missing one.
+const MAX_CPUS: u32 = 512;
 #[map(name = "COUNTERS")]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT as u32, 0);
 
@@ -45,6 +51,47 @@ pub(crate) fn count(c: Counter) {
         // SAFETY: this CPU's slot.
         unsafe { *p += 1 };
     }
+}
+
+/// A flow was created (see `flow_count`).
+#[inline(always)]
+pub(crate) fn flow_created() {
+    if let Some(p) = FLOW_COUNT.get_ptr_mut(flow_count::CREATED) {
+        // SAFETY: this CPU's slot.
+        unsafe { *p += 1 };
+    }
+}
+
+/// One slot of `FLOW_COUNT`, summed over the CPUs.
+#[inline(never)]
+fn flow_count_sum(slot: u32) -> u64 {
+    let mut total = 0u64;
+    let mut cpu = 0u32;
+    while cpu < MAX_CPUS {
+        // SAFETY: the map's definition is the static itself
+        // (`repr(transparent)`); key and CPU are plain values.
+        let p = unsafe {
+            aya_ebpf::helpers::bpf_map_lookup_percpu_elem(
+                &FLOW_COUNT as *const _ as *mut core::ffi::c_void,
+                &slot as *const u32 as *const core::ffi::c_void,
+                cpu,
+            )
+        };
+        if p.is_null() {
+            break;
+        }
+        // SAFETY: a non-null lookup result points at the u64 value.
+        total = total.wrapping_add(unsafe { *(p as *const u64) });
+        cpu += 1;
+    }
+    total
+}
+
+/// Whether the fast path's share of the flow table is used up.
+#[inline(always)]
+pub(crate) fn fast_path_full() -> bool {
+    let limit = flow_count_sum(flow_count::FAST_PATH_LIMIT);
+    limit != 0 && flow_count_sum(flow_count::CREATED).wrapping_sub(flow_count_sum(flow_count::FREED)) >= limit
 }
 
 #[inline(always)]

@@ -248,6 +248,7 @@ impl ControlPlane {
             last_scan: None,
             warnings: Warnings::default(),
         };
+        cp.maps.resync_count();
         let records: Vec<(u32, CtlRecord)> = cp.maps.ctl.iter().filter_map(|r| r.ok()).collect();
         for (id, r) in records {
             if cp.maps.flows.get(&id, 0).is_ok() {
@@ -714,7 +715,9 @@ impl ControlPlane {
             let _ = self.maps.tuples.remove(&key);
             let _ = self.maps.peers.remove(&PeerKey { peer_ip: st.tcp_peer_addr, peer_flow: st.peer_flow });
         }
-        let _ = self.maps.flows.remove(&id);
+        if self.maps.flows.remove(&id).is_ok() {
+            self.maps.count_freed();
+        }
         let _ = self.maps.addrs.remove(&id);
         self.ctl.remove(&id);
         self.dirty.remove(&id);
@@ -788,6 +791,7 @@ impl ControlPlane {
             return;
         }
         self.last_scan = Some(now);
+        self.maps.resync_count();
         let mono = mono_ns();
         let (mut idle, mut half_open) = (Vec::new(), Vec::new());
         for item in self.maps.flows.iter() {

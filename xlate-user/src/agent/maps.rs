@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
 use xlate_common::flow::{
-    names, Counter, CtlRecord, EngineConfig, FlowAddrs, FlowState, PeerKey, RouteTargets, ServeEntry,
+    flow_count, names, Counter, CtlRecord, EngineConfig, FlowAddrs, FlowState, PeerKey, RouteTargets, ServeEntry,
 };
 use xlate_common::maps::{FlowKey, ServiceEntry, ServiceKey};
 
@@ -59,6 +59,8 @@ pub struct FlowMaps {
     pub counters: PerCpuArray<MapData, u64>,
     /// The agent's own control-plane state, kept across its restarts.
     pub ctl: HashMap<MapData, u32, CtlRecord>,
+    /// How many flows exist (`flow_count`).
+    pub count: PerCpuArray<MapData, u64>,
 }
 
 /// Takes a map out of the loaded object (already pinned by the loader:
@@ -89,6 +91,7 @@ impl FlowMaps {
             tuples: get(names::TUPLES)?.try_into()?,
             peers: get(names::PEERS)?.try_into()?,
             counters: get(names::COUNTERS)?.try_into()?,
+            count: get(names::FLOW_COUNT)?.try_into()?,
             ctl: get(names::AGENT_CTL)?.try_into()?,
         })
     }
@@ -97,6 +100,46 @@ impl FlowMaps {
     /// the only user-space writer).
     pub fn bump(&mut self, c: Counter) {
         bump_counter(&mut self.counters, c, 1);
+    }
+
+    /// A flow was freed (the agent's half of `flow_count`).
+    pub fn count_freed(&mut self) {
+        let n = slot_sum(&self.count, flow_count::FREED);
+        slot_set(&mut self.count, flow_count::FREED, n + 1);
+    }
+
+    /// Sets the count of created flows to what the table holds (at start,
+    /// and at every full scan: a map adopted from a build without the
+    /// count, or an increment lost to a race, is corrected here).
+    pub fn resync_count(&mut self) {
+        let live = self.flows.keys().filter(|k| k.is_ok()).count() as u64;
+        let freed = slot_sum(&self.count, flow_count::FREED);
+        slot_set(&mut self.count, flow_count::CREATED, freed + live);
+    }
+
+    /// The gateway's fast-path limit (`flow_count::FAST_PATH_LIMIT`).
+    pub fn set_fast_path_limit(&mut self, n: u64) {
+        slot_set(&mut self.count, flow_count::FAST_PATH_LIMIT, n);
+    }
+
+    /// How many flows exist, by the count.
+    pub fn flow_count(&self) -> u64 {
+        slot_sum(&self.count, flow_count::CREATED).saturating_sub(slot_sum(&self.count, flow_count::FREED))
+    }
+}
+
+fn slot_sum(map: &PerCpuArray<MapData, u64>, slot: u32) -> u64 {
+    map.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+/// Puts `value` in the first CPU's slot and zero in the others.
+fn slot_set(map: &mut PerCpuArray<MapData, u64>, slot: u32, value: u64) {
+    if let Ok(v) = map.get(&slot, 0) {
+        let mut vals = vec![0u64; v.len()];
+        vals[0] = value;
+        if let Ok(v) = PerCpuValues::try_from(vals) {
+            let _ = map.set(slot, v, 0);
+        }
     }
 }
 
