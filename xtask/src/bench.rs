@@ -125,9 +125,13 @@ pub fn print(new: &[Table], baseline: Option<(&str, &[Table])>) {
         for (j, r) in t.rows.iter().enumerate() {
             print!("{:<58}", r.name);
             for (k, v) in r.values.iter().enumerate() {
+                let shown = |x: f64| if x.is_nan() { "-".to_string() } else { format!("{x:.2}") };
                 match base.and_then(|b| b.rows.get(j)).and_then(|b| b.values.get(k)) {
-                    Some(o) => print!(" {:>w$}", format!("{v:.2} / {o:.2} = {:.2}", v / o)),
-                    None => print!(" {v:>w$.2}"),
+                    Some(o) if !o.is_nan() && !v.is_nan() => {
+                        print!(" {:>w$}", format!("{v:.2} / {o:.2} = {:.2}", v / o))
+                    }
+                    Some(o) => print!(" {:>w$}", format!("{} / {}", shown(*v), shown(*o))),
+                    None => print!(" {:>w$}", shown(*v)),
                 }
             }
             println!();
@@ -193,7 +197,23 @@ pub fn translator(bin: &Path, seconds: u32) -> Result<Table> {
     let routed_4 = iperf_from(client, inst_ip, 4, seconds, false)?;
     let xlate_1 = iperf_from(client, translator::PUBLIC_IP, 1, seconds, false)?;
     let xlate_4 = iperf_from(client, translator::PUBLIC_IP, 4, seconds, false)?;
-    drop((_gw, _iperf, _inst_agent));
+    drop(_gw);
+    // The stream-level relay on the same lab (`xlate-user relay`: every
+    // connection through it), with each data mover. A build without the
+    // relay (an older baseline) gets no figures ("-").
+    let mut relay = Vec::new();
+    for mode in ["splice", "copy"] {
+        let _gw = agent(
+            bin,
+            &lab.gateway,
+            &["relay", "--alias", "--mode", mode, "--iface", "g0", "--iface", "g1", "--config", config],
+            &["stop", "--iface", "g0"],
+        )?;
+        let one = iperf_from(client, translator::PUBLIC_IP, 1, seconds, false).unwrap_or(f64::NAN);
+        let four = iperf_from(client, translator::PUBLIC_IP, 4, seconds, false).unwrap_or(f64::NAN);
+        relay.push(Row::new(&format!("through the relay, {mode} (TCP -> relay -> SAL connection)"), &[one, four]));
+    }
+    drop((_iperf, _inst_agent));
     drop(lab);
     Ok(Table {
         title: format!("translator: iperf3 goodput client -> gateway -> instance, {seconds} s per run, Gbit/s"),
@@ -201,7 +221,10 @@ pub fn translator(bin: &Path, seconds: u32) -> Result<Table> {
         rows: vec![
             Row::new("plain IP routing through the gateway (XDP attached, passes)", &[routed_1, routed_4]),
             Row::new("through the translator (TCP -> SAL -> host-mode instance)", &[xlate_1, xlate_4]),
-        ],
+        ]
+        .into_iter()
+        .chain(relay)
+        .collect(),
     })
 }
 
