@@ -304,3 +304,27 @@ fn a_slow_reader_holds_the_relay_to_its_bound() {
         eprintln!("{mode}: held at most {max_held} B, moved {moved} B in 8 s, RSS {rss0} -> {max_rss} kB");
     }
 }
+
+/// A reload (SIGHUP) takes a relay-mode service away: its listener closes
+/// (new connections are refused) while the connection it carries runs to
+/// its end; a service the reload adds is served at once.
+#[test]
+fn a_reload_closes_a_removed_service_to_new_connections_but_lets_its_connections_finish() {
+    require_root();
+    let _g = serial();
+    let text = config(ONE).replace("instances = [", "mode = \"relay\"\ninstances = [");
+    let mut lab = GatewayLab::build("rld", &text, "generic", true, true, &["run", "--alias"]);
+    let url = lab.url("gen/6000000/11");
+    let mut dl = lab.client.spawn("sh", &["-c", &format!("curl -sS --fail --limit-rate 2M {url} | sha256sum")]);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(lab.stats()["relay_connected"], 1);
+    // The service moves to port 81; port 80 is gone.
+    std::fs::write(&lab.config_path, text.replace("port = 80", "port = 81")).unwrap();
+    signal(&lab, libc::SIGHUP);
+    lab.gateway_agent.as_mut().unwrap().wait_for_line("reloaded", Duration::from_secs(10));
+    let refused = lab.client.output("curl", &["-sS", "--max-time", "5", &lab.url("who")]);
+    assert_eq!(refused.status.code(), Some(7), "port 80 refuses new connections: {refused:?}");
+    assert_eq!(get(&lab, 81, 100_000, 12), generated_sha256(100_000, 12, None), "the new service at once");
+    let line = dl.wait_for_line("-", Duration::from_secs(30));
+    assert_eq!(line.split_whitespace().next().unwrap(), generated_sha256(6_000_000, 11, None), "finished intact");
+}

@@ -266,6 +266,13 @@ impl GwMaps {
     /// Live edit: add or replace one service (by address and port).
     fn set_service(&mut self, svc: crate::config::Service) -> Result<String> {
         svc.check(self.cfg.sal_address)?;
+        if svc.mode == crate::config::ServiceMode::Relay && self.relay.is_none() {
+            bail!(
+                "service {}:{} has mode relay, but this translator runs without the relay (--no-relay)",
+                svc.address,
+                svc.port
+            );
+        }
         check_listeners(std::slice::from_ref(&svc), &self.cfg)?;
         let mut cfg = self.cfg.clone();
         cfg.services.retain(|s| (s.address, s.port) != (svc.address, svc.port));
@@ -302,6 +309,15 @@ impl crate::agent::LoopHooks for GwMaps {
         }
         if new.sal_address != self.cfg.sal_address {
             bail!("sal_address cannot change while running (restart instead)");
+        }
+        if self.relay.is_none() {
+            if let Some(s) = new.services.iter().find(|s| s.mode == crate::config::ServiceMode::Relay) {
+                bail!(
+                    "service {}:{} has mode = \"relay\", but this translator runs without the relay (--no-relay)",
+                    s.address,
+                    s.port
+                );
+            }
         }
         if new.max_flows != self.cfg.max_flows {
             bail!("max_flows cannot change while running (the tables are sized at start: stop for good, then start)");
@@ -454,6 +470,7 @@ fn check_listeners(services: &[crate::config::Service], running: &Config) -> Res
 
 pub fn run(opts: RunOptions) -> Result<()> {
     crate::agent::init_logging();
+    crate::agent::ignore_sigpipe();
     let mut cfg = Config::load(&opts.config)?;
     let none = Config { services: Vec::new(), ..cfg.clone() };
     check_listeners(&cfg.services, &none).with_context(|| opts.config.display().to_string())?;
@@ -747,6 +764,7 @@ pub struct ServiceRow {
     pub router: Option<Ipv4Addr>,
     /// Each instance and its share of the Maglev table (slots of 1021).
     pub instances: Vec<InstanceShare>,
+    pub mode: crate::config::ServiceMode,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -758,6 +776,9 @@ pub struct InstanceShare {
 impl std::fmt::Display for ServiceRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{} service {} -> ", self.address, self.port, self.service_id)?;
+        if self.mode == crate::config::ServiceMode::Relay {
+            write!(f, "relay -> ")?;
+        }
         if let Some(r) = self.router {
             return write!(f, "router {r}");
         }
@@ -773,6 +794,9 @@ pub fn services(iface: &str) -> Result<Vec<ServiceRow>> {
     let svc: HashMap<MapData, ServiceKey, gw::GwService> =
         open_pinned(Kind::Gateway, iface, gw::SERVICES)?.try_into()?;
     let mg: Array<MapData, [u8; 4]> = open_pinned(Kind::Gateway, iface, gw::MAGLEV)?.try_into()?;
+    // Absent in a build without the relay.
+    let relayed: Option<HashMap<MapData, ServiceKey, u32>> =
+        open_pinned(Kind::Gateway, iface, gw::RELAY_SERVICES).ok().and_then(|m| m.try_into().ok());
     let mut rows = Vec::new();
     for item in svc.iter() {
         let (k, v) = item?;
@@ -791,6 +815,11 @@ pub fn services(iface: &str) -> Result<Vec<ServiceRow>> {
             service_id: xlate_common::ServiceId(v.service_id).to_string(),
             router,
             instances,
+            mode: if relayed.as_ref().is_some_and(|r| r.get(&k, 0).is_ok()) {
+                crate::config::ServiceMode::Relay
+            } else {
+                crate::config::ServiceMode::Fast
+            },
         });
     }
     rows.sort_by_key(|r| (r.address, r.port));

@@ -182,6 +182,9 @@ enum MapAction {
         /// A Serval service router that takes the SYNs instead.
         #[arg(long)]
         router: Option<std::net::Ipv4Addr>,
+        /// Every connection through the stream-level relay (mode = "relay").
+        #[arg(long)]
+        relay: bool,
     },
     /// Remove the service at --service (new connections to it pass to the kernel).
     #[command(after_help = "Example:\n  xlate-user map del --iface eth0 --service 203.0.113.1:80")]
@@ -490,13 +493,16 @@ fn map_cmd(action: MapAction) -> Result<()> {
                 }
             }
         }
-        MapAction::Set { iface, service, id, instances, router } => {
+        MapAction::Set { iface, service, id, instances, router, relay } => {
             let targets = match (instances, router) {
                 (_, Some(r)) => format!("router={r}"),
                 (Some(i), None) => i,
                 (None, None) => anyhow::bail!("give --instances or --router"),
             };
-            let svc = gateway::parse_service(&service, &id, &targets)?;
+            let mut svc = gateway::parse_service(&service, &id, &targets)?;
+            if relay {
+                svc.mode = xlate_user::config::ServiceMode::Relay;
+            }
             let service = (&svc).into();
             println!("{}", gateway::control(&iface, &xlate_user::agent::protocol::Request::ServiceSet { service })?);
         }

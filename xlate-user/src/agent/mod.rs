@@ -24,6 +24,15 @@ use xlate_common::flow::{names, Event};
 
 use control_plane::ControlPlane;
 
+/// An agent must not die when a peer resets a socket it is writing to
+/// (the relay splices into client sockets): EPIPE is an error to handle,
+/// not a signal. (`main` restores the default for the one-shot commands,
+/// whose output may go to a closed pipe.)
+pub fn ignore_sigpipe() {
+    // SAFETY: setting a signal disposition; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
 /// Daemon logging (`tracing`): info and debug lines on stdout, warnings and
 /// errors on stderr, each with a timestamp and level. `RUST_LOG` chooses
 /// the level (default `info`; `RUST_LOG=debug` for more).

@@ -98,6 +98,7 @@ pub struct HostOptions {
 /// run) or `host stop` (it goes).
 pub fn run(opts: HostOptions) -> Result<()> {
     crate::agent::init_logging();
+    crate::agent::ignore_sigpipe();
     let iface = Interface::lookup(&opts.iface)?;
     let _rt_guard = crate::agent::runtime::runtime().enter();
     let _lock = Lock::take(Kind::Host, &iface.name)?;

@@ -48,6 +48,8 @@ use crate::config::{Config, RelaySettings};
 /// (the SYN and its first retransmission); longer than the health check's
 /// 2.2 s, so that a second try finds the dead instance replaced.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Silence after which keepalive probes ask whether a peer is still there.
+const DEAD_PEER_IDLE: Duration = Duration::from_secs(60);
 
 /// The TCP port the relay connects to on an instance for the service in
 /// Maglev row `row`. SAL carries no ports (the service ID names the
@@ -342,6 +344,8 @@ async fn serve(client: TcpStream, from: SocketAddr, shared: Rc<Shared>) {
     if let Ok(SocketAddr::V4(peer)) = server.peer_addr() {
         conn.instance.set(Some(peer));
     }
+    dead_peer_timeouts(&client);
+    dead_peer_timeouts(&server);
     shared.count(Counter::RelayConnected, 1);
     let s = shared.settings.get();
     let limits = pump::Limits { per_direction: s.buffer, idle: Duration::from_secs(s.idle_timeout) };
@@ -363,6 +367,18 @@ async fn serve(client: TcpStream, from: SocketAddr, shared: Rc<Shared>) {
             shared.count(Counter::RelayReset, 1);
         }
     }
+}
+
+/// A peer that vanished (powered off, unplugged) is noticed: keepalive
+/// probes after 60 s of silence (every 10 s, 6 tries), and at most 120 s
+/// for unacknowledged data (TCP_USER_TIMEOUT). The connection then ends
+/// as a reset on both sides.
+fn dead_peer_timeouts(s: &TcpStream) {
+    let sock = socket2::SockRef::from(s);
+    let k =
+        socket2::TcpKeepalive::new().with_time(DEAD_PEER_IDLE).with_interval(Duration::from_secs(10)).with_retries(6);
+    let _ = sock.set_tcp_keepalive(&k);
+    let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(120)));
 }
 
 /// The Serval side: a connection to the instance the fast path would

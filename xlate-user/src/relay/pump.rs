@@ -199,16 +199,27 @@ impl Direction<'_> {
 
     async fn run(self) -> io::Result<Done> {
         let mut hold = match self.mode {
-            Mode::Splice => pipe(self.cap)?,
+            // Four times the bytes in slots: a pipe holds one slot per
+            // page or piece of a page spliced in, and segments of 1448
+            // bytes in pages of their own would fill a pipe of `cap`
+            // bytes at a third of `cap`. The byte bound stays `cap`.
+            Mode::Splice => pipe(self.cap.saturating_mul(4))?,
             Mode::Copy => Hold::Buf { data: Vec::with_capacity(self.cap), start: 0 },
         };
         let (mut held, mut bytes, mut eof) = (0usize, 0u64, false);
         // A pipe is full by its slots (one per page or piece of a page
         // spliced in) before it is full by bytes: splice then says EAGAIN
-        // although the socket has data, and a socket whose peer closed
-        // stays "readable" (tokio keeps read-closed readiness). Reading
-        // waits for the next drain instead of spinning.
-        let mut pipe_full = false;
+        // although the socket has data. tokio takes that EAGAIN for the
+        // socket's and forgets its readiness, and no new edge comes while
+        // the sender waits for our window: after the next drain, reading
+        // is tried at once instead of waiting for readiness. (Waiting on a
+        // socket whose peer closed would spin instead: tokio keeps
+        // read-closed readiness.)
+        let (mut pipe_full, mut read_now) = (false, false);
+        enum Act {
+            Read,
+            Write,
+        }
         loop {
             if held == 0 && eof {
                 if self.aborted() {
@@ -222,10 +233,28 @@ impl Direction<'_> {
             // Read while there is room, write while there is something:
             // whichever the sockets allow first.
             let can_read = !eof && held < self.cap && !pipe_full;
-            tokio::select! {
-                r = self.src.ready(Interest::READABLE), if can_read => {
-                    r?;
-                    match self.src.try_io(Interest::READABLE, || fill(&mut hold, self.src.as_raw_fd(), self.cap - held)) {
+            let direct = read_now && can_read;
+            let act = if direct {
+                read_now = false;
+                Act::Read
+            } else {
+                tokio::select! {
+                    r = self.src.ready(Interest::READABLE), if can_read => { r?; Act::Read }
+                    r = self.dst.ready(Interest::WRITABLE), if held > 0 => { r?; Act::Write }
+                }
+            };
+            match act {
+                Act::Read => {
+                    let fd = self.src.as_raw_fd();
+                    let room = self.cap - held;
+                    // (`try_io` would not even try while tokio thinks the
+                    // socket is not ready.)
+                    let r = if direct {
+                        fill(&mut hold, fd, room)
+                    } else {
+                        self.src.try_io(Interest::READABLE, || fill(&mut hold, fd, room))
+                    };
+                    match r {
                         Ok(0) => {
                             eof = true;
                             self.ends.set(self.ends.get() + 1);
@@ -236,15 +265,18 @@ impl Direction<'_> {
                             self.max.set(self.max.get().max(held));
                             self.last.set(Instant::now());
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => pipe_full = held > 0 && self.mode == Mode::Splice,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            pipe_full = held > 0 && self.mode == Mode::Splice
+                        }
                         Err(e) if is_reset(&e) => return Ok(self.reset(bytes)),
                         Err(e) => return Err(e),
                     }
                 }
-                r = self.dst.ready(Interest::WRITABLE), if held > 0 => {
-                    r?;
-                    match self.dst.try_io(Interest::WRITABLE, || drain(&mut hold, self.dst.as_raw_fd(), held)) {
+                Act::Write => {
+                    let fd = self.dst.as_raw_fd();
+                    match self.dst.try_io(Interest::WRITABLE, || drain(&mut hold, fd, held)) {
                         Ok(n) => {
+                            read_now |= pipe_full;
                             pipe_full = false;
                             held -= n;
                             bytes += n as u64;
