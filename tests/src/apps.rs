@@ -47,14 +47,21 @@ except ConnectionResetError:
     print("client saw reset", flush=True)
 "#;
 
-/// Sends an HTTP/1.0 GET for PATH (argv 3), shuts its sending side down
-/// (a half-close: FIN), then reads the whole answer; prints the SHA-256 of
-/// the body.
-pub const HALF_CLOSING_CLIENT: &str = r#"
+/// Sends an HTTP/1.0 GET for PATH (argv 3) and reads the whole answer;
+/// prints the SHA-256 of the body. Options after the path:
+/// `half-close` shuts the sending side down right after the request (a
+/// FIN before the answer); `ip-options` puts IP options (NOP, NOP, NOP,
+/// end) on every packet.
+pub const GET_CLIENT: &str = r#"
 import hashlib, socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+s = socket.socket()
+if "ip-options" in sys.argv[4:]:
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([1, 1, 1, 0]))
+s.settimeout(20)
+s.connect((sys.argv[1], int(sys.argv[2])))
 s.sendall(("GET %s HTTP/1.0\r\n\r\n" % sys.argv[3]).encode())
-s.shutdown(socket.SHUT_WR)
+if "half-close" in sys.argv[4:]:
+    s.shutdown(socket.SHUT_WR)
 data = b""
 while True:
     d = s.recv(1 << 16)
@@ -127,21 +134,4 @@ import socket, sys, time
 socks = [socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) for _ in range(int(sys.argv[3]))]
 print("held", len(socks), flush=True)
 time.sleep(600)
-"#;
-
-/// GET PATH (argv 3) from a socket whose every packet carries IP options
-/// (NOP, NOP, NOP, end): prints the SHA-256 of the body.
-pub const IP_OPTIONS_CLIENT: &str = r#"
-import hashlib, socket, sys
-s = socket.socket()
-s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([1, 1, 1, 0]))
-s.settimeout(20)
-s.connect((sys.argv[1], int(sys.argv[2])))
-s.sendall(("GET %s HTTP/1.0\r\n\r\n" % sys.argv[3]).encode())
-data = b""
-while True:
-    d = s.recv(1 << 16)
-    if not d: break
-    data += d
-print(hashlib.sha256(data.split(b"\r\n\r\n", 1)[1]).hexdigest(), flush=True)
 "#;

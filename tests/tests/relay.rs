@@ -87,7 +87,7 @@ fn suite(path: Path, tag: &str) {
     assert_eq!(download(&lab, 5_000_000, 3), generated_sha256(5_000_000, 3, None), "{path:?}: no timestamps");
     sh(&lab.client, "sysctl -qw net.ipv4.tcp_timestamps=1");
     // A half-closing client still gets the whole answer.
-    let got = sh(&lab.client, &format!("python3 -c '{HALF_CLOSING_CLIENT}' {PUBLIC_IP} 80 /gen/3000000/4"));
+    let got = sh(&lab.client, &format!("python3 -c '{GET_CLIENT}' {PUBLIC_IP} 80 /gen/3000000/4 half-close"));
     assert_eq!(got, generated_sha256(3_000_000, 4, None), "{path:?}: half-closing client");
     path.check_carrier(&lab);
 
@@ -184,7 +184,7 @@ fn the_relay_takes_what_the_fast_path_declines_and_nothing_else() {
     assert!(s["gw_passed_relay_service"] > 0, "{s:?}");
 
     // A client whose packets carry IP options.
-    let got = sh(&lab.client, &format!("python3 -c '{IP_OPTIONS_CLIENT}' {PUBLIC_IP} 80 /gen/1000000/6"));
+    let got = sh(&lab.client, &format!("python3 -c '{GET_CLIENT}' {PUBLIC_IP} 80 /gen/1000000/6 ip-options"));
     assert_eq!(got, generated_sha256(1_000_000, 6, None), "IP options client");
     let s = lab.stats();
     assert_eq!(s["relay_connected"], 2, "{s:?}");
