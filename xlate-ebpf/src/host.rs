@@ -198,16 +198,6 @@ fn ingress(f: &SkbFrame) -> Result<i32, Exit> {
     let Some(cfg) = CONFIG.get(0) else {
         return Err(Exit::Fault);
     };
-    // A frame sent to every host on the link (a SYN before its sender
-    // knew our MAC) is ours only if its IP destination is us or the
-    // link's broadcast: a SYN meant for a neighbour is not.
-    let eth_dst: [u8; 6] = f.load(ethernet::field::DST)?;
-    if eth_dst != cfg.mac {
-        let ip_dst: [u8; 4] = f.load(IP_AT + ipf::DST)?;
-        if ip_dst != cfg.addr && ip_dst != cfg.broadcast && ip_dst != [0xff; 4] {
-            return Err(Exit::NotOurs);
-        }
-    }
     let id = sal_to_tcp_fn(f).unpack()?;
     // Learn the peer's link address (its own, or its router's).
     let src_mac: [u8; 6] = f.load(ethernet::field::SRC)?;

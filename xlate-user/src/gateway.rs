@@ -653,11 +653,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
             let relay = crate::relay::Relay::new(&dir, table, aliases)?;
             gwm.relay_view = Some(relay.view());
             let c = &gwm.cfg.relay;
+            let fds = crate::agent::raise_descriptor_limit();
             tracing::info!(
-                "relay: {:?}, {} bytes per direction and connection, idle timeout {} s{}",
+                "relay: {:?}, {} bytes per direction and connection, idle timeout {} s, up to about {} connections \
+                 (descriptor limit {fds}){}",
                 c.mover,
                 c.buffer,
                 c.idle_timeout,
+                fds.saturating_sub(64) / 6,
                 if opts.alias { "; dynamic aliasing on" } else { "" }
             );
             Some(relay)

@@ -33,6 +33,23 @@ pub fn ignore_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
+/// Raises the descriptor limit to its hard limit: a relayed connection
+/// takes two sockets and, with splice, two pipes (six descriptors), and
+/// the usual soft limit of 1024 would stop the relay at about 170
+/// connections. Says how many connections the limit allows.
+pub fn raise_descriptor_limit() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+    }
+    r.rlim_cur as u64
+}
+
 /// Daemon logging (`tracing`): info and debug lines on stdout, warnings and
 /// errors on stderr, each with a timestamp and level. `RUST_LOG` chooses
 /// the level (default `info`; `RUST_LOG=debug` for more).

@@ -209,13 +209,13 @@ impl Direction<'_> {
         let (mut held, mut bytes, mut eof) = (0usize, 0u64, false);
         // A pipe is full by its slots (one per page or piece of a page
         // spliced in) before it is full by bytes: splice then says EAGAIN
-        // although the socket has data. tokio takes that EAGAIN for the
-        // socket's and forgets its readiness, and no new edge comes while
-        // the sender waits for our window: after the next drain, reading
-        // is tried at once instead of waiting for readiness. (Waiting on a
-        // socket whose peer closed would spin instead: tokio keeps
-        // read-closed readiness.)
-        let (mut pipe_full, mut read_now) = (false, false);
+        // although the socket has data. So the read is a plain syscall,
+        // and only a socket that is really empty (nothing queued) gives up
+        // its readiness; a full pipe waits for the next drain instead
+        // (tokio would otherwise forget the readiness of a socket whose
+        // data is waiting, and no new edge comes while the sender waits
+        // for our window).
+        let (mut pipe_full, mut read_again) = (false, false);
         enum Act {
             Read,
             Write,
@@ -233,9 +233,8 @@ impl Direction<'_> {
             // Read while there is room, write while there is something:
             // whichever the sockets allow first.
             let can_read = !eof && held < self.cap && !pipe_full;
-            let direct = read_now && can_read;
-            let act = if direct {
-                read_now = false;
+            let act = if read_again && can_read {
+                read_again = false;
                 Act::Read
             } else {
                 tokio::select! {
@@ -246,15 +245,7 @@ impl Direction<'_> {
             match act {
                 Act::Read => {
                     let fd = self.src.as_raw_fd();
-                    let room = self.cap - held;
-                    // (`try_io` would not even try while tokio thinks the
-                    // socket is not ready.)
-                    let r = if direct {
-                        fill(&mut hold, fd, room)
-                    } else {
-                        self.src.try_io(Interest::READABLE, || fill(&mut hold, fd, room))
-                    };
-                    match r {
+                    match fill(&mut hold, fd, self.cap - held) {
                         Ok(0) => {
                             eof = true;
                             self.ends.set(self.ends.get() + 1);
@@ -266,7 +257,17 @@ impl Direction<'_> {
                             self.last.set(Instant::now());
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            pipe_full = held > 0 && self.mode == Mode::Splice
+                            if queued(fd) > 0 && self.mode == Mode::Splice && held > 0 {
+                                // The pipe is full: its next drain makes room.
+                                pipe_full = true;
+                            } else {
+                                // Really empty: readiness goes, and data that
+                                // came meanwhile is read at once.
+                                let _ = self
+                                    .src
+                                    .try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+                                read_again = queued(fd) > 0;
+                            }
                         }
                         Err(e) if is_reset(&e) => return Ok(self.reset(bytes)),
                         Err(e) => return Err(e),
@@ -276,7 +277,6 @@ impl Direction<'_> {
                     let fd = self.dst.as_raw_fd();
                     match self.dst.try_io(Interest::WRITABLE, || drain(&mut hold, fd, held)) {
                         Ok(n) => {
-                            read_now |= pipe_full;
                             pipe_full = false;
                             held -= n;
                             bytes += n as u64;
@@ -292,6 +292,16 @@ impl Direction<'_> {
             }
         }
     }
+}
+
+/// Bytes waiting in a socket's receive queue (FIONREAD).
+fn queued(fd: RawFd) -> libc::c_int {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } != 0 {
+        return 0;
+    }
+    n
 }
 
 fn pipe(size: usize) -> io::Result<Hold> {
