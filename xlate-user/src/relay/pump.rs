@@ -209,13 +209,14 @@ impl Direction<'_> {
         let (mut held, mut bytes, mut eof) = (0usize, 0u64, false);
         // A pipe is full by its slots (one per page or piece of a page
         // spliced in) before it is full by bytes: splice then says EAGAIN
-        // although the socket has data. So the read is a plain syscall,
-        // and only a socket that is really empty (nothing queued) gives up
-        // its readiness; a full pipe waits for the next drain instead
-        // (tokio would otherwise forget the readiness of a socket whose
-        // data is waiting, and no new edge comes while the sender waits
-        // for our window).
-        let (mut pipe_full, mut read_again) = (false, false);
+        // although the socket has data. That EAGAIN must not make tokio
+        // forget the socket's readiness (no new edge would come while the
+        // sender waits for our window), so it is told apart by the
+        // socket's queue (FIONREAD) and reported as `StorageFull`: reading
+        // then waits for the next drain. Only a really empty socket gives
+        // up its readiness, inside `try_io`, whose snapshot is taken before
+        // the syscall (data arriving meanwhile is not lost).
+        let mut pipe_full = false;
         enum Act {
             Read,
             Write,
@@ -233,19 +234,21 @@ impl Direction<'_> {
             // Read while there is room, write while there is something:
             // whichever the sockets allow first.
             let can_read = !eof && held < self.cap && !pipe_full;
-            let act = if read_again && can_read {
-                read_again = false;
-                Act::Read
-            } else {
-                tokio::select! {
-                    r = self.src.ready(Interest::READABLE), if can_read => { r?; Act::Read }
-                    r = self.dst.ready(Interest::WRITABLE), if held > 0 => { r?; Act::Write }
-                }
+            let act = tokio::select! {
+                r = self.src.ready(Interest::READABLE), if can_read => { r?; Act::Read }
+                r = self.dst.ready(Interest::WRITABLE), if held > 0 => { r?; Act::Write }
             };
             match act {
                 Act::Read => {
                     let fd = self.src.as_raw_fd();
-                    match fill(&mut hold, fd, self.cap - held) {
+                    let room = self.cap - held;
+                    let r = self.src.try_io(Interest::READABLE, || match fill(&mut hold, fd, room) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock && held > 0 && queued(fd) > 0 => {
+                            Err(io::ErrorKind::StorageFull.into())
+                        }
+                        other => other,
+                    });
+                    match r {
                         Ok(0) => {
                             eof = true;
                             self.ends.set(self.ends.get() + 1);
@@ -256,19 +259,8 @@ impl Direction<'_> {
                             self.max.set(self.max.get().max(held));
                             self.last.set(Instant::now());
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            if queued(fd) > 0 && self.mode == Mode::Splice && held > 0 {
-                                // The pipe is full: its next drain makes room.
-                                pipe_full = true;
-                            } else {
-                                // Really empty: readiness goes, and data that
-                                // came meanwhile is read at once.
-                                let _ = self
-                                    .src
-                                    .try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
-                                read_again = queued(fd) > 0;
-                            }
-                        }
+                        Err(e) if e.kind() == io::ErrorKind::StorageFull => pipe_full = true,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(e) if is_reset(&e) => return Ok(self.reset(bytes)),
                         Err(e) => return Err(e),
                     }
