@@ -227,12 +227,14 @@ impl GatewayLab {
     /// runs it: every flow reset, programs, pins and sysctls removed);
     /// returns the agent's output (stdout, stderr).
     pub fn stop_gateway(&mut self) -> (String, String) {
-        let Some(mut g) = self.gateway_agent.take() else { return Default::default() };
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", self.gateway.name()])
             .arg(crate::xlate_user_bin())
             .args(["stop", "--iface", "g0"])
             .output();
+        // Without an agent, `stop` removed what a stopped agent left (its
+        // datapath outlives it; the namespace and pins must not).
+        let Some(mut g) = self.gateway_agent.take() else { return Default::default() };
         match out {
             Ok(o) if o.status.success() => g.stop(0),
             _ => g.stop(libc::SIGTERM),
