@@ -384,10 +384,10 @@ buffer = 65536
         let e = err(&GOOD.replace("port = 443\n", "port = 443\nmode = \"relay\"\n"));
         assert!(e.contains("mode = \"relay\" needs instances"), "{e}");
         let e = err(&GOOD.replace("buffer = 65536", "buffer = 12"));
-        assert!(e.contains("line 20: buffer 12 is not 4096 to 67108864 bytes"), "{e}");
+        assert!(e.contains("line 19: buffer 12 is not 4096 to 67108864 bytes"), "{e}");
         let e = err(&GOOD.replace("sal_address = \"10.10.0.1\"", "sal_address = \"10.10.0.1\"\nmax_flows = 2"));
         assert!(e.contains("line 4: max_flows 2 is not 16 to 4194304"), "{e}");
         let e = err(&GOOD.replace("\"copy\"", "\"zero\""));
-        assert!(e.contains("line 19: data_mover \"zero\" is not \"splice\" or \"copy\""), "{e}");
+        assert!(e.contains("line 18: data_mover \"zero\" is not \"splice\" or \"copy\""), "{e}");
     }
 }
