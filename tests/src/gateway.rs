@@ -24,6 +24,11 @@ pub fn config(instances: &str) -> String {
 /// stream (`GET /gen/BYTES/SEED`: Python's `random.Random(SEED)` bytes, the
 /// same as [`generated_sha256`] hashes), and uploads (`PUT`: the body is
 /// hashed as it arrives, not stored, and the SHA-256 is the answer).
+/// Its listen backlog is 1024, as a real server's (nginx 511, Go and
+/// HAProxy the kernel's `somaxconn`): Python's default of 5 overflows when
+/// the relay turns a burst of clients into as many connects at once, and
+/// Linux then drops SYN-cookie ACKs until the accept queue has room (see
+/// `docs/relay.md`, "Bursts and the instance's listen backlog").
 pub const HTTP_SERVER: &str = r#"
 import hashlib, http.server, random, sys
 class H(http.server.SimpleHTTPRequestHandler):
@@ -55,6 +60,7 @@ class H(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 http.server.ThreadingHTTPServer.allow_reuse_address = True
+http.server.ThreadingHTTPServer.request_queue_size = 1024
 print("Serving HTTP", flush=True)
 http.server.ThreadingHTTPServer(("", int(sys.argv[1])), lambda *a: H(*a, directory=sys.argv[2])).serve_forever()
 "#;
