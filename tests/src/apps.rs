@@ -89,9 +89,11 @@ print("server got", n, h.hexdigest(), flush=True)
 
 /// Connects, waits for the server's end (it closes first), then uploads
 /// BYTES (argv 3) generated from SEED (argv 4) as `generated_sha256`
-/// makes them, and closes: prints "client got b'bye'" first.
+/// makes them, and closes: prints "client got b'bye'" first. With SECONDS
+/// (argv 5), the upload is spread evenly over that long, 10 000 bytes at a
+/// time (chunks of a multiple of 4 bytes keep Python's stream the same).
 pub const LATE_UPLOADING_CLIENT: &str = r#"
-import random, socket, sys
+import random, socket, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
 got = b""
 while True:
@@ -100,10 +102,14 @@ while True:
     got += d
 print("client got", got, flush=True)
 n, r = int(sys.argv[3]), random.Random(int(sys.argv[4]))
+spread = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+step = 10000 if spread else 1 << 20
+pause = spread * step / n if spread else 0.0
 while n > 0:
-    k = min(n, 1 << 20)
+    k = min(n, step)
     s.sendall(r.randbytes(k))
     n -= k
+    time.sleep(pause)
 s.close()
 "#;
 

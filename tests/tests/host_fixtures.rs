@@ -22,10 +22,13 @@ const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 
 /// This host: its SAL address, broadcast, MAC; a `--connect` and a `--serve`.
-const HOST: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
-const BROADCAST: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 255);
+/// It stands where the server of the original stack's capture stood
+/// (10.0.0.2 on 10.0.0.0/24), so that the captured SYN, sent to the link
+/// broadcast, is addressed to it.
+const HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const BROADCAST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 255);
 const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x01];
-const SERVICE_ADDR: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 100);
+const SERVICE_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 const LOCAL_PORT: u16 = 40000;
 const SERVE_PORT: u16 = 8080;
 const MAX_MSS: u16 = 1448;
@@ -224,6 +227,14 @@ fn cases() -> Vec<Case> {
     fix_sal(&mut unserved);
     let mut udp = local_tcp(SERVICE_ADDR, 80, 0x02, &[], &[]);
     udp[14 + 9] = 17;
+    // The captured SYN, still to the link broadcast MAC, but addressed to
+    // another host on the link (as a route target's SYN is).
+    let mut elsewhere = syn.clone();
+    {
+        let mut ip = xlate_common::wire::ipv4::Ipv4Packet::new_unchecked(&mut elsewhere[14..]);
+        ip.set_dst_addr(Ipv4Addr::new(10, 0, 0, 3));
+        ip.fill_checksum();
+    }
     vec![
         Case {
             name: "a local SYN to a --connect address becomes a SAL SYN",
@@ -244,7 +255,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "TCP to anywhere else passes untouched",
             prog: Prog::Egress,
-            input: local_tcp(Ipv4Addr::new(10, 9, 0, 7), 22, 0x02, &SYN_OPTIONS, &[]),
+            input: local_tcp(Ipv4Addr::new(10, 0, 0, 7), 22, 0x02, &SYN_OPTIONS, &[]),
             verdict: TC_ACT_OK,
             moved: &[Counter::EgressNotOurs],
             check: unchanged,
@@ -256,6 +267,14 @@ fn cases() -> Vec<Case> {
             verdict: TC_ACT_OK,
             moved: &[],
             check: unchanged,
+        },
+        Case {
+            name: "a SYN to the link broadcast MAC but another host's address is not ours",
+            prog: Prog::Ingress,
+            input: elsewhere,
+            verdict: TC_ACT_SHOT,
+            moved: &[Counter::DropSynForAnotherHost],
+            check: nothing,
         },
         Case {
             name: "the original stack's SYN for a served service reaches the local server as TCP",

@@ -6,7 +6,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use xlate_common::wire::packet::{ServalRepr, Transport};
-use xlate_tests::apps::{ABORTING_CLIENT, ABORTING_SERVER, PATIENT_CLIENT, PATIENT_SERVER};
+use xlate_tests::apps::{
+    ABORTING_CLIENT, ABORTING_SERVER, EARLY_CLOSING_SERVER, LATE_UPLOADING_CLIENT, PATIENT_CLIENT, PATIENT_SERVER,
+};
+use xlate_tests::gateway::generated_sha256;
 use xlate_tests::host::*;
 use xlate_tests::{require_root, serial, sh, xlate_user_bin};
 use xlate_user::decode::{read_pcap, shape};
@@ -106,6 +109,31 @@ time.sleep(0.5)
 s.close()
 print(data.decode().strip())
 "#;
+
+/// A half-closed connection lives as long as data moves: the server ends
+/// its side first and the client goes on uploading for longer than the
+/// agent waits for the peer's FIN once its own was acknowledged (60 s, the
+/// original stack's FINWAIT2). The wait runs from the last segment, not
+/// from the FIN, so the flow is not freed under a live upload.
+#[test]
+fn a_half_closed_connection_outlives_the_fin_wait_while_data_moves() {
+    require_root();
+    let _g = serial();
+    let lab = HostLab::new("finwait");
+    let port = APP_PORT.to_string();
+    let mut server = lab.server.spawn("python3", &["-c", EARLY_CLOSING_SERVER, SERVER_IP, &port]);
+    server.wait_for_line("listening", Duration::from_secs(10));
+    // 700 kB over 70 s: 10 kB a second, past the 60 s wait.
+    let out = lab.client.output("python3", &["-c", LATE_UPLOADING_CLIENT, APP_ADDR, &port, "700000", "9", "70"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("client got b'bye'"), "{out:?}");
+    let line = server.wait_for_line("server got", Duration::from_secs(30));
+    assert_eq!(line.trim(), format!("server got 700000 {}", generated_sha256(700_000, 9, None)));
+    lab.wait_no_flows(Duration::from_secs(5));
+    for side in [true, false] {
+        let s = lab.stats(side);
+        assert_eq!((s["flows_expired"], s["drop_unknown_flow"]), (0, 0), "server side {side}: {s:?}");
+    }
+}
 
 #[test]
 fn the_wire_looks_like_the_original_stack() {

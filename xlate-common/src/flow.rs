@@ -510,6 +510,10 @@ pub enum Counter {
     RelayBytesToService,
     /// Bytes the relay moved from instances to clients.
     RelayBytesToClient,
+    /// A SAL SYN that came to the link broadcast MAC but is addressed to
+    /// another host's IP (not ours, not a broadcast address).
+    #[strum(serialize = "drop_syn_for_another_host")]
+    DropSynForAnotherHost,
 }
 
 impl Counter {

@@ -72,6 +72,18 @@ pub(crate) fn sal_to_tcp<F: Frame>(f: &F) -> Result<u32, Exit> {
         if ext.services == 0 {
             return Err(Exit::Drop(Counter::DropBadExtension));
         }
+        // A frame to the link broadcast MAC reaches every host on the
+        // link. Its SYN is for all of them only when its IP destination is
+        // a broadcast address; one sent to a host's own address (a route
+        // target the sender has no MAC for yet) is that host's alone, and
+        // another host answering it would start a second, competing flow.
+        let Some(cfg) = CONFIG.get(0) else {
+            return Err(Exit::Fault);
+        };
+        let dst = addr(&ip, ipf::DST);
+        if f.load::<[u8; 6]>(0)? == [0xff; 6] && dst != cfg.addr && dst != cfg.broadcast && dst != [0xff; 4] {
+            return Err(Exit::Drop(Counter::DropSynForAnotherHost));
+        }
         let sid = copy_n::<32>(buf, ext.service_at as usize);
         count(Counter::IngressSyn);
         server_flow(&sid, ip_src, src_flow, ext).map_err(Exit::Drop)?

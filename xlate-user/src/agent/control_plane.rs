@@ -40,7 +40,8 @@ const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(SynBudget::TIMEOUT_S);
 /// not paid every tick.
 const SCAN_EVERY: Duration = Duration::from_secs(30);
 /// After our SAL FIN is acknowledged, how long we wait for the peer's
-/// (the original stack's FINWAIT2).
+/// (the original stack's FINWAIT2), counted from the flow's last segment:
+/// a half-closed connection whose peer still sends lives on.
 const FIN_WAIT: Duration = Duration::from_secs(60);
 /// How long the agent remembers a closed flow, to answer a retransmitted
 /// SAL FIN whose ACK was lost (the kernel maps are already clean).
@@ -730,6 +731,7 @@ impl ControlPlane {
         let now = Instant::now();
         let mut resend = Vec::new();
         let mut give_up = Vec::new();
+        let mut fin_wait_over = Vec::new();
         let mut free = Vec::new();
         for (id, c) in self.ctl.iter_mut() {
             if c.free_at.is_some_and(|t| t <= now) {
@@ -737,7 +739,7 @@ impl ControlPlane {
                 continue;
             }
             if c.fin_acked_at.is_some_and(|t| now - t > FIN_WAIT) && !c.peer_fin {
-                give_up.push(*id);
+                fin_wait_over.push(*id);
                 continue;
             }
             if let Some(p) = &mut c.pending {
@@ -760,6 +762,23 @@ impl ControlPlane {
         }
         for id in free {
             self.free(id, Counter::FlowsFreed);
+        }
+        // The peer's FIN is overdue only if the flow is quiet too: a peer
+        // still sending into a half-closed connection (an upload after the
+        // server's answer) keeps it. The wait then starts again from the
+        // last segment, so a live flow costs one lookup per FIN_WAIT.
+        let mono = mono_ns();
+        for id in fin_wait_over {
+            let quiet =
+                self.maps.flows.get(&id, 0).map(|st| Duration::from_nanos(mono.saturating_sub(st.last_seen_ns)));
+            match quiet {
+                Ok(q) if q < FIN_WAIT => {
+                    if let Some(c) = self.ctl_mut(id) {
+                        c.fin_acked_at = Some(now.checked_sub(q).unwrap_or(now));
+                    }
+                }
+                _ => give_up.push(id),
+            }
         }
         for id in give_up {
             self.free(id, Counter::FlowsExpired);
