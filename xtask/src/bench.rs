@@ -139,6 +139,31 @@ pub fn print(new: &[Table], baseline: Option<(&str, &[Table])>) {
     }
 }
 
+/// CPU time the whole machine spent busy so far, in seconds (every core;
+/// `/proc/stat`: user, nice, system, irq, softirq, steal). Client, gateway
+/// and instance share the machine, so a difference between two paths over
+/// the same transfer is the gateway's.
+fn busy_cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu = stat.lines().next().context("empty /proc/stat")?;
+    let f: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    if f.len() < 8 {
+        bail!("unexpected /proc/stat line: {cpu}");
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / hz)
+}
+
+/// [`iperf_from`] with one stream, and the machine's busy CPU seconds per
+/// GB moved during it.
+fn iperf_with_cpu(ns: &Netns, dst: &str, seconds: u32) -> Result<(f64, f64)> {
+    let before = busy_cpu_seconds()?;
+    let gbit = iperf_from(ns, dst, 1, seconds, false)?;
+    let cpu = busy_cpu_seconds()? - before;
+    Ok((gbit, cpu / (gbit * f64::from(seconds) / 8.0)))
+}
+
 /// Goodput in Gbit/s (receiver side) of an iperf3 run from `ns`; with
 /// `reverse` the server sends.
 fn iperf_from(ns: &Netns, dst: &str, streams: u32, seconds: u32, reverse: bool) -> Result<f64> {
@@ -193,9 +218,9 @@ pub fn translator(bin: &Path, seconds: u32) -> Result<Table> {
         &["stop", "--iface", "g0"],
     )?;
     let inst_ip = translator::INSTANCES[0];
-    let routed_1 = iperf_from(client, inst_ip, 1, seconds, false)?;
+    let (routed_1, routed_cpu) = iperf_with_cpu(client, inst_ip, seconds)?;
     let routed_4 = iperf_from(client, inst_ip, 4, seconds, false)?;
-    let xlate_1 = iperf_from(client, translator::PUBLIC_IP, 1, seconds, false)?;
+    let (xlate_1, xlate_cpu) = iperf_with_cpu(client, translator::PUBLIC_IP, seconds)?;
     let xlate_4 = iperf_from(client, translator::PUBLIC_IP, 4, seconds, false)?;
     drop(_gw);
     // The stream-level relay on the same lab (`xlate-user relay`: every
@@ -209,22 +234,136 @@ pub fn translator(bin: &Path, seconds: u32) -> Result<Table> {
             &["relay", "--alias", "--mode", mode, "--iface", "g0", "--iface", "g1", "--config", config],
             &["stop", "--iface", "g0"],
         )?;
-        let one = iperf_from(client, translator::PUBLIC_IP, 1, seconds, false).unwrap_or(f64::NAN);
+        let (one, cpu) = iperf_with_cpu(client, translator::PUBLIC_IP, seconds).unwrap_or((f64::NAN, f64::NAN));
         let four = iperf_from(client, translator::PUBLIC_IP, 4, seconds, false).unwrap_or(f64::NAN);
-        relay.push(Row::new(&format!("through the relay, {mode} (TCP -> relay -> SAL connection)"), &[one, four]));
+        relay.push(Row::new(&format!("through the relay, {mode} (TCP -> relay -> SAL connection)"), &[one, four, cpu]));
     }
     drop((_iperf, _inst_agent));
     drop(lab);
     Ok(Table {
-        title: format!("translator: iperf3 goodput client -> gateway -> instance, {seconds} s per run, Gbit/s"),
-        columns: vec!["1 stream", "4 streams"],
+        title: format!(
+            "translator: iperf3 goodput client -> gateway -> instance, {seconds} s per run, Gbit/s; CPU s/GB: the \
+             machine's busy CPU seconds per GB moved (1 stream)"
+        ),
+        columns: vec!["1 stream", "4 streams", "CPU s/GB"],
         rows: vec![
-            Row::new("plain IP routing through the gateway (XDP attached, passes)", &[routed_1, routed_4]),
-            Row::new("through the translator (TCP -> SAL -> host-mode instance)", &[xlate_1, xlate_4]),
+            Row::new("plain IP routing through the gateway (XDP attached, passes)", &[routed_1, routed_4, routed_cpu]),
+            Row::new("through the translator (TCP -> SAL -> host-mode instance)", &[xlate_1, xlate_4, xlate_cpu]),
         ]
         .into_iter()
         .chain(relay)
         .collect(),
+    })
+}
+
+/// The instance's server for [`connections`]: answers each connection's
+/// request line with "ok" and closes (asyncio, one thread).
+const SHORT_SERVER: &str = r#"
+import asyncio, sys
+async def serve(r, w):
+    await r.readline()
+    w.write(b"ok\n")
+    await w.drain()
+    w.close()
+async def main():
+    s = await asyncio.start_server(serve, "0.0.0.0", int(sys.argv[1]), backlog=4096)
+    print("serving", flush=True)
+    await s.serve_forever()
+asyncio.run(main())
+"#;
+
+/// The client for [`connections`]: CONC (argv 4) workers open connection
+/// after connection to HOST:PORT for SECONDS (argv 3), each sending a line
+/// and reading the answer to its end. Prints connections per second, the
+/// median and 99th percentile of a connection's life (connect to close)
+/// in ms, and the failures.
+const SHORT_CLIENT: &str = r#"
+import asyncio, sys, time
+host, port, secs, conc = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+lat, failed = [], 0
+async def worker(deadline):
+    global failed
+    while time.monotonic() < deadline:
+        t = time.monotonic()
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+            w.write(b"GET\n")
+            d = await asyncio.wait_for(r.read(), 5)
+            w.close()
+            if d == b"ok\n":
+                lat.append(time.monotonic() - t)
+            else:
+                failed += 1
+        except Exception:
+            failed += 1
+async def main():
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker(t0 + secs) for _ in range(conc)))
+    el = time.monotonic() - t0
+    lat.sort()
+    n = len(lat)
+    print(n / el, lat[n // 2] * 1e3 if n else 0, lat[min(n - 1, n * 99 // 100)] * 1e3 if n else 0, failed)
+asyncio.run(main())
+"#;
+
+/// Short connections per second, and their latency, through each path
+/// (the comparison the relay is the baseline of): plain routing to the
+/// instance, the fast path, the relay with splice and with copies.
+pub fn connections(bin: &Path, seconds: u32) -> Result<Table> {
+    const SHORT_PORT: &str = "5301";
+    const CONC: &str = "16";
+    let opts = TranslatorOptions { instances: 1, gro: true, client_tx_offload: true };
+    let lab = Translator::build(Naming::Fixed("xlt-bc"), opts)?;
+    let (client, inst) = (&lab.client, &lab.instances[0]);
+    let dir = crate::util::workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("connections.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[translator]\nsal_address = \"{}\"\n\n[[service]]\naddress = \"{}\"\nport = {SHORT_PORT}\nservice_id = \"00001452\"\ninstances = [\"{}\"]\n",
+            translator::SAL_ADDRESS,
+            translator::PUBLIC_IP,
+            translator::INSTANCES[0]
+        ),
+    )?;
+    let serve = format!("00001452={SHORT_PORT}");
+    let _inst_agent =
+        agent(bin, inst, &["host", "--iface", "e0", "--serve", &serve], &["host", "stop", "--iface", "e0"])?;
+    let mut server = inst.spawn("python3", &["-c", SHORT_SERVER, SHORT_PORT]);
+    server.wait_for_line("serving", Duration::from_secs(10));
+    let config = config.to_str().context("config path")?;
+    let secs = seconds.to_string();
+    let measure = |dst: &str| -> [f64; 4] {
+        let out = client.output("python3", &["-c", SHORT_CLIENT, dst, SHORT_PORT, &secs, CONC]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        match v[..] {
+            [a, b, c, d] => [a, b, c, d],
+            _ => [f64::NAN; 4],
+        }
+    };
+    let mut rows = vec![Row::new("plain IP routing to the instance (no SAL)", &measure(translator::INSTANCES[0]))];
+    let paths: [(&str, &[&str]); 3] = [
+        ("through the translator's fast path (XDP)", &["run"]),
+        ("through the relay, splice", &["relay", "--alias", "--mode", "splice"]),
+        ("through the relay, copy", &["relay", "--alias", "--mode", "copy"]),
+    ];
+    for (name, cmd) in paths {
+        let mut args: Vec<&str> = cmd.to_vec();
+        args.extend(["--iface", "g0", "--iface", "g1", "--config", config]);
+        let _gw = agent(bin, &lab.gateway, &args, &["stop", "--iface", "g0"])?;
+        rows.push(Row::new(name, &measure(translator::PUBLIC_IP)));
+    }
+    drop((server, _inst_agent));
+    drop(lab);
+    Ok(Table {
+        title: format!(
+            "connections: short connections client -> gateway -> instance ({CONC} at a time, a line each way, \
+             {seconds} s per run); life = connect to close"
+        ),
+        columns: vec!["conn/s", "life p50 ms", "life p99 ms", "failed"],
+        rows,
     })
 }
 

@@ -98,7 +98,8 @@ fn real_main() -> Result<()> {
                 let mut new = Vec::new();
                 let mut base = Vec::new();
                 type Bench = fn(&std::path::Path, u32) -> Result<bench::Table>;
-                let benches: [Bench; 3] = [bench::host_mode, bench::translator, |b: &std::path::Path, _| bench::xdp(b)];
+                let benches: [Bench; 4] =
+                    [bench::host_mode, bench::translator, bench::connections, |b: &std::path::Path, _| bench::xdp(b)];
                 for f in benches {
                     new.push(f(&bin, seconds)?);
                     if let Some(o) = &old {
