@@ -308,13 +308,13 @@ asyncio.run(main())
 
 /// Short connections per second, and their latency, through each path
 /// (the comparison the relay is the baseline of): plain routing to the
-/// instance, the fast path, the relay with splice and with copies.
+/// instance, the fast path, the relay with splice and with copies. Each
+/// path gets a lab of its own: the instance sees every connection from the
+/// gateway's one SAL address, and the TIME_WAIT sockets one path leaves
+/// (up to 32768 ports' worth, `docs/host-mode.md`) must not meet the next.
 pub fn connections(bin: &Path, seconds: u32) -> Result<Table> {
     const SHORT_PORT: &str = "5301";
     const CONC: &str = "16";
-    let opts = TranslatorOptions { instances: 1, gro: true, client_tx_offload: true };
-    let lab = Translator::build(Naming::Fixed("xlt-bc"), opts)?;
-    let (client, inst) = (&lab.client, &lab.instances[0]);
     let dir = crate::util::workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("connections.toml");
@@ -327,40 +327,38 @@ pub fn connections(bin: &Path, seconds: u32) -> Result<Table> {
             translator::INSTANCES[0]
         ),
     )?;
-    let serve = format!("00001452={SHORT_PORT}");
-    let _inst_agent =
-        agent(bin, inst, &["host", "--iface", "e0", "--serve", &serve], &["host", "stop", "--iface", "e0"])?;
-    let mut server = inst.spawn("python3", &["-c", SHORT_SERVER, SHORT_PORT]);
-    server.wait_for_line("serving", Duration::from_secs(10));
     let config = config.to_str().context("config path")?;
     let secs = seconds.to_string();
-    let measure = |dst: &str| -> [f64; 4] {
+    let paths: [(&str, &[&str], &str); 4] = [
+        ("plain IP routing to the instance (no SAL)", &["run"], translator::INSTANCES[0]),
+        ("through the translator's fast path (XDP)", &["run"], translator::PUBLIC_IP),
+        ("through the relay, splice", &["relay", "--alias", "--mode", "splice"], translator::PUBLIC_IP),
+        ("through the relay, copy", &["relay", "--alias", "--mode", "copy"], translator::PUBLIC_IP),
+    ];
+    let mut rows = Vec::new();
+    for (name, cmd, dst) in paths {
+        let opts = TranslatorOptions { instances: 1, gro: true, client_tx_offload: true };
+        let lab = Translator::build(Naming::Fixed("xlt-bc"), opts)?;
+        let (client, inst) = (&lab.client, &lab.instances[0]);
+        let serve = format!("00001452={SHORT_PORT}");
+        let inst_agent =
+            agent(bin, inst, &["host", "--iface", "e0", "--serve", &serve], &["host", "stop", "--iface", "e0"])?;
+        let mut server = inst.spawn("python3", &["-c", SHORT_SERVER, SHORT_PORT]);
+        server.wait_for_line("serving", Duration::from_secs(10));
+        let mut args: Vec<&str> = cmd.to_vec();
+        args.extend(["--iface", "g0", "--iface", "g1", "--config", config]);
+        let gw = agent(bin, &lab.gateway, &args, &["stop", "--iface", "g0"])?;
         let out = client.output("python3", &["-c", SHORT_CLIENT, dst, SHORT_PORT, &secs, CONC]);
         let text = String::from_utf8_lossy(&out.stdout);
         let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        match v[..] {
-            [a, b, c, d] => [a, b, c, d],
-            _ => [f64::NAN; 4],
-        }
-    };
-    let mut rows = vec![Row::new("plain IP routing to the instance (no SAL)", &measure(translator::INSTANCES[0]))];
-    let paths: [(&str, &[&str]); 3] = [
-        ("through the translator's fast path (XDP)", &["run"]),
-        ("through the relay, splice", &["relay", "--alias", "--mode", "splice"]),
-        ("through the relay, copy", &["relay", "--alias", "--mode", "copy"]),
-    ];
-    for (name, cmd) in paths {
-        let mut args: Vec<&str> = cmd.to_vec();
-        args.extend(["--iface", "g0", "--iface", "g1", "--config", config]);
-        let _gw = agent(bin, &lab.gateway, &args, &["stop", "--iface", "g0"])?;
-        rows.push(Row::new(name, &measure(translator::PUBLIC_IP)));
+        rows.push(Row::new(name, if v.len() == 4 { &v } else { &[f64::NAN; 4] }));
+        drop((gw, server, inst_agent));
+        drop(lab);
     }
-    drop((server, _inst_agent));
-    drop(lab);
     Ok(Table {
         title: format!(
             "connections: short connections client -> gateway -> instance ({CONC} at a time, a line each way, \
-             {seconds} s per run); life = connect to close"
+             {seconds} s per run, a fresh lab per path); life = connect to close"
         ),
         columns: vec!["conn/s", "life p50 ms", "life p99 ms", "failed"],
         rows,

@@ -174,8 +174,17 @@ struct Done {
 
 /// The bytes held between reading and writing: a pipe, or a buffer.
 enum Hold {
-    Pipe { r: OwnedFd, w: OwnedFd },
-    Buf { data: Vec<u8>, start: usize },
+    Pipe {
+        r: OwnedFd,
+        w: OwnedFd,
+    },
+    /// `data[start..end]` is held; the buffer is allocated zeroed once
+    /// (pages the kernel hands out as they are touched) and never resized.
+    Buf {
+        data: Box<[u8]>,
+        start: usize,
+        end: usize,
+    },
 }
 
 fn is_reset(e: &io::Error) -> bool {
@@ -204,7 +213,7 @@ impl Direction<'_> {
             // bytes in pages of their own would fill a pipe of `cap`
             // bytes at a third of `cap`. The byte bound stays `cap`.
             Mode::Splice => pipe(self.cap.saturating_mul(4))?,
-            Mode::Copy => Hold::Buf { data: Vec::with_capacity(self.cap), start: 0 },
+            Mode::Copy => Hold::Buf { data: vec![0; self.cap].into_boxed_slice(), start: 0, end: 0 },
         };
         let (mut held, mut bytes, mut eof) = (0usize, 0u64, false);
         // A pipe is full by its slots (one per page or piece of a page
@@ -324,16 +333,20 @@ fn fill(hold: &mut Hold, fd: RawFd, room: usize) -> io::Result<usize> {
                 libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
             )
         },
-        Hold::Buf { data, start } => {
-            // What was written goes: the buffer never holds more than the
-            // bytes in flight plus the room asked for.
-            data.drain(..*start);
-            *start = 0;
-            let at = data.len();
-            data.resize(at + room, 0);
-            // SAFETY: reading into the `room` bytes just made available.
-            let n = unsafe { libc::read(fd, data[at..].as_mut_ptr() as *mut _, room) };
-            data.truncate(at + n.max(0) as usize);
+        Hold::Buf { data, start, end } => {
+            // What was written goes: the held bytes move to the front when
+            // the room asked for is not at the back.
+            if data.len() - *end < room {
+                data.copy_within(*start..*end, 0);
+                *end -= *start;
+                *start = 0;
+            }
+            let room = room.min(data.len() - *end);
+            // SAFETY: reading into `room` bytes of our buffer after `end`.
+            let n = unsafe { libc::read(fd, data[*end..].as_mut_ptr() as *mut _, room) };
+            if n > 0 {
+                *end += n as usize;
+            }
             n
         }
     };
@@ -357,13 +370,16 @@ fn drain(hold: &mut Hold, fd: RawFd, held: usize) -> io::Result<usize> {
                 libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
             )
         },
-        Hold::Buf { data, start } => {
+        Hold::Buf { data, start, end } => {
             // SAFETY: writing bytes we hold; MSG_NOSIGNAL: a closed peer is
             // an error, not a signal.
             let n =
-                unsafe { libc::send(fd, data[*start..].as_ptr() as *const _, data.len() - *start, libc::MSG_NOSIGNAL) };
+                unsafe { libc::send(fd, data[*start..*end].as_ptr() as *const _, *end - *start, libc::MSG_NOSIGNAL) };
             if n > 0 {
                 *start += n as usize;
+                if *start == *end {
+                    (*start, *end) = (0, 0);
+                }
             }
             n
         }
