@@ -187,6 +187,24 @@ fn iperf_from(ns: &Netns, dst: &str, streams: u32, seconds: u32, reverse: bool) 
     Ok(num.parse::<f64>()? / 1e9)
 }
 
+/// Writes `target/bench/<file>`: the translator lab's one service, the
+/// public address's `port` as `service_id` on the lab's first instance.
+fn service_config(file: &str, port: &str, service_id: &str) -> Result<std::path::PathBuf> {
+    let dir = crate::util::workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join(file);
+    std::fs::write(
+        &config,
+        format!(
+            "[translator]\nsal_address = \"{}\"\n\n[[service]]\naddress = \"{}\"\nport = {port}\nservice_id = \"{service_id}\"\ninstances = [\"{}\"]\n",
+            translator::SAL_ADDRESS,
+            translator::PUBLIC_IP,
+            translator::INSTANCES[0]
+        ),
+    )?;
+    Ok(config)
+}
+
 /// Goodput through the translator versus plain routing through the same
 /// gateway (XDP attached either way), one and four streams; and the XDP
 /// program's ns/packet.
@@ -194,18 +212,7 @@ pub fn translator(bin: &Path, seconds: u32) -> Result<Table> {
     let opts = TranslatorOptions { instances: 1, gro: true, client_tx_offload: true };
     let lab = Translator::build(Naming::Fixed("xlt-bt"), opts)?;
     let (client, inst) = (&lab.client, &lab.instances[0]);
-    let dir = crate::util::workspace_root().join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("translator.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[translator]\nsal_address = \"{}\"\n\n[[service]]\naddress = \"{}\"\nport = {PORT}\nservice_id = \"00001451\"\ninstances = [\"{}\"]\n",
-            translator::SAL_ADDRESS,
-            translator::PUBLIC_IP,
-            translator::INSTANCES[0]
-        ),
-    )?;
+    let config = service_config("translator.toml", PORT, "00001451")?;
     let serve = format!("00001451={PORT}");
     let _inst_agent =
         agent(bin, inst, &["host", "--iface", "e0", "--serve", &serve], &["host", "stop", "--iface", "e0"])?;
@@ -315,18 +322,7 @@ asyncio.run(main())
 pub fn connections(bin: &Path, seconds: u32) -> Result<Table> {
     const SHORT_PORT: &str = "5301";
     const CONC: &str = "16";
-    let dir = crate::util::workspace_root().join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("connections.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[translator]\nsal_address = \"{}\"\n\n[[service]]\naddress = \"{}\"\nport = {SHORT_PORT}\nservice_id = \"00001452\"\ninstances = [\"{}\"]\n",
-            translator::SAL_ADDRESS,
-            translator::PUBLIC_IP,
-            translator::INSTANCES[0]
-        ),
-    )?;
+    let config = service_config("connections.toml", SHORT_PORT, "00001452")?;
     let config = config.to_str().context("config path")?;
     let secs = seconds.to_string();
     let paths: [(&str, &[&str], &str); 4] = [
