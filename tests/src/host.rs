@@ -224,6 +224,32 @@ impl Capture {
     }
 }
 
+/// What `xlate-user decode` printed for a capture it found valid
+/// throughout, and how many SAL packets its summary counted.
+pub struct Decoded {
+    pub text: String,
+    pub sal_packets: u64,
+}
+
+/// Runs `xlate-user decode` over `pcap`: it checks every SAL packet's
+/// receiver rules and checksums and exits non-zero on the first that
+/// breaks one; this panics then, with the end of its report.
+pub fn decode_valid(pcap: &std::path::Path) -> Decoded {
+    let out = Command::new(xlate_user_bin()).arg("decode").arg(pcap).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "decode {}: {}\n{}",
+        pcap.display(),
+        text.lines().rev().take(20).collect::<Vec<_>>().join("\n"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The summary: "N SAL packets, N valid, 0 invalid".
+    let sal_packets =
+        text.lines().last().and_then(|l| l.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    Decoded { text, sal_packets }
+}
+
 impl Drop for Capture {
     fn drop(&mut self) {
         self.stop();

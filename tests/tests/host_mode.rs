@@ -11,7 +11,7 @@ use xlate_tests::apps::{
 };
 use xlate_tests::gateway::generated_sha256;
 use xlate_tests::host::*;
-use xlate_tests::{require_root, serial, sh, xlate_user_bin};
+use xlate_tests::{require_root, serial, sh};
 use xlate_user::decode::{read_pcap, shape};
 
 fn make_file(lab: &HostLab, name: &str, bytes: usize) -> String {
@@ -153,9 +153,7 @@ fn the_wire_looks_like_the_original_stack() {
     let report = cap.stop();
 
     // Every packet decodes with valid checksums.
-    let out = Command::new(xlate_user_bin()).arg("decode").arg(&pcap).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let text = decode_valid(&pcap).text;
     assert!(!text.contains("cksum BAD"), "{text}");
 
     let pkts = sal_packets(&pcap);
@@ -487,9 +485,7 @@ fn uploads_and_downloads_arrive_intact_with_checksums_valid_on_the_wire() {
         sh(&lab.client, &format!("curl -sS --fail --max-time 120 {} | sha256sum", lab.url(&format!("gen/{BYTES}/6"))));
     assert_eq!(got.split_whitespace().next().unwrap(), xlate_tests::gateway::generated_sha256(BYTES, 6, None));
     cap.stop();
-    let out = Command::new(xlate_user_bin()).arg("decode").arg(&pcap).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "decode: {}", String::from_utf8_lossy(&out.stderr));
+    let text = decode_valid(&pcap).text;
     let ok = text.lines().filter(|l| l.contains("cksum ok")).count();
     assert!(ok >= 10_000, "{ok} packets with a verified TCP checksum");
     assert!(!text.contains("BAD"), "{text}");

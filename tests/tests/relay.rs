@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use xlate_tests::apps::*;
 use xlate_tests::gateway::*;
-use xlate_tests::host::Capture;
-use xlate_tests::{require_root, serial, sh, xlate_user_bin};
+use xlate_tests::host::{decode_valid, Capture, Decoded};
+use xlate_tests::{require_root, serial, sh};
 
 const ONE: &str = "\"10.10.0.11\"";
 
@@ -102,15 +102,7 @@ fn suite(path: Path, tag: &str) {
     assert_eq!(got, want, "{path:?}: upload without timestamps, complete checksums");
     assert_eq!(download(&lab, 5_000_000, 7), generated_sha256(5_000_000, 7, None), "{path:?}: complete checksums");
     let report = cap.stop();
-    let out = std::process::Command::new(xlate_user_bin()).arg("decode").arg(&pcap).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{path:?}: SAL on the wire: {}",
-        text.lines().rev().take(20).collect::<Vec<_>>().join("\n")
-    );
-    let sal: u64 =
-        text.lines().last().and_then(|l| l.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let Decoded { text, sal_packets: sal } = decode_valid(&pcap);
     assert!(
         sal > 1000 && text.contains("CONTROL SYN ") && text.contains("SERVICE 00000050"),
         "{path:?}: {sal} SAL packets; {report}"

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use xlate_tests::apps::{ABORTING_CLIENT, ABORTING_SERVER, PATIENT_CLIENT, PATIENT_SERVER};
 use xlate_tests::gateway::*;
-use xlate_tests::host::Capture;
+use xlate_tests::host::{decode_valid, Capture};
 use xlate_tests::{require_root, serial, sh, xlate_user_bin};
 use xlate_user::config::Config;
 use xlate_user::decode::read_pcap;
@@ -87,9 +87,7 @@ fn download(mode: &str, tx_offload: bool, capture: bool) {
         }
         assert!(tcp > 1000, "{tcp} TCP frames on the client link");
         // Service link: SAL, every control-carrying packet valid.
-        let out = Command::new(xlate_user_bin()).arg("decode").arg(&service_pcap).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{text}");
+        let text = decode_valid(&service_pcap).text;
         assert!(
             text.contains("CONTROL SYN ") && text.contains("SERVICE 00000050") && text.contains("CONTROL FIN"),
             "{text}"
