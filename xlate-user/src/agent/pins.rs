@@ -29,11 +29,19 @@ fn is_bpffs(path: &Path) -> bool {
 
 /// The pin base for an agent (in its own mount namespace), mounting a BPF
 /// filesystem at /run/xlate/bpf when /sys/fs/bpf is none.
+///
+/// The check and the mount happen under an exclusive lock on /run/xlate:
+/// two loaders starting together (threads of one test binary, agents
+/// started at once) would otherwise both see no BPF filesystem and both
+/// mount one, the second on top of the first, hiding the directory the
+/// first had just made for its pins (`BPF_OBJ_PIN`: no such file).
 pub fn base_for_agent() -> Result<PathBuf> {
     if is_bpffs(Path::new(SYS_BPF)) {
         return Ok(Path::new(SYS_BPF).join("xlate"));
     }
     std::fs::create_dir_all(RUN_BPF).with_context(|| format!("creating {RUN_BPF}"))?;
+    let parent = Path::new(RUN_BPF).parent().expect("has a parent");
+    let _lock = DirLock::exclusive(parent)?;
     if !is_bpffs(Path::new(RUN_BPF)) {
         let dst = std::ffi::CString::new(RUN_BPF).expect("no NUL");
         // SAFETY: valid C strings; mount(2) with no data.
@@ -42,6 +50,28 @@ pub fn base_for_agent() -> Result<PathBuf> {
         }
     }
     Ok(PathBuf::from(RUN_BPF))
+}
+
+/// An flock on a directory, released when dropped (or by the kernel when
+/// the process ends). flock locks belong to the open file, so threads of
+/// one process exclude each other as processes do.
+struct DirLock {
+    _held: std::fs::File,
+}
+
+impl DirLock {
+    fn exclusive(dir: &Path) -> Result<DirLock> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        // SAFETY: flock on a file descriptor we own; blocks until granted.
+        while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                bail!("locking {}: {e}", dir.display());
+            }
+        }
+        Ok(DirLock { _held: f })
+    }
 }
 
 /// The PID of the process serving a Unix socket.
