@@ -96,6 +96,53 @@ fn curl_downloads_50_mb_and_100_concurrent_connections_complete() {
     }
 }
 
+/// Connection after connection to an HTTP/1.0 server, which closes
+/// first: argv host, port, count. Prints "N ok".
+const ONE_AFTER_ANOTHER: &str = r#"
+import socket, sys
+ok = 0
+for i in range(int(sys.argv[3])):
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    s.sendall(b"GET /small.txt HTTP/1.0\r\n\r\n")
+    data = b""
+    while True:
+        d = s.recv(4096)
+        if not d: break
+        data += d
+    s.close()
+    ok += data.endswith(b"x" * 1000)
+print(ok, "ok")
+"#;
+
+/// A server that closes first leaves its side of every connection in
+/// TIME_WAIT for 60 s; from one SAL peer host mode has only 32768 TCP
+/// identities per server port, so past ~550 new flows a second new flows
+/// would land on those sockets. The agent ends each TIME_WAIT as the flow
+/// is freed (the SAL flow ID guards against old segments instead): none
+/// is left, and the counter says how many were ended.
+#[test]
+fn a_server_that_closes_first_leaves_no_time_wait_behind() {
+    require_root();
+    let _g = serial();
+    let mut lab = HostLab::new("tw");
+    std::fs::write(lab.dir.join("small.txt"), "x".repeat(1000)).unwrap();
+    lab.start_http();
+    const N: u64 = 200;
+    let out = lab
+        .client
+        .output("python3", &["-c", ONE_AFTER_ANOTHER, SERVICE_ADDR, &SERVICE_PORT.to_string(), &N.to_string()]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(report.trim(), format!("{N} ok"), "{}", String::from_utf8_lossy(&out.stderr));
+    lab.wait_no_flows(Duration::from_secs(5));
+    let tw = sh(&lab.server, &format!("ss -Htan state time-wait '( sport = :{HTTP_PORT} )' | wc -l"));
+    assert_eq!(tw, "0", "TIME_WAIT sockets left at the server");
+    let s = lab.stats(true);
+    assert_eq!((s["time_wait_ended"], s["flows_freed"]), (N, N), "{s:?}");
+    // The client closed second: it has no TIME_WAIT, and its agent (whose
+    // sockets chose their own ports) ended none.
+    assert_eq!(lab.stats(false)["time_wait_ended"], 0);
+}
+
 const SEQUENTIAL_CLIENT: &str = r#"
 import socket, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)

@@ -514,6 +514,10 @@ pub enum Counter {
     /// another host's IP (not ours, not a broadcast address).
     #[strum(serialize = "drop_syn_for_another_host")]
     DropSynForAnotherHost,
+    /// A serving socket of this host whose flow closed cleanly: its
+    /// TIME_WAIT ended by the agent as the flow was freed, so that a new
+    /// flow from the same SAL peer can take its TCP identity.
+    TimeWaitEnded,
 }
 
 impl Counter {

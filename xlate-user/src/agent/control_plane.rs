@@ -201,6 +201,9 @@ pub struct ControlPlane {
     syn_flags: u32,
     last_scan: Option<Instant>,
     warnings: Warnings,
+    /// For destroying this host's TCP sockets (see [`Self::end_time_wait`]
+    /// and [`Self::reset_all`]); `None` where sock_diag cannot be opened.
+    diag: Option<crate::sockdiag::SockDiag>,
 }
 
 /// Warnings that a flood could repeat thousands of times a second: one
@@ -248,7 +251,15 @@ impl ControlPlane {
             syn_flags: 0,
             last_scan: None,
             warnings: Warnings::default(),
+            diag: None,
         };
+        match crate::sockdiag::SockDiag::open() {
+            Ok(d) => cp.diag = Some(d),
+            Err(e) => cp.warnings.warn(
+                "opening sock_diag",
+                format!("{e:#}; local sockets get injected resets and keep their TIME_WAIT"),
+            ),
+        }
         cp.maps.resync_count();
         let records: Vec<(u32, CtlRecord)> = cp.maps.ctl.iter().filter_map(|r| r.ok()).collect();
         for (id, r) in records {
@@ -293,16 +304,9 @@ impl ControlPlane {
         // reaches the peer translated. An injected RST would have to hit
         // the socket's next expected sequence number exactly, which the
         // datapath knows only approximately while segments are in flight.
-        let diag = match crate::sockdiag::SockDiag::open() {
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.warnings.warn("opening sock_diag", format!("{e:#}; local sockets get injected resets"));
-                None
-            }
-        };
         let mut destroyed = std::collections::HashSet::new();
         for &id in &ids {
-            let (Some(diag), Some((st, _))) = (&diag, self.flow(id)) else { continue };
+            let (Some(diag), Some((st, _))) = (&self.diag, self.flow(id)) else { continue };
             if st.flags & flag::PROVEN == 0 {
                 continue;
             }
@@ -312,7 +316,7 @@ impl ControlPlane {
                 Ok(crate::sockdiag::Destroyed::Yes) => {
                     destroyed.insert(id);
                 }
-                Ok(crate::sockdiag::Destroyed::NoSuchSocket) => {}
+                Ok(crate::sockdiag::Destroyed::NoSuchSocket | crate::sockdiag::Destroyed::LeftInState(_)) => {}
                 Err(e) => self.warnings.warn("destroying a local socket", format!("{e:#}")),
             }
         }
@@ -694,8 +698,10 @@ impl ControlPlane {
         if self.maps.flows.get(&id, 0).is_ok_and(|st| st.flags & flag::PROVEN == 0) {
             self.maps.bump(Counter::FlowsFreedHalfOpen);
         }
-        if let (Some(c), Some((st, addrs))) = (self.ctl.get(&id), self.flow(id)) {
+        if let (Some(c), Some((st, addrs))) = (self.ctl.get(&id).cloned(), self.flow(id)) {
             if c.peer_fin && c.fin_acked_at.is_some() {
+                // Before the tuple is released: no new flow can hold it yet.
+                self.end_time_wait(&st);
                 let closed = Closed {
                     state: st,
                     addrs,
@@ -724,6 +730,37 @@ impl ControlPlane {
         self.dirty.remove(&id);
         let _ = self.maps.ctl.remove(&id);
         self.maps.bump(why);
+    }
+
+    /// Ends the TIME_WAIT of a serving socket whose flow closed cleanly.
+    ///
+    /// Host mode gives every flow from one SAL peer a TCP identity (the
+    /// peer's address, a port from a rotation of 32768) at this host's
+    /// server. A server that closes first leaves that identity in
+    /// TIME_WAIT for 60 s, so past about 550 new flows a second from one
+    /// peer (a gateway carries all its clients on one address) new flows
+    /// would meet TIME_WAIT sockets of old ones and be refused about half
+    /// the time (their timestamps are unrelated). What TIME_WAIT guards
+    /// against cannot happen here: once the flow is freed, a late segment
+    /// of it carries a flow ID that no longer exists and is dropped before
+    /// it reaches TCP, and the SAL FIN it might repeat is answered from
+    /// [`Closed`]. So the socket is destroyed (`SOCK_DESTROY`, what
+    /// `ss -K` does) as the flow is freed. Both FINs are acknowledged by
+    /// then, so the socket is in TIME_WAIT or already gone; a client flow's
+    /// socket took its port from the kernel, which skips its own TIME_WAIT
+    /// sockets, and is left alone. Only a socket in TIME_WAIT is destroyed.
+    fn end_time_wait(&mut self, st: &FlowState) {
+        if st.role != xlate_common::flow::role::SERVER {
+            return;
+        }
+        let Some(diag) = &self.diag else { return };
+        let local = SocketAddrV4::new(st.tcp_local_addr.into(), u16::from_be_bytes(st.tcp_local_port));
+        let peer = SocketAddrV4::new(st.tcp_peer_addr.into(), u16::from_be_bytes(st.tcp_peer_port));
+        match diag.end_time_wait(local, peer) {
+            Ok(crate::sockdiag::Destroyed::Yes) => self.maps.bump(Counter::TimeWaitEnded),
+            Ok(crate::sockdiag::Destroyed::NoSuchSocket | crate::sockdiag::Destroyed::LeftInState(_)) => {}
+            Err(e) => self.warnings.warn("ending a TIME_WAIT", format!("{e:#}")),
+        }
     }
 
     /// Timers: retransmissions, lingering closed flows, expiry.
