@@ -316,18 +316,13 @@ asyncio.run(main())
 /// Short connections per second, and their latency, through each path
 /// (the comparison the relay is the baseline of): plain routing to the
 /// instance, the fast path, the relay with splice and with copies. Each
-/// path gets a lab of its own: the instance sees every connection from the
-/// gateway's one SAL address, and the TIME_WAIT sockets one path leaves
-/// (up to 32768 ports' worth, `docs/host-mode.md`) must not meet the next.
+/// path gets a lab of its own, so that no path runs beside what the one
+/// before it left (sockets, flows in their linger).
 pub fn connections(bin: &Path, seconds: u32) -> Result<Table> {
     const SHORT_PORT: &str = "5301";
     const CONC: &str = "16";
     let config = service_config("connections.toml", SHORT_PORT, "00001452")?;
     let config = config.to_str().context("config path")?;
-    // At most 4 s: a few thousand connections a second would otherwise
-    // wrap the instance's per-CPU half of the peer ports (16384) within
-    // TIME_WAIT and measure that limit instead of the path.
-    let seconds = seconds.min(4);
     let secs = seconds.to_string();
     let paths: [(&str, &[&str], &str); 4] = [
         ("plain IP routing to the instance (no SAL)", &["run"], translator::INSTANCES[0]),

@@ -62,6 +62,10 @@ enum Cmd {
         /// figures: before and after a change, under the same conditions.
         #[arg(long, value_name = "REV")]
         baseline: Option<String>,
+        /// Run only these tables (repeat or comma-separate); all of them
+        /// when not given.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<BenchTable>,
     },
     /// Without arguments: build everything and start the built-in lab
     /// (client, gateway running the translator, two host-mode instances
@@ -72,6 +76,19 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+}
+
+/// The tables `cargo xtask bench` prints, in that order.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchTable {
+    /// Host mode against plain TCP (iperf3).
+    HostMode,
+    /// The fast path, the relay and plain routing through a gateway (iperf3).
+    Translator,
+    /// Short connections per second through the same paths.
+    Connections,
+    /// The XDP program's ns/packet (BPF_PROG_TEST_RUN).
+    Xdp,
 }
 
 fn main() {
@@ -86,7 +103,7 @@ fn real_main() -> Result<()> {
         Cmd::Setup => setup::setup().map(|_| ()),
         Cmd::Build { release } => build(release).map(|_| ()),
         Cmd::Test { no_fuzz, fuzz_seconds, cargo_args } => test(no_fuzz, fuzz_seconds, &cargo_args),
-        Cmd::Bench { seconds, baseline } => {
+        Cmd::Bench { seconds, baseline, only } => {
             if !is_root() {
                 bail!("cargo xtask bench needs root (network namespaces, BPF)");
             }
@@ -98,9 +115,13 @@ fn real_main() -> Result<()> {
                 let mut new = Vec::new();
                 let mut base = Vec::new();
                 type Bench = fn(&std::path::Path, u32) -> Result<bench::Table>;
-                let benches: [Bench; 4] =
-                    [bench::host_mode, bench::translator, bench::connections, |b: &std::path::Path, _| bench::xdp(b)];
-                for f in benches {
+                let benches: [(BenchTable, Bench); 4] = [
+                    (BenchTable::HostMode, bench::host_mode),
+                    (BenchTable::Translator, bench::translator),
+                    (BenchTable::Connections, bench::connections),
+                    (BenchTable::Xdp, |b: &std::path::Path, _| bench::xdp(b)),
+                ];
+                for (_, f) in benches.into_iter().filter(|(t, _)| only.is_empty() || only.contains(t)) {
                     new.push(f(&bin, seconds)?);
                     if let Some(o) = &old {
                         base.push(f(o, seconds)?);
