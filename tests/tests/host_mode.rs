@@ -143,6 +143,59 @@ fn a_server_that_closes_first_leaves_no_time_wait_behind() {
     assert_eq!(lab.stats(false)["time_wait_ended"], 0);
 }
 
+/// Answers each connection with a line and closes only after the client
+/// has closed: argv address, port.
+const CLOSES_SECOND_SERVER: &str = r#"
+import socket, sys
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2]))); l.listen(128); print("listening", flush=True)
+while True:
+    c, _ = l.accept(); c.settimeout(10)
+    c.recv(100); c.sendall(b"ok\n")
+    while c.recv(100): pass
+    c.close()
+"#;
+
+/// Connection after connection, each closed by the client as soon as the
+/// answer is in: argv address, port, count. Prints "N ok".
+const CLOSES_FIRST_CLIENT: &str = r#"
+import socket, sys
+ok = 0
+for i in range(int(sys.argv[3])):
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    s.sendall(b"hi\n")
+    ok += s.recv(100) == b"ok\n"
+    s.close()
+print(ok, "ok")
+"#;
+
+/// The connecting side's mirror of the above: a client that closes first
+/// holds its ephemeral port toward the service's address and port in
+/// TIME_WAIT (the relay's connections to instances are such clients), and
+/// connect() slows and then fails as those ports fill up. The agent ends
+/// those TIME_WAITs too; the server, which closed second, has none.
+#[test]
+fn a_client_that_closes_first_leaves_no_time_wait_behind() {
+    require_root();
+    let _g = serial();
+    let lab = HostLab::new("twc");
+    let port = APP_PORT.to_string();
+    let mut server = lab.server.spawn("python3", &["-c", CLOSES_SECOND_SERVER, SERVER_IP, &port]);
+    server.wait_for_line("listening", Duration::from_secs(10));
+    const N: u64 = 200;
+    let out = lab.client.output("python3", &["-c", CLOSES_FIRST_CLIENT, APP_ADDR, &port, &N.to_string()]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(report.trim(), format!("{N} ok"), "{}", String::from_utf8_lossy(&out.stderr));
+    lab.wait_no_flows(Duration::from_secs(5));
+    for (side, ns) in [(false, &lab.client), (true, &lab.server)] {
+        let tw = sh(ns, "ss -Htan state time-wait | wc -l");
+        assert_eq!(tw, "0", "TIME_WAIT sockets left (server side {side})");
+    }
+    let (c, s) = (lab.stats(false), lab.stats(true));
+    assert_eq!((c["time_wait_ended"], c["flows_freed"]), (N, N), "client: {c:?}");
+    assert_eq!(s["time_wait_ended"], 0, "server: {s:?}");
+}
+
 const SEQUENTIAL_CLIENT: &str = r#"
 import socket, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)

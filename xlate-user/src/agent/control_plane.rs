@@ -701,7 +701,7 @@ impl ControlPlane {
         if let (Some(c), Some((st, addrs))) = (self.ctl.get(&id).cloned(), self.flow(id)) {
             if c.peer_fin && c.fin_acked_at.is_some() {
                 // Before the tuple is released: no new flow can hold it yet.
-                self.end_time_wait(&st);
+                self.end_time_wait(&st, &addrs);
                 let closed = Closed {
                     state: st,
                     addrs,
@@ -732,25 +732,34 @@ impl ControlPlane {
         self.maps.bump(why);
     }
 
-    /// Ends the TIME_WAIT of a serving socket whose flow closed cleanly.
+    /// Ends the TIME_WAIT of this host's socket of a flow that closed
+    /// cleanly.
     ///
-    /// Host mode gives every flow from one SAL peer a TCP identity (the
-    /// peer's address, a port from a rotation of 32768) at this host's
-    /// server. A server that closes first leaves that identity in
-    /// TIME_WAIT for 60 s, so past about 550 new flows a second from one
+    /// Serving side: host mode gives every flow from one SAL peer a TCP
+    /// identity (the peer's address, a port from a rotation of 32768) at
+    /// this host's server. A server that closes first leaves that identity
+    /// in TIME_WAIT for 60 s, so past about 550 new flows a second from one
     /// peer (a gateway carries all its clients on one address) new flows
     /// would meet TIME_WAIT sockets of old ones and be refused about half
-    /// the time (their timestamps are unrelated). What TIME_WAIT guards
-    /// against cannot happen here: once the flow is freed, a late segment
-    /// of it carries a flow ID that no longer exists and is dropped before
-    /// it reaches TCP, and the SAL FIN it might repeat is answered from
-    /// [`Closed`]. So the socket is destroyed (`SOCK_DESTROY`, what
-    /// `ss -K` does) as the flow is freed. Both FINs are acknowledged by
-    /// then, so the socket is in TIME_WAIT or already gone; a client flow's
-    /// socket took its port from the kernel, which skips its own TIME_WAIT
-    /// sockets, and is left alone. Only a socket in TIME_WAIT is destroyed.
-    fn end_time_wait(&mut self, st: &FlowState) {
-        if st.role != xlate_common::flow::role::SERVER {
+    /// the time (their timestamps are unrelated). Connecting side (host
+    /// mode's applications, the relay's connections to instances): a
+    /// socket that closes first holds its ephemeral port toward that
+    /// instance address and port for 60 s, and as the ports fill up every
+    /// connect() searches longer and finally fails.
+    ///
+    /// What TIME_WAIT guards against cannot happen here: once the flow is
+    /// freed, a late segment of it carries a flow ID that no longer exists
+    /// and is dropped before it reaches TCP, and the SAL FIN it might
+    /// repeat is answered from [`Closed`]. So the socket is destroyed
+    /// (`SOCK_DESTROY`, what `ss -K` does) as the flow is freed. Both FINs
+    /// are acknowledged by then, so the socket is in TIME_WAIT or already
+    /// gone; only one in TIME_WAIT, with exactly the flow's 4-tuple, is
+    /// destroyed. A translator flow's TCP end is the legacy client, not a
+    /// socket here (its address is not the flow's own SAL address), and is
+    /// not looked for.
+    fn end_time_wait(&mut self, st: &FlowState, addrs: &FlowAddrs) {
+        let local_tcp_end = st.role == xlate_common::flow::role::SERVER || st.tcp_local_addr == addrs.local_ip;
+        if !local_tcp_end {
             return;
         }
         let Some(diag) = &self.diag else { return };
