@@ -96,104 +96,80 @@ fn curl_downloads_50_mb_and_100_concurrent_connections_complete() {
     }
 }
 
-/// Connection after connection to an HTTP/1.0 server, which closes
-/// first: argv host, port, count. Prints "N ok".
-const ONE_AFTER_ANOTHER: &str = r#"
-import socket, sys
-ok = 0
-for i in range(int(sys.argv[3])):
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-    s.sendall(b"GET /small.txt HTTP/1.0\r\n\r\n")
-    data = b""
-    while True:
-        d = s.recv(4096)
-        if not d: break
-        data += d
-    s.close()
-    ok += data.endswith(b"x" * 1000)
-print(ok, "ok")
-"#;
-
-/// A server that closes first leaves its side of every connection in
-/// TIME_WAIT for 60 s; from one SAL peer host mode has only 32768 TCP
-/// identities per server port, so past ~550 new flows a second new flows
-/// would land on those sockets. The agent ends each TIME_WAIT as the flow
-/// is freed (the SAL flow ID guards against old segments instead): none
-/// is left, and the counter says how many were ended.
-#[test]
-fn a_server_that_closes_first_leaves_no_time_wait_behind() {
-    require_root();
-    let _g = serial();
-    let mut lab = HostLab::new("tw");
-    std::fs::write(lab.dir.join("small.txt"), "x".repeat(1000)).unwrap();
-    lab.start_http();
-    const N: u64 = 200;
-    let out = lab
-        .client
-        .output("python3", &["-c", ONE_AFTER_ANOTHER, SERVICE_ADDR, &SERVICE_PORT.to_string(), &N.to_string()]);
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(report.trim(), format!("{N} ok"), "{}", String::from_utf8_lossy(&out.stderr));
-    lab.wait_no_flows(Duration::from_secs(5));
-    let tw = sh(&lab.server, &format!("ss -Htan state time-wait '( sport = :{HTTP_PORT} )' | wc -l"));
-    assert_eq!(tw, "0", "TIME_WAIT sockets left at the server");
-    let s = lab.stats(true);
-    assert_eq!((s["time_wait_ended"], s["flows_freed"]), (N, N), "{s:?}");
-    // The client closed second: it has no TIME_WAIT, and its agent (whose
-    // sockets chose their own ports) ended none.
-    assert_eq!(lab.stats(false)["time_wait_ended"], 0);
-}
-
-/// Answers each connection with a line and closes only after the client
-/// has closed: argv address, port.
-const CLOSES_SECOND_SERVER: &str = r#"
+/// Answers each connection with a line; closes at once when argv 3 is
+/// "first", after the client has closed otherwise: argv address, port,
+/// who closes first ("server" or "client").
+const LINE_SERVER: &str = r#"
 import socket, sys
 l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 l.bind((sys.argv[1], int(sys.argv[2]))); l.listen(128); print("listening", flush=True)
 while True:
     c, _ = l.accept(); c.settimeout(10)
     c.recv(100); c.sendall(b"ok\n")
-    while c.recv(100): pass
+    if sys.argv[3] == "client":
+        while c.recv(100): pass
     c.close()
 "#;
 
-/// Connection after connection, each closed by the client as soon as the
-/// answer is in: argv address, port, count. Prints "N ok".
-const CLOSES_FIRST_CLIENT: &str = r#"
+/// Connection after connection: send a line, read the answer, close (at
+/// once, or after the server's close when argv 4 is "server"): argv
+/// address, port, count, who closes first. Prints "N ok".
+const LINE_CLIENT: &str = r#"
 import socket, sys
 ok = 0
 for i in range(int(sys.argv[3])):
     s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
     s.sendall(b"hi\n")
-    ok += s.recv(100) == b"ok\n"
+    got = s.recv(100)
+    if sys.argv[4] == "server":
+        while s.recv(100): pass
+    ok += got == b"ok\n"
     s.close()
 print(ok, "ok")
 "#;
 
-/// The connecting side's mirror of the above: a client that closes first
-/// holds its ephemeral port toward the service's address and port in
-/// TIME_WAIT (the relay's connections to instances are such clients), and
-/// connect() slows and then fails as those ports fill up. The agent ends
-/// those TIME_WAITs too; the server, which closed second, has none.
-#[test]
-fn a_client_that_closes_first_leaves_no_time_wait_behind() {
+/// 200 connections, one after another, closed first by `first` ("server"
+/// or "client"); then no TIME_WAIT socket is left on either side and the
+/// agent of the side that closed first ended all 200 (the other none).
+fn connections_leave_no_time_wait(first: &str) {
     require_root();
     let _g = serial();
-    let lab = HostLab::new("twc");
+    let lab = HostLab::new(&format!("tw{first}"));
     let port = APP_PORT.to_string();
-    let mut server = lab.server.spawn("python3", &["-c", CLOSES_SECOND_SERVER, SERVER_IP, &port]);
+    let mut server = lab.server.spawn("python3", &["-c", LINE_SERVER, SERVER_IP, &port, first]);
     server.wait_for_line("listening", Duration::from_secs(10));
     const N: u64 = 200;
-    let out = lab.client.output("python3", &["-c", CLOSES_FIRST_CLIENT, APP_ADDR, &port, &N.to_string()]);
+    let out = lab.client.output("python3", &["-c", LINE_CLIENT, APP_ADDR, &port, &N.to_string(), first]);
     let report = String::from_utf8_lossy(&out.stdout);
     assert_eq!(report.trim(), format!("{N} ok"), "{}", String::from_utf8_lossy(&out.stderr));
     lab.wait_no_flows(Duration::from_secs(5));
-    for (side, ns) in [(false, &lab.client), (true, &lab.server)] {
+    for (side, ns) in [("client", &lab.client), ("server", &lab.server)] {
         let tw = sh(ns, "ss -Htan state time-wait | wc -l");
-        assert_eq!(tw, "0", "TIME_WAIT sockets left (server side {side})");
+        assert_eq!(tw, "0", "TIME_WAIT sockets left at the {side}");
+        let s = lab.stats(side == "server");
+        let ended = if side == first { N } else { 0 };
+        assert_eq!((s["time_wait_ended"], s["flows_freed"]), (ended, N), "{side}: {s:?}");
     }
-    let (c, s) = (lab.stats(false), lab.stats(true));
-    assert_eq!((c["time_wait_ended"], c["flows_freed"]), (N, N), "client: {c:?}");
-    assert_eq!(s["time_wait_ended"], 0, "server: {s:?}");
+}
+
+/// A server that closes first (HTTP/1.0, many RPC servers) leaves its side
+/// of every connection in TIME_WAIT for 60 s; from one SAL peer host mode
+/// has only 32768 TCP identities per server port, so past ~550 new flows a
+/// second new flows would land on those sockets. The agent ends each
+/// TIME_WAIT as the flow is freed (the SAL flow ID guards against old
+/// segments instead).
+#[test]
+fn a_server_that_closes_first_leaves_no_time_wait_behind() {
+    connections_leave_no_time_wait("server");
+}
+
+/// The connecting side's mirror: a client that closes first holds its
+/// ephemeral port toward the service's address and port in TIME_WAIT (the
+/// relay's connections to instances are such clients), and connect()
+/// slows and then fails as those ports fill up.
+#[test]
+fn a_client_that_closes_first_leaves_no_time_wait_behind() {
+    connections_leave_no_time_wait("client");
 }
 
 const SEQUENTIAL_CLIENT: &str = r#"
