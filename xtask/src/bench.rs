@@ -271,6 +271,8 @@ async def serve(r, w):
     await r.readline()
     w.write(b"ok\n")
     await w.drain()
+    if sys.argv[2] == "client":
+        await r.read()
     w.close()
 async def main():
     s = await asyncio.start_server(serve, "0.0.0.0", int(sys.argv[1]), backlog=4096)
@@ -281,12 +283,18 @@ asyncio.run(main())
 
 /// The client for [`connections`]: CONC (argv 4) workers open connection
 /// after connection to HOST:PORT for SECONDS (argv 3), each sending a line
-/// and reading the answer to its end. Prints connections per second, the
+/// and reading the answer, then closing at once (argv 5 "client") or
+/// after the server closed ("server"). Prints connections per second, the
 /// median and 99th percentile of a connection's life (connect to close)
-/// in ms, and the failures.
+/// in ms, and the failures. A client that closes first lets its network
+/// namespace reuse its own TIME_WAIT ports on connect (`tcp_tw_reuse`):
+/// one client host opening thousands of connections a second to one
+/// address would otherwise measure its own port range, not the path.
 const SHORT_CLIENT: &str = r#"
 import asyncio, sys, time
-host, port, secs, conc = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+host, port, secs, conc, first = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+if first == "client":
+    open("/proc/sys/net/ipv4/tcp_tw_reuse", "w").write("1")
 lat, failed = [], 0
 async def worker(deadline):
     global failed
@@ -295,7 +303,7 @@ async def worker(deadline):
         try:
             r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
             w.write(b"GET\n")
-            d = await asyncio.wait_for(r.read(), 5)
+            d = await asyncio.wait_for(r.readline() if first == "client" else r.read(), 5)
             w.close()
             if d == b"ok\n":
                 lat.append(time.monotonic() - t)
@@ -317,7 +325,10 @@ asyncio.run(main())
 /// (the comparison the relay is the baseline of): plain routing to the
 /// instance, the fast path, the relay with splice and with copies. Each
 /// path gets a lab of its own, so that no path runs beside what the one
-/// before it left (sockets, flows in their linger).
+/// before it left (sockets, flows in their linger). Once with the server
+/// closing first (HTTP/1.0), once with the client closing first (HTTP
+/// keep-alive clients): TIME_WAIT falls on the instance in the first case,
+/// on the relay's connections to it in the second.
 pub fn connections(bin: &Path, seconds: u32) -> Result<Table> {
     const SHORT_PORT: &str = "5301";
     const CONC: &str = "16";
@@ -325,28 +336,29 @@ pub fn connections(bin: &Path, seconds: u32) -> Result<Table> {
     let config = config.to_str().context("config path")?;
     let secs = seconds.to_string();
     let paths: [(&str, &[&str], &str); 4] = [
-        ("plain IP routing to the instance (no SAL)", &["run"], translator::INSTANCES[0]),
-        ("through the translator's fast path (XDP)", &["run"], translator::PUBLIC_IP),
-        ("through the relay, splice", &["relay", "--alias", "--mode", "splice"], translator::PUBLIC_IP),
-        ("through the relay, copy", &["relay", "--alias", "--mode", "copy"], translator::PUBLIC_IP),
+        ("plain IP routing (no SAL)", &["run"], translator::INSTANCES[0]),
+        ("fast path (XDP)", &["run"], translator::PUBLIC_IP),
+        ("relay, splice", &["relay", "--alias", "--mode", "splice"], translator::PUBLIC_IP),
+        ("relay, copy", &["relay", "--alias", "--mode", "copy"], translator::PUBLIC_IP),
     ];
     let mut rows = Vec::new();
-    for (name, cmd, dst) in paths {
+    for (first, (name, cmd, dst)) in ["server", "client"].into_iter().flat_map(|f| paths.map(|p| (f, p))) {
         let opts = TranslatorOptions { instances: 1, gro: true, client_tx_offload: true };
         let lab = Translator::build(Naming::Fixed("xlt-bc"), opts)?;
         let (client, inst) = (&lab.client, &lab.instances[0]);
         let serve = format!("00001452={SHORT_PORT}");
         let inst_agent =
             agent(bin, inst, &["host", "--iface", "e0", "--serve", &serve], &["host", "stop", "--iface", "e0"])?;
-        let mut server = inst.spawn("python3", &["-c", SHORT_SERVER, SHORT_PORT]);
+        let mut server = inst.spawn("python3", &["-c", SHORT_SERVER, SHORT_PORT, first]);
         server.wait_for_line("serving", Duration::from_secs(10));
         let mut args: Vec<&str> = cmd.to_vec();
         args.extend(["--iface", "g0", "--iface", "g1", "--config", config]);
         let gw = agent(bin, &lab.gateway, &args, &["stop", "--iface", "g0"])?;
-        let out = client.output("python3", &["-c", SHORT_CLIENT, dst, SHORT_PORT, &secs, CONC]);
+        let out = client.output("python3", &["-c", SHORT_CLIENT, dst, SHORT_PORT, &secs, CONC, first]);
         let text = String::from_utf8_lossy(&out.stdout);
         let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        rows.push(Row::new(name, if v.len() == 4 { &v } else { &[f64::NAN; 4] }));
+        let name = format!("{name}, {first} closes first");
+        rows.push(Row::new(&name, if v.len() == 4 { &v } else { &[f64::NAN; 4] }));
         drop((gw, server, inst_agent));
         drop(lab);
     }
