@@ -263,8 +263,10 @@ pub fn translator(bin: &Path, seconds: u32) -> Result<Table> {
     })
 }
 
-/// The instance's server for [`connections`]: answers each connection's
-/// request line with "ok" and closes (asyncio, one thread).
+/// The instance's server for [`connections`] on PORT (argv 1): answers
+/// each connection's request line with "ok" and closes, at once when argv
+/// 2 is "server", after the client has closed when it is "client"
+/// (asyncio, one thread).
 const SHORT_SERVER: &str = r#"
 import asyncio, sys
 async def serve(r, w):
