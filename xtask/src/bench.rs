@@ -331,47 +331,74 @@ asyncio.run(main())
 /// closing first (HTTP/1.0), once with the client closing first (HTTP
 /// keep-alive clients): TIME_WAIT falls on the instance in the first case,
 /// on the relay's connections to it in the second.
-pub fn connections(bin: &Path, seconds: u32) -> Result<Table> {
-    const SHORT_PORT: &str = "5301";
-    const CONC: &str = "16";
-    let config = service_config("connections.toml", SHORT_PORT, "00001452")?;
-    let config = config.to_str().context("config path")?;
-    let secs = seconds.to_string();
+///
+/// Builds compared (`--baseline`) take turns row by row, the order
+/// alternating from one row to the next, so that the machine's drift over
+/// the minutes a table takes falls on both alike. Returns one table per
+/// build, in the order of `bins`.
+pub fn connections(bins: &[&Path], seconds: u32) -> Result<Vec<Table>> {
     let paths: [(&str, &[&str], &str); 4] = [
         ("plain IP routing (no SAL)", &["run"], translator::INSTANCES[0]),
         ("fast path (XDP)", &["run"], translator::PUBLIC_IP),
         ("relay, splice", &["relay", "--alias", "--mode", "splice"], translator::PUBLIC_IP),
         ("relay, copy", &["relay", "--alias", "--mode", "copy"], translator::PUBLIC_IP),
     ];
-    let mut rows = Vec::new();
-    for (first, (name, cmd, dst)) in ["server", "client"].into_iter().flat_map(|f| paths.map(|p| (f, p))) {
-        let opts = TranslatorOptions { instances: 1, gro: true, client_tx_offload: true };
-        let lab = Translator::build(Naming::Fixed("xlt-bc"), opts)?;
-        let (client, inst) = (&lab.client, &lab.instances[0]);
-        let serve = format!("00001452={SHORT_PORT}");
-        let inst_agent =
-            agent(bin, inst, &["host", "--iface", "e0", "--serve", &serve], &["host", "stop", "--iface", "e0"])?;
-        let mut server = inst.spawn("python3", &["-c", SHORT_SERVER, SHORT_PORT, first]);
-        server.wait_for_line("serving", Duration::from_secs(10));
-        let mut args: Vec<&str> = cmd.to_vec();
-        args.extend(["--iface", "g0", "--iface", "g1", "--config", config]);
-        let gw = agent(bin, &lab.gateway, &args, &["stop", "--iface", "g0"])?;
-        let out = client.output("python3", &["-c", SHORT_CLIENT, dst, SHORT_PORT, &secs, CONC, first]);
-        let text = String::from_utf8_lossy(&out.stdout);
-        let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        let name = format!("{name}, {first} closes first");
-        rows.push(Row::new(&name, if v.len() == 4 { &v } else { &[f64::NAN; 4] }));
-        drop((gw, server, inst_agent));
-        drop(lab);
+    let mut rows: Vec<Vec<Row>> = bins.iter().map(|_| Vec::new()).collect();
+    let cases = ["server", "client"].into_iter().flat_map(|f| paths.map(|p| (f, p)));
+    for (n, (first, path)) in cases.enumerate() {
+        let mut order: Vec<usize> = (0..bins.len()).collect();
+        if n % 2 == 1 {
+            order.reverse();
+        }
+        for b in order {
+            rows[b].push(connections_row(bins[b], seconds, first, path)?);
+        }
     }
-    Ok(Table {
-        title: format!(
-            "connections: short connections client -> gateway -> instance ({CONC} at a time, a line each way, \
-             {seconds} s per run, a fresh lab per path); life = connect to close"
-        ),
-        columns: vec!["conn/s", "life p50 ms", "life p99 ms", "failed"],
-        rows,
-    })
+    Ok(rows
+        .into_iter()
+        .map(|rows| Table {
+            title: format!(
+                "connections: short connections client -> gateway -> instance ({SHORT_CONC} at a time, a line each \
+                 way, {seconds} s per run, a fresh lab per path); life = connect to close"
+            ),
+            columns: vec!["conn/s", "life p50 ms", "life p99 ms", "failed"],
+            rows,
+        })
+        .collect())
+}
+
+const SHORT_PORT: &str = "5301";
+const SHORT_CONC: &str = "16";
+
+/// One row of [`connections`]: a fresh lab, the instance's server closing
+/// `first` or after the client, and the gateway running `cmd`.
+fn connections_row(bin: &Path, seconds: u32, first: &str, (name, cmd, dst): (&str, &[&str], &str)) -> Result<Row> {
+    let config = service_config("connections.toml", SHORT_PORT, "00001452")?;
+    let config = config.to_str().context("config path")?;
+    let opts = TranslatorOptions { instances: 1, gro: true, client_tx_offload: true };
+    let lab = Translator::build(Naming::Fixed("xlt-bc"), opts)?;
+    let (client, inst) = (&lab.client, &lab.instances[0]);
+    let serve = format!("00001452={SHORT_PORT}");
+    let inst_agent =
+        agent(bin, inst, &["host", "--iface", "e0", "--serve", &serve], &["host", "stop", "--iface", "e0"])?;
+    let mut server = inst.spawn("python3", &["-c", SHORT_SERVER, SHORT_PORT, first]);
+    server.wait_for_line("serving", Duration::from_secs(10));
+    let mut args: Vec<&str> = cmd.to_vec();
+    args.extend(["--iface", "g0", "--iface", "g1", "--config", config]);
+    let gw = agent(bin, &lab.gateway, &args, &["stop", "--iface", "g0"])?;
+    let secs = seconds.to_string();
+    let out = client.output("python3", &["-c", SHORT_CLIENT, dst, SHORT_PORT, &secs, SHORT_CONC, first]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    drop((gw, server, inst_agent));
+    drop(lab);
+    Ok(Row::new(&format!("{name}, {first} closes first"), if v.len() == 4 { &v } else { &[f64::NAN; 4] }))
+}
+
+/// Runs a bench that measures one build for each of `bins` in turn (a
+/// whole table each); one table per build, in the order of `bins`.
+pub fn per_build(bins: &[&Path], seconds: u32, one: fn(&Path, u32) -> Result<Table>) -> Result<Vec<Table>> {
+    bins.iter().map(|b| one(b, seconds)).collect()
 }
 
 /// The XDP program's ns/packet (`xlate-user bench-xdp`, BPF_PROG_TEST_RUN).

@@ -111,21 +111,22 @@ fn real_main() -> Result<()> {
             let old = baseline.as_deref().map(build_baseline).transpose()?;
             let bin = build_with(true, &["testbed"])?;
             let r = (|| {
-                // Interleaved, so that drift of the machine hits both alike.
+                // Interleaved, so that drift of the machine hits both alike:
+                // table by table, or row by row where a bench can.
                 let mut new = Vec::new();
                 let mut base = Vec::new();
-                type Bench = fn(&std::path::Path, u32) -> Result<bench::Table>;
+                type Bench = fn(&[&std::path::Path], u32) -> Result<Vec<bench::Table>>;
                 let benches: [(BenchTable, Bench); 4] = [
-                    (BenchTable::HostMode, bench::host_mode),
-                    (BenchTable::Translator, bench::translator),
+                    (BenchTable::HostMode, |b, s| bench::per_build(b, s, bench::host_mode)),
+                    (BenchTable::Translator, |b, s| bench::per_build(b, s, bench::translator)),
                     (BenchTable::Connections, bench::connections),
-                    (BenchTable::Xdp, |b: &std::path::Path, _| bench::xdp(b)),
+                    (BenchTable::Xdp, |b, s| bench::per_build(b, s, |p, _| bench::xdp(p))),
                 ];
+                let bins: Vec<&std::path::Path> = std::iter::once(bin.as_path()).chain(old.as_deref()).collect();
                 for (_, f) in benches.into_iter().filter(|(t, _)| only.is_empty() || only.contains(t)) {
-                    new.push(f(&bin, seconds)?);
-                    if let Some(o) = &old {
-                        base.push(f(o, seconds)?);
-                    }
+                    let mut tables = f(&bins, seconds)?.into_iter();
+                    new.extend(tables.next());
+                    base.extend(tables.next());
                 }
                 bench::print(&new, baseline.as_deref().map(|r| (r, &base[..])));
                 Ok(())
