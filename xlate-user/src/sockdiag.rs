@@ -157,26 +157,33 @@ impl SockDiag {
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::net::{TcpListener, TcpStream};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
 
-    /// Needs root (CAP_NET_ADMIN); loopback of the test's own namespace.
-    #[test]
-    fn a_destroyed_socket_reports_an_error_and_its_peer_sees_a_reset() {
+    fn v4(a: SocketAddr) -> SocketAddrV4 {
+        match a {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(a) => panic!("{a}: loopback v4 expected"),
+        }
+    }
+
+    /// A listener on loopback of the test's own namespace and one
+    /// connection to it (client, server); `None` without root, which
+    /// sock_diag's destroy needs (CAP_NET_ADMIN).
+    fn connected() -> Option<(TcpListener, TcpStream, TcpStream)> {
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: needs root");
-            return;
+            return None;
         }
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (mut server, _) = l.accept().unwrap();
-        let local = match client.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
-        let peer = match client.peer_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
+        let (server, _) = l.accept().unwrap();
+        Some((l, client, server))
+    }
+
+    #[test]
+    fn a_destroyed_socket_reports_an_error_and_its_peer_sees_a_reset() {
+        let Some((_l, client, mut server)) = connected() else { return };
+        let (local, peer) = (v4(client.local_addr().unwrap()), v4(client.peer_addr().unwrap()));
         let diag = SockDiag::open().unwrap();
         assert_eq!(diag.destroy_tcp(local, peer).unwrap(), Destroyed::Yes);
         assert_eq!(diag.destroy_tcp(local, peer).unwrap(), Destroyed::NoSuchSocket);
@@ -192,17 +199,7 @@ mod tests {
     /// it ends the TIME_WAIT (host mode does so as a flow is freed).
     #[test]
     fn a_time_wait_socket_is_destroyed() {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root");
-            return;
-        }
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (server, _) = l.accept().unwrap();
-        let v4 = |a: std::net::SocketAddr| match a {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
+        let Some((l, client, server)) = connected() else { return };
         let (local, peer) = (v4(server.local_addr().unwrap()), v4(server.peer_addr().unwrap()));
         drop(server);
         let mut buf = [0u8; 8];
