@@ -140,6 +140,18 @@ impl HostLab {
         self.http = Some(http);
     }
 
+    /// Starts a python application server (`script`, argv: this host's
+    /// address, the application port, then `extra`) on the serving side
+    /// and waits for its "listening" line.
+    pub fn app_server(&self, script: &str, extra: &[&str]) -> Bg {
+        let port = APP_PORT.to_string();
+        let mut args = vec!["-c", script, SERVER_IP, &port];
+        args.extend_from_slice(extra);
+        let mut server = self.server.spawn("python3", &args);
+        server.wait_for_line("listening", Duration::from_secs(10));
+        server
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{SERVICE_ADDR}:{SERVICE_PORT}/{path}")
     }

@@ -136,8 +136,7 @@ fn connections_leave_no_time_wait(first: &str) {
     let _g = serial();
     let lab = HostLab::new(&format!("tw{first}"));
     let port = APP_PORT.to_string();
-    let mut server = lab.server.spawn("python3", &["-c", LINE_SERVER, SERVER_IP, &port, first]);
-    server.wait_for_line("listening", Duration::from_secs(10));
+    let _server = lab.app_server(LINE_SERVER, &[first]);
     const N: u64 = 200;
     let out = lab.client.output("python3", &["-c", LINE_CLIENT, APP_ADDR, &port, &N.to_string(), first]);
     let report = String::from_utf8_lossy(&out.stdout);
@@ -197,8 +196,7 @@ fn a_half_closed_connection_outlives_the_fin_wait_while_data_moves() {
     let _g = serial();
     let lab = HostLab::new("finwait");
     let port = APP_PORT.to_string();
-    let mut server = lab.server.spawn("python3", &["-c", EARLY_CLOSING_SERVER, SERVER_IP, &port]);
-    server.wait_for_line("listening", Duration::from_secs(10));
+    let mut server = lab.app_server(EARLY_CLOSING_SERVER, &[]);
     // 700 kB over 70 s: 10 kB a second, past the 60 s wait.
     let out = lab.client.output("python3", &["-c", LATE_UPLOADING_CLIENT, APP_ADDR, &port, "700000", "9", "70"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("client got b'bye'"), "{out:?}");
@@ -278,16 +276,14 @@ fn resets_reach_the_other_side_and_free_the_flows() {
     let port = APP_PORT.to_string();
 
     // Client abort: the serving application sees the reset.
-    let mut server = lab.server.spawn("python3", &["-c", PATIENT_SERVER, SERVER_IP, &port]);
-    server.wait_for_line("listening", Duration::from_secs(10));
+    let mut server = lab.app_server(PATIENT_SERVER, &[]);
     let out = lab.client.output("python3", &["-c", ABORTING_CLIENT, APP_ADDR, &port]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     server.wait_for_line("server saw reset", Duration::from_secs(10));
     lab.wait_no_flows(Duration::from_secs(5));
 
     // Server abort: the client application sees the reset.
-    let mut server = lab.server.spawn("python3", &["-c", ABORTING_SERVER, SERVER_IP, &port]);
-    server.wait_for_line("listening", Duration::from_secs(10));
+    let _server = lab.app_server(ABORTING_SERVER, &[]);
     let out = lab.client.output("python3", &["-c", PATIENT_CLIENT, APP_ADDR, &port]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -398,8 +394,7 @@ fn malformed_sal_is_dropped_counted_and_never_answered_with_icmp() {
     let _g = serial();
     let lab = HostLab::new("bad");
     let port = APP_PORT.to_string();
-    let mut echo = lab.server.spawn("python3", &["-c", ECHO_SERVER, SERVER_IP, &port]);
-    echo.wait_for_line("listening", Duration::from_secs(10));
+    let _echo = lab.app_server(ECHO_SERVER, &[]);
     let mut client = lab.client.spawn("python3", &["-c", SLOW_ECHO_CLIENT, APP_ADDR, &port]);
     client.wait_for_line("ready", Duration::from_secs(10));
     let flows = lab.flows(true);
@@ -482,8 +477,7 @@ fn routes_send_syns_to_their_targets_and_segments_fit_the_mtu() {
     let pcap = lab.dir.join("syn.pcap");
     // Headers only: enough for addresses and sizes.
     let mut cap = Capture::start(&lab.server, SERVER_IF, pcap.clone(), &["-s", "96", "ip", "proto", "144"]);
-    let mut echo = lab.server.spawn("python3", &["-c", ECHO_SERVER, SERVER_IP, &APP_PORT.to_string()]);
-    echo.wait_for_line("listening", Duration::from_secs(10));
+    let _echo = lab.app_server(ECHO_SERVER, &[]);
     let out = lab.client.output("python3", &["-c", ONE_ECHO, APP_ADDR, &APP_PORT.to_string()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let got = sh(&lab.client, &format!("curl -sS --fail --max-time 30 {} | sha256sum", lab.url("big.bin")));
