@@ -59,6 +59,7 @@ fn every_command_shows_an_example_and_read_commands_take_json() {
         &["decode"],
         &["watch"],
         &["run"],
+        &["check"],
         &["stats"],
         &["flows"],
         &["map", "show"],

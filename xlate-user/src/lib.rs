@@ -3,6 +3,7 @@
 pub mod agent;
 #[cfg(feature = "testbed")]
 pub mod benchmark;
+pub mod check;
 pub mod classify;
 pub mod config;
 pub mod decode;

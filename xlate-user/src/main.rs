@@ -71,6 +71,17 @@ enum Command {
         #[arg(long, conflicts_with = "alias")]
         no_relay: bool,
     },
+    /// Validate a translator configuration without touching the system
+    /// (no BPF, no network changes, no privileges), like `nginx -t`: a
+    /// one-line summary and exit 0, or the error (file, line, field,
+    /// value) and exit 2. Warnings about what loads but looks wrong go to
+    /// stderr. systemd units run it before a start and a reload.
+    #[command(after_help = "Example:\n  xlate-user check --config /etc/xlate/eth0.toml")]
+    Check {
+        /// TOML configuration (see config/xlate.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// The stream-level relay alone (the paper's translator design, and
     /// the baseline of the comparison): every service's connections are
     /// accepted by the relay and carried to the instance over a SAL
@@ -348,6 +359,7 @@ fn main() -> ExitCode {
         Command::Relay { gw } => {
             xlate_user::gateway::run(gw.options(xlate_user::gateway::RelayUse::Everything)).map(|_| ExitCode::SUCCESS)
         }
+        Command::Check { config } => xlate_user::check::run(&config).map(|_| ExitCode::SUCCESS),
         #[cfg(feature = "testbed")]
         Command::BenchXdp { runs } => xlate_user::benchmark::run(runs).map(|_| ExitCode::SUCCESS),
         Command::Stats(a) => xlate_user::gateway::stats(&a.iface).map(|rows| {

@@ -19,6 +19,7 @@ pub const TEST_TOOLS: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("curl", "curl"),
     ("nft", "nftables"),
+    ("systemd-analyze", "systemd"),
 ];
 
 static APT_UPDATE: Once = Once::new();
