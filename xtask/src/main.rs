@@ -8,6 +8,7 @@ mod lab;
 mod setup;
 mod toolchain;
 mod util;
+mod vm;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -36,12 +37,16 @@ enum Cmd {
         release: bool,
     },
     /// Set up, build, then run every test: unit, property, golden-vector,
-    /// kernel (BPF load/attach in network namespaces) and integration, and
-    /// a short fuzzing smoke run. Needs root.
+    /// kernel (BPF load/attach in network namespaces) and integration, a
+    /// short fuzzing smoke run, and the kernel matrix (the kernel suites in
+    /// Debian's 6.1 and 6.12 under qemu). Needs root.
     Test {
         /// Skip the fuzzing smoke run.
         #[arg(long)]
         no_fuzz: bool,
+        /// Skip the kernel matrix (Debian's kernels in qemu).
+        #[arg(long)]
+        no_vm: bool,
         /// Seconds of fuzzing per target.
         #[arg(long, default_value_t = 20)]
         fuzz_seconds: u32,
@@ -76,6 +81,22 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Boot Debian's kernels in qemu (software emulation, the host's root
+    /// read-only, tmpfs overlays where tests write, no network device) and
+    /// run a shell command in the workspace in each, e.g.
+    /// `cargo xtask vm --kernel 6.1 -- target/debug/deps/kernel_classify-HASH`.
+    /// Fails if a kernel does not boot or the command fails.
+    Vm {
+        /// 6.1 (Debian 12's), 6.12 (bookworm-security's) or all.
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// Seconds the command may run in each guest.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// The shell command line to run in the guest.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 /// The tables `cargo xtask bench` prints, in that order.
@@ -102,7 +123,10 @@ fn real_main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::setup().map(|_| ()),
         Cmd::Build { release } => build(release).map(|_| ()),
-        Cmd::Test { no_fuzz, fuzz_seconds, cargo_args } => test(no_fuzz, fuzz_seconds, &cargo_args),
+        Cmd::Test { no_fuzz, no_vm, fuzz_seconds, cargo_args } => test(no_fuzz, no_vm, fuzz_seconds, &cargo_args),
+        Cmd::Vm { kernel, timeout, command } => {
+            vm::run_command(&kernel, &command.join(" "), std::time::Duration::from_secs(timeout))
+        }
         Cmd::Bench { seconds, baseline, only } => {
             if !is_root() {
                 bail!("cargo xtask bench needs root (network namespaces, BPF)");
@@ -230,7 +254,7 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-fn test(no_fuzz: bool, fuzz_seconds: u32, cargo_args: &[String]) -> Result<()> {
+fn test(no_fuzz: bool, no_vm: bool, fuzz_seconds: u32, cargo_args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("cargo xtask test needs root: the kernel tests load BPF programs and create network namespaces");
     }
@@ -245,6 +269,14 @@ fn test(no_fuzz: bool, fuzz_seconds: u32, cargo_args: &[String]) -> Result<()> {
             .env("XLATE_EBPF_OBJECT", ebpf_object())
             .env("XLATE_USER_BIN", &bin),
     )?;
+    // The kernel suites again, in the kernels the programs ship to.
+    let kernels = if no_vm {
+        println!("test: kernel matrix skipped (--no-vm)");
+        Tally::default()
+    } else {
+        println!("test: kernel matrix: {} suites in each kernel", vm::SUITES.len());
+        vm::matrix(vm::SUITES)?
+    };
     let fuzzed = if no_fuzz {
         println!("test: fuzzing smoke run skipped (--no-fuzz)");
         0
@@ -255,7 +287,11 @@ fn test(no_fuzz: bool, fuzz_seconds: u32, cargo_args: &[String]) -> Result<()> {
         bail!("no test ran");
     }
     // The plain closing line CI reads, counting every test and fuzz target.
-    println!("xtask: {} passed, {} failed", tally.passed + fuzzed, tally.failed);
+    let failed = tally.failed + kernels.failed;
+    println!("xtask: {} passed, {} failed", tally.passed + kernels.passed + fuzzed, failed);
+    if kernels.failed > 0 {
+        bail!("the kernel matrix failed (see its table above)");
+    }
     Ok(())
 }
 
@@ -263,6 +299,22 @@ fn test(no_fuzz: bool, fuzz_seconds: u32, cargo_args: &[String]) -> Result<()> {
 struct Tally {
     passed: u64,
     failed: u64,
+}
+
+/// Passed and failed counts of a libtest summary line,
+/// "test result: ok. 11 passed; 0 failed; 0 ignored; …".
+fn result_line_counts(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let (mut passed, mut failed) = (0, 0);
+    for part in rest.split(';') {
+        let words: Vec<&str> = part.split_whitespace().collect();
+        match words.as_slice() {
+            [.., n, "passed"] => passed += n.parse::<u64>().unwrap_or(0),
+            [n, "failed"] => failed += n.parse::<u64>().unwrap_or(0),
+            _ => {}
+        }
+    }
+    Some((passed, failed))
 }
 
 /// [`cargo_test`], then unmounts a bpffs the agents mounted, pass or fail.
@@ -280,16 +332,9 @@ fn cargo_test(cmd: &mut Command) -> Result<Tally> {
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line?;
         println!("{line}");
-        // "test result: ok. 11 passed; 0 failed; 0 ignored; …"
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            for part in rest.split(';') {
-                let words: Vec<&str> = part.split_whitespace().collect();
-                match words.as_slice() {
-                    [.., n, "passed"] => tally.passed += n.parse::<u64>().unwrap_or(0),
-                    [n, "failed"] => tally.failed += n.parse::<u64>().unwrap_or(0),
-                    _ => {}
-                }
-            }
+        if let Some((passed, failed)) = result_line_counts(&line) {
+            tally.passed += passed;
+            tally.failed += failed;
         }
     }
     let status = child.wait()?;

@@ -22,6 +22,21 @@ pub const TEST_TOOLS: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
 ];
 
+/// What `cargo xtask vm` and the kernel matrix need: qemu, a static
+/// busybox for the guests' initramfs, kmod (depmod, modprobe) and the
+/// decompressors of Debian's kernels and modules.
+pub const VM_TOOLS: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("depmod", "kmod"),
+    ("xz", "xz-utils"),
+    ("zstd", "zstd"),
+];
+
+/// apt option: wait up to 5 minutes for another apt or dpkg (an unattended
+/// upgrade, a second xtask) instead of failing at once.
+pub const APT_LOCK_WAIT: &str = "DPkg::Lock::Timeout=300";
+
 static APT_UPDATE: Once = Once::new();
 
 pub fn apt_install(packages: &[&str]) -> Result<()> {
@@ -33,27 +48,38 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     }
     let mut update_result = Ok(());
     APT_UPDATE.call_once(|| {
-        update_result = run(Command::new("apt-get").args(["update", "-q"]));
+        update_result = run(Command::new("apt-get").args(["-o", APT_LOCK_WAIT, "update", "-q"]));
     });
     update_result.context("apt-get update")?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(["-o", APT_LOCK_WAIT, "install", "-y", "-q", "--no-install-recommends"])
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
     .with_context(|| format!("apt-get install {}", packages.join(" ")))
 }
 
 fn ensure_test_tools() -> Result<()> {
-    let missing: Vec<&str> = TEST_TOOLS
+    ensure_tools("test tools", TEST_TOOLS)
+}
+
+/// Installs what the qemu guests need (see [`VM_TOOLS`]).
+pub fn ensure_vm_tools() -> Result<()> {
+    ensure_tools("vm tools", VM_TOOLS)
+}
+
+fn ensure_tools(what: &str, tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
         .iter()
-        .filter(|(bin, _)| which(bin).is_none() && !std::path::Path::new("/usr/sbin").join(bin).exists())
+        .filter(|(bin, _)| {
+            which(bin).is_none() && !["/usr/sbin", "/sbin"].iter().any(|d| std::path::Path::new(d).join(bin).exists())
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
-        println!("setup: test tools present: {}", TEST_TOOLS.iter().map(|t| t.0).collect::<Vec<_>>().join(" "));
+        println!("setup: {what} present: {}", tools.iter().map(|t| t.0).collect::<Vec<_>>().join(" "));
         return Ok(());
     }
-    println!("setup: installing test tools: {}", missing.join(" "));
+    println!("setup: installing {what}: {}", missing.join(" "));
     apt_install(&missing)
 }
 
