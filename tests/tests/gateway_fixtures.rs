@@ -37,6 +37,11 @@ impl Gw {
         Gw { bed: xlate_user::testbed::TestBed::new(sal_address, PUBLIC, instance).unwrap() }
     }
 
+    /// With the given build of the XDP program (see [`programs`]).
+    fn with_program(program: &'static str, sal_address: Ipv4Addr, instance: Ipv4Addr) -> Gw {
+        Gw { bed: xlate_user::testbed::TestBed::with_program(program, sal_address, PUBLIC, instance).unwrap() }
+    }
+
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         let (v, out, _) = self.bed.run(frame).unwrap();
         (v, out)
@@ -381,7 +386,7 @@ fn fix_sal(ip: &mut [u8]) {
 // exactly what offload needs, and the note turns it into exactly the
 // complete checksum.
 
-use xlate_common::flow::gw::ChecksumNote;
+use xlate_common::flow::gw::{self, ChecksumNote, ChecksumNoteKey};
 use xlate_common::wire::checksum;
 
 /// The pseudo-header sum (folded) of the TCP segment of an IPv4 datagram.
@@ -421,26 +426,76 @@ fn make_ambiguous(ip: &mut [u8], tcp: usize, word: usize) {
     assert_eq!(u16::from_be_bytes([ip[tcp + 16], ip[tcp + 17]]), pseudo_sum(ip, len), "and ambiguous");
 }
 
-/// The note the program left, and the frame after the TC stage applied it
-/// (as `bpf_l4_csum_replace` does for a skb that is not CHECKSUM_PARTIAL).
-fn settle(meta: &[u8], frame: &[u8]) -> (ChecksumNote, Vec<u8>) {
-    assert_eq!(meta.len(), ChecksumNote::LEN, "a checksum note in front of the frame");
-    let word = |i: usize| u32::from_ne_bytes(meta[i..i + 4].try_into().unwrap());
-    let note = ChecksumNote { magic: word(0), csum_offset: word(4), diff: word(8) };
+/// The builds of the XDP program this kernel loads: both where the
+/// verifier allows XDP metadata (each path is tested wherever it can be),
+/// the map-carried notes alone where it does not.
+fn programs() -> Vec<&'static str> {
+    let mut p = vec![gw::XDP_PROGRAM_NO_META];
+    if xlate_user::kernel_features::get().xdp_meta {
+        p.push(gw::XDP_PROGRAM);
+    }
+    p
+}
+
+/// The note the program left for the frame it rewrote (in XDP metadata
+/// or in the notes map, by build).
+fn note_left(gw: &Gw, frame: &[u8]) -> ChecksumNote {
+    if gw.bed.program == gw::XDP_PROGRAM {
+        let meta = &gw.bed.last_meta;
+        assert_eq!(meta.len(), ChecksumNote::LEN, "a checksum note in front of the frame");
+        let word = |i: usize| u32::from_ne_bytes(meta[i..i + 4].try_into().unwrap());
+        let note = ChecksumNote { magic: word(0), csum_offset: word(4), diff: word(8) };
+        assert_eq!(note.magic, ChecksumNote::MAGIC);
+        return note;
+    }
+    assert!(gw.bed.last_meta.is_empty(), "{}: no XDP metadata", gw.bed.program);
+    let notes: HashMap<_, ChecksumNoteKey, ChecksumNote> =
+        HashMap::try_from(gw.bed.ebpf.map(gw::CHECKSUM_NOTES).unwrap()).unwrap();
+    let all: Vec<(ChecksumNoteKey, ChecksumNote)> = notes.iter().map(|r| r.unwrap()).collect();
+    assert_eq!(all.len(), 1, "one note in {}", gw::CHECKSUM_NOTES);
+    let (key, note) = all[0];
+    let ip = &frame[14..34];
+    let tcp = note.csum_offset as usize - 16;
+    let want = ChecksumNoteKey::new(ip.try_into().unwrap(), frame[tcp + 4..tcp + 12].try_into().unwrap());
+    assert_eq!(key, want, "the note's key is the rewritten frame's");
     assert_eq!(note.magic, ChecksumNote::MAGIC);
-    let off = note.csum_offset as usize;
-    let mut f = frame.to_vec();
-    let field = u16::from_be_bytes([f[off], f[off + 1]]);
-    f[off..off + 2].copy_from_slice(&note.apply(field).to_be_bytes());
-    (note, f)
+    note
+}
+
+/// The note the program left, and the frame after the TC stage applied
+/// it, as for a skb that is not CHECKSUM_PARTIAL. With metadata, as
+/// `bpf_l4_csum_replace` does (BPF_PROG_TEST_RUN cannot hand XDP metadata
+/// to a TC program); with the map, the TC program itself runs on the frame
+/// and must take the note out of the map.
+fn settle(gw: &mut Gw, frame: &[u8]) -> (ChecksumNote, Vec<u8>) {
+    let note = note_left(gw, frame);
+    if gw.bed.program == gw::XDP_PROGRAM {
+        let off = note.csum_offset as usize;
+        let mut f = frame.to_vec();
+        let field = u16::from_be_bytes([f[off], f[off + 1]]);
+        f[off..off + 2].copy_from_slice(&note.apply(field).to_be_bytes());
+        return (note, f);
+    }
+    let before = gw.counters();
+    let (verdict, out) = gw.bed.run_tc_stage(frame).unwrap();
+    assert_eq!(verdict, 0, "TC_ACT_OK");
+    let after = gw.counters();
+    for c in Counter::all() {
+        let d = after[c.index() as usize] - before[c.index() as usize];
+        assert_eq!(d, u64::from(c == Counter::GwChecksumCompleted), "TC stage: counter {}", c.name());
+    }
+    let notes: HashMap<_, ChecksumNoteKey, ChecksumNote> =
+        HashMap::try_from(gw.bed.ebpf.map(gw::CHECKSUM_NOTES).unwrap()).unwrap();
+    assert_eq!(notes.keys().count(), 0, "the TC stage took the note out of the map");
+    (note, out)
 }
 
 /// A translator with the capture's flow past its SYN-ACK and the client's
 /// third ACK (which proves the client is there), and the capture.
-fn established() -> (Gw, Vec<(Vec<u8>, ServalRepr<'static>)>) {
+fn established(program: &'static str) -> (Gw, Vec<(Vec<u8>, ServalRepr<'static>)>) {
     require_root();
     let caps = capture_packets("handshake-data-close.pcap");
-    let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
+    let mut gw = Gw::with_program(program, CAP_CLIENT, CAP_SERVER);
     gw.insert_capture_flow();
     gw.expect(&eth(&caps[1].0), XDP_PASS, &[Counter::GwToTcp, Counter::IngressSynAck]);
     let Transport::Tcp(t) = caps[2].1.transport else { panic!() };
@@ -456,7 +511,13 @@ fn client_data(caps: &[(Vec<u8>, ServalRepr<'static>)]) -> (Vec<u8>, u32, u32, u
 
 #[test]
 fn an_ambiguous_complete_checksum_leaves_valid_both_ways() {
-    let (mut gw, caps) = established();
+    for program in programs() {
+        ambiguous_complete_checksum(program);
+    }
+}
+
+fn ambiguous_complete_checksum(program: &'static str) {
+    let (mut gw, caps) = established(program);
 
     // Client -> service: a data segment with a complete checksum that
     // equals its pseudo-header sum (tx offload off, as from a real NIC).
@@ -466,7 +527,7 @@ fn an_ambiguous_complete_checksum_leaves_valid_both_ways() {
     let tcp = 14 + 20 + 12;
     assert!(!tcp_valid(&out[14..], tcp - 14), "XDP writes the partial form");
     assert_eq!(u16::from_be_bytes([out[tcp + 16], out[tcp + 17]]), pseudo_sum(&out[14..], out.len() - tcp));
-    let (note, done) = settle(&gw.bed.last_meta, &out);
+    let (note, done) = settle(&mut gw, &out);
     assert_eq!(note.csum_offset as usize, tcp + 16);
     assert!(tcp_valid(&done[14..], tcp - 14), "the TC stage completes it");
     assert_eq!(&done[tcp..tcp + 4], &[0; 4], "ports zeroed");
@@ -479,14 +540,20 @@ fn an_ambiguous_complete_checksum_leaves_valid_both_ways() {
     make_ambiguous(&mut srv, 20 + hl, 20 + 12);
     let out = gw.expect(&eth(&srv), XDP_PASS, &[Counter::GwToTcp, Counter::GwPartialChecksum]);
     assert!(!tcp_valid(&out[14..], 20), "XDP writes the partial form");
-    let (note, done) = settle(&gw.bed.last_meta, &out);
+    let (note, done) = settle(&mut gw, &out);
     assert_eq!(note.csum_offset, 14 + 20 + 16);
     assert_eq!(done, expected_tcp(&srv), "after the TC stage: exactly the complete segment");
 }
 
 #[test]
 fn a_partial_checksum_leaves_in_the_form_offload_completes() {
-    let (mut gw, caps) = established();
+    for program in programs() {
+        partial_checksum(program);
+    }
+}
+
+fn partial_checksum(program: &'static str) {
+    let (mut gw, caps) = established(program);
 
     // A veth sender with tx offload: the field holds the pseudo-header sum
     // and the rest of the segment is not summed.
@@ -507,7 +574,7 @@ fn a_partial_checksum_leaves_in_the_form_offload_completes() {
     let c = !checksum::fold(s);
     done[tcp + 16..tcp + 18].copy_from_slice(&c.to_be_bytes());
     assert!(tcp_valid(&done[14..], tcp - 14));
-    assert_eq!(gw.bed.last_meta.len(), ChecksumNote::LEN, "the note is there; TC skips it for partial skbs");
+    assert_eq!(note_left(&gw, &out).csum_offset as usize, tcp + 16, "the note is there; TC skips it for partial skbs");
 
     // Unambiguous complete checksums carry no note.
     let seg = client_tcp(0x10, seq + payload as u32, ack, &[], &[]);

@@ -561,6 +561,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<EngineConfig>(), 4 + 4 + 6 + 2 + 4 + 4 + 4);
         assert_eq!(size_of::<gw::ChecksumNote>(), 12);
+        assert_eq!(size_of::<gw::ChecksumNoteKey>(), 20);
         assert_eq!(size_of::<FlowState>(), 32 + 16 + 16 + 12 + 4 + 8 + 8 + 8 + 16);
         assert_eq!(size_of::<FlowAddrs>(), 8);
         assert_eq!(size_of::<PeerKey>(), 8);
@@ -597,11 +598,53 @@ pub mod gw {
     /// from XDP; the agent keeps it current (see `redirect` in the agent).
     pub const REDIRECT_TARGETS: &str = "GW_REDIRECT_TARGETS";
     pub const MAX_REDIRECT_TARGETS: u32 = 256;
-    /// Names of the translator's programs.
+    /// Names of the translator's programs. Two builds of the XDP program
+    /// differ only in how a [`ChecksumNote`] reaches the TC stage: in XDP
+    /// metadata in front of the frame (`xlate_gw`), or in the
+    /// [`CHECKSUM_NOTES`] map (`xlate_gw_nometa`), for kernels whose
+    /// verifier refuses `bpf_xdp_adjust_meta` to XDP programs. The agent
+    /// probes the kernel and loads one of them.
     pub const XDP_PROGRAM: &str = "xlate_gw";
+    pub const XDP_PROGRAM_NO_META: &str = "xlate_gw_nometa";
     pub const CHECKSUM_PROGRAM: &str = "xlate_gw_checksum";
+    /// Checksum notes on their way from `xlate_gw_nometa` to the TC stage,
+    /// by [`ChecksumNoteKey`]. An LRU map: the TC stage removes each note it
+    /// applies; one whose frame never reached it (dropped on the way) ages
+    /// out.
+    pub const CHECKSUM_NOTES: &str = "GW_CHECKSUM_NOTES";
+    pub const MAX_CHECKSUM_NOTES: u32 = 4096;
 
-    /// Left in XDP metadata in front of a rewritten frame whose TCP
+    /// Which frame a note in [`CHECKSUM_NOTES`] is for: bytes of the
+    /// rewritten frame that both stages read alike. The IP length and ID,
+    /// the addresses, and the TCP sequence and acknowledgement numbers
+    /// tell apart any two segments in flight (a retransmission of the same
+    /// bytes carries the same note anyway).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[repr(C)]
+    pub struct ChecksumNoteKey {
+        /// IPv4 total length and identification, as on the wire.
+        pub len_id: [u8; 4],
+        /// IPv4 source and destination, as on the wire.
+        pub addrs: [u8; 8],
+        /// TCP sequence and acknowledgement numbers, as on the wire.
+        pub seq_ack: [u8; 8],
+    }
+
+    impl ChecksumNoteKey {
+        /// The key of the frame whose IPv4 header is `ip` and whose TCP
+        /// header has `seq_ack` at bytes 4..12.
+        #[inline(always)]
+        pub fn new(ip: &[u8; 20], seq_ack: [u8; 8]) -> Self {
+            let mut len_id = [0u8; 4];
+            len_id.copy_from_slice(&ip[2..6]);
+            let mut addrs = [0u8; 8];
+            addrs.copy_from_slice(&ip[12..20]);
+            ChecksumNoteKey { len_id, addrs, seq_ack }
+        }
+    }
+
+    /// Left in XDP metadata in front of a rewritten frame (or in
+    /// [`CHECKSUM_NOTES`], see [`XDP_PROGRAM_NO_META`]) whose TCP
     /// checksum field held exactly the pseudo-header sum. Such a field is
     /// either a partial checksum (the sender left the rest to offload) or,
     /// once in 65536 segments, a complete checksum that happens to have
@@ -683,4 +726,10 @@ pub mod gw {
     #[cfg(feature = "user")]
     // SAFETY: repr(C), no implicit padding, every bit pattern valid.
     unsafe impl aya::Pod for GwService {}
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), no implicit padding, every bit pattern valid.
+    unsafe impl aya::Pod for ChecksumNote {}
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), byte arrays only.
+    unsafe impl aya::Pod for ChecksumNoteKey {}
 }

@@ -17,19 +17,23 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS},
         TC_ACT_OK,
     },
+    helpers::bpf_xdp_adjust_meta,
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, LruHashMap},
     programs::{TcContext, XdpContext},
 };
 use xlate_common::{
     flow::{
         config_flag,
-        gw::{flow_hash, redirect, ChecksumNote, GwService, MAGLEV_SIZE, MAX_REDIRECT_TARGETS, MAX_SERVICES},
+        gw::{
+            flow_hash, redirect, ChecksumNote, ChecksumNoteKey, GwService, MAGLEV_SIZE, MAX_CHECKSUM_NOTES,
+            MAX_REDIRECT_TARGETS, MAX_SERVICES,
+        },
         Counter, Hook,
     },
     maps::{FlowKey, ServiceKey},
     translate::{TCP_ACK, TCP_SYN},
-    wire::{checksum, ethernet, ipv4::field as ipf, tcp::field as tcpf, IPPROTO_SAL, IPPROTO_TCP},
+    wire::{checksum, ethernet, ipv4::field as ipf, sal, tcp::field as tcpf, IPPROTO_SAL, IPPROTO_TCP},
 };
 
 use crate::engine::{
@@ -53,16 +57,36 @@ static MAGLEV: Array<[u8; 4]> = Array::pinned(MAX_SERVICES * MAGLEV_SIZE, 0);
 static RELAY_SERVICES: HashMap<ServiceKey, u32> = HashMap::pinned(MAX_SERVICES, 0);
 #[map(name = "GW_REDIRECT_TARGETS")]
 static REDIRECT_TARGETS: HashMap<u32, u32> = HashMap::pinned(MAX_REDIRECT_TARGETS, 0);
+/// Checksum notes from `xlate_gw_nometa` to the TC stage (see
+/// `xlate_common::flow::gw::CHECKSUM_NOTES`).
+#[map(name = "GW_CHECKSUM_NOTES")]
+static NOTES: LruHashMap<ChecksumNoteKey, ChecksumNote> = LruHashMap::pinned(MAX_CHECKSUM_NOTES, 0);
 
 /// A frame too short for what its headers announce is passed as it came;
 /// one that fails half-rewritten is dropped.
 const FAULTS: Faults =
     Faults { unread: Exit::Pass(Counter::GwPassTruncated), half_written: Counter::GwDropRewriteFailed };
 
+/// The translator; checksum notes go to the TC stage in XDP metadata.
 #[xdp]
 pub fn xlate_gw(ctx: XdpContext) -> u32 {
-    let f = XdpFrame::new(&ctx);
-    match gateway(&f) {
+    translator::<true>(&ctx)
+}
+
+/// The same translator for kernels that refuse `bpf_xdp_adjust_meta` to
+/// XDP programs: checksum notes go through the `GW_CHECKSUM_NOTES` map.
+#[xdp]
+pub fn xlate_gw_nometa(ctx: XdpContext) -> u32 {
+    translator::<false>(&ctx)
+}
+
+/// `META`: whether notes travel in XDP metadata (else in the map). A
+/// constant, so each program holds only its own carrier's code: a kernel
+/// that refuses the metadata helper never sees a call to it.
+#[inline(always)]
+fn translator<const META: bool>(ctx: &XdpContext) -> u32 {
+    let f = XdpFrame::new(ctx);
+    match gateway::<META>(&f) {
         Ok(action) => action,
         Err(exit) => match exit.resolve(&f, Hook::Xdp, FAULTS) {
             Action::Pass => XDP_PASS,
@@ -76,7 +100,7 @@ pub fn xlate_gw(ctx: XdpContext) -> u32 {
 /// called one after the other from here: no call chain stacks two big
 /// frames.
 #[inline(always)]
-fn gateway(f: &XdpFrame) -> Result<u32, Exit> {
+fn gateway<const META: bool>(f: &XdpFrame) -> Result<u32, Exit> {
     let shape = ipv4::shape(f)?;
     let proto = match shape.protocol() {
         Some(p @ (IPPROTO_TCP | IPPROTO_SAL)) => p,
@@ -101,7 +125,7 @@ fn gateway(f: &XdpFrame) -> Result<u32, Exit> {
         };
         let to_sal = ToSal::unpack(tcp_to_sal_fn(f, id).unpack()?);
         translated(f, Hook::Xdp, Counter::GwToSal);
-        f.leave_note(to_sal.tcp_at + tcpf::CHECKSUM);
+        leave_note::<META>(f, to_sal.tcp_at + tcpf::CHECKSUM);
         return Ok(forward_fn(f));
     }
     let Some(cfg) = CONFIG.get(0) else {
@@ -112,8 +136,47 @@ fn gateway(f: &XdpFrame) -> Result<u32, Exit> {
     }
     sal_to_tcp_fn(f).unpack()?;
     translated(f, Hook::Xdp, Counter::GwToTcp);
-    f.leave_note(L4_AT + tcpf::CHECKSUM);
+    leave_note::<META>(f, L4_AT + tcpf::CHECKSUM);
     Ok(forward_fn(f))
+}
+
+/// Leaves the note for the TC stage when the frame's TCP checksum (at
+/// `csum_at`) was written in the partial form: in XDP metadata in front of
+/// the frame (`META`), else in the notes map under the frame's key.
+/// Without either the partial form stays: right for the partial checksums
+/// of local senders, wrong for the rare complete one (counted). Its own
+/// BPF function: the key and note stay off the program's frame, which the
+/// verifier adds to `new_flow`'s (512 bytes in all).
+#[inline(never)]
+fn leave_note<const META: bool>(f: &XdpFrame, csum_at: usize) {
+    let Some(note) = f.note(csum_at) else { return };
+    count(Counter::GwPartialChecksum);
+    let left = if META { note_in_meta(f, note) } else { note_in_map(f, note, csum_at) };
+    if left.is_none() {
+        count(Counter::GwChecksumUnresolved);
+    }
+}
+
+#[inline(always)]
+fn note_in_meta(f: &XdpFrame, note: ChecksumNote) -> Option<()> {
+    // SAFETY: growing the metadata area of our own frame; checked below.
+    if unsafe { bpf_xdp_adjust_meta(f.ctx.ctx, -(ChecksumNote::LEN as i32)) } != 0 {
+        return None;
+    }
+    let meta = f.ctx.metadata();
+    if meta + ChecksumNote::LEN > f.ctx.data() {
+        return None;
+    }
+    // SAFETY: bounds checked against data just above.
+    unsafe { (meta as *mut ChecksumNote).write_unaligned(note) };
+    Some(())
+}
+
+#[inline(always)]
+fn note_in_map(f: &XdpFrame, note: ChecksumNote, csum_at: usize) -> Option<()> {
+    let ip: [u8; 20] = f.load(IP_AT).ok()?;
+    let seq_ack: [u8; 8] = f.load(csum_at - tcpf::CHECKSUM + tcpf::SEQ).ok()?;
+    NOTES.insert(&ChecksumNoteKey::new(&ip, seq_ack), &note, 0).ok()
 }
 
 /// Starts a flow for a client SYN to a configured service: picks the
@@ -224,19 +287,17 @@ fn forward(f: &XdpFrame) -> Option<u32> {
 /// frame that XDP rewrote in the partial form (see [`ChecksumNote`]).
 /// `bpf_l4_csum_replace` with a plain difference leaves a CHECKSUM_PARTIAL
 /// skb alone (the kernel or the NIC will sum the rewritten segment) and
-/// completes every other one.
+/// completes every other one. The note is in the XDP metadata in front of
+/// the frame (`xlate_gw`) or in the notes map (`xlate_gw_nometa`).
 #[classifier]
 pub fn xlate_gw_checksum(ctx: TcContext) -> i32 {
-    // SAFETY: reading context fields the verifier turns into packet pointers.
-    let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, (*ctx.skb.skb).data as usize) };
-    if meta + ChecksumNote::LEN > data {
-        return TC_ACT_OK;
-    }
-    // SAFETY: bounds checked just above.
-    let note = unsafe { (meta as *const ChecksumNote).read_unaligned() };
-    if note.magic != ChecksumNote::MAGIC {
-        return TC_ACT_OK;
-    }
+    let note = match note_from_meta(&ctx) {
+        Some(n) => n,
+        None => match note_from_map(&ctx) {
+            Some(n) => n,
+            None => return TC_ACT_OK,
+        },
+    };
     let off = note.csum_offset as usize;
     let Ok(before) = ctx.load::<u16>(off) else {
         count(Counter::GwChecksumUnresolved);
@@ -251,4 +312,51 @@ pub fn xlate_gw_checksum(ctx: TcContext) -> i32 {
         _ => count(Counter::GwChecksumOffloaded),
     }
     TC_ACT_OK
+}
+
+#[inline(always)]
+fn note_from_meta(ctx: &TcContext) -> Option<ChecksumNote> {
+    // SAFETY: reading context fields the verifier turns into packet pointers.
+    let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, (*ctx.skb.skb).data as usize) };
+    if meta + ChecksumNote::LEN > data {
+        return None;
+    }
+    // SAFETY: bounds checked just above.
+    let note = unsafe { (meta as *const ChecksumNote).read_unaligned() };
+    (note.magic == ChecksumNote::MAGIC).then_some(note)
+}
+
+/// The note `xlate_gw_nometa` left for this frame, taken out of the map.
+/// Only a TCP checksum field that holds the partial form (the pseudo-header
+/// sum) can have one, so other frames cost no map lookup.
+#[inline(always)]
+fn note_from_map(ctx: &TcContext) -> Option<ChecksumNote> {
+    if ctx.load::<[u8; 2]>(ethernet::field::ETHERTYPE).ok()? != ethernet::ETHERTYPE_IPV4.to_be_bytes() {
+        return None;
+    }
+    let ip: [u8; 20] = ctx.load(IP_AT).ok()?;
+    if ip[0] != 0x45 {
+        return None;
+    }
+    let tcp_at = match ip[ipf::PROTOCOL] {
+        IPPROTO_TCP => L4_AT,
+        IPPROTO_SAL => L4_AT + usize::from(ctx.load::<u8>(L4_AT + sal::field::SHL).ok()?) * 4,
+        _ => return None,
+    };
+    let tcp_len = usize::from(be16(&ip, ipf::TOTAL_LEN)).checked_sub(tcp_at - IP_AT)?;
+    let field: [u8; 2] = ctx.load(tcp_at + tcpf::CHECKSUM).ok()?;
+    let partial = checksum::fold(checksum::pseudo_header_v4(
+        addr(&ip, ipf::SRC),
+        addr(&ip, ipf::DST),
+        IPPROTO_TCP,
+        tcp_len as u16,
+    ));
+    if u16::from_be_bytes(field) != partial {
+        return None;
+    }
+    let key = ChecksumNoteKey::new(&ip, ctx.load(tcp_at + tcpf::SEQ).ok()?);
+    // SAFETY: plain map lookup; the value is copied out before removal.
+    let note = *unsafe { NOTES.get(&key) }?;
+    let _ = NOTES.remove(&key);
+    (note.csum_offset as usize == tcp_at + tcpf::CHECKSUM).then_some(note)
 }

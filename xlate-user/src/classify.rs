@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use aya::{
     maps::PerCpuArray,
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
@@ -53,7 +53,7 @@ impl Classifier {
     pub fn load() -> Result<Self> {
         let mut ebpf = crate::ebpf::load()?;
         let prog: &mut Xdp = program(&mut ebpf)?;
-        prog.load().context("the kernel refused the classifier program")?;
+        crate::ebpf::loaded(PROGRAM, prog.load())?;
         Ok(Classifier { ebpf })
     }
 

@@ -76,6 +76,42 @@ fn load_in(dir: &Path, max_flows: Option<u32>) -> Result<Ebpf> {
     loader.load(OBJECT).context("loading the embedded eBPF object (are you root?)")
 }
 
+/// What became of loading program `name` (`prog.load()`), for an operator:
+/// the verifier's refusal as one line naming the program, the kernel and
+/// the verifier's last word, with the whole log written to a file (and to
+/// the debug log) rather than shown first.
+pub fn loaded(name: &str, r: std::result::Result<(), aya::programs::ProgramError>) -> Result<()> {
+    let Err(e) = r else { return Ok(()) };
+    let aya::programs::ProgramError::LoadError { io_error, verifier_log } = &e else {
+        return Err(anyhow!(e).context(format!("loading {name}")));
+    };
+    let log = verifier_log.to_string();
+    tracing::debug!("the verifier's log for {name}:\n{log}");
+    // The verifier's verdict comes before its statistics.
+    let stats = ["processed ", "verification time", "stack depth", "max_states_per_insn"];
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty() && !stats.iter().any(|s| l.starts_with(s)))
+        .unwrap_or("")
+        .trim();
+    let file = std::env::temp_dir().join(format!("xlate-verifier-{name}.log"));
+    let saved = match std::fs::write(&file, &log) {
+        Ok(()) => format!("the verifier's whole log is in {}", file.display()),
+        Err(_) => "run with RUST_LOG=debug for the verifier's whole log".to_string(),
+    };
+    bail!(
+        "the kernel ({}) refused the program {name} ({io_error}): \"{last}\"; {saved}. The kernels xlate is \
+         tested on are listed in docs/operations.md (\"Supported kernels\")",
+        kernel_release()
+    )
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
+}
+
 /// Removes every pin in `dir`, and `dir`.
 pub fn remove_pins(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {

@@ -23,7 +23,20 @@ use crate::ebpf::Resident;
 use crate::netif::{Interface, Segmenter};
 use crate::rawsock::RawSocket;
 
+/// The translator's XDP attachment (its link's pin name), whichever build
+/// of the program is behind it.
 pub const PROGRAM: &str = gw::XDP_PROGRAM;
+
+/// The build of the translator's XDP program this kernel takes: checksum
+/// notes in XDP metadata where the verifier allows `bpf_xdp_adjust_meta`,
+/// else in a map (see `xlate_common::flow::gw`).
+pub fn xdp_program() -> &'static str {
+    if crate::kernel_features::get().xdp_meta {
+        gw::XDP_PROGRAM
+    } else {
+        gw::XDP_PROGRAM_NO_META
+    }
+}
 /// Host mode's egress programs, which carry the relay's outbound
 /// connections.
 const HOST_EGRESS: &str = "xlate_host_egress";
@@ -498,13 +511,15 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let Resident { mut ebpf, adopted } = crate::ebpf::load_resident(&dir, cfg.max_flows)?;
     let kernel_log =
         crate::agent::kernel_log::reader(&mut ebpf).inspect_err(|e| tracing::warn!("no kernel debug log: {e:#}")).ok();
-    let prog: &mut Xdp = ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("program {PROGRAM} missing"))?.try_into()?;
-    prog.load().context("the kernel refused the translator program")?;
+    crate::kernel_features::get().log();
+    let variant = xdp_program();
+    let prog: &mut Xdp = ebpf.program_mut(variant).ok_or_else(|| anyhow!("program {variant} missing"))?.try_into()?;
+    crate::ebpf::loaded(variant, prog.load())?;
     let tc: &mut SchedClassifier = ebpf
         .program_mut(gw::CHECKSUM_PROGRAM)
         .ok_or_else(|| anyhow!("program {} missing", gw::CHECKSUM_PROGRAM))?
         .try_into()?;
-    tc.load().context("the kernel refused the translator's checksum program")?;
+    crate::ebpf::loaded(gw::CHECKSUM_PROGRAM, tc.load())?;
     if !adopted {
         seed_rotation(&mut ebpf)?;
     }
@@ -560,7 +575,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         for prog in [HOST_EGRESS, HOST_SEGMENTED] {
             let p: &mut SchedClassifier =
                 ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing"))?.try_into()?;
-            p.load().with_context(|| format!("the kernel refused {prog}"))?;
+            crate::ebpf::loaded(prog, p.load())?;
         }
         let mut cfg = cfg.clone();
         let table = tokio::sync::watch::Sender::new(std::sync::Arc::new(cfg.clone()));
@@ -603,7 +618,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     }
     gwm.redirect.refresh(true)?;
     for i in &ifaces {
-        let prog: &mut Xdp = ebpf.program_mut(PROGRAM).unwrap().try_into()?;
+        let prog: &mut Xdp = ebpf.program_mut(variant).unwrap().try_into()?;
         how.push(attach_xdp(prog, PROGRAM, &i.name, opts.mode, &dir)?);
     }
     let mut keep: Vec<(&str, &str)> =

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod ebpf;
 pub mod gateway;
 pub mod host;
+pub mod kernel_features;
 pub mod maglev;
 pub mod metrics;
 pub mod netif;

@@ -12,12 +12,14 @@ use aya::programs::Xdp;
 use xlate_common::flow::{gw, names, EngineConfig};
 use xlate_common::maps::ServiceKey;
 
-use crate::gateway::PROGRAM;
+use crate::gateway::xdp_program;
 
 /// The translator's XDP program loaded (not attached) with one service,
 /// for packet fixtures and micro-benchmarks through BPF_PROG_TEST_RUN.
 pub struct TestBed {
     pub ebpf: aya::Ebpf,
+    /// The build of the XDP program loaded (`xlate_gw` or `xlate_gw_nometa`).
+    pub program: &'static str,
     /// The XDP metadata in front of the last output frame (a checksum note
     /// for the TC stage, or empty).
     pub last_meta: Vec<u8>,
@@ -26,11 +28,22 @@ pub struct TestBed {
 impl TestBed {
     /// Service `00000050` at `public`:80, every Maglev slot on `instance`,
     /// SAL address `sal_address`, MSS 1448.
+    /// The program is the build this kernel takes (see `xdp_program`).
     pub fn new(sal_address: Ipv4Addr, public: Ipv4Addr, instance: Ipv4Addr) -> Result<TestBed> {
+        Self::with_program(xdp_program(), sal_address, public, instance)
+    }
+
+    /// [`Self::new`] with the given build of the XDP program.
+    pub fn with_program(
+        program: &'static str,
+        sal_address: Ipv4Addr,
+        public: Ipv4Addr,
+        instance: Ipv4Addr,
+    ) -> Result<TestBed> {
         let mut ebpf = crate::ebpf::load()?;
         let prog: &mut Xdp =
-            ebpf.program_mut(PROGRAM).ok_or_else(|| anyhow!("program {PROGRAM} missing"))?.try_into()?;
-        prog.load()?;
+            ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
+        crate::ebpf::loaded(program, prog.load())?;
         let mut cfg: Array<_, EngineConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap())?;
         cfg.set(0, EngineConfig { addr: sal_address.octets(), max_mss: 1448, ..Default::default() }, 0)?;
         let mut svc: HashMap<_, ServiceKey, gw::GwService> = HashMap::try_from(ebpf.map_mut(gw::SERVICES).unwrap())?;
@@ -40,14 +53,34 @@ impl TestBed {
         for slot in 0..gw::MAGLEV_SIZE {
             mg.set(slot, instance.octets(), 0)?;
         }
-        Ok(TestBed { ebpf, last_meta: Vec::new() })
+        Ok(TestBed { ebpf, program, last_meta: Vec::new() })
+    }
+
+    /// Runs the translator's TC stage (`xlate_gw_checksum`) once on
+    /// `frame`, as a skb the kernel made (not CHECKSUM_PARTIAL): (verdict,
+    /// output frame). Loaded on first use, against the same maps.
+    pub fn run_tc_stage(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(gw::CHECKSUM_PROGRAM)
+            .ok_or_else(|| anyhow!("program {} missing", gw::CHECKSUM_PROGRAM))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            crate::ebpf::loaded(gw::CHECKSUM_PROGRAM, prog.load())?;
+        }
+        let mut out = vec![0u8; frame.len() + 512];
+        let r =
+            prog.test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
     }
 
     /// Runs the program once on `frame`: (verdict, output frame, run time).
     /// Metadata the program left in front of the frame goes to `last_meta`.
     pub fn run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>, Duration)> {
         use aya::programs::{TestRun, TestRunOptions};
-        let prog: &mut Xdp = self.ebpf.program_mut(PROGRAM).unwrap().try_into()?;
+        let prog: &mut Xdp = self.ebpf.program_mut(self.program).unwrap().try_into()?;
         let mut out = vec![0u8; frame.len() + 512];
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex. On output `data` is the length

@@ -17,16 +17,15 @@ use core::cell::Cell;
 use core::mem::size_of;
 
 use aya_ebpf::{
-    helpers::{bpf_skb_load_bytes, bpf_xdp_adjust_head, bpf_xdp_adjust_meta, bpf_xdp_load_bytes},
+    helpers::{bpf_skb_load_bytes, bpf_xdp_adjust_head, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
 use xlate_common::{
-    flow::{gw::ChecksumNote, Counter},
+    flow::gw::ChecksumNote,
     wire::{checksum, ethernet, ipv4, tcp::field as tcpf, IPPROTO_TCP},
 };
 
-use super::maps::count;
 use super::sal_rx::SCRATCH_LEN;
 use super::verdict::Fault;
 
@@ -110,27 +109,13 @@ impl<'a> XdpFrame<'a> {
         self.note.get().is_some()
     }
 
-    /// Leaves the note for the TC stage in front of the frame (XDP
-    /// metadata), for the TCP checksum at `csum_at` of the final frame.
-    /// Without metadata support the partial form stays: right for the
-    /// partial checksums of local senders, wrong for the rare complete one.
+    /// The note for the TC stage, if the TCP checksum at `csum_at` of the
+    /// final frame was written in the partial form (where it goes is the
+    /// program's choice: see the translator's `leave_note`).
     #[inline(always)]
-    pub fn leave_note(&self, csum_at: usize) {
-        let Some((partial, complete)) = self.note.get() else { return };
-        count(Counter::GwPartialChecksum);
-        // SAFETY: growing the metadata area of our own frame; checked below.
-        if unsafe { bpf_xdp_adjust_meta(self.ctx.ctx, -(ChecksumNote::LEN as i32)) } != 0 {
-            count(Counter::GwChecksumUnresolved);
-            return;
-        }
-        let meta = self.ctx.metadata();
-        if meta + ChecksumNote::LEN > self.ctx.data() {
-            count(Counter::GwChecksumUnresolved);
-            return;
-        }
-        let n = ChecksumNote::new(csum_at as u32, partial, complete);
-        // SAFETY: bounds checked against data just above.
-        unsafe { (meta as *mut ChecksumNote).write_unaligned(n) };
+    pub fn note(&self, csum_at: usize) -> Option<ChecksumNote> {
+        let (partial, complete) = self.note.get()?;
+        Some(ChecksumNote::new(csum_at as u32, partial, complete))
     }
 }
 

@@ -109,7 +109,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
     for prog in PROGRAMS {
         let p: &mut SchedClassifier =
             ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing"))?.try_into()?;
-        p.load().with_context(|| format!("the kernel refused {prog}"))?;
+        crate::ebpf::loaded(prog, p.load())?;
     }
     if !adopted {
         seed_rotation(&mut ebpf)?;
