@@ -93,8 +93,15 @@ enum Cmd {
         /// Seconds the command may run in each guest.
         #[arg(long, default_value_t = 900)]
         timeout: u64,
+        /// Instead of a command: run the kernel matrix of `cargo xtask
+        /// test` (its suites, its table), without the rest of the tests.
+        #[arg(long, conflicts_with = "command")]
+        matrix: bool,
+        /// With --matrix: only these suites (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',', requires = "matrix")]
+        suite: Vec<String>,
         /// The shell command line to run in the guest.
-        #[arg(last = true, required = true)]
+        #[arg(last = true, required_unless_present = "matrix")]
         command: Vec<String>,
     },
 }
@@ -124,7 +131,15 @@ fn real_main() -> Result<()> {
         Cmd::Setup => setup::setup().map(|_| ()),
         Cmd::Build { release } => build(release).map(|_| ()),
         Cmd::Test { no_fuzz, no_vm, fuzz_seconds, cargo_args } => test(no_fuzz, no_vm, fuzz_seconds, &cargo_args),
-        Cmd::Vm { kernel, timeout, command } => {
+        Cmd::Vm { kernel, timeout: _, matrix: true, suite, command: _ } => {
+            let tally = vm::matrix_of(&kernel, &vm::suites_named(&suite)?)?;
+            println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
+            if tally.failed > 0 {
+                bail!("the kernel matrix failed (see its table above)");
+            }
+            Ok(())
+        }
+        Cmd::Vm { kernel, timeout, command, .. } => {
             vm::run_command(&kernel, &command.join(" "), std::time::Duration::from_secs(timeout))
         }
         Cmd::Bench { seconds, baseline, only } => {

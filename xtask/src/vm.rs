@@ -165,10 +165,16 @@ struct Row {
 /// A kernel that does not boot, a suite that fails, crashes or runs no
 /// test at all each count as a failure (at least one).
 pub fn matrix(suites: &[Suite]) -> Result<Tally> {
+    matrix_of("all", suites)
+}
+
+/// [`matrix`] in the kernels `--kernel` names (`6.1`, `6.12`, `all`).
+pub fn matrix_of(kernel: &str, suites: &[Suite]) -> Result<Tally> {
     crate::setup::ensure_vm_tools()?;
+    let series = select(kernel)?;
     let bins = test_executables(suites)?;
     let mut rows = Vec::new();
-    for series in SERIES {
+    for series in series {
         let k = prepare(series)?;
         println!(
             "vm: kernel {} ({}): {}",
@@ -185,6 +191,21 @@ pub fn matrix(suites: &[Suite]) -> Result<Tally> {
         tally.failed += if r.problem.is_some() { r.failed.max(1) } else { r.failed };
     }
     Ok(tally)
+}
+
+/// The suites of [`SUITES`] with these names, all of them if none.
+pub fn suites_named(names: &[String]) -> Result<Vec<Suite>> {
+    if names.is_empty() {
+        return Ok(SUITES.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            SUITES.iter().find(|s| s.name == n).copied().with_context(|| {
+                format!("no suite {n}; known: {}", SUITES.iter().map(|s| s.name).collect::<Vec<_>>().join(", "))
+            })
+        })
+        .collect()
 }
 
 /// A test binary found by cargo, and the directory cargo runs it in.
@@ -656,7 +677,8 @@ fn boot_once(
             }
         };
         let Some((before, kind, arg)) = parse_marker(&line, &marker) else {
-            if started.is_some() {
+            // After the exit marker only the kernel's reboot message comes.
+            if started.is_some() && end == End::Died {
                 on_line(GuestLine::Output(&line));
             } else {
                 log.push(line);
