@@ -118,6 +118,7 @@ pub fn run_command(kernel: &str, command: &str, timeout: Duration) -> Result<()>
     let mut failed = Vec::new();
     for series in select(kernel)? {
         let k = prepare(series)?;
+        println!("vm: booting {} ({})", k.label, k.release);
         let body = format!("/bin/sh -c {}\nrc=$?\n", sh_quote(command));
         let mut on_line = |l: GuestLine| {
             if let GuestLine::Output(text) = l {
@@ -172,6 +173,11 @@ pub fn matrix(suites: &[Suite]) -> Result<Tally> {
 pub fn matrix_of(kernel: &str, suites: &[Suite]) -> Result<Tally> {
     crate::setup::ensure_vm_tools()?;
     let series = select(kernel)?;
+    for built in [workspace_root().join("target/debug/xlate-user"), crate::ebpf_object()] {
+        if !built.exists() {
+            bail!("{} is missing: run `cargo xtask build` first", built.display());
+        }
+    }
     let bins = test_executables(suites)?;
     let mut rows = Vec::new();
     for series in series {
@@ -430,6 +436,7 @@ fn prepare(series: &'static Series) -> Result<Kernel> {
     if !k.dir.join("ready").exists() {
         unpack(&k, &package)?;
     }
+    remove_stale_initramfs(&k.dir);
     prune_older(&base, series, &k.release);
     Ok(k)
 }
@@ -463,6 +470,19 @@ fn unpack(k: &Kernel, package: &str) -> Result<()> {
     std::fs::write(k.dir.join("ready"), b"")?;
     println!("vm: kernel {} ready in {:.1} s", k.release, t.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Removes the initramfs files of xtasks that ended without removing
+/// theirs (killed); the file names carry the owner's pid.
+fn remove_stale_initramfs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name.strip_prefix("initramfs-").and_then(|r| r.split('-').next()) else { continue };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Removes cached releases of `series` other than `keep` (each is
@@ -649,7 +669,18 @@ fn boot_once(
     on_line: &mut dyn FnMut(GuestLine),
 ) -> Result<Attempt> {
     let t0 = Instant::now();
-    let mut child = qemu(image, initrd)
+    let mut cmd = qemu(image, initrd);
+    // qemu must not outlive xtask (killed by CI's timeout, Ctrl-C'd):
+    // the kernel kills it when xtask dies.
+    // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -964,5 +995,53 @@ impl Cpio {
     fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, 0, &[]);
         self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_are_found_within_kernel_noise_and_need_the_nonce() {
+        let m = "@@xlate-vm:abc:";
+        assert_eq!(parse_marker("@@xlate-vm:abc:exit:0@@", m), Some(("", "exit", "0")));
+        assert_eq!(
+            parse_marker("[ 1.2] veth: x@@xlate-vm:abc:suite-end:k:101@@", m),
+            Some(("[ 1.2] veth: x", "suite-end", "k:101"))
+        );
+        assert_eq!(parse_marker("@@xlate-vm:other:exit:0@@", m), None);
+        assert_eq!(parse_marker("@@xlate-vm:abc:exit:0", m), None, "a cut line is no marker");
+    }
+
+    #[test]
+    fn cpio_entries_are_aligned_and_end_with_the_trailer() {
+        let mut c = Cpio::default();
+        c.dir("bin");
+        c.file("init", 0o755, b"#!/bin/sh\n");
+        c.char_dev("dev/console", 5, 1);
+        let buf = c.finish();
+        assert_eq!(buf.len() % 4, 0);
+        assert!(buf.starts_with(b"070701"));
+        let text = String::from_utf8_lossy(&buf);
+        assert_eq!(text.matches("070701").count(), 4);
+        assert!(text.contains("TRAILER!!!"));
+        // The console's rdev major and minor, and init's size (10 bytes).
+        assert!(text.contains("00000005000000010000000c"));
+        assert!(text.contains("0000000a"));
+    }
+
+    #[test]
+    fn quoting_survives_the_shell() {
+        let s = "it's a \"$HOME\" `x` \\ test";
+        let out = Command::new("sh").arg("-c").arg(format!("printf %s {}", sh_quote(s))).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), s);
+    }
+
+    #[test]
+    fn static_and_dynamic_executables_are_told_apart() {
+        let sh = std::fs::read("/bin/sh").unwrap();
+        assert!(has_interpreter(&sh), "/bin/sh is dynamically linked");
+        assert!(!has_interpreter(b"not an elf"));
     }
 }
