@@ -220,10 +220,31 @@ struct TestBin {
     cwd: PathBuf,
 }
 
-/// Boots `k` once and runs every suite; one row per suite, plus a row
-/// for the kernel itself when it died or timed out outside a suite.
+/// Boots `k` once and runs every suite; one row for the boot, one per
+/// suite.
 fn matrix_in(k: &Kernel, suites: &[Suite], bins: &[TestBin]) -> Result<Vec<Row>> {
-    // suite NAME DIR EXE ARGS...: the markers bracket each binary's output.
+    let env = [
+        ("XLATE_USER_BIN", workspace_root().join("target/debug/xlate-user").display().to_string()),
+        ("XLATE_EBPF_OBJECT", crate::ebpf_object().display().to_string()),
+        ("RUST_BACKTRACE", "1".to_string()),
+    ];
+    let mut rows = SuiteRows::default();
+    let run = boot(k, &suites_script(suites, bins), &env, &workspace_root(), MATRIX_TIMEOUT, &mut |l| rows.on_line(l));
+    match run {
+        Ok(run) => Ok(rows.finish(&run, suites)),
+        Err(e) => {
+            // Not booting is a result of the matrix, not an error of xtask.
+            println!("vm: kernel {} ({}) did not boot: {e:#}", k.label, k.release);
+            let mut row = Row::new(&k.release, "(boot)");
+            row.problem = Some("did not boot".into());
+            Ok(vec![row])
+        }
+    }
+}
+
+/// The guest's shell lines running each suite's binary between markers.
+fn suites_script(suites: &[Suite], bins: &[TestBin]) -> String {
+    // suite NAME DIR EXE ARGS...
     let mut body = String::from(
         "suite() { n=$1; shift; cd \"$1\"; shift; marker suite-begin \"$n\"; \"$@\"; marker suite-end \"$n:$?\"; }\n",
     );
@@ -235,91 +256,82 @@ fn matrix_in(k: &Kernel, suites: &[Suite], bins: &[TestBin]) -> Result<Vec<Row>>
         words.extend(s.filter.map(str::to_string));
         body += &format!("suite {}\n", words.iter().map(|w| sh_quote(w)).collect::<Vec<_>>().join(" "));
     }
-    body += "rc=0\n";
-    let env = [
-        ("XLATE_USER_BIN", workspace_root().join("target/debug/xlate-user").display().to_string()),
-        ("XLATE_EBPF_OBJECT", crate::ebpf_object().display().to_string()),
-        ("RUST_BACKTRACE", "1".to_string()),
-    ];
+    body + "rc=0\n"
+}
 
-    let mut rows: Vec<Row> = Vec::new();
-    let mut current: Option<(Row, Instant)> = None;
-    let mut on_line = |l: GuestLine| match l {
-        GuestLine::Output(text) => {
-            println!("{text}");
-            if let Some((row, _)) = current.as_mut() {
-                if let Some((p, f)) = crate::result_line_counts(text) {
-                    row.passed += p;
-                    row.failed += f;
+impl Row {
+    fn new(release: &str, suite: &str) -> Row {
+        Row { release: release.into(), suite: suite.into(), passed: 0, failed: 0, secs: 0.0, problem: None }
+    }
+}
+
+/// Turns one guest's console, marker by marker, into summary rows
+/// (echoing the output as it comes).
+#[derive(Default)]
+struct SuiteRows {
+    rows: Vec<Row>,
+    /// The suite running now, since when.
+    current: Option<(Row, Instant)>,
+}
+
+impl SuiteRows {
+    fn on_line(&mut self, l: GuestLine) {
+        match l {
+            GuestLine::Output(text) => {
+                println!("{text}");
+                let counts = crate::result_line_counts(text);
+                if let (Some((row, _)), Some((passed, failed))) = (self.current.as_mut(), counts) {
+                    row.passed += passed;
+                    row.failed += failed;
                 }
             }
+            GuestLine::Marker("suite-begin", name) => self.current = Some((Row::new("", name), Instant::now())),
+            GuestLine::Marker("suite-end", arg) => self.end(arg.rsplit(':').next().unwrap_or("?")),
+            GuestLine::Marker(..) => {}
         }
-        GuestLine::Marker("suite-begin", name) => {
-            let row =
-                Row { release: String::new(), suite: name.to_string(), passed: 0, failed: 0, secs: 0.0, problem: None };
-            current = Some((row, Instant::now()));
-        }
-        GuestLine::Marker("suite-end", arg) => {
-            if let Some((mut row, t)) = current.take() {
-                row.secs = t.elapsed().as_secs_f64();
-                let rc = arg.rsplit(':').next().unwrap_or("?");
-                if rc != "0" {
-                    row.problem = Some(format!("exit status {rc}"));
-                } else if row.passed + row.failed == 0 {
-                    row.problem = Some("no test ran".into());
-                }
-                rows.push(row);
-            }
-        }
-        GuestLine::Marker(..) => {}
-    };
-    let r = match boot(k, &body, &env, &workspace_root(), MATRIX_TIMEOUT, &mut on_line) {
-        Ok(r) => r,
-        Err(e) => {
-            // Not booting is a result of the matrix, not an error of xtask.
-            println!("vm: kernel {} ({}) did not boot: {e:#}", k.label, k.release);
-            return Ok(vec![Row {
-                release: k.release.clone(),
-                suite: "(boot)".into(),
-                passed: 0,
-                failed: 1,
-                secs: 0.0,
-                problem: Some("did not boot".into()),
-            }]);
-        }
-    };
-    let end = match r.end {
-        End::Exited(_) => None,
-        End::Died => Some("kernel died".to_string()),
-        End::TimedOut => Some(format!("timed out after {} s", MATRIX_TIMEOUT.as_secs())),
-    };
-    // A suite cut short by the kernel's death or the timeout.
-    if let Some((mut row, t)) = current.take() {
+    }
+
+    /// The running suite's binary exited with `rc`.
+    fn end(&mut self, rc: &str) {
+        let Some((mut row, t)) = self.current.take() else { return };
         row.secs = t.elapsed().as_secs_f64();
-        row.problem = Some(end.clone().unwrap_or_else(|| "no end marker".into()));
-        rows.push(row);
-    }
-    // Suites never reached are failures too, never quietly missing.
-    for s in suites {
-        if !rows.iter().any(|r| r.suite == s.name) {
-            rows.push(Row {
-                release: String::new(),
-                suite: s.name.into(),
-                passed: 0,
-                failed: 0,
-                secs: 0.0,
-                problem: Some(format!("not run ({})", end.as_deref().unwrap_or("no marker"))),
-            });
+        if rc != "0" {
+            row.problem = Some(format!("exit status {rc}"));
+        } else if row.passed + row.failed == 0 {
+            row.problem = Some("no test ran".into());
         }
+        self.rows.push(row);
     }
-    rows.insert(
-        0,
-        Row { release: String::new(), suite: "(boot)".into(), passed: 0, failed: 0, secs: r.boot_secs, problem: None },
-    );
-    for row in &mut rows {
-        row.release = r.release.clone();
+
+    /// The rows after the guest ended: the boot first; a suite cut short
+    /// (the kernel died, the timeout) or never reached is a failure too,
+    /// never quietly missing.
+    fn finish(mut self, run: &GuestRun, suites: &[Suite]) -> Vec<Row> {
+        let end = match run.end {
+            End::Exited(_) => "no end marker".to_string(),
+            End::Died => "the kernel died".to_string(),
+            End::TimedOut => format!("timed out after {} s", MATRIX_TIMEOUT.as_secs()),
+        };
+        if let Some((mut row, t)) = self.current.take() {
+            row.secs = t.elapsed().as_secs_f64();
+            row.problem = Some(end.clone());
+            self.rows.push(row);
+        }
+        for s in suites {
+            if !self.rows.iter().any(|r| r.suite == s.name) {
+                let mut row = Row::new("", s.name);
+                row.problem = Some(format!("not run ({end})"));
+                self.rows.push(row);
+            }
+        }
+        let mut boot = Row::new("", "(boot)");
+        boot.secs = run.boot_secs;
+        self.rows.insert(0, boot);
+        for row in &mut self.rows {
+            row.release = run.release.clone();
+        }
+        self.rows
     }
-    Ok(rows)
 }
 
 fn print_rows(rows: &[Row]) {
@@ -1012,6 +1024,45 @@ mod tests {
         );
         assert_eq!(parse_marker("@@xlate-vm:other:exit:0@@", m), None);
         assert_eq!(parse_marker("@@xlate-vm:abc:exit:0", m), None, "a cut line is no marker");
+    }
+
+    #[test]
+    fn every_suite_gets_a_row_and_nothing_passes_quietly() {
+        let suites = [
+            Suite { name: "a", target: "a", filter: None },
+            Suite { name: "b", target: "b", filter: None },
+            Suite { name: "c", target: "c", filter: Some("x") },
+            Suite { name: "d", target: "d", filter: None },
+            Suite { name: "e", target: "e", filter: None },
+        ];
+        let mut rows = SuiteRows::default();
+        let mut feed = |l: GuestLine| rows.on_line(l);
+        feed(GuestLine::Marker("suite-begin", "a"));
+        feed(GuestLine::Output("test result: ok. 3 passed; 0 failed; 0 ignored"));
+        feed(GuestLine::Marker("suite-end", "a:0"));
+        feed(GuestLine::Marker("suite-begin", "b"));
+        feed(GuestLine::Output("test result: FAILED. 1 passed; 2 failed; 0 ignored"));
+        feed(GuestLine::Marker("suite-end", "b:101"));
+        feed(GuestLine::Marker("suite-begin", "c"));
+        feed(GuestLine::Output("test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 9 filtered out"));
+        feed(GuestLine::Marker("suite-end", "c:0"));
+        feed(GuestLine::Marker("suite-begin", "d"));
+        let run = GuestRun { release: "6.1.0-1-amd64".into(), boot_secs: 3.0, run_secs: 9.0, end: End::Died };
+        let rows = rows.finish(&run, &suites);
+        let got: Vec<(&str, u64, u64, Option<&str>)> =
+            rows.iter().map(|r| (r.suite.as_str(), r.passed, r.failed, r.problem.as_deref())).collect();
+        assert_eq!(
+            got,
+            [
+                ("(boot)", 0, 0, None),
+                ("a", 3, 0, None),
+                ("b", 1, 2, Some("exit status 101")),
+                ("c", 0, 0, Some("no test ran")),
+                ("d", 0, 0, Some("the kernel died")),
+                ("e", 0, 0, Some("not run (the kernel died)")),
+            ]
+        );
+        assert!(rows.iter().all(|r| r.release == "6.1.0-1-amd64"));
     }
 
     #[test]
