@@ -180,8 +180,9 @@ pub fn data_header(flow: &FlowState) -> [u8; sal::BASE_LEN] {
 #[inline(always)]
 pub fn control_header<const N: usize>(flow: &FlowState, flags: u8, verno: u32, ackno: u32) -> [u8; N] {
     use sal::control_field::{ACKNO, FLAGS, NONCE, VERNO};
-    let mut h = [0u8; N];
-    put_base(&mut h, flow);
+    let mut buf = Aligned([0u8; N]);
+    let h = &mut buf.0;
+    put_base(h, flow);
     // CONTROL right after the base header, SERVICE after it (the order the
     // original stack emits).
     let c = sal::BASE_LEN;
@@ -201,9 +202,16 @@ pub fn control_header<const N: usize>(flow: &FlowState, flags: u8, verno: u32, a
             i += 1;
         }
     }
-    put_checksum(&mut h);
-    h
+    put_checksum(h);
+    buf.0
 }
+
+/// A header under construction, 8-byte aligned: BPF's LLVM backend inlines
+/// the zeroing of an aligned array, but calls `memset` for an unaligned
+/// one, and each call is a BPF function the 6.1 verifier charges 32 bytes
+/// of stack (the translator's SYN path is near the 512-byte limit).
+#[repr(C, align(8))]
+struct Aligned<const N: usize>([u8; N]);
 
 /// SYN: CONTROL(SYN, V, 0) + SERVICE.
 #[inline(always)]

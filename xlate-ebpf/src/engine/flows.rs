@@ -17,7 +17,7 @@ use xlate_common::{
 use super::admit::admit_syn;
 use super::maps::{
     alloc_flow_id, count, flow_created, next_rotation, notify, now, rand32, rand_nonce, ADDRS, BPF_NOEXIST, CONFIG,
-    FLOWS, PEERS, TUPLES,
+    FLOWS, FLOW_SCRATCH, PEERS, TUPLES,
 };
 use super::sal_rx::{opaque, Exts};
 use super::verdict::Exit;
@@ -34,7 +34,9 @@ pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4
     let cfg = CONFIG.get(0)?;
     let id = alloc_flow_id()?;
     let nonce = rand_nonce();
-    let mut st = FlowState::new(role::CLIENT, state::SYN_SENT, *sid, id, rand32(), nonce, key, now());
+    // SAFETY: this CPU's slot, ours until the program returns.
+    let st = unsafe { &mut *FLOW_SCRATCH.get_ptr_mut(0)? };
+    *st = FlowState::new(role::CLIENT, state::SYN_SENT, *sid, id, rand32(), nonce, key, now());
     // A local application's flow (host mode) is trusted from the start; a
     // legacy client's (the gateway picked the peer) is half-open until it
     // acknowledges the instance's SYN-ACK.
@@ -46,7 +48,7 @@ pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4
         }
     };
     let addrs = FlowAddrs { local_ip: cfg.addr, peer_ip };
-    FLOWS.insert(&id, &st, BPF_NOEXIST).ok()?;
+    FLOWS.insert(&id, &*st, BPF_NOEXIST).ok()?;
     if ADDRS.insert(&id, &addrs, 0).is_err() || TUPLES.insert(key, &id, 0).is_err() {
         let _ = FLOWS.remove(&id);
         let _ = ADDRS.remove(&id);

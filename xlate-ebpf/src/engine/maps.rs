@@ -28,6 +28,12 @@ pub(crate) static ADDRS: HashMap<u32, FlowAddrs> = HashMap::pinned(MAX_FLOWS, 0)
 pub(crate) static TUPLES: HashMap<FlowKey, u32> = HashMap::pinned(MAX_FLOWS, 0);
 #[map(name = "FLOW_PEERS")]
 pub(crate) static PEERS: HashMap<PeerKey, u32> = HashMap::pinned(MAX_FLOWS, 0);
+/// Per CPU: where a new flow's state is built before it is inserted. A
+/// `FlowState` on the stack would put the translator's SYN path past the
+/// 512 bytes older verifiers allow a call chain (Linux 6.1 rounds every
+/// frame up to 32 bytes).
+#[map(name = "FLOW_SCRATCH")]
+pub(crate) static FLOW_SCRATCH: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "PORT_ROTATION")]
 static ROTATION: PerCpuArray<u32> = PerCpuArray::pinned(1, 0);
 #[map(name = "FLOW_EVENTS")]
