@@ -7,7 +7,7 @@ use std::sync::Once;
 use anyhow::{bail, Context, Result};
 
 use crate::toolchain::{self, BpfToolchain};
-use crate::util::{is_root, run, which};
+use crate::util::{is_root, which};
 
 /// Programs the tests drive, and the Debian package that has each.
 pub const TEST_TOOLS: &[(&str, &str)] = &[
@@ -34,8 +34,11 @@ pub const VM_TOOLS: &[(&str, &str)] = &[
 ];
 
 /// apt option: wait up to 5 minutes for another apt or dpkg (an unattended
-/// upgrade, a second xtask) instead of failing at once.
+/// upgrade, a second xtask) instead of failing at once. apt 2.6 honours it
+/// for dpkg's locks only, so [`apt_get`] also retries on the others.
 pub const APT_LOCK_WAIT: &str = "DPkg::Lock::Timeout=300";
+/// How long [`apt_get`] waits for locks apt itself does not wait for.
+const APT_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
 
 static APT_UPDATE: Once = Once::new();
 
@@ -48,14 +51,39 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     }
     let mut update_result = Ok(());
     APT_UPDATE.call_once(|| {
-        update_result = run(Command::new("apt-get").args(["-o", APT_LOCK_WAIT, "update", "-q"]));
+        update_result = apt_get(&["update", "-q"]);
     });
     update_result.context("apt-get update")?;
-    run(Command::new("apt-get")
-        .args(["-o", APT_LOCK_WAIT, "install", "-y", "-q", "--no-install-recommends"])
-        .args(packages)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-    .with_context(|| format!("apt-get install {}", packages.join(" ")))
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(packages);
+    apt_get(&args).with_context(|| format!("apt-get install {}", packages.join(" ")))
+}
+
+/// Runs `apt-get ARGS` (stdout shown as it comes, stderr after), waiting
+/// for the dpkg lock and retrying while another apt holds the lists or
+/// archives lock (`apt-get update` does not wait for those), for up to
+/// five minutes.
+pub fn apt_get(args: &[&str]) -> Result<()> {
+    let t = std::time::Instant::now();
+    loop {
+        let out = Command::new("apt-get")
+            .args(["-o", APT_LOCK_WAIT])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(std::process::Stdio::inherit())
+            .output()
+            .context("starting apt-get")?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        eprint!("{err}");
+        if out.status.success() {
+            return Ok(());
+        }
+        if !err.contains("Could not get lock") || t.elapsed() > APT_LOCK_PATIENCE {
+            bail!("apt-get {} failed with {}", args.join(" "), out.status);
+        }
+        println!("setup: another apt or dpkg holds its lock; trying again in 5 s");
+        std::thread::sleep(std::time::Duration::from_secs(5));
+    }
 }
 
 fn ensure_test_tools() -> Result<()> {

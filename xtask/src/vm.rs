@@ -428,7 +428,7 @@ fn newest_package(series: &Series) -> Result<String> {
             return Ok(name);
         }
         if attempt == 0 {
-            run(Command::new("apt-get").args(["-o", crate::setup::APT_LOCK_WAIT, "update", "-q"]))?;
+            crate::setup::apt_get(&["update", "-q"])?;
         }
     }
     bail!("apt knows no package {}N{} (the kernel {})", series.prefix, series.suffix, series.label)
@@ -462,7 +462,7 @@ fn unpack(k: &Kernel, package: &str) -> Result<()> {
     set_mode(&download, 0o777)?;
     println!("vm: downloading {package} (first use of this kernel)");
     run(Command::new("apt-get").current_dir(&download).args(["-q", "download", package]))
-        .with_context(|| format!("downloading {package}"))?;
+        .with_context(|| format!("downloading {package} (apt-get download)"))?;
     let deb = std::fs::read_dir(&download)?
         .flatten()
         .map(|e| e.path())
