@@ -356,12 +356,12 @@ fn print_rows(rows: &[Row]) {
 
 /// The test executables of `suites`, in order, from cargo's own account
 /// of its build (`--workspace` as `cargo xtask test` builds, so nothing
-/// is rebuilt for the matrix).
+/// is rebuilt for the matrix; compiler errors rendered on stderr).
 fn test_executables(suites: &[Suite]) -> Result<Vec<TestBin>> {
     println!("vm: finding test binaries (cargo test --no-run)");
     let out = Command::new(crate::cargo())
         .current_dir(workspace_root())
-        .args(["test", "--workspace", "--no-run", "--message-format=json"])
+        .args(["test", "--workspace", "--no-run", "--message-format=json-render-diagnostics"])
         .env("XLATE_EBPF_OBJECT", crate::ebpf_object())
         .stderr(Stdio::inherit())
         .output()
