@@ -166,11 +166,12 @@ struct Row {
 /// A kernel that does not boot, a suite that fails, crashes or runs no
 /// test at all each count as a failure (at least one).
 pub fn matrix(suites: &[Suite]) -> Result<Tally> {
-    matrix_of("all", suites)
+    matrix_of("all", suites, MATRIX_TIMEOUT)
 }
 
-/// [`matrix`] in the kernels `--kernel` names (`6.1`, `6.12`, `all`).
-pub fn matrix_of(kernel: &str, suites: &[Suite]) -> Result<Tally> {
+/// [`matrix`] in the kernels `--kernel` names (`6.1`, `6.12`, `all`),
+/// each guest's suites bounded by `timeout` together.
+pub fn matrix_of(kernel: &str, suites: &[Suite], timeout: Duration) -> Result<Tally> {
     crate::setup::ensure_vm_tools()?;
     let series = select(kernel)?;
     for built in [workspace_root().join("target/debug/xlate-user"), crate::ebpf_object()] {
@@ -188,7 +189,7 @@ pub fn matrix_of(kernel: &str, suites: &[Suite]) -> Result<Tally> {
             k.release,
             suites.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
         );
-        rows.extend(matrix_in(&k, suites, &bins)?);
+        rows.extend(matrix_in(&k, suites, &bins, timeout)?);
     }
     print_rows(&rows);
     let mut tally = Tally::default();
@@ -222,16 +223,16 @@ struct TestBin {
 
 /// Boots `k` once and runs every suite; one row for the boot, one per
 /// suite.
-fn matrix_in(k: &Kernel, suites: &[Suite], bins: &[TestBin]) -> Result<Vec<Row>> {
+fn matrix_in(k: &Kernel, suites: &[Suite], bins: &[TestBin], timeout: Duration) -> Result<Vec<Row>> {
     let env = [
         ("XLATE_USER_BIN", workspace_root().join("target/debug/xlate-user").display().to_string()),
         ("XLATE_EBPF_OBJECT", crate::ebpf_object().display().to_string()),
         ("RUST_BACKTRACE", "1".to_string()),
     ];
     let mut rows = SuiteRows::default();
-    let run = boot(k, &suites_script(suites, bins), &env, &workspace_root(), MATRIX_TIMEOUT, &mut |l| rows.on_line(l));
+    let run = boot(k, &suites_script(suites, bins), &env, &workspace_root(), timeout, &mut |l| rows.on_line(l));
     match run {
-        Ok(run) => Ok(rows.finish(&run, suites)),
+        Ok(run) => Ok(rows.finish(&run, suites, timeout)),
         Err(e) => {
             // Not booting is a result of the matrix, not an error of xtask.
             println!("vm: kernel {} ({}) did not boot: {e:#}", k.label, k.release);
@@ -306,11 +307,11 @@ impl SuiteRows {
     /// The rows after the guest ended: the boot first; a suite cut short
     /// (the kernel died, the timeout) or never reached is a failure too,
     /// never quietly missing.
-    fn finish(mut self, run: &GuestRun, suites: &[Suite]) -> Vec<Row> {
+    fn finish(mut self, run: &GuestRun, suites: &[Suite], timeout: Duration) -> Vec<Row> {
         let end = match run.end {
             End::Exited(_) => "no end marker".to_string(),
             End::Died => "the kernel died".to_string(),
-            End::TimedOut => format!("timed out after {} s", MATRIX_TIMEOUT.as_secs()),
+            End::TimedOut => format!("timed out after {} s", timeout.as_secs()),
         };
         if let Some((mut row, t)) = self.current.take() {
             row.secs = t.elapsed().as_secs_f64();
@@ -1048,7 +1049,7 @@ mod tests {
         feed(GuestLine::Marker("suite-end", "c:0"));
         feed(GuestLine::Marker("suite-begin", "d"));
         let run = GuestRun { release: "6.1.0-1-amd64".into(), boot_secs: 3.0, run_secs: 9.0, end: End::Died };
-        let rows = rows.finish(&run, &suites);
+        let rows = rows.finish(&run, &suites, MATRIX_TIMEOUT);
         let got: Vec<(&str, u64, u64, Option<&str>)> =
             rows.iter().map(|r| (r.suite.as_str(), r.passed, r.failed, r.problem.as_deref())).collect();
         assert_eq!(
