@@ -184,7 +184,10 @@ impl Redirect {
     fn refresh(&mut self, start: bool) -> Result<()> {
         if !self.enabled {
             if start {
-                tracing::info!("XDP redirect off (xdp_redirect = false): the kernel forwards every rewritten frame");
+                tracing::info!(
+                    "XDP redirect off (xdp_redirect = false, or no xdp-features in this kernel): the kernel forwards \
+                     every rewritten frame"
+                );
             }
             return Ok(());
         }
@@ -545,7 +548,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
             map: HashMap::try_from(take(&mut ebpf, gw::REDIRECT_TARGETS)?)?,
             known: Default::default(),
             ifaces: ifaces.iter().map(|i| (i.index, i.name.clone())).collect(),
-            enabled: cfg.xdp_redirect,
+            // Without xdp-features no device can be vouched for.
+            enabled: cfg.xdp_redirect && crate::kernel_features::get().xdp_features,
             generic: opts.mode == XdpMode::Skb,
             ticks: 0,
         },
@@ -557,7 +561,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let mut engine = EngineConfig {
         addr: cfg.sal_address.octets(),
         max_mss,
-        flags: if cfg.xdp_redirect { config_flag::XDP_REDIRECT } else { 0 },
+        flags: if cfg.xdp_redirect && crate::kernel_features::get().xdp_features {
+            config_flag::XDP_REDIRECT
+        } else {
+            0
+        },
         ..Default::default()
     };
     // The relay's Serval side: its outbound connections leave by the

@@ -34,6 +34,11 @@ pub enum Feature {
 }
 
 impl Feature {
+    /// Every optional feature the agent probes.
+    pub fn all() -> impl Iterator<Item = Feature> {
+        Feature::iter()
+    }
+
     pub fn name(self) -> &'static str {
         self.into()
     }
@@ -90,10 +95,11 @@ impl Features {
             .collect()
     }
 
-    /// Logs [`Self::report`], one warning per line.
+    /// Logs [`Self::report`], one line each, with the start-up lines (a
+    /// fallback is how this kernel is run, not a fault).
     pub fn log(&self) {
         for line in self.report() {
-            tracing::warn!("{line}");
+            tracing::info!("{line}");
         }
     }
 }

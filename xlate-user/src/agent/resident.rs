@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{qdisc_add_clsact, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use serde::{Deserialize, Serialize};
 
@@ -254,9 +255,88 @@ pub fn attach_xdp(p: &mut Xdp, name: &str, iface: &str, mode: XdpMode, dir: &Pat
     attach_pinned(&mut XdpOn { p, iface, mode }, name, iface, dir)
 }
 
-/// Attaches a TC program to `iface` through a pinned (TCX) link.
+/// Attaches a TC program to `iface`: through a pinned TCX link where the
+/// kernel has TCX (Linux 6.6), else as a classic cls_bpf filter.
 pub fn attach_tc(p: &mut SchedClassifier, name: &str, iface: &str, at: TcAttachType, dir: &Path) -> Result<Attached> {
-    attach_pinned(&mut TcOn { p, iface, at }, name, iface, dir)
+    if crate::kernel_features::get().tcx {
+        return attach_pinned(&mut TcOn { p, iface, at }, name, iface, dir);
+    }
+    attach_classic(p, name, iface, at, dir)
+}
+
+/// The classic filter's place on the clsact qdisc: one of ours per device
+/// and direction, always the same one, so that the next run finds it.
+/// Priority 1 runs before filters added without one (49152 and up).
+const CLASSIC_PRIORITY: u16 = 1;
+const CLASSIC_HANDLE: TcHandle = TcHandle::new(0, 0x584c); // "XL"
+
+/// A classic cls_bpf filter (direct action) on the device's clsact qdisc.
+/// It holds its program in the kernel by itself, with no pin, so it
+/// outlives the agent as a pinned link does; the next run replaces the
+/// program in place (a netlink change of the same filter), and stopping
+/// for good deletes the filters listed in [`classic_list`].
+fn attach_classic(p: &mut SchedClassifier, name: &str, iface: &str, at: TcAttachType, dir: &Path) -> Result<Attached> {
+    let held = |p: &mut SchedClassifier, id| -> Result<()> {
+        // A link dropped detaches: the filter must stay when the agent ends.
+        std::mem::forget(p.take_link(id)?);
+        remember_classic(dir, name, iface, at)
+    };
+    if let Ok(link) = SchedClassifierLink::attached(iface, at, CLASSIC_PRIORITY, CLASSIC_HANDLE, None) {
+        if let Ok(id) = p.attach_to_link(link) {
+            held(p, id)?;
+            return Ok(Attached::Replaced);
+        }
+    }
+    // EEXIST when the qdisc is there already, which is what we want.
+    let _ = qdisc_add_clsact(iface);
+    let opts = NlOptions { priority: CLASSIC_PRIORITY, handle: CLASSIC_HANDLE, classid: None };
+    let id = p
+        .attach_with_options(iface, at, TcAttachOptions::Netlink(opts))
+        .with_context(|| format!("attaching {name} to {iface} (classic tc filter)"))?;
+    held(p, id)?;
+    Ok(Attached::New)
+}
+
+/// The list of classic filters an agent attached, beside its lock in
+/// /run/xlate (a BPF filesystem holds no plain files).
+fn classic_list(dir: &Path) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Path::new(RUN).join(format!("{name}.tc"))
+}
+
+fn direction(at: TcAttachType) -> &'static str {
+    if at == TcAttachType::Egress {
+        "egress"
+    } else {
+        "ingress"
+    }
+}
+
+fn remember_classic(dir: &Path, name: &str, iface: &str, at: TcAttachType) -> Result<()> {
+    let path = classic_list(dir);
+    let line = format!("{iface} {} {name}", direction(at));
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    if old.lines().any(|l| l == line) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(RUN)?;
+    std::fs::write(&path, format!("{old}{line}\n")).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Deletes the classic filters listed for `dir` (stopping for good).
+fn remove_classic(dir: &Path) {
+    let path = classic_list(dir);
+    let Ok(text) = std::fs::read_to_string(&path) else { return };
+    for l in text.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let [iface, dirn, name] = w[..] else { continue };
+        let at = if dirn == "egress" { TcAttachType::Egress } else { TcAttachType::Ingress };
+        match aya::programs::tc::qdisc_detach_program(iface, at, name) {
+            Ok(()) => tracing::info!("removed the tc filter {name} from {iface} ({dirn})"),
+            Err(e) => tracing::debug!("removing the tc filter {name} from {iface}: {e}"),
+        }
+    }
+    let _ = std::fs::remove_file(path);
 }
 
 /// Puts the program behind the link an earlier run pinned, or attaches it
@@ -299,6 +379,7 @@ pub fn drop_other_links(dir: &Path, keep: &[(&str, &str)]) {
 /// links (the programs detach), the maps' pins, and what the record says
 /// the agent changed.
 pub fn remove(kind: Kind, iface: &str, dir: &Path) {
+    remove_classic(dir);
     crate::ebpf::remove_pins(dir);
     if let Some(parent) = dir.parent() {
         let _ = std::fs::remove_dir(parent);

@@ -102,6 +102,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
     let iface = Interface::lookup(&opts.iface)?;
     let _rt_guard = crate::agent::runtime::runtime().enter();
     let _lock = Lock::take(Kind::Host, &iface.name)?;
+    crate::kernel_features::get().log();
     let pin_dir = maps::pin_dir_for_agent(Kind::Host, &iface.name)?;
     let Resident { mut ebpf, adopted } = crate::ebpf::load_resident(&pin_dir, None)?;
     let kernel_log =
