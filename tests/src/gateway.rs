@@ -88,6 +88,8 @@ pub struct GatewayLab {
     pub gateway_agent: Option<Bg>,
     /// What the translator printed at start, up to its "running" line.
     pub startup: String,
+    /// Start agents through `ip netns exec` (else `nsenter --net`).
+    pub ip_netns_exec: bool,
     pub dir: PathBuf,
     pub config_path: PathBuf,
     /// `xlate-user` subcommand and extra arguments the gateway runs with.
@@ -146,6 +148,7 @@ impl GatewayLab {
             instance_agents,
             gateway_agent: None,
             startup: String::new(),
+            ip_netns_exec: false,
             dir,
             config_path,
             command: command.iter().map(|s| s.to_string()).collect(),
@@ -160,8 +163,18 @@ impl GatewayLab {
 
     fn start_gateway(&mut self, mode: &str) {
         let bin = crate::xlate_user_bin();
-        let child = std::process::Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.gateway.name()))
+        // As an operator starts it (`ip netns exec`: a mount namespace of
+        // its own, which dies with the agent), or in this host's.
+        let mut launcher = if self.ip_netns_exec {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", self.gateway.name()]);
+            c
+        } else {
+            let mut c = std::process::Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{}", self.gateway.name()));
+            c
+        };
+        let child = launcher
             .arg(&bin)
             .args(&self.command)
             .args(["--iface", "g0", "--iface", "g1", "--xdp-mode", mode, "--metrics", "127.0.0.1:9464", "--config"])

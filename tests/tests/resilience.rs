@@ -520,3 +520,38 @@ fn connections_made_and_closed_while_the_agent_is_down_are_closed_after_it_retur
     let s = lab.stats(false);
     assert!(s["ctl_fin_received"] >= 1 && s["ctl_sent"] >= 2, "{s:?}");
 }
+
+/// Started as operators start it (`ip netns exec`, whose mount namespace
+/// dies with the agent) on a host whose own namespace has no BPF
+/// filesystem at /sys/fs/bpf: the pins live in the host's namespace, so a
+/// SIGKILLed agent leaves the programs attached and translating, and the
+/// next agent, started the same way, takes every flow over.
+#[test]
+fn an_agent_started_with_ip_netns_exec_leaves_a_datapath_that_outlives_it() {
+    require_root();
+    let _g = serial();
+    let mut lab = GatewayLab::new("ne", "\"10.10.0.11\"", "generic", true);
+    lab.ip_netns_exec = true;
+    lab.stop_gateway_agent(libc::SIGTERM);
+    let startup = lab.restart_gateway("generic");
+    assert!(!startup.contains("die with it"), "{startup}");
+    let t = Transfers::start(&lab.client, &lab.dir, |p| lab.url(p));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(lab.flows().len(), 2, "both transfers run through the translator");
+    for _ in 0..2 {
+        let before = lab.stats()["gw_sal_to_tcp"];
+        let (out, err) = lab.stop_gateway_agent(libc::SIGKILL);
+        assert!(xdp_prog(&lab.gateway, "g0").is_some(), "XDP stays attached:\n{out}\n{err}");
+        std::thread::sleep(Duration::from_millis(1500));
+        let startup = lab.restart_gateway("generic");
+        assert!(startup.contains("took over from the previous run with 2 live flows"), "{startup}");
+        let after = lab.stats()["gw_sal_to_tcp"];
+        // At 3 MB/s down, 1.5 s without an agent is over 3000 segments.
+        assert!(after > before + 1000, "the download moved while no agent ran: {before} -> {after}");
+    }
+    t.finish();
+    lab.wait_no_flows(Duration::from_secs(10));
+    let s = lab.stats();
+    assert_eq!(s["drop_unknown_flow"], 0, "{s:?}");
+    assert_eq!(s["gw_passed_no_flow"], 0, "{s:?}");
+}

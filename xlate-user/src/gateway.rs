@@ -714,7 +714,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
     drop(ebpf);
     match r? {
         Ending::Signal => {
-            tracing::info!("agent stopped; the datapath goes on (`xlate-user stop --iface {first}` removes it)");
+            if crate::agent::pins::pins_outlive_agent() {
+                tracing::info!("agent stopped; the datapath goes on (`xlate-user stop --iface {first}` removes it)");
+            } else {
+                tracing::warn!("agent stopped; its pins were in its own mount namespace: the programs detach");
+            }
         }
         Ending::ForGood => {
             resident::remove(Kind::Gateway, &first, &dir);

@@ -212,10 +212,13 @@ pub fn run(opts: HostOptions) -> Result<()> {
     let _ = std::fs::remove_file(&sock_path);
     drop(ebpf);
     match r? {
-        Ending::Signal => tracing::info!(
+        Ending::Signal if crate::agent::pins::pins_outlive_agent() => tracing::info!(
             "agent stopped; the datapath goes on (`xlate-user host stop --iface {}` removes it)",
             iface.name
         ),
+        Ending::Signal => {
+            tracing::warn!("agent stopped; its pins were in its own mount namespace: the programs detach")
+        }
         Ending::ForGood => {
             resident::remove(Kind::Host, &iface.name, &pin_dir);
             tracing::info!("stopped for good: programs, pins, the segmenter and routes removed");
