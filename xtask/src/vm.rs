@@ -353,6 +353,8 @@ fn print_rows(rows: &[Row]) {
             }
         );
     }
+    let total: f64 = rows.iter().map(|r| r.secs).sum();
+    println!("{:<24} {:<20} {:>7} {:>7} {:>8.1}", "total", "", "", "", total);
 }
 
 /// The test executables of `suites`, in order, from cargo's own account
