@@ -905,7 +905,10 @@ fn stage2(k: &Kernel, body: &str, env: &[(&str, String)], cwd: &Path, nonce: &st
     // python3 under emulation; cargo's and the rest stay reachable.
     let path = format!("/usr/bin:/usr/sbin:/bin:/sbin:{}", std::env::var("PATH").unwrap_or_default());
     let mut exports = format!("export PATH={} HOME=/root TERM=dumb\n", sh_quote(&path));
-    for (k, v) in env {
+    let passed = passed_env();
+    let all = passed.iter().map(|(k, v)| (k.as_str(), v)).chain(env.iter().map(|(k, v)| (*k, v)));
+    // Later exports win: `env` over what the host passes.
+    for (k, v) in all {
         exports += &format!("export {k}={}\n", sh_quote(v));
     }
     format!(
@@ -925,6 +928,16 @@ echo b >/proc/sysrq-trigger
         tree = sh_quote(&k.tree().display().to_string()),
         cwd = sh_quote(&cwd.display().to_string()),
     )
+}
+
+/// The host's variables a guest inherits: xlate's own switches
+/// (`XLATE_WITHOUT` forcing fallbacks, ...) and Rust's logging, so that a
+/// run means the same natively and in the guests.
+fn passed_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("XLATE_") || k == "RUST_LOG" || k == "RUST_BACKTRACE")
+        .filter(|(k, _)| k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .collect()
 }
 
 /// Where Debian keeps kmod's tools (not on every PATH).
