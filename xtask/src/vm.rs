@@ -125,7 +125,15 @@ pub fn run_command(kernel: &str, command: &str, timeout: Duration) -> Result<()>
                 println!("{text}");
             }
         };
-        let r = boot(&k, &body, &[], &workspace_root(), timeout, &mut on_line)?;
+        let r = match boot(&k, &body, &[], &workspace_root(), timeout, &mut on_line) {
+            Ok(r) => r,
+            Err(e) => {
+                // The other kernels still run; this one fails the command.
+                println!("vm: {} ({}) did not boot: {e:#}", k.label, k.release);
+                failed.push(format!("{} (did not boot)", k.label));
+                continue;
+            }
+        };
         let what = match r.end {
             End::Exited(0) => None,
             End::Exited(rc) => Some(format!("exit status {rc}")),
@@ -918,7 +926,7 @@ marker() {{ echo "@@xlate-vm:$NONCE:$1:$2@@"; }}
 printf '#!/bin/sh\nexec {modprobe} -d {tree} "$@"\n' >/run/xlate-vm/modprobe
 chmod +x /run/xlate-vm/modprobe
 echo /run/xlate-vm/modprobe >/proc/sys/kernel/modprobe
-{exports}cd {cwd} || marker boot-failed "cd {cwd}"
+{exports}cd {cwd} || {{ marker boot-failed "cd {cwd}"; /bin/busybox reboot -f; }}
 marker start "$(uname -r)"
 {body}marker exit "$rc"
 /bin/busybox reboot -f
