@@ -868,8 +868,7 @@ fn has_interpreter(elf: &[u8]) -> bool {
 /// The initramfs' /init (busybox sh): reach the host's root, make it
 /// writable where needed, hand over to the second stage.
 fn init_script() -> String {
-    let mut writable: Vec<String> = WRITABLE.iter().map(|s| s.to_string()).collect();
-    writable.push(workspace_root().display().to_string());
+    let writable = writable_dirs(&workspace_root());
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -884,11 +883,11 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,ro root /n
 mount -t tmpfs -o mode=0755 run /newroot/run || fail "tmpfs /run"
 mkdir -p /newroot/run/xlate-vm
 for d in {writable}; do
-  o=/newroot/run/xlate-vm/overlay$d
-  mkdir -p $o/upper $o/work
+  o="/newroot/run/xlate-vm/overlay$d"
+  mkdir -p "$o/upper" "$o/work"
   # The overlay's root takes the upper directory's mode (/tmp is 1777).
-  chmod $(stat -c %a /newroot$d) $o/upper
-  mount -t overlay overlay -o lowerdir=/newroot$d,upperdir=$o/upper,workdir=$o/work /newroot$d || fail "overlay $d"
+  chmod "$(stat -c %a "/newroot$d")" "$o/upper"
+  mount -t overlay overlay -o "lowerdir=/newroot$d,upperdir=$o/upper,workdir=$o/work" "/newroot$d" || fail "overlay $d"
 done
 mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys
@@ -903,6 +902,16 @@ exec switch_root /newroot /bin/sh /run/xlate-vm/stage2
 "#,
         writable = writable.iter().map(|w| sh_quote(w)).collect::<Vec<_>>().join(" ")
     )
+}
+
+/// [`WRITABLE`] and the workspace, unless it is below one of them already
+/// (a checkout in /tmp: an overlay on an overlay would gain nothing).
+fn writable_dirs(workspace: &Path) -> Vec<String> {
+    let mut dirs: Vec<String> = WRITABLE.iter().map(|s| s.to_string()).collect();
+    if !WRITABLE.iter().any(|w| workspace.starts_with(w)) {
+        dirs.push(workspace.display().to_string());
+    }
+    dirs
 }
 
 /// The second stage, run by the host's /bin/sh as the guest's init: on
@@ -1087,6 +1096,13 @@ mod tests {
             ]
         );
         assert!(rows.iter().all(|r| r.release == "6.1.0-1-amd64"));
+    }
+
+    #[test]
+    fn a_workspace_below_a_writable_directory_gets_no_overlay_of_its_own() {
+        assert_eq!(writable_dirs(Path::new("/work/main")), ["/tmp", "/var/tmp", "/root", "/work/main"]);
+        assert_eq!(writable_dirs(Path::new("/tmp/ci")), ["/tmp", "/var/tmp", "/root"]);
+        assert_eq!(writable_dirs(Path::new("/tmpfoo")).len(), 4, "a path prefix is not a parent");
     }
 
     #[test]
