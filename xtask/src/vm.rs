@@ -449,6 +449,16 @@ fn newest_package(series: &Series) -> Result<String> {
 /// `target/vm/<release>/` unless done before; prunes older releases of
 /// the same series.
 fn prepare(series: &'static Series) -> Result<Kernel> {
+    prepare_newest(series).or_else(|e| {
+        // Stale lists name a package the archive has replaced (security
+        // updates remove the old one): fetch the lists, try once more.
+        println!("vm: {e:#}; updating apt's lists and trying again");
+        crate::setup::apt_get(&["update", "-q"])?;
+        prepare_newest(series)
+    })
+}
+
+fn prepare_newest(series: &'static Series) -> Result<Kernel> {
     let package = newest_package(series)?;
     let release = package.strip_prefix("linux-image-").expect("series prefixes start so").to_string();
     let base = workspace_root().join("target/vm");
