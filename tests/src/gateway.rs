@@ -115,6 +115,13 @@ impl GatewayLab {
         Self::build(tag, &config(instances_toml), xdp_mode, client_tx_offload, gro, &["run"])
     }
 
+    /// As [`GatewayLab::new`], with the translator started as an operator
+    /// starts it, `ip netns exec`, from a mount namespace with no BPF
+    /// filesystem (see `start_gateway`).
+    pub fn via_ip_netns_exec(tag: &str, instances_toml: &str, xdp_mode: &str, client_tx_offload: bool) -> GatewayLab {
+        Self::assemble(tag, &config(instances_toml), xdp_mode, client_tx_offload, true, &["run"], true)
+    }
+
     /// The lab with the configuration `config_text` (see [`config`]), and
     /// the gateway started as `xlate-user <command...>`.
     pub fn build(
@@ -124,6 +131,18 @@ impl GatewayLab {
         client_tx_offload: bool,
         gro: bool,
         command: &[&str],
+    ) -> GatewayLab {
+        Self::assemble(tag, config_text, xdp_mode, client_tx_offload, gro, command, false)
+    }
+
+    fn assemble(
+        tag: &str,
+        config_text: &str,
+        xdp_mode: &str,
+        client_tx_offload: bool,
+        gro: bool,
+        command: &[&str],
+        ip_netns_exec: bool,
     ) -> GatewayLab {
         let opts = TranslatorOptions { instances: INSTANCES.len(), gro, client_tx_offload };
         let Translator { instances, switch, gateway, client } =
@@ -148,7 +167,7 @@ impl GatewayLab {
             instance_agents,
             gateway_agent: None,
             startup: String::new(),
-            ip_netns_exec: false,
+            ip_netns_exec,
             dir,
             config_path,
             command: command.iter().map(|s| s.to_string()).collect(),
@@ -163,11 +182,16 @@ impl GatewayLab {
 
     fn start_gateway(&mut self, mode: &str) {
         let bin = crate::xlate_user_bin();
-        // As an operator starts it (`ip netns exec`: a mount namespace of
-        // its own, which dies with the agent), or in this host's.
+        // As an operator starts it: `ip netns exec`, which gives the agent
+        // a mount namespace of its own that dies with it, run from a mount
+        // namespace with no BPF filesystem (the host's, here, may have the
+        // one other agents of the test mounted at /run/xlate/bpf: it is
+        // detached in a private copy first). Or in this host's namespace.
         let mut launcher = if self.ip_netns_exec {
-            let mut c = std::process::Command::new("ip");
-            c.args(["netns", "exec", self.gateway.name()]);
+            let mut c = std::process::Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "--", "sh", "-c"]);
+            c.arg("umount -l /run/xlate/bpf 2>/dev/null; umount -l /sys/fs/bpf 2>/dev/null; exec ip netns exec \"$0\" \"$@\"");
+            c.arg(self.gateway.name());
             c
         } else {
             let mut c = std::process::Command::new("nsenter");

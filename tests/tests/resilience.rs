@@ -522,19 +522,19 @@ fn connections_made_and_closed_while_the_agent_is_down_are_closed_after_it_retur
 }
 
 /// Started as operators start it (`ip netns exec`, whose mount namespace
-/// dies with the agent) on a host whose own namespace has no BPF
-/// filesystem at /sys/fs/bpf: the pins live in the host's namespace, so a
-/// SIGKILLed agent leaves the programs attached and translating, and the
-/// next agent, started the same way, takes every flow over.
+/// dies with the agent) from a namespace with no BPF filesystem: the pins
+/// outlive the agent (in the holder's namespace, where nothing else can
+/// be reached), so a SIGKILLed agent leaves the programs attached and
+/// translating, and the next agent, started the same way, takes every
+/// flow over. Stopping for good ends the holder.
 #[test]
 fn an_agent_started_with_ip_netns_exec_leaves_a_datapath_that_outlives_it() {
     require_root();
     let _g = serial();
-    let mut lab = GatewayLab::new("ne", "\"10.10.0.11\"", "generic", true);
-    lab.ip_netns_exec = true;
-    lab.stop_gateway_agent(libc::SIGTERM);
-    let startup = lab.restart_gateway("generic");
-    assert!(!startup.contains("die with it"), "{startup}");
+    let mut lab = GatewayLab::via_ip_netns_exec("ne", "\"10.10.0.11\"", "generic", true);
+    assert!(!lab.startup.contains("die with the agent"), "{}", lab.startup);
+    let holder = holder_pids();
+    assert_eq!(holder.len(), 1, "one BPF filesystem holder: {holder:?}\n{}", lab.startup);
     let t = Transfers::start(&lab.client, &lab.dir, |p| lab.url(p));
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(lab.flows().len(), 2, "both transfers run through the translator");
@@ -554,4 +554,31 @@ fn an_agent_started_with_ip_netns_exec_leaves_a_datapath_that_outlives_it() {
     let s = lab.stats();
     assert_eq!(s["drop_unknown_flow"], 0, "{s:?}");
     assert_eq!(s["gw_passed_no_flow"], 0, "{s:?}");
+    assert_eq!(holder_pids(), holder, "the same holder throughout");
+    let (out, err) = lab.stop_gateway();
+    std::thread::sleep(Duration::from_millis(200));
+    let left: Vec<String> = holder
+        .iter()
+        .flat_map(|h| std::fs::read_dir(format!("/proc/{h}/root/run/xlate/bpf")).into_iter().flatten().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        holder_pids().is_empty(),
+        "stopping for good ends the holder; its BPF filesystem has {left:?}\n{out}\n{err}"
+    );
+}
+
+/// PIDs of running BPF filesystem holders (`xlate-bpffs-holder`).
+fn holder_pids() -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|pid: &u32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(xlate_user::agent::holder::NAME.as_bytes()))
+        })
+        .collect();
+    v.sort();
+    v
 }

@@ -28,7 +28,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("XLATE_EBPF_OBJECT")
 /// loading takes.
 pub fn load() -> Result<Ebpf> {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = crate::agent::pins::base_for_agent()?.join(format!(
+    let dir = crate::agent::pins::base_for_loading()?.join(format!(
         "load-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)

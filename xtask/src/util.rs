@@ -46,6 +46,7 @@ pub fn is_root() -> bool {
 /// (source `xlate`) once no xlate pins remain: tests leave the machine as
 /// they found it. A bpffs mounted by the system is left alone.
 pub fn unmount_own_bpffs() {
+    end_bpffs_holder();
     unmount_run_bpffs();
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let ours = mounts.lines().any(|l| {
@@ -84,4 +85,18 @@ fn unmount_run_bpffs() {
     unsafe { libc::umount2(path.as_ptr(), 0) };
     let _ = std::fs::remove_dir("/run/xlate/bpf");
     let _ = std::fs::remove_dir("/run/xlate");
+}
+
+/// Ends a BPF filesystem holder a test left (agents started with `ip
+/// netns exec` start one; stopping their datapath for good ends it).
+fn end_bpffs_holder() {
+    const PIDFILE: &str = "/run/xlate/bpffs-holder.pid";
+    let Some(pid) = std::fs::read_to_string(PIDFILE).ok().and_then(|s| s.trim().parse::<i32>().ok()) else { return };
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"xlate-bpffs-holder"));
+    if ours {
+        println!("test: ending the BPF filesystem holder a test left (PID {pid})");
+        // SAFETY: kill(2) of the process the PID file names, checked by name.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let _ = std::fs::remove_file(PIDFILE);
 }

@@ -10,16 +10,18 @@
 //! therefore find the agent through its control socket (/run is the same
 //! in every such shell), learn its PID from the socket (SO_PEERCRED) and
 //! open the pins through `/proc/PID/root`, which is the agent's own view
-//! of the file system, whatever mount namespace it runs in.
+//! of the file system, whatever mount namespace it runs in (or through the
+//! holder's, [`super::holder`], for an agent that runs alone in a mount
+//! namespace that ends with it).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 const SYS_BPF: &str = "/sys/fs/bpf";
-const RUN_BPF: &str = "/run/xlate/bpf";
+pub(crate) const RUN_BPF: &str = "/run/xlate/bpf";
 
-fn is_bpffs(path: &Path) -> bool {
+pub(crate) fn is_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
     // SAFETY: valid path and out-struct.
@@ -36,25 +38,37 @@ fn is_bpffs(path: &Path) -> bool {
 /// mount one, the second on top of the first, hiding the directory the
 /// first had just made for its pins (`BPF_OBJ_PIN`: no such file).
 ///
-/// An agent started with `ip netns exec` runs in a mount namespace of its
-/// own that dies with it: a BPF filesystem mounted there would take the
-/// pins, and with them the pinned links (the programs detach) and every
-/// flow, when the agent dies. Such an agent pins in the host's mount
-/// namespace (PID 1's) instead, through `/proc/1/root`: in its BPF
-/// filesystem at /sys/fs/bpf if it has one, else in one it mounts at
-/// /run/xlate/bpf there ([`Durability`] says which happened).
+/// An agent started with `ip netns exec` runs alone in a mount namespace
+/// that dies with it (with a fresh /sys, where the host's /sys/fs/bpf is
+/// not to be seen): a BPF filesystem mounted there would take the pins,
+/// and with them the pinned links (the programs detach) and every flow,
+/// when the agent dies. Such an agent pins where the pins outlive it: in a
+/// /run/xlate/bpf its namespace was made with, in the host's /sys/fs/bpf
+/// through `/proc/1/root` where it may look there, or in the BPF
+/// filesystem of the holder ([`super::holder`]), a process that keeps a
+/// namespace with one alive between agents ([`Durability`] says whether
+/// any of that worked).
 pub fn base_for_agent() -> Result<PathBuf> {
     Ok(base_with_durability()?.0)
+}
+
+/// Where a load whose pins last only while it loads (tests, `watch`,
+/// benchmarks) pins: /sys/fs/bpf, else a BPF filesystem at /run/xlate/bpf
+/// in this mount namespace. No holder: nothing must outlive it.
+pub fn base_for_loading() -> Result<PathBuf> {
+    if is_bpffs(Path::new(SYS_BPF)) {
+        return Ok(Path::new(SYS_BPF).join("xlate"));
+    }
+    mount_here()
 }
 
 /// Whether pins outlive the agent that made them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// In the host's mount namespace (or a BPF filesystem the agent's
-    /// namespace shares with it): the next agent finds them.
+    /// In a namespace that outlives the agent: the next agent finds them.
     Durable,
-    /// In the agent's own mount namespace only, where a host mount could
-    /// not be made: they go when the agent goes.
+    /// In the agent's own mount namespace only (no holder could be
+    /// started): they go when the agent goes.
     DiesWithAgent,
 }
 
@@ -77,75 +91,67 @@ fn find_base() -> Result<(PathBuf, Durability)> {
     if is_bpffs(Path::new(SYS_BPF)) {
         return Ok((Path::new(SYS_BPF).join("xlate"), Durability::Durable));
     }
-    if !in_host_mount_namespace() {
-        let host_sys = Path::new("/proc/1/root").join(SYS_BPF.trim_start_matches('/'));
-        if is_bpffs(&host_sys) {
-            return Ok((host_sys.join("xlate"), Durability::Durable));
-        }
-        match mount_in_host_namespace() {
-            Ok(p) => return Ok((p, Durability::Durable)),
-            Err(e) => tracing::warn!(
-                "no BPF filesystem in the host's mount namespace, and mounting one there failed ({e:#}): the pins \
-                 live in this agent's own mount namespace and die with it, so a restart loses every flow"
-            ),
-        }
-        return Ok((mount_here()?, Durability::DiesWithAgent));
+    if !alone_in_mount_namespace() {
+        // A namespace other processes live in (the host's, a
+        // container's) outlives this agent, and a mount in it with it.
+        return Ok((mount_here()?, Durability::Durable));
     }
-    Ok((mount_here()?, Durability::Durable))
+    // Alone: `ip netns exec` (or unshare) made this namespace for this
+    // agent, and it ends with it.
+    if is_bpffs(Path::new(RUN_BPF)) {
+        // Copied from the namespace it was made from, which lives on.
+        return Ok((PathBuf::from(RUN_BPF), Durability::Durable));
+    }
+    let host_sys = Path::new("/proc/1/root").join(SYS_BPF.trim_start_matches('/'));
+    if is_bpffs(&host_sys) {
+        return Ok((host_sys.join("xlate"), Durability::Durable));
+    }
+    if let Some(base) = super::holder::base() {
+        return Ok((base, Durability::Durable));
+    }
+    let _lock = DirLock::exclusive(Path::new(RUN_BPF).parent().expect("has a parent"))?;
+    if let Some(base) = super::holder::base() {
+        return Ok((base, Durability::Durable));
+    }
+    let here = mount_here_locked()?;
+    match super::holder::start() {
+        Ok(()) => Ok((here, Durability::Durable)),
+        Err(e) => {
+            tracing::warn!(
+                "this agent runs alone in its mount namespace (as `ip netns exec` starts it) and could not start a \
+                 process to keep its BPF filesystem ({e:#}): the pins die with the agent, so a restart loses every \
+                 flow"
+            );
+            Ok((here, Durability::DiesWithAgent))
+        }
+    }
 }
 
-/// Whether this process shares PID 1's mount namespace.
-fn in_host_mount_namespace() -> bool {
+/// Whether no other process shares this process's mount namespace (so
+/// that it ends when this process does). Processes whose namespace cannot
+/// be read are not counted.
+fn alone_in_mount_namespace() -> bool {
     use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata("/proc/self/ns/mnt"), std::fs::metadata("/proc/1/ns/mnt")) {
-        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-        // Cannot tell (no /proc/1 access): behave as before.
-        _ => true,
-    }
-}
-
-/// Mounts a BPF filesystem at /run/xlate/bpf in PID 1's mount namespace
-/// (unless one is there) and returns the path to it from here. The mount
-/// is made by a short-lived child that enters that namespace (a process
-/// with threads cannot), under the same lock as [`mount_here`].
-fn mount_in_host_namespace() -> Result<PathBuf> {
-    use std::os::unix::process::CommandExt;
-    let host_root = Path::new("/proc/1/root");
-    let there = host_root.join(RUN_BPF.trim_start_matches('/'));
-    std::fs::create_dir_all(&there).with_context(|| format!("creating {}", there.display()))?;
-    let _lock = DirLock::exclusive(there.parent().expect("has a parent"))?;
-    if is_bpffs(&there) {
-        return Ok(there);
-    }
-    let ns = std::fs::File::open("/proc/1/ns/mnt").context("opening /proc/1/ns/mnt")?;
-    let mut cmd = std::process::Command::new("/bin/true");
-    // SAFETY: between fork and exec the child makes only async-signal-safe
-    // system calls (setns, mount) on memory prepared before the fork.
-    unsafe {
-        use std::os::fd::AsRawFd;
-        let fd = ns.as_raw_fd();
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNS) != 0
-                || libc::mount(c"xlate".as_ptr(), c"/run/xlate/bpf".as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let status = cmd.status().context("mounting a BPF filesystem in the host's mount namespace")?;
-    if !status.success() || !is_bpffs(&there) {
-        bail!("mounting a BPF filesystem on {RUN_BPF} in the host's mount namespace failed ({status})");
-    }
-    tracing::info!("mounted a BPF filesystem on {RUN_BPF} in the host's mount namespace (pins outlive this agent)");
-    Ok(there)
+    let ns = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/mnt")).ok().map(|m| (m.dev(), m.ino()));
+    let Some(mine) = ns("self") else { return false };
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    !entries.flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.bytes().all(|b| b.is_ascii_digit()) && name != me && ns(&name) == Some(mine)
+    })
 }
 
 /// A BPF filesystem at /run/xlate/bpf in this process's mount namespace.
 fn mount_here() -> Result<PathBuf> {
     std::fs::create_dir_all(RUN_BPF).with_context(|| format!("creating {RUN_BPF}"))?;
-    let parent = Path::new(RUN_BPF).parent().expect("has a parent");
-    let _lock = DirLock::exclusive(parent)?;
+    let _lock = DirLock::exclusive(Path::new(RUN_BPF).parent().expect("has a parent"))?;
+    mount_here_locked()
+}
+
+/// [`mount_here`] for a caller that holds the lock on /run/xlate.
+fn mount_here_locked() -> Result<PathBuf> {
+    std::fs::create_dir_all(RUN_BPF).with_context(|| format!("creating {RUN_BPF}"))?;
     if !is_bpffs(Path::new(RUN_BPF)) {
         let dst = std::ffi::CString::new(RUN_BPF).expect("no NUL");
         // SAFETY: valid C strings; mount(2) with no data.
@@ -198,7 +204,8 @@ fn peer_pid(sock: &Path) -> Result<i32> {
 /// as a path this process can open.
 pub fn dir_for_reading(sock: &Path, name: &str) -> Result<PathBuf> {
     let pid = peer_pid(sock).with_context(|| format!("no agent answers on {}", sock.display()))?;
-    for root in [format!("/proc/{pid}/root"), "/proc/1/root".to_string()] {
+    let holder = super::holder::pid().map(|h| format!("/proc/{h}/root"));
+    for root in [Some(format!("/proc/{pid}/root")), holder, Some("/proc/1/root".to_string())].into_iter().flatten() {
         for base in [Path::new(SYS_BPF).join("xlate"), PathBuf::from(RUN_BPF)] {
             let d = PathBuf::from(&root).join(base.strip_prefix("/").expect("absolute")).join(name);
             if d.is_dir() {

@@ -381,7 +381,11 @@ pub fn drop_other_links(dir: &Path, keep: &[(&str, &str)]) {
 pub fn remove(kind: Kind, iface: &str, dir: &Path) {
     remove_classic(dir);
     crate::ebpf::remove_pins(dir);
-    if let Some(parent) = dir.parent() {
+    // The `xlate` directory under /sys/fs/bpf, once empty; never a BPF
+    // filesystem's mount point itself (/run/xlate/bpf): seen through
+    // /proc/PID/root, another namespace's mount point can be removed, and
+    // that unmounts it.
+    if let Some(parent) = dir.parent().filter(|p| p.file_name().is_some_and(|n| n == "xlate")) {
         let _ = std::fs::remove_dir(parent);
     }
     match Record::load(kind, iface) {
@@ -395,6 +399,7 @@ pub fn remove(kind: Kind, iface: &str, dir: &Path) {
     if let Ok(p) = super::control_socket(kind, iface) {
         let _ = std::fs::remove_file(p);
     }
+    super::holder::release_if_unused();
     let _ = std::fs::remove_dir(RUN);
 }
 
@@ -402,8 +407,10 @@ pub fn remove(kind: Kind, iface: &str, dir: &Path) {
 /// them.
 pub fn orphan_dir(kind: Kind, iface: &str) -> Result<Option<PathBuf>> {
     let name = pin_name(kind, iface)?;
-    for base in ["/sys/fs/bpf/xlate", "/run/xlate/bpf", "/proc/1/root/sys/fs/bpf/xlate", "/proc/1/root/run/xlate/bpf"] {
-        let d = Path::new(base).join(&name);
+    let holder = super::holder::base();
+    let bases = ["/sys/fs/bpf/xlate", "/run/xlate/bpf", "/proc/1/root/sys/fs/bpf/xlate", "/proc/1/root/run/xlate/bpf"];
+    for base in holder.iter().map(PathBuf::as_path).chain(bases.iter().map(Path::new)) {
+        let d = base.join(&name);
         if d.is_dir() {
             return Ok(Some(d));
         }
