@@ -199,6 +199,9 @@ pub fn matrix_of(kernel: &str, suites: &[Suite], timeout: Duration) -> Result<Ta
         );
         rows.extend(matrix_in(&k, suites, &bins, timeout)?);
     }
+    if kernel == "all" {
+        rows.extend(native_with_fallbacks(suites, &bins)?);
+    }
     print_rows(&rows);
     let mut tally = Tally::default();
     for r in &rows {
@@ -249,6 +252,46 @@ fn matrix_in(k: &Kernel, suites: &[Suite], bins: &[TestBin], timeout: Duration) 
             Ok(vec![row])
         }
     }
+}
+
+/// Every optional kernel feature the agent can go without
+/// (`xlate-user/src/kernel_features.rs`), for [`native_with_fallbacks`].
+const ALL_FALLBACKS: &str = "xdp-meta,tcx,xdp-features";
+
+/// The suites once more on this machine's own kernel with every fallback
+/// forced (`XLATE_WITHOUT`): the paths a kernel without those features
+/// takes, proven on a kernel that has them too.
+fn native_with_fallbacks(suites: &[Suite], bins: &[TestBin]) -> Result<Vec<Row>> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let label = format!("{release} (without {ALL_FALLBACKS})");
+    println!("vm: this machine's kernel {release} with every fallback forced: XLATE_WITHOUT={ALL_FALLBACKS}");
+    let mut rows = Vec::new();
+    for (s, b) in suites.iter().zip(bins) {
+        let t = Instant::now();
+        let mut cmd = Command::new(&b.exe);
+        cmd.current_dir(&b.cwd).arg("--test-threads=1").args(s.filter);
+        cmd.env("XLATE_WITHOUT", ALL_FALLBACKS)
+            .env("XLATE_USER_BIN", workspace_root().join("target/debug/xlate-user"))
+            .env("XLATE_EBPF_OBJECT", crate::ebpf_object());
+        let out = cmd.output().with_context(|| format!("running {}", b.exe.display()))?;
+        let mut row = Row::new(&label, s.name);
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            println!("{line}");
+            if let Some((passed, failed)) = crate::result_line_counts(line) {
+                row.passed += passed;
+                row.failed += failed;
+            }
+        }
+        if !out.status.success() {
+            print!("{}", String::from_utf8_lossy(&out.stderr));
+            row.problem = Some(format!("{}", out.status));
+        } else if row.passed + row.failed == 0 {
+            row.problem = Some("no test ran".into());
+        }
+        row.secs = t.elapsed().as_secs_f64();
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 /// The guest's shell lines running each suite's binary between markers.
@@ -344,11 +387,12 @@ impl SuiteRows {
 }
 
 fn print_rows(rows: &[Row]) {
+    let w = rows.iter().map(|r| r.release.len()).max().unwrap_or(0).max(24);
     println!("\nkernel matrix:");
-    println!("{:<24} {:<20} {:>7} {:>7} {:>8}  result", "kernel", "suite", "passed", "failed", "seconds");
+    println!("{:<w$} {:<20} {:>7} {:>7} {:>8}  result", "kernel", "suite", "passed", "failed", "seconds");
     for r in rows {
         println!(
-            "{:<24} {:<20} {:>7} {:>7} {:>8.1}  {}",
+            "{:<w$} {:<20} {:>7} {:>7} {:>8.1}  {}",
             r.release,
             r.suite,
             r.passed,
@@ -362,7 +406,7 @@ fn print_rows(rows: &[Row]) {
         );
     }
     let total: f64 = rows.iter().map(|r| r.secs).sum();
-    println!("{:<24} {:<20} {:>7} {:>7} {:>8.1}", "total", "", "", "", total);
+    println!("{:<w$} {:<20} {:>7} {:>7} {:>8.1}", "total", "", "", "", total);
 }
 
 /// The test executables of `suites`, in order, from cargo's own account
