@@ -425,12 +425,14 @@ fn decode(files: &[PathBuf], quiet: bool) -> Result<ExitCode> {
 fn watch(iface: &str, mode: XdpMode, interval: f64, duration: Option<f64>) -> Result<()> {
     let mut classifier = Classifier::load()?;
     classifier.attach(iface, mode)?;
-    println!("attached xlate_classify to {iface} ({mode:?} mode)");
-    std::io::stdout().flush()?;
     xlate_user::agent::runtime::block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        // Only now: whoever waits for this line may stop us at once, and a
+        // SIGTERM before the handlers would end us without the final line.
+        println!("attached xlate_classify to {iface} ({mode:?} mode)");
+        std::io::stdout().flush()?;
         let forever = Duration::from_secs(u64::MAX / 4);
         let stop = tokio::time::sleep(duration.map_or(forever, Duration::from_secs_f64));
         tokio::pin!(stop);
