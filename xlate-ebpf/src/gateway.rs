@@ -145,8 +145,8 @@ fn gateway<const META: bool>(f: &XdpFrame) -> Result<u32, Exit> {
 /// the frame (`META`), else in the notes map under the frame's key.
 /// Without either the partial form stays: right for the partial checksums
 /// of local senders, wrong for the rare complete one (counted). Its own
-/// BPF function: the key and note stay off the program's frame, which the
-/// verifier adds to `new_flow`'s (512 bytes in all).
+/// BPF function: the key and note stay off the program's own frame, which
+/// every call chain includes (Linux 6.1 allows 512 bytes along a chain).
 #[inline(never)]
 fn leave_note<const META: bool>(f: &XdpFrame, csum_at: usize) {
     let Some(note) = f.note(csum_at) else { return };
