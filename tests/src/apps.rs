@@ -141,3 +141,25 @@ socks = [socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) f
 print("held", len(socks), flush=True)
 time.sleep(600)
 "#;
+
+/// Sends one SAL control packet from the namespace it runs in: argv =
+/// dst, src_flowid, dst_flowid, flags, verno, ackno, nonce (hex), [src].
+pub const SEND_CONTROL: &str = r#"
+import socket, struct, sys
+dst, sf, df, flags, verno, ackno, nonce = sys.argv[1:8]
+hdr = struct.pack("!IIBBH", int(sf), int(df), 8, 6, 0)
+ctl = struct.pack("!BBBBII", 0x10, 20, int(flags, 0), 0, int(verno), int(ackno)) + bytes.fromhex(nonce)
+pkt = bytearray(hdr + ctl)
+s = sum(struct.unpack("!%dH" % (len(pkt) // 2), pkt))
+while s >> 16: s = (s & 0xffff) + (s >> 16)
+pkt[10:12] = struct.pack("!H", ~s & 0xffff)
+if len(sys.argv) > 8:
+    # A spoofed source: the IP header is ours (IP_HDRINCL).
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(pkt), 1, 0, 64, 144, 0,
+                     socket.inet_aton(sys.argv[8]), socket.inet_aton(dst))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    sock.sendto(ip + bytes(pkt), (dst, 0))
+else:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 144)
+    sock.sendto(bytes(pkt), (dst, 0))
+"#;

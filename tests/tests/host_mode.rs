@@ -568,3 +568,233 @@ fn uploads_and_downloads_arrive_intact_with_checksums_valid_on_the_wire() {
         }
     }
 }
+
+/// A SAL control packet as a capture saw it.
+#[derive(Debug, Clone, Copy)]
+struct CtlSeen {
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    src_flow: u32,
+    dst_flow: u32,
+    flags: u8,
+    verno: u32,
+    ackno: u32,
+    nonce: [u8; 8],
+}
+
+/// Every control packet in a capture, in order.
+fn control_packets(path: &std::path::Path) -> Vec<CtlSeen> {
+    sal_packets(path)
+        .iter()
+        .filter_map(|(d, _)| {
+            let p = ServalRepr::parse(d).ok()?;
+            let c = p.sal.control?;
+            Some(CtlSeen {
+                src: p.ip.src_addr,
+                dst: p.ip.dst_addr,
+                src_flow: p.sal.src_flowid.0,
+                dst_flow: p.sal.dst_flowid.0,
+                flags: c.flags.bits(),
+                verno: c.verno,
+                ackno: c.ackno,
+                nonce: c.nonce,
+            })
+        })
+        .collect()
+}
+
+const RSYN: u8 = 0x40;
+const ACK: u8 = 0x20;
+
+/// Waits until `f` gives something, for at most `limit`.
+fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "waited {limit:?} for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The server's SAL address of its one flow (`host flows --json`).
+fn server_flow_address(lab: &HostLab) -> Option<String> {
+    let out = lab.host_cli(true, &["flows", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(v.as_array()?.first()?["sal_local"].as_str()?.to_string())
+}
+
+/// Every SAL packet to the server's new address is dropped (after the
+/// capture on its interface has seen it) until the guard is dropped.
+struct LoseToNewAddress<'a>(&'a HostLab);
+
+impl<'a> LoseToNewAddress<'a> {
+    fn start(lab: &'a HostLab) -> Self {
+        sh(
+            &lab.server,
+            &format!(
+                "nft add table ip xlate_loss && nft add chain ip xlate_loss in '{{ type filter hook input priority 0; }}' \
+                 && nft add rule ip xlate_loss in ip daddr {SERVER_IP2} ip protocol 144 drop"
+            ),
+        );
+        LoseToNewAddress(lab)
+    }
+}
+
+impl Drop for LoseToNewAddress<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", self.0.server.name(), "nft", "delete", "table", "ip", "xlate_loss"])
+            .status();
+    }
+}
+
+/// A server migrates during a download while the client's RSYN-ACKs are
+/// lost for 1.2 s, and the client answers the server's duplicate RSYN as
+/// the original Serval stack does: with a plain ACK to the old address
+/// (injected here; xlate's own host mode answers with its RSYN-ACK again).
+/// That ACK must not end the migration: the client's next RSYN-ACK is
+/// taken and the flow moves. (Before, the ACK cleared the outstanding RSYN
+/// and every later RSYN-ACK was ignored: the flow never moved, and no one
+/// was told.)
+#[test]
+fn a_migration_completes_after_lost_rsyn_acks_and_an_original_style_ack() {
+    require_root();
+    let _g = serial();
+    let mut lab = HostLab::new("mgl");
+    let sum = make_file(&lab, "big.bin", 40_000_000);
+    lab.start_http();
+    lab.server.ip(&["addr", "add", &format!("{SERVER_IP2}/24"), "dev", SERVER_IF]);
+    let pcap = lab.dir.join("control.pcap");
+    let mut cap =
+        Capture::start(&lab.server, SERVER_IF, pcap.clone(), &["ip", "proto", "144", "and", "ip[28]", "!=", "3"]);
+    let mut curl = lab.client.spawn(
+        "sh",
+        &["-c", &format!("curl -sS --fail --max-time 60 --limit-rate 5M {} | sha256sum", lab.url("big.bin"))],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let loss = LoseToNewAddress::start(&lab);
+    let t0 = std::time::Instant::now();
+    let out = lab.host_cli(true, &["migrate", "--to", SERVER_IP2]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let new_ip: std::net::Ipv4Addr = SERVER_IP2.parse().unwrap();
+    // The client's RSYN-ACK to the new address, lost.
+    let rsyn_ack = wait_for(Duration::from_secs(3), "the client's RSYN-ACK", || {
+        control_packets(&pcap).into_iter().find(|c| c.flags == RSYN | ACK && c.dst == new_ip)
+    });
+    // The server resends its RSYN (after about 1 s): the original stack
+    // answers that duplicate with a plain ACK to the old address.
+    wait_for(Duration::from_secs(3), "the server's second RSYN", || {
+        (control_packets(&pcap).iter().filter(|c| c.flags == RSYN && c.src == new_ip).count() >= 2).then_some(())
+    });
+    let args = [
+        SERVER_IP.to_string(),
+        rsyn_ack.src_flow.to_string(),
+        rsyn_ack.dst_flow.to_string(),
+        format!("{ACK:#x}"),
+        rsyn_ack.verno.to_string(),
+        rsyn_ack.ackno.to_string(),
+        rsyn_ack.nonce.iter().map(|b| format!("{b:02x}")).collect(),
+    ];
+    let mut a = vec!["-c", xlate_tests::apps::SEND_CONTROL];
+    a.extend(args.iter().map(String::as_str));
+    let sent = lab.client.output("python3", &a);
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    std::thread::sleep(Duration::from_millis(1200).saturating_sub(t0.elapsed()));
+    drop(loss);
+    // The client resends its RSYN-ACK (1 s, then 2 s after the first):
+    // the server takes it and moves.
+    wait_for(Duration::from_secs(8), "the flow to move to the new address", || {
+        (server_flow_address(&lab).as_deref() == Some(SERVER_IP2)).then_some(())
+    });
+    let line = curl.wait_for_line("-", Duration::from_secs(60));
+    assert_eq!(line.split_whitespace().next().unwrap(), sum, "transfer intact across the migration");
+    cap.stop();
+    let s = lab.stats(true);
+    assert_eq!(s["migration_failed"], 0, "{s:?}");
+    let moved = control_packets(&pcap).iter().any(|c| c.flags == ACK && c.src == new_ip);
+    assert!(moved, "the server acknowledged an RSYN-ACK from its new address");
+}
+
+/// Every RSYN-ACK lost: the migration is given up 15 s after the first
+/// RSYN, counted and logged; the flow goes on where it was, unharmed.
+#[test]
+fn a_migration_that_gets_no_answer_fails_and_the_flow_stays() {
+    require_root();
+    let _g = serial();
+    let mut lab = HostLab::new("mgf");
+    let sum = make_file(&lab, "big.bin", 44_000_000);
+    lab.start_http();
+    lab.server.ip(&["addr", "add", &format!("{SERVER_IP2}/24"), "dev", SERVER_IF]);
+    let mut curl = lab.client.spawn(
+        "sh",
+        &["-c", &format!("curl -sS --fail --max-time 60 --limit-rate 2M {} | sha256sum", lab.url("big.bin"))],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let loss = LoseToNewAddress::start(&lab);
+    let out = lab.host_cli(true, &["migrate", "--to", SERVER_IP2]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for(Duration::from_secs(20), "the migration to fail", || {
+        (lab.stats(true)["migration_failed"] == 1).then_some(())
+    });
+    assert_eq!(server_flow_address(&lab).as_deref(), Some(SERVER_IP), "the flow stays on the old address");
+    drop(loss);
+    let line = curl.wait_for_line("-", Duration::from_secs(60));
+    assert_eq!(line.split_whitespace().next().unwrap(), sum, "transfer intact: the flow was never harmed");
+    let s = lab.stats(true);
+    assert_eq!(s["flows_expired"], 0, "{s:?}");
+}
+
+/// The original stack merges control flags: RSYN|ACK|FIN in one packet
+/// (its answer to our RSYN with its own close). Both are taken: the flow
+/// moves (the RSYN-ACK) and the peer's FIN is counted and acknowledged.
+/// (Before, the packet was taken for an RSYN alone and the FIN was lost.)
+#[test]
+fn an_rsyn_ack_merged_with_a_fin_is_taken_whole() {
+    require_root();
+    let _g = serial();
+    let mut lab = HostLab::new("mgm");
+    make_file(&lab, "big.bin", 20_000_000);
+    lab.start_http();
+    lab.server.ip(&["addr", "add", &format!("{SERVER_IP2}/24"), "dev", SERVER_IF]);
+    let pcap = lab.dir.join("control.pcap");
+    let mut cap =
+        Capture::start(&lab.server, SERVER_IF, pcap.clone(), &["ip", "proto", "144", "and", "ip[28]", "!=", "3"]);
+    let _curl = lab
+        .client
+        .spawn("sh", &["-c", &format!("curl -sS --max-time 60 --limit-rate 2M {} | sha256sum", lab.url("big.bin"))]);
+    std::thread::sleep(Duration::from_millis(800));
+    let _loss = LoseToNewAddress::start(&lab);
+    let before = lab.stats(true);
+    let out = lab.host_cli(true, &["migrate", "--to", SERVER_IP2]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let new_ip: std::net::Ipv4Addr = SERVER_IP2.parse().unwrap();
+    let rsyn_ack = wait_for(Duration::from_secs(3), "the client's RSYN-ACK", || {
+        control_packets(&pcap).into_iter().find(|c| c.flags == RSYN | ACK && c.dst == new_ip)
+    });
+    // The same RSYN-ACK with a FIN merged in, as the original sends it.
+    const FIN: u8 = 0x04;
+    let args = [
+        SERVER_IP.to_string(),
+        rsyn_ack.src_flow.to_string(),
+        rsyn_ack.dst_flow.to_string(),
+        format!("{:#x}", RSYN | ACK | FIN),
+        rsyn_ack.verno.to_string(),
+        rsyn_ack.ackno.to_string(),
+        rsyn_ack.nonce.iter().map(|b| format!("{b:02x}")).collect(),
+    ];
+    let mut a = vec!["-c", xlate_tests::apps::SEND_CONTROL];
+    a.extend(args.iter().map(String::as_str));
+    let sent = lab.client.output("python3", &a);
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    wait_for(Duration::from_secs(3), "the flow to move", || {
+        (server_flow_address(&lab).as_deref() == Some(SERVER_IP2)).then_some(())
+    });
+    let s = lab.stats(true);
+    assert_eq!(s["ctl_fin_received"], before["ctl_fin_received"] + 1, "the FIN was taken: {s:?}");
+    assert_eq!(s["ctl_rsyn_received"], before["ctl_rsyn_received"] + 1, "once, as an RSYN-ACK: {s:?}");
+    cap.stop();
+    let acked = control_packets(&pcap).iter().any(|c| c.flags == ACK && c.ackno == rsyn_ack.verno.wrapping_add(1));
+    assert!(acked, "the FIN was acknowledged");
+}

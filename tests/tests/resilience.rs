@@ -292,28 +292,6 @@ fn stopping_host_mode_for_good_without_its_agent_resets_both_sides_and_leaves_no
     assert!(pins.iter().any(|d| d.ends_with(SERVER_IF)), "{pins:?}");
 }
 
-/// Sends one SAL control packet from the namespace it runs in: argv =
-/// dst, src_flowid, dst_flowid, flags, verno, ackno, nonce (hex), [src].
-const SEND_CONTROL: &str = r#"
-import socket, struct, sys
-dst, sf, df, flags, verno, ackno, nonce = sys.argv[1:8]
-hdr = struct.pack("!IIBBH", int(sf), int(df), 8, 6, 0)
-ctl = struct.pack("!BBBBII", 0x10, 20, int(flags, 0), 0, int(verno), int(ackno)) + bytes.fromhex(nonce)
-pkt = bytearray(hdr + ctl)
-s = sum(struct.unpack("!%dH" % (len(pkt) // 2), pkt))
-while s >> 16: s = (s & 0xffff) + (s >> 16)
-pkt[10:12] = struct.pack("!H", ~s & 0xffff)
-if len(sys.argv) > 8:
-    # A spoofed source: the IP header is ours (IP_HDRINCL).
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(pkt), 1, 0, 64, 144, 0,
-                     socket.inet_aton(sys.argv[8]), socket.inet_aton(dst))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    sock.sendto(ip + bytes(pkt), (dst, 0))
-else:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, 144)
-    sock.sendto(bytes(pkt), (dst, 0))
-"#;
-
 #[test]
 fn forged_resets_do_not_end_a_flow_and_flow_ids_give_nothing_away() {
     require_root();
@@ -328,7 +306,7 @@ fn forged_resets_do_not_end_a_flow_and_flow_ids_give_nothing_away() {
     let f = &flows[0];
     let (ours, theirs) = (f["local_flow"].as_u64().unwrap(), f["peer_flow"].as_u64().unwrap());
     let send = |ns: &Netns, args: &[&str]| {
-        let mut a = vec!["-c", SEND_CONTROL];
+        let mut a = vec!["-c", xlate_tests::apps::SEND_CONTROL];
         a.extend_from_slice(args);
         let out = ns.output("python3", &a);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -518,6 +518,9 @@ pub enum Counter {
     /// TIME_WAIT ended by the agent as the flow was freed, so that a new
     /// flow from the same SAL peer can take its TCP identity.
     TimeWaitEnded,
+    /// A migration (our RSYN, or our RSYN-ACK to a peer's RSYN) got no
+    /// answer before its deadline: the flow stays where it was.
+    MigrationFailed,
 }
 
 impl Counter {

@@ -31,6 +31,10 @@ use crate::rawsock::RawSocket;
 const RTO_INITIAL: Duration = Duration::from_secs(1);
 const RTO_MAX: Duration = Duration::from_secs(120);
 const MAX_TRIES: u32 = 15;
+/// A migration's RSYN (or RSYN-ACK) is sent this many times, at 0, 1, 3
+/// and 7 s, and given up 15 s after the first (the backoff's next step):
+/// the flow stays where it was. A move that takes longer is no move.
+const MIGRATION_TRIES: u32 = 4;
 /// Time a fully closed flow lingers so late TCP segments still translate.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
 /// A flow still half-open by then is abandoned (see `SynBudget`).
@@ -61,6 +65,14 @@ enum PendingKind {
     Fin,
     Rsyn { new_local: Ipv4Addr },
     RsynAck { new_peer: Ipv4Addr },
+}
+
+impl PendingKind {
+    /// Part of a migration (given up after [`MIGRATION_TRIES`], the flow
+    /// unharmed), not a close.
+    fn is_migration(self) -> bool {
+        !matches!(self, PendingKind::Fin)
+    }
 }
 
 /// Our one outstanding control packet (the stack allows one per side).
@@ -521,11 +533,14 @@ impl ControlPlane {
             self.send_ack_or_rsynack(&st, &addrs, f, from);
             return;
         }
-        if f == ControlFlags::RSYN | ControlFlags::ACK {
+        // Every flag of a combined packet is taken (the original stack
+        // merges them: RSYN|ACK|FIN at the close after a migration): the
+        // RSYN-ACK or RSYN first, then the ACK, then the FIN.
+        let rsyn_ack = f.contains(ControlFlags::RSYN | ControlFlags::ACK);
+        if rsyn_ack {
+            self.maps.bump(Counter::CtlRsynRcvd);
             self.on_rsyn_ack(&st, &addrs, ctl.ackno);
-            return;
-        }
-        if f.contains(ControlFlags::RSYN) {
+        } else if f.contains(ControlFlags::RSYN) {
             self.maps.bump(Counter::CtlRsynRcvd);
             let c = self.ctl_for(&st);
             c.rcv_nxt = ctl.verno.wrapping_add(1);
@@ -543,17 +558,20 @@ impl ControlPlane {
             self.send_reliable(id, PendingKind::RsynAck { new_peer: from }, pkt, from, snd);
             return;
         }
+        if f.contains(ControlFlags::ACK) && !rsyn_ack {
+            self.maps.bump(Counter::CtlAckRcvd);
+            self.on_ack(&st, ctl.ackno);
+        }
         if f.contains(ControlFlags::FIN) {
             self.maps.bump(Counter::CtlFinRcvd);
             let c = self.ctl_for(&st);
             c.rcv_nxt = ctl.verno.wrapping_add(1);
             c.peer_fin = true;
+            // To the peer's address as it is now (an RSYN-ACK or ACK just
+            // taken may have moved it).
+            let Some((st, addrs)) = self.flow(id) else { return };
             self.send_ack(&st, &addrs, Ipv4Addr::from(addrs.peer_ip));
             self.maybe_done(id);
-        }
-        if f.contains(ControlFlags::ACK) {
-            self.maps.bump(Counter::CtlAckRcvd);
-            self.on_ack(&st, ctl.ackno);
         }
     }
 
@@ -606,7 +624,10 @@ impl ControlPlane {
             return;
         };
         let Some(p) = &c.pending else { return };
-        if p.acked_by != ackno {
+        // A plain ACK of our RSYN is what the original stack answers a
+        // duplicate RSYN with (its RSYN-ACK was lost): the migration
+        // completes only with an RSYN-ACK, which it retransmits.
+        if p.acked_by != ackno || matches!(p.kind, PendingKind::Rsyn { .. }) {
             return;
         }
         let kind = p.kind;
@@ -619,7 +640,7 @@ impl ControlPlane {
                     let _ = self.maps.addrs.insert(id, a, 0);
                 }
             }
-            PendingKind::Rsyn { .. } => {}
+            PendingKind::Rsyn { .. } => unreachable!("an RSYN is answered by an RSYN-ACK"),
         }
         self.after_pending(st);
         self.maybe_done(id);
@@ -777,6 +798,7 @@ impl ControlPlane {
         let now = Instant::now();
         let mut resend = Vec::new();
         let mut give_up = Vec::new();
+        let mut migration_failed = Vec::new();
         let mut fin_wait_over = Vec::new();
         let mut free = Vec::new();
         for (id, c) in self.ctl.iter_mut() {
@@ -790,6 +812,12 @@ impl ControlPlane {
             }
             if let Some(p) = &mut c.pending {
                 if p.next_at <= now {
+                    if p.kind.is_migration() && p.tries >= MIGRATION_TRIES {
+                        migration_failed.push((*id, p.kind));
+                        c.pending = None;
+                        self.dirty.insert(*id);
+                        continue;
+                    }
                     if p.tries >= MAX_TRIES {
                         give_up.push(*id);
                         continue;
@@ -805,6 +833,21 @@ impl ControlPlane {
         for (d, dst) in resend {
             self.send(&d, dst);
             self.maps.bump(Counter::CtlRetransmit);
+        }
+        for (id, kind) in migration_failed {
+            // The flow is unharmed where it was; only the move is off.
+            self.maps.bump(Counter::MigrationFailed);
+            let to = match kind {
+                PendingKind::Rsyn { new_local } => format!("to our address {new_local}"),
+                PendingKind::RsynAck { new_peer } => format!("of the peer to {new_peer}"),
+                PendingKind::Fin => continue,
+            };
+            tracing::warn!(
+                "flow {id:#x}: the migration {to} got no answer after {MIGRATION_TRIES} tries; the flow stays where it was"
+            );
+            if let Some((st, _)) = self.flow(id) {
+                self.after_pending(&st);
+            }
         }
         for id in free {
             self.free(id, Counter::FlowsFreed);

@@ -226,7 +226,10 @@ pub(crate) async fn event_loop(
 /// The requests every agent answers (host mode's; the translator adds its own).
 fn request(cp: &mut ControlPlane, req: &Request) -> Response {
     match req {
-        Request::Migrate { to } => Response::Ok(format!("ok: moving {} flows to {to}", cp.migrate(*to))),
+        Request::Migrate { to } => Response::Ok(format!(
+            "requested: moving {} flows to {to} (each moves when its peer answers; `migration_failed` counts those given up)",
+            cp.migrate(*to)
+        )),
         Request::KernelLog { on } => match kernel_log::set(&mut cp.maps, *on) {
             Ok(()) => {
                 tracing::info!("kernel log {}", if *on { "on" } else { "off" });
