@@ -298,33 +298,19 @@ fn resets_reach_the_other_side_and_free_the_flows() {
 fn a_serving_host_migrates_mid_transfer() {
     require_root();
     let _g = serial();
-    let mut lab = HostLab::new("mig");
-    let sum = make_file(&lab, "big.bin", 50_000_000);
-    lab.start_http();
-    lab.server.ip(&["addr", "add", &format!("{SERVER_IP2}/24"), "dev", SERVER_IF]);
-    let pcap = lab.dir.join("control.pcap");
-    // SAL packets that are not plain data (shl != 3).
-    let mut cap =
-        Capture::start(&lab.server, SERVER_IF, pcap.clone(), &["ip", "proto", "144", "and", "ip[28]", "!=", "3"]);
-
-    let mut curl = lab.client.spawn(
-        "sh",
-        &["-c", &format!("curl -sS --fail --max-time 60 --limit-rate 20M {} | sha256sum", lab.url("big.bin"))],
-    );
-    std::thread::sleep(Duration::from_millis(800));
-    let out = lab.host_cli(true, &["migrate", "--to", SERVER_IP2]);
+    let mut m = Migrating::start("mig", 50_000_000, "20M");
+    let out = m.lab.host_cli(true, &["migrate", "--to", SERVER_IP2]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("moving 1 flows"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let line = curl.wait_for_line("-", Duration::from_secs(60));
-    assert_eq!(line.split_whitespace().next().unwrap(), sum, "transfer intact across the migration");
+    m.finish();
+    let (lab, pcap) = (&m.lab, &m.pcap);
     lab.wait_no_flows(Duration::from_secs(5));
-    cap.stop();
 
-    let pkts = sal_packets(&pcap);
+    let pkts = sal_packets(pcap);
     let ctl: Vec<(String, String, String)> = pkts
         .iter()
         .map(|(d, s)| {
@@ -650,6 +636,78 @@ impl Drop for LoseToNewAddress<'_> {
     }
 }
 
+/// A migration lab: a download of `bytes` at `rate` from the server, which
+/// has a second address, with the server's control packets captured.
+struct Migrating {
+    lab: HostLab,
+    pcap: std::path::PathBuf,
+    cap: Capture,
+    curl: xlate_tests::netns::Bg,
+    sum: String,
+}
+
+impl Migrating {
+    fn start(tag: &str, bytes: usize, rate: &str) -> Migrating {
+        let mut lab = HostLab::new(tag);
+        let sum = make_file(&lab, "big.bin", bytes);
+        lab.start_http();
+        lab.server.ip(&["addr", "add", &format!("{SERVER_IP2}/24"), "dev", SERVER_IF]);
+        let pcap = lab.dir.join("control.pcap");
+        // SAL packets that are not plain data (shl != 3).
+        let cap =
+            Capture::start(&lab.server, SERVER_IF, pcap.clone(), &["ip", "proto", "144", "and", "ip[28]", "!=", "3"]);
+        let curl = lab.client.spawn(
+            "sh",
+            &["-c", &format!("curl -sS --fail --max-time 60 --limit-rate {rate} {} | sha256sum", lab.url("big.bin"))],
+        );
+        std::thread::sleep(Duration::from_millis(800));
+        Migrating { lab, pcap, cap, curl, sum }
+    }
+
+    fn migrate(&self) {
+        let out = self.lab.host_cli(true, &["migrate", "--to", SERVER_IP2]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The client's first RSYN-ACK to the new address, as captured.
+    fn rsyn_ack(&self) -> CtlSeen {
+        let new_ip: std::net::Ipv4Addr = SERVER_IP2.parse().unwrap();
+        wait_for(Duration::from_secs(3), "the client's RSYN-ACK", || {
+            control_packets(&self.pcap).into_iter().find(|c| c.flags == RSYN | ACK && c.dst == new_ip)
+        })
+    }
+
+    /// Sends, from the client's namespace to the server's old address, the
+    /// client's RSYN-ACK `like` with `flags` instead: what the original
+    /// stack would have sent there.
+    fn send_as_original(&self, like: &CtlSeen, flags: u8) {
+        let args = [
+            SERVER_IP.to_string(),
+            like.src_flow.to_string(),
+            like.dst_flow.to_string(),
+            format!("{flags:#x}"),
+            like.verno.to_string(),
+            like.ackno.to_string(),
+            like.nonce.iter().map(|b| format!("{b:02x}")).collect(),
+        ];
+        let mut a = vec!["-c", xlate_tests::apps::SEND_CONTROL];
+        a.extend(args.iter().map(String::as_str));
+        let sent = self.lab.client.output("python3", &a);
+        assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    }
+
+    fn moved(&self) -> bool {
+        server_flow_address(&self.lab).as_deref() == Some(SERVER_IP2)
+    }
+
+    /// Waits for the download; it must be intact.
+    fn finish(&mut self) {
+        let line = self.curl.wait_for_line("-", Duration::from_secs(60));
+        assert_eq!(line.split_whitespace().next().unwrap(), self.sum, "transfer intact across the migration");
+        self.cap.stop();
+    }
+}
+
 /// A server migrates during a download while the client's RSYN-ACKs are
 /// lost for 1.2 s, and the client answers the server's duplicate RSYN as
 /// the original Serval stack does: with a plain ACK to the old address
@@ -662,59 +720,28 @@ impl Drop for LoseToNewAddress<'_> {
 fn a_migration_completes_after_lost_rsyn_acks_and_an_original_style_ack() {
     require_root();
     let _g = serial();
-    let mut lab = HostLab::new("mgl");
-    let sum = make_file(&lab, "big.bin", 40_000_000);
-    lab.start_http();
-    lab.server.ip(&["addr", "add", &format!("{SERVER_IP2}/24"), "dev", SERVER_IF]);
-    let pcap = lab.dir.join("control.pcap");
-    let mut cap =
-        Capture::start(&lab.server, SERVER_IF, pcap.clone(), &["ip", "proto", "144", "and", "ip[28]", "!=", "3"]);
-    let mut curl = lab.client.spawn(
-        "sh",
-        &["-c", &format!("curl -sS --fail --max-time 60 --limit-rate 5M {} | sha256sum", lab.url("big.bin"))],
-    );
-    std::thread::sleep(Duration::from_millis(800));
-    let loss = LoseToNewAddress::start(&lab);
+    let mut m = Migrating::start("mgl", 40_000_000, "5M");
+    let loss = LoseToNewAddress::start(&m.lab);
     let t0 = std::time::Instant::now();
-    let out = lab.host_cli(true, &["migrate", "--to", SERVER_IP2]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let new_ip: std::net::Ipv4Addr = SERVER_IP2.parse().unwrap();
-    // The client's RSYN-ACK to the new address, lost.
-    let rsyn_ack = wait_for(Duration::from_secs(3), "the client's RSYN-ACK", || {
-        control_packets(&pcap).into_iter().find(|c| c.flags == RSYN | ACK && c.dst == new_ip)
-    });
+    m.migrate();
+    let rsyn_ack = m.rsyn_ack();
     // The server resends its RSYN (after about 1 s): the original stack
     // answers that duplicate with a plain ACK to the old address.
+    let new_ip: std::net::Ipv4Addr = SERVER_IP2.parse().unwrap();
     wait_for(Duration::from_secs(3), "the server's second RSYN", || {
-        (control_packets(&pcap).iter().filter(|c| c.flags == RSYN && c.src == new_ip).count() >= 2).then_some(())
+        (control_packets(&m.pcap).iter().filter(|c| c.flags == RSYN && c.src == new_ip).count() >= 2).then_some(())
     });
-    let args = [
-        SERVER_IP.to_string(),
-        rsyn_ack.src_flow.to_string(),
-        rsyn_ack.dst_flow.to_string(),
-        format!("{ACK:#x}"),
-        rsyn_ack.verno.to_string(),
-        rsyn_ack.ackno.to_string(),
-        rsyn_ack.nonce.iter().map(|b| format!("{b:02x}")).collect(),
-    ];
-    let mut a = vec!["-c", xlate_tests::apps::SEND_CONTROL];
-    a.extend(args.iter().map(String::as_str));
-    let sent = lab.client.output("python3", &a);
-    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    m.send_as_original(&rsyn_ack, ACK);
     std::thread::sleep(Duration::from_millis(1200).saturating_sub(t0.elapsed()));
     drop(loss);
     // The client resends its RSYN-ACK (1 s, then 2 s after the first):
     // the server takes it and moves.
-    wait_for(Duration::from_secs(8), "the flow to move to the new address", || {
-        (server_flow_address(&lab).as_deref() == Some(SERVER_IP2)).then_some(())
-    });
-    let line = curl.wait_for_line("-", Duration::from_secs(60));
-    assert_eq!(line.split_whitespace().next().unwrap(), sum, "transfer intact across the migration");
-    cap.stop();
-    let s = lab.stats(true);
+    wait_for(Duration::from_secs(8), "the flow to move to the new address", || m.moved().then_some(()));
+    m.finish();
+    let s = m.lab.stats(true);
     assert_eq!(s["migration_failed"], 0, "{s:?}");
-    let moved = control_packets(&pcap).iter().any(|c| c.flags == ACK && c.src == new_ip);
-    assert!(moved, "the server acknowledged an RSYN-ACK from its new address");
+    let acked = control_packets(&m.pcap).iter().any(|c| c.flags == ACK && c.src == new_ip);
+    assert!(acked, "the server acknowledged an RSYN-ACK from its new address");
 }
 
 /// Every RSYN-ACK lost: the migration is given up 15 s after the first
@@ -723,26 +750,16 @@ fn a_migration_completes_after_lost_rsyn_acks_and_an_original_style_ack() {
 fn a_migration_that_gets_no_answer_fails_and_the_flow_stays() {
     require_root();
     let _g = serial();
-    let mut lab = HostLab::new("mgf");
-    let sum = make_file(&lab, "big.bin", 44_000_000);
-    lab.start_http();
-    lab.server.ip(&["addr", "add", &format!("{SERVER_IP2}/24"), "dev", SERVER_IF]);
-    let mut curl = lab.client.spawn(
-        "sh",
-        &["-c", &format!("curl -sS --fail --max-time 60 --limit-rate 2M {} | sha256sum", lab.url("big.bin"))],
-    );
-    std::thread::sleep(Duration::from_millis(800));
-    let loss = LoseToNewAddress::start(&lab);
-    let out = lab.host_cli(true, &["migrate", "--to", SERVER_IP2]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut m = Migrating::start("mgf", 44_000_000, "2M");
+    let loss = LoseToNewAddress::start(&m.lab);
+    m.migrate();
     wait_for(Duration::from_secs(20), "the migration to fail", || {
-        (lab.stats(true)["migration_failed"] == 1).then_some(())
+        (m.lab.stats(true)["migration_failed"] == 1).then_some(())
     });
-    assert_eq!(server_flow_address(&lab).as_deref(), Some(SERVER_IP), "the flow stays on the old address");
+    assert_eq!(server_flow_address(&m.lab).as_deref(), Some(SERVER_IP), "the flow stays on the old address");
     drop(loss);
-    let line = curl.wait_for_line("-", Duration::from_secs(60));
-    assert_eq!(line.split_whitespace().next().unwrap(), sum, "transfer intact: the flow was never harmed");
-    let s = lab.stats(true);
+    m.finish();
+    let s = m.lab.stats(true);
     assert_eq!(s["flows_expired"], 0, "{s:?}");
 }
 
@@ -754,47 +771,18 @@ fn a_migration_that_gets_no_answer_fails_and_the_flow_stays() {
 fn an_rsyn_ack_merged_with_a_fin_is_taken_whole() {
     require_root();
     let _g = serial();
-    let mut lab = HostLab::new("mgm");
-    make_file(&lab, "big.bin", 20_000_000);
-    lab.start_http();
-    lab.server.ip(&["addr", "add", &format!("{SERVER_IP2}/24"), "dev", SERVER_IF]);
-    let pcap = lab.dir.join("control.pcap");
-    let mut cap =
-        Capture::start(&lab.server, SERVER_IF, pcap.clone(), &["ip", "proto", "144", "and", "ip[28]", "!=", "3"]);
-    let _curl = lab
-        .client
-        .spawn("sh", &["-c", &format!("curl -sS --max-time 60 --limit-rate 2M {} | sha256sum", lab.url("big.bin"))]);
-    std::thread::sleep(Duration::from_millis(800));
-    let _loss = LoseToNewAddress::start(&lab);
-    let before = lab.stats(true);
-    let out = lab.host_cli(true, &["migrate", "--to", SERVER_IP2]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let new_ip: std::net::Ipv4Addr = SERVER_IP2.parse().unwrap();
-    let rsyn_ack = wait_for(Duration::from_secs(3), "the client's RSYN-ACK", || {
-        control_packets(&pcap).into_iter().find(|c| c.flags == RSYN | ACK && c.dst == new_ip)
-    });
-    // The same RSYN-ACK with a FIN merged in, as the original sends it.
+    let mut m = Migrating::start("mgm", 20_000_000, "2M");
+    let _loss = LoseToNewAddress::start(&m.lab);
+    let before = m.lab.stats(true);
+    m.migrate();
+    let rsyn_ack = m.rsyn_ack();
     const FIN: u8 = 0x04;
-    let args = [
-        SERVER_IP.to_string(),
-        rsyn_ack.src_flow.to_string(),
-        rsyn_ack.dst_flow.to_string(),
-        format!("{:#x}", RSYN | ACK | FIN),
-        rsyn_ack.verno.to_string(),
-        rsyn_ack.ackno.to_string(),
-        rsyn_ack.nonce.iter().map(|b| format!("{b:02x}")).collect(),
-    ];
-    let mut a = vec!["-c", xlate_tests::apps::SEND_CONTROL];
-    a.extend(args.iter().map(String::as_str));
-    let sent = lab.client.output("python3", &a);
-    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
-    wait_for(Duration::from_secs(3), "the flow to move", || {
-        (server_flow_address(&lab).as_deref() == Some(SERVER_IP2)).then_some(())
-    });
-    let s = lab.stats(true);
+    m.send_as_original(&rsyn_ack, RSYN | ACK | FIN);
+    wait_for(Duration::from_secs(3), "the flow to move", || m.moved().then_some(()));
+    let s = m.lab.stats(true);
     assert_eq!(s["ctl_fin_received"], before["ctl_fin_received"] + 1, "the FIN was taken: {s:?}");
     assert_eq!(s["ctl_rsyn_received"], before["ctl_rsyn_received"] + 1, "once, as an RSYN-ACK: {s:?}");
-    cap.stop();
-    let acked = control_packets(&pcap).iter().any(|c| c.flags == ACK && c.ackno == rsyn_ack.verno.wrapping_add(1));
+    m.cap.stop();
+    let acked = control_packets(&m.pcap).iter().any(|c| c.flags == ACK && c.ackno == rsyn_ack.verno.wrapping_add(1));
     assert!(acked, "the FIN was acknowledged");
 }
