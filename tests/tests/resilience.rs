@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use xlate_tests::gateway::*;
 use xlate_tests::host::{HostLab, CLIENT_IF, SERVER_IF};
-use xlate_tests::netns::{Bg, Netns};
+use xlate_tests::netns::{veth, Bg, Netns};
 use xlate_tests::{require_root, serial, sh, xlate_user_bin};
 
 const BYTES: u64 = 200_000_000;
@@ -559,4 +559,79 @@ fn holder_pids() -> Vec<u32> {
         .collect();
     v.sort();
     v
+}
+
+/// A namespace's resident state is its own for its whole life: a host-mode
+/// datapath left by a killed agent in a namespace that is then deleted is
+/// seen as dead (`status`), and a new namespace, whose inode number the
+/// kernel may well hand on from the dead one, with an interface of the
+/// same name, starts from nothing and finds the dead one's pins gone.
+#[test]
+fn a_new_namespace_never_takes_over_a_dead_ones_state() {
+    require_root();
+    let _g = serial();
+    let bin = xlate_user_bin();
+    let start = |ns: &Netns| -> (Bg, String) {
+        let child = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name()))
+            .arg(&bin)
+            .args(["host", "--iface", "e0", "--serve", "00000050=80"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut bg = Bg::from_child(child);
+        let startup = bg.read_until("xlate host mode on", Duration::from_secs(30));
+        (bg, startup)
+    };
+    let status = || -> Vec<serde_json::Value> {
+        let out = std::process::Command::new(&bin).args(["status", "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    };
+    let of = |all: &[serde_json::Value], netns: u64| all.iter().find(|r| r["netns"] == netns).cloned();
+    let pair = |tag: &str| {
+        let (a, p) = (Netns::new(&format!("{tag}a")), Netns::new(&format!("{tag}p")));
+        veth(&a, "e0", "10.77.0.1/24", &p, "p0", "10.77.0.2/24");
+        (a, p)
+    };
+
+    let (a, p) = pair("gc1");
+    let (mut agent, _) = start(&a);
+    let before = status();
+    let mine = before.iter().find(|r| r["agent"] == true && r["iface"] == "e0").expect("the agent is resident");
+    let cookie = mine["netns"].as_u64().unwrap();
+    assert_eq!(mine["kind"], "host", "{mine}");
+    assert_eq!(mine["liveness"], "attached", "{mine}");
+    agent.stop(libc::SIGKILL);
+    assert_eq!(of(&status(), cookie).expect("still resident")["agent"], false);
+    drop((a, p));
+    // The kernel tears a deleted namespace down in the background.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = of(&status(), cookie).expect("still pinned");
+        if r["liveness"] == "dead" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "its namespace is gone, yet: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (b, q) = pair("gc2");
+    let (mut agent, startup) = start(&b);
+    assert!(!startup.contains("carried over"), "a new namespace took over a dead one's state:\n{startup}");
+    let after = status();
+    assert!(of(&after, cookie).is_none(), "the dead datapath's pins are gone: {after:?}");
+    let new = after.iter().find(|r| r["agent"] == true && r["iface"] == "e0").expect("the new agent is resident");
+    assert_ne!(new["netns"].as_u64().unwrap(), cookie);
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", b.name()])
+        .arg(&bin)
+        .args(["host", "stop", "--iface", "e0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    agent.stop(0);
+    drop((b, q));
 }

@@ -108,6 +108,19 @@ enum Command {
     /// The running translator's live flows.
     #[command(after_help = "Example:\n  xlate-user flows --iface eth0")]
     Flows(ReadArgs),
+    /// What is resident on this host: every datapath (translator or host
+    /// mode) with its network namespace (cookie), interface, live flows,
+    /// whether its programs are still attached and whether an agent runs.
+    /// The pins of dead datapaths (their namespace or interface is gone)
+    /// are removed with --gc (agents do that at start too).
+    #[command(after_help = "Example:\n  xlate-user status\n  xlate-user status --json\n  xlate-user status --gc")]
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Remove the pins of dead datapaths that no agent holds.
+        #[arg(long)]
+        gc: bool,
+    },
     /// Stop the translator on --iface for good: every flow is reset (a TCP
     /// RST to each client, a SAL RST to each instance), then its programs,
     /// pinned maps and sysctls are removed. (SIGTERM only stops the agent:
@@ -360,6 +373,14 @@ fn main() -> ExitCode {
             xlate_user::gateway::run(gw.options(xlate_user::gateway::RelayUse::Everything)).map(|_| ExitCode::SUCCESS)
         }
         Command::Check { config } => xlate_user::check::run(&config).map(|_| ExitCode::SUCCESS),
+        Command::Status { json, gc } => {
+            xlate_user::agent::init_logging();
+            if gc {
+                xlate_user::agent::residents::gc();
+            }
+            xlate_user::agent::residents::print(json);
+            Ok(ExitCode::SUCCESS)
+        }
         #[cfg(feature = "testbed")]
         Command::BenchXdp { runs } => xlate_user::benchmark::run(runs).map(|_| ExitCode::SUCCESS),
         Command::Stats(a) => xlate_user::gateway::stats(&a.iface).map(|rows| {

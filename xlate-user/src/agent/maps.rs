@@ -20,7 +20,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn prefix(self) -> &'static str {
+    pub(crate) fn prefix(self) -> &'static str {
         match self {
             Kind::Host => "host",
             Kind::Gateway => "gw",
@@ -35,16 +35,22 @@ pub fn pin_dir(kind: Kind, iface: &str) -> Result<PathBuf> {
     crate::agent::pins::dir_for_reading(&crate::agent::control_socket(kind, iface)?, &pin_name(kind, iface)?)
 }
 
-/// The same directory for an agent about to pin (mounts the base if needed).
+/// The same directory for an agent about to pin (mounts the base if
+/// needed). First the pins of dead datapaths go, and an earlier build's
+/// directory for this one is adopted (see `residents`).
 pub fn pin_dir_for_agent(kind: Kind, iface: &str) -> Result<PathBuf> {
-    Ok(crate::agent::pins::base_for_agent()?.join(pin_name(kind, iface)?))
+    let base = crate::agent::pins::base_for_agent()?;
+    let name = pin_name(kind, iface)?;
+    crate::agent::residents::gc();
+    crate::agent::residents::adopt_legacy(kind, iface, &base, &name);
+    Ok(base.join(name))
 }
 
-/// `<kind>-<netns inode>-<iface>`.
+/// `<kind>-<netns cookie>-<iface>`: a cookie names one namespace for the
+/// kernel's whole uptime (inode numbers are handed on at once).
 pub fn pin_name(kind: Kind, iface: &str) -> Result<String> {
-    let ns = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
-    use std::os::unix::fs::MetadataExt;
-    Ok(format!("{}-{}-{iface}", kind.prefix(), ns.ino()))
+    let cookie = crate::agent::residents::netns_cookie()?;
+    Ok(format!("{}-{cookie}-{iface}", kind.prefix()))
 }
 
 pub struct FlowMaps {

@@ -12,6 +12,7 @@ pub mod maps;
 pub mod pins;
 pub mod protocol;
 pub mod resident;
+pub mod residents;
 pub mod runtime;
 
 use std::path::PathBuf;

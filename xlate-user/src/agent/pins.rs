@@ -72,6 +72,19 @@ pub enum Durability {
     DiesWithAgent,
 }
 
+/// Every place an agent of this host may have pinned, as this process
+/// reaches them: the holder's BPF filesystem, this mount namespace's, the
+/// host's (PID 1's).
+pub fn all_bases() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = super::holder::base().into_iter().collect();
+    for root in ["/", "/proc/1/root/"] {
+        for base in [format!("{root}sys/fs/bpf/xlate"), format!("{root}run/xlate/bpf")] {
+            v.push(PathBuf::from(base));
+        }
+    }
+    v
+}
+
 /// Whether the pins this process made outlive it (as decided by its last
 /// [`base_for_agent`]; durable when it made none).
 pub fn pins_outlive_agent() -> bool {

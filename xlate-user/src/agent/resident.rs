@@ -64,10 +64,14 @@ impl Lock {
     pub fn held(kind: Kind, iface: &str) -> Result<bool> {
         let path = lock_path(kind, iface)?;
         let Ok(file) = File::open(&path) else { return Ok(false) };
-        // SAFETY: flock on a file descriptor we own.
-        let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        Ok(!free)
+        Ok(locked(&file))
     }
+}
+
+/// Whether another open file holds the lock on `file`'s (an agent runs).
+pub(crate) fn locked(file: &File) -> bool {
+    // SAFETY: flock on a file descriptor we own (released when it closes).
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
 }
 
 fn lock_path(kind: Kind, iface: &str) -> Result<PathBuf> {
@@ -407,9 +411,7 @@ pub fn remove(kind: Kind, iface: &str, dir: &Path) {
 /// them.
 pub fn orphan_dir(kind: Kind, iface: &str) -> Result<Option<PathBuf>> {
     let name = pin_name(kind, iface)?;
-    let holder = super::holder::base();
-    let bases = ["/sys/fs/bpf/xlate", "/run/xlate/bpf", "/proc/1/root/sys/fs/bpf/xlate", "/proc/1/root/run/xlate/bpf"];
-    for base in holder.iter().map(PathBuf::as_path).chain(bases.iter().map(Path::new)) {
+    for base in super::pins::all_bases() {
         let d = base.join(&name);
         if d.is_dir() {
             return Ok(Some(d));

@@ -1,0 +1,260 @@
+//! What is resident on this host: every datapath's pin directory, which
+//! network namespace and interface it belongs to, and whether it still
+//! does anything. `xlate-user status` lists them; agents remove the dead
+//! ones at start (`gc`).
+//!
+//! A pin directory is named `<kind>-<netns cookie>-<iface>`
+//! (`SO_NETNS_COOKIE`): the kernel never hands a cookie out twice, so a new
+//! namespace can never find a dead one's state under its own name (namespace
+//! inode numbers, the earlier naming, are reused at once). A datapath is
+//! dead when every attachment it pinned is detached: deleting a network
+//! namespace deletes its devices, and with them what was attached to them
+//! (the kernel then reports the link's device as 0).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::maps::Kind;
+
+/// The calling thread's network namespace cookie.
+pub fn netns_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::DGRAM, None).context("a socket")?;
+    let mut v: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    use std::os::fd::AsRawFd;
+    // SAFETY: an out-value of the size given.
+    let r = unsafe {
+        libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, &mut v as *mut u64 as *mut _, &mut len)
+    };
+    if r != 0 {
+        bail!("SO_NETNS_COOKIE (Linux 5.14 or later): {}", std::io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
+/// Whether a pinned BPF link is attached to a device, and which (`None`:
+/// not a link the kernel reports a device for).
+fn link_ifindex(pin: &Path) -> Option<u32> {
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).ok()?;
+    // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags.
+    let mut get = [0u8; 16];
+    get[..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: bpf(2) with an attr of the size given; the path outlives it.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, 7 /* BPF_OBJ_GET */, get.as_ptr(), get.len())
+    };
+    if fd < 0 {
+        return None;
+    }
+    // struct bpf_link_info: type, id, prog_id, then (8-aligned) the
+    // union whose xdp and tcx members start with the ifindex.
+    let mut info = [0u8; 64];
+    let mut attr = [0u8; 16];
+    attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    // SAFETY: as above; info is ours and of the length given.
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, 15 /* BPF_OBJ_GET_INFO_BY_FD */, attr.as_ptr(), attr.len())
+    };
+    // SAFETY: closing the descriptor BPF_OBJ_GET gave us.
+    unsafe { libc::close(fd as i32) };
+    if r != 0 {
+        return None;
+    }
+    const XDP: u32 = 6;
+    const TCX: u32 = 11;
+    let link_type = u32::from_ne_bytes(info[..4].try_into().ok()?);
+    matches!(link_type, XDP | TCX).then(|| u32::from_ne_bytes(info[16..20].try_into().expect("4 bytes")))
+}
+
+/// Whether a datapath still does anything, as far as its pins tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Liveness {
+    /// At least one of its links is attached to a device.
+    Attached,
+    /// It pinned links, and none is attached any more (its namespace or
+    /// its devices are gone).
+    Dead,
+    /// No link pins to tell by (classic tc filters, Linux 6.1).
+    Unknown,
+}
+
+/// The liveness of the datapath pinned in `dir`.
+pub fn liveness(dir: &Path) -> Liveness {
+    let mut links = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !e.file_name().to_string_lossy().starts_with("link-") {
+            continue;
+        }
+        links += 1;
+        if link_ifindex(&e.path()).is_some_and(|i| i != 0) {
+            return Liveness::Attached;
+        }
+    }
+    if links == 0 {
+        Liveness::Unknown
+    } else {
+        Liveness::Dead
+    }
+}
+
+/// One resident datapath.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resident {
+    pub kind: &'static str,
+    /// The network namespace's cookie.
+    pub netns: u64,
+    pub iface: String,
+    pub dir: PathBuf,
+    /// Live flows in its flow table.
+    pub flows: Option<usize>,
+    pub liveness: Liveness,
+    /// Whether an agent runs for it (holds its lock).
+    pub agent: bool,
+}
+
+/// Every pin directory under the bases an agent of this host may use.
+pub fn list() -> Vec<Resident> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for base in super::pins::all_bases() {
+        for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some((kind, netns, iface)) = parse_name(&name) else { continue };
+            let dir = e.path();
+            if !seen.insert(std::fs::canonicalize(&dir).unwrap_or(dir.clone())) {
+                continue;
+            }
+            let flows = aya::maps::MapData::from_pin(dir.join(xlate_common::flow::names::FLOWS))
+                .ok()
+                .and_then(|m| {
+                    aya::maps::HashMap::<_, u32, xlate_common::flow::FlowState>::try_from(aya::maps::Map::HashMap(m))
+                        .ok()
+                })
+                .map(|m| m.keys().count());
+            let agent = std::fs::File::open(Path::new("/run/xlate").join(format!("{name}.lock")))
+                .is_ok_and(|f| super::resident::locked(&f));
+            out.push(Resident {
+                kind: match kind {
+                    Kind::Host => "host",
+                    Kind::Gateway => "translator",
+                },
+                netns,
+                iface,
+                liveness: liveness(&dir),
+                dir,
+                flows,
+                agent,
+            });
+        }
+    }
+    out
+}
+
+/// `<kind>-<number>-<iface>`.
+fn parse_name(name: &str) -> Option<(Kind, u64, String)> {
+    let (kind, rest) = name.split_once('-')?;
+    let kind = match kind {
+        "host" => Kind::Host,
+        "gw" => Kind::Gateway,
+        _ => return None,
+    };
+    let (n, iface) = rest.split_once('-')?;
+    Some((kind, n.parse().ok()?, iface.to_string()))
+}
+
+/// Removes the pin directories of dead datapaths that no agent holds
+/// (their namespace or devices are gone); returns what it removed.
+pub fn gc() -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for r in list() {
+        if r.liveness == Liveness::Dead && !r.agent {
+            crate::ebpf::remove_pins(&r.dir);
+            let name = r.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            for ext in ["json", "lock", "sock", "tc"] {
+                let _ = std::fs::remove_file(Path::new("/run/xlate").join(format!("{name}.{ext}")));
+            }
+            tracing::info!(
+                "removed the pins of a dead {} datapath ({}: its namespace or interface is gone)",
+                r.kind,
+                super::pins::shown(&r.dir)
+            );
+            removed.push(r.dir);
+        }
+    }
+    removed
+}
+
+/// A pin directory of an earlier build, named by the namespace's inode
+/// (`<kind>-<inode>-<iface>`), is this namespace's only if one of its
+/// links is still attached: then it is renamed to this build's name and
+/// adopted. A dead one is a namespace that had the same inode and is gone:
+/// removed, never adopted.
+pub fn adopt_legacy(kind: Kind, iface: &str, base: &Path, name: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ino) = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()) else { return };
+    let legacy = format!("{}-{ino}-{iface}", kind.prefix());
+    let (old, new) = (base.join(&legacy), base.join(name));
+    if legacy == name || !old.is_dir() || new.exists() {
+        return;
+    }
+    let run = Path::new("/run/xlate");
+    if liveness(&old) == Liveness::Dead {
+        crate::ebpf::remove_pins(&old);
+        for ext in ["json", "lock", "sock", "tc"] {
+            let _ = std::fs::remove_file(run.join(format!("{legacy}.{ext}")));
+        }
+        tracing::info!(
+            "removed {}: the pins of a namespace that had this one's inode number and is gone",
+            old.display()
+        );
+        return;
+    }
+    match std::fs::rename(&old, &new) {
+        Ok(()) => {
+            for ext in ["json", "tc"] {
+                let _ = std::fs::rename(run.join(format!("{legacy}.{ext}")), run.join(format!("{name}.{ext}")));
+            }
+            tracing::info!(
+                "adopted {} (an earlier build's name for this datapath) as {}",
+                old.display(),
+                new.display()
+            );
+        }
+        Err(e) => tracing::warn!("renaming {} to {}: {e}", old.display(), new.display()),
+    }
+}
+
+/// Prints [`list`]: a table, or a JSON array.
+pub fn print(json: bool) {
+    let all = list();
+    if json {
+        println!("{}", serde_json::to_string(&all).unwrap_or_else(|_| "[]".into()));
+        return;
+    }
+    println!("{:<11} {:>20} {:<16} {:>7} {:<9} {:<6} pins", "kind", "netns", "iface", "flows", "programs", "agent");
+    for r in &all {
+        println!(
+            "{:<11} {:>20} {:<16} {:>7} {:<9} {:<6} {}",
+            r.kind,
+            r.netns,
+            r.iface,
+            r.flows.map_or("?".into(), |n| n.to_string()),
+            match r.liveness {
+                Liveness::Attached => "attached",
+                Liveness::Dead => "DEAD",
+                Liveness::Unknown => "?",
+            },
+            if r.agent { "yes" } else { "no" },
+            super::pins::shown(&r.dir)
+        );
+    }
+    if all.is_empty() {
+        println!("(nothing resident)");
+    }
+}
