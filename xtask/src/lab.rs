@@ -100,6 +100,7 @@ fn start_and_watch(lab: &Translator, bin: &Path, children: &mut Vec<Child>) -> R
         config.display(),
         bin = bin.display()
     );
+    print_fallbacks(&logs.join("gateway.log"));
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_secs(2));
         let out = lab.gateway.net_cmd(bin).args(["stats", "--iface", "g0"]).output()?;
@@ -122,4 +123,21 @@ fn start_and_watch(lab: &Translator, bin: &Path, children: &mut Vec<Child>) -> R
         );
     }
     Ok(())
+}
+
+/// What the translator said at start of the kernel features it goes
+/// without (one line each, with what that changes), or that it has them all.
+fn print_fallbacks(log: &Path) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter_map(|l| l.find("kernel feature ").map(|i| &l[i..])).collect();
+    if lines.is_empty() {
+        println!("kernel {}: the translator uses every optional feature it knows (no fallback)\n", release.trim());
+        return;
+    }
+    println!("kernel {}: the translator's fallbacks (from its start-up):", release.trim());
+    for l in lines {
+        println!("  {l}");
+    }
+    println!();
 }
