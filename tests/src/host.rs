@@ -40,7 +40,16 @@ impl Agent {
         Agent { bg: Some(bg), ns: ns.name().to_string(), iface: iface.to_string(), args }
     }
 
-    /// Starts the agent; returns it and its start-up line.
+    /// As [`Agent::start`]; also returns what the agent printed up to its
+    /// start-up line (what it carried over, the fallbacks it takes).
+    pub fn start_with_log(ns: &Netns, iface: &str, args: &[&str]) -> (Agent, String) {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (bg, startup) = Self::spawn(ns.name(), iface, &args);
+        (Agent { bg: Some(bg), ns: ns.name().to_string(), iface: iface.to_string(), args }, startup)
+    }
+
+    /// Starts the agent; returns it and what it printed up to its start-up
+    /// line.
     fn spawn(ns: &str, iface: &str, args: &[String]) -> (Bg, String) {
         let bin = xlate_user_bin();
         let child = Command::new("nsenter")
@@ -54,8 +63,8 @@ impl Agent {
             .spawn()
             .unwrap();
         let mut bg = Bg::from_child(child);
-        let line = bg.wait_for_line("xlate host mode on", Duration::from_secs(30));
-        (bg, line)
+        let startup = bg.read_until("xlate host mode on", Duration::from_secs(30));
+        (bg, startup)
     }
 
     /// Stops host mode for good (`xlate-user host stop`, as an operator
@@ -79,12 +88,12 @@ impl Agent {
         self.bg.take().map(|mut bg| bg.stop(sig)).unwrap_or_default()
     }
 
-    /// Starts the agent again after [`Agent::stop_agent`]; returns its
-    /// start-up line.
+    /// Starts the agent again after [`Agent::stop_agent`]; returns what it
+    /// printed up to its start-up line.
     pub fn restart(&mut self) -> String {
-        let (bg, line) = Self::spawn(&self.ns, &self.iface, &self.args);
+        let (bg, startup) = Self::spawn(&self.ns, &self.iface, &self.args);
         self.bg = Some(bg);
-        line
+        startup
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use xlate_tests::gateway::*;
-use xlate_tests::host::{HostLab, CLIENT_IF, SERVER_IF};
+use xlate_tests::host::{Agent, HostLab, CLIENT_IF, SERVER_IF};
 use xlate_tests::netns::{veth, Bg, Netns};
 use xlate_tests::{require_root, serial, sh, xlate_user_bin};
 
@@ -571,20 +571,7 @@ fn a_new_namespace_never_takes_over_a_dead_ones_state() {
     require_root();
     let _g = serial();
     let bin = xlate_user_bin();
-    let start = |ns: &Netns| -> (Bg, String) {
-        let child = std::process::Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.name()))
-            .arg(&bin)
-            .args(["host", "--iface", "e0", "--serve", "00000050=80"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut bg = Bg::from_child(child);
-        let startup = bg.read_until("xlate host mode on", Duration::from_secs(30));
-        (bg, startup)
-    };
+    let start = |ns: &Netns| Agent::start_with_log(ns, "e0", &["--serve", "00000050=80"]);
     let status = || -> Vec<serde_json::Value> {
         let out = std::process::Command::new(&bin).args(["status", "--json"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -604,7 +591,7 @@ fn a_new_namespace_never_takes_over_a_dead_ones_state() {
     let cookie = mine["netns"].as_u64().unwrap();
     assert_eq!(mine["kind"], "host", "{mine}");
     assert_eq!(mine["liveness"], "attached", "{mine}");
-    agent.stop(libc::SIGKILL);
+    agent.stop_agent(libc::SIGKILL);
     assert_eq!(of(&status(), cookie).expect("still resident")["agent"], false);
     drop((a, p));
     // The kernel tears a deleted namespace down in the background.
@@ -625,13 +612,6 @@ fn a_new_namespace_never_takes_over_a_dead_ones_state() {
     assert!(of(&after, cookie).is_none(), "the dead datapath's pins are gone: {after:?}");
     let new = after.iter().find(|r| r["agent"] == true && r["iface"] == "e0").expect("the new agent is resident");
     assert_ne!(new["netns"].as_u64().unwrap(), cookie);
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", b.name()])
-        .arg(&bin)
-        .args(["host", "stop", "--iface", "e0"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    agent.stop(0);
+    agent.stop();
     drop((b, q));
 }
