@@ -578,6 +578,13 @@ fn vm_matrix_lab_moves_bytes_both_ways_without_timestamps() {
         assert_eq!(said, !features.has(f), "start-up names {} iff it goes without it:\n{}", f.name(), lab.startup);
     }
     sh(&lab.client, "sysctl -qw net.ipv4.tcp_timestamps=0");
+    for ns in &lab.instances {
+        sh(ns, "ethtool -K e0 tx off");
+    }
+    // Every SAL packet both ways on the service side, for the checksums
+    // as a real peer would check them (a veth receiver would not).
+    let pcap = lab.dir.join("sal.pcap");
+    let mut cap = Capture::start(&lab.switch, "s0", pcap.clone(), &["-s", "0", "ip", "proto", "144"]);
     let up = lab.dir.join("up.bin");
     let want = generated_sha256(BYTES, 5, Some(&up));
     let got = sh(&lab.client, &format!("curl -sS --fail --max-time 120 -T {} {}", up.display(), lab.url("up.bin")));
@@ -590,4 +597,7 @@ fn vm_matrix_lab_moves_bytes_both_ways_without_timestamps() {
     assert!(s["gw_tcp_to_sal"] > 1000 && s["gw_sal_to_tcp"] > 1000, "{s:?}");
     assert_eq!(s["gw_checksum_unresolved"], 0, "{s:?}");
     assert_eq!(s["gw_checksum_completed"], s["gw_partial_checksum"], "{s:?}");
+    cap.stop();
+    let d = decode_valid(&pcap);
+    assert!(d.sal_packets > 1000, "{} SAL packets captured", d.sal_packets);
 }
