@@ -111,6 +111,13 @@ pub mod ctl_flag {
     pub const FIN_WANTED: u8 = 1;
     /// The peer's FIN arrived.
     pub const PEER_FIN: u8 = 2;
+    /// The flow's last migration completed (to `pending_addr` when no
+    /// migration is pending).
+    pub const MIGRATION_DONE: u8 = 4;
+    /// The flow's last migration was given up.
+    pub const MIGRATION_FAILED: u8 = 8;
+    /// That migration moved the peer (it sent the RSYN), not this end.
+    pub const MIGRATION_BY_PEER: u8 = 16;
 }
 
 pub const MAX_FLOWS: u32 = 65536;
@@ -521,6 +528,9 @@ pub enum Counter {
     /// A migration (our RSYN, or our RSYN-ACK to a peer's RSYN) got no
     /// answer before its deadline: the flow stays where it was.
     MigrationFailed,
+    /// A migration completed: ours (the peer's RSYN-ACK came) or the
+    /// peer's (it acknowledged our RSYN-ACK).
+    MigrationDone,
 }
 
 impl Counter {

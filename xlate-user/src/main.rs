@@ -268,14 +268,24 @@ enum HostAction {
     /// in the agent's output).
     #[command(after_help = "Example:\n  xlate-user host kernel-log on --iface eth0")]
     KernelLog(KernelLogArgs),
-    /// Move this host's live flows to another local address (RSYN).
-    #[command(after_help = "Example:\n  xlate-user host migrate --iface eth0 --to 10.9.0.22")]
+    /// Move this host's live flows to another local address (RSYN). Each
+    /// flow moves when its peer answers; RSYNs are resent at 1, 3 and 7 s
+    /// and a move with no answer after 15 s is given up (the flow stays
+    /// where it was). Prints "requested" at once, or with --wait the
+    /// outcome. `host flows` shows each flow's migration: pending, done
+    /// or failed.
+    #[command(after_help = "Examples:\n  xlate-user host migrate --iface eth0 --to 10.9.0.22\n  \
+                            xlate-user host migrate --iface eth0 --to 10.9.0.22 --wait || echo 'some flows stayed'")]
     Migrate {
         #[arg(long)]
         iface: String,
         /// The new address (already configured on the interface).
         #[arg(long)]
         to: std::net::Ipv4Addr,
+        /// Wait until every flow has moved or been given up (at most 15 s);
+        /// exit 1 if any was given up.
+        #[arg(long)]
+        wait: bool,
     },
 }
 
@@ -497,8 +507,8 @@ fn host_cmd(h: HostCmd) -> Result<()> {
             println!("{}", host::control(&k.iface, &req)?);
             Ok(())
         }
-        Some(HostAction::Migrate { iface, to }) => {
-            println!("{}", host::migrate(&iface, to)?);
+        Some(HostAction::Migrate { iface, to, wait }) => {
+            println!("{}", host::migrate(&iface, to, wait)?);
             Ok(())
         }
         None => {

@@ -14,29 +14,17 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use xlate_common::flow::{
-    config_flag, ctl_flag, ctl_pending, event, flag, state, Counter, CtlRecord, Event, FlowAddrs, FlowState, PeerKey,
-    SynBudget,
+    config_flag, event, flag, state, Counter, CtlRecord, Event, FlowAddrs, FlowState, PeerKey, SynBudget,
 };
 use xlate_common::maps::FlowKey;
-use xlate_common::wire::{
-    ipv4::Ipv4Repr,
-    packet::{ServalRepr, Transport},
-    sal::{ControlFlags, ControlRepr, FlowId, SalRepr},
-    IPPROTO_SAL, IPPROTO_TCP,
-};
+use xlate_common::wire::{ipv4::Ipv4Repr, packet::ServalRepr, IPPROTO_TCP};
 
 use super::maps::FlowMaps;
+use super::sal_control::{self, Ctl, Effects, End, Migration, MIGRATION_TRIES};
 use crate::rawsock::RawSocket;
 
-const RTO_INITIAL: Duration = Duration::from_secs(1);
-const RTO_MAX: Duration = Duration::from_secs(120);
-const MAX_TRIES: u32 = 15;
-/// A migration's RSYN (or RSYN-ACK) is sent this many times, at 0, 1, 3
-/// and 7 s, and given up 15 s after the first (the backoff's next step):
-/// the flow stays where it was. A move that takes longer is no move.
-const MIGRATION_TRIES: u32 = 4;
-/// Time a fully closed flow lingers so late TCP segments still translate.
-const CLOSE_LINGER: Duration = Duration::from_millis(500);
+pub(crate) use super::sal_control::mono_ns;
+
 /// A flow still half-open by then is abandoned (see `SynBudget`).
 const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(SynBudget::TIMEOUT_S);
 /// How often the whole flow table is walked for idle flows (and half-open
@@ -55,141 +43,16 @@ const TIME_WAIT: Duration = Duration::from_secs(60);
 struct Closed {
     state: FlowState,
     addrs: FlowAddrs,
-    snd_nxt: u32,
-    rcv_nxt: u32,
+    ctl: Ctl,
     until: Instant,
 }
 
+/// Where a flow's migration stands, for `migrate --wait`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PendingKind {
-    Fin,
-    Rsyn { new_local: Ipv4Addr },
-    RsynAck { new_peer: Ipv4Addr },
-}
-
-impl PendingKind {
-    /// Part of a migration (given up after [`MIGRATION_TRIES`], the flow
-    /// unharmed), not a close.
-    fn is_migration(self) -> bool {
-        !matches!(self, PendingKind::Fin)
-    }
-}
-
-/// Our one outstanding control packet (the stack allows one per side).
-#[derive(Debug, Clone)]
-struct Pending {
-    kind: PendingKind,
-    datagram: Vec<u8>,
-    dst: Ipv4Addr,
-    /// The ackno that acknowledges it.
-    acked_by: u32,
-    next_at: Instant,
-    rto: Duration,
-    tries: u32,
-}
-
-/// Control-plane state of one flow, kept by the agent only.
-#[derive(Debug, Clone, Default)]
-struct Ctl {
-    snd_nxt: u32,
-    rcv_nxt: u32,
-    pending: Option<Pending>,
-    fin_wanted: bool,
-    fin_acked_at: Option<Instant>,
-    peer_fin: bool,
-    free_at: Option<Instant>,
-}
-
-fn before(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) < 0
-}
-
-/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.
-pub(crate) fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Instants to and from CLOCK_MONOTONIC nanoseconds (Rust's `Instant` is
-/// that clock on Linux, but does not expose it).
-fn to_ns(t: Instant) -> u64 {
-    let (now, now_ns) = (Instant::now(), mono_ns());
-    if t >= now {
-        now_ns + (t - now).as_nanos() as u64
-    } else {
-        now_ns.saturating_sub((now - t).as_nanos() as u64)
-    }
-}
-
-fn from_ns(ns: u64) -> Instant {
-    let (now, now_ns) = (Instant::now(), mono_ns());
-    if ns >= now_ns {
-        now + Duration::from_nanos(ns - now_ns)
-    } else {
-        now.checked_sub(Duration::from_nanos(now_ns - ns)).unwrap_or(now)
-    }
-}
-
-impl Ctl {
-    fn record(&self) -> CtlRecord {
-        let mut r = CtlRecord { snd_nxt: self.snd_nxt, rcv_nxt: self.rcv_nxt, ..Default::default() };
-        if self.fin_wanted {
-            r.flags |= ctl_flag::FIN_WANTED;
-        }
-        if self.peer_fin {
-            r.flags |= ctl_flag::PEER_FIN;
-        }
-        r.fin_acked_at_ns = self.fin_acked_at.map_or(0, to_ns);
-        r.free_at_ns = self.free_at.map_or(0, to_ns);
-        if let Some(p) = &self.pending {
-            let (kind, addr) = match p.kind {
-                PendingKind::Fin => (ctl_pending::FIN, Ipv4Addr::UNSPECIFIED),
-                PendingKind::Rsyn { new_local } => (ctl_pending::RSYN, new_local),
-                PendingKind::RsynAck { new_peer } => (ctl_pending::RSYN_ACK, new_peer),
-            };
-            let n = p.datagram.len().min(CtlRecord::MAX_DATAGRAM);
-            r.pending = kind;
-            r.pending_addr = addr.octets();
-            r.pending_dst = p.dst.octets();
-            r.acked_by = p.acked_by;
-            r.tries = p.tries;
-            r.rto_ms = p.rto.as_millis() as u32;
-            r.next_at_ns = to_ns(p.next_at);
-            r.datagram_len = n as u16;
-            r.datagram[..n].copy_from_slice(&p.datagram[..n]);
-        }
-        r
-    }
-
-    fn from_record(r: &CtlRecord) -> Ctl {
-        let at = |ns: u64| (ns != 0).then(|| from_ns(ns));
-        let kind = match r.pending {
-            ctl_pending::FIN => Some(PendingKind::Fin),
-            ctl_pending::RSYN => Some(PendingKind::Rsyn { new_local: Ipv4Addr::from(r.pending_addr) }),
-            ctl_pending::RSYN_ACK => Some(PendingKind::RsynAck { new_peer: Ipv4Addr::from(r.pending_addr) }),
-            _ => None,
-        };
-        let len = usize::from(r.datagram_len).min(CtlRecord::MAX_DATAGRAM);
-        Ctl {
-            snd_nxt: r.snd_nxt,
-            rcv_nxt: r.rcv_nxt,
-            pending: kind.map(|kind| Pending {
-                kind,
-                datagram: r.datagram[..len].to_vec(),
-                dst: Ipv4Addr::from(r.pending_dst),
-                acked_by: r.acked_by,
-                next_at: from_ns(r.next_at_ns),
-                rto: Duration::from_millis(u64::from(r.rto_ms)).max(RTO_INITIAL),
-                tries: r.tries,
-            }),
-            fin_wanted: r.flags & ctl_flag::FIN_WANTED != 0,
-            fin_acked_at: at(r.fin_acked_at_ns),
-            peer_fin: r.flags & ctl_flag::PEER_FIN != 0,
-            free_at: at(r.free_at_ns),
-        }
-    }
+pub enum MigrationState {
+    Is(Migration),
+    /// The flow ended before its migration did.
+    FlowGone,
 }
 
 pub struct ControlPlane {
@@ -349,9 +212,7 @@ impl ControlPlane {
         }
         for (id, st, addrs, c) in gone {
             if st.peer_flow != 0 {
-                let peer = Ipv4Addr::from(addrs.peer_ip);
-                let flags = ControlFlags::RST | ControlFlags::ACK;
-                let pkt = Self::build(&st, Ipv4Addr::from(addrs.local_ip), peer, flags, c.snd_nxt, c.rcv_nxt);
+                let (pkt, peer) = c.reset(&st, &addrs);
                 self.send(&pkt, peer);
             }
             if st.flags & flag::PROVEN != 0 && !destroyed.contains(&id) {
@@ -374,30 +235,7 @@ impl ControlPlane {
 
     fn ctl_for(&mut self, st: &FlowState) -> &mut Ctl {
         self.dirty.insert(st.local_flow);
-        self.ctl.entry(st.local_flow).or_insert_with(|| Ctl {
-            // SYN consumed one verno on each side.
-            snd_nxt: st.local_verno.wrapping_add(1),
-            rcv_nxt: st.peer_verno.wrapping_add(1),
-            ..Default::default()
-        })
-    }
-
-    fn build(st: &FlowState, src: Ipv4Addr, dst: Ipv4Addr, flags: ControlFlags, verno: u32, ackno: u32) -> Vec<u8> {
-        let repr = ServalRepr {
-            ip: Ipv4Repr::new(src, dst, IPPROTO_SAL, 0),
-            sal: SalRepr {
-                src_flowid: FlowId(st.local_flow),
-                dst_flowid: FlowId(st.peer_flow),
-                protocol: IPPROTO_TCP,
-                control: Some(ControlRepr { flags, verno, ackno, nonce: st.local_nonce }),
-                services: xlate_common::wire::sal::ServiceList::empty(),
-                source: None,
-            },
-            transport: Transport::None,
-        };
-        let mut buf = vec![0u8; repr.buffer_len()];
-        repr.emit(&mut buf).expect("sized buffer");
-        buf
+        self.ctl.entry(st.local_flow).or_insert_with(|| Ctl::new(st))
     }
 
     fn send(&mut self, datagram: &[u8], dst: Ipv4Addr) {
@@ -407,42 +245,38 @@ impl ControlPlane {
         }
     }
 
-    /// Sends a control packet that must be acknowledged, and keeps it for
-    /// retransmission.
-    fn send_reliable(&mut self, id: u32, kind: PendingKind, datagram: Vec<u8>, dst: Ipv4Addr, acked_by: u32) {
-        self.send(&datagram, dst);
-        let p = Pending {
-            kind,
-            datagram,
-            dst,
-            acked_by,
-            next_at: Instant::now() + RTO_INITIAL,
-            rto: RTO_INITIAL,
-            tries: 1,
-        };
-        if let Some(c) = self.ctl_mut(id) {
-            c.pending = Some(p);
+    /// Carries out what the protocol decided for flow `id`.
+    fn apply(&mut self, id: u32, st: &FlowState, fx: Effects) {
+        for c in fx.counters {
+            self.maps.bump(c);
         }
-    }
-
-    fn send_ack(&mut self, st: &FlowState, addrs: &FlowAddrs, dst: Ipv4Addr) {
-        let c = self.ctl_for(st).clone();
-        let pkt = Self::build(st, Ipv4Addr::from(addrs.local_ip), dst, ControlFlags::ACK, c.snd_nxt, c.rcv_nxt);
-        self.send(&pkt, dst);
-    }
-
-    fn send_fin(&mut self, st: &FlowState, addrs: &FlowAddrs) {
-        let c = self.ctl_for(st);
-        if c.pending.is_some() {
-            c.fin_wanted = true;
-            return;
+        for (d, dst) in fx.sends {
+            self.send(&d, dst);
         }
-        let verno = c.snd_nxt;
-        c.snd_nxt = c.snd_nxt.wrapping_add(1);
-        let (snd, rcv) = (c.snd_nxt, c.rcv_nxt);
-        let peer = Ipv4Addr::from(addrs.peer_ip);
-        let pkt = Self::build(st, Ipv4Addr::from(addrs.local_ip), peer, ControlFlags::FIN, verno, rcv);
-        self.send_reliable(st.local_flow, PendingKind::Fin, pkt, peer, snd);
+        if let Some(a) = fx.moved {
+            if let Err(e) = self.maps.addrs.insert(id, a, 0) {
+                self.warnings.warn("moving a flow", format!("{id:#x}: {e}"));
+            }
+        }
+        if let Some(m) = fx.migration_failed {
+            let what = match m.side {
+                sal_control::Side::Local => format!("to our address {}", m.to),
+                sal_control::Side::Peer => format!("of the peer to {}", m.to),
+            };
+            tracing::warn!(
+                "flow {id:#x}: the migration {what} got no answer after {MIGRATION_TRIES} tries; the flow stays where it was"
+            );
+        }
+        match fx.end {
+            Some(End::Reset { reset_tcp }) => {
+                if reset_tcp {
+                    self.inject_rst(st);
+                }
+                self.free(id, Counter::FlowsFreed);
+            }
+            Some(End::Expired) => self.free(id, Counter::FlowsExpired),
+            None => {}
+        }
     }
 
     /// Kernel events: the local TCP's FIN was acknowledged, or it reset.
@@ -451,19 +285,19 @@ impl ControlPlane {
             return;
         };
         match ev.kind {
-            event::LOCAL_FIN_ACKED => self.send_fin(&st, &addrs),
+            event::LOCAL_FIN_ACKED => {
+                let fx = self.ctl_for(&st).close(&st, &addrs, Instant::now());
+                self.apply(ev.flow, &st, fx);
+            }
             event::LOCAL_RST => {
-                let c = self.ctl_for(&st).clone();
-                let peer = Ipv4Addr::from(addrs.peer_ip);
-                let flags = ControlFlags::RST | ControlFlags::ACK;
-                let pkt = Self::build(&st, Ipv4Addr::from(addrs.local_ip), peer, flags, c.snd_nxt, c.rcv_nxt);
+                let (pkt, peer) = self.ctl_for(&st).reset(&st, &addrs);
                 self.send(&pkt, peer);
                 self.free(ev.flow, Counter::FlowsFreed);
             }
             event::PEER_RST => {
                 // The RST itself already reached the local TCP.
                 if let Some(c) = self.ctl_mut(ev.flow) {
-                    c.free_at = Some(Instant::now() + CLOSE_LINGER);
+                    c.free_at = Some(Instant::now() + sal_control::CLOSE_LINGER);
                 } else {
                     self.free(ev.flow, Counter::FlowsFreed);
                 }
@@ -494,198 +328,17 @@ impl ControlPlane {
         };
         let id = p.sal.dst_flowid.0;
         let Some((st, addrs)) = self.flow(id) else {
-            self.answer_closed(id, &ctl);
-            return;
-        };
-        let f = ctl.flags;
-        if f.contains(ControlFlags::RST) {
-            // Believed only when plausible, in the spirit of RFC 5961: with
-            // the peer's nonce (the original stack puts it in its resets),
-            // or from the flow's current peer address at exactly the verno
-            // expected next. Anyone who can only guess (a flow ID, a verno)
-            // cannot end a flow.
-            let rcv_nxt = self.ctl.get(&id).map_or(st.peer_verno.wrapping_add(1), |c| c.rcv_nxt);
-            let from_peer = p.ip.src_addr == Ipv4Addr::from(addrs.peer_ip) && ctl.verno == rcv_nxt;
-            if ctl.nonce != st.peer_nonce && !from_peer {
-                self.maps.bump(Counter::CtlDropUnbelievedRst);
-                return;
-            }
-            self.maps.bump(Counter::CtlRstRcvd);
-            // A half-open flow's TCP side is most likely a spoofed
-            // address: no reset goes back to it.
-            if st.flags & flag::PROVEN != 0 {
-                self.inject_rst(&st);
-            }
-            self.free(id, Counter::FlowsFreed);
-            return;
-        }
-        if ctl.nonce != st.peer_nonce {
-            self.maps.bump(Counter::CtlDropBadNonce);
-            return;
-        }
-        let from = p.ip.src_addr;
-        let rcv_nxt = self.ctl_for(&st).rcv_nxt;
-        let consumes =
-            f.contains(ControlFlags::FIN) || f.contains(ControlFlags::RSYN) && !f.contains(ControlFlags::ACK);
-        if consumes && before(ctl.verno, rcv_nxt) {
-            // Already seen: answer so the peer stops retransmitting.
-            self.maps.bump(Counter::CtlStale);
-            self.send_ack_or_rsynack(&st, &addrs, f, from);
-            return;
-        }
-        // Every flag of a combined packet is taken (the original stack
-        // merges them: RSYN|ACK|FIN at the close after a migration): the
-        // RSYN-ACK or RSYN first, then the ACK, then the FIN.
-        let rsyn_ack = f.contains(ControlFlags::RSYN | ControlFlags::ACK);
-        if rsyn_ack {
-            self.maps.bump(Counter::CtlRsynRcvd);
-            self.on_rsyn_ack(&st, &addrs, ctl.ackno);
-        } else if f.contains(ControlFlags::RSYN) {
-            self.maps.bump(Counter::CtlRsynRcvd);
-            let c = self.ctl_for(&st);
-            c.rcv_nxt = ctl.verno.wrapping_add(1);
-            let (snd, rcv) = (c.snd_nxt, c.rcv_nxt);
-            let pkt = Self::build(
-                &st,
-                Ipv4Addr::from(addrs.local_ip),
-                from,
-                ControlFlags::RSYN | ControlFlags::ACK,
-                snd,
-                rcv,
-            );
-            // Answered to the new address until it acknowledges; only then
-            // does the flow switch (serval-wire §5).
-            self.send_reliable(id, PendingKind::RsynAck { new_peer: from }, pkt, from, snd);
-            return;
-        }
-        if f.contains(ControlFlags::ACK) && !rsyn_ack {
-            self.maps.bump(Counter::CtlAckRcvd);
-            self.on_ack(&st, ctl.ackno);
-        }
-        if f.contains(ControlFlags::FIN) {
-            self.maps.bump(Counter::CtlFinRcvd);
-            let c = self.ctl_for(&st);
-            c.rcv_nxt = ctl.verno.wrapping_add(1);
-            c.peer_fin = true;
-            // To the peer's address as it is now (an RSYN-ACK or ACK just
-            // taken may have moved it).
-            let Some((st, addrs)) = self.flow(id) else { return };
-            self.send_ack(&st, &addrs, Ipv4Addr::from(addrs.peer_ip));
-            self.maybe_done(id);
-        }
-    }
-
-    /// A control packet for a flow we no longer have: a retransmitted SAL
-    /// FIN of a flow closed recently (our ACK was lost) is answered again.
-    fn answer_closed(&mut self, id: u32, ctl: &ControlRepr) {
-        let answer = match self.closed.get(&id) {
-            Some(c) if ctl.flags.contains(ControlFlags::FIN) && ctl.nonce == c.state.peer_nonce => {
-                let pkt = Self::build(
-                    &c.state,
-                    Ipv4Addr::from(c.addrs.local_ip),
-                    Ipv4Addr::from(c.addrs.peer_ip),
-                    ControlFlags::ACK,
-                    c.snd_nxt,
-                    c.rcv_nxt,
-                );
-                Some((pkt, Ipv4Addr::from(c.addrs.peer_ip)))
-            }
-            _ => None,
-        };
-        match answer {
-            Some((pkt, dst)) => {
-                self.maps.bump(Counter::CtlStale);
-                self.send(&pkt, dst);
-            }
-            None => self.maps.bump(Counter::CtlDropUnknownFlow),
-        }
-    }
-
-    fn send_ack_or_rsynack(&mut self, st: &FlowState, addrs: &FlowAddrs, f: ControlFlags, from: Ipv4Addr) {
-        if f.contains(ControlFlags::RSYN) {
-            let c = self.ctl_for(st).clone();
-            let pkt = Self::build(
-                st,
-                Ipv4Addr::from(addrs.local_ip),
-                from,
-                ControlFlags::RSYN | ControlFlags::ACK,
-                c.snd_nxt,
-                c.rcv_nxt,
-            );
-            self.send(&pkt, from);
-        } else {
-            self.send_ack(st, addrs, Ipv4Addr::from(addrs.peer_ip));
-        }
-    }
-
-    fn on_ack(&mut self, st: &FlowState, ackno: u32) {
-        let id = st.local_flow;
-        let Some(c) = self.ctl_mut(id) else {
-            return;
-        };
-        let Some(p) = &c.pending else { return };
-        // A plain ACK of our RSYN is what the original stack answers a
-        // duplicate RSYN with (its RSYN-ACK was lost): the migration
-        // completes only with an RSYN-ACK, which it retransmits.
-        if p.acked_by != ackno || matches!(p.kind, PendingKind::Rsyn { .. }) {
-            return;
-        }
-        let kind = p.kind;
-        c.pending = None;
-        match kind {
-            PendingKind::Fin => c.fin_acked_at = Some(Instant::now()),
-            PendingKind::RsynAck { new_peer } => {
-                if let Ok(mut a) = self.maps.addrs.get(&id, 0) {
-                    a.peer_ip = new_peer.octets();
-                    let _ = self.maps.addrs.insert(id, a, 0);
+            match self.closed.get(&id) {
+                Some(c) => {
+                    let (st, fx) = (c.state, sal_control::on_control_closed(&c.state, &c.addrs, &c.ctl, &ctl));
+                    self.apply(id, &st, fx);
                 }
+                None => self.maps.bump(Counter::CtlDropUnknownFlow),
             }
-            PendingKind::Rsyn { .. } => unreachable!("an RSYN is answered by an RSYN-ACK"),
-        }
-        self.after_pending(st);
-        self.maybe_done(id);
-    }
-
-    fn on_rsyn_ack(&mut self, st: &FlowState, addrs: &FlowAddrs, ackno: u32) {
-        let id = st.local_flow;
-        let Some(c) = self.ctl_mut(id) else {
             return;
         };
-        let Some(Pending { kind: PendingKind::Rsyn { new_local }, acked_by, .. }) = c.pending.clone() else {
-            return;
-        };
-        if acked_by != ackno {
-            return;
-        }
-        c.pending = None;
-        let (snd, rcv) = (c.snd_nxt, c.rcv_nxt);
-        let peer = Ipv4Addr::from(addrs.peer_ip);
-        let pkt = Self::build(st, new_local, peer, ControlFlags::ACK, snd, rcv);
-        self.send(&pkt, peer);
-        if let Ok(mut a) = self.maps.addrs.get(&id, 0) {
-            a.local_ip = new_local.octets();
-            let _ = self.maps.addrs.insert(id, a, 0);
-        }
-        self.after_pending(st);
-    }
-
-    /// A FIN that waited for an outstanding control packet goes now.
-    fn after_pending(&mut self, st: &FlowState) {
-        let id = st.local_flow;
-        if self.ctl.get(&id).is_some_and(|c| c.fin_wanted && c.pending.is_none()) {
-            self.ctl_mut(id).unwrap().fin_wanted = false;
-            if let Some((st, addrs)) = self.flow(id) {
-                self.send_fin(&st, &addrs);
-            }
-        }
-    }
-
-    fn maybe_done(&mut self, id: u32) {
-        if let Some(c) = self.ctl_mut(id) {
-            if c.peer_fin && c.fin_acked_at.is_some() && c.free_at.is_none() {
-                c.free_at = Some(Instant::now() + CLOSE_LINGER);
-            }
-        }
+        let fx = self.ctl_for(&st).on_control(&st, &addrs, p.ip.src_addr, &ctl, Instant::now());
+        self.apply(id, &st, fx);
     }
 
     /// The peer reset the flow: reset the local socket too. The TCP side
@@ -723,13 +376,7 @@ impl ControlPlane {
             if c.peer_fin && c.fin_acked_at.is_some() {
                 // Before the tuple is released: no new flow can hold it yet.
                 self.end_time_wait(&st, &addrs);
-                let closed = Closed {
-                    state: st,
-                    addrs,
-                    snd_nxt: c.snd_nxt,
-                    rcv_nxt: c.rcv_nxt,
-                    until: Instant::now() + TIME_WAIT,
-                };
+                let closed = Closed { state: st, addrs, ctl: c, until: Instant::now() + TIME_WAIT };
                 self.closed.insert(id, closed);
             }
         }
@@ -796,58 +443,25 @@ impl ControlPlane {
     /// Timers: retransmissions, lingering closed flows, expiry.
     pub fn tick(&mut self) {
         let now = Instant::now();
-        let mut resend = Vec::new();
+        let mut due = Vec::new();
         let mut give_up = Vec::new();
-        let mut migration_failed = Vec::new();
         let mut fin_wait_over = Vec::new();
         let mut free = Vec::new();
-        for (id, c) in self.ctl.iter_mut() {
+        for (id, c) in self.ctl.iter() {
             if c.free_at.is_some_and(|t| t <= now) {
                 free.push(*id);
-                continue;
-            }
-            if c.fin_acked_at.is_some_and(|t| now - t > FIN_WAIT) && !c.peer_fin {
+            } else if c.fin_acked_at.is_some_and(|t| now - t > FIN_WAIT) && !c.peer_fin {
                 fin_wait_over.push(*id);
-                continue;
-            }
-            if let Some(p) = &mut c.pending {
-                if p.next_at <= now {
-                    if p.kind.is_migration() && p.tries >= MIGRATION_TRIES {
-                        migration_failed.push((*id, p.kind));
-                        c.pending = None;
-                        self.dirty.insert(*id);
-                        continue;
-                    }
-                    if p.tries >= MAX_TRIES {
-                        give_up.push(*id);
-                        continue;
-                    }
-                    p.tries += 1;
-                    p.rto = (p.rto * 2).min(RTO_MAX);
-                    p.next_at = now + p.rto;
-                    resend.push((p.datagram.clone(), p.dst));
-                    self.dirty.insert(*id);
-                }
+            } else if c.due_at().is_some_and(|t| t <= now) {
+                due.push(*id);
             }
         }
-        for (d, dst) in resend {
-            self.send(&d, dst);
-            self.maps.bump(Counter::CtlRetransmit);
-        }
-        for (id, kind) in migration_failed {
-            // The flow is unharmed where it was; only the move is off.
-            self.maps.bump(Counter::MigrationFailed);
-            let to = match kind {
-                PendingKind::Rsyn { new_local } => format!("to our address {new_local}"),
-                PendingKind::RsynAck { new_peer } => format!("of the peer to {new_peer}"),
-                PendingKind::Fin => continue,
-            };
-            tracing::warn!(
-                "flow {id:#x}: the migration {to} got no answer after {MIGRATION_TRIES} tries; the flow stays where it was"
-            );
-            if let Some((st, _)) = self.flow(id) {
-                self.after_pending(&st);
-            }
+        // Retransmissions, and migrations given up (the flow is unharmed
+        // where it was; only the move is off).
+        for id in due {
+            let Some((st, addrs)) = self.flow(id) else { continue };
+            let fx = self.ctl_for(&st).on_timer(&st, &addrs, now);
+            self.apply(id, &st, fx);
         }
         for id in free {
             self.free(id, Counter::FlowsFreed);
@@ -927,10 +541,7 @@ impl ControlPlane {
     fn abandon(&mut self, id: u32) {
         if let Some((st, addrs)) = self.flow(id) {
             if st.peer_flow != 0 {
-                let c = self.ctl_for(&st).clone();
-                let peer = Ipv4Addr::from(addrs.peer_ip);
-                let flags = ControlFlags::RST | ControlFlags::ACK;
-                let pkt = Self::build(&st, Ipv4Addr::from(addrs.local_ip), peer, flags, c.snd_nxt, c.rcv_nxt);
+                let (pkt, peer) = self.ctl_for(&st).reset(&st, &addrs);
                 self.send(&pkt, peer);
             }
         }
@@ -986,95 +597,35 @@ impl ControlPlane {
 
     /// Moves every flow to `to` (a local address): RSYN from the new
     /// address; the flow switches when the RSYN-ACK arrives. New flows
-    /// use `to` at once. Returns how many flows are moving.
-    pub fn migrate(&mut self, to: Ipv4Addr) -> usize {
+    /// use `to` at once. Returns the flows that are moving.
+    pub fn migrate(&mut self, to: Ipv4Addr) -> Vec<u32> {
         if let Ok(mut cfg) = self.maps.config.get(&0, 0) {
             cfg.addr = to.octets();
             let _ = self.maps.config.set(0, cfg, 0);
         }
         let ids: Vec<u32> = self.maps.flows.keys().filter_map(|k| k.ok()).collect();
-        let mut n = 0;
+        let mut moving = Vec::new();
+        let now = Instant::now();
         for id in ids {
             let Some((st, addrs)) = self.flow(id) else {
                 continue;
             };
-            if st.state != state::ESTABLISHED || addrs.local_ip == to.octets() {
+            if st.state != state::ESTABLISHED {
                 continue;
             }
-            let c = self.ctl_for(&st);
-            if c.pending.is_some() {
-                continue;
+            if let Some(fx) = self.ctl_for(&st).migrate(&st, &addrs, to, now) {
+                self.apply(id, &st, fx);
+                moving.push(id);
             }
-            let verno = c.snd_nxt;
-            c.snd_nxt = c.snd_nxt.wrapping_add(1);
-            let (snd, rcv) = (c.snd_nxt, c.rcv_nxt);
-            let peer = Ipv4Addr::from(addrs.peer_ip);
-            let pkt = Self::build(&st, to, peer, ControlFlags::RSYN, verno, rcv);
-            self.send_reliable(id, PendingKind::Rsyn { new_local: to }, pkt, peer, snd);
-            n += 1;
         }
-        n
+        moving
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What a restarted agent reads back is what the last one had: an
-    /// outstanding RSYN-ACK (a migration) or FIN with its retransmission
-    /// state, FIN bookkeeping and lingering close.
-    #[test]
-    fn control_state_survives_the_round_trip_through_the_pinned_map() {
-        let now = Instant::now();
-        let migrating = Ctl {
-            snd_nxt: 7,
-            rcv_nxt: 0xffff_fff0,
-            pending: Some(Pending {
-                kind: PendingKind::RsynAck { new_peer: Ipv4Addr::new(10, 0, 0, 9) },
-                datagram: (0..52).collect(),
-                dst: Ipv4Addr::new(10, 0, 0, 9),
-                acked_by: 8,
-                next_at: now + Duration::from_millis(1500),
-                rto: Duration::from_secs(4),
-                tries: 3,
-            }),
-            fin_wanted: true,
-            fin_acked_at: None,
-            peer_fin: false,
-            free_at: None,
-        };
-        let closing = Ctl {
-            snd_nxt: 1,
-            rcv_nxt: 2,
-            pending: None,
-            fin_wanted: false,
-            fin_acked_at: Some(now - Duration::from_secs(3)),
-            peer_fin: true,
-            free_at: Some(now + Duration::from_millis(400)),
-        };
-        for c in [migrating, closing] {
-            let back = Ctl::from_record(&c.record());
-            assert_eq!(
-                (back.snd_nxt, back.rcv_nxt, back.fin_wanted, back.peer_fin),
-                (c.snd_nxt, c.rcv_nxt, c.fin_wanted, c.peer_fin)
-            );
-            let close = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
-                (Some(a), Some(b)) => a.max(b) - a.min(b) < Duration::from_millis(5),
-                (a, b) => a.is_none() && b.is_none(),
-            };
-            assert!(close(back.fin_acked_at, c.fin_acked_at) && close(back.free_at, c.free_at));
-            match (back.pending, c.pending) {
-                (None, None) => {}
-                (Some(b), Some(p)) => {
-                    assert_eq!(
-                        (b.kind, b.datagram, b.dst, b.acked_by, b.rto, b.tries),
-                        (p.kind, p.datagram, p.dst, p.acked_by, p.rto, p.tries)
-                    );
-                    assert!(close(Some(b.next_at), Some(p.next_at)));
-                }
-                _ => panic!("pending lost"),
-            }
+    /// Where flow `id`'s migration stands.
+    pub fn migration(&self, id: u32) -> MigrationState {
+        match self.ctl.get(&id).and_then(Ctl::migration) {
+            Some(m) if self.maps.flows.get(&id, 0).is_ok() => MigrationState::Is(m),
+            _ => MigrationState::FlowGone,
         }
     }
 }

@@ -4,15 +4,18 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use aya::maps::{MapData, PerCpuArray};
-use xlate_common::flow::{names, state, FlowAddrs, FlowState};
+use xlate_common::flow::{names, state, CtlRecord, FlowAddrs, FlowState};
 use xlate_common::ServiceId;
 
 use super::maps::{self, Kind};
+use super::sal_control::{Ctl, Migration};
 
 /// One row of `host flows`.
 pub struct FlowRow {
     pub state: FlowState,
     pub addrs: FlowAddrs,
+    /// Its migration in progress, else the last one that ended.
+    pub migration: Option<Migration>,
 }
 
 pub fn flows(kind: Kind, iface: &str) -> Result<Vec<FlowRow>> {
@@ -20,11 +23,15 @@ pub fn flows(kind: Kind, iface: &str) -> Result<Vec<FlowRow>> {
         maps::open_pinned(kind, iface, names::FLOWS)?.try_into()?;
     let addrs: aya::maps::HashMap<MapData, u32, FlowAddrs> =
         maps::open_pinned(kind, iface, names::ADDRS)?.try_into()?;
+    // The agent's control state (absent on a datapath older than it).
+    let ctl: Option<aya::maps::HashMap<MapData, u32, CtlRecord>> =
+        maps::open_pinned(kind, iface, names::AGENT_CTL).ok().and_then(|m| m.try_into().ok());
     let mut rows = Vec::new();
     for item in flows.iter() {
         let (id, st) = item?;
         let a = addrs.get(&id, 0).unwrap_or_default();
-        rows.push(FlowRow { state: st, addrs: a });
+        let migration = ctl.as_ref().and_then(|c| c.get(&id, 0).ok()).and_then(|r| Ctl::migration_of(&r));
+        rows.push(FlowRow { state: st, addrs: a, migration });
     }
     rows.sort_by_key(|r| r.state.local_flow);
     Ok(rows)
@@ -35,11 +42,12 @@ impl std::fmt::Display for FlowRow {
         let s = &self.state;
         write!(
             f,
-            "{:>10} {:>10} {:<6} {:<11} {:<15} {:<15} {}:{} > {}:{} service {}",
+            "{:>10} {:>10} {:<6} {:<11} {:<28} {:<15} {:<15} {}:{} > {}:{} service {}",
             s.local_flow,
             s.peer_flow,
             if s.role == xlate_common::flow::role::CLIENT { "client" } else { "server" },
             state::name(s.state),
+            self.migration.map_or_else(|| "-".to_string(), |m| m.to_string()),
             Ipv4Addr::from(self.addrs.local_ip),
             Ipv4Addr::from(self.addrs.peer_ip),
             Ipv4Addr::from(s.tcp_local_addr),
@@ -65,6 +73,7 @@ impl FlowRow {
             "tcp_local": format!("{}:{}", Ipv4Addr::from(s.tcp_local_addr), u16::from_be_bytes(s.tcp_local_port)),
             "tcp_peer": format!("{}:{}", Ipv4Addr::from(s.tcp_peer_addr), u16::from_be_bytes(s.tcp_peer_port)),
             "service": ServiceId(s.service_id).to_string(),
+            "migration": self.migration,
         })
     }
 }
@@ -113,8 +122,8 @@ pub fn print_stats(rows: &[(&'static str, u64)], json: bool) {
     }
 }
 
-pub const FLOWS_HEADER: &str =
-    "local_flow  peer_flow role   state       sal_local       sal_peer        tcp (local > peer) and service";
+pub const FLOWS_HEADER: &str = "local_flow  peer_flow role   state       migration                    sal_local       \
+                                sal_peer        tcp (local > peer) and service";
 
 pub fn stats(kind: Kind, iface: &str) -> Result<Vec<(&'static str, u64)>> {
     let c: PerCpuArray<MapData, u64> = maps::open_pinned(kind, iface, names::COUNTERS)?.try_into()?;

@@ -14,6 +14,7 @@ pub mod protocol;
 pub mod resident;
 pub mod residents;
 pub mod runtime;
+pub mod sal_control;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -145,6 +146,7 @@ pub(crate) async fn event_loop(
         tokio::net::UnixListener::bind(&sock_path).with_context(|| format!("binding {}", sock_path.display()))?;
     let mut buf = vec![0u8; 65536];
     let mut ending = Ending::Signal;
+    let mut waiting: Vec<MigrationWait> = Vec::new();
     loop {
         cp.sync();
         tokio::select! {
@@ -183,6 +185,11 @@ pub(crate) async fn event_loop(
             }
             _ = tick.tick() => {
                 cp.tick();
+                for done in take_concluded(&mut waiting, &cp) {
+                    let text = serde_json::to_string(&done.1).unwrap_or_default();
+                    let mut w = done.0;
+                    let _ = w.write_all(format!("{text}\n").as_bytes()).await;
+                }
                 if let Some(h) = reload.as_mut() {
                     h.tick(&mut cp);
                 }
@@ -205,6 +212,11 @@ pub(crate) async fn event_loop(
                                 ending = Ending::ForGood;
                                 Response::Ok(format!("ok: reset {n} flows; removing the datapath"))
                             }
+                            Ok(Request::Migrate { to, wait: true }) => {
+                                let ids = cp.migrate(*to);
+                                waiting.push(MigrationWait { to: *to, ids, reply: w });
+                                continue;
+                            }
                             Ok(req) => match reload.as_mut().and_then(|h| h.request(req)) {
                                 Some(r) => r,
                                 None => request(&mut cp, req),
@@ -224,12 +236,64 @@ pub(crate) async fn event_loop(
     Ok(ending)
 }
 
+/// A `migrate --wait` waiting for its flows to move.
+struct MigrationWait {
+    to: std::net::Ipv4Addr,
+    ids: Vec<u32>,
+    reply: tokio::net::unix::OwnedWriteHalf,
+}
+
+/// The waits whose every flow has moved, failed or ended, with their
+/// answers: ok if none failed, else an error naming the flows that stay.
+fn take_concluded(
+    waiting: &mut Vec<MigrationWait>,
+    cp: &ControlPlane,
+) -> Vec<(tokio::net::unix::OwnedWriteHalf, Response)> {
+    use control_plane::MigrationState;
+    use sal_control::Outcome;
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < waiting.len() {
+        let w = &waiting[i];
+        let states: Vec<(u32, MigrationState)> = w.ids.iter().map(|&id| (id, cp.migration(id))).collect();
+        let pending = states.iter().any(|(_, s)| matches!(s, MigrationState::Is(m) if m.outcome == Outcome::Pending));
+        if pending {
+            i += 1;
+            continue;
+        }
+        let w = waiting.swap_remove(i);
+        let count =
+            |o: Outcome| states.iter().filter(|(_, s)| matches!(s, MigrationState::Is(m) if m.outcome == o)).count();
+        let (done, failed) = (count(Outcome::Done), count(Outcome::Failed));
+        let gone = states.len() - done - failed;
+        let ended = if gone > 0 { format!("; {gone} ended before moving") } else { String::new() };
+        let reply = if failed == 0 {
+            Response::Ok(format!("done: {done} of {} flows moved to {}{ended}", states.len(), w.to))
+        } else {
+            let ids: Vec<String> = states
+                .iter()
+                .filter(|(_, s)| matches!(s, MigrationState::Is(m) if m.outcome == Outcome::Failed))
+                .map(|(id, _)| format!("{id:#x}"))
+                .collect();
+            Response::Error(format!(
+                "failed: {failed} of {} flows got no answer and stay where they were ({}); {done} moved to {}{ended}",
+                states.len(),
+                ids.join(", "),
+                w.to
+            ))
+        };
+        out.push((w.reply, reply));
+    }
+    out
+}
+
 /// The requests every agent answers (host mode's; the translator adds its own).
 fn request(cp: &mut ControlPlane, req: &Request) -> Response {
     match req {
-        Request::Migrate { to } => Response::Ok(format!(
-            "requested: moving {} flows to {to} (each moves when its peer answers; `migration_failed` counts those given up)",
-            cp.migrate(*to)
+        Request::Migrate { to, .. } => Response::Ok(format!(
+            "requested: moving {} flows to {to} (each moves when its peer answers; `host flows` shows how each \
+             migration stands, `migration_failed` counts those given up; --wait waits for the outcome)",
+            cp.migrate(*to).len()
         )),
         Request::KernelLog { on } => match kernel_log::set(&mut cp.maps, *on) {
             Ok(()) => {

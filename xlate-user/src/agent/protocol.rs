@@ -22,8 +22,14 @@ use crate::config::{Instance, Service};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
-    /// Host mode: move every flow to a new local address (RSYN).
-    Migrate { to: Ipv4Addr },
+    /// Host mode: move every flow to a new local address (RSYN). With
+    /// `wait`, the answer comes when every moving flow has moved, failed
+    /// or ended (an error if any failed).
+    Migrate {
+        to: Ipv4Addr,
+        #[serde(default)]
+        wait: bool,
+    },
     /// Translator: add or replace a service (checked like the file).
     ServiceSet { service: ServiceSpec },
     /// Translator: remove a service.
@@ -105,9 +111,14 @@ impl From<Result<String>> for Response {
 /// Sends `req` to the agent behind `sock`; its message, or its error.
 /// `what` names the agent in the error when none answers.
 pub fn call(sock: &Path, what: &str, req: &Request) -> Result<String> {
+    // A waiting migration answers after its deadline at the latest.
+    let patience = match req {
+        Request::Migrate { wait: true, .. } => super::sal_control::MIGRATION_DEADLINE + Duration::from_secs(10),
+        _ => Duration::from_secs(10),
+    };
     let mut s = std::os::unix::net::UnixStream::connect(sock)
         .with_context(|| format!("no {what} in this network namespace ({} cannot be reached)", sock.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(patience))?;
     writeln!(s, "{}", serde_json::to_string(req)?)?;
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).context("reading the agent's answer")?;
@@ -135,6 +146,9 @@ mod tests {
         let ok = serde_json::to_string(&Response::Ok("removed 203.0.113.1:80".into())).unwrap();
         assert_eq!(ok, r#"{"result":"ok","message":"removed 203.0.113.1:80"}"#);
         assert!(matches!(parse("migrate 10.0.0.1"), Err(Response::Error(e)) if e.contains("malformed request")));
+        // A client from before `wait` existed is understood.
+        let old = r#"{"request":"migrate","to":"10.0.0.2"}"#;
+        assert_eq!(parse(old), Ok(Request::Migrate { to: Ipv4Addr::new(10, 0, 0, 2), wait: false }));
     }
 
     #[test]

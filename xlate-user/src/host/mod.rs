@@ -230,8 +230,8 @@ pub fn run(opts: HostOptions) -> Result<()> {
 /// Host mode's programs.
 const PROGRAMS: [&str; 3] = ["xlate_host_ingress", "xlate_host_egress", "xlate_host_segmented"];
 
-pub fn migrate(iface: &str, to: Ipv4Addr) -> Result<String> {
-    control(iface, &Request::Migrate { to })
+pub fn migrate(iface: &str, to: Ipv4Addr, wait: bool) -> Result<String> {
+    control(iface, &Request::Migrate { to, wait })
 }
 
 /// Sends a request to the running host-mode instance on `iface`.
