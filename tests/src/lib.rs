@@ -8,6 +8,7 @@ pub mod host;
 pub mod netns;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Where the captures of the original Serval stack live.
 pub fn serval_fixtures() -> PathBuf {
@@ -50,4 +51,48 @@ pub fn sh(ns: &netns::Netns, script: &str) -> String {
     let out = ns.output("sh", &["-c", script]);
     assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Every SAL packet to `addr` arriving in `ns` is dropped (after a capture
+/// on the interface has seen it: the rule is at the input hook) until the
+/// guard is dropped. Loss of the other side's control packets, e.g. the
+/// RSYN-ACKs to a migrating host's new address.
+pub struct LoseSalTo<'a>(&'a netns::Netns);
+
+impl<'a> LoseSalTo<'a> {
+    pub fn start(ns: &'a netns::Netns, addr: &str) -> Self {
+        sh(
+            ns,
+            &format!(
+                "nft add table ip xlate_loss && nft add chain ip xlate_loss in '{{ type filter hook input priority 0; }}' \
+                 && nft add rule ip xlate_loss in ip daddr {addr} ip protocol 144 drop"
+            ),
+        );
+        LoseSalTo(ns)
+    }
+}
+
+impl Drop for LoseSalTo<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "exec", self.0.name(), "nft", "delete", "table", "ip", "xlate_loss"])
+            .status();
+    }
+}
+
+/// Waits until `f` gives something, for at most `limit`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "waited {limit:?} for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `f` holds, for at most `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    wait_for(limit, what, || f().then_some(()))
 }

@@ -11,7 +11,7 @@ use xlate_tests::apps::{
 };
 use xlate_tests::gateway::generated_sha256;
 use xlate_tests::host::*;
-use xlate_tests::{require_root, serial, sh};
+use xlate_tests::{require_root, serial, sh, wait_for};
 use xlate_user::decode::{read_pcap, shape};
 
 fn make_file(lab: &HostLab, name: &str, bytes: usize) -> String {
@@ -592,18 +592,6 @@ fn control_packets(path: &std::path::Path) -> Vec<CtlSeen> {
 const RSYN: u8 = 0x40;
 const ACK: u8 = 0x20;
 
-/// Waits until `f` gives something, for at most `limit`.
-fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(std::time::Instant::now() < deadline, "waited {limit:?} for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A second address of the client, for its migrations.
 const CLIENT_IP2: &str = "10.61.0.5";
 
@@ -624,31 +612,6 @@ impl Mover {
             Mover::Server => (SERVER_IP, SERVER_IP2),
             Mover::Client => (CLIENT_IP, CLIENT_IP2),
         }
-    }
-}
-
-/// Every SAL packet to `addr` in `ns` is dropped (after a capture on its
-/// interface has seen it) until the guard is dropped.
-struct LoseTo<'a>(&'a xlate_tests::netns::Netns);
-
-impl<'a> LoseTo<'a> {
-    fn start(ns: &'a xlate_tests::netns::Netns, addr: &str) -> Self {
-        sh(
-            ns,
-            &format!(
-                "nft add table ip xlate_loss && nft add chain ip xlate_loss in '{{ type filter hook input priority 0; }}' \
-                 && nft add rule ip xlate_loss in ip daddr {addr} ip protocol 144 drop"
-            ),
-        );
-        LoseTo(ns)
-    }
-}
-
-impl Drop for LoseTo<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "exec", self.0.name(), "nft", "delete", "table", "ip", "xlate_loss"])
-            .status();
     }
 }
 
@@ -703,8 +666,8 @@ impl Migrating {
 
     /// The peer's RSYN-ACKs (everything SAL to the new address) are lost
     /// until the guard is dropped.
-    fn lose_rsyn_acks(&self) -> LoseTo<'_> {
-        LoseTo::start(self.mover_ns(), self.mover.addresses().1)
+    fn lose_rsyn_acks(&self) -> xlate_tests::LoseSalTo<'_> {
+        xlate_tests::LoseSalTo::start(self.mover_ns(), self.mover.addresses().1)
     }
 
     /// `host migrate` as an operator runs it; its output.

@@ -258,6 +258,94 @@ fn an_instance_migrates_mid_transfer_through_the_translator() {
     assert!(lab.stats()["ctl_rsyn_received"] >= 1);
 }
 
+/// `xlate-user host <args> --iface e0` on instance `i`, as an operator
+/// runs it (`ip netns exec`).
+fn instance_cli(lab: &GatewayLab, i: usize, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", lab.instances[i].name()])
+        .arg(xlate_user_bin())
+        .arg("host")
+        .args(args)
+        .args(["--iface", "e0"])
+        .output()
+        .unwrap()
+}
+
+/// The translator's one flow as `flows --json` shows it.
+fn gateway_flow(lab: &GatewayLab) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&lab.gw_cli(&["flows", "--json"])).unwrap();
+    v.as_array().and_then(|a| a.iter().find(|f| f.get("relay").is_none()).cloned()).unwrap_or_default()
+}
+
+/// The translator is the passive side of an instance's migration: its
+/// RSYN-ACKs to the instance's new address are lost for `loss` (`None`:
+/// all of them). After a loss the migration completes on both sides; with
+/// no answer at all both give it up at their deadline, say so (the
+/// instance's `migrate --wait` fails; the translator counts it and shows
+/// the flow's migration as failed), and the download goes on unharmed.
+fn an_instance_migrates_while_the_translators_rsyn_acks_are_lost(tag: &str, loss: Option<Duration>) {
+    let lab = GatewayLab::new(tag, "\"10.10.0.12\"", "generic", true);
+    let sum = big_file(&lab);
+    lab.instances[1].ip(&["addr", "add", &format!("{INSTANCE2_ALT}/24"), "dev", "e0"]);
+    let mut dl = lab.client.spawn(
+        "sh",
+        &["-c", &format!("curl -sS --fail --max-time 90 --limit-rate 2M {} | sha256sum", lab.url("big.bin"))],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let lost = xlate_tests::LoseSalTo::start(&lab.instances[1], INSTANCE2_ALT);
+    let t0 = std::time::Instant::now();
+    let migrated = std::thread::scope(|s| {
+        let waiting = s.spawn(|| instance_cli(&lab, 1, &["migrate", "--to", INSTANCE2_ALT, "--wait"]));
+        xlate_tests::wait_until(Duration::from_secs(3), "the translator's RSYN-ACK", || {
+            gateway_flow(&lab)["migration"]["outcome"] == "pending"
+        });
+        assert_eq!(
+            gateway_flow(&lab)["migration"],
+            serde_json::json!({"side": "peer", "to": INSTANCE2_ALT, "outcome": "pending"})
+        );
+        if let Some(loss) = loss {
+            std::thread::sleep(loss.saturating_sub(t0.elapsed()));
+            drop(lost);
+        }
+        waiting.join().unwrap()
+    });
+    let (out, err) = (String::from_utf8_lossy(&migrated.stdout), String::from_utf8_lossy(&migrated.stderr));
+    let flow = gateway_flow(&lab);
+    if loss.is_some() {
+        assert!(migrated.status.success() && out.contains("done: 1 of 1 flows moved"), "{out}{err}");
+        assert_eq!(flow["migration"], serde_json::json!({"side": "peer", "to": INSTANCE2_ALT, "outcome": "done"}));
+        assert_eq!(flow["sal_peer"], INSTANCE2_ALT, "the translator follows the instance");
+        assert_eq!(lab.stats()["migration_done"], 1);
+    } else {
+        assert!(!migrated.status.success() && err.contains("failed: 1 of 1 flows got no answer"), "{out}{err}");
+        // The translator's own deadline runs from its first RSYN-ACK.
+        xlate_tests::wait_until(Duration::from_secs(5), "the translator to give the migration up", || {
+            lab.stats()["migration_failed"] == 1
+        });
+        let flow = gateway_flow(&lab);
+        assert_eq!(flow["migration"], serde_json::json!({"side": "peer", "to": INSTANCE2_ALT, "outcome": "failed"}));
+        assert_eq!(flow["sal_peer"], "10.10.0.12", "the flow stays where it was");
+        assert_eq!(lab.stats()["migration_done"], 0);
+    }
+    let line = dl.wait_for_line("-", Duration::from_secs(90));
+    assert_eq!(line.split_whitespace().next().unwrap(), sum, "transfer intact");
+    assert_eq!(lab.stats()["flows_expired"], 0);
+}
+
+#[test]
+fn an_instance_migration_completes_after_the_translators_rsyn_acks_are_lost_for_1_2_s() {
+    require_root();
+    let _g = serial();
+    an_instance_migrates_while_the_translators_rsyn_acks_are_lost("gmgl", Some(Duration::from_millis(1200)));
+}
+
+#[test]
+fn an_instance_migration_the_translator_cannot_answer_fails_on_both_sides() {
+    require_root();
+    let _g = serial();
+    an_instance_migrates_while_the_translators_rsyn_acks_are_lost("gmgf", None);
+}
+
 #[test]
 fn other_traffic_passes_and_malformed_sal_is_counted() {
     require_root();
