@@ -789,6 +789,9 @@ fn migration_completes_after_lost_rsyn_acks(tag: &str, mover: Mover, loss: Durat
     let new_ip: std::net::Ipv4Addr = new.parse().unwrap();
     let acked = control_packets(&m.pcap).iter().any(|c| c.flags == ACK && c.src == new_ip);
     assert!(acked, "the mover acknowledged an RSYN-ACK from its new address");
+    // The mover's control packets, every one valid (`--nocapture` shows them).
+    let decoded = decode_valid(&m.pcap);
+    println!("{mover:?} moved after {loss:?} of lost RSYN-ACKs; its control packets:\n{}", decoded.text);
 }
 
 /// A server migrates during a download while the client's RSYN-ACKs are

@@ -78,14 +78,18 @@ pub enum Liveness {
     /// At least one of its links is attached to a device.
     Attached,
     /// It pinned links, and none is attached any more (its namespace or
-    /// its devices are gone).
+    /// its devices are gone); or, with no links to tell by, its network
+    /// namespace no longer exists.
     Dead,
-    /// No link pins to tell by (classic tc filters, Linux 6.1).
+    /// No link pins to tell by (classic tc filters, before Linux 6.6) and
+    /// its namespace still exists: its filters are most likely attached.
     Unknown,
 }
 
-/// The liveness of the datapath pinned in `dir`.
-pub fn liveness(dir: &Path) -> Liveness {
+/// The liveness of the datapath pinned in `dir`, of namespace `netns`
+/// (a cookie); `live` gives the cookies of the namespaces that exist
+/// (asked only when the pins cannot tell).
+pub fn liveness(dir: &Path, netns: u64, live: &mut impl FnMut() -> std::collections::HashSet<u64>) -> Liveness {
     let mut links = 0;
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if !e.file_name().to_string_lossy().starts_with("link-") {
@@ -96,11 +100,70 @@ pub fn liveness(dir: &Path) -> Liveness {
             return Liveness::Attached;
         }
     }
-    if links == 0 {
-        Liveness::Unknown
-    } else {
+    if links > 0 || !live().contains(&netns) {
         Liveness::Dead
+    } else {
+        Liveness::Unknown
     }
+}
+
+/// The cookies of every network namespace that exists as far as this
+/// host can see: those of processes (`/proc/*/ns/net`), those held open
+/// by a process (`/proc/*/fd/*`), and those kept by a bind mount in this
+/// mount namespace (`ip netns add`, container runtimes: nsfs mounts in
+/// /proc/self/mountinfo). Each is entered in a short-lived thread to read
+/// its cookie (a namespace has no other name the kernel never reuses). A
+/// namespace kept only by a bind mount in another mount namespace is not
+/// seen: its classic-tc datapath would be taken for dead.
+pub fn live_netns_cookies() -> std::collections::HashSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if !p.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        paths.push(p.path().join("ns/net"));
+        for fd in std::fs::read_dir(p.path().join("fd")).into_iter().flatten().flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy().starts_with("net:[")) {
+                paths.push(fd.path());
+            }
+        }
+    }
+    for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines() {
+        // "… mount-point … - nsfs …": the mount point is the 5th field.
+        if line.split(" - ").nth(1).is_some_and(|rest| rest.starts_with("nsfs ")) {
+            if let Some(mp) = line.split(' ').nth(4) {
+                paths.push(PathBuf::from(mp.replace("\\040", " ")));
+            }
+        }
+    }
+    // One cookie read per namespace (by device and inode), not per path.
+    let mut by_inode = std::collections::HashMap::new();
+    for p in paths {
+        if let Ok(m) = std::fs::metadata(&p) {
+            by_inode.entry((m.dev(), m.ino())).or_insert(p);
+        }
+    }
+    by_inode.into_values().filter_map(|p| cookie_of(&p)).collect()
+}
+
+/// The cookie of the network namespace behind `path` (a namespace file).
+fn cookie_of(path: &Path) -> Option<u64> {
+    let f = std::fs::File::open(path).ok()?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a namespace file we opened; only this thread
+            // moves, and it ends right after.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            netns_cookie().ok()
+        })
+        .join()
+        .ok()
+        .flatten()
+    })
 }
 
 /// One resident datapath.
@@ -122,6 +185,8 @@ pub struct Resident {
 pub fn list() -> Vec<Resident> {
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
+    let mut cookies = None;
+    let mut live = || cookies.get_or_insert_with(live_netns_cookies).clone();
     for base in super::pins::all_bases() {
         for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -146,7 +211,7 @@ pub fn list() -> Vec<Resident> {
                 },
                 netns,
                 iface,
-                liveness: liveness(&dir),
+                liveness: liveness(&dir, netns, &mut live),
                 dir,
                 flows,
                 agent,
@@ -204,7 +269,8 @@ pub fn adopt_legacy(kind: Kind, iface: &str, base: &Path, name: &str) {
         return;
     }
     let run = Path::new("/run/xlate");
-    if liveness(&old) == Liveness::Dead {
+    // Its namespace (by inode) is this one, or gone: never another live one.
+    if liveness(&old, u64::MAX, &mut Default::default) == Liveness::Dead {
         crate::ebpf::remove_pins(&old);
         for ext in ["json", "lock", "sock", "tc"] {
             let _ = std::fs::remove_file(run.join(format!("{legacy}.{ext}")));
