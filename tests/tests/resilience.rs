@@ -513,6 +513,15 @@ fn an_agent_started_with_ip_netns_exec_leaves_a_datapath_that_outlives_it() {
     assert!(!lab.startup.contains("die with the agent"), "{}", lab.startup);
     let holder = holder_pids();
     assert_eq!(holder.len(), 1, "one BPF filesystem holder: {holder:?}\n{}", lab.startup);
+    // It holds the mount namespace only: in the gateway's network
+    // namespace it would keep that alive (devices, datapath) after
+    // `ip netns del`, and its pins would never be found dead.
+    let gateway_net = {
+        use std::os::unix::fs::MetadataExt;
+        format!("net:[{}]", std::fs::metadata(lab.gateway.path()).unwrap().ino())
+    };
+    let holder_net = std::fs::read_link(format!("/proc/{}/ns/net", holder[0])).unwrap();
+    assert_ne!(holder_net.to_string_lossy(), gateway_net, "the holder keeps the gateway's network namespace");
     let t = Transfers::start(&lab.client, &lab.dir, |p| lab.url(p));
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(lab.flows().len(), 2, "both transfers run through the translator");

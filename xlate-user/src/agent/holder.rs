@@ -44,12 +44,17 @@ pub fn start() -> Result<()> {
     let mut cmd = std::process::Command::new("sleep");
     cmd.arg0(NAME).arg("infinity").current_dir("/");
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-    // SAFETY: setsid(2) is async-signal-safe and touches no memory.
+    // SAFETY: setsid(2) and unshare(2) are system calls that touch no memory.
     unsafe {
         cmd.pre_exec(|| {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // A network namespace of its own (empty): in the agent's, it
+            // would keep that namespace, its devices and its datapath alive
+            // after `ip netns del`, and its pins would never be found dead.
+            // (Should it fail, the holder still does its one job.)
+            libc::unshare(libc::CLONE_NEWNET);
             Ok(())
         });
     }
