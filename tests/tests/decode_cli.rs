@@ -23,7 +23,7 @@ fn every_fixture_decodes_with_exit_zero() {
         let count = Capture::read(&path).unwrap().records.len();
         assert_eq!(stdout.lines().count(), count + 1, "{}", path.display());
     }
-    assert_eq!(n, 8, "all eight captures present");
+    assert_eq!(n, 10, "all ten captures present");
 }
 
 #[test]

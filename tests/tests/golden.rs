@@ -20,6 +20,8 @@ const CAPTURES: &[(&str, usize, usize)] = &[
     ("tcp-unicast-rule.pcap", 15, 15),
     ("udp-connected.pcap", 13, 13),
     ("no-stack-icmp-unreachable.pcap", 4, 2),
+    ("peer-migrates-rsynack-lost.pcap", 14, 14),
+    ("original-migrates-server.pcap", 8, 8),
 ];
 
 /// The SAL datagrams of a capture, in order, each cut at its IPv4 total
