@@ -4,9 +4,13 @@
 //! `cargo build` is not enough; these commands do every step in order.
 
 mod bench;
+mod experiments;
 mod lab;
+mod plot;
+mod results;
 mod setup;
 mod toolchain;
+mod transfer;
 mod util;
 mod vm;
 
@@ -47,6 +51,9 @@ enum Cmd {
         /// Skip the kernel matrix (Debian's kernels in qemu).
         #[arg(long)]
         no_vm: bool,
+        /// Skip the quick run of the comparison experiments.
+        #[arg(long)]
+        no_bench: bool,
         /// Seconds of fuzzing per target.
         #[arg(long, default_value_t = 20)]
         fuzz_seconds: u32,
@@ -71,6 +78,38 @@ enum Cmd {
         /// when not given.
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<BenchTable>,
+        /// The experiments: bytes per transfer.
+        #[arg(long, default_value_t = 700_000_000)]
+        size: u64,
+        /// The experiments: runs of each measurement.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Where the experiments write their CSV files, plots and README.
+        #[arg(long, default_value = "docs/results")]
+        out: PathBuf,
+        /// Small and once: every path and experiment, to see that the
+        /// harness works (writes to target/results-quick unless --out).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Serve bulk transfers (used by the experiments, inside a namespace).
+    #[command(hide = true)]
+    TransferServer {
+        #[arg(long)]
+        port: u16,
+    },
+    /// Bulk transfers to a `transfer-server` (used by the experiments).
+    #[command(hide = true)]
+    Transfer {
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// download or upload.
+        #[arg(long)]
+        direction: String,
+        #[arg(long)]
+        size: u64,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
     },
     /// Without arguments: build everything and start the built-in lab
     /// (client, gateway running the translator, two host-mode instances
@@ -118,6 +157,9 @@ enum BenchTable {
     Connections,
     /// The XDP program's ns/packet (BPF_PROG_TEST_RUN).
     Xdp,
+    /// The comparison experiments (the paper's Figure 7): CSV, plots and
+    /// a README into --out.
+    Experiments,
 }
 
 fn main() {
@@ -131,7 +173,9 @@ fn real_main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::setup().map(|_| ()),
         Cmd::Build { release } => build(release).map(|_| ()),
-        Cmd::Test { no_fuzz, no_vm, fuzz_seconds, cargo_args } => test(no_fuzz, no_vm, fuzz_seconds, &cargo_args),
+        Cmd::Test { no_fuzz, no_vm, no_bench, fuzz_seconds, cargo_args } => {
+            test(no_fuzz, no_vm, no_bench, fuzz_seconds, &cargo_args)
+        }
         Cmd::Vm { kernel, timeout, matrix: true, suite, command: _ } => {
             let timeout = std::time::Duration::from_secs(timeout);
             let tally = vm::matrix_of(&kernel, &vm::suites_named(&suite)?, timeout);
@@ -146,10 +190,31 @@ fn real_main() -> Result<()> {
         Cmd::Vm { kernel, timeout, command, .. } => {
             vm::run_command(&kernel, &command.join(" "), std::time::Duration::from_secs(timeout))
         }
-        Cmd::Bench { seconds, baseline, only } => {
+        Cmd::TransferServer { port } => transfer::serve(port),
+        Cmd::Transfer { to, direction, size, count } => {
+            let dir = match direction.as_str() {
+                "download" => transfer::Direction::Down,
+                "upload" => transfer::Direction::Up,
+                other => bail!("--direction {other:?}: download or upload"),
+            };
+            transfer::run(to, dir, size, count, std::time::Duration::from_secs(600))
+        }
+        Cmd::Bench { seconds, baseline, only, size, runs, out, quick } => {
             if !is_root() {
                 bail!("cargo xtask bench needs root (network namespaces, BPF)");
             }
+            let settings = if quick {
+                let out = if out == std::path::Path::new("docs/results") {
+                    workspace_root().join("target/results-quick")
+                } else {
+                    out
+                };
+                experiments::Settings::quick(out)
+            } else {
+                let out = if out.is_relative() { workspace_root().join(out) } else { out };
+                experiments::Settings { size, runs, max_transfers: 5, out, quick: false }
+            };
+            let seconds = if quick { seconds.min(2) } else { seconds };
             setup::setup()?;
             let old = baseline.as_deref().map(build_baseline).transpose()?;
             let bin = build_with(true, &["testbed"])?;
@@ -172,6 +237,16 @@ fn real_main() -> Result<()> {
                     base.extend(tables.next());
                 }
                 bench::print(&new, baseline.as_deref().map(|r| (r, &base[..])));
+                if only.is_empty() || only.contains(&BenchTable::Experiments) {
+                    if baseline.is_some() {
+                        println!("experiments: this build only (--baseline compares the tables above)");
+                    }
+                    let (samples, files) = experiments::run_all(&bin, &settings)?;
+                    if quick {
+                        let n = experiments::check(&samples, &settings, &files)?;
+                        println!("experiments: {n} checks of the quick run's outputs passed");
+                    }
+                }
                 Ok(())
             })();
             util::unmount_own_bpffs();
@@ -273,7 +348,7 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-fn test(no_fuzz: bool, no_vm: bool, fuzz_seconds: u32, cargo_args: &[String]) -> Result<()> {
+fn test(no_fuzz: bool, no_vm: bool, no_bench: bool, fuzz_seconds: u32, cargo_args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("cargo xtask test needs root: the kernel tests load BPF programs and create network namespaces");
     }
@@ -302,6 +377,26 @@ fn test(no_fuzz: bool, no_vm: bool, fuzz_seconds: u32, cargo_args: &[String]) ->
             println!("xtask: {} passed, {} failed", tally.passed, tally.failed + 1);
         })?
     };
+    // The experiments, small and once: the harness cannot rot.
+    let experimented = if no_bench {
+        println!("test: quick experiments skipped (--no-bench)");
+        Tally::default()
+    } else {
+        println!("test: the comparison experiments, quick (cargo xtask bench --only experiments --quick)");
+        let settings = experiments::Settings::quick(workspace_root().join("target/results-quick"));
+        let r = experiments::run_all(&bin, &settings).and_then(|(s, f)| experiments::check(&s, &settings, &f));
+        util::unmount_own_bpffs();
+        match r {
+            Ok(n) => {
+                println!("test: quick experiments: {n} checks passed");
+                Tally { passed: u64::from(n), failed: 0 }
+            }
+            Err(e) => {
+                println!("test: quick experiments FAILED: {e:#}");
+                Tally { passed: 0, failed: 1 }
+            }
+        }
+    };
     let fuzzed = if no_fuzz {
         println!("test: fuzzing smoke run skipped (--no-fuzz)");
         0
@@ -312,10 +407,13 @@ fn test(no_fuzz: bool, no_vm: bool, fuzz_seconds: u32, cargo_args: &[String]) ->
         bail!("no test ran");
     }
     // The plain closing line CI reads, counting every test and fuzz target.
-    let failed = tally.failed + kernels.failed;
-    println!("xtask: {} passed, {} failed", tally.passed + kernels.passed + fuzzed, failed);
+    let failed = tally.failed + kernels.failed + experimented.failed;
+    println!("xtask: {} passed, {} failed", tally.passed + kernels.passed + experimented.passed + fuzzed, failed);
     if kernels.failed > 0 {
         bail!("the kernel matrix failed (see its table above)");
+    }
+    if experimented.failed > 0 {
+        bail!("the quick experiments failed (see above)");
     }
     Ok(())
 }

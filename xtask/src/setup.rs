@@ -20,6 +20,10 @@ pub const TEST_TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("nft", "nftables"),
     ("systemd-analyze", "systemd"),
+    // The experiments: HAProxy is one of the compared paths; the plots'
+    // text is drawn in DejaVu Sans (a file, found like a program in /usr/sbin).
+    ("haproxy", "haproxy"),
+    (crate::plot::FONT, "fonts-dejavu-core"),
 ];
 
 /// What `cargo xtask vm` and the kernel matrix need: qemu, a static
