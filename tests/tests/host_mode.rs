@@ -789,9 +789,16 @@ fn migration_completes_after_lost_rsyn_acks(tag: &str, mover: Mover, loss: Durat
     let new_ip: std::net::Ipv4Addr = new.parse().unwrap();
     let acked = control_packets(&m.pcap).iter().any(|c| c.flags == ACK && c.src == new_ip);
     assert!(acked, "the mover acknowledged an RSYN-ACK from its new address");
-    // The mover's control packets, every one valid (`--nocapture` shows them).
+    // The mover's control packets, every one valid (`--nocapture` shows
+    // them, each with its time from the first).
     let decoded = decode_valid(&m.pcap);
-    println!("{mover:?} moved after {loss:?} of lost RSYN-ACKs; its control packets:\n{}", decoded.text);
+    let cap = xlate_user::pcap::Capture::read(&m.pcap).unwrap();
+    let scale = if cap.nanos { 1e-9 } else { 1e-6 };
+    let at = |r: &xlate_user::pcap::Record| f64::from(r.ts_sec) + f64::from(r.ts_frac) * scale;
+    let t0 = cap.records.first().map(at).unwrap_or_default();
+    let timed: Vec<String> =
+        decoded.text.lines().zip(cap.records.iter()).map(|(l, r)| format!("{:+9.3} s {l}", at(r) - t0)).collect();
+    println!("{mover:?} moved after {loss:?} of lost RSYN-ACKs; its control packets:\n{}", timed.join("\n"));
 }
 
 /// A server migrates during a download while the client's RSYN-ACKs are
@@ -822,6 +829,13 @@ fn a_client_migration_completes_after_lost_rsyn_acks_and_an_original_style_ack()
     require_root();
     let _g = serial();
     migration_completes_after_lost_rsyn_acks("mgc", Mover::Client, Duration::from_millis(1200), true);
+}
+
+#[test]
+fn a_client_migration_completes_after_0_4_s_of_lost_rsyn_acks() {
+    require_root();
+    let _g = serial();
+    migration_completes_after_lost_rsyn_acks("mgc4", Mover::Client, Duration::from_millis(400), false);
 }
 
 /// Every RSYN-ACK lost: the migration is given up 15 s after the first

@@ -169,7 +169,7 @@ fn load_balancing_follows_weights_and_the_4_tuple() {
     std::thread::sleep(Duration::from_millis(500));
     let flows = lab.flows();
     assert_eq!(flows.len(), 1, "{flows:?}");
-    let serving = flows[0].split_whitespace().nth(5).unwrap().to_string();
+    let serving = gateway_flow(&lab)["sal_peer"].as_str().unwrap().to_string();
     let other = if serving == INSTANCES[0] { INSTANCES[1] } else { INSTANCES[0] };
     lab.reload(&format!("\"{serving}\""));
     let after = connections(&lab, 20);
@@ -340,6 +340,13 @@ fn an_instance_migration_completes_after_the_translators_rsyn_acks_are_lost_for_
 }
 
 #[test]
+fn an_instance_migration_completes_after_the_translators_rsyn_acks_are_lost_for_0_4_s() {
+    require_root();
+    let _g = serial();
+    an_instance_migrates_while_the_translators_rsyn_acks_are_lost("gmg4", Some(Duration::from_millis(400)));
+}
+
+#[test]
 fn an_instance_migration_the_translator_cannot_answer_fails_on_both_sides() {
     require_root();
     let _g = serial();
@@ -400,7 +407,7 @@ fn failover_new_connections_go_to_the_surviving_instance() {
     std::thread::sleep(Duration::from_millis(500));
     let flows = lab.flows();
     assert_eq!(flows.len(), 1, "{flows:?}");
-    let serving = flows[0].split_whitespace().nth(5).unwrap().to_string();
+    let serving = gateway_flow(&lab)["sal_peer"].as_str().unwrap().to_string();
     let dead = INSTANCES.iter().position(|a| *a != serving).unwrap();
     // Stop the other instance's Serval stack: its SYNs go unanswered.
     lab.instance_agents[dead].stop();
