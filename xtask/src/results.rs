@@ -38,6 +38,19 @@ fn ratio(v: Option<(f64, f64, f64)>, reference: Option<(f64, f64, f64)>) -> Stri
     }
 }
 
+/// What a reader must know to read the tables right (established
+/// outside the run: see the docs named).
+pub const READING: &str = "## Reading these results
+
+- `fast-path-generic`: generic XDP runs after GRO and also takes a local veth peer's TSO packets
+  unsegmented, and the translator rewrites such GSO super-packets whole (up to 64 KB SAL packets on
+  the service link; [docs/translator.md](../translator.md), Limits). In this veth lab that works and
+  is fast, which is why its uploads can beat routing; a real NIC could not send those packets. Read
+  that row's uploads as a lab artefact, not as the path's speed.
+- Every path but `routing` ends at the same host-mode instance, which receives SAL one segment at a
+  time (the kernel has no GRO for protocol 144): that instance, not only the gateway, limits those
+  rows. Removing that limit is open work (issue 17, item 2; issue 18).";
+
 /// Writes `README.md` into the output directory.
 pub fn write_readme(samples: &[Sample], s: &Settings, took: Duration) -> Result<PathBuf> {
     let mut t = String::new();
@@ -100,7 +113,8 @@ pub fn write_readme(samples: &[Sample], s: &Settings, took: Duration) -> Result<
         }
         let _ = writeln!(t, "\n![Figure 7, {}s](figure7-{}.png)\n", dir.name(), dir.name());
     }
-    let _ = writeln!(t, "Every transfer: `experiment1-figure7.csv` (one line per transfer).");
+    let _ = writeln!(t, "Every transfer: `experiment1-figure7.csv` (one line per transfer).\n");
+    let _ = writeln!(t, "{READING}");
     let p = s.out.join("README.md");
     std::fs::write(&p, t)?;
     Ok(p)
