@@ -570,6 +570,44 @@ fn holder_pids() -> Vec<u32> {
     v
 }
 
+/// `xlate-user status --json`: every datapath resident on the host.
+fn resident_datapaths() -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(xlate_user_bin()).args(["status", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+}
+
+/// The resident datapath whose namespace is `netns` (a cookie, or an
+/// earlier build's inode).
+fn resident_of(netns: u64) -> Option<serde_json::Value> {
+    resident_datapaths().into_iter().find(|r| r["netns"] == netns)
+}
+
+/// The datapath of this test's host-mode agent (on `e0`).
+fn resident_agent() -> serde_json::Value {
+    resident_datapaths().into_iter().find(|r| r["agent"] == true && r["iface"] == "e0").expect("the agent is resident")
+}
+
+/// Waits until `status` shows the datapath of `netns` dead: the kernel
+/// tears a deleted namespace down in the background.
+fn wait_until_dead(netns: u64) {
+    xlate_tests::wait_until(Duration::from_secs(20), "the deleted namespace's datapath to be seen dead", || {
+        resident_of(netns).expect("still listed")["liveness"] == "dead"
+    });
+}
+
+/// Two namespaces on one veth link (`e0` 10.77.0.1, `p0` 10.77.0.2).
+fn namespace_pair(tag: &str) -> (Netns, Netns) {
+    let (a, p) = (Netns::new(&format!("{tag}a")), Netns::new(&format!("{tag}p")));
+    veth(&a, "e0", "10.77.0.1/24", &p, "p0", "10.77.0.2/24");
+    (a, p)
+}
+
+/// A host-mode agent on `e0` of `ns`, and its start-up text.
+fn start_host_agent(ns: &Netns) -> (Agent, String) {
+    Agent::start_with_log(ns, "e0", &["--serve", "00000050=80"])
+}
+
 /// A namespace's resident state is its own for its whole life: a host-mode
 /// datapath left by a killed agent in a namespace that is then deleted is
 /// seen as dead (`status`), and a new namespace, whose inode number the
@@ -579,50 +617,24 @@ fn holder_pids() -> Vec<u32> {
 fn a_new_namespace_never_takes_over_a_dead_ones_state() {
     require_root();
     let _g = serial();
-    let bin = xlate_user_bin();
-    let start = |ns: &Netns| Agent::start_with_log(ns, "e0", &["--serve", "00000050=80"]);
-    let status = || -> Vec<serde_json::Value> {
-        let out = std::process::Command::new(&bin).args(["status", "--json"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().clone()
-    };
-    let of = |all: &[serde_json::Value], netns: u64| all.iter().find(|r| r["netns"] == netns).cloned();
-    let pair = |tag: &str| {
-        let (a, p) = (Netns::new(&format!("{tag}a")), Netns::new(&format!("{tag}p")));
-        veth(&a, "e0", "10.77.0.1/24", &p, "p0", "10.77.0.2/24");
-        (a, p)
-    };
-
-    let (a, p) = pair("gc1");
-    let (mut agent, _) = start(&a);
-    let before = status();
-    let mine = before.iter().find(|r| r["agent"] == true && r["iface"] == "e0").expect("the agent is resident");
+    let (a, p) = namespace_pair("gc1");
+    let (mut agent, _) = start_host_agent(&a);
+    let mine = resident_agent();
     let cookie = mine["netns"].as_u64().unwrap();
     assert_eq!(mine["kind"], "host", "{mine}");
     // "unknown": no links to tell by (classic tc, before Linux 6.6), and
     // the namespace is there.
     assert!(mine["liveness"] == "attached" || mine["liveness"] == "unknown", "{mine}");
     agent.stop_agent(libc::SIGKILL);
-    assert_eq!(of(&status(), cookie).expect("still resident")["agent"], false);
+    assert_eq!(resident_of(cookie).expect("still resident")["agent"], false);
     drop((a, p));
-    // The kernel tears a deleted namespace down in the background.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = of(&status(), cookie).expect("still pinned");
-        if r["liveness"] == "dead" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "its namespace is gone, yet: {r}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_dead(cookie);
 
-    let (b, q) = pair("gc2");
-    let (mut agent, startup) = start(&b);
+    let (b, q) = namespace_pair("gc2");
+    let (mut agent, startup) = start_host_agent(&b);
     assert!(!startup.contains("carried over"), "a new namespace took over a dead one's state:\n{startup}");
-    let after = status();
-    assert!(of(&after, cookie).is_none(), "the dead datapath's pins are gone: {after:?}");
-    let new = after.iter().find(|r| r["agent"] == true && r["iface"] == "e0").expect("the new agent is resident");
-    assert_ne!(new["netns"].as_u64().unwrap(), cookie);
+    assert!(resident_of(cookie).is_none(), "the dead datapath's pins are gone: {:?}", resident_datapaths());
+    assert_ne!(resident_agent()["netns"].as_u64().unwrap(), cookie);
     agent.stop();
     drop((b, q));
 }
@@ -637,15 +649,8 @@ fn an_earlier_builds_pins_are_adopted_only_while_their_namespace_lives() {
     use std::os::unix::fs::MetadataExt;
     require_root();
     let _g = serial();
-    let start = |ns: &Netns| Agent::start_with_log(ns, "e0", &["--serve", "00000050=80"]);
     let inode = |ns: &Netns| std::fs::metadata(format!("/run/netns/{}", ns.name())).unwrap().ino();
-    let resident = || -> serde_json::Value {
-        let out = std::process::Command::new(xlate_user_bin()).args(["status", "--json"]).output().unwrap();
-        let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let r = all.as_array().unwrap().iter().find(|r| r["agent"] == true && r["iface"] == "e0").cloned();
-        r.expect("the agent is resident")
-    };
-    let mine = || PathBuf::from(resident()["dir"].as_str().unwrap());
+    let mine = || PathBuf::from(resident_agent()["dir"].as_str().unwrap());
     // What an earlier build would have left: the same pins, named by inode.
     let as_legacy = |dir: &PathBuf, ino: u64| -> PathBuf {
         let legacy = dir.with_file_name(format!("host-{ino}-e0"));
@@ -656,21 +661,16 @@ fn an_earlier_builds_pins_are_adopted_only_while_their_namespace_lives() {
         }
         legacy
     };
-    let pair = |tag: &str| {
-        let (a, p) = (Netns::new(&format!("{tag}a")), Netns::new(&format!("{tag}p")));
-        veth(&a, "e0", "10.77.0.1/24", &p, "p0", "10.77.0.2/24");
-        (a, p)
-    };
 
     // The living namespace's own: adopted. (Without TCX, before Linux
     // 6.6, host mode pins no links: nothing tells whose the directory is,
     // and it is removed. No earlier build loaded on those kernels.)
-    let (a, p) = pair("lg1");
-    let (mut agent, _) = start(&a);
-    let (dir, links) = (mine(), resident()["liveness"] == "attached");
+    let (a, p) = namespace_pair("lg1");
+    let (mut agent, _) = start_host_agent(&a);
+    let (dir, links) = (mine(), resident_agent()["liveness"] == "attached");
     agent.stop_agent(libc::SIGTERM);
     let legacy = as_legacy(&dir, inode(&a));
-    let (mut agent, startup) = start(&a);
+    let (mut agent, startup) = start_host_agent(&a);
     if links {
         assert!(startup.contains("adopted"), "{startup}");
         assert!(!legacy.exists() && mine() == dir, "renamed back to this build's name");
@@ -683,25 +683,14 @@ fn an_earlier_builds_pins_are_adopted_only_while_their_namespace_lives() {
     let old_inode = inode(&a);
     let legacy = as_legacy(&dir, old_inode);
     drop((a, p));
-    // The kernel tears a deleted namespace down in the background: its
-    // links are detached a moment later (`status` lists the old name too).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = std::process::Command::new(xlate_user_bin()).args(["status", "--json"]).output().unwrap();
-        let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let r = all.as_array().unwrap().iter().find(|r| r["netns"] == old_inode).cloned().expect("listed");
-        if r["liveness"] == "dead" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "its namespace is gone, yet: {r}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (b, q) = pair("lg2");
+    // (`status` lists the old name too.)
+    wait_until_dead(old_inode);
+    let (b, q) = namespace_pair("lg2");
     let reused = legacy.with_file_name(format!("host-{}-e0", inode(&b)));
     if reused != legacy {
         std::fs::rename(&legacy, &reused).unwrap();
     }
-    let (mut agent, startup) = start(&b);
+    let (mut agent, startup) = start_host_agent(&b);
     assert!(!reused.exists(), "the dead namespace's pins are gone:\n{startup}");
     assert!(!startup.contains("adopted") && !startup.contains("carried over"), "{startup}");
     agent.stop();

@@ -227,24 +227,26 @@ fn close_and_resets_through_the_translator() {
     lab.wait_no_flows(Duration::from_secs(5));
 }
 
+/// A lab whose one instance (10.10.0.12) has a second address to move
+/// to, with a download from it at `rate` under way; the file's SHA-256.
+fn instance_about_to_move(tag: &str, rate: &str) -> (GatewayLab, String, xlate_tests::netns::Bg) {
+    let lab = GatewayLab::new(tag, "\"10.10.0.12\"", "generic", true);
+    let sum = big_file(&lab);
+    lab.instances[1].ip(&["addr", "add", &format!("{INSTANCE2_ALT}/24"), "dev", "e0"]);
+    let dl = lab.client.spawn(
+        "sh",
+        &["-c", &format!("curl -sS --fail --max-time 90 --limit-rate {rate} {} | sha256sum", lab.url("big.bin"))],
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    (lab, sum, dl)
+}
+
 #[test]
 fn an_instance_migrates_mid_transfer_through_the_translator() {
     require_root();
     let _g = serial();
-    let lab = GatewayLab::new("gmig", "\"10.10.0.12\"", "generic", true);
-    let sum = big_file(&lab);
-    lab.instances[1].ip(&["addr", "add", &format!("{INSTANCE2_ALT}/24"), "dev", "e0"]);
-    let mut dl = lab.client.spawn(
-        "sh",
-        &["-c", &format!("curl -sS --fail --max-time 60 --limit-rate 25M {} | sha256sum", lab.url("big.bin"))],
-    );
-    std::thread::sleep(Duration::from_millis(600));
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.instances[1].name()))
-        .arg(xlate_user_bin())
-        .args(["host", "migrate", "--iface", "e0", "--to", INSTANCE2_ALT])
-        .output()
-        .unwrap();
+    let (lab, sum, mut dl) = instance_about_to_move("gmig", "25M");
+    let out = instance_cli(&lab, 1, &["migrate", "--to", INSTANCE2_ALT]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("moving 1 flows"),
         "{}",
@@ -284,14 +286,7 @@ fn gateway_flow(lab: &GatewayLab) -> serde_json::Value {
 /// instance's `migrate --wait` fails; the translator counts it and shows
 /// the flow's migration as failed), and the download goes on unharmed.
 fn an_instance_migrates_while_the_translators_rsyn_acks_are_lost(tag: &str, loss: Option<Duration>) {
-    let lab = GatewayLab::new(tag, "\"10.10.0.12\"", "generic", true);
-    let sum = big_file(&lab);
-    lab.instances[1].ip(&["addr", "add", &format!("{INSTANCE2_ALT}/24"), "dev", "e0"]);
-    let mut dl = lab.client.spawn(
-        "sh",
-        &["-c", &format!("curl -sS --fail --max-time 90 --limit-rate 2M {} | sha256sum", lab.url("big.bin"))],
-    );
-    std::thread::sleep(Duration::from_millis(800));
+    let (lab, sum, mut dl) = instance_about_to_move(tag, "2M");
     let lost = xlate_tests::LoseSalTo::start(&lab.instances[1], INSTANCE2_ALT);
     let t0 = std::time::Instant::now();
     let migrated = std::thread::scope(|s| {

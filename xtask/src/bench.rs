@@ -9,30 +9,17 @@ use anyhow::{bail, Context, Result};
 use xlate_lab::topology::{host_pair, translator};
 use xlate_lab::{Bg, HostPair, Naming, Netns, Translator, TranslatorOptions};
 
+use crate::agent::Running;
+
 /// What the host-mode client connects to (`--connect`).
 const SVC_ADDR: &str = "10.61.0.100";
 const PORT: &str = "5201";
 
-/// An agent in a namespace, stopped for good when dropped.
-struct Agent {
-    _bg: Bg,
-    stop: Command,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.stop.output();
-    }
-}
-
-/// Starts an agent in `ns` (network namespace only: its pins stay
-/// visible); `stop` is its stop-for-good command (`stop` or `host stop`).
-fn agent(bin: &Path, ns: &Netns, args: &[&str], stop: &[&str]) -> Result<Agent> {
-    let child = ns.net_cmd(bin).args(args).stdout(Stdio::null()).spawn().context("starting xlate-user")?;
-    std::thread::sleep(Duration::from_secs(2));
-    let mut cmd = ns.net_cmd(bin);
-    cmd.args(stop);
-    Ok(Agent { _bg: Bg::from_child(child).terminate_on_drop(), stop: cmd })
+/// Starts an agent in `ns` and waits until it is up (its log in
+/// target/bench/); `stop` is its stop-for-good command (`stop` or `host stop`).
+fn agent(bin: &Path, ns: &Netns, args: &[&str], stop: &[&str]) -> Result<Running> {
+    let log = format!("{}-{}", ns.name(), args.first().copied().unwrap_or("agent"));
+    crate::agent::start(bin, ns, &crate::util::workspace_root().join("target/bench"), &log, args, stop)
 }
 
 /// iperf3's server in `ns`.

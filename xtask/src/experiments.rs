@@ -22,6 +22,7 @@ use anyhow::{bail, Context, Result};
 use xlate_lab::topology::translator;
 use xlate_lab::{Bg, Naming, Netns, Translator, TranslatorOptions};
 
+use crate::agent::{start as start_agent, Running};
 use crate::transfer::{self, Direction, Outcome};
 
 const PORT: u16 = 5401;
@@ -93,45 +94,9 @@ impl DataPath {
 }
 
 /// What keeps a path up; dropped, it tears it down.
-struct Running {
+struct PathUp {
     _guards: Vec<Box<dyn std::any::Any>>,
     dst: std::net::SocketAddr,
-}
-
-/// An agent or program in a namespace, stopped (and for agents, stopped
-/// for good with `stop`) when dropped.
-struct Proc {
-    bg: Option<Bg>,
-    stop: Option<std::process::Command>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut s) = self.stop.take() {
-            let _ = s.stdout(Stdio::null()).stderr(Stdio::null()).status();
-        }
-        drop(self.bg.take());
-    }
-}
-
-/// Starts an agent in `ns`, its output in `<log>.log` under `out` (where
-/// a failed run can be read), and waits until it says its datapath is up.
-fn agent(bin: &Path, ns: &Netns, out: &Path, log: &str, args: &[&str], stop: &[&str]) -> Result<Proc> {
-    let path = out.join(format!("{log}.log"));
-    let file = std::fs::File::create(&path)?;
-    let child = ns.net_cmd(bin).args(args).stdout(file.try_clone()?).stderr(file).spawn()?;
-    let bg = Bg::from_child(child).terminate_on_drop();
-    let needle = if args.first() == Some(&"host") { "xlate host mode on" } else { "xlate translator on" };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&path).unwrap_or_default().contains(needle) {
-        if Instant::now() > deadline {
-            bail!("`xlate-user {}` did not come up in 30 s; see {}", args.join(" "), path.display());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut cmd = ns.net_cmd(bin);
-    cmd.args(stop);
-    Ok(Proc { bg: Some(bg), stop: Some(cmd) })
 }
 
 fn config_file(out: &Path) -> Result<PathBuf> {
@@ -163,13 +128,13 @@ backend instances
     server s1 {SVC}:{PORT}
 ";
 
-fn start_path(p: DataPath, bin: &Path, lab: &Translator, out: &Path) -> Result<Running> {
+fn start_path(p: DataPath, bin: &Path, lab: &Translator, out: &Path) -> Result<PathUp> {
     let config = config_file(out)?;
     let config = config.to_str().context("config path")?;
     let gw = &lab.gateway;
     let public: std::net::SocketAddr = format!("{}:{PORT}", translator::PUBLIC_IP).parse()?;
-    let run = |mode: &str| -> Result<Proc> {
-        agent(
+    let run = |mode: &str| -> Result<Running> {
+        start_agent(
             bin,
             gw,
             out,
@@ -178,8 +143,8 @@ fn start_path(p: DataPath, bin: &Path, lab: &Translator, out: &Path) -> Result<R
             &["stop", "--iface", "g0"],
         )
     };
-    let relay = |mode: &str| -> Result<Proc> {
-        agent(
+    let relay = |mode: &str| -> Result<Running> {
+        start_agent(
             bin,
             gw,
             out,
@@ -189,14 +154,14 @@ fn start_path(p: DataPath, bin: &Path, lab: &Translator, out: &Path) -> Result<R
         )
     };
     Ok(match p {
-        DataPath::Routing => Running {
+        DataPath::Routing => PathUp {
             _guards: vec![Box::new(run("native")?)],
             dst: format!("{}:{PORT}", translator::INSTANCES[0]).parse()?,
         },
-        DataPath::FastNative => Running { _guards: vec![Box::new(run("native")?)], dst: public },
-        DataPath::FastGeneric => Running { _guards: vec![Box::new(run("generic")?)], dst: public },
-        DataPath::RelaySplice => Running { _guards: vec![Box::new(relay("splice")?)], dst: public },
-        DataPath::RelayCopy => Running { _guards: vec![Box::new(relay("copy")?)], dst: public },
+        DataPath::FastNative => PathUp { _guards: vec![Box::new(run("native")?)], dst: public },
+        DataPath::FastGeneric => PathUp { _guards: vec![Box::new(run("generic")?)], dst: public },
+        DataPath::RelaySplice => PathUp { _guards: vec![Box::new(relay("splice")?)], dst: public },
+        DataPath::RelayCopy => PathUp { _guards: vec![Box::new(relay("copy")?)], dst: public },
         DataPath::Haproxy => {
             // Debian puts it in /usr/sbin, which a user's PATH may lack.
             let haproxy = crate::util::which("haproxy")
@@ -205,7 +170,7 @@ fn start_path(p: DataPath, bin: &Path, lab: &Translator, out: &Path) -> Result<R
             gw.try_ip(&["addr", "add", &format!("{}/32", translator::PUBLIC_IP), "dev", "g0"])?;
             let connect = format!("{SERVICE_ID}={HAPROXY_SVC}:{PORT}");
             let route = format!("{SERVICE_ID}={}", translator::INSTANCES[0]);
-            let host = agent(
+            let host = start_agent(
                 bin,
                 gw,
                 out,
@@ -229,10 +194,10 @@ fn start_path(p: DataPath, bin: &Path, lab: &Translator, out: &Path) -> Result<R
                 .stderr(Stdio::null())
                 .spawn()
                 .context("starting haproxy")?;
-            let haproxy = Proc { bg: Some(Bg::from_child(child).terminate_on_drop()), stop: None };
+            let haproxy = Running::process(Bg::from_child(child).terminate_on_drop());
             wait_listening(gw, public)?;
             // Dropped in order: HAProxy, then host mode.
-            Running { _guards: vec![Box::new(haproxy), Box::new(host)], dst: public }
+            PathUp { _guards: vec![Box::new(haproxy), Box::new(host)], dst: public }
         }
     })
 }
@@ -300,7 +265,7 @@ pub fn figure7(bin: &Path, s: &Settings) -> Result<Vec<Sample>> {
         let lab = Translator::build(Naming::Fixed("xlt-x7"), opts)?;
         let inst = &lab.instances[0];
         let serve = format!("{SERVICE_ID}={PORT}");
-        let _inst = agent(
+        let _inst = start_agent(
             bin,
             inst,
             &s.out,
@@ -308,17 +273,14 @@ pub fn figure7(bin: &Path, s: &Settings) -> Result<Vec<Sample>> {
             &["host", "--iface", "e0", "--serve", &serve],
             &["host", "stop", "--iface", "e0"],
         )?;
-        let mut server = Proc {
-            bg: Some(Bg::from_child(
-                inst.net_cmd(&me)
-                    .args(["transfer-server", "--port", &PORT.to_string()])
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()?,
-            )),
-            stop: None,
-        };
-        server.bg.as_mut().unwrap().wait_for_line("listening", Duration::from_secs(10));
+        let mut server = Bg::from_child(
+            inst.net_cmd(&me)
+                .args(["transfer-server", "--port", &PORT.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        server.wait_for_line("listening", Duration::from_secs(10));
         let running = start_path(path, bin, &lab, &s.out).with_context(|| format!("starting {}", path.key()))?;
         for dir in [Direction::Down, Direction::Up] {
             for n in 1..=s.max_transfers {

@@ -3,6 +3,7 @@
 //! The eBPF crate needs a second compiler (see toolchain.rs), so plain
 //! `cargo build` is not enough; these commands do every step in order.
 
+mod agent;
 mod bench;
 mod experiments;
 mod lab;
