@@ -1,9 +1,12 @@
 //! xlate's kernel programs. One object, several programs; the agent loads
 //! the ones a mode needs. `engine` holds the translation; `gateway` (XDP)
-//! and `host` (TC) are the shells around it; `classify` is the watch tool.
+//! and `host` (TC) are the shells around it; `classify` is the watch tool;
+//! `baseline` holds the trivial programs the per-packet experiment compares
+//! with.
 #![no_std]
 #![no_main]
 
+mod baseline;
 mod classify;
 mod engine;
 mod gateway;

@@ -1,6 +1,9 @@
 //! `xlate-user bench-xdp`: nanoseconds per packet of the translator's XDP
 //! program, measured in the kernel with BPF_PROG_TEST_RUN (one run per
-//! call: with `repeat`, XDP test runs keep the previous run's rewrite).
+//! call: with `repeat`, XDP test runs keep the previous run's rewrite),
+//! beside two trivial programs run on the same frames in the same run
+//! (`xlate_baseline_pass`, `xlate_baseline_mac_swap`), so that the
+//! translator's own cost is the difference and not the harness's.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -70,15 +73,43 @@ fn median(mut v: Vec<Duration>) -> f64 {
     v[v.len() / 2].as_nanos() as f64
 }
 
+/// The trivial programs, in the order their columns are printed.
+const BASELINES: [&str; 2] = ["xlate_baseline_pass", "xlate_baseline_mac_swap"];
+
+/// One row: the translator's times on some frames, and each baseline's
+/// median on the same frames.
+struct Row {
+    name: &'static str,
+    translator: Vec<Duration>,
+    frames: Vec<Vec<u8>>,
+}
+
+impl Row {
+    fn print(self, bed: &mut TestBed) -> Result<()> {
+        let t = median(self.translator);
+        let mut cols = Vec::new();
+        for b in BASELINES {
+            let mut v = Vec::with_capacity(self.frames.len());
+            for f in &self.frames {
+                v.push(bed.run_program(b, f)?);
+            }
+            cols.push(median(v));
+        }
+        println!("{:<44} {:>10.0} {:>10.0} {:>10.0} {:>10.0}", self.name, t, cols[0], cols[1], t - cols[0]);
+        Ok(())
+    }
+}
+
 pub fn run(runs: u32) -> Result<()> {
     let mut bed = TestBed::new(SAL, PUBLIC, INSTANCE)?;
     let payload = vec![0x5au8; 1448];
     let mss = [2, 4, 0x05, 0xb4];
     // New flows: a SYN from a new client port every time.
-    let mut new_syn = Vec::new();
+    let (mut new_syn, mut syns) = (Vec::new(), Vec::new());
     for i in 0..runs.min(20_000) {
         let f = client_segment(10_000 + (i % 50_000) as u16, 0x02, 1000, &mss, &[]);
         new_syn.push(bed.run(&f)?.2);
+        syns.push(f);
     }
     // One flow through its handshake, then data both ways.
     let syn = client_segment(9000, 0x02, 1000, &mss, &[]);
@@ -111,11 +142,18 @@ pub fn run(runs: u32) -> Result<()> {
     for _ in 0..runs {
         to_sal.push(bed.run(&up)?.2);
     }
-    println!("bench xdp: translator program, BPF_PROG_TEST_RUN, median of {runs} runs, ns/packet");
-    println!("{:<44} {:>8}", "packet", "ns");
-    println!("{:<44} {:>8.0}", "SYN, new flow (allocates flow state)", median(new_syn));
-    println!("{:<44} {:>8.0}", "SYN retransmission (existing flow)", median(retrans));
-    println!("{:<44} {:>8.0}", "data TCP->SAL (1448 bytes)", median(to_sal));
-    println!("{:<44} {:>8.0}", "data SAL->TCP (1448 bytes)", median(to_tcp));
+    let n = runs as usize;
+    println!("bench xdp: BPF_PROG_TEST_RUN, median of {runs} runs, ns/packet; the baselines run the same frames");
+    println!("{:<44} {:>10} {:>10} {:>10} {:>10}", "packet", "translator", "XDP_PASS", "MAC swap", "difference");
+    let rows = [
+        Row { name: "SYN, new flow (allocates flow state)", translator: new_syn, frames: syns },
+        Row { name: "SYN retransmission (existing flow)", translator: retrans, frames: vec![syn; n] },
+        Row { name: "data TCP->SAL (1448 bytes)", translator: to_sal, frames: vec![up; n] },
+        Row { name: "data SAL->TCP (1448 bytes)", translator: to_tcp, frames: vec![down; n] },
+    ];
+    for r in rows {
+        r.print(&mut bed)?;
+    }
+    println!("(difference: the translator minus XDP_PASS; MAC swap rewrites 12 bytes and returns XDP_TX)");
     Ok(())
 }

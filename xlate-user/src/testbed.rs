@@ -100,4 +100,19 @@ impl TestBed {
         self.last_meta = out.drain(..meta).collect();
         Ok((r.return_value, out, r.duration))
     }
+
+    /// Runs another XDP program of the object (loaded on first use, with
+    /// the same maps) once on `frame`: its run time.
+    pub fn run_program(&mut self, name: &str, frame: &[u8]) -> Result<Duration> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog: &mut Xdp =
+            self.ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        let mut out = vec![0u8; frame.len() + 512];
+        let r =
+            prog.test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })?;
+        Ok(r.duration)
+    }
 }

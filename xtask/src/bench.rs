@@ -2,7 +2,7 @@
 //! namespaces and offload settings. Never timed unit tests.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -10,6 +10,8 @@ use xlate_lab::topology::{host_pair, translator};
 use xlate_lab::{Bg, HostPair, Naming, Netns, Translator, TranslatorOptions};
 
 use crate::agent::Running;
+use crate::experiments::connections::{self, Closer, Load};
+use crate::experiments::per_packet;
 
 /// What the host-mode client connects to (`--connect`).
 const SVC_ADDR: &str = "10.61.0.100";
@@ -250,66 +252,6 @@ pub fn translator(bin: &Path, seconds: u32) -> Result<Table> {
     })
 }
 
-/// The instance's server for [`connections`] on PORT (argv 1): answers
-/// each connection's request line with "ok" and closes, at once when argv
-/// 2 is "server", after the client has closed when it is "client"
-/// (asyncio, one thread).
-const SHORT_SERVER: &str = r#"
-import asyncio, sys
-async def serve(r, w):
-    await r.readline()
-    w.write(b"ok\n")
-    await w.drain()
-    if sys.argv[2] == "client":
-        await r.read()
-    w.close()
-async def main():
-    s = await asyncio.start_server(serve, "0.0.0.0", int(sys.argv[1]), backlog=4096)
-    print("serving", flush=True)
-    await s.serve_forever()
-asyncio.run(main())
-"#;
-
-/// The client for [`connections`]: CONC (argv 4) workers open connection
-/// after connection to HOST:PORT for SECONDS (argv 3), each sending a line
-/// and reading the answer, then closing at once (argv 5 "client") or
-/// after the server closed ("server"). Prints connections per second, the
-/// median and 99th percentile of a connection's life (connect to close)
-/// in ms, and the failures. A client that closes first lets its network
-/// namespace reuse its own TIME_WAIT ports on connect (`tcp_tw_reuse`):
-/// one client host opening thousands of connections a second to one
-/// address would otherwise measure its own port range, not the path.
-const SHORT_CLIENT: &str = r#"
-import asyncio, sys, time
-host, port, secs, conc, first = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-if first == "client":
-    open("/proc/sys/net/ipv4/tcp_tw_reuse", "w").write("1")
-lat, failed = [], 0
-async def worker(deadline):
-    global failed
-    while time.monotonic() < deadline:
-        t = time.monotonic()
-        try:
-            r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
-            w.write(b"GET\n")
-            d = await asyncio.wait_for(r.readline() if first == "client" else r.read(), 5)
-            w.close()
-            if d == b"ok\n":
-                lat.append(time.monotonic() - t)
-            else:
-                failed += 1
-        except Exception:
-            failed += 1
-async def main():
-    t0 = time.monotonic()
-    await asyncio.gather(*(worker(t0 + secs) for _ in range(conc)))
-    el = time.monotonic() - t0
-    lat.sort()
-    n = len(lat)
-    print(n / el, lat[n // 2] * 1e3 if n else 0, lat[min(n - 1, n * 99 // 100)] * 1e3 if n else 0, failed)
-asyncio.run(main())
-"#;
-
 /// Short connections per second, and their latency, through each path
 /// (the comparison the relay is the baseline of): plain routing to the
 /// instance, the fast path, the relay with splice and with copies. Each
@@ -345,8 +287,9 @@ pub fn connections(bins: &[&Path], seconds: u32) -> Result<Vec<Table>> {
         .into_iter()
         .map(|rows| Table {
             title: format!(
-                "connections: short connections client -> gateway -> instance ({SHORT_CONC} at a time, a line each \
-                 way, {seconds} s per run, a fresh lab per path); life = connect to close"
+                "connections: short connections client -> gateway -> instance ({} at a time, a line each \
+                 way, {seconds} s per run, a fresh lab per path); life = connect to close",
+                connections::CONCURRENCY
             ),
             columns: vec!["conn/s", "life p50 ms", "life p99 ms", "failed"],
             rows,
@@ -355,7 +298,6 @@ pub fn connections(bins: &[&Path], seconds: u32) -> Result<Vec<Table>> {
 }
 
 const SHORT_PORT: &str = "5301";
-const SHORT_CONC: &str = "16";
 
 /// One row of [`connections`]: a fresh lab, the instance's server closing
 /// `first` or after the client, and the gateway running `cmd`.
@@ -368,18 +310,24 @@ fn connections_row(bin: &Path, seconds: u32, first: &str, (name, cmd, dst): (&st
     let serve = format!("00001452={SHORT_PORT}");
     let inst_agent =
         agent(bin, inst, &["host", "--iface", "e0", "--serve", &serve], &["host", "stop", "--iface", "e0"])?;
-    let mut server = inst.spawn("python3", &["-c", SHORT_SERVER, SHORT_PORT, first]);
+    let mut server = inst.spawn("python3", &["-c", connections::SERVER, SHORT_PORT, first]);
     server.wait_for_line("serving", Duration::from_secs(10));
     let mut args: Vec<&str> = cmd.to_vec();
     args.extend(["--iface", "g0", "--iface", "g1", "--config", config]);
     let gw = agent(bin, &lab.gateway, &args, &["stop", "--iface", "g0"])?;
-    let secs = seconds.to_string();
-    let out = client.output("python3", &["-c", SHORT_CLIENT, dst, SHORT_PORT, &secs, SHORT_CONC, first]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let closer = if first == "client" { Closer::Client } else { Closer::Server };
+    let port: u16 = SHORT_PORT.parse()?;
+    let measured = connections::measure(client, dst, port, f64::from(seconds), closer, Load::Saturation);
     drop((gw, server, inst_agent));
     drop(lab);
-    Ok(Row::new(&format!("{name}, {first} closes first"), if v.len() == 4 { &v } else { &[f64::NAN; 4] }))
+    let v = match measured {
+        Ok((secs, life, failed)) => {
+            let q = |x| connections::quantile(&life, x);
+            [life.len() as f64 / secs, q(0.5), q(0.99), failed as f64]
+        }
+        Err(_) => [f64::NAN; 4],
+    };
+    Ok(Row::new(&format!("{name}, {first} closes first"), &v))
 }
 
 /// Runs a bench that measures one build for each of `bins` in turn (a
@@ -388,22 +336,18 @@ pub fn per_build(bins: &[&Path], seconds: u32, one: fn(&Path, u32) -> Result<Tab
     bins.iter().map(|b| one(b, seconds)).collect()
 }
 
-/// The XDP program's ns/packet (`xlate-user bench-xdp`, BPF_PROG_TEST_RUN).
+/// The XDP program's ns/packet beside the trivial programs
+/// (`xlate-user bench-xdp`, BPF_PROG_TEST_RUN).
 pub fn xdp(bin: &Path) -> Result<Table> {
-    let out = Command::new(bin).args(["bench-xdp", "--runs", "20000"]).output()?;
-    if !out.status.success() {
-        bail!("bench-xdp failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let mut rows = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines().skip(2) {
-        let Some((name, ns)) = line.trim_end().rsplit_once(' ') else { continue };
-        if let Ok(v) = ns.trim().parse::<f64>() {
-            rows.push(Row::new(name.trim(), &[v]));
-        }
-    }
+    let rows = per_packet::measure(bin, 20000)?
+        .into_iter()
+        .map(|x| Row::new(&x.packet, &[x.translator_ns, x.pass_ns, x.mac_swap_ns, x.difference_ns()]))
+        .collect();
     Ok(Table {
-        title: "xdp: the translator program, BPF_PROG_TEST_RUN, median of 20000 runs".into(),
-        columns: vec!["ns/packet"],
+        title: "xdp: the translator program beside XDP_PASS and a MAC swap (XDP_TX) on the same frames, \
+                BPF_PROG_TEST_RUN, median of 20000 runs"
+            .into(),
+        columns: vec!["translator ns", "XDP_PASS ns", "MAC swap ns", "difference ns"],
         rows,
     })
 }

@@ -242,9 +242,9 @@ fn real_main() -> Result<()> {
                     if baseline.is_some() {
                         println!("experiments: this build only (--baseline compares the tables above)");
                     }
-                    let (samples, files) = experiments::run_all(&bin, &settings)?;
+                    let (results, files) = experiments::run_all(&bin, &settings)?;
                     if quick {
-                        let n = experiments::check(&samples, &settings, &files)?;
+                        let n = experiments::check(&results, &settings, &files)?;
                         println!("experiments: {n} checks of the quick run's outputs passed");
                     }
                 }

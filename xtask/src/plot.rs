@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 
-use crate::experiments::{summarize, DataPath, Sample, Settings, PATHS};
+use crate::experiments::bulk::{self, Sample};
+use crate::experiments::connections::{self, Closer, Load};
+use crate::experiments::{DataPath, Results, Settings, PATHS};
 use crate::transfer::Direction;
 
 pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -28,6 +30,7 @@ fn fonts() -> Result<()> {
 fn color(p: DataPath) -> RGBColor {
     match p {
         DataPath::Routing => RGBColor(0, 0, 0),
+        DataPath::ServalDirect => RGBColor(150, 150, 150),
         DataPath::FastNative => RGBColor(0, 114, 178),
         DataPath::FastGeneric => RGBColor(86, 180, 233),
         DataPath::RelaySplice => RGBColor(213, 94, 0),
@@ -38,6 +41,170 @@ fn color(p: DataPath) -> RGBColor {
 
 /// One point of a line: transfers, median, slowest and fastest run.
 type Point = (f64, f64, f64, f64);
+
+/// Every plot of a run.
+pub fn all(r: &Results, s: &Settings) -> Result<Vec<PathBuf>> {
+    let mut files = figure7(&r.bulk, s)?;
+    files.push(cost(&r.bulk, s)?);
+    files.extend(life_cdf(&r.connections, s)?);
+    Ok(files)
+}
+
+fn err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("{e}")
+}
+
+/// Experiment 2: CPU seconds per GB at the most concurrent transfers, a
+/// bar per path and direction (the machine's), the gateway's processes'
+/// share drawn dark inside it, the softirq share hatched lighter.
+pub fn cost(samples: &[Sample], s: &Settings) -> Result<PathBuf> {
+    fonts()?;
+    let n = s.max_transfers;
+    let file = s.out.join("cost.png");
+    let dirs = [Direction::Down, Direction::Up];
+    let bars: Vec<(usize, usize, crate::experiments::cpu::Spent)> = PATHS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &p)| {
+            dirs.iter().enumerate().filter_map(move |(d, &dir)| Some((i, d, bulk::cost(samples, p, dir, n)?)))
+        })
+        .collect();
+    let top = bars.iter().map(|b| b.2.machine).fold(0.1, f64::max) * 1.35;
+    {
+        let root = BitMapBackend::new(&file, (1100, 700)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("CPU seconds per GB moved, {n} concurrent transfers (median of {} runs)", s.runs),
+                ("sans-serif", 22),
+            )
+            .margin(18)
+            .x_label_area_size(90)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.5f64..PATHS.len() as f64 - 0.5, 0f64..top)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(PATHS.len())
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 0.01 && i >= 0.0 && (i as usize) < PATHS.len() {
+                    PATHS[i as usize].key().to_string()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc("CPU s/GB (whole machine: client, gateway, instance)")
+            .label_style(("sans-serif", 14))
+            .light_line_style(RGBColor(238, 238, 238))
+            .draw()
+            .map_err(err)?;
+        let shade = [RGBColor(0, 114, 178), RGBColor(213, 94, 0)];
+        for (i, d, c) in &bars {
+            let x0 = *i as f64 - 0.38 + *d as f64 * 0.38;
+            let x1 = x0 + 0.34;
+            let col = shade[*d];
+            chart.draw_series([Rectangle::new([(x0, 0.0), (x1, c.machine)], col.mix(0.35).filled())]).map_err(err)?;
+            chart
+                .draw_series([Rectangle::new([(x0, 0.0), (x1, c.softirq.min(c.machine))], col.mix(0.6).filled())])
+                .map_err(err)?;
+            chart
+                .draw_series([Rectangle::new([(x0, 0.0), (x1, c.gateway.min(c.machine))], col.filled())])
+                .map_err(err)?;
+        }
+        for (d, dir) in dirs.iter().enumerate() {
+            let col = shade[d];
+            chart
+                .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
+                .map_err(err)?
+                .label(format!(
+                    "{}s: whole machine (light), of it softirq (middle), gateway processes (dark)",
+                    dir.name()
+                ))
+                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 18, y + 6)], col.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .label_font(("sans-serif", 15))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err).with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(file)
+}
+
+/// Experiment 3: the distribution of connection life at saturation, one
+/// line per path, one PNG per closing order.
+pub fn life_cdf(runs: &[connections::Run], s: &Settings) -> Result<Vec<PathBuf>> {
+    fonts()?;
+    let mut files = Vec::new();
+    for closer in [Closer::Server, Closer::Client] {
+        let file = s.out.join(format!("connections-life-{}-closes.png", closer.name()));
+        let series: Vec<(DataPath, Vec<(f64, f64)>)> = PATHS
+            .iter()
+            .filter_map(|&p| {
+                let r = runs.iter().find(|r| r.path == p && r.closer == closer && r.load == Load::Saturation)?;
+                Some((p, connections::cdf_quantiles().into_iter().map(|q| (r.life(q), q)).collect()))
+            })
+            .collect();
+        // Up to the largest p99.9: the last tenth of a percent is a few
+        // connections and would squash the rest.
+        let right = series
+            .iter()
+            .filter_map(|(_, v)| v.iter().rev().find(|(_, q)| *q <= 0.999).map(|p| p.0))
+            .fold(0.1, f64::max)
+            * 1.05;
+        {
+            let root = BitMapBackend::new(&file, (1100, 700)).into_drawing_area();
+            root.fill(&WHITE).map_err(err)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(
+                    format!(
+                        "Connection life (connect to close) at saturation, {} at a time, {} closes first",
+                        connections::CONCURRENCY,
+                        closer.name()
+                    ),
+                    ("sans-serif", 22),
+                )
+                .margin(18)
+                .x_label_area_size(50)
+                .y_label_area_size(70)
+                .build_cartesian_2d(0f64..right, 0f64..1.0)
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_desc("connection life, ms (axis ends at the largest p99.9)")
+                .y_desc("fraction of connections")
+                .label_style(("sans-serif", 16))
+                .light_line_style(RGBColor(238, 238, 238))
+                .draw()
+                .map_err(err)?;
+            for (p, pts) in &series {
+                let c = color(*p);
+                chart
+                    .draw_series(LineSeries::new(pts.iter().copied().filter(|(x, _)| *x <= right), c.stroke_width(2)))
+                    .map_err(err)?
+                    .label(p.key())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+            }
+            chart
+                .configure_series_labels()
+                .label_font(("sans-serif", 15))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::LowerRight)
+                .draw()
+                .map_err(err)?;
+            root.present().map_err(err).with_context(|| format!("writing {}", file.display()))?;
+        }
+        files.push(file);
+    }
+    Ok(files)
+}
 
 /// The Figure 7 look-alike, one PNG per direction: total goodput against
 /// the number of concurrent transfers, a line per path through the
@@ -51,7 +218,7 @@ pub fn figure7(samples: &[Sample], s: &Settings) -> Result<Vec<PathBuf>> {
             .iter()
             .map(|&p| {
                 let pts = (1..=s.max_transfers)
-                    .filter_map(|n| summarize(samples, p, dir, n).map(|(m, lo, hi)| (f64::from(n), m, lo, hi)))
+                    .filter_map(|n| bulk::goodput(samples, p, dir, n).map(|(m, lo, hi)| (f64::from(n), m, lo, hi)))
                     .collect();
                 (p, pts)
             })
