@@ -147,6 +147,15 @@ impl GatewayLab {
         let opts = TranslatorOptions { instances: INSTANCES.len(), gro, client_tx_offload };
         let Translator { instances, switch, gateway, client } =
             Translator::build(Naming::Unique(tag), opts).unwrap_or_else(|e| panic!("building the lab: {e:#}"));
+        if xdp_mode == "generic" {
+            // Generic XDP would take the client's TSO packets over veth
+            // unsegmented and translate them whole into SAL no link
+            // carries (docs/translator.md, Limits): the client sends
+            // wire-size segments, as a real network delivers them.
+            for feature in ["tso", "gso"] {
+                client.set_offload("lc0", feature, false).unwrap();
+            }
+        }
         let dir = std::env::temp_dir().join(format!("xlate-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut http = Vec::new();

@@ -1,13 +1,14 @@
-//! Packet fixtures for host mode's TC programs, run in the kernel with
-//! BPF_PROG_TEST_RUN: a table of cases, each an input frame, the program,
-//! the verdict, exactly which counters moved, and what the output must be.
-//! The cases run in order on one loaded object, so later ones see the
-//! flows earlier ones created (a SYN, then its retransmission).
+//! Packet fixtures for host mode's programs (TC egress and ingress, XDP
+//! receive), run in the kernel with BPF_PROG_TEST_RUN: a table of cases,
+//! each an input frame, the program, the verdict, exactly which counters
+//! moved, and what the output must be. The cases of a table run in order
+//! on one loaded object, so later ones see the flows earlier ones created
+//! (a SYN, then its retransmission).
 
 use std::net::Ipv4Addr;
 
 use aya::maps::{Array, HashMap, PerCpuArray};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use xlate_common::flow::{names, role, Counter, EngineConfig, FlowState, ServeEntry};
 use xlate_common::maps::{ServiceEntry, ServiceKey};
 use xlate_common::wire::ipv4::{Ipv4Packet, Ipv4Repr};
@@ -20,6 +21,8 @@ use xlate_user::decode::read_pcap;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
 
 /// This host: its SAL address, broadcast, MAC; a `--connect` and a `--serve`.
 /// It stands where the server of the original stack's capture stood
@@ -37,6 +40,8 @@ const MAX_MSS: u16 = 1448;
 enum Prog {
     Egress,
     Ingress,
+    /// XDP, before GRO.
+    Receive,
 }
 
 impl Prog {
@@ -44,6 +49,7 @@ impl Prog {
         match self {
             Prog::Egress => "xlate_host_egress",
             Prog::Ingress => "xlate_host_ingress",
+            Prog::Receive => "xlate_host_receive",
         }
     }
 }
@@ -71,6 +77,8 @@ impl Bed {
             let prog: &mut SchedClassifier = ebpf.program_mut(p.name()).unwrap().try_into().unwrap();
             prog.load().unwrap();
         }
+        let prog: &mut Xdp = ebpf.program_mut(Prog::Receive.name()).unwrap().try_into().unwrap();
+        prog.load().unwrap();
         let mut cfg: Array<_, EngineConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap()).unwrap();
         let c = EngineConfig {
             addr: HOST.octets(),
@@ -102,11 +110,15 @@ impl Bed {
     }
 
     fn run(&mut self, prog: Prog, frame: &[u8]) -> (u32, Vec<u8>) {
-        let p: &mut SchedClassifier = self.ebpf.program_mut(prog.name()).unwrap().try_into().unwrap();
         let mut out = vec![0u8; frame.len() + 512];
-        let r = p
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
-            .unwrap();
+        let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
+        let r = if prog == Prog::Receive {
+            let p: &mut Xdp = self.ebpf.program_mut(prog.name()).unwrap().try_into().unwrap();
+            p.test_run(opts).unwrap()
+        } else {
+            let p: &mut SchedClassifier = self.ebpf.program_mut(prog.name()).unwrap().try_into().unwrap();
+            p.test_run(opts).unwrap()
+        };
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
     }
@@ -344,6 +356,105 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// The XDP receive program: what it translates or drops is final; all
+/// else it passes untouched and uncounted to the TC ingress program (the
+/// table above), which decides and counts it.
+fn receive_cases() -> Vec<Case> {
+    let caps = capture();
+    let broadcast_syn = eth([0xff; 6], &caps[0]);
+    let syn = eth(HOST_MAC, &caps[0]);
+    let fin = eth([2, 0, 0, 0, 0, 0x01], &caps[11]);
+    let mut bad_sum = syn.clone();
+    bad_sum[14 + 20 + 10] ^= 0xff;
+    let mut options = syn.clone();
+    options[14] = 0x46;
+    // The SYN with a TCP checksum of exactly its pseudo-header sum: what a
+    // sender leaving the sum to offload writes.
+    let mut partial = syn.clone();
+    {
+        let ip = &syn[14..];
+        let hl = usize::from(ip[28]) * 4;
+        let tcp_len = u16::from_be_bytes([ip[2], ip[3]]) - 20 - hl as u16;
+        let src: [u8; 4] = ip[12..16].try_into().unwrap();
+        let dst: [u8; 4] = ip[16..20].try_into().unwrap();
+        let pseudo =
+            xlate_common::wire::checksum::fold(xlate_common::wire::checksum::pseudo_header_v4(src, dst, 6, tcp_len));
+        let at = 14 + 20 + hl + 16;
+        partial[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
+    }
+    vec![
+        Case {
+            name: "XDP: a SAL SYN whose TCP checksum may be partial is left to TC, untouched",
+            prog: Prog::Receive,
+            input: partial,
+            verdict: XDP_PASS,
+            moved: &[Counter::IngressLeftToTc],
+            check: unchanged,
+        },
+        Case {
+            name: "XDP: a SYN to the link broadcast MAC is left to TC (only TC can make it PACKET_HOST)",
+            prog: Prog::Receive,
+            input: broadcast_syn,
+            verdict: XDP_PASS,
+            moved: &[],
+            check: unchanged,
+        },
+        Case {
+            name: "XDP: the original stack's SYN, to our MAC, reaches the local server as TCP before GRO",
+            prog: Prog::Receive,
+            input: syn.clone(),
+            verdict: XDP_PASS,
+            moved: &[
+                Counter::IngressSyn,
+                Counter::IngressTranslated,
+                Counter::IngressTranslatedXdp,
+                Counter::FlowsHalfOpened,
+            ],
+            check: tcp_syn_to_server,
+        },
+        Case {
+            name: "XDP: its retransmission finds the same flow",
+            prog: Prog::Receive,
+            input: syn,
+            verdict: XDP_PASS,
+            moved: &[Counter::IngressSyn, Counter::IngressTranslated, Counter::IngressTranslatedXdp],
+            check: one_server_flow,
+        },
+        Case {
+            name: "XDP: a SAL FIN (control only) is left to TC, uncounted",
+            prog: Prog::Receive,
+            input: fin,
+            verdict: XDP_PASS,
+            moved: &[],
+            check: unchanged,
+        },
+        Case {
+            name: "XDP: a bad SAL checksum is dropped",
+            prog: Prog::Receive,
+            input: bad_sum,
+            verdict: XDP_DROP,
+            moved: &[Counter::DropBadChecksum],
+            check: nothing,
+        },
+        Case {
+            name: "XDP: SAL with IP options is left to TC (which drops it)",
+            prog: Prog::Receive,
+            input: options,
+            verdict: XDP_PASS,
+            moved: &[],
+            check: unchanged,
+        },
+        Case {
+            name: "XDP: plain TCP passes untouched, uncounted",
+            prog: Prog::Receive,
+            input: local_tcp(HOST, 22, 0x02, &[], &[]),
+            verdict: XDP_PASS,
+            moved: &[],
+            check: unchanged,
+        },
+    ]
+}
+
 fn fix_sal(frame: &mut [u8]) {
     let ip = &mut frame[14..];
     let hl = usize::from(ip[28]) * 4;
@@ -355,8 +466,18 @@ fn fix_sal(frame: &mut [u8]) {
 #[test]
 fn host_mode_programs_follow_the_fixture_table() {
     require_root();
+    follow(cases());
+}
+
+#[test]
+fn host_mode_receive_at_xdp_follows_its_fixture_table() {
+    require_root();
+    follow(receive_cases());
+}
+
+fn follow(cases: Vec<Case>) {
     let mut bed = Bed::new();
-    for case in cases() {
+    for case in cases {
         let before = bed.counters();
         let (verdict, out) = bed.run(case.prog, &case.input);
         assert_eq!(verdict, case.verdict, "{}: verdict", case.name);

@@ -202,6 +202,8 @@ pub enum Hook {
     HostSegmenter,
     /// Host mode's ingress (`xlate_host_ingress`, TC).
     HostIngress,
+    /// Host mode's receive before GRO (`xlate_host_receive`, XDP).
+    HostReceive,
 }
 
 /// What a kernel log line says happened to the frame.
@@ -531,6 +533,11 @@ pub enum Counter {
     /// A migration completed: ours (the peer's RSYN-ACK came) or the
     /// peer's (it acknowledged our RSYN-ACK).
     MigrationDone,
+    /// Of `ingress_translated`: translated at XDP, before GRO (host mode).
+    IngressTranslatedXdp,
+    /// A SAL segment whose TCP checksum may be partial: left by XDP to the
+    /// TC ingress program, which sees the skb's checksum state.
+    IngressLeftToTc,
 }
 
 impl Counter {

@@ -3,37 +3,42 @@
 //! `xlate_host_egress` (TC egress) sends the local TCP's segments of
 //! Serval flows to the segmenter, whose far end (`xlate_host_segmented`)
 //! turns each one into a SAL packet and sends it out of the interface;
-//! `xlate_host_ingress` (TC ingress) turns SAL packets back into TCP
-//! segments for the local stack. SAL-only control packets (FIN, ACK, RST,
-//! RSYN) are left to the agent, which receives them on its raw
-//! protocol-144 socket. See docs/host-mode.md.
+//! `xlate_host_receive` (XDP) turns SAL packets back into TCP segments for
+//! the local stack before GRO, so that GRO coalesces them like any TCP;
+//! `xlate_host_ingress` (TC ingress) does the same for what XDP leaves
+//! (and for all of it where XDP cannot attach). SAL-only control packets
+//! (FIN, ACK, RST, RSYN) are left to the agent, which receives them on its
+//! raw protocol-144 socket. See docs/host-mode.md.
 //!
 //! The translation itself is the flow engine's (`engine`); this shell
 //! picks the frames that are host mode's, starts flows for local SYNs to
 //! `--connect` addresses, and handles the link layer (the peer's MAC, the
 //! local stack's PACKET_HOST).
 //!
-//! Both directions run on skbs (TC), not XDP: egress has no XDP hook, and
-//! on ingress the skb helpers keep checksum offload state (CHECKSUM_PARTIAL
-//! / COMPLETE) and GRO/GSO metadata right when headers grow or shrink.
+//! Egress runs on skbs (TC): it has no XDP hook. Receive runs at XDP first
+//! because the kernel has no GRO for protocol 144: a SAL segment that
+//! reaches TC has passed GRO untouched and climbs the stack alone. XDP
+//! hands TC what it cannot settle from the bytes: a TCP checksum that may
+//! be partial (only TC sees the skb's checksum state), a frame whose bytes
+//! are not all in its first buffer, and everything it would pass.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    macros::{classifier, map},
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    macros::{classifier, map, xdp},
     maps::HashMap,
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use xlate_common::{
     flow::{config_flag, flag, Counter, Hook},
     maps::{FlowKey, ServiceEntry, ServiceKey},
     translate::{TCP_ACK, TCP_SYN},
-    wire::{ethernet, ipv4::field as ipf, tcp::field as tcpf, IPPROTO_SAL, IPPROTO_TCP},
+    wire::{checksum, ethernet, ipv4::field as ipf, sal, tcp::field as tcpf, IPPROTO_SAL, IPPROTO_TCP},
 };
 
 use crate::engine::{
     flows::new_client_flow,
-    frame::{Frame, SkbFrame, IP_AT, L4_AT},
-    ipv4::{self, Shape},
+    frame::{Frame, SkbFrame, XdpFrame, IP_AT, L4_AT},
+    ipv4::{self, addr, be16, Shape},
     maps::{count, CONFIG, FLOWS, TUPLES},
     sal_to_tcp_fn,
     tcp_to_sal::ToSal,
@@ -179,14 +184,93 @@ fn new_flow_inner(key: &FlowKey, tcp_flags: u8) -> Result<u32, Exit> {
 pub fn xlate_host_ingress(ctx: TcContext) -> i32 {
     const FAULTS: Faults = Faults { unread: Exit::Drop(Counter::IngressError), half_written: Counter::IngressError };
     let f = SkbFrame::new(&ctx);
-    match ingress(&f) {
-        Ok(action) => action,
+    match receive(&f) {
+        Ok(()) => {
+            match f.ctx.change_type(PACKET_HOST) {
+                Ok(()) => {}
+                Err(_) => return tc(Exit::Fault.resolve(&f, Hook::HostIngress, FAULTS)),
+            }
+            translated(&f, Hook::HostIngress, Counter::IngressTranslated);
+            TC_ACT_OK
+        }
         Err(exit) => tc(exit.resolve(&f, Hook::HostIngress, FAULTS)),
     }
 }
 
+/// Receive before GRO. Only what it translates or drops is final and
+/// counted here; everything it passes reaches `xlate_host_ingress`, which
+/// decides and counts it there (so nothing is counted twice).
+/// `frags`: frames bigger than one buffer may come (a peer's GSO packets
+/// stay whole on veth); they are never SAL's and are passed as they are.
+#[xdp(frags)]
+pub fn xlate_host_receive(ctx: XdpContext) -> u32 {
+    let f = XdpFrame::new(&ctx);
+    match receive_first(&f) {
+        Ok(()) => {
+            translated(&f, Hook::HostReceive, Counter::IngressTranslated);
+            count(Counter::IngressTranslatedXdp);
+            xdp_action::XDP_PASS
+        }
+        Err(Exit::Drop(c)) => {
+            const FAULTS: Faults =
+                Faults { unread: Exit::NotOurs, half_written: Counter::IngressError };
+            let _ = Exit::Drop(c).resolve(&f, Hook::HostReceive, FAULTS);
+            xdp_action::XDP_DROP
+        }
+        Err(Exit::Fault) if f.written() => {
+            const FAULTS: Faults =
+                Faults { unread: Exit::NotOurs, half_written: Counter::IngressError };
+            let _ = Exit::Fault.resolve(&f, Hook::HostReceive, FAULTS);
+            xdp_action::XDP_DROP
+        }
+        Err(_) => xdp_action::XDP_PASS,
+    }
+}
+
+/// What XDP must leave to TC, found before anything is written or any
+/// flow state moves: not a plain SAL packet; a frame whose IP packet is
+/// not all in its first buffer; a frame to another MAC; a TCP checksum
+/// that holds exactly its
+/// pseudo-header sum. That is what a sender leaving the sum to offload
+/// writes (CHECKSUM_PARTIAL, as over veth), and a complete checksum only by
+/// chance once in 65536 segments; the bytes cannot tell which, the skb
+/// can (see `XdpFrame::fix_tcp_checksum`).
 #[inline(always)]
-fn ingress(f: &SkbFrame) -> Result<i32, Exit> {
+fn receive_first(f: &XdpFrame) -> Result<(), Exit> {
+    let shape = ipv4::shape(f)?;
+    if !matches!(shape, Shape::Plain(_)) || shape.protocol() != Some(IPPROTO_SAL) {
+        return Err(Exit::NotOurs);
+    }
+    let ip: [u8; 20] = f.load(IP_AT)?;
+    let tot_len = usize::from(be16(&ip, ipf::TOTAL_LEN));
+    if IP_AT + tot_len > f.len() {
+        return Err(Exit::NotOurs);
+    }
+    // A frame not addressed to our MAC (a SYN to the link broadcast): the
+    // stack keeps the packet type it gave the frame on arrival where the
+    // skb came before XDP (veth), and TCP takes only PACKET_HOST. TC sets
+    // it; SYNs are few.
+    let Some(cfg) = CONFIG.get(0) else {
+        return Err(Exit::Fault);
+    };
+    if f.load::<[u8; 6]>(ethernet::field::DST)? != cfg.mac {
+        return Err(Exit::NotOurs);
+    }
+    let hl = (usize::from(f.load::<u8>(L4_AT + sal::field::SHL)?) * 4) & 0x3fc;
+    let tcp_len = (tot_len as u16).wrapping_sub(20 + hl as u16);
+    let sum = u16::from_be_bytes(f.load::<[u8; 2]>(L4_AT + hl + tcpf::CHECKSUM)?);
+    let pseudo = checksum::fold(checksum::pseudo_header_v4(addr(&ip, ipf::SRC), addr(&ip, ipf::DST), IPPROTO_TCP, tcp_len));
+    if pseudo == sum {
+        count(Counter::IngressLeftToTc);
+        return Err(Exit::NotOurs);
+    }
+    receive(f)
+}
+
+/// Both receive hooks: the SAL packet translated for the local stack, the
+/// peer's link address learnt, the frame addressed to this host.
+#[inline(always)]
+fn receive<F: Frame>(f: &F) -> Result<(), Exit> {
     let shape = ipv4::shape(f)?;
     match shape {
         Shape::NotIpv4 => return Err(Exit::NotOurs),
@@ -210,9 +294,8 @@ fn ingress(f: &SkbFrame) -> Result<i32, Exit> {
         }
     }
     // Broadcast SYNs (and any frame not addressed to our MAC) become
-    // ours: TCP only accepts PACKET_HOST.
+    // ours: TCP only accepts PACKET_HOST (at XDP, the kernel then sets
+    // it from this address; at TC, the caller sets it).
     f.store(ethernet::field::DST, &cfg.mac)?;
-    f.ctx.change_type(PACKET_HOST).map_err(|_| Exit::Fault)?;
-    translated(f, Hook::HostIngress, Counter::IngressTranslated);
-    Ok(TC_ACT_OK)
+    Ok(())
 }

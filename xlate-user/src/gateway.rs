@@ -628,6 +628,15 @@ pub fn run(opts: RunOptions) -> Result<()> {
     for i in &ifaces {
         let prog: &mut Xdp = ebpf.program_mut(variant).unwrap().try_into()?;
         how.push(attach_xdp(prog, PROGRAM, &i.name, opts.mode, &dir)?);
+        // Generic XDP runs after GRO: a coalesced TCP packet would be
+        // translated whole into a SAL packet no NIC can segment.
+        if opts.mode == XdpMode::Skb && crate::netlink::gro_enabled(&i.name).unwrap_or(false) {
+            tracing::warn!(
+                "GRO is on on {0} and XDP is generic (after GRO): coalesced TCP would become SAL packets larger \
+                 than the link carries; `ethtool -K {0} gro off`",
+                i.name
+            );
+        }
     }
     let mut keep: Vec<(&str, &str)> =
         ifaces.iter().flat_map(|i| [(PROGRAM, i.name.as_str()), (gw::CHECKSUM_PROGRAM, i.name.as_str())]).collect();

@@ -140,7 +140,7 @@ enum Command {
     #[cfg(feature = "testbed")]
     #[command(hide = true)]
     BenchXdp {
-        #[arg(long, default_value_t = 20000)]
+        #[arg(long, default_value_t = 20000, value_parser = clap::value_parser!(u32).range(1..))]
         runs: u32,
     },
     /// Host mode: this host's ordinary TCP servers and clients speak Serval
@@ -179,6 +179,11 @@ struct HostCmd {
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
     #[arg(long, value_name = "ADDR:PORT")]
     metrics: Option<std::net::SocketAddr>,
+    /// Where received SAL becomes TCP: `xdp` (native XDP, before GRO, so
+    /// that GRO coalesces it; TC takes what XDP leaves, and everything
+    /// where native XDP cannot attach) or `tc` (TC ingress only, after GRO).
+    #[arg(long, value_enum, default_value_t = host::Receive::Xdp)]
+    receive: host::Receive,
 }
 
 #[derive(Subcommand)]
@@ -520,6 +525,7 @@ fn host_cmd(h: HostCmd) -> Result<()> {
                 connect: h.connect,
                 routes: h.route,
                 idle_timeout: Duration::from_secs(h.idle_timeout),
+                receive: h.receive,
             })
         }
     }

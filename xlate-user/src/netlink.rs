@@ -224,14 +224,15 @@ pub fn delete_neighbour(addr: Ipv4Addr, index: u32) -> Result<()> {
     })
 }
 
-/// Switches transmit checksum offload, TSO and GSO off on `name` (what
-/// `ethtool -K NAME tx off tso off gso off` does), through SIOCETHTOOL.
-pub fn disable_tx_offloads(name: &str) -> Result<()> {
-    // Legacy single-feature ethtool commands, still mapped by the kernel
-    // onto the device's features.
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    const ETHTOOL_STSO: u32 = 0x1f;
-    const ETHTOOL_SGSO: u32 = 0x24;
+/// Legacy single-value ethtool commands (SIOCETHTOOL), still mapped by
+/// the kernel onto the device's features.
+const ETHTOOL_STXCSUM: u32 = 0x17;
+const ETHTOOL_STSO: u32 = 0x1f;
+const ETHTOOL_SGSO: u32 = 0x24;
+const ETHTOOL_GGRO: u32 = 0x2b;
+
+/// One ethtool command with a single value on `name`: the value after it.
+fn ethtool_value(name: &str, cmd: u32, data: u32) -> Result<u32> {
     #[repr(C)]
     struct EthtoolValue {
         cmd: u32,
@@ -247,17 +248,29 @@ pub fn disable_tx_offloads(name: &str) -> Result<()> {
         bail!("interface name {name:?} is too long");
     }
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    let mut v = EthtoolValue { cmd, data };
+    let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: &mut v, _pad: [0; 16] };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket, and an ifreq whose data points at an
+    // ethtool_value that outlives the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req as *mut IfReq) };
+    if r != 0 {
+        bail!("ethtool command {cmd:#x} on {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(v.data)
+}
+
+/// Switches transmit checksum offload, TSO and GSO off on `name` (what
+/// `ethtool -K NAME tx off tso off gso off` does).
+pub fn disable_tx_offloads(name: &str) -> Result<()> {
     for cmd in [ETHTOOL_STXCSUM, ETHTOOL_STSO, ETHTOOL_SGSO] {
-        let mut v = EthtoolValue { cmd, data: 0 };
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: &mut v, _pad: [0; 16] };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid socket, and an ifreq whose data points at an
-        // ethtool_value that outlives the call.
-        let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req as *mut IfReq) };
-        if r != 0 {
-            bail!("ethtool command {cmd:#x} on {name}: {}", std::io::Error::last_os_error());
-        }
+        ethtool_value(name, cmd, 0)?;
     }
     Ok(())
+}
+
+/// Whether GRO is on for `name` (`ethtool -k NAME`'s generic-receive-offload).
+pub fn gro_enabled(name: &str) -> Result<bool> {
+    Ok(ethtool_value(name, ETHTOOL_GGRO, 0)? != 0)
 }

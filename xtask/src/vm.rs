@@ -57,6 +57,9 @@ pub const SUITES: &[Suite] = &[
     // Migration under loss: the control plane is the agent's, but the
     // moves it makes (FLOW_ADDRS) take effect in each kernel's datapath.
     Suite { name: "host_migration", target: "host_mode", filter: &["migrat", "merged_with_a_fin"] },
+    // Host mode receiving at XDP (before GRO) and at TC only, both ways,
+    // no TCP timestamps, every checksum verified on the wire.
+    Suite { name: "host_receive", target: "host_mode", filter: &["uploads_and_downloads"] },
     Suite { name: "translator_migration", target: "translator", filter: &["an_instance_migrat"] },
     // Pins of namespaces that came and went (host mode pins no links
     // before TCX, Linux 6.6: liveness then comes from the namespaces).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{lpm_trie::Key, RingBuf};
-use aya::programs::{SchedClassifier, TcAttachType};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use xlate_common::flow::{names, EngineConfig, RouteTargets, ServeEntry, MAX_ROUTE_TARGETS};
 use xlate_common::maps::{ServiceEntry, ServiceKey};
 use xlate_common::{ServiceId, ServicePrefix};
@@ -15,7 +15,9 @@ use xlate_common::{ServiceId, ServicePrefix};
 use crate::agent::control_plane::ControlPlane;
 use crate::agent::maps::{self, FlowMaps, Kind};
 use crate::agent::protocol::{self, Request};
-use crate::agent::resident::{self, attach_tc, drop_other_links, Attached, ConnectRouteRecord, Lock, Record};
+use crate::agent::resident::{
+    self, attach_tc, attach_xdp, drop_other_links, Attached, ConnectRouteRecord, Lock, Record,
+};
 use crate::agent::{control_socket, event_loop, seed_rotation, Ending};
 use crate::ebpf::Resident;
 use crate::netif::{ConnectRoute, Interface, Segmenter};
@@ -84,6 +86,15 @@ impl FromStr for Route {
     }
 }
 
+/// Where received SAL becomes TCP (`--receive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Receive {
+    /// Native XDP first (before GRO), TC ingress for the rest.
+    Xdp,
+    /// TC ingress only.
+    Tc,
+}
+
 pub struct HostOptions {
     /// Serve Prometheus metrics here.
     pub metrics: Option<std::net::SocketAddr>,
@@ -92,6 +103,7 @@ pub struct HostOptions {
     pub connect: Vec<Connect>,
     pub routes: Vec<Route>,
     pub idle_timeout: Duration,
+    pub receive: Receive,
 }
 
 /// Runs host mode until SIGINT/SIGTERM (the datapath stays for the next
@@ -111,6 +123,10 @@ pub fn run(opts: HostOptions) -> Result<()> {
         let p: &mut SchedClassifier =
             ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing"))?.try_into()?;
         crate::ebpf::loaded(prog, p.load())?;
+    }
+    if opts.receive == Receive::Xdp {
+        let p: &mut Xdp = ebpf.program_mut(RECEIVE).ok_or_else(|| anyhow!("program {RECEIVE} missing"))?.try_into()?;
+        crate::ebpf::loaded(RECEIVE, p.load())?;
     }
     if !adopted {
         seed_rotation(&mut ebpf)?;
@@ -184,10 +200,42 @@ pub fn run(opts: HostOptions) -> Result<()> {
         let p: &mut SchedClassifier = ebpf.program_mut(prog).unwrap().try_into()?;
         how.push(attach_tc(p, prog, dev, at, &pin_dir)?);
     }
-    let keep: Vec<(&str, &str)> = attachments.iter().map(|(p, d, _)| (*p, *d)).collect();
+    let mut keep: Vec<(&str, &str)> = attachments.iter().map(|(p, d, _)| (*p, *d)).collect();
+    // After TC ingress: whatever XDP leaves is taken from the first frame.
+    let receive = match opts.receive {
+        Receive::Tc => "receive at TC ingress (--receive tc)",
+        Receive::Xdp => {
+            let p: &mut Xdp = ebpf.program_mut(RECEIVE).unwrap().try_into()?;
+            match attach_xdp(p, RECEIVE, &iface.name, XdpMode::Driver, &pin_dir) {
+                Ok(a) => {
+                    how.push(a);
+                    keep.push((RECEIVE, iface.name.as_str()));
+                    // The point of receiving at XDP is GRO; veth has it off
+                    // by default. Said, not changed: offloads are the
+                    // operator's.
+                    if crate::netlink::gro_enabled(&iface.name).is_ok_and(|on| !on) {
+                        tracing::warn!(
+                            "GRO is off on {0}: received SAL becomes TCP at XDP but still climbs the stack one \
+                             segment at a time; `ethtool -K {0} gro on` lets GRO coalesce it",
+                            iface.name
+                        );
+                    }
+                    "receive at XDP before GRO, TC ingress for the rest"
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "native XDP does not attach to {} ({e:#}): SAL is received at TC ingress, after GRO, \
+                         one segment at a time",
+                        iface.name
+                    );
+                    "receive at TC ingress (native XDP refused)"
+                }
+            }
+        }
+    };
     drop_other_links(&pin_dir, &keep);
     tracing::info!(
-        "xlate host mode on {} ({} / broadcast {}, MSS {}): serving {}, connecting {}, {} routes{}",
+        "xlate host mode on {} ({} / broadcast {}, MSS {}, {receive}): serving {}, connecting {}, {} routes{}",
         iface.name,
         iface.addr,
         iface.broadcast,
@@ -227,8 +275,10 @@ pub fn run(opts: HostOptions) -> Result<()> {
     Ok(())
 }
 
-/// Host mode's programs.
+/// Host mode's TC programs.
 const PROGRAMS: [&str; 3] = ["xlate_host_ingress", "xlate_host_egress", "xlate_host_segmented"];
+/// Host mode's receive before GRO (XDP).
+const RECEIVE: &str = "xlate_host_receive";
 
 pub fn migrate(iface: &str, to: Ipv4Addr, wait: bool) -> Result<String> {
     control(iface, &Request::Migrate { to, wait })
