@@ -76,27 +76,28 @@ fn median(mut v: Vec<Duration>) -> f64 {
 /// The trivial programs, in the order their columns are printed.
 const BASELINES: [&str; 2] = ["xlate_baseline_pass", "xlate_baseline_mac_swap"];
 
-/// One row: the translator's times on some frames, and each baseline's
-/// median on the same frames.
+/// One kind of packet's times: the translator's and each baseline's,
+/// each run of the translator followed by one of each baseline on the
+/// same frame, so that drift of the machine falls on all alike.
+#[derive(Default)]
 struct Row {
-    name: &'static str,
     translator: Vec<Duration>,
-    frames: Vec<Vec<u8>>,
+    baselines: [Vec<Duration>; 2],
 }
 
 impl Row {
-    fn print(self, bed: &mut TestBed) -> Result<()> {
-        let t = median(self.translator);
-        let mut cols = Vec::new();
-        for b in BASELINES {
-            let mut v = Vec::with_capacity(self.frames.len());
-            for f in &self.frames {
-                v.push(bed.run_program(b, f)?);
-            }
-            cols.push(median(v));
+    fn measure(&mut self, bed: &mut TestBed, frame: &[u8]) -> Result<()> {
+        self.translator.push(bed.run(frame)?.2);
+        for (b, col) in BASELINES.iter().zip(self.baselines.iter_mut()) {
+            col.push(bed.run_program(b, frame)?);
         }
-        println!("{:<44} {:>10.0} {:>10.0} {:>10.0} {:>10.0}", self.name, t, cols[0], cols[1], t - cols[0]);
         Ok(())
+    }
+
+    fn print(self, name: &str) {
+        let t = median(self.translator);
+        let [pass, swap] = self.baselines.map(median);
+        println!("{name:<44} {t:>10.0} {pass:>10.0} {swap:>10.0} {:>10.0}", t - pass);
     }
 }
 
@@ -105,18 +106,16 @@ pub fn run(runs: u32) -> Result<()> {
     let payload = vec![0x5au8; 1448];
     let mss = [2, 4, 0x05, 0xb4];
     // New flows: a SYN from a new client port every time.
-    let (mut new_syn, mut syns) = (Vec::new(), Vec::new());
+    let mut new_syn = Row::default();
     for i in 0..runs.min(20_000) {
-        let f = client_segment(10_000 + (i % 50_000) as u16, 0x02, 1000, &mss, &[]);
-        new_syn.push(bed.run(&f)?.2);
-        syns.push(f);
+        new_syn.measure(&mut bed, &client_segment(10_000 + (i % 50_000) as u16, 0x02, 1000, &mss, &[]))?;
     }
     // One flow through its handshake, then data both ways.
     let syn = client_segment(9000, 0x02, 1000, &mss, &[]);
     bed.run(&syn)?;
-    let mut retrans = Vec::new();
+    let mut retrans = Row::default();
     for _ in 0..runs {
-        retrans.push(bed.run(&syn)?.2);
+        retrans.measure(&mut bed, &syn)?;
     }
     let flows: HashMap<_, u32, FlowState> = HashMap::try_from(bed.ebpf.map("FLOWS").unwrap())?;
     let flow = flows
@@ -133,27 +132,21 @@ pub fn run(runs: u32) -> Result<()> {
     };
     bed.run(&sal_segment(&flow, Some(synack), 0x12, &[]))?;
     let down = sal_segment(&flow, None, 0x10, &payload);
-    let mut to_tcp = Vec::new();
+    let mut to_tcp = Row::default();
     for _ in 0..runs {
-        to_tcp.push(bed.run(&down)?.2);
+        to_tcp.measure(&mut bed, &down)?;
     }
     let up = client_segment(9000, 0x10, 1001, &[], &payload);
-    let mut to_sal = Vec::new();
+    let mut to_sal = Row::default();
     for _ in 0..runs {
-        to_sal.push(bed.run(&up)?.2);
+        to_sal.measure(&mut bed, &up)?;
     }
-    let n = runs as usize;
     println!("bench xdp: BPF_PROG_TEST_RUN, median of {runs} runs, ns/packet; the baselines run the same frames");
     println!("{:<44} {:>10} {:>10} {:>10} {:>10}", "packet", "translator", "XDP_PASS", "MAC swap", "difference");
-    let rows = [
-        Row { name: "SYN, new flow (allocates flow state)", translator: new_syn, frames: syns },
-        Row { name: "SYN retransmission (existing flow)", translator: retrans, frames: vec![syn; n] },
-        Row { name: "data TCP->SAL (1448 bytes)", translator: to_sal, frames: vec![up; n] },
-        Row { name: "data SAL->TCP (1448 bytes)", translator: to_tcp, frames: vec![down; n] },
-    ];
-    for r in rows {
-        r.print(&mut bed)?;
-    }
+    new_syn.print("SYN, new flow (allocates flow state)");
+    retrans.print("SYN retransmission (existing flow)");
+    to_sal.print("data TCP->SAL (1448 bytes)");
+    to_tcp.print("data SAL->TCP (1448 bytes)");
     println!("(difference: the translator minus XDP_PASS; MAC swap rewrites 12 bytes and returns XDP_TX)");
     Ok(())
 }

@@ -51,20 +51,22 @@ fn num(v: Option<f64>, digits: usize) -> String {
 pub const READING: &str = "## Reading these results
 
 - `serval-direct` is not a way for a legacy client: it is a Serval client (xlate host mode) on the
-  gateway talking straight to the instance, nothing translated on the way. It shows the most any
-  SAL path to this instance moves on this machine; where a path comes close to it, the instance
-  (and the SAL sender), not the gateway, is what limits that path (issue 17, item 2). SAL has no
-  GRO or GSO in the kernel, so every SAL segment is received and sent one by one; host mode
-  receiving through XDP (issue 18) is the change that lifts this ceiling.
+  gateway talking straight to the instance, no translator on the way. It shows the most a SAL path to this instance moves on this machine; where a
+  path comes close to it, the instance (and the SAL sender), not the gateway, is what limits that
+  path. SAL has no GSO in the kernel, so the instance's host mode still cuts what it sends into
+  segments in software; what it receives becomes TCP at XDP, before GRO, and is coalesced.
 - All parties share the machine's cores: the whole machine's CPU per GB is everyone's (client,
   gateway, instance). The gateway's processes (the relay, HAProxy, the agents) are counted apart;
   the kernel's packet work (softirq: routing, the fast path, the veth links) is charged to CPUs,
-  not namespaces, so it is shown for the machine. For `serval-direct` the gateway is the client.
+  not namespaces, so it is shown for the machine. Without IRQ time accounting (this kernel's
+  configuration) softirq work done inside a process's system call counts in both columns. For
+  `serval-direct` the client runs on the gateway; its own time is in the machine's column only
+  (the gateway column holds the host-mode agent).
 - `fast-path-generic`: generic XDP runs after GRO and also takes a local veth peer's TSO packets
-  unsegmented, and the translator rewrites such GSO super-packets whole (up to 64 KB SAL packets on
-  the service link; [docs/translator.md](../translator.md), Limits). In this veth lab that works and
-  is fast, which is why its uploads can beat routing; a real NIC could not send those packets. Read
-  that row's uploads as a lab artefact, not as the path's speed.
+  unsegmented, and the translator would rewrite such GSO super-packets whole into SAL packets no link
+  carries ([docs/translator.md](../translator.md), Limits). This row's client therefore sends
+  wire-size segments (TSO and GSO off on its link), as a real network delivers them; its goodput
+  is that of a client sending that way.
 - Per packet: BPF_PROG_TEST_RUN times one run of a program on one frame in the kernel, without a
   driver, a queue or a cache-cold packet. The trivial programs measured beside it on the same frames
   give the harness's own share; the difference is the translator's.";
@@ -87,7 +89,8 @@ pub fn write_readme(r: &Results, s: &Settings, took: Duration) -> Result<PathBuf
         t,
         "- Lab: network namespaces on one host: a client, the gateway (two veth arms, GRO on at the far ends, \
          the client's tx checksum offload on, XDP attached natively unless a row says generic) and one Serval \
-         instance running xlate host mode behind a bridge. Every path ends at that same instance's server, a \
+         instance running xlate host mode behind a bridge (GRO on, as a real NIC has it; host mode receives \
+         SAL at XDP, before GRO). Every path ends at that same instance's server, a \
          plain TCP socket; the reference reaches it by plain TCP, every other path over SAL. Each path gets a \
          fresh lab."
     );
@@ -256,17 +259,21 @@ fn cost(t: &mut String, r: &Results, s: &Settings) {
         t,
         "CPU seconds per GB moved at {n} concurrent transfers, median of the runs: the whole machine (ratio to \
          routing), of it softirq, and the gateway's processes. Extra = the machine's time above routing's for \
-         the same bytes.\n"
+         the same bytes. TCP retransmissions: segments every party's stack retransmitted meanwhile, per GB \
+         (losses on the way: a full veth ring drops).\n"
     );
-    let _ = writeln!(t, "| path | direction | machine | ratio | softirq | gateway processes | extra over routing |");
-    let _ = writeln!(t, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        t,
+        "| path | direction | machine | ratio | softirq | gateway processes | extra over routing | TCP retransmissions per GB |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|");
     for dir in [Direction::Down, Direction::Up] {
         let rc = bulk::cost(&r.bulk, DataPath::Routing, dir, n);
         for p in PATHS {
             let c = bulk::cost(&r.bulk, p, dir, n);
             let _ = writeln!(
                 t,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 p.key(),
                 dir.name(),
                 num(c.map(|c| c.machine), 2),
@@ -274,6 +281,7 @@ fn cost(t: &mut String, r: &Results, s: &Settings) {
                 num(c.map(|c| c.softirq), 2),
                 num(c.map(|c| c.gateway), 2),
                 num(c.zip(rc).map(|(c, rc)| c.machine - rc.machine), 2),
+                num(bulk::retransmissions(&r.bulk, p, dir, n), 0),
             );
         }
     }

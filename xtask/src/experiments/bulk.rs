@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
-use xlate_lab::Translator;
+use anyhow::{bail, Context, Result};
+use xlate_lab::{Netns, Translator};
 
 use super::cpu::{Snapshot, Spent};
 use super::paths::{DataPath, PathUp};
@@ -23,6 +23,9 @@ pub struct Sample {
     pub outcomes: Vec<Outcome>,
     /// The CPU time it took.
     pub cpu: Spent,
+    /// TCP segments retransmitted meanwhile, by every party (client,
+    /// gateway, instance): losses on the way, where there are any.
+    pub retransmitted: u64,
 }
 
 impl Sample {
@@ -67,6 +70,8 @@ pub fn run(
                     ),
                     u64::from(n) * s.size,
                 );
+                let parties = [&lab.client, &lab.gateway, &lab.instances[0]];
+                let retrans_before = retransmitted(&parties)?;
                 let before = Snapshot::take(&lab.gateway)?;
                 let out = client
                     .net_cmd(&me)
@@ -74,6 +79,7 @@ pub fn run(
                     .args(["--size", &s.size.to_string(), "--count", &n.to_string()])
                     .output()?;
                 let cpu = before.since()?;
+                let retransmitted = retransmitted(&parties)?.saturating_sub(retrans_before);
                 if !out.status.success() {
                     bail!(
                         "{} {} with {n} transfers: {}",
@@ -83,11 +89,28 @@ pub fn run(
                     );
                 }
                 let outcomes = transfer::parse(&String::from_utf8_lossy(&out.stdout))?;
-                samples.push(Sample { path, dir, transfers: n, run, outcomes, cpu });
+                samples.push(Sample { path, dir, transfers: n, run, outcomes, cpu, retransmitted });
             }
         }
     }
     Ok(samples)
+}
+
+/// TCP segments the namespaces' stacks have retransmitted so far
+/// (`RetransSegs` of /proc/net/snmp, which is per network namespace).
+fn retransmitted(nss: &[&Netns]) -> Result<u64> {
+    let mut total = 0;
+    for ns in nss {
+        let out = ns.output("cat", &["/proc/net/snmp"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+        let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+            bail!("no Tcp lines in /proc/net/snmp of {}", ns.name());
+        };
+        let at = names.split_whitespace().position(|n| n == "RetransSegs").context("no RetransSegs")?;
+        total += values.split_whitespace().nth(at).and_then(|v| v.parse::<u64>().ok()).context("RetransSegs value")?;
+    }
+    Ok(total)
 }
 
 /// The bytes experiments 1 and 2 move on one path, for progress.
@@ -124,13 +147,19 @@ pub fn cost(samples: &[Sample], path: DataPath, dir: Direction, n: u32) -> Optio
     Some(Spent { machine: m(|c| c.machine)?, softirq: m(|c| c.softirq)?, gateway: m(|c| c.gateway)? })
 }
 
+/// The median over the runs of TCP segments retransmitted per GB moved.
+pub fn retransmissions(samples: &[Sample], path: DataPath, dir: Direction, n: u32) -> Option<f64> {
+    spread(matching(samples, path, dir, n).map(|s| s.retransmitted as f64 / (s.bytes() as f64 / 1e9)).collect())
+        .map(|s| s.0)
+}
+
 /// experiment1-figure7.csv (one line per transfer) and
 /// experiment2-cost.csv (one line per set of transfers).
 pub fn write_csv(samples: &[Sample], out: &Path) -> Result<Vec<PathBuf>> {
     let mut t = String::from("path,direction,transfers,run,transfer,bytes,seconds,goodput_mbit_s,intact\n");
     let mut c = String::from(
         "path,direction,transfers,run,bytes,machine_cpu_s,softirq_cpu_s,gateway_processes_cpu_s,\
-         machine_s_per_gb,softirq_s_per_gb,gateway_processes_s_per_gb\n",
+         machine_s_per_gb,softirq_s_per_gb,gateway_processes_s_per_gb,tcp_retransmitted_segments\n",
     );
     for s in samples {
         for (i, o) in s.outcomes.iter().enumerate() {
@@ -151,7 +180,7 @@ pub fn write_csv(samples: &[Sample], out: &Path) -> Result<Vec<PathBuf>> {
         let per = s.cost();
         let _ = writeln!(
             c,
-            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3}",
+            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{}",
             s.path.key(),
             s.dir.name(),
             s.transfers,
@@ -162,7 +191,8 @@ pub fn write_csv(samples: &[Sample], out: &Path) -> Result<Vec<PathBuf>> {
             s.cpu.gateway,
             per.machine,
             per.softirq,
-            per.gateway
+            per.gateway,
+            s.retransmitted
         );
     }
     let (a, b) = (out.join("experiment1-figure7.csv"), out.join("experiment2-cost.csv"));

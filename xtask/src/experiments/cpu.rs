@@ -8,7 +8,10 @@
 //! whole measurement, so a transfer client started for one sample is not
 //! counted), and the time the kernel spent in softirq (packet processing,
 //! the fast path included), which Linux charges to a CPU, not to a
-//! namespace: it is reported for the machine.
+//! namespace: it is reported for the machine. Without
+//! CONFIG_IRQ_TIME_ACCOUNTING (Debian's kernels and this one) softirq work
+//! done inside a process's system call is in both: the process's system
+//! time and the machine's softirq.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -24,7 +27,8 @@ fn hz() -> f64 {
 /// CPU seconds at one moment.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    /// Every core busy (user, nice, system, irq, softirq, steal).
+    /// Every core busy (user, nice, system, irq, softirq; not steal, the
+    /// hypervisor's time for other guests).
     machine: f64,
     softirq: f64,
     /// Per process of the gateway's namespace: user + system.
@@ -54,7 +58,7 @@ fn proc_stat() -> Result<(f64, f64)> {
     if f.len() < 8 {
         bail!("unexpected /proc/stat line: {cpu}");
     }
-    Ok(((f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / hz(), f[6] / hz()))
+    Ok(((f[0] + f[1] + f[2] + f[5] + f[6]) / hz(), f[6] / hz()))
 }
 
 /// The processes whose network namespace is `ns`, with their CPU seconds.
@@ -88,7 +92,13 @@ fn process_seconds(pid: u32) -> Option<f64> {
 impl Snapshot {
     pub fn take(gateway: &Netns) -> Result<Snapshot> {
         let (machine, softirq) = proc_stat()?;
-        Ok(Snapshot { machine, softirq, gateway: processes_in(gateway)? })
+        let gateway_procs = processes_in(gateway)?;
+        // An agent always runs there: none found is a broken lookup, not
+        // a free gateway.
+        if gateway_procs.is_empty() {
+            bail!("no process found in the gateway's network namespace {}", gateway.name());
+        }
+        Ok(Snapshot { machine, softirq, gateway: gateway_procs })
     }
 
     /// What was spent since `self`.

@@ -125,6 +125,10 @@ fn per_path(bin: &Path, s: &Settings, results: &mut Results) -> Result<()> {
         let opts = TranslatorOptions { instances: 1, gro: true, client_tx_offload: true };
         let lab = Translator::build(Naming::Fixed("xlt-x7"), opts)?;
         let inst = &lab.instances[0];
+        // GRO on where the instance receives, as a real NIC has it (veth
+        // has it off): host mode receives SAL at XDP, before GRO, so that
+        // GRO can coalesce it; plain TCP to the instance gets it too.
+        inst.set_offload("e0", "gro", true)?;
         let serve = format!("{}={}", paths::SERVICE_ID, paths::PORT);
         let _inst = start_agent(
             bin,
@@ -167,14 +171,23 @@ pub fn check(r: &Results, s: &Settings, files: &[PathBuf]) -> Result<u32> {
                 if rows.len() != s.runs as usize || rows.iter().any(|r| r.outcomes.len() != n as usize) {
                     bail!("{} {} with {n} transfers: {} runs recorded", path.key(), dir.name(), rows.len());
                 }
-                if let Some(bad) = rows.iter().flat_map(|r| &r.outcomes).find(|o| !o.intact || o.bytes != s.size) {
+                // (The receiver reads every byte of the size and checks
+                // it: a short transfer is not intact.)
+                if let Some(bad) = rows.iter().flat_map(|r| &r.outcomes).find(|o| !o.intact) {
                     bail!("{} {} with {n} transfers: a transfer arrived damaged: {bad:?}", path.key(), dir.name());
-                }
-                if let Some(bad) = rows.iter().find(|r| r.cpu.machine <= 0.0) {
-                    bail!("{} {} with {n} transfers: no CPU time measured: {:?}", path.key(), dir.name(), bad.cpu);
                 }
                 passed += 1;
             }
+        }
+        // A relay's own processes do the moving: their time must show
+        // (summed over the path's transfers: a quick run's single set may
+        // fall between two clock ticks).
+        if matches!(path, DataPath::RelaySplice | DataPath::RelayCopy | DataPath::Haproxy) {
+            let spent: f64 = r.bulk.iter().filter(|x| x.path == path).map(|x| x.cpu.gateway).sum();
+            if spent <= 0.0 {
+                bail!("{}: the gateway's processes show no CPU time", path.key());
+            }
+            passed += 1;
         }
         let conns: Vec<_> = r.connections.iter().filter(|c| c.path == path).collect();
         if conns.len() != 4 {
