@@ -178,6 +178,10 @@ fn unchanged(_: &Bed, input: &[u8], output: &[u8]) {
 
 fn nothing(_: &Bed, _: &[u8], _: &[u8]) {}
 
+fn no_flow(bed: &Bed, _: &[u8], _: &[u8]) {
+    assert!(bed.flows().is_empty(), "a flow was made: {:?}", bed.flows());
+}
+
 /// The output is the SAL SYN of the client flow the egress program made.
 fn sal_syn(bed: &Bed, _: &[u8], out: &[u8]) {
     let flows = bed.flows();
@@ -382,7 +386,25 @@ fn receive_cases() -> Vec<Case> {
         let at = 14 + 20 + hl + 16;
         partial[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
     }
+    // The SYN cut to 19 bytes of TCP: too short for a TCP header, but the
+    // SAL header (all its checksum covers) is intact.
+    let mut short = syn.clone();
+    {
+        let hl = usize::from(short[14 + 28]) * 4;
+        short.truncate(14 + 20 + hl + 19);
+        let mut ip = Ipv4Packet::new_unchecked(&mut short[14..]);
+        ip.set_total_len((20 + hl + 19) as u16);
+        ip.fill_checksum();
+    }
     vec![
+        Case {
+            name: "XDP: a SAL SYN with less than a TCP header is dropped before it makes a flow",
+            prog: Prog::Receive,
+            input: short,
+            verdict: XDP_DROP,
+            moved: &[Counter::DropBadLength],
+            check: no_flow,
+        },
         Case {
             name: "XDP: a SAL SYN whose TCP checksum may be partial is left to TC, untouched",
             prog: Prog::Receive,

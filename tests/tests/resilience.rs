@@ -662,9 +662,10 @@ fn an_earlier_builds_pins_are_adopted_only_while_their_namespace_lives() {
         legacy
     };
 
-    // The living namespace's own: adopted. (Without TCX, before Linux
-    // 6.6, host mode pins no links: nothing tells whose the directory is,
-    // and it is removed. No earlier build loaded on those kernels.)
+    // The living namespace's own: adopted, told by its attached links.
+    // (Host mode pins its XDP receive link everywhere, and its TC links
+    // from Linux 6.6; were none attached, nothing would tell whose the
+    // directory is, and it would be removed.)
     let (a, p) = namespace_pair("lg1");
     let (mut agent, _) = start_host_agent(&a);
     let (dir, links) = (mine(), resident_agent()["liveness"] == "attached");

@@ -321,9 +321,9 @@ fn connections_row(bin: &Path, seconds: u32, first: &str, (name, cmd, dst): (&st
     drop((gw, server, inst_agent));
     drop(lab);
     let v = match measured {
-        Ok((secs, life, failed)) => {
-            let q = |x| connections::quantile(&life, x);
-            [life.len() as f64 / secs, q(0.5), q(0.99), failed as f64]
+        Ok(m) => {
+            let q = |x| connections::quantile(&m.life_ms, x);
+            [m.life_ms.len() as f64 / m.seconds, q(0.5), q(0.99), m.failed as f64]
         }
         Err(_) => [f64::NAN; 4],
     };

@@ -61,8 +61,9 @@ pub const SUITES: &[Suite] = &[
     // no TCP timestamps, every checksum verified on the wire.
     Suite { name: "host_receive", target: "host_mode", filter: &["uploads_and_downloads"] },
     Suite { name: "translator_migration", target: "translator", filter: &["an_instance_migrat"] },
-    // Pins of namespaces that came and went (host mode pins no links
-    // before TCX, Linux 6.6: liveness then comes from the namespaces).
+    // Pins of namespaces that came and went (before TCX, Linux 6.6, host
+    // mode's TC programs are classic filters, which no pin tells of:
+    // liveness then comes from the namespaces).
     Suite { name: "namespace_state", target: "resilience", filter: &["never_takes_over", "adopted_only_while"] },
 ];
 

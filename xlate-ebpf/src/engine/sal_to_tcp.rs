@@ -60,6 +60,13 @@ pub(crate) fn sal_to_tcp<F: Frame>(f: &F) -> Result<u32, Exit> {
     if sal_len == hl {
         return Err(Exit::Pass(Counter::IngressToAgent));
     }
+    // A transport shorter than a TCP header is refused here, before any
+    // flow state moves: found later (when the header is read), the packet
+    // would have made or moved its flow and then been retried by the next
+    // hook.
+    if sal_len - hl < 20 {
+        return Err(Exit::Drop(Counter::DropBadLength));
+    }
     if buf[sal::field::PROTOCOL] != IPPROTO_TCP {
         // Serval UDP is not translated (yet).
         return Err(Exit::Drop(Counter::DropBadExtension));

@@ -303,7 +303,7 @@ fn attach_classic(p: &mut SchedClassifier, name: &str, iface: &str, at: TcAttach
 
 /// The list of classic filters an agent attached, beside its lock in
 /// /run/xlate (a BPF filesystem holds no plain files).
-fn classic_list(dir: &Path) -> PathBuf {
+pub(crate) fn classic_list(dir: &Path) -> PathBuf {
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     Path::new(RUN).join(format!("{name}.tc"))
 }

@@ -77,12 +77,13 @@ fn link_ifindex(pin: &Path) -> Option<u32> {
 pub enum Liveness {
     /// At least one of its links is attached to a device.
     Attached,
-    /// It pinned links, and none is attached any more (its namespace or
-    /// its devices are gone); or, with no links to tell by, its network
-    /// namespace no longer exists.
+    /// It pinned links, none is attached any more (its namespace or its
+    /// devices are gone) and it attached no classic tc filters; or its
+    /// network namespace no longer exists.
     Dead,
-    /// No link pins to tell by (classic tc filters, before Linux 6.6) and
-    /// its namespace still exists: its filters are most likely attached.
+    /// Classic tc filters (before Linux 6.6), which no pin tells of, and
+    /// no attached link; its namespace still exists: its filters are most
+    /// likely attached.
     Unknown,
 }
 
@@ -100,7 +101,11 @@ pub fn liveness(dir: &Path, netns: u64, live: &mut impl FnMut() -> std::collecti
             return Liveness::Attached;
         }
     }
-    if links > 0 || !live().contains(&netns) {
+    // Classic tc filters (before TCX) are not links: where some were
+    // attached, a detached link (host mode's XDP receive, its device
+    // deleted) does not tell that the rest (the segmenter's) are gone.
+    let classic = super::resident::classic_list(dir).exists();
+    if (links > 0 && !classic) || !live().contains(&netns) {
         Liveness::Dead
     } else {
         Liveness::Unknown

@@ -124,10 +124,14 @@ pub fn run(opts: HostOptions) -> Result<()> {
             ebpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing"))?.try_into()?;
         crate::ebpf::loaded(prog, p.load())?;
     }
-    if opts.receive == Receive::Xdp {
+    // A verifier that refuses the XDP receive program costs GRO, not
+    // host mode: TC ingress receives everything then.
+    let xdp_refused = if opts.receive == Receive::Xdp {
         let p: &mut Xdp = ebpf.program_mut(RECEIVE).ok_or_else(|| anyhow!("program {RECEIVE} missing"))?.try_into()?;
-        crate::ebpf::loaded(RECEIVE, p.load())?;
-    }
+        crate::ebpf::loaded(RECEIVE, p.load()).err()
+    } else {
+        None
+    };
     if !adopted {
         seed_rotation(&mut ebpf)?;
     }
@@ -202,9 +206,15 @@ pub fn run(opts: HostOptions) -> Result<()> {
     }
     let mut keep: Vec<(&str, &str)> = attachments.iter().map(|(p, d, _)| (*p, *d)).collect();
     // After TC ingress: whatever XDP leaves is taken from the first frame.
-    let receive = match opts.receive {
-        Receive::Tc => "receive at TC ingress (--receive tc)",
-        Receive::Xdp => {
+    let receive = match (opts.receive, xdp_refused) {
+        (Receive::Tc, _) => "receive at TC ingress (--receive tc)",
+        (Receive::Xdp, Some(e)) => {
+            tracing::warn!(
+                "the kernel refused {RECEIVE} ({e:#}): SAL is received at TC ingress, after GRO, one segment at a time"
+            );
+            "receive at TC ingress (XDP program refused)"
+        }
+        (Receive::Xdp, None) => {
             let p: &mut Xdp = ebpf.program_mut(RECEIVE).unwrap().try_into()?;
             match attach_xdp(p, RECEIVE, &iface.name, XdpMode::Driver, &pin_dir) {
                 Ok(a) => {

@@ -44,7 +44,10 @@ asyncio.run(main())
 /// opening the next connection when its last one ended (saturation).
 /// Prints JSON: the window the rate is over (the schedule's at a fixed
 /// load; until the last connection ended at saturation), completed,
-/// failed, and every completed connection's life in ms. A client that closes first lets its network namespace reuse its own
+/// failed with a count per reason, and every completed connection's life
+/// in ms. A connection fails when refused, reset, answered wrongly or not
+/// done in 30 s; one that recovered from loss is slow, not failed. A
+/// client that closes first lets its network namespace reuse its own
 /// TIME_WAIT ports on connect (`tcp_tw_reuse`): one client host opening
 /// thousands of connections a second to one address would otherwise
 /// measure its own port range, not the path.
@@ -53,21 +56,31 @@ import asyncio, json, sys, time
 host, port, secs, conc, first, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5], float(sys.argv[6])
 if first == "client":
     open("/proc/sys/net/ipv4/tcp_tw_reuse", "w").write("1")
-lat, failed = [], 0
-async def one(due=None):
+# Lost packets are recovered by retransmission (TCP's SYN at 1, 3 and 7 s,
+# the SAL control plane's FIN at 1, 3 and 7 s): a connection that needed
+# them is slow, and its life says how slow; only one that never completes
+# (or is refused or reset) fails.
+GIVE_UP = 30
+lat, failed, why = [], 0, {}
+def fail(reason):
     global failed
+    failed += 1
+    why[reason] = why.get(reason, 0) + 1
+async def one(due=None):
     t = time.monotonic() if due is None else due
+    stage = "connect"
     try:
-        r, w = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+        r, w = await asyncio.wait_for(asyncio.open_connection(host, port), GIVE_UP)
+        stage = "answer"
         w.write(b"GET\n")
-        d = await asyncio.wait_for(r.readline() if first == "client" else r.read(), 5)
+        d = await asyncio.wait_for(r.readline() if first == "client" else r.read(), GIVE_UP)
         w.close()
         if d == b"ok\n":
             lat.append((time.monotonic() - t) * 1e3)
         else:
-            failed += 1
-    except Exception:
-        failed += 1
+            fail("answer %r" % d[:16])
+    except Exception as e:
+        fail(stage + ": " + type(e).__name__ + (": " + str(e) if str(e) else ""))
 async def worker(deadline):
     while time.monotonic() < deadline:
         await one()
@@ -88,7 +101,7 @@ async def main():
     else:
         await asyncio.gather(*(worker(t0 + secs) for _ in range(conc)))
         window = time.monotonic() - t0
-    print(json.dumps({"seconds": window, "completed": len(lat), "failed": failed, "life_ms": lat}))
+    print(json.dumps({"seconds": window, "completed": len(lat), "failed": failed, "why": why, "life_ms": lat}))
 asyncio.run(main())
 "#;
 
@@ -138,6 +151,8 @@ pub struct Run {
     pub load: Load,
     pub seconds: f64,
     pub failed: u64,
+    /// Why they failed: "reason: count, ...", empty when none did.
+    pub why: String,
     /// Sorted, ms.
     pub life_ms: Vec<f64>,
 }
@@ -162,16 +177,18 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Runs [`CLIENT`] in `ns` against `dst`; (seconds, completed lives in
-/// ms sorted, failed).
-pub fn measure(
-    ns: &Netns,
-    dst: &str,
-    port: u16,
-    seconds: f64,
-    closer: Closer,
-    load: Load,
-) -> Result<(f64, Vec<f64>, u64)> {
+/// What one [`CLIENT`] run measured.
+pub struct Measured {
+    pub seconds: f64,
+    /// Completed connections' lives, ms, sorted.
+    pub life_ms: Vec<f64>,
+    pub failed: u64,
+    /// "reason: count, ..." for the failures.
+    pub why: String,
+}
+
+/// Runs [`CLIENT`] in `ns` against `dst`.
+pub fn measure(ns: &Netns, dst: &str, port: u16, seconds: f64, closer: Closer, load: Load) -> Result<Measured> {
     let rate = match load {
         Load::Fixed(r) => r,
         Load::Saturation => 0,
@@ -195,7 +212,16 @@ pub fn measure(
     let mut life: Vec<f64> =
         v["life_ms"].as_array().context("no life_ms")?.iter().filter_map(serde_json::Value::as_f64).collect();
     life.sort_by(f64::total_cmp);
-    Ok((v["seconds"].as_f64().context("no seconds")?, life, v["failed"].as_u64().unwrap_or(0)))
+    let why = v["why"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    Ok(Measured {
+        seconds: v["seconds"].as_f64().context("no seconds")?,
+        life_ms: life,
+        failed: v["failed"].as_u64().unwrap_or(0),
+        why,
+    })
 }
 
 /// Every measurement of experiment 3 on `path`, up on `lab`, with nothing
@@ -219,9 +245,9 @@ pub fn run(path: DataPath, up: &PathUp, lab: &Translator, s: &Settings, progress
                 &format!("connections: {}, {} closes first, {}", path.key(), closer.name(), load.name()),
                 weight(s) / 4,
             );
-            let (seconds, life_ms, failed) = measure(client, &dst, up.dst.port(), s.connection_seconds(), closer, load)
+            let m = measure(client, &dst, up.dst.port(), s.connection_seconds(), closer, load)
                 .with_context(|| format!("{} {} {}", path.key(), closer.name(), load.name()))?;
-            runs.push(Run { path, closer, load, seconds, failed, life_ms });
+            runs.push(Run { path, closer, load, seconds: m.seconds, failed: m.failed, why: m.why, life_ms: m.life_ms });
         }
         drop(server);
         // The next server binds the same port.

@@ -96,7 +96,8 @@ pub struct Progress {
 impl Progress {
     pub fn step(&mut self, what: &str, weight: u64) {
         let el = self.started.elapsed().as_secs_f64();
-        let left = if self.done > 0 { el / self.done as f64 * (self.total - self.done) as f64 } else { f64::NAN };
+        let left =
+            if self.done > 0 { el / self.done as f64 * self.total.saturating_sub(self.done) as f64 } else { f64::NAN };
         let left = if left.is_nan() { "?".into() } else { format!("{}m{:02}s", left as u64 / 60, left as u64 % 60) };
         println!("experiments: {what} (elapsed {}m{:02}s, about {left} left)", el as u64 / 60, el as u64 % 60);
         self.done += weight;
@@ -198,12 +199,13 @@ pub fn check(r: &Results, s: &Settings, files: &[PathBuf]) -> Result<u32> {
             // broken path, not a slow one.
             if c.life_ms.len() < 20 || c.failed > 0 {
                 bail!(
-                    "{} {} closes first, {}: {} connections completed, {} failed",
+                    "{} {} closes first, {}: {} connections completed, {} failed ({})",
                     path.key(),
                     c.closer.name(),
                     c.load.name(),
                     c.life_ms.len(),
-                    c.failed
+                    c.failed,
+                    c.why
                 );
             }
             passed += 1;
