@@ -788,7 +788,9 @@ impl Migrating {
 /// mode answers with its RSYN-ACK again). The migration completes once an
 /// RSYN-ACK gets through, and `migrate --wait` says so.
 fn migration_completes_after_lost_rsyn_acks(tag: &str, mover: Mover, loss: Duration, original_ack: bool) {
-    let mut m = Migrating::start(tag, 40_000_000, "5M", mover);
+    // 16 s at 5 MB/s: the flow must outlive the migration (up to about
+    // 5 s, more in a VM) and the reading of its outcome below.
+    let mut m = Migrating::start(tag, 80_000_000, "5M", mover);
     let lost = m.lose_rsyn_acks();
     let t0 = std::time::Instant::now();
     let waited = std::thread::scope(|s| {
@@ -817,7 +819,12 @@ fn migration_completes_after_lost_rsyn_acks(tag: &str, mover: Mover, loss: Durat
         String::from_utf8_lossy(&waited.stderr)
     );
     let (_, new) = mover.addresses();
-    assert_eq!(m.migration(), serde_json::json!({"side": "local", "to": new, "outcome": "done"}));
+    assert_eq!(
+        m.migration(),
+        serde_json::json!({"side": "local", "to": new, "outcome": "done"}),
+        "the flow as listed: {:?}",
+        m.flow()
+    );
     m.finish();
     let s = m.stats();
     assert_eq!((s["migration_failed"], s["migration_done"]), (0, 1), "{s:?}");

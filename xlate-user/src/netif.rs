@@ -21,6 +21,8 @@ pub struct Interface {
     pub broadcast: Ipv4Addr,
     /// Every IPv4 address on the interface.
     pub addrs: Vec<Ipv4Addr>,
+    /// A veth (one end of a virtual pair).
+    pub veth: bool,
 }
 
 impl Interface {
@@ -41,6 +43,7 @@ impl Interface {
             prefix_len: first.prefix_len,
             broadcast: first.broadcast.unwrap_or_else(|| directed_broadcast(first.addr, first.prefix_len)),
             addrs: v4.iter().map(|a| a.addr).collect(),
+            veth: link.veth,
         })
     }
 

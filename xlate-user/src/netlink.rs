@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::stream::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::packet_route::AddressFamily;
@@ -92,12 +92,13 @@ pub fn delete_alias_blocking(addr: Ipv4Addr, index: u32) -> Result<()> {
     crate::agent::runtime::block_on(delete_alias(addr, index))
 }
 
-/// A link's index, Ethernet address and MTU.
+/// A link's index, Ethernet address, MTU and whether it is a veth.
 #[derive(Debug, Clone)]
 pub struct Link {
     pub index: u32,
     pub mac: Option<[u8; 6]>,
     pub mtu: u32,
+    pub veth: bool,
 }
 
 /// The link named `name` in this network namespace, if there is one.
@@ -107,11 +108,14 @@ pub fn link(name: &str) -> Result<Option<Link>> {
         let mut links = h.link().get().match_name(name).execute();
         match links.try_next().await {
             Ok(Some(m)) => {
-                let mut l = Link { index: m.header.index, mac: None, mtu: 0 };
+                let mut l = Link { index: m.header.index, mac: None, mtu: 0, veth: false };
                 for a in m.attributes {
                     match a {
                         LinkAttribute::Address(b) if b.len() == 6 => l.mac = b.try_into().ok(),
                         LinkAttribute::Mtu(m) => l.mtu = m,
+                        LinkAttribute::LinkInfo(infos) => {
+                            l.veth = infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+                        }
                         _ => {}
                     }
                 }

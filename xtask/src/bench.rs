@@ -42,37 +42,68 @@ fn four_ways(c: &Netns, dst: &str, seconds: u32) -> Result<[f64; 4]> {
     ])
 }
 
+/// Host mode against plain TCP on one veth pair, with GRO on at both ends
+/// as a NIC has it (veth has it off): plain TCP with default offloads;
+/// plain TCP with the senders' segmentation and checksum offloads off, so
+/// that wire-size segments cross the link as SAL's must (the per-segment
+/// bound: the kernel has no GSO or GRO for protocol 144); plain TCP beside
+/// running agents; host mode receiving at XDP (before GRO) and at TC
+/// ingress. The last rows are host mode's ratios to the two plain bounds.
 pub fn host_mode(bin: &Path, seconds: u32) -> Result<Table> {
     let lab = HostPair::build(Naming::Fixed("xlt-bench"))?;
     let (c, s) = (&lab.client, &lab.server);
+    let ends = [(c, host_pair::CLIENT_IF), (s, host_pair::SERVER_IF)];
+    for (ns, dev) in ends {
+        ns.set_offload(dev, "gro", true)?;
+    }
     let _iperf = iperf_server(s)?;
     let plain = four_ways(c, host_pair::SERVER_IP, seconds)?;
-    let (plain_beside, host) = {
-        let serve = format!("00001451={PORT}");
-        let connect = format!("00001451={SVC_ADDR}:{PORT}");
+    let offloads = |on: bool| -> Result<()> {
+        for (ns, dev) in ends {
+            for f in ["tx", "tso", "gso"] {
+                ns.set_offload(dev, f, on)?;
+            }
+        }
+        Ok(())
+    };
+    offloads(false)?;
+    let per_segment = four_ways(c, host_pair::SERVER_IP, seconds);
+    offloads(true)?;
+    let per_segment = per_segment?;
+    let serve = format!("00001451={PORT}");
+    let connect = format!("00001451={SVC_ADDR}:{PORT}");
+    let host = |receive: &str| -> Result<([f64; 4], [f64; 4])> {
         let _s = agent(
             bin,
             s,
-            &["host", "--iface", host_pair::SERVER_IF, "--serve", &serve],
+            &["host", "--iface", host_pair::SERVER_IF, "--serve", &serve, "--receive", receive],
             &["host", "stop", "--iface", host_pair::SERVER_IF],
         )?;
         let _c = agent(
             bin,
             c,
-            &["host", "--iface", host_pair::CLIENT_IF, "--connect", &connect],
+            &["host", "--iface", host_pair::CLIENT_IF, "--connect", &connect, "--receive", receive],
             &["host", "stop", "--iface", host_pair::CLIENT_IF],
         )?;
-        (four_ways(c, host_pair::SERVER_IP, seconds)?, four_ways(c, SVC_ADDR, seconds)?)
+        Ok((four_ways(c, host_pair::SERVER_IP, seconds)?, four_ways(c, SVC_ADDR, seconds)?))
     };
+    let (plain_beside, host_xdp) = host("xdp")?;
+    let (plain_beside_tc, host_tc) = host("tc")?;
     drop(_iperf);
     drop(lab);
+    let ratio = |a: &[f64; 4], b: &[f64; 4]| -> [f64; 4] { std::array::from_fn(|i| a[i] / b[i]) };
     Ok(Table {
-        title: format!("host mode: iperf3 goodput over one veth pair, {seconds} s per run, Gbit/s"),
+        title: format!("host mode: iperf3 goodput over one veth pair (GRO on), {seconds} s per run, Gbit/s"),
         columns: vec!["c->s 1", "c->s 4", "s->c 1", "s->c 4"],
         rows: vec![
             Row::new("plain TCP, default offloads, no agent", &plain),
-            Row::new("plain TCP on the same links, host mode running on both", &plain_beside),
-            Row::new("xlate host mode on both ends (SAL on the wire)", &host),
+            Row::new("plain TCP, senders' tx/tso/gso off (the per-segment bound)", &per_segment),
+            Row::new("plain TCP beside host mode receiving at XDP", &plain_beside),
+            Row::new("plain TCP beside host mode receiving at TC", &plain_beside_tc),
+            Row::new("xlate host mode, receive at XDP (the default)", &host_xdp),
+            Row::new("xlate host mode, receive at TC ingress (--receive tc)", &host_tc),
+            Row::new("ratio: host mode (XDP) / per-segment bound (floor 0.8)", &ratio(&host_xdp, &per_segment)),
+            Row::new("ratio: host mode (XDP) / default offloads (floor 0.3)", &ratio(&host_xdp, &plain)),
         ],
     })
 }

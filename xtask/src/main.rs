@@ -386,7 +386,11 @@ fn test(no_fuzz: bool, no_vm: bool, no_bench: bool, fuzz_seconds: u32, cargo_arg
     } else {
         println!("test: the comparison experiments, quick (cargo xtask bench --only experiments --quick)");
         let settings = experiments::Settings::quick(workspace_root().join("target/results-quick"));
-        let r = experiments::run_all(&bin, &settings).and_then(|(s, f)| experiments::check(&s, &settings, &f));
+        // Experiment 4 runs `bench-xdp`, which only a `testbed` build has
+        // (as `cargo xtask bench` builds it).
+        let r = build_with(false, &["testbed"])
+            .and_then(|bench_bin| experiments::run_all(&bench_bin, &settings))
+            .and_then(|(s, f)| experiments::check(&s, &settings, &f));
         util::unmount_own_bpffs();
         match r {
             Ok(n) => {

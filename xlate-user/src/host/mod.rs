@@ -89,10 +89,29 @@ impl FromStr for Route {
 /// Where received SAL becomes TCP (`--receive`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Receive {
+    /// XDP, except on a veth: TC there.
+    Auto,
     /// Native XDP first (before GRO), TC ingress for the rest.
     Xdp,
     /// TC ingress only.
     Tc,
+}
+
+impl Receive {
+    /// What `Auto` means on `iface`. An XDP program on a veth makes the
+    /// kernel take TSO from its peer (an XDP program must see every
+    /// segment), so every flow the peer sends, Serval or not, is segmented
+    /// in software and crosses the pair one segment at a time: measured with `cargo xtask bench --only
+    /// host-mode`, plain TCP beside host mode fell to 5-8 Gbit/s with XDP
+    /// receive, against 10-23 with TC receive. A NIC's XDP costs the
+    /// sender nothing.
+    fn resolve(self, iface: &Interface) -> Receive {
+        match self {
+            Receive::Auto if iface.veth => Receive::Tc,
+            Receive::Auto => Receive::Xdp,
+            r => r,
+        }
+    }
 }
 
 pub struct HostOptions {
@@ -126,7 +145,8 @@ pub fn run(opts: HostOptions) -> Result<()> {
     }
     // A verifier that refuses the XDP receive program costs GRO, not
     // host mode: TC ingress receives everything then.
-    let xdp_refused = if opts.receive == Receive::Xdp {
+    let receive = opts.receive.resolve(&iface);
+    let xdp_refused = if receive == Receive::Xdp {
         let p: &mut Xdp = ebpf.program_mut(RECEIVE).ok_or_else(|| anyhow!("program {RECEIVE} missing"))?.try_into()?;
         crate::ebpf::loaded(RECEIVE, p.load()).err()
     } else {
@@ -206,8 +226,11 @@ pub fn run(opts: HostOptions) -> Result<()> {
     }
     let mut keep: Vec<(&str, &str)> = attachments.iter().map(|(p, d, _)| (*p, *d)).collect();
     // After TC ingress: whatever XDP leaves is taken from the first frame.
-    let receive = match (opts.receive, xdp_refused) {
-        (Receive::Tc, _) => "receive at TC ingress (--receive tc)",
+    let receive = match (receive, xdp_refused) {
+        (Receive::Tc, _) if opts.receive == Receive::Auto => {
+            "receive at TC ingress (a veth: XDP here would take TSO from its peer; --receive xdp overrides)"
+        }
+        (Receive::Tc | Receive::Auto, _) => "receive at TC ingress (--receive tc)",
         (Receive::Xdp, Some(e)) => {
             tracing::warn!(
                 "the kernel refused {RECEIVE} ({e:#}): SAL is received at TC ingress, after GRO, one segment at a time"
