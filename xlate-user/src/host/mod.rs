@@ -228,7 +228,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
     // After TC ingress: whatever XDP leaves is taken from the first frame.
     let receive = match (receive, xdp_refused) {
         (Receive::Tc, _) if opts.receive == Receive::Auto => {
-            "receive at TC ingress (a veth: XDP here would take TSO from its peer; --receive xdp overrides)"
+            "receive at TC ingress (--receive auto on a veth: XDP here would take TSO from its peer)"
         }
         (Receive::Tc | Receive::Auto, _) => "receive at TC ingress (--receive tc)",
         (Receive::Xdp, Some(e)) => {
