@@ -8,7 +8,7 @@
 use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap, PerCpuArray};
-use xlate_common::flow::{flag, role, state, Counter, FlowAddrs, FlowState};
+use xlate_common::flow::{flag, role, state, Counter, FlowAddrs, FlowState, TupleEntry};
 use xlate_common::maps::FlowKey;
 use xlate_common::wire::ipv4::{Ipv4Packet, Ipv4Repr};
 use xlate_common::wire::packet::{ServalRepr, Transport};
@@ -94,11 +94,10 @@ impl Gw {
         let id = st.local_flow;
         let mut f: HashMap<_, u32, FlowState> = HashMap::try_from(self.bed.ebpf.map_mut("FLOWS").unwrap()).unwrap();
         f.insert(id, st, 0).unwrap();
-        let mut a: HashMap<_, u32, FlowAddrs> =
-            HashMap::try_from(self.bed.ebpf.map_mut("FLOW_ADDRS").unwrap()).unwrap();
-        a.insert(id, FlowAddrs { local_ip: CAP_CLIENT.octets(), peer_ip: CAP_SERVER.octets() }, 0).unwrap();
-        let mut t: HashMap<_, FlowKey, u32> = HashMap::try_from(self.bed.ebpf.map_mut("FLOW_TUPLES").unwrap()).unwrap();
-        t.insert(key, id, 0).unwrap();
+        let mut t: HashMap<_, FlowKey, TupleEntry> =
+            HashMap::try_from(self.bed.ebpf.map_mut("FLOW_TUPLES").unwrap()).unwrap();
+        let addrs = FlowAddrs { local_ip: CAP_CLIENT.octets(), peer_ip: CAP_SERVER.octets() };
+        t.insert(key, TupleEntry { flow: id, addrs }, 0).unwrap();
     }
 }
 

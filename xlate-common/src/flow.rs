@@ -4,7 +4,8 @@
 //!
 //! Ownership rule, to keep kernel and agent from overwriting each other's
 //! writes: the kernel writes [`FlowState`] (the agent only reads it and
-//! deletes it), the agent writes [`FlowAddrs`] after creation (migration).
+//! deletes it), the agent writes the [`FlowAddrs`] in a flow's
+//! [`TupleEntry`] after creation (migration).
 
 /// Names of the flow engine's maps (also their pin names); the `HOST_*`
 /// ones are host mode's own.
@@ -14,7 +15,6 @@ pub mod names {
     pub const CONNECT: &str = "HOST_CONNECT";
     pub const ROUTES: &str = "HOST_ROUTES";
     pub const FLOWS: &str = "FLOWS";
-    pub const ADDRS: &str = "FLOW_ADDRS";
     pub const TUPLES: &str = "FLOW_TUPLES";
     pub const PEERS: &str = "FLOW_PEERS";
     /// Per-CPU counters the server side rotates its local ports with.
@@ -38,7 +38,8 @@ pub mod flow_count {
     pub const FREED: u32 = 1;
     /// The gateway declines new client flows (to the relay) once this many
     /// flows exist (0: no limit but the table's size). The agent keeps the
-    /// rest of the table for the relay's own SAL connections.
+    /// rest of the table for the relay's own SAL connections: it compares
+    /// the count with this and sets `config_flag::FAST_PATH_FULL`.
     pub const FAST_PATH_LIMIT: u32 = 2;
     pub const SLOTS: u32 = 3;
 }
@@ -163,6 +164,10 @@ pub mod config_flag {
     /// TCP destination itself (the gateway's relay connects to the
     /// instance it chose), not along a service route.
     pub const CONNECT_TO_TCP_DESTINATION: u32 = 16;
+    /// The gateway's fast path holds its share of the flow table
+    /// (`flow_count::FAST_PATH_LIMIT`; the agent counts and sets it): new
+    /// legacy clients go to the kernel, whose socket is the relay's.
+    pub const FAST_PATH_FULL: u32 = 32;
 }
 
 /// How many half-open flows a datapath keeps before it admits only
@@ -294,9 +299,10 @@ pub struct FlowState {
     /// Highest sequence number the local TCP has sent (end of its data):
     /// tells first transmissions from retransmissions.
     pub snd_max: u32,
-    pub _pad3: u32,
-    pub created_ns: u64,
-    pub last_seen_ns: u64,
+    /// When the flow was created and when it last carried a segment, in
+    /// [`flow_clock`] ticks.
+    pub created: u32,
+    pub last_seen: u32,
 }
 
 impl FlowState {
@@ -335,11 +341,58 @@ impl FlowState {
             local_fin_ack: 0,
             peer_next_seq: 0,
             snd_max: 0,
-            _pad3: 0,
-            created_ns: now_ns,
-            last_seen_ns: now_ns,
+            created: flow_clock::ticks(now_ns),
+            last_seen: flow_clock::ticks(now_ns),
         }
     }
+}
+
+impl FlowState {
+    /// The local TCP's 4-tuple (its `FLOW_TUPLES` key).
+    pub fn tuple(&self) -> crate::maps::FlowKey {
+        crate::maps::FlowKey {
+            saddr: self.tcp_local_addr,
+            daddr: self.tcp_peer_addr,
+            sport: self.tcp_local_port,
+            dport: self.tcp_peer_port,
+        }
+    }
+}
+
+/// The flows' clock: CLOCK_MONOTONIC (the kernel's coarse reading) in
+/// ticks of 2^20 ns (1.05 ms), 32 bits, so that a flow keeps both of its
+/// times in 8 bytes. It wraps every 52 days; an age is a wrapping
+/// difference, right for any age under 26 days (idle flows expire long
+/// before).
+pub mod flow_clock {
+    pub const SHIFT: u32 = 20;
+
+    #[inline(always)]
+    pub fn ticks(ns: u64) -> u32 {
+        (ns >> SHIFT) as u32
+    }
+
+    /// Nanoseconds from tick `then` to `now_ns` (0 if `then` is ahead: the
+    /// kernel's coarse clock lags the agent's, never leads it, but a
+    /// reading from a moment ago must not become 52 days).
+    pub fn age_ns(now_ns: u64, then: u32) -> u64 {
+        let d = ticks(now_ns).wrapping_sub(then);
+        if d > u32::MAX / 2 {
+            0
+        } else {
+            u64::from(d) << SHIFT
+        }
+    }
+}
+
+/// What a TCP 4-tuple leads to (the `FLOW_TUPLES` value): its flow, and
+/// the SAL addresses the flow's packets go between. Together, so that a
+/// TCP segment costs one lookup for both, and a new flow one insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct TupleEntry {
+    pub flow: u32,
+    pub addrs: FlowAddrs,
 }
 
 /// The current SAL-side addresses of a flow (migration changes them).
@@ -565,6 +618,7 @@ mod pod {
     unsafe impl aya::Pod for super::EngineConfig {}
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::FlowAddrs {}
+    unsafe impl aya::Pod for super::TupleEntry {}
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::ServeEntry {}
     unsafe impl aya::Pod for super::RouteTargets {}
@@ -582,11 +636,26 @@ mod tests {
         assert_eq!(size_of::<EngineConfig>(), 4 + 4 + 6 + 2 + 4 + 4 + 4);
         assert_eq!(size_of::<gw::ChecksumNote>(), 12);
         assert_eq!(size_of::<gw::ChecksumNoteKey>(), 20);
-        assert_eq!(size_of::<FlowState>(), 32 + 16 + 16 + 12 + 4 + 8 + 8 + 8 + 16);
+        assert_eq!(size_of::<FlowState>(), 32 + 16 + 16 + 12 + 4 + 8 + 12 + 8);
         assert_eq!(size_of::<FlowAddrs>(), 8);
+        assert_eq!(size_of::<TupleEntry>(), 12);
         assert_eq!(size_of::<PeerKey>(), 8);
         assert_eq!(size_of::<RouteTargets>(), 36);
         assert_eq!(size_of::<CtlRecord>(), 32 + 24 + 64);
+    }
+
+    #[test]
+    fn flow_clock_ages_across_the_wrap_and_never_from_the_future() {
+        let tick = 1u64 << flow_clock::SHIFT;
+        let then = flow_clock::ticks(5 * tick);
+        assert_eq!(flow_clock::age_ns(5 * tick + 7, then), 0);
+        assert_eq!(flow_clock::age_ns(905 * tick, then), 900 * tick);
+        // 32 bits of ticks wrap after 2^52 ns (52 days): ages still hold.
+        let before_wrap = (1u64 << 52) - 10 * tick;
+        let t = flow_clock::ticks(before_wrap);
+        assert_eq!(flow_clock::age_ns(before_wrap + 30 * tick, t), 30 * tick);
+        // A stamp a tick ahead of the reader (clocks read a moment apart).
+        assert_eq!(flow_clock::age_ns(5 * tick, flow_clock::ticks(6 * tick)), 0);
     }
 
     #[test]

@@ -41,7 +41,8 @@ use crate::engine::{
     flows::new_client_flow,
     frame::{Frame, XdpFrame, IP_AT, L4_AT},
     ipv4::{self, addr, be16, Shape},
-    maps::{count, fast_path_full, CONFIG, TUPLES},
+    flow_of,
+    maps::{count, fast_path_full, CONFIG},
     sal_to_tcp_fn,
     tcp_to_sal::ToSal,
     tcp_to_sal_fn,
@@ -118,12 +119,8 @@ fn gateway<const META: bool>(f: &XdpFrame) -> Result<u32, Exit> {
             sport: f.load(L4_AT + tcpf::SRC_PORT)?,
             dport: f.load(L4_AT + tcpf::DST_PORT)?,
         };
-        // SAFETY: plain map lookup.
-        let id = match unsafe { TUPLES.get(&key) } {
-            Some(id) => *id,
-            None => new_flow(&key, f.load(L4_AT + tcpf::FLAGS)?).unpack()?,
-        };
-        let to_sal = ToSal::unpack(tcp_to_sal_fn(f, id).unpack()?);
+        let tuple = flow_of(&key, || new_flow(&key, f.load(L4_AT + tcpf::FLAGS)?).unpack())?;
+        let to_sal = ToSal::unpack(tcp_to_sal_fn(f, &tuple).unpack()?);
         translated(f, Hook::Xdp, Counter::GwToSal);
         leave_note::<META>(f, to_sal.tcp_at + tcpf::CHECKSUM);
         return Ok(forward_fn(f));

@@ -39,7 +39,8 @@ use crate::engine::{
     flows::new_client_flow,
     frame::{Frame, SkbFrame, XdpFrame, IP_AT, L4_AT},
     ipv4::{self, addr, be16, Shape},
-    maps::{count, CONFIG, FLOWS, TUPLES},
+    flow_of,
+    maps::{count, CONFIG, FLOWS},
     sal_to_tcp_fn,
     tcp_to_sal::ToSal,
     tcp_to_sal_fn,
@@ -109,11 +110,8 @@ fn egress(f: &SkbFrame, at_segmenter: bool) -> Result<i32, Exit> {
         sport: f.load(L4_AT + tcpf::SRC_PORT)?,
         dport: f.load(L4_AT + tcpf::DST_PORT)?,
     };
-    // SAFETY: plain map lookup.
-    let id = match unsafe { TUPLES.get(&key) } {
-        Some(id) => *id,
-        None => new_flow(&key, f.load(L4_AT + tcpf::FLAGS)?).unpack()?,
-    };
+    let tuple = flow_of(&key, || new_flow(&key, f.load(L4_AT + tcpf::FLAGS)?).unpack())?;
+    let id = tuple.flow;
     let Some(cfg) = CONFIG.get(0) else {
         return Err(Exit::Fault);
     };
@@ -129,7 +127,7 @@ fn egress(f: &SkbFrame, at_segmenter: bool) -> Result<i32, Exit> {
     if unsafe { (*f.ctx.skb.skb).gso_segs } > 1 {
         return Err(Exit::Drop(Counter::EgressGso));
     }
-    let to_sal = ToSal::unpack(tcp_to_sal_fn(f, id).unpack()?);
+    let to_sal = ToSal::unpack(tcp_to_sal_fn(f, &tuple).unpack()?);
 
     // Link layer: the peer's MAC once known; the SYN goes to broadcast
     // (the receiving host mode marks it PACKET_HOST).

@@ -48,7 +48,7 @@ pub struct Resident {
 }
 
 /// The per-flow tables, whose size the operator may set (`max_flows`).
-const FLOW_TABLES: [&str; 5] = [names::FLOWS, names::ADDRS, names::TUPLES, names::PEERS, names::AGENT_CTL];
+const FLOW_TABLES: [&str; 4] = [names::FLOWS, names::TUPLES, names::PEERS, names::AGENT_CTL];
 
 /// Loads the object with its maps pinned in `dir`, adopting the maps an
 /// earlier run left there once their layout is checked (see the module).

@@ -382,9 +382,11 @@ impl crate::agent::LoopHooks for GwMaps {
                 break;
             }
             self.syn_watch.pop_front();
-            if cp.maps.flows.get(&id, 0).is_ok_and(|st| st.state == xlate_common::flow::state::SYN_SENT) {
-                if let Ok(a) = cp.maps.addrs.get(&id, 0) {
-                    stuck.push((id, Ipv4Addr::from(a.peer_ip)));
+            if let Ok(st) = cp.maps.flows.get(&id, 0) {
+                if st.state == xlate_common::flow::state::SYN_SENT {
+                    if let Some(a) = cp.maps.addrs_of(&st) {
+                        stuck.push((id, Ipv4Addr::from(a.peer_ip)));
+                    }
                 }
             }
         }

@@ -184,7 +184,7 @@ struct HostCmd {
     /// where native XDP cannot attach), `tc` (TC ingress only, after GRO),
     /// or `auto`: `xdp`, except on a veth, where an XDP program takes TSO
     /// from the peer and so slows every other flow it sends.
-    #[arg(long, value_enum, default_value_t = host::Receive::Xdp)]
+    #[arg(long, env = "XLATE_RECEIVE", value_enum, default_value_t = host::Receive::Xdp)]
     receive: host::Receive,
 }
 

@@ -55,7 +55,7 @@ pub const SUITES: &[Suite] = &[
     Suite { name: "kernel_classify", target: "kernel_classify", filter: &[] },
     Suite { name: "vm_matrix_lab", target: "translator", filter: &["vm_matrix"] },
     // Migration under loss: the control plane is the agent's, but the
-    // moves it makes (FLOW_ADDRS) take effect in each kernel's datapath.
+    // moves it makes (the addresses in FLOW_TUPLES) take effect in each kernel's datapath.
     Suite { name: "host_migration", target: "host_mode", filter: &["migrat", "merged_with_a_fin"] },
     // Host mode receiving at XDP (before GRO) and at TC only, both ways,
     // no TCP timestamps, every checksum verified on the wire.
@@ -878,8 +878,11 @@ fn qemu(image: &Path, initrd: &Path) -> Command {
     c.args(["-nographic", "-no-reboot", "-nic", "none"]);
     c.arg("-kernel").arg(image).arg("-initrd").arg(initrd);
     // panic=-1 reboots at once and -no-reboot turns that into qemu's exit;
-    // oops=panic so that a guest oops ends the run instead of hanging it.
-    c.args(["-append", "console=ttyS0 panic=-1 oops=panic quiet"]);
+    // oops=panic so that a guest oops ends the run instead of hanging it;
+    // softlockup_panic=1 likewise for a CPU stuck in the kernel (else the
+    // suite's whole budget passes in silence). loglevel=5, not quiet: the
+    // lockup's and the oops' stack traces are printed at level 4.
+    c.args(["-append", "console=ttyS0 panic=-1 oops=panic softlockup_panic=1 loglevel=5"]);
     // The host's root, read-only; the guest writes only to its tmpfs.
     c.args([
         "-fsdev",

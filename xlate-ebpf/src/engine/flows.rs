@@ -8,7 +8,8 @@ use aya_ebpf::{
 };
 use xlate_common::{
     flow::{
-        event, flag, role, state, Counter, FlowAddrs, FlowState, PeerKey, RouteTargets, ServeEntry, MAX_ROUTE_TARGETS,
+        event, flag, role, state, Counter, FlowAddrs, FlowState, PeerKey, RouteTargets, ServeEntry, TupleEntry,
+        MAX_ROUTE_TARGETS,
     },
     maps::FlowKey,
     translate,
@@ -16,8 +17,8 @@ use xlate_common::{
 
 use super::admit::admit_syn;
 use super::maps::{
-    alloc_flow_id, count, flow_created, next_rotation, notify, now, rand32, rand_nonce, ADDRS, BPF_NOEXIST, CONFIG,
-    FLOWS, FLOW_SCRATCH, PEERS, TUPLES,
+    count, flow_created, insert_flow, next_rotation, notify_quietly, now, rand32, rand_nonce, CONFIG, FLOWS,
+    FLOW_SCRATCH, PEERS, TUPLES,
 };
 use super::sal_rx::{opaque, Exts};
 use super::verdict::Exit;
@@ -32,33 +33,31 @@ pub(crate) static ROUTES: LpmTrie<[u8; 32], RouteTargets> = LpmTrie::pinned(1024
 #[inline(always)]
 pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4]>) -> Option<u32> {
     let cfg = CONFIG.get(0)?;
-    let id = alloc_flow_id()?;
     let nonce = rand_nonce();
     // SAFETY: this CPU's slot, ours until the program returns.
     let st = unsafe { &mut *FLOW_SCRATCH.get_ptr_mut(0)? };
-    *st = FlowState::new(role::CLIENT, state::SYN_SENT, *sid, id, rand32(), nonce, key, now());
+    *st = FlowState::new(role::CLIENT, state::SYN_SENT, *sid, 0, rand32(), nonce, key, now());
     // A local application's flow (host mode) is trusted from the start; a
     // legacy client's (the gateway picked the peer) is half-open until it
     // acknowledges the instance's SYN-ACK.
+    if peer.is_none() {
+        st.flags |= flag::PROVEN;
+    }
+    let id = insert_flow(st)?;
     let peer_ip = match peer {
         Some(p) => p,
-        None => {
-            st.flags |= flag::PROVEN;
-            route(sid, id).unwrap_or(cfg.broadcast)
-        }
+        None => route(sid, id).unwrap_or(cfg.broadcast),
     };
-    let addrs = FlowAddrs { local_ip: cfg.addr, peer_ip };
-    FLOWS.insert(&id, &*st, BPF_NOEXIST).ok()?;
-    if ADDRS.insert(&id, &addrs, 0).is_err() || TUPLES.insert(key, &id, 0).is_err() {
+    let entry = TupleEntry { flow: id, addrs: FlowAddrs { local_ip: cfg.addr, peer_ip } };
+    if TUPLES.insert(key, &entry, 0).is_err() {
         let _ = FLOWS.remove(&id);
-        let _ = ADDRS.remove(&id);
         return None;
     }
     flow_created();
-    if st.flags & flag::PROVEN == 0 {
+    if peer.is_some() {
         count(Counter::FlowsHalfOpened);
     }
-    notify(event::NEW_FLOW, id);
+    notify_quietly(event::NEW_FLOW, id);
     Some(id)
 }
 
@@ -89,15 +88,15 @@ fn route(sid: &[u8; 32], id: u32) -> Option<[u8; 4]> {
 /// SOURCE hop (the responder) if the SYN went through a router, else the
 /// IP source.
 #[inline(always)]
-pub(crate) fn synack(flow: &mut FlowState, id: u32, ext: &Exts, src_flow: u32, ip_src: [u8; 4]) -> bool {
+pub(crate) fn synack(flow: &mut FlowState, ext: &Exts, src_flow: u32, ip_src: [u8; 4]) -> bool {
     match translate::accept_synack(flow, src_flow, ext.verno, ext.ackno, ext.nonce) {
         None => false,
         Some(first) => {
             if first {
                 let peer_ip = if ext.sources != 0 { ext.source_last } else { ip_src };
-                if let Some(a) = ADDRS.get_ptr_mut(&id) {
+                if let Some(t) = TUPLES.get_ptr_mut(&flow.tuple()) {
                     // SAFETY: map value; the agent writes it only later.
-                    unsafe { (*a).peer_ip = peer_ip };
+                    unsafe { (*t).addrs.peer_ip = peer_ip };
                 }
             }
             true
@@ -127,7 +126,6 @@ pub(crate) fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &
     let Some(cfg) = CONFIG.get(0) else {
         return Err(Counter::IngressError);
     };
-    let id = alloc_flow_id().ok_or(Counter::DropTableFull)?;
     // The local TCP sees the client as (its IP, a port from a per-CPU
     // rotation), probing a few ports if that tuple is live. The rotation
     // counts up from a random start (the agent seeds it), so ports walk
@@ -151,27 +149,21 @@ pub(crate) fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &
         return Err(Counter::DropTableFull);
     }
     let nonce = rand_nonce();
-    let mut st = FlowState::new(role::SERVER, state::SYN_RCVD, *sid, id, rand32(), nonce, &key, now());
+    let mut st = FlowState::new(role::SERVER, state::SYN_RCVD, *sid, 0, rand32(), nonce, &key, now());
     st.peer_flow = src_flow;
     st.peer_verno = ext.verno;
     st.peer_nonce = ext.nonce;
+    let id = insert_flow(&mut st).ok_or(Counter::DropTableFull)?;
     // A SYN that came through a service router is answered straight to
     // the client, which is the IP source (routers keep it).
-    let addrs = FlowAddrs { local_ip: cfg.addr, peer_ip: ip_src };
-    if FLOWS.insert(&id, &st, BPF_NOEXIST).is_err() {
-        return Err(Counter::DropTableFull);
-    }
-    if ADDRS.insert(&id, &addrs, 0).is_err()
-        || TUPLES.insert(&key, &id, 0).is_err()
-        || PEERS.insert(&pk, &id, 0).is_err()
-    {
+    let entry = TupleEntry { flow: id, addrs: FlowAddrs { local_ip: cfg.addr, peer_ip: ip_src } };
+    if TUPLES.insert(&key, &entry, 0).is_err() || PEERS.insert(&pk, &id, 0).is_err() {
         let _ = FLOWS.remove(&id);
-        let _ = ADDRS.remove(&id);
         let _ = TUPLES.remove(&key);
         return Err(Counter::DropTableFull);
     }
     flow_created();
     count(Counter::FlowsHalfOpened);
-    notify(event::NEW_FLOW, id);
+    notify_quietly(event::NEW_FLOW, id);
     Ok(id)
 }

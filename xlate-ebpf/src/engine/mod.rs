@@ -28,13 +28,31 @@ pub(crate) mod verdict;
 
 use frame::Frame;
 use verdict::Packed;
+use xlate_common::{flow::TupleEntry, maps::FlowKey};
 
 /// [`tcp_to_sal::tcp_to_sal`] as its own BPF function: each direction
 /// gets its own stack frame instead of LLVM laying locals of both side by
 /// side in the program's.
 #[inline(never)]
-pub(crate) fn tcp_to_sal_fn<F: Frame>(f: &F, id: u32) -> Packed {
-    Packed::pack(tcp_to_sal::tcp_to_sal(f, id).map(|t| t.pack()))
+pub(crate) fn tcp_to_sal_fn<F: Frame>(f: &F, tuple: &TupleEntry) -> Packed {
+    Packed::pack(tcp_to_sal::tcp_to_sal(f, tuple).map(|t| t.pack()))
+}
+
+/// The `FLOW_TUPLES` entry of a TCP segment's 4-tuple `key`: its flow's,
+/// or a new flow's (`new_flow`, the shell's own: it decides whether the
+/// segment may start one and with whom).
+#[inline(always)]
+pub(crate) fn flow_of(key: &FlowKey, new_flow: impl FnOnce() -> Result<u32, verdict::Exit>) -> Result<TupleEntry, verdict::Exit> {
+    // SAFETY: plain map lookup.
+    if let Some(t) = unsafe { maps::TUPLES.get(key) } {
+        return Ok(*t);
+    }
+    new_flow()?;
+    // SAFETY: plain map lookup (of the entry just made).
+    match unsafe { maps::TUPLES.get(key) } {
+        Some(t) => Ok(*t),
+        None => Err(verdict::Exit::Pass(xlate_common::flow::Counter::PassFlowFreed)),
+    }
 }
 
 /// [`sal_to_tcp::sal_to_tcp`] as its own BPF function (see above).

@@ -5,7 +5,7 @@
 //! agent's raw socket.
 
 use xlate_common::{
-    flow::{event, state, Counter},
+    flow::{event, flow_clock, state, Counter, FlowState},
     translate::{self, TCP_SYN},
     wire::{checksum, ipv4::field as ipf, sal, tcp::field as tcpf, IPPROTO_TCP},
 };
@@ -13,7 +13,7 @@ use xlate_common::{
 use super::flows::{prove, server_flow, synack};
 use super::frame::{Frame, TcpRewrite, IP_AT, L4_AT};
 use super::ipv4::{self, addr, be16, be32};
-use super::maps::{count, notify, now, CONFIG, FLOWS};
+use super::maps::{count, notify, notify_quietly, now, CONFIG, FLOWS};
 use super::sal_rx::{self, copy_n, opaque, walk_extensions, EXTS, SCRATCH, SCRATCH_LEN};
 use super::verdict::Exit;
 
@@ -77,7 +77,7 @@ pub(crate) fn sal_to_tcp<F: Frame>(f: &F) -> Result<u32, Exit> {
     let syn = sal::ControlFlags::SYN.bits();
     let ack = sal::ControlFlags::ACK.bits();
 
-    let id = if ext.has_control != 0 && ext.flags == syn {
+    let (id, flow) = if ext.has_control != 0 && ext.flags == syn {
         if ext.services == 0 {
             return Err(Exit::Drop(Counter::DropBadExtension));
         }
@@ -95,16 +95,20 @@ pub(crate) fn sal_to_tcp<F: Frame>(f: &F) -> Result<u32, Exit> {
         }
         let sid = copy_n::<32>(buf, ext.service_at as usize);
         count(Counter::IngressSyn);
-        server_flow(&sid, ip_src, src_flow, ext).map_err(Exit::Drop)?
+        let id = server_flow(&sid, ip_src, src_flow, ext).map_err(Exit::Drop)?;
+        let Some(flow) = FLOWS.get_ptr_mut(&id) else {
+            return Err(Exit::Drop(Counter::DropUnknownFlow));
+        };
+        (id, flow)
     } else {
-        let Some(flow) = FLOWS.get_ptr_mut(&dst_flow) else {
+        let Some(flow_ptr) = FLOWS.get_ptr_mut(&dst_flow) else {
             return Err(Exit::Drop(Counter::DropUnknownFlow));
         };
         // SAFETY: map value, valid while we run.
-        let flow = unsafe { &mut *flow };
+        let flow = unsafe { &mut *flow_ptr };
         if ext.has_control != 0 {
             if ext.flags == syn | ack {
-                if !synack(flow, dst_flow, ext, src_flow, ip_src) {
+                if !synack(flow, ext, src_flow, ip_src) {
                     return Err(Exit::Drop(Counter::DropBadAck));
                 }
                 count(Counter::IngressSynAck);
@@ -117,7 +121,7 @@ pub(crate) fn sal_to_tcp<F: Frame>(f: &F) -> Result<u32, Exit> {
                 prove(flow);
                 if flow.state == state::SYN_RCVD {
                     flow.state = state::ESTABLISHED;
-                    notify(event::ESTABLISHED, dst_flow);
+                    notify_quietly(event::ESTABLISHED, dst_flow);
                 }
             } else {
                 // Control with a transport that is neither handshake form.
@@ -126,23 +130,19 @@ pub(crate) fn sal_to_tcp<F: Frame>(f: &F) -> Result<u32, Exit> {
         } else if flow.state == state::ACK_PENDING {
             // The server sent data: it knows the flow.
             flow.state = state::ESTABLISHED;
-            notify(event::ESTABLISHED, dst_flow);
+            notify_quietly(event::ESTABLISHED, dst_flow);
         }
-        dst_flow
+        (dst_flow, flow_ptr)
     };
-    strip(f, id, &ip, hl)?;
+    // SAFETY: map value, valid while we run (RCU); looked up once.
+    strip(f, id, unsafe { &mut *flow }, &ip, hl)?;
     Ok(id)
 }
 
 /// Takes the SAL header (`hl` bytes) away and restores the TCP side's
-/// view of flow `id`: its addresses and ports.
+/// view of flow `id` (its state `flow`): its addresses and ports.
 #[inline(always)]
-fn strip<F: Frame>(f: &F, id: u32, ip: &[u8; 20], hl: usize) -> Result<(), Exit> {
-    let Some(flow) = FLOWS.get_ptr_mut(&id) else {
-        return Err(Exit::Drop(Counter::DropUnknownFlow));
-    };
-    // SAFETY: map value, valid while we run.
-    let flow = unsafe { &mut *flow };
+fn strip<F: Frame>(f: &F, id: u32, flow: &mut FlowState, ip: &[u8; 20], hl: usize) -> Result<(), Exit> {
     let Some(cfg) = CONFIG.get(0) else {
         return Err(Exit::Fault);
     };
@@ -157,7 +157,7 @@ fn strip<F: Frame>(f: &F, id: u32, ip: &[u8; 20], hl: usize) -> Result<(), Exit>
     if ev != 0 {
         notify(ev, id);
     }
-    flow.last_seen_ns = now();
+    flow.last_seen = flow_clock::ticks(now());
 
     let mut ports = [0u8; 4];
     ports[..2].copy_from_slice(&flow.tcp_peer_port);

@@ -2,7 +2,7 @@
 //! gateway, from the local TCP in host mode) becomes a SAL packet in place.
 
 use xlate_common::{
-    flow::{flag, state, Counter},
+    flow::{flag, flow_clock, state, Counter, TupleEntry},
     translate::{self, Form, TCP_ACK, TCP_SYN},
     wire::{ipv4::field as ipf, tcp::field as tcpf, IPPROTO_SAL},
 };
@@ -10,7 +10,7 @@ use xlate_common::{
 use super::flows::prove;
 use super::frame::{Frame, TcpRewrite, IP_AT, L4_AT};
 use super::ipv4::{self, addr, be16, be32};
-use super::maps::{count, notify, now, ADDRS, CONFIG, FLOWS};
+use super::maps::{count, notify, now, CONFIG, FLOWS};
 use super::verdict::Exit;
 
 /// What the shell needs to know of a translated segment.
@@ -35,22 +35,20 @@ impl ToSal {
     }
 }
 
-/// Rewrites the TCP segment at [`L4_AT`], of flow `id`, into a SAL packet
+/// Rewrites the TCP segment at [`L4_AT`], whose 4-tuple leads to `tuple`
+/// (its flow and SAL addresses), into a SAL packet
 /// to the flow's peer: bookkeeping first, then ports zeroed (SAL carries
 /// the flow IDs), addresses and protocol, and the SAL header in front.
 #[inline(always)]
-pub(crate) fn tcp_to_sal<F: Frame>(f: &F, id: u32) -> Result<ToSal, Exit> {
+pub(crate) fn tcp_to_sal<F: Frame>(f: &F, tuple: &TupleEntry) -> Result<ToSal, Exit> {
     let ip: [u8; 20] = f.load(IP_AT)?;
     let tcp: [u8; 20] = f.load(L4_AT)?;
+    let (id, addrs) = (tuple.flow, tuple.addrs);
     let Some(flow) = FLOWS.get_ptr_mut(&id) else {
         return Err(Exit::Pass(Counter::PassFlowFreed));
     };
     // SAFETY: map value, valid while we run (RCU).
     let flow = unsafe { &mut *flow };
-    // SAFETY: plain map lookup.
-    let Some(addrs) = (unsafe { ADDRS.get(&id) }).copied() else {
-        return Err(Exit::Pass(Counter::PassFlowFreed));
-    };
     let Some(cfg) = CONFIG.get(0) else {
         return Err(Exit::Fault);
     };
@@ -76,7 +74,7 @@ pub(crate) fn tcp_to_sal<F: Frame>(f: &F, id: u32) -> Result<ToSal, Exit> {
     if ev != 0 {
         notify(ev, id);
     }
-    flow.last_seen_ns = now();
+    flow.last_seen = flow_clock::ticks(now());
 
     let old_ports = addr(&tcp, tcpf::SRC_PORT);
     f.store(L4_AT + tcpf::SRC_PORT, &[0u8; 4])?;

@@ -14,9 +14,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use xlate_common::flow::{
-    config_flag, event, flag, state, Counter, CtlRecord, Event, FlowAddrs, FlowState, PeerKey, SynBudget,
+    config_flag, event, flag, flow_clock, state, Counter, CtlRecord, Event, FlowAddrs, FlowState, PeerKey, SynBudget,
 };
-use xlate_common::maps::FlowKey;
 use xlate_common::wire::{ipv4::Ipv4Repr, packet::ServalRepr, IPPROTO_TCP};
 
 use super::maps::FlowMaps;
@@ -72,8 +71,9 @@ pub struct ControlPlane {
     /// `None` unless a mode asked to watch them.
     new_flows: Option<Vec<(Instant, u32)>>,
     budget: SynBudget,
-    /// The last budget flags written (`config_flag::SYN_*`).
-    syn_flags: u32,
+    /// The last admission flags written (`config_flag::SYN_*`,
+    /// `FAST_PATH_FULL`).
+    admission_flags: u32,
     last_scan: Option<Instant>,
     warnings: Warnings,
     /// For destroying this host's TCP sockets (see [`Self::end_time_wait`]
@@ -123,7 +123,7 @@ impl ControlPlane {
             young: Default::default(),
             new_flows: None,
             budget,
-            syn_flags: 0,
+            admission_flags: 0,
             last_scan: None,
             warnings: Warnings::default(),
             diag: None,
@@ -229,7 +229,7 @@ impl ControlPlane {
 
     fn flow(&self, id: u32) -> Option<(FlowState, FlowAddrs)> {
         let st = self.maps.flows.get(&id, 0).ok()?;
-        let addrs = self.maps.addrs.get(&id, 0).ok()?;
+        let addrs = self.maps.addrs_of(&st)?;
         Some((st, addrs))
     }
 
@@ -254,7 +254,7 @@ impl ControlPlane {
             self.send(&d, dst);
         }
         if let Some(a) = fx.moved {
-            if let Err(e) = self.maps.addrs.insert(id, a, 0) {
+            if let Err(e) = self.maps.set_addrs(st, a) {
                 self.warnings.warn("moving a flow", format!("{id:#x}: {e}"));
             }
         }
@@ -381,19 +381,12 @@ impl ControlPlane {
             }
         }
         if let Ok(st) = self.maps.flows.get(&id, 0) {
-            let key = FlowKey {
-                saddr: st.tcp_local_addr,
-                daddr: st.tcp_peer_addr,
-                sport: st.tcp_local_port,
-                dport: st.tcp_peer_port,
-            };
-            let _ = self.maps.tuples.remove(&key);
+            let _ = self.maps.tuples.remove(&st.tuple());
             let _ = self.maps.peers.remove(&PeerKey { peer_ip: st.tcp_peer_addr, peer_flow: st.peer_flow });
         }
         if self.maps.flows.remove(&id).is_ok() {
             self.maps.count_freed();
         }
-        let _ = self.maps.addrs.remove(&id);
         self.ctl.remove(&id);
         self.dirty.remove(&id);
         let _ = self.maps.ctl.remove(&id);
@@ -473,7 +466,7 @@ impl ControlPlane {
         let mono = mono_ns();
         for id in fin_wait_over {
             let quiet =
-                self.maps.flows.get(&id, 0).map(|st| Duration::from_nanos(mono.saturating_sub(st.last_seen_ns)));
+                self.maps.flows.get(&id, 0).map(|st| Duration::from_nanos(flow_clock::age_ns(mono, st.last_seen)));
             match quiet {
                 Ok(q) if q < FIN_WAIT => {
                     if let Some(c) = self.ctl_mut(id) {
@@ -488,7 +481,7 @@ impl ControlPlane {
         }
         self.closed.retain(|_, c| c.until > now);
         self.expire();
-        self.enforce_budget();
+        self.enforce_admission();
     }
 
     /// Expiry at a cost proportional to the work: young flows are looked
@@ -518,8 +511,8 @@ impl ControlPlane {
         let (mut idle, mut half_open) = (Vec::new(), Vec::new());
         for item in self.maps.flows.iter() {
             let Ok((id, st)) = item else { continue };
-            let quiet = Duration::from_nanos(mono.saturating_sub(st.last_seen_ns));
-            let age = Duration::from_nanos(mono.saturating_sub(st.created_ns));
+            let quiet = Duration::from_nanos(flow_clock::age_ns(mono, st.last_seen));
+            let age = Duration::from_nanos(flow_clock::age_ns(mono, st.created));
             if st.flags & flag::PROVEN == 0 && age > HALF_OPEN_TIMEOUT {
                 half_open.push(id);
             } else if quiet > self.idle_timeout {
@@ -565,34 +558,54 @@ impl ControlPlane {
             .saturating_sub(sum(Counter::FlowsFreedHalfOpen))
     }
 
-    /// Tells the kernel whether half-open flows are at their budget or
-    /// hard limit (see `admit.rs` in the kernel programs).
-    fn enforce_budget(&mut self) {
+    /// Tells the kernel how to admit new flows (see `admit.rs` in the
+    /// kernel programs): whether half-open flows are at their budget or
+    /// hard limit, and whether the fast path holds its share of the table
+    /// (a gateway with a relay; the kernel then leaves new clients to the
+    /// relay). Once per tick: between two, one tick's new flows can pass a
+    /// limit, which the budget's margin and the relay's reserve absorb.
+    fn enforce_admission(&mut self) {
+        const MASK: u32 = config_flag::SYN_BUDGET | config_flag::SYN_HARD_LIMIT | config_flag::FAST_PATH_FULL;
         let n = self.half_open();
-        let want = if n >= self.budget.hard {
+        let mut want = if n >= self.budget.hard {
             config_flag::SYN_BUDGET | config_flag::SYN_HARD_LIMIT
         } else if n >= self.budget.budget {
             config_flag::SYN_BUDGET
         } else {
             0
         };
-        if want == self.syn_flags {
+        let (flows, limit) = (self.maps.flow_count(), self.maps.fast_path_limit());
+        if limit != 0 && flows >= limit {
+            want |= config_flag::FAST_PATH_FULL;
+        }
+        if want == self.admission_flags {
             return;
         }
-        if let Ok(mut cfg) = self.maps.config.get(&0, 0) {
-            cfg.flags = (cfg.flags & !(config_flag::SYN_BUDGET | config_flag::SYN_HARD_LIMIT)) | want;
-            if self.maps.config.set(0, cfg, 0).is_ok() {
-                match (self.syn_flags, want) {
-                    (0, _) => tracing::warn!(
-                        "{n} half-open flows reached the budget of {}: admitting only retransmitted SYNs",
-                        self.budget.budget
-                    ),
-                    (_, 0) => tracing::info!("{n} half-open flows, under the budget: admitting every SYN again"),
-                    _ => {}
-                }
-                self.syn_flags = want;
+        let Ok(mut cfg) = self.maps.config.get(&0, 0) else { return };
+        cfg.flags = (cfg.flags & !MASK) | want;
+        if self.maps.config.set(0, cfg, 0).is_err() {
+            return;
+        }
+        let syn = config_flag::SYN_BUDGET;
+        match (self.admission_flags & syn != 0, want & syn != 0) {
+            (false, true) => tracing::warn!(
+                "{n} half-open flows reached the budget of {}: admitting only retransmitted SYNs",
+                self.budget.budget
+            ),
+            (true, false) => tracing::info!("{n} half-open flows, under the budget: admitting every SYN again"),
+            _ => {}
+        }
+        let full = config_flag::FAST_PATH_FULL;
+        if (self.admission_flags ^ want) & full != 0 {
+            if want & full != 0 {
+                tracing::warn!(
+                    "{flows} flows: the fast path's share ({limit}) is used up; new clients go to the relay"
+                );
+            } else {
+                tracing::info!("{flows} flows, under the fast path's share ({limit}): new clients take the fast path");
             }
         }
+        self.admission_flags = want;
     }
 
     /// Moves every flow to `to` (a local address): RSYN from the new

@@ -4,7 +4,8 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use aya::maps::{MapData, PerCpuArray};
-use xlate_common::flow::{names, state, CtlRecord, FlowAddrs, FlowState};
+use xlate_common::flow::{names, state, CtlRecord, FlowAddrs, FlowState, TupleEntry};
+use xlate_common::maps::FlowKey;
 use xlate_common::ServiceId;
 
 use super::maps::{self, Kind};
@@ -21,15 +22,15 @@ pub struct FlowRow {
 pub fn flows(kind: Kind, iface: &str) -> Result<Vec<FlowRow>> {
     let flows: aya::maps::HashMap<MapData, u32, FlowState> =
         maps::open_pinned(kind, iface, names::FLOWS)?.try_into()?;
-    let addrs: aya::maps::HashMap<MapData, u32, FlowAddrs> =
-        maps::open_pinned(kind, iface, names::ADDRS)?.try_into()?;
+    let tuples: aya::maps::HashMap<MapData, FlowKey, TupleEntry> =
+        maps::open_pinned(kind, iface, names::TUPLES)?.try_into()?;
     // The agent's control state (absent on a datapath older than it).
     let ctl: Option<aya::maps::HashMap<MapData, u32, CtlRecord>> =
         maps::open_pinned(kind, iface, names::AGENT_CTL).ok().and_then(|m| m.try_into().ok());
     let mut rows = Vec::new();
     for item in flows.iter() {
         let (id, st) = item?;
-        let a = addrs.get(&id, 0).unwrap_or_default();
+        let a = tuples.get(&st.tuple(), 0).ok().filter(|t| t.flow == id).map(|t| t.addrs).unwrap_or_default();
         let migration = ctl.as_ref().and_then(|c| c.get(&id, 0).ok()).and_then(|r| Ctl::migration_of(&r));
         rows.push(FlowRow { state: st, addrs: a, migration });
     }

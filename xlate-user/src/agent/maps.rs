@@ -9,6 +9,7 @@ use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues
 use aya::Ebpf;
 use xlate_common::flow::{
     flow_count, names, Counter, CtlRecord, EngineConfig, FlowAddrs, FlowState, PeerKey, RouteTargets, ServeEntry,
+    TupleEntry,
 };
 use xlate_common::maps::{FlowKey, ServiceEntry, ServiceKey};
 
@@ -59,8 +60,8 @@ pub struct FlowMaps {
     pub connect: HashMap<MapData, ServiceKey, ServiceEntry>,
     pub routes: LpmTrie<MapData, [u8; 32], RouteTargets>,
     pub flows: HashMap<MapData, u32, FlowState>,
-    pub addrs: HashMap<MapData, u32, FlowAddrs>,
-    pub tuples: HashMap<MapData, FlowKey, u32>,
+    /// A flow's 4-tuple -> the flow and its SAL addresses.
+    pub tuples: HashMap<MapData, FlowKey, TupleEntry>,
     pub peers: HashMap<MapData, PeerKey, u32>,
     pub counters: PerCpuArray<MapData, u64>,
     /// The agent's own control-plane state, kept across its restarts.
@@ -93,13 +94,24 @@ impl FlowMaps {
             connect: get(names::CONNECT)?.try_into()?,
             routes: get(names::ROUTES)?.try_into()?,
             flows: get(names::FLOWS)?.try_into()?,
-            addrs: get(names::ADDRS)?.try_into()?,
             tuples: get(names::TUPLES)?.try_into()?,
             peers: get(names::PEERS)?.try_into()?,
             counters: get(names::COUNTERS)?.try_into()?,
             count: get(names::FLOW_COUNT)?.try_into()?,
             ctl: get(names::AGENT_CTL)?.try_into()?,
         })
+    }
+
+    /// The SAL addresses of flow `st` (in its tuple's entry).
+    pub fn addrs_of(&self, st: &FlowState) -> Option<FlowAddrs> {
+        self.tuples.get(&st.tuple(), 0).ok().filter(|t| t.flow == st.local_flow).map(|t| t.addrs)
+    }
+
+    /// Moves flow `st` to `addrs` (migration). Only an entry that exists
+    /// is rewritten: a flow freed meanwhile stays freed.
+    pub fn set_addrs(&mut self, st: &FlowState, addrs: FlowAddrs) -> Result<(), aya::maps::MapError> {
+        const BPF_EXIST: u64 = 2;
+        self.tuples.insert(st.tuple(), TupleEntry { flow: st.local_flow, addrs }, BPF_EXIST)
     }
 
     /// Adds one to a counter from user space (CPU 0's slot; the agent is
@@ -126,6 +138,11 @@ impl FlowMaps {
     /// The gateway's fast-path limit (`flow_count::FAST_PATH_LIMIT`).
     pub fn set_fast_path_limit(&mut self, n: u64) {
         slot_set(&mut self.count, flow_count::FAST_PATH_LIMIT, n);
+    }
+
+    /// The gateway's fast-path limit (0: none).
+    pub fn fast_path_limit(&self) -> u64 {
+        slot_sum(&self.count, flow_count::FAST_PATH_LIMIT)
     }
 
     /// How many flows exist, by the count.

@@ -167,15 +167,7 @@ pub(crate) async fn event_loop(
             }
             guard = events.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    if item.len() >= std::mem::size_of::<Event>() {
-                        // SAFETY: the kernel wrote an Event; read unaligned.
-                        let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
-                        drop(item);
-                        cp.on_event(ev);
-                    }
-                }
+                read_events(guard.get_inner_mut(), &mut cp);
                 guard.clear_ready();
             }
             guard = async { kernel_log.as_mut().expect("guarded").readable_mut().await }, if kernel_log.is_some() => {
@@ -184,6 +176,8 @@ pub(crate) async fn event_loop(
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                // Events the kernel wrote without waking us (new flows).
+                read_events(events.get_mut(), &mut cp);
                 cp.tick();
                 for done in take_concluded(&mut waiting, &cp) {
                     let text = serde_json::to_string(&done.1).unwrap_or_default();
@@ -342,4 +336,18 @@ pub fn stop(kind: Kind, iface: &str) -> Result<String> {
     drop(cp);
     resident::remove(kind, iface, &dir);
     Ok(format!("ok: reset {n} flows; removed the datapath (no agent was running)\nstopped"))
+}
+
+/// Hands every event waiting in the ring to the control plane. The kernel
+/// wakes the agent for urgent ones only (`notify` in the engine's maps);
+/// the rest wait for this on the next tick.
+fn read_events(rb: &mut RingBuf<MapData>, cp: &mut ControlPlane) {
+    while let Some(item) = rb.next() {
+        if item.len() >= std::mem::size_of::<Event>() {
+            // SAFETY: the kernel wrote an Event; read unaligned.
+            let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
+            drop(item);
+            cp.on_event(ev);
+        }
+    }
 }
