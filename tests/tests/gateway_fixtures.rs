@@ -233,6 +233,35 @@ fn a_client_syn_becomes_a_sal_syn_and_a_retransmission_the_same_one() {
     assert_eq!(gw.flows().len(), 1);
 }
 
+/// The kernel keeps the half-open hard limit and the fast path's share of
+/// the table itself (`flow::room`, refreshed by the agent every tick): a
+/// SYN takes one of each, and with none left it is declined (dropped) or
+/// left to the relay (passed), with no flow made.
+#[test]
+fn new_flows_take_the_room_the_agent_gave_and_none_start_without() {
+    use xlate_common::flow::room;
+    require_root();
+    let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
+    gw.bed.set_room(room::HALF_OPEN, 2).unwrap();
+    gw.bed.set_room(room::FAST_PATH, 5).unwrap();
+    let syn = |port| client_tcp_from(port, 0x02, 1000, 0, &[], &[]);
+    gw.expect(&syn(41000), XDP_PASS, &[Counter::GwToSal, Counter::EgressSyn, Counter::FlowsHalfOpened]);
+    assert_eq!((gw.bed.room(room::HALF_OPEN).unwrap(), gw.bed.room(room::FAST_PATH).unwrap()), (1, 4));
+    gw.expect(&syn(41001), XDP_PASS, &[Counter::GwToSal, Counter::EgressSyn, Counter::FlowsHalfOpened]);
+    // The hard limit: dropped, counted, nothing taken, no flow.
+    gw.expect(&syn(41002), XDP_DROP, &[Counter::DropSynBudget]);
+    assert_eq!((gw.bed.room(room::HALF_OPEN).unwrap(), gw.bed.room(room::FAST_PATH).unwrap()), (0, 3));
+    // A retransmission of a flow that exists needs no room.
+    gw.expect(&syn(41000), XDP_PASS, &[Counter::GwToSal, Counter::EgressSyn]);
+    // The fast path's share used up: the SYN goes to the kernel (the
+    // relay's socket), before the half-open limit is even looked at.
+    gw.bed.set_room(room::HALF_OPEN, 100).unwrap();
+    gw.bed.set_room(room::FAST_PATH, 0).unwrap();
+    gw.expect(&syn(41003), XDP_PASS, &[Counter::DropTableFull]);
+    assert_eq!(gw.bed.room(room::HALF_OPEN).unwrap(), 100);
+    assert_eq!(gw.flows().len(), 2);
+}
+
 #[test]
 fn the_original_stacks_handshake_data_and_close_through_the_translator() {
     require_root();

@@ -88,6 +88,7 @@ impl Bed {
             ..Default::default()
         };
         cfg.set(0, c, 0).unwrap();
+        xlate_user::ebpf::fresh_room(&mut ebpf, xlate_common::flow::SynBudget::HOST).unwrap();
         let mut connect: HashMap<_, ServiceKey, ServiceEntry> =
             HashMap::try_from(ebpf.map_mut(names::CONNECT).unwrap()).unwrap();
         connect.insert(ServiceKey::new(SERVICE_ADDR, 80), ServiceEntry { service_id: sid() }, 0).unwrap();

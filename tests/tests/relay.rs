@@ -217,9 +217,6 @@ fn the_relay_takes_what_the_fast_path_declines_and_nothing_else() {
     lab.wait_no_flows(Duration::from_secs(10));
     let mut hold = lab.client.spawn("python3", &["-u", "-c", HOLDING_CLIENT, PUBLIC_IP, "80", "24"]);
     hold.wait_for_line("held 24", Duration::from_secs(20));
-    // The agent counts the flows and tells the kernel the share is used
-    // up on its next tick (100 ms).
-    std::thread::sleep(Duration::from_millis(400));
     let before = lab.stats()["drop_table_full"];
     assert_eq!(get(&lab, 80, 1_000_000, 7), generated_sha256(1_000_000, 7, None), "over a full table");
     let s = lab.stats();

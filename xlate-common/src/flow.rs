@@ -26,6 +26,8 @@ pub mod names {
     pub const AGENT_CTL: &str = "AGENT_CTL";
     /// How many flows exist, and the fast path's share ([`super::flow_count`]).
     pub const FLOW_COUNT: &str = "FLOW_COUNT";
+    /// How many more flows the kernel may create ([`super::room`]).
+    pub const ROOM: &str = "FLOW_ROOM";
 }
 
 /// Slots of the `FLOW_COUNT` array. The kernel creates flows and the agent
@@ -39,7 +41,8 @@ pub mod flow_count {
     /// The gateway declines new client flows (to the relay) once this many
     /// flows exist (0: no limit but the table's size). The agent keeps the
     /// rest of the table for the relay's own SAL connections: it compares
-    /// the count with this and sets `config_flag::FAST_PATH_FULL`.
+    /// the count with this and gives the kernel the difference as its
+    /// [`super::room::FAST_PATH`].
     pub const FAST_PATH_LIMIT: u32 = 2;
     pub const SLOTS: u32 = 3;
 }
@@ -158,16 +161,29 @@ pub mod config_flag {
     /// `SynBudget`): a new SYN is admitted only as the retransmission of
     /// one declined a moment ago, which a spoofed source does not send.
     pub const SYN_BUDGET: u32 = 4;
-    /// Half-open flows reached the hard limit: every new SYN is declined.
-    pub const SYN_HARD_LIMIT: u32 = 8;
     /// A local SYN to a `HOST_CONNECT` address goes, as a SAL SYN, to the
     /// TCP destination itself (the gateway's relay connects to the
     /// instance it chose), not along a service route.
     pub const CONNECT_TO_TCP_DESTINATION: u32 = 16;
-    /// The gateway's fast path holds its share of the flow table
-    /// (`flow_count::FAST_PATH_LIMIT`; the agent counts and sets it): new
-    /// legacy clients go to the kernel, whose socket is the relay's.
-    pub const FAST_PATH_FULL: u32 = 32;
+}
+
+/// Slots of the `FLOW_ROOM` array: how many more flows of a kind the
+/// kernel may create before the agent looks again. The agent counts the
+/// flows and rewrites both every tick (100 ms) and before it attaches;
+/// the kernel takes one per flow (an atomic subtraction), so that a limit
+/// holds at packet speed, not at the agent's, while a SYN costs no sum
+/// over CPUs. Flows freed meanwhile give their room back at the next tick.
+pub mod room {
+    /// Under the half-open hard limit (`SynBudget::hard`): every SYN that
+    /// would start a half-open flow takes one; at 0 all are declined.
+    pub const HALF_OPEN: u32 = 0;
+    /// The gateway's fast path under its share of the table
+    /// (`flow_count::FAST_PATH_LIMIT`): at 0 new legacy clients go to the
+    /// kernel, whose socket is the relay's.
+    pub const FAST_PATH: u32 = 1;
+    pub const SLOTS: u32 = 2;
+    /// No limit.
+    pub const UNLIMITED: i64 = i64::MAX / 2;
 }
 
 /// How many half-open flows a datapath keeps before it admits only

@@ -29,7 +29,7 @@ use xlate_common::{
             flow_hash, redirect, ChecksumNote, ChecksumNoteKey, GwService, MAGLEV_SIZE, MAX_CHECKSUM_NOTES,
             MAX_REDIRECT_TARGETS, MAX_SERVICES,
         },
-        Counter, Hook,
+        room, Counter, Hook,
     },
     maps::{FlowKey, ServiceKey},
     translate::{TCP_ACK, TCP_SYN},
@@ -42,7 +42,7 @@ use crate::engine::{
     frame::{Frame, XdpFrame, IP_AT, L4_AT},
     ipv4::{self, addr, be16, Shape},
     flow_of,
-    maps::{count, fast_path_full, CONFIG},
+    maps::{count, has_room, take_room, CONFIG},
     sal_to_tcp_fn,
     tcp_to_sal::ToSal,
     tcp_to_sal_fn,
@@ -202,10 +202,11 @@ fn new_flow_inner(key: &FlowKey, flags: u8) -> Result<u32, Exit> {
     }
     // The rest of the table is the relay's (its SAL connections need flows
     // too): the SYN goes to the kernel, whose socket is the relay's.
-    if fast_path_full() {
+    if !has_room(room::FAST_PATH) {
         return Err(Exit::Pass(Counter::DropTableFull));
     }
     admit_syn(key)?;
+    take_room(room::FAST_PATH);
     let peer = if svc.router != [0; 4] {
         svc.router
     } else {

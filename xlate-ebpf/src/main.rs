@@ -4,6 +4,7 @@
 //! `baseline` holds the trivial programs the per-packet experiment compares
 //! with.
 #![no_std]
+#![feature(asm_experimental_arch)]
 #![no_main]
 
 mod baseline;

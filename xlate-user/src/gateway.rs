@@ -610,6 +610,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
         None => 0,
     };
     flows.set_fast_path_limit(fast_path_limit);
+    // The kernel's room for new flows, before anything is attached.
+    flows.refresh_room(SynBudget::GATEWAY);
     let cfg = gwm.cfg.clone();
     gwm.apply(&cfg)?;
     let mut sysctls = vec!["/proc/sys/net/ipv4/ip_forward".to_string()];

@@ -46,6 +46,7 @@ impl TestBed {
         crate::ebpf::loaded(program, prog.load())?;
         let mut cfg: Array<_, EngineConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap())?;
         cfg.set(0, EngineConfig { addr: sal_address.octets(), max_mss: 1448, ..Default::default() }, 0)?;
+        crate::ebpf::fresh_room(&mut ebpf, xlate_common::flow::SynBudget::GATEWAY)?;
         let mut svc: HashMap<_, ServiceKey, gw::GwService> = HashMap::try_from(ebpf.map_mut(gw::SERVICES).unwrap())?;
         let sid: xlate_common::ServiceId = "00000050".parse().expect("valid");
         svc.insert(ServiceKey::new(public, 80), gw::GwService { service_id: sid.0, index: 0, router: [0; 4] }, 0)?;
@@ -54,6 +55,20 @@ impl TestBed {
             mg.set(slot, instance.octets(), 0)?;
         }
         Ok(TestBed { ebpf, program, last_meta: Vec::new() })
+    }
+
+    /// Sets the kernel's room for new flows of kind `slot` (`flow::room`),
+    /// as the agent does every tick.
+    pub fn set_room(&mut self, slot: u32, n: i64) -> Result<()> {
+        let mut r: Array<_, i64> = Array::try_from(self.ebpf.map_mut(names::ROOM).unwrap())?;
+        r.set(slot, n, 0)?;
+        Ok(())
+    }
+
+    /// The kernel's room for new flows of kind `slot`.
+    pub fn room(&self, slot: u32) -> Result<i64> {
+        let r: Array<_, i64> = Array::try_from(self.ebpf.map(names::ROOM).unwrap())?;
+        Ok(r.get(&slot, 0)?)
     }
 
     /// Runs the translator's TC stage (`xlate_gw_checksum`) once on

@@ -5,16 +5,18 @@
 //! `SYN_BUDGET`, counting the proofs and expiries) a SYN is admitted only
 //! as the retransmission of one declined a moment ago: a real client
 //! retransmits its SYN after a second, a spoofed source never sees the
-//! decline and does not. At the hard limit every SYN is declined. Nothing
+//! decline and does not. At the hard limit every SYN is declined: that
+//! one the kernel keeps itself (`room::HALF_OPEN`), as a flood can start
+//! tens of thousands of flows between two looks of the agent. Nothing
 //! established is ever evicted for a new flow.
 
 use aya_ebpf::{macros::map, maps::LruHashMap};
 use xlate_common::{
-    flow::{config_flag, Counter, SynBudget},
+    flow::{config_flag, room, Counter, SynBudget},
     maps::FlowKey,
 };
 
-use super::maps::{count, now, CONFIG};
+use super::maps::{count, has_room, now, take_room, CONFIG};
 use super::verdict::Exit;
 
 /// SYNs declined recently, by who sent them: when first seen. LRU: a
@@ -26,11 +28,13 @@ static DECLINED: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(65536, 
 /// Whether a new flow may start for the SYN from `who`.
 #[inline(always)]
 pub(crate) fn admit_syn(who: &FlowKey) -> Result<(), Exit> {
-    let flags = CONFIG.get(0).map_or(0, |c| c.flags);
-    if flags & config_flag::SYN_HARD_LIMIT != 0 {
+    // At the hard limit.
+    if !has_room(room::HALF_OPEN) {
         return Err(Exit::Drop(Counter::DropSynBudget));
     }
+    let flags = CONFIG.get(0).map_or(0, |c| c.flags);
     if flags & config_flag::SYN_BUDGET == 0 {
+        take_room(room::HALF_OPEN);
         return Ok(());
     }
     let t = now();
@@ -39,6 +43,7 @@ pub(crate) fn admit_syn(who: &FlowKey) -> Result<(), Exit> {
         Some(first) if t.wrapping_sub(first) >= SynBudget::RETRANSMIT_GAP_NS => {
             let _ = DECLINED.remove(who);
             count(Counter::SynAdmittedRetransmit);
+            take_room(room::HALF_OPEN);
             Ok(())
         }
         // A repeat too soon to be a retransmission.

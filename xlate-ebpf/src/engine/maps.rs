@@ -14,7 +14,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use xlate_common::{
-    flow::{config_flag, flow_count, Counter, CtlRecord, EngineConfig, Event, FlowState, PeerKey, TupleEntry, MAX_FLOWS},
+    flow::{flow_count, room, Counter, CtlRecord, EngineConfig, Event, FlowState, PeerKey, TupleEntry, MAX_FLOWS},
     maps::FlowKey,
 };
 
@@ -67,13 +67,30 @@ pub(crate) fn flow_created() {
     }
 }
 
-/// Whether the fast path's share of the flow table is used up. The agent
-/// counts the flows and sets the flag (once per tick): a sum over every
-/// CPU's slot here would cost each SYN one helper call per CPU and slot
-/// (measured: 70 ns on 2 CPUs).
+/// How many more flows of each kind may be created (`flow::room`): the
+/// agent's allowance until it looks again.
+#[map(name = "FLOW_ROOM")]
+static ROOM: Array<i64> = Array::pinned(room::SLOTS, 0);
+
+/// Whether there is room for one more flow of kind `slot`.
 #[inline(always)]
-pub(crate) fn fast_path_full() -> bool {
-    CONFIG.get(0).is_some_and(|c| c.flags & config_flag::FAST_PATH_FULL != 0)
+pub(crate) fn has_room(slot: u32) -> bool {
+    // SAFETY: map value, read once.
+    ROOM.get_ptr(slot).is_some_and(|p| unsafe { core::ptr::read_volatile(p) } > 0)
+}
+
+/// Takes the room of one flow of kind `slot` (after [`has_room`]). Every
+/// CPU shares the slot, so the subtraction is atomic; CPUs that passed
+/// `has_room` together at a room of 1 can take it below zero, by at most
+/// one flow each.
+#[inline(always)]
+pub(crate) fn take_room(slot: u32) {
+    if let Some(p) = ROOM.get_ptr_mut(slot) {
+        // BPF_ATOMIC_ADD (every BPF ISA version has it; core's atomics
+        // offer no read-modify-write on this target).
+        // SAFETY: p is a map value, an aligned i64 live while we run.
+        unsafe { core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) -1i64) };
+    }
 }
 
 /// An event the agent acts on at once (a FIN to send, a reset): it is

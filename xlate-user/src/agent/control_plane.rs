@@ -71,9 +71,10 @@ pub struct ControlPlane {
     /// `None` unless a mode asked to watch them.
     new_flows: Option<Vec<(Instant, u32)>>,
     budget: SynBudget,
-    /// The last admission flags written (`config_flag::SYN_*`,
-    /// `FAST_PATH_FULL`).
-    admission_flags: u32,
+    /// The last budget flag written (`config_flag::SYN_BUDGET`).
+    syn_flags: u32,
+    /// Whether the fast path's share was used up at the last look.
+    fast_path_full: bool,
     last_scan: Option<Instant>,
     warnings: Warnings,
     /// For destroying this host's TCP sockets (see [`Self::end_time_wait`]
@@ -123,7 +124,8 @@ impl ControlPlane {
             young: Default::default(),
             new_flows: None,
             budget,
-            admission_flags: 0,
+            syn_flags: 0,
+            fast_path_full: false,
             last_scan: None,
             warnings: Warnings::default(),
             diag: None,
@@ -548,64 +550,46 @@ impl ControlPlane {
         self.new_flows.replace(Vec::new()).unwrap_or_default()
     }
 
-    /// How many flows are half-open: started, minus proven, minus freed
-    /// while half-open (counters the kernel and the agent keep in the
-    /// pinned counter map, so the figure survives restarts).
-    pub fn half_open(&self) -> u64 {
-        let sum = |c: Counter| -> u64 { self.maps.counters.get(&c.index(), 0).map(|v| v.iter().sum()).unwrap_or(0) };
-        sum(Counter::FlowsHalfOpened)
-            .saturating_sub(sum(Counter::FlowsProven))
-            .saturating_sub(sum(Counter::FlowsFreedHalfOpen))
-    }
-
-    /// Tells the kernel how to admit new flows (see `admit.rs` in the
-    /// kernel programs): whether half-open flows are at their budget or
-    /// hard limit, and whether the fast path holds its share of the table
-    /// (a gateway with a relay; the kernel then leaves new clients to the
-    /// relay). Once per tick: between two, one tick's new flows can pass a
-    /// limit, which the budget's margin and the relay's reserve absorb.
+    /// Tells the kernel how to admit new flows: its room for new flows
+    /// until the next tick (the half-open hard limit and the fast path's
+    /// share, which it keeps itself, see `flow::room`), and whether
+    /// half-open flows are at their budget (see `admit.rs` in the kernel
+    /// programs), a soft limit that a tick's delay does not harm.
     fn enforce_admission(&mut self) {
-        const MASK: u32 = config_flag::SYN_BUDGET | config_flag::SYN_HARD_LIMIT | config_flag::FAST_PATH_FULL;
-        let n = self.half_open();
-        let mut want = if n >= self.budget.hard {
-            config_flag::SYN_BUDGET | config_flag::SYN_HARD_LIMIT
-        } else if n >= self.budget.budget {
-            config_flag::SYN_BUDGET
-        } else {
-            0
-        };
-        let (flows, limit) = (self.maps.flow_count(), self.maps.fast_path_limit());
-        if limit != 0 && flows >= limit {
-            want |= config_flag::FAST_PATH_FULL;
+        let r = self.maps.refresh_room(self.budget);
+        let full = r.fast_path_limit != 0 && r.flows >= r.fast_path_limit;
+        if full != self.fast_path_full {
+            self.fast_path_full = full;
+            if full {
+                tracing::warn!(
+                    "{} flows: the fast path's share ({}) is used up; new clients go to the relay",
+                    r.flows,
+                    r.fast_path_limit
+                );
+            } else {
+                tracing::info!("{} flows, under the fast path's share: new clients take the fast path", r.flows);
+            }
         }
-        if want == self.admission_flags {
+        let n = r.half_open;
+        let want = if n >= self.budget.budget { config_flag::SYN_BUDGET } else { 0 };
+        if want == self.syn_flags {
             return;
         }
         let Ok(mut cfg) = self.maps.config.get(&0, 0) else { return };
-        cfg.flags = (cfg.flags & !MASK) | want;
+        cfg.flags = (cfg.flags & !config_flag::SYN_BUDGET) | want;
         if self.maps.config.set(0, cfg, 0).is_err() {
             return;
         }
-        let syn = config_flag::SYN_BUDGET;
-        match (self.admission_flags & syn != 0, want & syn != 0) {
-            (false, true) => tracing::warn!(
-                "{n} half-open flows reached the budget of {}: admitting only retransmitted SYNs",
-                self.budget.budget
-            ),
-            (true, false) => tracing::info!("{n} half-open flows, under the budget: admitting every SYN again"),
-            _ => {}
+        if want != 0 {
+            tracing::warn!(
+                "{n} half-open flows reached the budget of {}: admitting only retransmitted SYNs (none past {})",
+                self.budget.budget,
+                self.budget.hard
+            );
+        } else {
+            tracing::info!("{n} half-open flows, under the budget: admitting every SYN again");
         }
-        let full = config_flag::FAST_PATH_FULL;
-        if (self.admission_flags ^ want) & full != 0 {
-            if want & full != 0 {
-                tracing::warn!(
-                    "{flows} flows: the fast path's share ({limit}) is used up; new clients go to the relay"
-                );
-            } else {
-                tracing::info!("{flows} flows, under the fast path's share ({limit}): new clients take the fast path");
-            }
-        }
-        self.admission_flags = want;
+        self.syn_flags = want;
     }
 
     /// Moves every flow to `to` (a local address): RSYN from the new

@@ -8,8 +8,8 @@ use anyhow::{anyhow, Context, Result};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
 use xlate_common::flow::{
-    flow_count, names, Counter, CtlRecord, EngineConfig, FlowAddrs, FlowState, PeerKey, RouteTargets, ServeEntry,
-    TupleEntry,
+    flow_count, names, room, Counter, CtlRecord, EngineConfig, FlowAddrs, FlowState, PeerKey, RouteTargets, ServeEntry,
+    SynBudget, TupleEntry,
 };
 use xlate_common::maps::{FlowKey, ServiceEntry, ServiceKey};
 
@@ -68,6 +68,8 @@ pub struct FlowMaps {
     pub ctl: HashMap<MapData, u32, CtlRecord>,
     /// How many flows exist (`flow_count`).
     pub count: PerCpuArray<MapData, u64>,
+    /// How many more the kernel may create (`room`).
+    pub room: Array<MapData, i64>,
 }
 
 /// Takes a map out of the loaded object (already pinned by the loader:
@@ -98,6 +100,7 @@ impl FlowMaps {
             peers: get(names::PEERS)?.try_into()?,
             counters: get(names::COUNTERS)?.try_into()?,
             count: get(names::FLOW_COUNT)?.try_into()?,
+            room: get(names::ROOM)?.try_into()?,
             ctl: get(names::AGENT_CTL)?.try_into()?,
         })
     }
@@ -143,6 +146,32 @@ impl FlowMaps {
     /// The gateway's fast-path limit (0: none).
     pub fn fast_path_limit(&self) -> u64 {
         slot_sum(&self.count, flow_count::FAST_PATH_LIMIT)
+    }
+
+    /// How many flows are half-open: started, minus proven, minus freed
+    /// while half-open (counters the kernel and the agent keep in the
+    /// pinned counter map, so the figure survives restarts).
+    pub fn half_open(&self) -> u64 {
+        let sum = |c: Counter| -> u64 { self.counters.get(&c.index(), 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        sum(Counter::FlowsHalfOpened)
+            .saturating_sub(sum(Counter::FlowsProven))
+            .saturating_sub(sum(Counter::FlowsFreedHalfOpen))
+    }
+
+    /// Gives the kernel its room for new flows until the next look
+    /// (`room`): the half-open flows under `budget`'s hard limit, and the
+    /// fast path's share of the table left. Before the programs attach
+    /// (the map starts at zero: no room) and on every tick.
+    pub fn refresh_room(&mut self, budget: SynBudget) -> Room {
+        let r = Room { half_open: self.half_open(), flows: self.flow_count(), fast_path_limit: self.fast_path_limit() };
+        let half_open = budget.hard.saturating_sub(r.half_open);
+        let fast_path = match r.fast_path_limit {
+            0 => room::UNLIMITED,
+            n => n.saturating_sub(r.flows) as i64,
+        };
+        let _ = self.room.set(room::HALF_OPEN, half_open as i64, 0);
+        let _ = self.room.set(room::FAST_PATH, fast_path, 0);
+        r
     }
 
     /// How many flows exist, by the count.
@@ -206,4 +235,12 @@ pub fn open_in(dir: &Path, name: &str) -> Result<Map> {
 /// Sums a per-CPU counter map.
 pub fn read_counters(map: &PerCpuArray<MapData, u64>) -> Vec<(Counter, u64)> {
     Counter::all().map(|c| (c, map.get(&c.index(), 0).map(|v| v.iter().sum()).unwrap_or(0))).collect()
+}
+
+/// What [`FlowMaps::refresh_room`] counted.
+#[derive(Debug, Clone, Copy)]
+pub struct Room {
+    pub half_open: u64,
+    pub flows: u64,
+    pub fast_path_limit: u64,
 }

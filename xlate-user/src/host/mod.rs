@@ -170,6 +170,8 @@ pub fn run(opts: HostOptions) -> Result<()> {
         out_ifindex: iface.index,
     };
     m.config.set(0, cfg, 0)?;
+    // The kernel's room for new flows, before anything is attached.
+    m.refresh_room(xlate_common::flow::SynBudget::HOST);
     // New entries first, then those an earlier run had and this one has
     // not: a SYN never finds a gap.
     let serve: Vec<[u8; 32]> = opts.serve.iter().map(|s| s.service.0).collect();
