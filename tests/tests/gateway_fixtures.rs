@@ -81,16 +81,7 @@ impl Gw {
             sport: CLIENT_PORT.to_be_bytes(),
             dport: 80u16.to_be_bytes(),
         };
-        let st = FlowState::new(
-            role::CLIENT,
-            state::SYN_SENT,
-            syn.sal.service_id().unwrap().0,
-            syn.sal.src_flowid.0,
-            c.verno,
-            c.nonce,
-            &key,
-            0,
-        );
+        let st = FlowState::new(role::CLIENT, state::SYN_SENT, syn.sal.src_flowid.0, c.verno, c.nonce, &key, 0);
         let id = st.local_flow;
         let mut f: HashMap<_, u32, FlowState> = HashMap::try_from(self.bed.ebpf.map_mut("FLOWS").unwrap()).unwrap();
         f.insert(id, st, 0).unwrap();

@@ -608,25 +608,25 @@ fn start_host_agent(ns: &Netns) -> (Agent, String) {
     Agent::start_with_log(ns, "e0", &["--serve", "00000050=80"])
 }
 
-/// On a veth, `--receive auto` receives at TC: an XDP program there takes
-/// TSO from the peer, so every flow the peer sends, Serval or not, would
-/// cross the pair one segment at a time (see `Receive::resolve`).
-/// `--receive xdp` (the default) gets XDP, and the peer then loses TSO,
-/// which is what `auto` avoids.
+/// On a veth, `--receive auto` (the default) receives at TC: an XDP
+/// program there takes TSO from the peer, so every flow the peer sends,
+/// Serval or not, would cross the pair one segment at a time (see
+/// `Receive::resolve`). `--receive xdp` gets XDP, and the peer then loses
+/// TSO, which is what `auto` avoids.
 #[test]
-fn host_mode_on_a_veth_receives_at_tc_with_receive_auto() {
+fn host_mode_on_a_veth_receives_at_tc_unless_told_otherwise() {
     require_root();
     let _g = serial();
     let (a, p) = namespace_pair("rx1");
     // (The kernel takes TSO from the peer: it segments in software before
     // the pair, one segment per crossing.)
     let tso = |ns: &Netns, dev: &str| sh(ns, &format!("ethtool -k {dev}")).contains("tcp-segmentation-offload: on");
-    let (mut agent, startup) = Agent::start_with_log(&a, "e0", &["--serve", "00000050=80", "--receive", "auto"]);
+    let (mut agent, startup) = start_host_agent(&a);
     assert!(startup.contains("receive at TC ingress (--receive auto on a veth"), "{startup}");
     assert_eq!(xdp_prog(&a, "e0"), None, "no XDP program on the veth");
     assert!(tso(&p, "p0"), "the peer keeps TSO");
     agent.stop();
-    let (mut agent, startup) = start_host_agent(&a);
+    let (mut agent, startup) = Agent::start_with_log(&a, "e0", &["--serve", "00000050=80", "--receive", "xdp"]);
     assert!(startup.contains("receive at XDP before GRO"), "{startup}");
     assert!(xdp_prog(&a, "e0").is_some(), "XDP receive attached when asked for");
     assert!(!tso(&p, "p0"), "the peer of a veth with XDP loses TSO");

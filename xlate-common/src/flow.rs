@@ -284,10 +284,12 @@ pub mod flag {
 }
 
 /// A flow as the kernel keeps it. Addresses and ports in network order.
+/// Its service ID is not kept: only a client's SYN and third ACK carry it,
+/// and those look it up in the configuration by the TCP destination
+/// (the 32 bytes would be a quarter of every flow's state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct FlowState {
-    pub service_id: [u8; 32],
     pub local_nonce: [u8; 8],
     pub peer_nonce: [u8; 8],
     pub local_flow: u32,
@@ -329,7 +331,6 @@ impl FlowState {
     pub fn new(
         role: u8,
         state: u8,
-        service_id: [u8; 32],
         local_flow: u32,
         local_verno: u32,
         local_nonce: [u8; 8],
@@ -337,7 +338,6 @@ impl FlowState {
         now_ns: u64,
     ) -> Self {
         FlowState {
-            service_id,
             local_nonce,
             peer_nonce: [0; 8],
             local_flow,
@@ -652,7 +652,7 @@ mod tests {
         assert_eq!(size_of::<EngineConfig>(), 4 + 4 + 6 + 2 + 4 + 4 + 4);
         assert_eq!(size_of::<gw::ChecksumNote>(), 12);
         assert_eq!(size_of::<gw::ChecksumNoteKey>(), 20);
-        assert_eq!(size_of::<FlowState>(), 32 + 16 + 16 + 12 + 4 + 8 + 12 + 8);
+        assert_eq!(size_of::<FlowState>(), 16 + 16 + 12 + 4 + 8 + 12 + 8);
         assert_eq!(size_of::<FlowAddrs>(), 8);
         assert_eq!(size_of::<TupleEntry>(), 12);
         assert_eq!(size_of::<PeerKey>(), 8);

@@ -178,7 +178,13 @@ pub fn data_header(flow: &FlowState) -> [u8; sal::BASE_LEN] {
 
 /// Base + CONTROL (+ SERVICE when `N` is 68), checksummed.
 #[inline(always)]
-pub fn control_header<const N: usize>(flow: &FlowState, flags: u8, verno: u32, ackno: u32) -> [u8; N] {
+pub fn control_header<const N: usize>(
+    flow: &FlowState,
+    flags: u8,
+    verno: u32,
+    ackno: u32,
+    service_id: &[u8; 32],
+) -> [u8; N] {
     use sal::control_field::{ACKNO, FLAGS, NONCE, VERNO};
     let mut buf = Aligned([0u8; N]);
     let h = &mut buf.0;
@@ -198,7 +204,7 @@ pub fn control_header<const N: usize>(flow: &FlowState, flags: u8, verno: u32, a
         h[s + 1] = sal::SERVICE_LEN as u8;
         let mut i = 0;
         while i < 32 {
-            h[s + sal::SERVICE_ID_AT + i] = flow.service_id[i];
+            h[s + sal::SERVICE_ID_AT + i] = service_id[i];
             i += 1;
         }
     }
@@ -215,18 +221,19 @@ struct Aligned<const N: usize>([u8; N]);
 
 /// SYN: CONTROL(SYN, V, 0) + SERVICE.
 #[inline(always)]
-pub fn syn_header(flow: &FlowState) -> [u8; 68] {
-    control_header::<68>(flow, sal::ControlFlags::SYN.bits(), flow.local_verno, 0)
+pub fn syn_header(flow: &FlowState, service_id: &[u8; 32]) -> [u8; 68] {
+    control_header::<68>(flow, sal::ControlFlags::SYN.bits(), flow.local_verno, 0, service_id)
 }
 
 /// Third ACK: CONTROL(ACK, V+1, Vp+1) + SERVICE.
 #[inline(always)]
-pub fn ack_header(flow: &FlowState) -> [u8; 68] {
+pub fn ack_header(flow: &FlowState, service_id: &[u8; 32]) -> [u8; 68] {
     control_header::<68>(
         flow,
         sal::ControlFlags::ACK.bits(),
         flow.local_verno.wrapping_add(1),
         flow.peer_verno.wrapping_add(1),
+        service_id,
     )
 }
 
@@ -234,7 +241,7 @@ pub fn ack_header(flow: &FlowState) -> [u8; 68] {
 #[inline(always)]
 pub fn synack_header(flow: &FlowState) -> [u8; 32] {
     let flags = (sal::ControlFlags::SYN | sal::ControlFlags::ACK).bits();
-    control_header::<32>(flow, flags, flow.local_verno, flow.peer_verno.wrapping_add(1))
+    control_header::<32>(flow, flags, flow.local_verno, flow.peer_verno.wrapping_add(1), &[0; 32])
 }
 
 #[cfg(test)]
@@ -245,7 +252,7 @@ mod tests {
     fn flow(role_: u8, state_: u8) -> FlowState {
         let key =
             crate::maps::FlowKey { saddr: [10, 0, 0, 1], daddr: [10, 0, 0, 2], sport: [0x30, 0x39], dport: [0, 80] };
-        let mut f = FlowState::new(role_, state_, [0x50; 32], 0x0101, 1000, [1, 2, 3, 4, 5, 6, 7, 8], &key, 0);
+        let mut f = FlowState::new(role_, state_, 0x0101, 1000, [1, 2, 3, 4, 5, 6, 7, 8], &key, 0);
         f.peer_nonce = [9; 8];
         f.peer_flow = 0x0202;
         f.peer_verno = 5000;
@@ -255,13 +262,13 @@ mod tests {
     #[test]
     fn headers_parse_as_the_original_stack_builds_them() {
         let f = flow(role::CLIENT, state::SYN_SENT);
-        let syn = syn_header(&f);
+        let syn = syn_header(&f, &[0x50; 32]);
         let p = SalPacket::new_checked(&syn[..]).unwrap();
         let r = SalRepr::parse(&p).unwrap();
         assert_eq!(r.control.unwrap().flags, ControlFlags::SYN);
         assert_eq!((r.control.unwrap().verno, r.control.unwrap().ackno), (1000, 0));
         assert_eq!(r.service_id().unwrap().0, [0x50; 32]);
-        let ack = SalRepr::parse(&SalPacket::new_checked(&ack_header(&f)[..]).unwrap()).unwrap();
+        let ack = SalRepr::parse(&SalPacket::new_checked(&ack_header(&f, &[0x50; 32])[..]).unwrap()).unwrap();
         assert_eq!((ack.control.unwrap().verno, ack.control.unwrap().ackno), (1001, 5001));
         let sa = SalRepr::parse(&SalPacket::new_checked(&synack_header(&f)[..]).unwrap()).unwrap();
         assert_eq!(sa.control.unwrap().flags, ControlFlags::SYN | ControlFlags::ACK);

@@ -45,6 +45,7 @@ use crate::engine::{
     maps::{count, has_room, take_room, CONFIG},
     sal_to_tcp_fn,
     tcp_to_sal::ToSal,
+    tcp_to_sal::Services,
     tcp_to_sal_fn,
     verdict::{translated, Action, Exit, Faults, Packed},
 };
@@ -120,7 +121,7 @@ fn gateway<const META: bool>(f: &XdpFrame) -> Result<u32, Exit> {
             dport: f.load(L4_AT + tcpf::DST_PORT)?,
         };
         let tuple = flow_of(&key, || new_flow(&key, f.load(L4_AT + tcpf::FLAGS)?).unpack())?;
-        let to_sal = ToSal::unpack(tcp_to_sal_fn(f, &tuple).unpack()?);
+        let to_sal = ToSal::unpack(tcp_to_sal_fn::<_, GwServices>(f, &tuple).unpack()?);
         translated(f, Hook::Xdp, Counter::GwToSal);
         leave_note::<META>(f, to_sal.tcp_at + tcpf::CHECKSUM);
         return Ok(forward_fn(f));
@@ -174,6 +175,18 @@ fn note_in_map(f: &XdpFrame, note: ChecksumNote, csum_at: usize) -> Option<()> {
     let ip: [u8; 20] = f.load(IP_AT).ok()?;
     let seq_ack: [u8; 8] = f.load(csum_at - tcpf::CHECKSUM + tcpf::SEQ).ok()?;
     NOTES.insert(&ChecksumNoteKey::new(&ip, seq_ack), &note, 0).ok()
+}
+
+/// The translator's services: a legacy client's TCP destination is the
+/// service's public address and port.
+struct GwServices;
+
+impl Services for GwServices {
+    #[inline(always)]
+    fn service_id(addr: [u8; 4], port: [u8; 2]) -> Option<&'static [u8; 32]> {
+        // SAFETY: plain map lookup.
+        unsafe { SERVICES.get(&ServiceKey { addr, port, _pad: [0; 2] }) }.map(|s| &s.service_id)
+    }
 }
 
 /// Starts a flow for a client SYN to a configured service: picks the

@@ -43,6 +43,7 @@ use crate::engine::{
     maps::{count, CONFIG, FLOWS},
     sal_to_tcp_fn,
     tcp_to_sal::ToSal,
+    tcp_to_sal::Services,
     tcp_to_sal_fn,
     verdict::{translated, Action, Exit, Faults, Packed},
 };
@@ -52,6 +53,18 @@ const PACKET_HOST: u32 = 0;
 /// Local (address, port) pairs that are Serval services (`--connect`).
 #[map(name = "HOST_CONNECT")]
 static CONNECT: HashMap<ServiceKey, ServiceEntry> = HashMap::pinned(1024, 0);
+
+/// Host mode's services: a local client connects to a `--connect`
+/// address and port.
+struct ConnectServices;
+
+impl Services for ConnectServices {
+    #[inline(always)]
+    fn service_id(addr: [u8; 4], port: [u8; 2]) -> Option<&'static [u8; 32]> {
+        // SAFETY: plain map lookup.
+        unsafe { CONNECT.get(&ServiceKey { addr, port, _pad: [0; 2] }) }.map(|e| &e.service_id.0)
+    }
+}
 
 #[inline(always)]
 fn tc(a: Action) -> i32 {
@@ -127,7 +140,7 @@ fn egress(f: &SkbFrame, at_segmenter: bool) -> Result<i32, Exit> {
     if unsafe { (*f.ctx.skb.skb).gso_segs } > 1 {
         return Err(Exit::Drop(Counter::EgressGso));
     }
-    let to_sal = ToSal::unpack(tcp_to_sal_fn(f, &tuple).unpack()?);
+    let to_sal = ToSal::unpack(tcp_to_sal_fn::<_, ConnectServices>(f, &tuple).unpack()?);
 
     // Link layer: the peer's MAC once known; the SYN goes to broadcast
     // (the receiving host mode marks it PACKET_HOST).

@@ -182,9 +182,10 @@ struct HostCmd {
     /// Where received SAL becomes TCP: `xdp` (native XDP, before GRO, so
     /// that GRO coalesces it; TC takes what XDP leaves, and everything
     /// where native XDP cannot attach), `tc` (TC ingress only, after GRO),
-    /// or `auto`: `xdp`, except on a veth, where an XDP program takes TSO
-    /// from the peer and so slows every other flow it sends.
-    #[arg(long, env = "XLATE_RECEIVE", value_enum, default_value_t = host::Receive::Xdp)]
+    /// or `auto` (the default): `xdp`, except on a veth, where an XDP
+    /// program takes TSO from the peer and so slows every other flow it
+    /// sends.
+    #[arg(long, env = "XLATE_RECEIVE", value_enum, default_value_t = host::Receive::Auto)]
     receive: host::Receive,
 }
 

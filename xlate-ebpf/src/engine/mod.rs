@@ -34,8 +34,8 @@ use xlate_common::{flow::TupleEntry, maps::FlowKey};
 /// gets its own stack frame instead of LLVM laying locals of both side by
 /// side in the program's.
 #[inline(never)]
-pub(crate) fn tcp_to_sal_fn<F: Frame>(f: &F, tuple: &TupleEntry) -> Packed {
-    Packed::pack(tcp_to_sal::tcp_to_sal(f, tuple).map(|t| t.pack()))
+pub(crate) fn tcp_to_sal_fn<F: Frame, S: tcp_to_sal::Services>(f: &F, tuple: &TupleEntry) -> Packed {
+    Packed::pack(tcp_to_sal::tcp_to_sal::<F, S>(f, tuple).map(|t| t.pack()))
 }
 
 /// The `FLOW_TUPLES` entry of a TCP segment's 4-tuple `key`: its flow's,

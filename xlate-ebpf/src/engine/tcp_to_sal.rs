@@ -35,12 +35,20 @@ impl ToSal {
     }
 }
 
+/// Which service a TCP destination (address, port) is, in a shell's
+/// configuration: the translator's services, host mode's `--connect`
+/// entries. Looked up for the few segments that carry it (a client's SYN
+/// and third ACK) instead of kept in every flow.
+pub(crate) trait Services {
+    fn service_id(addr: [u8; 4], port: [u8; 2]) -> Option<&'static [u8; 32]>;
+}
+
 /// Rewrites the TCP segment at [`L4_AT`], whose 4-tuple leads to `tuple`
 /// (its flow and SAL addresses), into a SAL packet
 /// to the flow's peer: bookkeeping first, then ports zeroed (SAL carries
 /// the flow IDs), addresses and protocol, and the SAL header in front.
 #[inline(always)]
-pub(crate) fn tcp_to_sal<F: Frame>(f: &F, tuple: &TupleEntry) -> Result<ToSal, Exit> {
+pub(crate) fn tcp_to_sal<F: Frame, S: Services>(f: &F, tuple: &TupleEntry) -> Result<ToSal, Exit> {
     let ip: [u8; 20] = f.load(IP_AT)?;
     let tcp: [u8; 20] = f.load(L4_AT)?;
     let (id, addrs) = (tuple.flow, tuple.addrs);
@@ -60,6 +68,17 @@ pub(crate) fn tcp_to_sal<F: Frame>(f: &F, tuple: &TupleEntry) -> Result<ToSal, E
     let tcp_len = tot_len.wrapping_sub(20);
     let payload = u32::from(tcp_len.wrapping_sub(doff));
     let seq_end = be32(&tcp, tcpf::SEQ).wrapping_add(payload);
+    let form = translate::egress_form(flow, flags, payload, seq_end);
+    // The SYN and the third ACK name the service; one that is gone (taken
+    // out of the configuration mid-handshake) ends the handshake here,
+    // before anything of the flow or the frame changes.
+    let sid = match form {
+        Form::Syn | Form::Ack => match S::service_id(flow.tcp_peer_addr, flow.tcp_peer_port) {
+            Some(sid) => Some(sid),
+            None => return Err(Exit::Drop(Counter::DropUnknownService)),
+        },
+        _ => None,
+    };
     // A legacy client that acknowledges everything the instance sent (its
     // SYN-ACK first of all) has seen it: a spoofed source cannot.
     if flow.flags & flag::PROVEN == 0
@@ -69,7 +88,6 @@ pub(crate) fn tcp_to_sal<F: Frame>(f: &F, tuple: &TupleEntry) -> Result<ToSal, E
     {
         prove(flow);
     }
-    let form = translate::egress_form(flow, flags, payload, seq_end);
     let ev = translate::note_egress(flow, flags, seq_end);
     if ev != 0 {
         notify(ev, id);
@@ -90,14 +108,16 @@ pub(crate) fn tcp_to_sal<F: Frame>(f: &F, tuple: &TupleEntry) -> Result<ToSal, E
     let room = form.header_len();
     ipv4::rewrite(f, addrs.local_ip, addrs.peer_ip, IPPROTO_SAL, tot_len.wrapping_add(room as u16))?;
     f.grow_l4(room)?;
-    match form {
-        Form::Syn => {
-            f.store(L4_AT, &translate::syn_header(flow))?;
+    match (form, sid) {
+        (Form::Syn, Some(sid)) => {
+            f.store(L4_AT, &translate::syn_header(flow, sid))?;
             count(Counter::EgressSyn);
         }
-        Form::Ack => f.store(L4_AT, &translate::ack_header(flow))?,
-        Form::SynAck => f.store(L4_AT, &translate::synack_header(flow))?,
-        Form::Data => f.store(L4_AT, &translate::data_header(flow))?,
+        (Form::Ack, Some(sid)) => f.store(L4_AT, &translate::ack_header(flow, sid))?,
+        (Form::SynAck, _) => f.store(L4_AT, &translate::synack_header(flow))?,
+        (Form::Data, _) => f.store(L4_AT, &translate::data_header(flow))?,
+        // (Never: SYN and ACK forms have their service ID.)
+        _ => return Err(Exit::Fault),
     }
     Ok(ToSal { tcp_at: L4_AT + room, syn: form == Form::Syn })
 }

@@ -4,8 +4,10 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use aya::maps::{MapData, PerCpuArray};
-use xlate_common::flow::{names, state, CtlRecord, FlowAddrs, FlowState, TupleEntry};
-use xlate_common::maps::FlowKey;
+use std::collections::HashMap;
+
+use xlate_common::flow::{gw, names, state, CtlRecord, FlowAddrs, FlowState, ServeEntry, TupleEntry};
+use xlate_common::maps::{FlowKey, ServiceEntry, ServiceKey};
 use xlate_common::ServiceId;
 
 use super::maps::{self, Kind};
@@ -15,6 +17,8 @@ use super::sal_control::{Ctl, Migration};
 pub struct FlowRow {
     pub state: FlowState,
     pub addrs: FlowAddrs,
+    /// Its service, by the configuration (`None`: no longer configured).
+    pub service: Option<ServiceId>,
     /// Its migration in progress, else the last one that ended.
     pub migration: Option<Migration>,
 }
@@ -27,15 +31,60 @@ pub fn flows(kind: Kind, iface: &str) -> Result<Vec<FlowRow>> {
     // The agent's control state (absent on a datapath older than it).
     let ctl: Option<aya::maps::HashMap<MapData, u32, CtlRecord>> =
         maps::open_pinned(kind, iface, names::AGENT_CTL).ok().and_then(|m| m.try_into().ok());
+    let services = Services::open(kind, iface);
     let mut rows = Vec::new();
     for item in flows.iter() {
         let (id, st) = item?;
         let a = tuples.get(&st.tuple(), 0).ok().filter(|t| t.flow == id).map(|t| t.addrs).unwrap_or_default();
         let migration = ctl.as_ref().and_then(|c| c.get(&id, 0).ok()).and_then(|r| Ctl::migration_of(&r));
-        rows.push(FlowRow { state: st, addrs: a, migration });
+        rows.push(FlowRow { state: st, addrs: a, service: services.of(&st), migration });
     }
     rows.sort_by_key(|r| r.state.local_flow);
     Ok(rows)
+}
+
+/// The configuration a flow's service is found in (flows do not keep it,
+/// see `FlowState`): a client flow's TCP destination is a translator
+/// service or a `--connect` entry; a server flow's local port is the one
+/// a served service is bound to.
+struct Services {
+    gateway: HashMap<ServiceKey, ServiceId>,
+    connect: HashMap<ServiceKey, ServiceId>,
+    served: HashMap<[u8; 2], ServiceId>,
+}
+
+impl Services {
+    fn open(kind: Kind, iface: &str) -> Services {
+        fn read<K: aya::Pod, V: aya::Pod, K2: std::hash::Hash + Eq, V2>(
+            kind: Kind,
+            iface: &str,
+            name: &str,
+            f: impl Fn(K, V) -> (K2, V2),
+        ) -> HashMap<K2, V2> {
+            let Some(m) = maps::open_pinned(kind, iface, name).ok() else { return HashMap::new() };
+            let Ok(m) = aya::maps::HashMap::<MapData, K, V>::try_from(m) else { return HashMap::new() };
+            m.iter().filter_map(|r| r.ok()).map(|(k, v)| f(k, v)).collect()
+        }
+        Services {
+            gateway: read(kind, iface, gw::SERVICES, |k: ServiceKey, v: gw::GwService| (k, ServiceId(v.service_id))),
+            connect: read(kind, iface, names::CONNECT, |k: ServiceKey, v: ServiceEntry| (k, v.service_id)),
+            served: read(kind, iface, names::SERVE, |k: [u8; 32], v: ServeEntry| (v.port, ServiceId(k))),
+        }
+    }
+
+    fn of(&self, st: &FlowState) -> Option<ServiceId> {
+        if st.role == xlate_common::flow::role::SERVER {
+            return self.served.get(&st.tcp_local_port).copied();
+        }
+        let k = ServiceKey { addr: st.tcp_peer_addr, port: st.tcp_peer_port, _pad: [0; 2] };
+        self.gateway.get(&k).or_else(|| self.connect.get(&k)).copied()
+    }
+}
+
+impl FlowRow {
+    fn service_text(&self) -> String {
+        self.service.map_or_else(|| "-".to_string(), |s| s.to_string())
+    }
 }
 
 impl std::fmt::Display for FlowRow {
@@ -55,7 +104,7 @@ impl std::fmt::Display for FlowRow {
             u16::from_be_bytes(s.tcp_local_port),
             Ipv4Addr::from(s.tcp_peer_addr),
             u16::from_be_bytes(s.tcp_peer_port),
-            ServiceId(s.service_id),
+            self.service_text(),
         )
     }
 }
@@ -73,7 +122,7 @@ impl FlowRow {
             "sal_peer": Ipv4Addr::from(self.addrs.peer_ip),
             "tcp_local": format!("{}:{}", Ipv4Addr::from(s.tcp_local_addr), u16::from_be_bytes(s.tcp_local_port)),
             "tcp_peer": format!("{}:{}", Ipv4Addr::from(s.tcp_peer_addr), u16::from_be_bytes(s.tcp_peer_port)),
-            "service": ServiceId(s.service_id).to_string(),
+            "service": self.service.map(|s| s.to_string()),
             "migration": self.migration,
         })
     }
