@@ -233,23 +233,30 @@ fn new_flows_take_the_room_the_agent_gave_and_none_start_without() {
     use xlate_common::flow::room;
     require_root();
     let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
+    gw.bed.set_room(room::BUDGET, 1).unwrap();
     gw.bed.set_room(room::HALF_OPEN, 2).unwrap();
     gw.bed.set_room(room::FAST_PATH, 5).unwrap();
+    let rooms = |gw: &Gw| [room::BUDGET, room::HALF_OPEN, room::FAST_PATH].map(|r| gw.bed.room(r).unwrap());
     let syn = |port| client_tcp_from(port, 0x02, 1000, 0, &[], &[]);
     gw.expect(&syn(41000), XDP_PASS, &[Counter::GwToSal, Counter::EgressSyn, Counter::FlowsHalfOpened]);
-    assert_eq!((gw.bed.room(room::HALF_OPEN).unwrap(), gw.bed.room(room::FAST_PATH).unwrap()), (1, 4));
+    assert_eq!(rooms(&gw), [0, 1, 4]);
+    // Over the budget: a first SYN is declined (its retransmission, 400 ms
+    // on, would be admitted).
+    gw.expect(&syn(41001), XDP_DROP, &[Counter::DropSynBudget]);
+    assert_eq!(rooms(&gw), [0, 1, 4]);
+    gw.bed.set_room(room::BUDGET, 5).unwrap();
     gw.expect(&syn(41001), XDP_PASS, &[Counter::GwToSal, Counter::EgressSyn, Counter::FlowsHalfOpened]);
     // The hard limit: dropped, counted, nothing taken, no flow.
     gw.expect(&syn(41002), XDP_DROP, &[Counter::DropSynBudget]);
-    assert_eq!((gw.bed.room(room::HALF_OPEN).unwrap(), gw.bed.room(room::FAST_PATH).unwrap()), (0, 3));
+    assert_eq!(rooms(&gw), [4, 0, 3]);
     // A retransmission of a flow that exists needs no room.
     gw.expect(&syn(41000), XDP_PASS, &[Counter::GwToSal, Counter::EgressSyn]);
     // The fast path's share used up: the SYN goes to the kernel (the
-    // relay's socket), before the half-open limit is even looked at.
+    // relay's socket), before the half-open limits are even looked at.
     gw.bed.set_room(room::HALF_OPEN, 100).unwrap();
     gw.bed.set_room(room::FAST_PATH, 0).unwrap();
     gw.expect(&syn(41003), XDP_PASS, &[Counter::DropTableFull]);
-    assert_eq!(gw.bed.room(room::HALF_OPEN).unwrap(), 100);
+    assert_eq!(rooms(&gw), [4, 100, 0]);
     assert_eq!(gw.flows().len(), 2);
 }
 

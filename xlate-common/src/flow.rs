@@ -157,10 +157,7 @@ pub mod config_flag {
     /// agent, which prints the lines: `xlate-user kernel-log on`. Off by
     /// default: a line per packet is for debugging, not for production.
     pub const KERNEL_LOG: u32 = 2;
-    /// Half-open flows reached their budget (the agent sets it, see
-    /// `SynBudget`): a new SYN is admitted only as the retransmission of
-    /// one declined a moment ago, which a spoofed source does not send.
-    pub const SYN_BUDGET: u32 = 4;
+    // (4 and 8 were the SYN budget's flags, now `room`.)
     /// A local SYN to a `HOST_CONNECT` address goes, as a SAL SYN, to the
     /// TCP destination itself (the gateway's relay connects to the
     /// instance it chose), not along a service route.
@@ -174,14 +171,19 @@ pub mod config_flag {
 /// holds at packet speed, not at the agent's, while a SYN costs no sum
 /// over CPUs. Flows freed meanwhile give their room back at the next tick.
 pub mod room {
+    /// Under the half-open budget (`SynBudget::budget`): every SYN that
+    /// starts a half-open flow takes one; at 0 a SYN is admitted only as
+    /// the retransmission of one declined a moment ago, which a spoofed
+    /// source does not send.
+    pub const BUDGET: u32 = 0;
     /// Under the half-open hard limit (`SynBudget::hard`): every SYN that
-    /// would start a half-open flow takes one; at 0 all are declined.
-    pub const HALF_OPEN: u32 = 0;
+    /// starts a half-open flow takes one; at 0 all are declined.
+    pub const HALF_OPEN: u32 = 1;
     /// The gateway's fast path under its share of the table
     /// (`flow_count::FAST_PATH_LIMIT`): at 0 new legacy clients go to the
     /// kernel, whose socket is the relay's.
-    pub const FAST_PATH: u32 = 1;
-    pub const SLOTS: u32 = 2;
+    pub const FAST_PATH: u32 = 2;
+    pub const SLOTS: u32 = 3;
     /// No limit.
     pub const UNLIMITED: i64 = i64::MAX / 2;
 }

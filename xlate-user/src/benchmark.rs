@@ -104,7 +104,9 @@ impl Row {
 pub fn run(runs: u32) -> Result<()> {
     let mut bed = TestBed::new(SAL, PUBLIC, INSTANCE)?;
     // Room for every new flow of the run (more than the half-open limit).
-    bed.set_room(xlate_common::flow::room::HALF_OPEN, xlate_common::flow::room::UNLIMITED)?;
+    for slot in [xlate_common::flow::room::BUDGET, xlate_common::flow::room::HALF_OPEN] {
+        bed.set_room(slot, xlate_common::flow::room::UNLIMITED)?;
+    }
     let payload = vec![0x5au8; 1448];
     let mss = [2, 4, 0x05, 0xb4];
     // New flows: a SYN from a new client port every time.

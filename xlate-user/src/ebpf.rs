@@ -40,12 +40,13 @@ pub fn load() -> Result<Ebpf> {
 }
 
 /// Gives an object that no agent runs (fixtures, benchmarks) the room for
-/// new flows a fresh agent gives it (`flow::room`): `budget`'s hard limit
-/// of half-open flows, and no fast-path limit.
+/// new flows a fresh agent gives it (`flow::room`): `budget`'s budget and
+/// hard limit of half-open flows, and no fast-path limit.
 pub fn fresh_room(ebpf: &mut Ebpf, budget: xlate_common::flow::SynBudget) -> Result<()> {
     use xlate_common::flow::room;
     let map = ebpf.map_mut(names::ROOM).ok_or_else(|| anyhow!("map {} missing", names::ROOM))?;
     let mut r: aya::maps::Array<_, i64> = aya::maps::Array::try_from(map)?;
+    r.set(room::BUDGET, budget.budget as i64, 0)?;
     r.set(room::HALF_OPEN, budget.hard as i64, 0)?;
     r.set(room::FAST_PATH, room::UNLIMITED, 0)?;
     Ok(())

@@ -1,22 +1,22 @@
 //! Admitting SYNs under a flood of spoofed ones. A SYN costs a half-open
 //! flow here and at the instance until its other end proves it is there
 //! (see `xlate_common::flow::SynBudget`). While half-open flows are under
-//! their budget every SYN is admitted; at the budget (the agent sets
-//! `SYN_BUDGET`, counting the proofs and expiries) a SYN is admitted only
-//! as the retransmission of one declined a moment ago: a real client
+//! their budget every SYN is admitted; at the budget a SYN is admitted
+//! only as the retransmission of one declined a moment ago: a real client
 //! retransmits its SYN after a second, a spoofed source never sees the
-//! decline and does not. At the hard limit every SYN is declined: that
-//! one the kernel keeps itself (`room::HALF_OPEN`), as a flood can start
-//! tens of thousands of flows between two looks of the agent. Nothing
+//! decline and does not. At the hard limit every SYN is declined. The
+//! kernel keeps both limits itself (`flow::room`, the agent's allowance,
+//! refreshed from its counts of proofs and expiries every tick): a flood
+//! starts tens of thousands of flows between two looks of the agent. Nothing
 //! established is ever evicted for a new flow.
 
 use aya_ebpf::{macros::map, maps::LruHashMap};
 use xlate_common::{
-    flow::{config_flag, room, Counter, SynBudget},
+    flow::{room, Counter, SynBudget},
     maps::FlowKey,
 };
 
-use super::maps::{count, has_room, now, take_room, CONFIG};
+use super::maps::{count, has_room, now, take_room};
 use super::verdict::Exit;
 
 /// SYNs declined recently, by who sent them: when first seen. LRU: a
@@ -32,8 +32,8 @@ pub(crate) fn admit_syn(who: &FlowKey) -> Result<(), Exit> {
     if !has_room(room::HALF_OPEN) {
         return Err(Exit::Drop(Counter::DropSynBudget));
     }
-    let flags = CONFIG.get(0).map_or(0, |c| c.flags);
-    if flags & config_flag::SYN_BUDGET == 0 {
+    if has_room(room::BUDGET) {
+        take_room(room::BUDGET);
         take_room(room::HALF_OPEN);
         return Ok(());
     }

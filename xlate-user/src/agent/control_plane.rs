@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use xlate_common::flow::{
-    config_flag, event, flag, flow_clock, state, Counter, CtlRecord, Event, FlowAddrs, FlowState, PeerKey, SynBudget,
+    event, flag, flow_clock, state, Counter, CtlRecord, Event, FlowAddrs, FlowState, PeerKey, SynBudget,
 };
 use xlate_common::wire::{ipv4::Ipv4Repr, packet::ServalRepr, IPPROTO_TCP};
 
@@ -71,8 +71,8 @@ pub struct ControlPlane {
     /// `None` unless a mode asked to watch them.
     new_flows: Option<Vec<(Instant, u32)>>,
     budget: SynBudget,
-    /// The last budget flag written (`config_flag::SYN_BUDGET`).
-    syn_flags: u32,
+    /// Whether half-open flows were at their budget at the last look.
+    over_budget: bool,
     /// Whether the fast path's share was used up at the last look.
     fast_path_full: bool,
     last_scan: Option<Instant>,
@@ -124,7 +124,7 @@ impl ControlPlane {
             young: Default::default(),
             new_flows: None,
             budget,
-            syn_flags: 0,
+            over_budget: false,
             fast_path_full: false,
             last_scan: None,
             warnings: Warnings::default(),
@@ -550,11 +550,9 @@ impl ControlPlane {
         self.new_flows.replace(Vec::new()).unwrap_or_default()
     }
 
-    /// Tells the kernel how to admit new flows: its room for new flows
-    /// until the next tick (the half-open hard limit and the fast path's
-    /// share, which it keeps itself, see `flow::room`), and whether
-    /// half-open flows are at their budget (see `admit.rs` in the kernel
-    /// programs), a soft limit that a tick's delay does not harm.
+    /// Tells the kernel how many new flows it may admit until the next
+    /// tick (the half-open budget and hard limit, the fast path's share:
+    /// see `flow::room`), and says when a limit is reached or left.
     fn enforce_admission(&mut self) {
         let r = self.maps.refresh_room(self.budget);
         let full = r.fast_path_limit != 0 && r.flows >= r.fast_path_limit;
@@ -571,25 +569,19 @@ impl ControlPlane {
             }
         }
         let n = r.half_open;
-        let want = if n >= self.budget.budget { config_flag::SYN_BUDGET } else { 0 };
-        if want == self.syn_flags {
-            return;
+        let over = n >= self.budget.budget;
+        if over != self.over_budget {
+            self.over_budget = over;
+            if over {
+                tracing::warn!(
+                    "{n} half-open flows reached the budget of {}: admitting only retransmitted SYNs (none past {})",
+                    self.budget.budget,
+                    self.budget.hard
+                );
+            } else {
+                tracing::info!("{n} half-open flows, under the budget: admitting every SYN again");
+            }
         }
-        let Ok(mut cfg) = self.maps.config.get(&0, 0) else { return };
-        cfg.flags = (cfg.flags & !config_flag::SYN_BUDGET) | want;
-        if self.maps.config.set(0, cfg, 0).is_err() {
-            return;
-        }
-        if want != 0 {
-            tracing::warn!(
-                "{n} half-open flows reached the budget of {}: admitting only retransmitted SYNs (none past {})",
-                self.budget.budget,
-                self.budget.hard
-            );
-        } else {
-            tracing::info!("{n} half-open flows, under the budget: admitting every SYN again");
-        }
-        self.syn_flags = want;
     }
 
     /// Moves every flow to `to` (a local address): RSYN from the new

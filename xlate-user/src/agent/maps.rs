@@ -159,17 +159,17 @@ impl FlowMaps {
     }
 
     /// Gives the kernel its room for new flows until the next look
-    /// (`room`): the half-open flows under `budget`'s hard limit, and the
-    /// fast path's share of the table left. Before the programs attach
+    /// (`room`): the half-open flows under `budget`'s budget and hard
+    /// limit, and the fast path's share of the table left. Before the programs attach
     /// (the map starts at zero: no room) and on every tick.
     pub fn refresh_room(&mut self, budget: SynBudget) -> Room {
         let r = Room { half_open: self.half_open(), flows: self.flow_count(), fast_path_limit: self.fast_path_limit() };
-        let half_open = budget.hard.saturating_sub(r.half_open);
         let fast_path = match r.fast_path_limit {
             0 => room::UNLIMITED,
             n => n.saturating_sub(r.flows) as i64,
         };
-        let _ = self.room.set(room::HALF_OPEN, half_open as i64, 0);
+        let _ = self.room.set(room::BUDGET, budget.budget.saturating_sub(r.half_open) as i64, 0);
+        let _ = self.room.set(room::HALF_OPEN, budget.hard.saturating_sub(r.half_open) as i64, 0);
         let _ = self.room.set(room::FAST_PATH, fast_path, 0);
         r
     }
