@@ -24,6 +24,19 @@ fn agent(bin: &Path, ns: &Netns, args: &[&str], stop: &[&str]) -> Result<Running
     crate::agent::start(bin, ns, &crate::util::workspace_root().join("target/bench"), &log, args, stop)
 }
 
+/// The lab instance's host-mode agent serving `serve` on `e0`. It
+/// receives at XDP, as the experiments' instance does (and as it would on
+/// a NIC): the translator and connections tables compare builds and
+/// paths, not receive modes (the host-mode table does that).
+fn instance_agent(bin: &Path, inst: &Netns, serve: &str) -> Result<Running> {
+    agent(
+        bin,
+        inst,
+        &["host", "--iface", "e0", "--serve", serve, "--receive", "xdp"],
+        &["host", "stop", "--iface", "e0"],
+    )
+}
+
 /// iperf3's server in `ns`.
 fn iperf_server(ns: &Netns) -> Result<Bg> {
     let child = ns.cmd("iperf3").args(["-s", "-p", PORT]).stdout(Stdio::null()).spawn()?;
@@ -234,15 +247,7 @@ pub fn translator(bin: &Path, seconds: u32) -> Result<Table> {
     let (client, inst) = (&lab.client, &lab.instances[0]);
     let config = service_config("translator.toml", PORT, "00001451")?;
     let serve = format!("00001451={PORT}");
-    // The instance receives at XDP, as the experiments' does (and as it
-    // would on a NIC): the table compares builds and paths, not receive
-    // modes (the host-mode table does that).
-    let _inst_agent = agent(
-        bin,
-        inst,
-        &["host", "--iface", "e0", "--serve", &serve, "--receive", "xdp"],
-        &["host", "stop", "--iface", "e0"],
-    )?;
+    let _inst_agent = instance_agent(bin, inst, &serve)?;
     let _iperf = iperf_server(inst)?;
     let config = config.to_str().context("config path")?;
     let _gw = agent(
@@ -346,13 +351,7 @@ fn connections_row(bin: &Path, seconds: u32, first: &str, (name, cmd, dst): (&st
     let lab = Translator::build(Naming::Fixed("xlt-bc"), opts)?;
     let (client, inst) = (&lab.client, &lab.instances[0]);
     let serve = format!("00001452={SHORT_PORT}");
-    // (At XDP, as in the translator table.)
-    let inst_agent = agent(
-        bin,
-        inst,
-        &["host", "--iface", "e0", "--serve", &serve, "--receive", "xdp"],
-        &["host", "stop", "--iface", "e0"],
-    )?;
+    let inst_agent = instance_agent(bin, inst, &serve)?;
     let mut server = inst.spawn("python3", &["-c", connections::SERVER, SHORT_PORT, first]);
     server.wait_for_line("serving", Duration::from_secs(10));
     let mut args: Vec<&str> = cmd.to_vec();
