@@ -358,8 +358,15 @@ fn bad_packets_are_dropped_or_passed_and_counted() {
     wrong[20 + 20] ^= 1; // ackno
     fix_sal(&mut wrong);
     gw.expect(&eth(&wrong), XDP_DROP, &[Counter::DropBadAck]);
-    // A flipped SAL checksum byte.
+    // A flipped SAL checksum byte: in a data packet (the base header
+    // alone, summed in place) and in a SYN-ACK (extensions, summed by the
+    // kernel's helper).
     let mut bad = caps[6].0.clone();
+    assert_eq!(usize::from(bad[20 + 8]) * 4, 12, "capture packet 6 is data with the base header alone");
+    bad[20 + 10] ^= 0xff;
+    gw.expect(&eth(&bad), XDP_DROP, &[Counter::DropBadChecksum]);
+    let mut bad = caps[1].0.clone();
+    assert!(usize::from(bad[20 + 8]) * 4 > 12, "capture packet 1 is a SYN-ACK with extensions");
     bad[20 + 10] ^= 0xff;
     gw.expect(&eth(&bad), XDP_DROP, &[Counter::DropBadChecksum]);
     // Data for a flow the translator does not have.

@@ -29,7 +29,7 @@ use xlate_common::{
             flow_hash, redirect, ChecksumNote, ChecksumNoteKey, GwService, MAGLEV_SIZE, MAX_CHECKSUM_NOTES,
             MAX_REDIRECT_TARGETS, MAX_SERVICES,
         },
-        room, Counter, Hook,
+        room, Counter, Hook, TupleEntry,
     },
     maps::{FlowKey, ServiceKey},
     translate::{TCP_ACK, TCP_SYN},
@@ -41,6 +41,7 @@ use crate::engine::{
     flows::new_client_flow,
     frame::{Frame, XdpFrame, IP_AT, L4_AT},
     ipv4::{self, addr, be16, Shape},
+    link::Routed,
     flow_of,
     maps::{count, has_room, take_room, CONFIG},
     sal_to_tcp_fn,
@@ -120,8 +121,8 @@ fn gateway<const META: bool>(f: &XdpFrame) -> Result<u32, Exit> {
             sport: f.load(L4_AT + tcpf::SRC_PORT)?,
             dport: f.load(L4_AT + tcpf::DST_PORT)?,
         };
-        let tuple = flow_of(&key, || new_flow(&key, f.load(L4_AT + tcpf::FLAGS)?).unpack())?;
-        let to_sal = ToSal::unpack(tcp_to_sal_fn::<_, GwServices>(f, &tuple).unpack()?);
+        let tuple = flow_of(&key, |made| new_flow(&key, f.load(L4_AT + tcpf::FLAGS)?, made).unpack())?;
+        let to_sal = ToSal::unpack(tcp_to_sal_fn::<_, GwServices, Routed>(f, &tuple).unpack()?);
         translated(f, Hook::Xdp, Counter::GwToSal);
         leave_note::<META>(f, to_sal.tcp_at + tcpf::CHECKSUM);
         return Ok(forward_fn(f));
@@ -132,7 +133,7 @@ fn gateway<const META: bool>(f: &XdpFrame) -> Result<u32, Exit> {
     if f.load::<[u8; 4]>(IP_AT + ipf::DST)? != cfg.addr {
         return Err(Exit::NotOurs);
     }
-    sal_to_tcp_fn(f).unpack()?;
+    sal_to_tcp_fn::<_, Routed>(f).unpack()?;
     translated(f, Hook::Xdp, Counter::GwToTcp);
     leave_note::<META>(f, L4_AT + tcpf::CHECKSUM);
     Ok(forward_fn(f))
@@ -190,14 +191,18 @@ impl Services for GwServices {
 }
 
 /// Starts a flow for a client SYN to a configured service: picks the
-/// instance (Maglev) or the router. Its own BPF function (stack frame).
+/// instance (Maglev) or the router; its `FLOW_TUPLES` entry goes to
+/// `made`. Its own BPF function (stack frame).
 #[inline(never)]
-fn new_flow(key: &FlowKey, flags: u8) -> Packed {
-    Packed::pack(new_flow_inner(key, flags))
+fn new_flow(key: &FlowKey, flags: u8, made: &mut TupleEntry) -> Packed {
+    Packed::pack(new_flow_inner(key, flags).map(|t| {
+        *made = t;
+        t.flow
+    }))
 }
 
 #[inline(always)]
-fn new_flow_inner(key: &FlowKey, flags: u8) -> Result<u32, Exit> {
+fn new_flow_inner(key: &FlowKey, flags: u8) -> Result<TupleEntry, Exit> {
     let (saddr, daddr, sport, dport) = (key.saddr, key.daddr, key.sport, key.dport);
     let sk = ServiceKey { addr: daddr, port: dport, _pad: [0; 2] };
     // SAFETY: plain map lookup.

@@ -29,7 +29,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use xlate_common::{
-    flow::{config_flag, flag, Counter, Hook},
+    flow::{config_flag, flag, Counter, FlowState, Hook, TupleEntry},
     maps::{FlowKey, ServiceEntry, ServiceKey},
     translate::{TCP_ACK, TCP_SYN},
     wire::{checksum, ethernet, ipv4::field as ipf, sal, tcp::field as tcpf, IPPROTO_SAL, IPPROTO_TCP},
@@ -39,13 +39,13 @@ use crate::engine::{
     flows::new_client_flow,
     frame::{Frame, SkbFrame, XdpFrame, IP_AT, L4_AT},
     ipv4::{self, addr, be16, Shape},
+    link::LinkLayer,
     flow_of,
-    maps::{count, CONFIG, FLOWS},
+    maps::{count, CONFIG},
     sal_to_tcp_fn,
-    tcp_to_sal::ToSal,
     tcp_to_sal::Services,
     tcp_to_sal_fn,
-    verdict::{translated, Action, Exit, Faults, Packed},
+    verdict::{translated, Action, Exit, Fault, Faults, Packed},
 };
 
 const PACKET_HOST: u32 = 0;
@@ -53,6 +53,41 @@ const PACKET_HOST: u32 = 0;
 /// Local (address, port) pairs that are Serval services (`--connect`).
 #[map(name = "HOST_CONNECT")]
 static CONNECT: HashMap<ServiceKey, ServiceEntry> = HashMap::pinned(1024, 0);
+
+/// Host mode's link layer: Serval hosts on one link talk MAC to MAC, so
+/// each flow keeps its peer's (or its router's) address, learnt from what
+/// the peer sent.
+struct HostLink;
+
+impl LinkLayer for HostLink {
+    /// The peer's MAC once known; a SYN goes to broadcast (the receiving
+    /// host mode marks it PACKET_HOST), except one to the TCP destination
+    /// itself, which keeps the MAC the kernel resolved for that address.
+    #[inline(always)]
+    fn sent<F: Frame>(f: &F, flow: &FlowState, syn: bool) -> Result<(), Fault> {
+        if flow.flags & flag::HAS_PEER_MAC != 0 {
+            return f.store(ethernet::field::DST, &flow.peer_mac);
+        }
+        let Some(cfg) = CONFIG.get(0) else {
+            return Err(Fault);
+        };
+        if syn && cfg.flags & config_flag::CONNECT_TO_TCP_DESTINATION == 0 {
+            f.store(ethernet::field::DST, &[0xffu8; 6])?;
+        }
+        Ok(())
+    }
+
+    /// Learns the peer's link address (its own, or its router's).
+    #[inline(always)]
+    fn received<F: Frame>(f: &F, flow: &mut FlowState) -> Result<(), Fault> {
+        let src_mac: [u8; 6] = f.load(ethernet::field::SRC)?;
+        if flow.flags & flag::HAS_PEER_MAC == 0 || flow.peer_mac != src_mac {
+            flow.peer_mac = src_mac;
+            flow.flags |= flag::HAS_PEER_MAC;
+        }
+        Ok(())
+    }
+}
 
 /// Host mode's services: a local client connects to a `--connect`
 /// address and port.
@@ -123,8 +158,7 @@ fn egress(f: &SkbFrame, at_segmenter: bool) -> Result<i32, Exit> {
         sport: f.load(L4_AT + tcpf::SRC_PORT)?,
         dport: f.load(L4_AT + tcpf::DST_PORT)?,
     };
-    let tuple = flow_of(&key, || new_flow(&key, f.load(L4_AT + tcpf::FLAGS)?).unpack())?;
-    let id = tuple.flow;
+    let tuple = flow_of(&key, |made| new_flow(&key, f.load(L4_AT + tcpf::FLAGS)?, made).unpack())?;
     let Some(cfg) = CONFIG.get(0) else {
         return Err(Exit::Fault);
     };
@@ -140,21 +174,7 @@ fn egress(f: &SkbFrame, at_segmenter: bool) -> Result<i32, Exit> {
     if unsafe { (*f.ctx.skb.skb).gso_segs } > 1 {
         return Err(Exit::Drop(Counter::EgressGso));
     }
-    let to_sal = ToSal::unpack(tcp_to_sal_fn::<_, ConnectServices>(f, &tuple).unpack()?);
-
-    // Link layer: the peer's MAC once known; the SYN goes to broadcast
-    // (the receiving host mode marks it PACKET_HOST).
-    if let Some(flow) = FLOWS.get_ptr(&id) {
-        // SAFETY: map value, valid while we run.
-        let flow = unsafe { &*flow };
-        if flow.flags & flag::HAS_PEER_MAC != 0 {
-            f.store(ethernet::field::DST, &flow.peer_mac)?;
-        } else if to_sal.syn && cfg.flags & config_flag::CONNECT_TO_TCP_DESTINATION == 0 {
-            f.store(ethernet::field::DST, &[0xffu8; 6])?;
-        }
-        // (A SYN to the TCP destination itself keeps the MAC the kernel
-        // resolved for that address.)
-    }
+    tcp_to_sal_fn::<_, ConnectServices, HostLink>(f, &tuple).unpack()?;
     let hook = if at_segmenter { Hook::HostSegmenter } else { Hook::HostEgress };
     translated(f, hook, Counter::EgressTranslated);
     if at_segmenter {
@@ -167,12 +187,15 @@ fn egress(f: &SkbFrame, at_segmenter: bool) -> Result<i32, Exit> {
 /// A local SYN to a `--connect` address starts a client flow. Its own BPF
 /// function (stack frame).
 #[inline(never)]
-fn new_flow(key: &FlowKey, tcp_flags: u8) -> Packed {
-    Packed::pack(new_flow_inner(key, tcp_flags))
+fn new_flow(key: &FlowKey, tcp_flags: u8, made: &mut TupleEntry) -> Packed {
+    Packed::pack(new_flow_inner(key, tcp_flags).map(|t| {
+        *made = t;
+        t.flow
+    }))
 }
 
 #[inline(always)]
-fn new_flow_inner(key: &FlowKey, tcp_flags: u8) -> Result<u32, Exit> {
+fn new_flow_inner(key: &FlowKey, tcp_flags: u8) -> Result<TupleEntry, Exit> {
     if tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return Err(Exit::Pass(Counter::EgressNotOurs));
     }
@@ -293,17 +316,7 @@ fn receive<F: Frame>(f: &F) -> Result<(), Exit> {
     let Some(cfg) = CONFIG.get(0) else {
         return Err(Exit::Fault);
     };
-    let id = sal_to_tcp_fn(f).unpack()?;
-    // Learn the peer's link address (its own, or its router's).
-    let src_mac: [u8; 6] = f.load(ethernet::field::SRC)?;
-    if let Some(flow) = FLOWS.get_ptr_mut(&id) {
-        // SAFETY: map value, valid while we run.
-        let flow = unsafe { &mut *flow };
-        if flow.flags & flag::HAS_PEER_MAC == 0 || flow.peer_mac != src_mac {
-            flow.peer_mac = src_mac;
-            flow.flags |= flag::HAS_PEER_MAC;
-        }
-    }
+    sal_to_tcp_fn::<F, HostLink>(f).unpack()?;
     // Broadcast SYNs (and any frame not addressed to our MAC) become
     // ours: TCP only accepts PACKET_HOST (at XDP, the kernel then sets
     // it from this address; at TC, the caller sets it).

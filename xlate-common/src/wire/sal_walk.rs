@@ -74,14 +74,23 @@ pub struct Exts {
     pub source_last: [u8; 4],
 }
 
+impl Exts {
+    /// What a header without extensions has: no CONTROL, SERVICE or
+    /// SOURCE (the other fields mean nothing without them).
+    #[inline(always)]
+    pub fn clear(&mut self) {
+        self.has_control = 0;
+        self.services = 0;
+        self.sources = 0;
+        self.service_at = 0;
+    }
+}
+
 /// Enforces the receiver rules over the header in `b` (`hl` bytes, the
 /// base header included); false if one is broken.
 #[inline(always)]
 pub fn walk_extensions(b: &[u8; WALK_BUF_LEN], hl: usize, e: &mut Exts) -> bool {
-    e.has_control = 0;
-    e.services = 0;
-    e.sources = 0;
-    e.service_at = 0;
+    e.clear();
     let mut pos = BASE_LEN;
     let mut n = 0;
     while n < MAX_EXTENSIONS {

@@ -31,7 +31,7 @@ pub(crate) static SERVE: HashMap<[u8; 32], ServeEntry> = HashMap::pinned(1024, 0
 pub(crate) static ROUTES: LpmTrie<[u8; 32], RouteTargets> = LpmTrie::pinned(1024, 1); // BPF_F_NO_PREALLOC
 
 #[inline(always)]
-pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4]>) -> Option<u32> {
+pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4]>) -> Option<TupleEntry> {
     let cfg = CONFIG.get(0)?;
     let nonce = rand_nonce();
     // SAFETY: this CPU's slot, ours until the program returns.
@@ -58,7 +58,7 @@ pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4
         count(Counter::FlowsHalfOpened);
     }
     notify_quietly(event::NEW_FLOW, id);
-    Some(id)
+    Some(entry)
 }
 
 /// The flow's other end proved it is there: it is no longer half-open.

@@ -134,8 +134,8 @@ impl Frame for XdpFrame<'_> {
 
     #[inline(always)]
     fn load<T: Copy>(&self, at: usize) -> Result<T, Fault> {
-        // SAFETY: ptr() checked the bounds; frames carry no alignment promise.
-        self.ptr::<T>(at).map(|p| unsafe { p.read_unaligned() })
+        // SAFETY: ptr() checked the bounds.
+        self.ptr::<T>(at).map(|p| unsafe { words::read(p as *const u8) })
     }
 
     #[inline(always)]
@@ -143,7 +143,7 @@ impl Frame for XdpFrame<'_> {
         let p = self.ptr::<T>(at)?;
         self.written.set(true);
         // SAFETY: as in load().
-        unsafe { p.write_unaligned(*v) };
+        unsafe { words::write(p as *mut u8, v) };
         Ok(())
     }
 
@@ -248,6 +248,84 @@ fn pseudo_update(old: u16, partial: bool, rw: &TcpRewrite) -> u16 {
         !c
     } else {
         c
+    }
+}
+
+/// Packet bytes moved in words. Frame offsets carry no alignment promise,
+/// so Rust's unaligned reads compile to one BPF load per byte (and, with
+/// eleven registers, a stack spill for most of them): a header copy was
+/// most of the translation's instructions. BPF itself has no alignment
+/// rule for packet access where the CPU has efficient unaligned access
+/// (x86-64, arm64: the verifier checks alignment only under
+/// `BPF_F_STRICT_ALIGNMENT`), so the words are moved with explicit BPF
+/// loads and stores, which the compiler cannot split, to and from an
+/// aligned copy on the stack.
+mod words {
+    use core::arch::asm;
+    use core::mem::{size_of, MaybeUninit};
+
+    #[repr(C, align(8))]
+    struct Aligned<T>(T);
+
+    /// # Safety
+    /// `src..src + size_of::<T>()` is packet memory the verifier has seen
+    /// bounds-checked, and any bit pattern is a valid `T`.
+    #[inline(always)]
+    pub(super) unsafe fn read<T: Copy>(src: *const u8) -> T {
+        let mut buf = MaybeUninit::<Aligned<T>>::uninit();
+        let dst = buf.as_mut_ptr() as *mut u8;
+        let n = size_of::<T>();
+        let mut i = 0;
+        while i + 8 <= n {
+            let v: u64;
+            asm!("{v} = *(u64 *)({p} + 0)", p = in(reg) src.add(i), v = lateout(reg) v, options(readonly, nostack));
+            (dst.add(i) as *mut u64).write(v);
+            i += 8;
+        }
+        if i + 4 <= n {
+            let v: u64;
+            asm!("{v} = *(u32 *)({p} + 0)", p = in(reg) src.add(i), v = lateout(reg) v, options(readonly, nostack));
+            (dst.add(i) as *mut u32).write(v as u32);
+            i += 4;
+        }
+        if i + 2 <= n {
+            let v: u64;
+            asm!("{v} = *(u16 *)({p} + 0)", p = in(reg) src.add(i), v = lateout(reg) v, options(readonly, nostack));
+            (dst.add(i) as *mut u16).write(v as u16);
+            i += 2;
+        }
+        if i < n {
+            *dst.add(i) = *src.add(i);
+        }
+        buf.assume_init().0
+    }
+
+    /// # Safety
+    /// As for [`read`], for writing.
+    #[inline(always)]
+    pub(super) unsafe fn write<T: Copy>(dst: *mut u8, v: &T) {
+        let buf = Aligned(*v);
+        let src = &buf as *const Aligned<T> as *const u8;
+        let n = size_of::<T>();
+        let mut i = 0;
+        while i + 8 <= n {
+            let w = (src.add(i) as *const u64).read();
+            asm!("*(u64 *)({p} + 0) = {w}", p = in(reg) dst.add(i), w = in(reg) w, options(nostack));
+            i += 8;
+        }
+        if i + 4 <= n {
+            let w = u64::from((src.add(i) as *const u32).read());
+            asm!("*(u32 *)({p} + 0) = {w}", p = in(reg) dst.add(i), w = in(reg) w, options(nostack));
+            i += 4;
+        }
+        if i + 2 <= n {
+            let w = u64::from((src.add(i) as *const u16).read());
+            asm!("*(u16 *)({p} + 0) = {w}", p = in(reg) dst.add(i), w = in(reg) w, options(nostack));
+            i += 2;
+        }
+        if i < n {
+            *dst.add(i) = *src.add(i);
+        }
     }
 }
 

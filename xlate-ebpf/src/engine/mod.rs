@@ -13,12 +13,14 @@
 //! - [`verdict`]: how a frame leaves untranslated, counted by reason.
 //! - [`log`]: kernel debug logging, switched on and off at run time.
 //! - [`ipv4`]: what the engine needs of the IPv4 header.
+//! - [`link`]: the shell's part in a translated frame's link layer.
 //! - [`tcp_to_sal`] and [`sal_to_tcp`]: the two directions.
 
 pub(crate) mod admit;
 pub(crate) mod flows;
 pub(crate) mod frame;
 pub(crate) mod ipv4;
+pub(crate) mod link;
 pub(crate) mod log;
 pub(crate) mod maps;
 pub(crate) mod sal_rx;
@@ -34,29 +36,33 @@ use xlate_common::{flow::TupleEntry, maps::FlowKey};
 /// gets its own stack frame instead of LLVM laying locals of both side by
 /// side in the program's.
 #[inline(never)]
-pub(crate) fn tcp_to_sal_fn<F: Frame, S: tcp_to_sal::Services>(f: &F, tuple: &TupleEntry) -> Packed {
-    Packed::pack(tcp_to_sal::tcp_to_sal::<F, S>(f, tuple).map(|t| t.pack()))
+pub(crate) fn tcp_to_sal_fn<F: Frame, S: tcp_to_sal::Services, L: link::LinkLayer>(
+    f: &F,
+    tuple: &TupleEntry,
+) -> Packed {
+    Packed::pack(tcp_to_sal::tcp_to_sal::<F, S, L>(f, tuple).map(|t| t.pack()))
 }
 
 /// The `FLOW_TUPLES` entry of a TCP segment's 4-tuple `key`: its flow's,
 /// or a new flow's (`new_flow`, the shell's own: it decides whether the
-/// segment may start one and with whom).
+/// segment may start one and with whom, and writes the entry it inserted
+/// into its argument, which spares a second lookup).
 #[inline(always)]
-pub(crate) fn flow_of(key: &FlowKey, new_flow: impl FnOnce() -> Result<u32, verdict::Exit>) -> Result<TupleEntry, verdict::Exit> {
+pub(crate) fn flow_of(
+    key: &FlowKey,
+    new_flow: impl FnOnce(&mut TupleEntry) -> Result<u32, verdict::Exit>,
+) -> Result<TupleEntry, verdict::Exit> {
     // SAFETY: plain map lookup.
     if let Some(t) = unsafe { maps::TUPLES.get(key) } {
         return Ok(*t);
     }
-    new_flow()?;
-    // SAFETY: plain map lookup (of the entry just made).
-    match unsafe { maps::TUPLES.get(key) } {
-        Some(t) => Ok(*t),
-        None => Err(verdict::Exit::Pass(xlate_common::flow::Counter::PassFlowFreed)),
-    }
+    let mut made = TupleEntry::default();
+    new_flow(&mut made)?;
+    Ok(made)
 }
 
 /// [`sal_to_tcp::sal_to_tcp`] as its own BPF function (see above).
 #[inline(never)]
-pub(crate) fn sal_to_tcp_fn<F: Frame>(f: &F) -> Packed {
-    Packed::pack(sal_to_tcp::sal_to_tcp(f))
+pub(crate) fn sal_to_tcp_fn<F: Frame, L: link::LinkLayer>(f: &F) -> Packed {
+    Packed::pack(sal_to_tcp::sal_to_tcp::<F, L>(f))
 }

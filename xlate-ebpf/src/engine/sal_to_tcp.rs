@@ -13,13 +13,14 @@ use xlate_common::{
 use super::flows::{prove, server_flow, synack};
 use super::frame::{Frame, TcpRewrite, IP_AT, L4_AT};
 use super::ipv4::{self, addr, be16, be32};
+use super::link::LinkLayer;
 use super::maps::{count, notify, notify_quietly, now, CONFIG, FLOWS};
 use super::sal_rx::{self, copy_n, opaque, walk_extensions, EXTS, SCRATCH, SCRATCH_LEN};
 use super::verdict::Exit;
 
 /// Translates the SAL packet at [`L4_AT`]; returns its flow's ID.
 #[inline(always)]
-pub(crate) fn sal_to_tcp<F: Frame>(f: &F) -> Result<u32, Exit> {
+pub(crate) fn sal_to_tcp<F: Frame, L: LinkLayer>(f: &F) -> Result<u32, Exit> {
     let ip: [u8; 20] = f.load(IP_AT)?;
     let tot_len = usize::from(be16(&ip, ipf::TOTAL_LEN));
     if tot_len < 20 + sal::BASE_LEN || IP_AT + tot_len > f.len() {
@@ -35,28 +36,42 @@ pub(crate) fn sal_to_tcp<F: Frame>(f: &F) -> Result<u32, Exit> {
     };
     // SAFETY: this CPU's scratch slot.
     let buf = unsafe { &mut *buf };
-    // hl is a multiple of 4 in [BASE_LEN, SCRATCH_LEN] (checked above),
-    // so n == hl; written so that every verifier sees n in [4, 256]. A
-    // range check after a plain mask leaves 0 possible to the 6.1 and 6.12
-    // verifiers (LLVM tests a copy of the register), and a length the
-    // helper may see as 0 is refused.
-    let n = ((opaque(hl).wrapping_sub(4)) & (SCRATCH_LEN - 4)) + 4;
-    f.load_bytes(L4_AT, buf, n)?;
-    // SAFETY: sums n bytes of our own buffer; n is a multiple of 4.
-    let sum = unsafe {
-        aya_ebpf::helpers::bpf_csum_diff(core::ptr::null_mut(), 0, buf.as_mut_ptr() as *mut u32, n as u32, 0)
-    } as u32;
-    if checksum::fold(sum) != 0xffff {
-        return Err(Exit::Drop(Counter::DropBadChecksum));
-    }
     let Some(ext) = EXTS.get_ptr_mut(0) else {
         return Err(Exit::Fault);
     };
     // SAFETY: this CPU's slot.
     let ext = unsafe { &mut *ext };
-    if !walk_extensions(buf, hl, ext) {
-        return Err(Exit::Drop(Counter::DropBadExtension));
-    }
+    let (protocol, src_flow, dst_flow) = if hl == sal::BASE_LEN {
+        // A data packet's header is the base alone: summed and read in
+        // place, with no helper call and no extension to walk.
+        let base: [u8; sal::BASE_LEN] = f.load(L4_AT)?;
+        if translate::sum_words(&base) != 0xffff {
+            return Err(Exit::Drop(Counter::DropBadChecksum));
+        }
+        ext.clear();
+        let field = |at| be32(&base, at);
+        (base[sal::field::PROTOCOL], field(sal::field::SRC_FLOWID), field(sal::field::DST_FLOWID))
+    } else {
+        // hl is a multiple of 4 in [BASE_LEN, SCRATCH_LEN] (checked
+        // above), so n == hl; written so that every verifier sees n in
+        // [4, 256]. A range check after a plain mask leaves 0 possible to
+        // the 6.1 and 6.12 verifiers (LLVM tests a copy of the register),
+        // and a length the helper may see as 0 is refused.
+        let n = ((opaque(hl).wrapping_sub(4)) & (SCRATCH_LEN - 4)) + 4;
+        f.load_bytes(L4_AT, buf, n)?;
+        // SAFETY: sums n bytes of our own buffer; n is a multiple of 4.
+        let sum = unsafe {
+            aya_ebpf::helpers::bpf_csum_diff(core::ptr::null_mut(), 0, buf.as_mut_ptr() as *mut u32, n as u32, 0)
+        } as u32;
+        if checksum::fold(sum) != 0xffff {
+            return Err(Exit::Drop(Counter::DropBadChecksum));
+        }
+        if !walk_extensions(buf, hl, ext) {
+            return Err(Exit::Drop(Counter::DropBadExtension));
+        }
+        let field = |at| sal_rx::be32(buf, at);
+        (buf[sal::field::PROTOCOL], field(sal::field::SRC_FLOWID), field(sal::field::DST_FLOWID))
+    };
     if sal_len == hl {
         return Err(Exit::Pass(Counter::IngressToAgent));
     }
@@ -67,12 +82,10 @@ pub(crate) fn sal_to_tcp<F: Frame>(f: &F) -> Result<u32, Exit> {
     if sal_len - hl < 20 {
         return Err(Exit::Drop(Counter::DropBadLength));
     }
-    if buf[sal::field::PROTOCOL] != IPPROTO_TCP {
+    if protocol != IPPROTO_TCP {
         // Serval UDP is not translated (yet).
         return Err(Exit::Drop(Counter::DropBadExtension));
     }
-    let src_flow = sal_rx::be32(buf, sal::field::SRC_FLOWID);
-    let dst_flow = sal_rx::be32(buf, sal::field::DST_FLOWID);
     let ip_src = addr(&ip, ipf::SRC);
     let syn = sal::ControlFlags::SYN.bits();
     let ack = sal::ControlFlags::ACK.bits();
@@ -135,14 +148,14 @@ pub(crate) fn sal_to_tcp<F: Frame>(f: &F) -> Result<u32, Exit> {
         (dst_flow, flow_ptr)
     };
     // SAFETY: map value, valid while we run (RCU); looked up once.
-    strip(f, id, unsafe { &mut *flow }, &ip, hl)?;
+    strip::<F, L>(f, id, unsafe { &mut *flow }, &ip, hl)?;
     Ok(id)
 }
 
 /// Takes the SAL header (`hl` bytes) away and restores the TCP side's
 /// view of flow `id` (its state `flow`): its addresses and ports.
 #[inline(always)]
-fn strip<F: Frame>(f: &F, id: u32, flow: &mut FlowState, ip: &[u8; 20], hl: usize) -> Result<(), Exit> {
+fn strip<F: Frame, L: LinkLayer>(f: &F, id: u32, flow: &mut FlowState, ip: &[u8; 20], hl: usize) -> Result<(), Exit> {
     let Some(cfg) = CONFIG.get(0) else {
         return Err(Exit::Fault);
     };
@@ -174,5 +187,6 @@ fn strip<F: Frame>(f: &F, id: u32, flow: &mut FlowState, ip: &[u8; 20], hl: usiz
     f.fix_tcp_checksum(tcp_at, &rw)?;
     ipv4::rewrite(f, flow.tcp_peer_addr, flow.tcp_local_addr, IPPROTO_TCP, tcp_len.wrapping_add(20))?;
     f.shrink_l4(hl)?;
+    L::received(f, flow)?;
     Ok(())
 }

@@ -10,28 +10,26 @@ use xlate_common::{
 use super::flows::prove;
 use super::frame::{Frame, TcpRewrite, IP_AT, L4_AT};
 use super::ipv4::{self, addr, be16, be32};
+use super::link::LinkLayer;
 use super::maps::{count, notify, now, CONFIG, FLOWS};
 use super::verdict::Exit;
 
-/// What the shell needs to know of a translated segment.
+/// What the shell needs to know of a translated segment: where its TCP
+/// header starts now (behind the SAL header).
 #[derive(Clone, Copy)]
 pub(crate) struct ToSal {
-    /// Where the TCP header starts now.
     pub tcp_at: usize,
-    /// Whether it became a SAL SYN (its link-layer destination may still
-    /// be unknown).
-    pub syn: bool,
 }
 
 impl ToSal {
     #[inline(always)]
     pub fn pack(self) -> u32 {
-        (self.tcp_at as u32 & 0xffff) | (u32::from(self.syn) << 16)
+        self.tcp_at as u32
     }
 
     #[inline(always)]
     pub fn unpack(v: u32) -> ToSal {
-        ToSal { tcp_at: (v & 0xffff) as usize, syn: v & (1 << 16) != 0 }
+        ToSal { tcp_at: (v & 0xffff) as usize }
     }
 }
 
@@ -48,7 +46,7 @@ pub(crate) trait Services {
 /// to the flow's peer: bookkeeping first, then ports zeroed (SAL carries
 /// the flow IDs), addresses and protocol, and the SAL header in front.
 #[inline(always)]
-pub(crate) fn tcp_to_sal<F: Frame, S: Services>(f: &F, tuple: &TupleEntry) -> Result<ToSal, Exit> {
+pub(crate) fn tcp_to_sal<F: Frame, S: Services, L: LinkLayer>(f: &F, tuple: &TupleEntry) -> Result<ToSal, Exit> {
     let ip: [u8; 20] = f.load(IP_AT)?;
     let tcp: [u8; 20] = f.load(L4_AT)?;
     let (id, addrs) = (tuple.flow, tuple.addrs);
@@ -119,5 +117,6 @@ pub(crate) fn tcp_to_sal<F: Frame, S: Services>(f: &F, tuple: &TupleEntry) -> Re
         // (Never: SYN and ACK forms have their service ID.)
         _ => return Err(Exit::Fault),
     }
-    Ok(ToSal { tcp_at: L4_AT + room, syn: form == Form::Syn })
+    L::sent(f, flow, form == Form::Syn)?;
+    Ok(ToSal { tcp_at: L4_AT + room })
 }
