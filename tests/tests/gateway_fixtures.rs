@@ -66,8 +66,7 @@ impl Gw {
     }
 
     fn flows(&self) -> Vec<FlowState> {
-        let m: HashMap<_, u32, FlowState> = HashMap::try_from(self.bed.ebpf.map("FLOWS").unwrap()).unwrap();
-        m.iter().map(|r| r.unwrap().1).collect()
+        self.bed.flows().unwrap()
     }
 
     /// The flow the original stack's client had in the capture, as if the
@@ -83,8 +82,7 @@ impl Gw {
         };
         let st = FlowState::new(role::CLIENT, state::SYN_SENT, syn.sal.src_flowid.0, c.verno, c.nonce, &key, 0);
         let id = st.local_flow;
-        let mut f: HashMap<_, u32, FlowState> = HashMap::try_from(self.bed.ebpf.map_mut("FLOWS").unwrap()).unwrap();
-        f.insert(id, st, 0).unwrap();
+        self.bed.flow_table().unwrap().insert(&st).unwrap();
         let mut t: HashMap<_, FlowKey, TupleEntry> =
             HashMap::try_from(self.bed.ebpf.map_mut("FLOW_TUPLES").unwrap()).unwrap();
         let addrs = FlowAddrs { local_ip: CAP_CLIENT.octets(), peer_ip: CAP_SERVER.octets() };

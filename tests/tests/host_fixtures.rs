@@ -17,6 +17,7 @@ use xlate_common::wire::sal::ControlFlags;
 use xlate_common::wire::tcp::{TcpFlags, TcpPacket, TcpRepr};
 use xlate_common::ServiceId;
 use xlate_tests::{fixture, require_root};
+use xlate_user::agent::flow_table::FlowTable;
 use xlate_user::decode::read_pcap;
 
 const TC_ACT_OK: u32 = 0;
@@ -79,12 +80,14 @@ impl Bed {
         }
         let prog: &mut Xdp = ebpf.program_mut(Prog::Receive.name()).unwrap().try_into().unwrap();
         prog.load().unwrap();
+        let flow_slot_mask = xlate_user::ebpf::flow_slot_mask(&ebpf).unwrap();
         let mut cfg: Array<_, EngineConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap()).unwrap();
         let c = EngineConfig {
             addr: HOST.octets(),
             broadcast: BROADCAST.octets(),
             mac: HOST_MAC,
             max_mss: MAX_MSS,
+            flow_slot_mask,
             ..Default::default()
         };
         cfg.set(0, c, 0).unwrap();
@@ -104,8 +107,8 @@ impl Bed {
     }
 
     fn flows(&self) -> Vec<FlowState> {
-        let m: HashMap<_, u32, FlowState> = HashMap::try_from(self.ebpf.map(names::FLOWS).unwrap()).unwrap();
-        let mut v: Vec<FlowState> = m.iter().map(|r| r.unwrap().1).collect();
+        let table = FlowTable::of(self.ebpf.map(names::FLOWS).unwrap()).unwrap();
+        let mut v: Vec<FlowState> = table.iter().collect();
         v.sort_by_key(|f| f.local_flow);
         v
     }

@@ -146,6 +146,39 @@ pub struct EngineConfig {
     pub segmenter_ifindex: u32,
     /// Host mode: the interface translated segments leave by.
     pub out_ifindex: u32,
+    /// `FLOWS` slots minus one (their count is a power of two): a flow's
+    /// slot is its ID masked with this (see [`flow_slot`]).
+    pub flow_slot_mask: u32,
+}
+
+/// `FLOWS` is an array of slots, not a hash: a flow lives in the slot its
+/// ID's low bits name (`id & EngineConfig::flow_slot_mask`), and the slot
+/// says which ID holds it (`FlowState::local_flow`). A SAL packet finds its
+/// flow with one index and one comparison of all 32 bits (a forged ID is as
+/// hard to guess as before), a new flow costs one table insert (its tuple's)
+/// instead of two, and the agent reads the whole table through a shared
+/// mapping (`BPF_F_MMAPABLE`) instead of two system calls per flow.
+///
+/// A slot's `local_flow` is its state: [`FREE`](flow_slot::FREE), a flow's
+/// ID, or [`CLAIMED`](flow_slot::CLAIMED) while the kernel writes a new
+/// flow into it (claimed by compare-and-exchange from `FREE`, published by
+/// an exchange to the ID once the rest is written, so that no reader ever
+/// takes a half-written flow for a live one). Freeing is a compare-and-
+/// exchange from the ID back to `FREE`.
+pub mod flow_slot {
+    pub const FREE: u32 = 0;
+    pub const CLAIMED: u32 = u32::MAX;
+
+    /// Whether `id` can name a flow (neither slot marker).
+    pub const fn is_id(id: u32) -> bool {
+        id != FREE && id != CLAIMED
+    }
+
+    /// How many slots a table for `max_flows` flows has: the next power of
+    /// two, so that a slot is a mask away from an ID.
+    pub const fn slots(max_flows: u32) -> u32 {
+        max_flows.next_power_of_two()
+    }
 }
 
 /// Bits of [`EngineConfig::flags`].

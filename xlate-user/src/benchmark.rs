@@ -9,7 +9,6 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::Result;
-use aya::maps::HashMap;
 use xlate_common::flow::FlowState;
 use xlate_common::wire::ipv4::{Ipv4Packet, Ipv4Repr};
 use xlate_common::wire::packet::{ServalRepr, Transport};
@@ -121,13 +120,8 @@ pub fn run(runs: u32) -> Result<()> {
     for _ in 0..runs {
         retrans.measure(&mut bed, &syn)?;
     }
-    let flows: HashMap<_, u32, FlowState> = HashMap::try_from(bed.ebpf.map("FLOWS").unwrap())?;
-    let flow = flows
-        .iter()
-        .filter_map(|r| r.ok())
-        .map(|(_, f)| f)
-        .find(|f| f.tcp_local_port == 9000u16.to_be_bytes())
-        .expect("the benchmark flow");
+    let flow =
+        bed.flows()?.into_iter().find(|f| f.tcp_local_port == 9000u16.to_be_bytes()).expect("the benchmark flow");
     let synack = ControlRepr {
         flags: ControlFlags::SYN | ControlFlags::ACK,
         verno: 4000,

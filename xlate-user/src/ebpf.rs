@@ -63,6 +63,23 @@ pub struct Resident {
 /// The per-flow tables, whose size the operator may set (`max_flows`).
 const FLOW_TABLES: [&str; 4] = [names::FLOWS, names::TUPLES, names::PEERS, names::AGENT_CTL];
 
+/// How many entries flow table `name` has for `max_flows` flows: `FLOWS`
+/// has slots, a power of two (see `flow_slot`); the others one per flow.
+fn table_entries(name: &str, max_flows: u32) -> u32 {
+    if name == names::FLOWS {
+        xlate_common::flow::flow_slot::slots(max_flows)
+    } else {
+        max_flows
+    }
+}
+
+/// The kernel's mask from a flow ID to its `FLOWS` slot
+/// (`EngineConfig::flow_slot_mask`), for the table `ebpf` loaded.
+pub fn flow_slot_mask(ebpf: &Ebpf) -> Result<u32> {
+    let map = ebpf.map(names::FLOWS).ok_or_else(|| anyhow!("map FLOWS missing from the eBPF object"))?;
+    Ok(crate::agent::flow_table::FlowTable::of(map)?.slots() - 1)
+}
+
 /// Loads the object with its maps pinned in `dir`, adopting the maps an
 /// earlier run left there once their layout is checked (see the module).
 /// `max_flows` sizes the flow tables (the object's default when `None`).
@@ -83,7 +100,7 @@ fn load_in(dir: &Path, max_flows: Option<u32>) -> Result<Ebpf> {
     loader.default_map_pin_directory(dir);
     if let Some(n) = max_flows {
         for t in FLOW_TABLES {
-            loader.map_max_entries(t, n);
+            loader.map_max_entries(t, table_entries(t, n));
         }
     }
     loader.load(OBJECT).context("loading the embedded eBPF object (are you root?)")
@@ -217,7 +234,7 @@ fn check_layouts(dir: &Path, max_flows: Option<u32>) -> Result<Vec<Migration>> {
             key_size: def.key_size(),
             value_size: def.value_size(),
             max_entries: match max_flows {
-                Some(n) if FLOW_TABLES.contains(&name.as_str()) => n,
+                Some(n) if FLOW_TABLES.contains(&name.as_str()) => table_entries(name, n),
                 _ => def.max_entries(),
             },
         };

@@ -382,7 +382,7 @@ impl crate::agent::LoopHooks for GwMaps {
                 break;
             }
             self.syn_watch.pop_front();
-            if let Ok(st) = cp.maps.flows.get(&id, 0) {
+            if let Some(st) = cp.maps.flows.get(id) {
                 if st.state == xlate_common::flow::state::SYN_SENT {
                     if let Some(a) = cp.maps.addrs_of(&st) {
                         stuck.push((id, Ipv4Addr::from(a.peer_ip)));
@@ -568,6 +568,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         } else {
             0
         },
+        flow_slot_mask: flows.flows.slots() - 1,
         ..Default::default()
     };
     // The relay's Serval side: its outbound connections leave by the
@@ -663,7 +664,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         cfg.sal_address,
         cfg.services.len(),
         if how.contains(&Attached::Replaced) {
-            format!("; took over from the previous run with {} live flows", flows.flows.keys().count())
+            format!("; took over from the previous run with {} live flows", flows.flows.len())
         } else {
             String::new()
         }

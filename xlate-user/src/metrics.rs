@@ -6,15 +6,16 @@
 use std::net::SocketAddr;
 
 use anyhow::{anyhow, Result};
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use xlate_common::flow::{names, FlowState};
+use xlate_common::flow::names;
 
+use crate::agent::flow_table::FlowTable;
 use crate::agent::maps::{open_pinned, read_counters, Kind};
 
 /// Reads an agent's maps at scrape time.
@@ -29,9 +30,8 @@ impl Collector for AgentCollector {
         let read = || -> Result<_> {
             let counters: PerCpuArray<MapData, u64> =
                 open_pinned(self.kind, &self.iface, names::COUNTERS)?.try_into()?;
-            let flows: HashMap<MapData, u32, FlowState> =
-                open_pinned(self.kind, &self.iface, names::FLOWS)?.try_into()?;
-            Ok((read_counters(&counters), flows.keys().filter(|k| k.is_ok()).count()))
+            let flows = FlowTable::new(open_pinned(self.kind, &self.iface, names::FLOWS)?)?;
+            Ok((read_counters(&counters), flows.len()))
         };
         // A scrape that cannot read the maps fails (HTTP 500) rather than
         // reporting zeros.

@@ -44,8 +44,10 @@ impl TestBed {
         let prog: &mut Xdp =
             ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
         crate::ebpf::loaded(program, prog.load())?;
+        let flow_slot_mask = crate::ebpf::flow_slot_mask(&ebpf)?;
         let mut cfg: Array<_, EngineConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap())?;
-        cfg.set(0, EngineConfig { addr: sal_address.octets(), max_mss: 1448, ..Default::default() }, 0)?;
+        let engine = EngineConfig { addr: sal_address.octets(), max_mss: 1448, flow_slot_mask, ..Default::default() };
+        cfg.set(0, engine, 0)?;
         crate::ebpf::fresh_room(&mut ebpf, xlate_common::flow::SynBudget::GATEWAY)?;
         let mut svc: HashMap<_, ServiceKey, gw::GwService> = HashMap::try_from(ebpf.map_mut(gw::SERVICES).unwrap())?;
         let sid: xlate_common::ServiceId = "00000050".parse().expect("valid");
@@ -55,6 +57,18 @@ impl TestBed {
             mg.set(slot, instance.octets(), 0)?;
         }
         Ok(TestBed { ebpf, program, last_meta: Vec::new() })
+    }
+
+    /// The flow table the program writes.
+    pub fn flow_table(&self) -> Result<crate::agent::flow_table::FlowTable> {
+        crate::agent::flow_table::FlowTable::of(self.ebpf.map(names::FLOWS).ok_or_else(|| anyhow!("no FLOWS map"))?)
+    }
+
+    /// Every live flow, by ID.
+    pub fn flows(&self) -> Result<Vec<xlate_common::flow::FlowState>> {
+        let mut v: Vec<_> = self.flow_table()?.iter().collect();
+        v.sort_by_key(|f| f.local_flow);
+        Ok(v)
     }
 
     /// Sets the kernel's room for new flows of kind `slot` (`flow::room`),

@@ -17,7 +17,7 @@ use xlate_common::{
 
 use super::admit::admit_syn;
 use super::maps::{
-    count, flow_created, insert_flow, next_rotation, notify_quietly, now, rand32, rand_nonce, CONFIG, FLOWS,
+    count, flow_created, free_flow, insert_flow, next_rotation, notify_quietly, now, rand32, rand_nonce, CONFIG,
     FLOW_SCRATCH, PEERS, TUPLES,
 };
 use super::sal_rx::{opaque, Exts};
@@ -50,7 +50,7 @@ pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4
     };
     let entry = TupleEntry { flow: id, addrs: FlowAddrs { local_ip: cfg.addr, peer_ip } };
     if TUPLES.insert(key, &entry, 0).is_err() {
-        let _ = FLOWS.remove(&id);
+        free_flow(id);
         return None;
     }
     flow_created();
@@ -158,7 +158,7 @@ pub(crate) fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &
     // the client, which is the IP source (routers keep it).
     let entry = TupleEntry { flow: id, addrs: FlowAddrs { local_ip: cfg.addr, peer_ip: ip_src } };
     if TUPLES.insert(&key, &entry, 0).is_err() || PEERS.insert(&pk, &id, 0).is_err() {
-        let _ = FLOWS.remove(&id);
+        free_flow(id);
         let _ = TUPLES.remove(&key);
         return Err(Counter::DropTableFull);
     }

@@ -14,14 +14,70 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use xlate_common::{
-    flow::{flow_count, room, Counter, CtlRecord, EngineConfig, Event, FlowState, PeerKey, TupleEntry, MAX_FLOWS},
+    flow::{
+        flow_count, flow_slot, room, Counter, CtlRecord, EngineConfig, Event, FlowState, PeerKey, TupleEntry, MAX_FLOWS,
+    },
     maps::FlowKey,
 };
 
 #[map(name = "ENGINE_CONFIG")]
 pub(crate) static CONFIG: Array<EngineConfig> = Array::pinned(1, 0);
 #[map(name = "FLOWS")]
-pub(crate) static FLOWS: HashMap<u32, FlowState> = HashMap::pinned(MAX_FLOWS, 0);
+/// Flow states in slots, by the low bits of their IDs (`flow_slot`).
+pub(crate) static FLOWS: Array<FlowState> = Array::pinned(MAX_FLOWS, BPF_F_MMAPABLE);
+
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// The slot flow `id` would live in.
+#[inline(always)]
+fn slot(id: u32) -> Option<*mut FlowState> {
+    let mask = CONFIG.get(0)?.flow_slot_mask;
+    FLOWS.get_ptr_mut(id & mask)
+}
+
+/// Flow `id`'s state, if it lives.
+#[inline(always)]
+pub(crate) fn flow_ptr(id: u32) -> Option<*mut FlowState> {
+    let p = slot(id)?;
+    // SAFETY: map value, live while we run; the ID field is read once.
+    (flow_slot::is_id(id) && unsafe { core::ptr::read_volatile(&(*p).local_flow) } == id).then_some(p)
+}
+
+/// Frees flow `id`'s slot (a flow that could not be completed).
+#[inline(always)]
+pub(crate) fn free_flow(id: u32) {
+    if let Some(p) = flow_ptr(id) {
+        // SAFETY: the ID field of a map value.
+        unsafe { cmpxchg32(&mut (*p).local_flow, id, flow_slot::FREE) };
+    }
+}
+
+/// BPF_CMPXCHG (Linux 5.12): `*p` becomes `new` if it was `old`; returns
+/// what `*p` was.
+///
+/// # Safety
+/// `p` is an aligned u32 in a map value.
+#[inline(always)]
+unsafe fn cmpxchg32(p: *mut u32, old: u32, new: u32) -> u32 {
+    // (Fixed registers, named in their 32-bit form: the `wreg` class
+    // needs the `alu32` target feature, which this build does not set.)
+    let mut r0 = u64::from(old);
+    core::arch::asm!(
+        "w0 = cmpxchg32_32({p} + 0, w0, w2)",
+        p = in(reg) p, in("r2") u64::from(new), inout("r0") r0,
+    );
+    r0 as u32
+}
+
+/// BPF_XCHG (Linux 5.12), a full barrier: publishes `v` at `p` after every
+/// earlier store.
+///
+/// # Safety
+/// `p` is an aligned u32 in a map value.
+#[inline(always)]
+unsafe fn xchg32(p: *mut u32, v: u32) {
+    core::arch::asm!("w2 = xchg32_32({p} + 0, w2)", p = in(reg) p, inout("r2") u64::from(v) => _);
+}
 /// The local TCP's 4-tuple -> its flow and the flow's SAL addresses.
 #[map(name = "FLOW_TUPLES")]
 pub(crate) static TUPLES: HashMap<FlowKey, TupleEntry> = HashMap::pinned(MAX_FLOWS, 0);
@@ -144,19 +200,27 @@ pub(crate) fn rand_nonce() -> [u8; 8] {
 
 /// Inserts a new flow under a new local flow ID, which it writes into
 /// `st`: random, so that one observed ID tells nothing of the others (they
-/// are what a forged data packet needs), non-zero, and not one of a live
-/// flow (the insert refuses an existing key, so no lookup first: an
-/// insert costs some 250 ns and a lookup 20-35, measured with
-/// `bench-xdp`). `None` if four draws all fail: the table is that full.
+/// are what a forged data packet needs), and in a free slot (claimed
+/// atomically: two CPUs drawing IDs of one slot cannot both take it; see
+/// `flow_slot`). `None` if four draws all land on taken slots: the table
+/// is that full.
 #[inline(always)]
 pub(crate) fn insert_flow(st: &mut FlowState) -> Option<u32> {
     let mut i = 0;
     while i < 4 {
         let id = rand32();
         if id != 0 {
-            st.local_flow = id;
-            if FLOWS.insert(&id, &*st, BPF_NOEXIST).is_ok() {
-                return Some(id);
+            if let Some(p) = slot(id) {
+                // SAFETY: p is a map value; the slot is ours once claimed.
+                unsafe {
+                    if flow_slot::is_id(id) && cmpxchg32(&mut (*p).local_flow, flow_slot::FREE, flow_slot::CLAIMED) == flow_slot::FREE {
+                        st.local_flow = flow_slot::CLAIMED;
+                        *p = *st;
+                        xchg32(&mut (*p).local_flow, id);
+                        st.local_flow = id;
+                        return Some(id);
+                    }
+                }
             }
         }
         i += 1;
@@ -181,4 +245,3 @@ pub(crate) fn next_rotation() -> Option<u32> {
     Some((n << 8) | cpu)
 }
 
-pub(crate) const BPF_NOEXIST: u64 = 1;

@@ -14,7 +14,7 @@ use super::flows::{prove, server_flow, synack};
 use super::frame::{Frame, TcpRewrite, IP_AT, L4_AT};
 use super::ipv4::{self, addr, be16, be32};
 use super::link::LinkLayer;
-use super::maps::{count, notify, notify_quietly, now, CONFIG, FLOWS};
+use super::maps::{count, flow_ptr, notify, notify_quietly, now, CONFIG};
 use super::sal_rx::{self, copy_n, opaque, walk_extensions, EXTS, SCRATCH, SCRATCH_LEN};
 use super::verdict::Exit;
 
@@ -109,12 +109,12 @@ pub(crate) fn sal_to_tcp<F: Frame, L: LinkLayer>(f: &F) -> Result<u32, Exit> {
         let sid = copy_n::<32>(buf, ext.service_at as usize);
         count(Counter::IngressSyn);
         let id = server_flow(&sid, ip_src, src_flow, ext).map_err(Exit::Drop)?;
-        let Some(flow) = FLOWS.get_ptr_mut(&id) else {
+        let Some(flow) = flow_ptr(id) else {
             return Err(Exit::Drop(Counter::DropUnknownFlow));
         };
         (id, flow)
     } else {
-        let Some(flow_ptr) = FLOWS.get_ptr_mut(&dst_flow) else {
+        let Some(flow_ptr) = flow_ptr(dst_flow) else {
             return Err(Exit::Drop(Counter::DropUnknownFlow));
         };
         // SAFETY: map value, valid while we run.

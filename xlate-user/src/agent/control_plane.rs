@@ -140,7 +140,7 @@ impl ControlPlane {
         cp.maps.resync_count();
         let records: Vec<(u32, CtlRecord)> = cp.maps.ctl.iter().filter_map(|r| r.ok()).collect();
         for (id, r) in records {
-            if cp.maps.flows.get(&id, 0).is_ok() {
+            if cp.maps.flows.contains(id) {
                 cp.ctl.insert(id, Ctl::from_record(&r));
             } else {
                 let _ = cp.maps.ctl.remove(&id);
@@ -174,7 +174,7 @@ impl ControlPlane {
     /// TCP, a SAL RST to the peer) and frees it: the datapath stops for
     /// good. Returns how many flows there were.
     pub fn reset_all(&mut self) -> usize {
-        let ids: Vec<u32> = self.maps.flows.keys().filter_map(|k| k.ok()).collect();
+        let ids: Vec<u32> = self.maps.flows.ids();
         // A TCP end on this host (host mode's applications) is reset by
         // destroying its socket, while translation still runs: the
         // application sees the abort at once, and the kernel's own reset
@@ -230,7 +230,7 @@ impl ControlPlane {
     }
 
     fn flow(&self, id: u32) -> Option<(FlowState, FlowAddrs)> {
-        let st = self.maps.flows.get(&id, 0).ok()?;
+        let st = self.maps.flows.get(id)?;
         let addrs = self.maps.addrs_of(&st)?;
         Some((st, addrs))
     }
@@ -371,7 +371,7 @@ impl ControlPlane {
     /// Deletes every trace of a flow from the maps (a cleanly closed one is
     /// remembered by the agent for TIME_WAIT).
     pub fn free(&mut self, id: u32, why: Counter) {
-        if self.maps.flows.get(&id, 0).is_ok_and(|st| st.flags & flag::PROVEN == 0) {
+        if self.maps.flows.get(id).is_some_and(|st| st.flags & flag::PROVEN == 0) {
             self.maps.bump(Counter::FlowsFreedHalfOpen);
         }
         if let (Some(c), Some((st, addrs))) = (self.ctl.get(&id).cloned(), self.flow(id)) {
@@ -382,11 +382,11 @@ impl ControlPlane {
                 self.closed.insert(id, closed);
             }
         }
-        if let Ok(st) = self.maps.flows.get(&id, 0) {
+        if let Some(st) = self.maps.flows.get(id) {
             let _ = self.maps.tuples.remove(&st.tuple());
             let _ = self.maps.peers.remove(&PeerKey { peer_ip: st.tcp_peer_addr, peer_flow: st.peer_flow });
         }
-        if self.maps.flows.remove(&id).is_ok() {
+        if self.maps.flows.remove(id) {
             self.maps.count_freed();
         }
         self.ctl.remove(&id);
@@ -467,10 +467,9 @@ impl ControlPlane {
         // last segment, so a live flow costs one lookup per FIN_WAIT.
         let mono = mono_ns();
         for id in fin_wait_over {
-            let quiet =
-                self.maps.flows.get(&id, 0).map(|st| Duration::from_nanos(flow_clock::age_ns(mono, st.last_seen)));
+            let quiet = self.maps.flows.get(id).map(|st| Duration::from_nanos(flow_clock::age_ns(mono, st.last_seen)));
             match quiet {
-                Ok(q) if q < FIN_WAIT => {
+                Some(q) if q < FIN_WAIT => {
                     if let Some(c) = self.ctl_mut(id) {
                         c.fin_acked_at = Some(now.checked_sub(q).unwrap_or(now));
                     }
@@ -500,7 +499,7 @@ impl ControlPlane {
             due.push(id);
         }
         for id in due {
-            if self.maps.flows.get(&id, 0).is_ok_and(|st| st.flags & flag::PROVEN == 0) {
+            if self.maps.flows.get(id).is_some_and(|st| st.flags & flag::PROVEN == 0) {
                 self.abandon(id);
             }
         }
@@ -511,8 +510,8 @@ impl ControlPlane {
         self.maps.resync_count();
         let mono = mono_ns();
         let (mut idle, mut half_open) = (Vec::new(), Vec::new());
-        for item in self.maps.flows.iter() {
-            let Ok((id, st)) = item else { continue };
+        for st in self.maps.flows.iter() {
+            let id = st.local_flow;
             let quiet = Duration::from_nanos(flow_clock::age_ns(mono, st.last_seen));
             let age = Duration::from_nanos(flow_clock::age_ns(mono, st.created));
             if st.flags & flag::PROVEN == 0 && age > HALF_OPEN_TIMEOUT {
@@ -592,7 +591,7 @@ impl ControlPlane {
             cfg.addr = to.octets();
             let _ = self.maps.config.set(0, cfg, 0);
         }
-        let ids: Vec<u32> = self.maps.flows.keys().filter_map(|k| k.ok()).collect();
+        let ids: Vec<u32> = self.maps.flows.ids();
         let mut moving = Vec::new();
         let now = Instant::now();
         for id in ids {
@@ -613,7 +612,7 @@ impl ControlPlane {
     /// Where flow `id`'s migration stands.
     pub fn migration(&self, id: u32) -> MigrationState {
         match self.ctl.get(&id).and_then(Ctl::migration) {
-            Some(m) if self.maps.flows.get(&id, 0).is_ok() => MigrationState::Is(m),
+            Some(m) if self.maps.flows.contains(id) => MigrationState::Is(m),
             _ => MigrationState::FlowGone,
         }
     }

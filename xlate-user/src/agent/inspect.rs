@@ -10,6 +10,7 @@ use xlate_common::flow::{gw, names, state, CtlRecord, FlowAddrs, FlowState, Serv
 use xlate_common::maps::{FlowKey, ServiceEntry, ServiceKey};
 use xlate_common::ServiceId;
 
+use super::flow_table::FlowTable;
 use super::maps::{self, Kind};
 use super::sal_control::{Ctl, Migration};
 
@@ -24,8 +25,7 @@ pub struct FlowRow {
 }
 
 pub fn flows(kind: Kind, iface: &str) -> Result<Vec<FlowRow>> {
-    let flows: aya::maps::HashMap<MapData, u32, FlowState> =
-        maps::open_pinned(kind, iface, names::FLOWS)?.try_into()?;
+    let flows = FlowTable::new(maps::open_pinned(kind, iface, names::FLOWS)?)?;
     let tuples: aya::maps::HashMap<MapData, FlowKey, TupleEntry> =
         maps::open_pinned(kind, iface, names::TUPLES)?.try_into()?;
     // The agent's control state (absent on a datapath older than it).
@@ -33,8 +33,8 @@ pub fn flows(kind: Kind, iface: &str) -> Result<Vec<FlowRow>> {
         maps::open_pinned(kind, iface, names::AGENT_CTL).ok().and_then(|m| m.try_into().ok());
     let services = Services::open(kind, iface);
     let mut rows = Vec::new();
-    for item in flows.iter() {
-        let (id, st) = item?;
+    for st in flows.iter() {
+        let id = st.local_flow;
         let a = tuples.get(&st.tuple(), 0).ok().filter(|t| t.flow == id).map(|t| t.addrs).unwrap_or_default();
         let migration = ctl.as_ref().and_then(|c| c.get(&id, 0).ok()).and_then(|r| Ctl::migration_of(&r));
         rows.push(FlowRow { state: st, addrs: a, service: services.of(&st), migration });

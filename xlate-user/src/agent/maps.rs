@@ -59,7 +59,7 @@ pub struct FlowMaps {
     pub serve: HashMap<MapData, [u8; 32], ServeEntry>,
     pub connect: HashMap<MapData, ServiceKey, ServiceEntry>,
     pub routes: LpmTrie<MapData, [u8; 32], RouteTargets>,
-    pub flows: HashMap<MapData, u32, FlowState>,
+    pub flows: super::flow_table::FlowTable,
     /// A flow's 4-tuple -> the flow and its SAL addresses.
     pub tuples: HashMap<MapData, FlowKey, TupleEntry>,
     pub peers: HashMap<MapData, PeerKey, u32>,
@@ -95,7 +95,7 @@ impl FlowMaps {
             serve: get(names::SERVE)?.try_into()?,
             connect: get(names::CONNECT)?.try_into()?,
             routes: get(names::ROUTES)?.try_into()?,
-            flows: get(names::FLOWS)?.try_into()?,
+            flows: super::flow_table::FlowTable::new(get(names::FLOWS)?)?,
             tuples: get(names::TUPLES)?.try_into()?,
             peers: get(names::PEERS)?.try_into()?,
             counters: get(names::COUNTERS)?.try_into()?,
@@ -133,7 +133,7 @@ impl FlowMaps {
     /// and at every full scan: a map adopted from a build without the
     /// count, or an increment lost to a race, is corrected here).
     pub fn resync_count(&mut self) {
-        let live = self.flows.keys().filter(|k| k.is_ok()).count() as u64;
+        let live = self.flows.len() as u64;
         let freed = slot_sum(&self.count, flow_count::FREED);
         slot_set(&mut self.count, flow_count::CREATED, freed + live);
     }

@@ -5,6 +5,7 @@
 //! translator are thin shells around it.
 
 pub mod control_plane;
+pub mod flow_table;
 pub mod holder;
 pub mod inspect;
 pub mod kernel_log;

@@ -202,11 +202,8 @@ pub fn list() -> Vec<Resident> {
             }
             let flows = aya::maps::MapData::from_pin(dir.join(xlate_common::flow::names::FLOWS))
                 .ok()
-                .and_then(|m| {
-                    aya::maps::HashMap::<_, u32, xlate_common::flow::FlowState>::try_from(aya::maps::Map::HashMap(m))
-                        .ok()
-                })
-                .map(|m| m.keys().count());
+                .and_then(|m| super::flow_table::FlowTable::new(aya::maps::Map::Array(m)).ok())
+                .map(|t| t.len());
             let agent = std::fs::File::open(Path::new("/run/xlate").join(format!("{name}.lock")))
                 .is_ok_and(|f| super::resident::locked(&f));
             out.push(Resident {

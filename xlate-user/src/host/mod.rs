@@ -168,6 +168,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
         flags: 0,
         segmenter_ifindex: segmenter.near_index,
         out_ifindex: iface.index,
+        flow_slot_mask: m.flows.slots() - 1,
     };
     m.config.set(0, cfg, 0)?;
     // The kernel's room for new flows, before anything is attached.
@@ -279,7 +280,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
         opts.connect.len(),
         opts.routes.len(),
         if how.contains(&Attached::Replaced) {
-            format!("; took over from the previous run with {} live flows", m.flows.keys().count())
+            format!("; took over from the previous run with {} live flows", m.flows.len())
         } else {
             String::new()
         }
