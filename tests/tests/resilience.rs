@@ -173,11 +173,11 @@ fn a_pinned_map_of_another_layout_is_refused_not_recreated() {
     sh(&lab.client, &format!("curl -sS --fail --max-time 10 {}", lab.url("who")));
     lab.stop_gateway_agent(libc::SIGTERM);
     let dir = pin_dir("gw-").expect("the translator's pins");
-    // An "older build" whose flow table had another layout: any other map
-    // pinned under its name.
+    // An "older build" whose flow table had another layout (a hash map,
+    // as before flow slots): another hash map pinned under its name.
     std::fs::rename(dir.join("FLOWS"), dir.join("FLOWS_keep")).unwrap();
     let mut ebpf = xlate_user::ebpf::load().unwrap();
-    ebpf.map_mut("GW_MAGLEV").unwrap().pin(dir.join("FLOWS")).unwrap();
+    ebpf.map_mut("GW_SERVICES").unwrap().pin(dir.join("FLOWS")).unwrap();
     drop(ebpf);
     let out = lab
         .gateway
@@ -188,7 +188,12 @@ fn a_pinned_map_of_another_layout_is_refused_not_recreated() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a changed layout must refuse the start");
-    assert!(err.contains("FLOWS: type 2") && err.contains("value size") && err.contains("xlate-user stop"), "{err}");
+    assert!(
+        err.contains("FLOWS: type 1 where this build expects 2")
+            && err.contains("value size")
+            && err.contains("xlate-user stop"),
+        "{err}"
+    );
     // Nothing was recreated: the foreign map is still there, untouched.
     assert!(dir.join("FLOWS").exists() && dir.join("FLOWS_keep").exists());
     std::fs::remove_file(dir.join("FLOWS")).unwrap();

@@ -24,7 +24,7 @@ use xlate_common::{
 pub(crate) static CONFIG: Array<EngineConfig> = Array::pinned(1, 0);
 #[map(name = "FLOWS")]
 /// Flow states in slots, by the low bits of their IDs (`flow_slot`).
-pub(crate) static FLOWS: Array<FlowState> = Array::pinned(MAX_FLOWS, BPF_F_MMAPABLE);
+pub(crate) static FLOWS: Array<FlowState> = Array::pinned(flow_slot::slots(MAX_FLOWS), BPF_F_MMAPABLE);
 
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
@@ -199,31 +199,36 @@ pub(crate) fn rand_nonce() -> [u8; 8] {
 }
 
 /// Inserts a new flow under a new local flow ID, which it writes into
-/// `st`: random, so that one observed ID tells nothing of the others (they
-/// are what a forged data packet needs), and in a free slot (claimed
-/// atomically: two CPUs drawing IDs of one slot cannot both take it; see
-/// `flow_slot`). `None` if four draws all land on taken slots: the table
-/// is that full.
+/// `st`: drawn at random, so that one observed ID tells nothing of the
+/// others (they are what a forged data packet needs), then stepped to the
+/// first free slot within `flow_slot::PROBES` (claimed atomically: two
+/// CPUs after one slot cannot both take it). `None` if every slot tried is
+/// taken.
 #[inline(always)]
 pub(crate) fn insert_flow(st: &mut FlowState) -> Option<u32> {
+    let mask = CONFIG.get(0)?.flow_slot_mask;
+    let first = rand32();
     let mut i = 0;
-    while i < 4 {
-        let id = rand32();
-        if id != 0 {
-            if let Some(p) = slot(id) {
-                // SAFETY: p is a map value; the slot is ours once claimed.
-                unsafe {
-                    if flow_slot::is_id(id) && cmpxchg32(&mut (*p).local_flow, flow_slot::FREE, flow_slot::CLAIMED) == flow_slot::FREE {
-                        st.local_flow = flow_slot::CLAIMED;
-                        *p = *st;
-                        xchg32(&mut (*p).local_flow, id);
-                        st.local_flow = id;
-                        return Some(id);
-                    }
-                }
-            }
-        }
+    while i < flow_slot::PROBES {
+        let id = first.wrapping_add(i);
         i += 1;
+        if !flow_slot::is_id(id) {
+            continue;
+        }
+        let Some(p) = FLOWS.get_ptr_mut(id & mask) else {
+            continue;
+        };
+        // SAFETY: p is a map value; the slot is ours once claimed.
+        unsafe {
+            if cmpxchg32(&mut (*p).local_flow, flow_slot::FREE, flow_slot::CLAIMED) != flow_slot::FREE {
+                continue;
+            }
+            st.local_flow = flow_slot::CLAIMED;
+            *p = *st;
+            xchg32(&mut (*p).local_flow, id);
+        }
+        st.local_flow = id;
+        return Some(id);
     }
     None
 }
