@@ -217,9 +217,13 @@ pub struct Bg {
     drop_signal: i32,
 }
 
+/// The lines a child wrote so far and whether it closed the stream, with
+/// the condition its reader signals.
+type SharedLines = Arc<(Mutex<(Vec<String>, bool)>, Condvar)>;
+
 /// The lines a child wrote to stderr so far, and how far a waiter read.
 struct Stderr {
-    lines: Arc<(Mutex<(Vec<String>, bool)>, Condvar)>,
+    lines: SharedLines,
     seen: usize,
     reader: Option<std::thread::JoinHandle<()>>,
 }

@@ -80,7 +80,8 @@ impl Gw {
             sport: CLIENT_PORT.to_be_bytes(),
             dport: 80u16.to_be_bytes(),
         };
-        let st = FlowState::new(role::CLIENT, state::SYN_SENT, syn.sal.src_flowid.0, c.verno, c.nonce, &key, 0);
+        let mut st = FlowState::ZERO;
+        st.start(role::CLIENT, state::SYN_SENT, syn.sal.src_flowid.0, c.verno, c.nonce, &key, 0);
         let id = st.local_flow;
         self.bed.flow_table().unwrap().insert(&st).unwrap();
         let mut t: HashMap<_, FlowKey, TupleEntry> =

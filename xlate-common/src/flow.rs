@@ -373,11 +373,20 @@ pub struct FlowState {
 }
 
 impl FlowState {
-    /// A new flow as one side knows it before hearing from the peer: its
-    /// own flow ID, initial verno and nonce, and the local TCP's 4-tuple
-    /// (`tuple.saddr`/`sport` local, `daddr`/`dport` the peer's).
+    /// Every field zero (no flow).
+    // SAFETY: integers and byte arrays only: all-zero is a valid value.
+    pub const ZERO: FlowState = unsafe { core::mem::zeroed() };
+
+    /// Makes a zeroed state (`ZERO`) a new flow as one side knows it before
+    /// hearing from the peer: its own flow ID, initial verno and nonce, and
+    /// the local TCP's 4-tuple (`tuple.saddr`/`sport` local,
+    /// `daddr`/`dport` the peer's); only the fields that do not start at
+    /// zero are written. (A struct literal would do, but in the BPF build
+    /// its zero fields become a byte-at-a-time `memset`: the kernel zeroes
+    /// a state in words first.)
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub fn start(
+        &mut self,
         role: u8,
         state: u8,
         local_flow: u32,
@@ -385,30 +394,18 @@ impl FlowState {
         local_nonce: [u8; 8],
         tuple: &crate::maps::FlowKey,
         now_ns: u64,
-    ) -> Self {
-        FlowState {
-            local_nonce,
-            peer_nonce: [0; 8],
-            local_flow,
-            peer_flow: 0,
-            local_verno,
-            peer_verno: 0,
-            tcp_local_addr: tuple.saddr,
-            tcp_peer_addr: tuple.daddr,
-            tcp_local_port: tuple.sport,
-            tcp_peer_port: tuple.dport,
-            role,
-            state,
-            flags: 0,
-            _pad: 0,
-            peer_mac: [0; 6],
-            _pad2: [0; 2],
-            local_fin_ack: 0,
-            peer_next_seq: 0,
-            snd_max: 0,
-            created: flow_clock::ticks(now_ns),
-            last_seen: flow_clock::ticks(now_ns),
-        }
+    ) {
+        self.local_nonce = local_nonce;
+        self.local_flow = local_flow;
+        self.local_verno = local_verno;
+        self.tcp_local_addr = tuple.saddr;
+        self.tcp_peer_addr = tuple.daddr;
+        self.tcp_local_port = tuple.sport;
+        self.tcp_peer_port = tuple.dport;
+        self.role = role;
+        self.state = state;
+        self.created = flow_clock::ticks(now_ns);
+        self.last_seen = self.created;
     }
 }
 

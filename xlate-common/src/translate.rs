@@ -184,9 +184,10 @@ pub fn control_header<const N: usize>(
     verno: u32,
     ackno: u32,
     service_id: &[u8; 32],
-) -> [u8; N] {
+) -> Header<N> {
     use sal::control_field::{ACKNO, FLAGS, NONCE, VERNO};
-    let mut buf = Aligned([0u8; N]);
+    let mut buf = Header([0u8; N]);
+    buf.clear();
     let h = &mut buf.0;
     put_base(h, flow);
     // CONTROL right after the base header, SERVICE after it (the order the
@@ -209,25 +210,58 @@ pub fn control_header<const N: usize>(
         }
     }
     put_checksum(h);
-    buf.0
+    buf
 }
 
-/// A header under construction, 8-byte aligned: BPF's LLVM backend inlines
-/// the zeroing of an aligned array, but calls `memset` for an unaligned
-/// one, and each call is a BPF function the 6.1 verifier charges 32 bytes
-/// of stack (the translator's SYN path is near the 512-byte limit).
+/// A control header, 8-byte aligned, handed out as it is: BPF's LLVM
+/// backend inlines the zeroing of an aligned array, but calls `memset` (a
+/// byte at a time) for an unaligned one, and each call is a BPF function
+/// the 6.1 verifier charges 32 bytes of stack (the translator's SYN path is
+/// near the 512-byte limit). Returning the bare array moved it into the
+/// caller's unaligned slot, where its zero bytes were written again by
+/// such a `memset`.
 #[repr(C, align(8))]
-struct Aligned<const N: usize>([u8; N]);
+pub struct Header<const N: usize>(pub [u8; N]);
+
+impl<const N: usize> Header<N> {
+    /// Zeroes the header in whole words that the compiler may not trim:
+    /// zeroing the array alone, LLVM keeps only the bytes the header's
+    /// fields do not overwrite later, an unaligned range it then clears
+    /// with a `memset` call (a byte at a time in the BPF build).
+    #[inline(always)]
+    fn clear(&mut self) {
+        let p = self.0.as_mut_ptr();
+        let mut i = 0;
+        while i + 8 <= N {
+            // SAFETY: within the array, 8-aligned (the header is, and i is
+            // a multiple of 8).
+            unsafe { core::ptr::write_volatile(p.add(i) as *mut u64, 0) };
+            i += 8;
+        }
+        while i < N {
+            // SAFETY: within the array.
+            unsafe { core::ptr::write_volatile(p.add(i), 0) };
+            i += 1;
+        }
+    }
+}
+
+impl<const N: usize> core::ops::Deref for Header<N> {
+    type Target = [u8; N];
+    fn deref(&self) -> &[u8; N] {
+        &self.0
+    }
+}
 
 /// SYN: CONTROL(SYN, V, 0) + SERVICE.
 #[inline(always)]
-pub fn syn_header(flow: &FlowState, service_id: &[u8; 32]) -> [u8; 68] {
+pub fn syn_header(flow: &FlowState, service_id: &[u8; 32]) -> Header<68> {
     control_header::<68>(flow, sal::ControlFlags::SYN.bits(), flow.local_verno, 0, service_id)
 }
 
 /// Third ACK: CONTROL(ACK, V+1, Vp+1) + SERVICE.
 #[inline(always)]
-pub fn ack_header(flow: &FlowState, service_id: &[u8; 32]) -> [u8; 68] {
+pub fn ack_header(flow: &FlowState, service_id: &[u8; 32]) -> Header<68> {
     control_header::<68>(
         flow,
         sal::ControlFlags::ACK.bits(),
@@ -239,7 +273,7 @@ pub fn ack_header(flow: &FlowState, service_id: &[u8; 32]) -> [u8; 68] {
 
 /// SYN-ACK: CONTROL(SYN|ACK, V, Vp+1).
 #[inline(always)]
-pub fn synack_header(flow: &FlowState) -> [u8; 32] {
+pub fn synack_header(flow: &FlowState) -> Header<32> {
     let flags = (sal::ControlFlags::SYN | sal::ControlFlags::ACK).bits();
     control_header::<32>(flow, flags, flow.local_verno, flow.peer_verno.wrapping_add(1), &[0; 32])
 }
@@ -252,7 +286,8 @@ mod tests {
     fn flow(role_: u8, state_: u8) -> FlowState {
         let key =
             crate::maps::FlowKey { saddr: [10, 0, 0, 1], daddr: [10, 0, 0, 2], sport: [0x30, 0x39], dport: [0, 80] };
-        let mut f = FlowState::new(role_, state_, 0x0101, 1000, [1, 2, 3, 4, 5, 6, 7, 8], &key, 0);
+        let mut f = FlowState::ZERO;
+        f.start(role_, state_, 0x0101, 1000, [1, 2, 3, 4, 5, 6, 7, 8], &key, 0);
         f.peer_nonce = [9; 8];
         f.peer_flow = 0x0202;
         f.peer_verno = 5000;

@@ -17,7 +17,7 @@ use xlate_common::{
 
 use super::admit::admit_syn;
 use super::maps::{
-    count, flow_created, free_flow, insert_flow, next_rotation, notify_quietly, now, rand32, rand_nonce, CONFIG,
+    count, flow_created, free_flow, insert_flow, zero_words, next_rotation, notify_quietly, now, rand32, rand_nonce, CONFIG,
     FLOW_SCRATCH, PEERS, TUPLES,
 };
 use super::sal_rx::{opaque, Exts};
@@ -36,7 +36,9 @@ pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4
     let nonce = rand_nonce();
     // SAFETY: this CPU's slot, ours until the program returns.
     let st = unsafe { &mut *FLOW_SCRATCH.get_ptr_mut(0)? };
-    *st = FlowState::new(role::CLIENT, state::SYN_SENT, 0, rand32(), nonce, key, now());
+    // SAFETY: a map value's flow state.
+    unsafe { zero_words(st) };
+    st.start(role::CLIENT, state::SYN_SENT, 0, rand32(), nonce, key, now());
     // A local application's flow (host mode) is trusted from the start; a
     // legacy client's (the gateway picked the peer) is half-open until it
     // acknowledges the instance's SYN-ACK.
@@ -149,7 +151,8 @@ pub(crate) fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &
         return Err(Counter::DropTableFull);
     }
     let nonce = rand_nonce();
-    let mut st = FlowState::new(role::SERVER, state::SYN_RCVD, 0, rand32(), nonce, &key, now());
+    let mut st = FlowState::ZERO;
+    st.start(role::SERVER, state::SYN_RCVD, 0, rand32(), nonce, &key, now());
     st.peer_flow = src_flow;
     st.peer_verno = ext.verno;
     st.peer_nonce = ext.nonce;

@@ -69,6 +69,39 @@ unsafe fn cmpxchg32(p: *mut u32, old: u32, new: u32) -> u32 {
     r0 as u32
 }
 
+/// Copies a flow state in 32-bit words. A plain assignment between two
+/// pointers becomes a call to `memmove`, which the BPF build's runtime
+/// does a byte at a time (76 loads, 76 stores and the loop around them).
+///
+/// # Safety
+/// `dst` is a map value's flow state (4-aligned).
+#[inline(always)]
+unsafe fn copy_words(dst: *mut FlowState, src: &FlowState) {
+    const WORDS: usize = core::mem::size_of::<FlowState>() / 4;
+    let (d, s) = (dst as *mut u32, src as *const FlowState as *const u32);
+    let mut i = 0;
+    while i < WORDS {
+        core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i)));
+        i += 1;
+    }
+}
+
+/// Zeroes a flow state in 32-bit words (see [`copy_words`]; a zeroed
+/// struct is a byte-at-a-time `memset`).
+///
+/// # Safety
+/// `dst` is a map value's flow state (4-aligned).
+#[inline(always)]
+pub(crate) unsafe fn zero_words(dst: *mut FlowState) {
+    const WORDS: usize = core::mem::size_of::<FlowState>() / 4;
+    let d = dst as *mut u32;
+    let mut i = 0;
+    while i < WORDS {
+        core::ptr::write_volatile(d.add(i), 0);
+        i += 1;
+    }
+}
+
 /// BPF_XCHG (Linux 5.12), a full barrier: publishes `v` at `p` after every
 /// earlier store.
 ///
@@ -224,7 +257,7 @@ pub(crate) fn insert_flow(st: &mut FlowState) -> Option<u32> {
                 continue;
             }
             st.local_flow = flow_slot::CLAIMED;
-            *p = *st;
+            copy_words(p, st);
             xchg32(&mut (*p).local_flow, id);
         }
         st.local_flow = id;

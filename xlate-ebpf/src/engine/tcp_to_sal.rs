@@ -108,11 +108,11 @@ pub(crate) fn tcp_to_sal<F: Frame, S: Services, L: LinkLayer>(f: &F, tuple: &Tup
     f.grow_l4(room)?;
     match (form, sid) {
         (Form::Syn, Some(sid)) => {
-            f.store(L4_AT, &translate::syn_header(flow, sid))?;
+            f.store(L4_AT, &translate::syn_header(flow, sid).0)?;
             count(Counter::EgressSyn);
         }
-        (Form::Ack, Some(sid)) => f.store(L4_AT, &translate::ack_header(flow, sid))?,
-        (Form::SynAck, _) => f.store(L4_AT, &translate::synack_header(flow))?,
+        (Form::Ack, Some(sid)) => f.store(L4_AT, &translate::ack_header(flow, sid).0)?,
+        (Form::SynAck, _) => f.store(L4_AT, &translate::synack_header(flow).0)?,
         (Form::Data, _) => f.store(L4_AT, &translate::data_header(flow))?,
         // (Never: SYN and ACK forms have their service ID.)
         _ => return Err(Exit::Fault),

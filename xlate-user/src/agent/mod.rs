@@ -51,7 +51,7 @@ pub fn raise_descriptor_limit() -> u64 {
         }
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
     }
-    r.rlim_cur as u64
+    r.rlim_cur
 }
 
 /// Daemon logging (`tracing`): info and debug lines on stdout, warnings and

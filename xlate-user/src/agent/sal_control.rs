@@ -637,8 +637,8 @@ mod fixtures {
         peer_nonce: u64,
     ) -> FlowState {
         let tuple = xlate_common::maps::FlowKey::default();
-        let mut st =
-            FlowState::new(role, state::ESTABLISHED, local_flow, local_verno, local_nonce.to_be_bytes(), &tuple, 0);
+        let mut st = FlowState::ZERO;
+        st.start(role, state::ESTABLISHED, local_flow, local_verno, local_nonce.to_be_bytes(), &tuple, 0);
         st.peer_flow = peer_flow;
         st.peer_verno = peer_verno;
         st.peer_nonce = peer_nonce.to_be_bytes();
