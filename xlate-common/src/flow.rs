@@ -695,7 +695,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<EngineConfig>(), 4 + 4 + 6 + 2 + 4 + 4 + 4);
+        assert_eq!(size_of::<EngineConfig>(), 4 + 4 + 6 + 2 + 4 + 4 + 4 + 4);
         assert_eq!(size_of::<gw::ChecksumNote>(), 12);
         assert_eq!(size_of::<gw::ChecksumNoteKey>(), 20);
         assert_eq!(size_of::<FlowState>(), 16 + 16 + 12 + 4 + 8 + 12 + 8);
@@ -704,6 +704,16 @@ mod tests {
         assert_eq!(size_of::<PeerKey>(), 8);
         assert_eq!(size_of::<RouteTargets>(), 36);
         assert_eq!(size_of::<CtlRecord>(), 32 + 24 + 64);
+    }
+
+    #[test]
+    fn flow_slots_are_twice_the_flows_in_a_power_of_two_and_markers_are_no_ids() {
+        assert_eq!(flow_slot::slots(65536), 131072);
+        assert_eq!(flow_slot::slots(32), 64);
+        assert_eq!(flow_slot::slots(100_000), 262_144);
+        assert_eq!(flow_slot::slots(16), 32);
+        assert!(!flow_slot::is_id(flow_slot::FREE) && !flow_slot::is_id(flow_slot::CLAIMED));
+        assert!(flow_slot::is_id(1) && flow_slot::is_id(0xffff_fffe));
     }
 
     #[test]
