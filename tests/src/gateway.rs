@@ -219,6 +219,12 @@ impl GatewayLab {
             .unwrap();
         let mut bg = Bg::from_child(child);
         self.startup = bg.read_until("xlate translator on", Duration::from_secs(30));
+        // The relay (on unless told otherwise) binds its listeners and adds
+        // its aliases after that line: a client connecting before it is
+        // told the network is unreachable.
+        if !self.command.iter().any(|c| c == "--no-relay") {
+            self.startup += &bg.read_until("relay: ready", Duration::from_secs(30));
+        }
         self.gateway_agent = Some(bg);
     }
 

@@ -49,6 +49,17 @@ pub fn start(bin: &Path, ns: &Netns, log_dir: &Path, log: &str, args: &[&str], s
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A translator's relay (on unless told otherwise) binds its listeners
+    // and aliases just after: wait for it too. Builds from before that
+    // line (a `--baseline`) get a short grace instead.
+    let relayed = args.first() != Some(&"host") && !args.contains(&"--no-relay");
+    let grace = Instant::now() + Duration::from_secs(3);
+    while relayed
+        && !std::fs::read_to_string(&path).unwrap_or_default().contains("relay: ready")
+        && Instant::now() < grace
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut cmd = ns.net_cmd(bin);
     cmd.args(stop);
     Ok(Running { bg: Some(bg), stop: Some(cmd) })

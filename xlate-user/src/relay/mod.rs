@@ -217,10 +217,23 @@ impl Relay {
     /// Runs until dropped (the agent's loop ends). Must run inside a
     /// `LocalSet`.
     pub async fn run(mut self) {
+        let mut first = true;
         loop {
             let cfg = self.table.borrow_and_update().clone();
             self.apply(&cfg);
             self.steer(&cfg).await;
+            if first {
+                // After "xlate translator on" the fast path runs; the relay
+                // takes connections from here on (its listeners bound, the
+                // service addresses aliased).
+                first = false;
+                let mut on: Vec<String> = self.listeners.keys().map(|(a, p)| format!("{a}:{p}")).collect();
+                on.sort();
+                tracing::info!(
+                    "relay: ready, listening on {}",
+                    if on.is_empty() { "nothing".into() } else { on.join(", ") }
+                );
+            }
             if self.table.changed().await.is_err() {
                 // The agent dropped the table: nothing will change again.
                 std::future::pending::<()>().await;
