@@ -15,4 +15,4 @@ pub mod netns;
 pub mod topology;
 
 pub use netns::{veth, Bg, Naming, Netns};
-pub use topology::{HostPair, Translator, TranslatorOptions};
+pub use topology::{HostPair, ScaleOut, Translator, TranslatorOptions};

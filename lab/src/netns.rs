@@ -133,6 +133,20 @@ impl Netns {
             .unwrap_or_default()
     }
 
+    /// Makes `nameserver` the resolver of every program run through
+    /// [`Netns::cmd`]: `ip netns exec` puts `/etc/netns/<name>/resolv.conf`
+    /// over `/etc/resolv.conf` (removed with the namespace).
+    pub fn set_resolver(&self, nameserver: &str) -> Result<()> {
+        let dir = self.etc_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let conf = format!("nameserver {nameserver}\noptions timeout:1 attempts:2\n");
+        std::fs::write(dir.join("resolv.conf"), conf).with_context(|| format!("writing {}/resolv.conf", dir.display()))
+    }
+
+    fn etc_dir(&self) -> std::path::PathBuf {
+        std::path::Path::new("/etc/netns").join(&self.name)
+    }
+
     /// Sends SIGTERM to every process in the namespace and waits up to
     /// `within` for them to go (agents detach and unpin on SIGTERM).
     pub fn terminate_all(&self, within: Duration) {
@@ -154,6 +168,7 @@ impl Drop for Netns {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = std::fs::remove_dir_all(self.etc_dir());
     }
 }
 

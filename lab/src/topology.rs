@@ -10,6 +10,16 @@
 //! ```
 //!
 //! Host mode's: two hosts on one link, `hc0` 10.61.0.1 and `hs0` 10.61.0.2.
+//!
+//! Scale-out's (the paper's section 5): translators side by side, each
+//! with a public prefix of its own, between one client LAN (with a DNS
+//! server) and one service LAN (with the instances all of them share):
+//!
+//! ```text
+//! client 198.51.100.2 ┐                         ┌ t1 g1 10.10.0.1 ┐
+//! dns 198.51.100.53   ┤ br0 (front)  t1 198.51.100.11 ... t3 .13  ├ br0 (back) ┤ instances 10.10.0.11-13
+//!                     └ routes 198.18.K.0/24 via 198.51.100.1K     └ t3 g1 10.10.0.3 ┘
+//! ```
 
 use anyhow::Result;
 
@@ -25,6 +35,20 @@ pub mod translator {
     pub const PUBLIC_IP: &str = "203.0.113.1";
     /// The instances, in order; the lab makes as many as asked, up to these.
     pub const INSTANCES: [&str; 2] = ["10.10.0.11", "10.10.0.12"];
+}
+
+/// The scale-out lab's addresses.
+pub mod scale_out {
+    pub const CLIENT_IP: &str = "198.51.100.2";
+    pub const DNS_IP: &str = "198.51.100.53";
+    /// Translator `k` (1-based): its client-facing address, its SAL
+    /// address, and the public prefix it owns (routed to it by the client).
+    pub fn translator(k: usize) -> (String, String, String) {
+        (format!("198.51.100.{}", 10 + k), format!("10.10.0.{k}"), format!("198.18.{k}.0/24"))
+    }
+    pub const MAX_TRANSLATORS: usize = 9;
+    /// The instances every translator reaches, in order.
+    pub const INSTANCES: [&str; 3] = ["10.10.0.11", "10.10.0.12", "10.10.0.13"];
 }
 
 /// Host mode's lab addresses and interfaces.
@@ -119,5 +143,64 @@ impl HostPair {
             Some(&format!("{SERVER_IP}/24")),
         )?;
         Ok(HostPair { server, client })
+    }
+}
+
+/// The scale-out lab's namespaces. Dropping it deletes them.
+pub struct ScaleOut {
+    // Drop order: instances, translators, switches, dns, client.
+    pub instances: Vec<Netns>,
+    /// Each translator's namespace: `g0` to the client LAN, `g1` to the
+    /// service LAN.
+    pub translators: Vec<Netns>,
+    pub back: Netns,
+    pub front: Netns,
+    pub dns: Netns,
+    pub client: Netns,
+}
+
+impl ScaleOut {
+    /// `translators` side by side (at most [`scale_out::MAX_TRANSLATORS`])
+    /// and `instances` behind them (at most [`scale_out::INSTANCES`]). The
+    /// client resolves names with the lab's DNS server (`set_resolver`).
+    /// GRO is on at every veth end a translator redirects to (see
+    /// [`TranslatorOptions::gro`]).
+    pub fn build(naming: Naming, translators: usize, instances: usize) -> Result<ScaleOut> {
+        use scale_out::*;
+        anyhow::ensure!((1..=MAX_TRANSLATORS).contains(&translators), "1 to {MAX_TRANSLATORS} translators");
+        anyhow::ensure!((1..=INSTANCES.len()).contains(&instances), "1 to {} instances", INSTANCES.len());
+        let client = naming.create("c")?;
+        let dns = naming.create("dns")?;
+        let front = naming.create("fr")?;
+        let back = naming.create("bk")?;
+        for sw in [&front, &back] {
+            sw.try_ip(&["link", "add", "br0", "type", "bridge"])?;
+            sw.try_ip(&["link", "set", "br0", "up"])?;
+        }
+        let port = |sw: &Netns, ns: &Netns, dev: &str, addr: &str, sw_port: &str| -> Result<()> {
+            try_veth(ns, dev, Some(addr), sw, sw_port, None)?;
+            sw.try_ip(&["link", "set", sw_port, "master", "br0", "up"])?;
+            sw.set_offload(sw_port, "gro", true)?;
+            ns.set_offload(dev, "gro", true)
+        };
+        port(&front, &client, "c0", &format!("{CLIENT_IP}/24"), "pc")?;
+        port(&front, &dns, "d0", &format!("{DNS_IP}/24"), "pd")?;
+        client.set_resolver(DNS_IP)?;
+        let mut ts = Vec::new();
+        for k in 1..=translators {
+            let (front_ip, sal, prefix) = translator(k);
+            let t = naming.create(&format!("t{k}"))?;
+            port(&front, &t, "g0", &format!("{front_ip}/24"), &format!("pt{k}"))?;
+            port(&back, &t, "g1", &format!("{sal}/24"), &format!("bt{k}"))?;
+            client.try_ip(&["route", "add", &prefix, "via", &front_ip])?;
+            ts.push(t);
+        }
+        let mut is = Vec::new();
+        for (i, addr) in INSTANCES.iter().take(instances).enumerate() {
+            let ns = naming.create(&format!("i{}", i + 1))?;
+            port(&back, &ns, "e0", &format!("{addr}/24"), &format!("bi{}", i + 1))?;
+            is.push(ns);
+        }
+        Ok(ScaleOut { instances: is, translators: ts, back, front, dns, client })
     }
 }

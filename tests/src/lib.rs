@@ -6,6 +6,7 @@ pub mod apps;
 pub mod gateway;
 pub mod host;
 pub mod netns;
+pub mod scale_out;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -119,9 +119,23 @@ fn client_tcp(flags: u8, seq: u32, ack: u32, options: &[u8], payload: &[u8]) -> 
 }
 
 fn client_tcp_from(port: u16, flags: u8, seq: u32, ack: u32, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    client_tcp_to((PUBLIC, 80), port, flags, seq, ack, options, payload)
+}
+
+/// A client TCP segment to `dst` (address, port).
+fn client_tcp_to(
+    dst: (Ipv4Addr, u16),
+    port: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let (daddr, dport) = dst;
     let tcp = TcpRepr {
         src_port: port,
-        dst_port: 80,
+        dst_port: dport,
         seq,
         ack,
         flags: TcpFlags(flags),
@@ -130,10 +144,10 @@ fn client_tcp_from(port: u16, flags: u8, seq: u32, ack: u32, options: &[u8], pay
         options,
         payload,
     };
-    let ip = Ipv4Repr { ttl: 63, ident: 0x4242, dont_frag: true, ..Ipv4Repr::new(CLIENT, PUBLIC, 6, tcp.buffer_len()) };
+    let ip = Ipv4Repr { ttl: 63, ident: 0x4242, dont_frag: true, ..Ipv4Repr::new(CLIENT, daddr, 6, tcp.buffer_len()) };
     let mut b = vec![0u8; 20 + tcp.buffer_len()];
     ip.emit(&mut Ipv4Packet::new_unchecked(&mut b[..])).unwrap();
-    tcp.emit(&mut TcpPacket::new_unchecked(&mut b[20..]), CLIENT, PUBLIC).unwrap();
+    tcp.emit(&mut TcpPacket::new_unchecked(&mut b[20..]), CLIENT, daddr).unwrap();
     eth(&b)
 }
 
@@ -257,6 +271,96 @@ fn new_flows_take_the_room_the_agent_gave_and_none_start_without() {
     gw.expect(&syn(41003), XDP_PASS, &[Counter::DropTableFull]);
     assert_eq!(rooms(&gw), [4, 100, 0]);
     assert_eq!(gw.flows().len(), 2);
+}
+
+/// A prefix of services (`[[prefix]]`): the host part of the client's
+/// destination picks the service (host 5 of 192.0.2.0/24 under base
+/// 00010000 is service 00010005), in one trie entry for all of them; an
+/// exact service entry wins over a prefix that holds its address; a port
+/// the prefix does not hold is not the translator's.
+#[test]
+fn a_prefix_holds_a_service_per_host_and_exact_entries_win() {
+    use xlate_common::wire::sal::{ControlFlags, ControlRepr, FlowId, SalRepr, ServiceList};
+    require_root();
+    let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
+    gw.bed.set_prefix(Ipv4Addr::new(192, 0, 2, 0), 24, 80, "00010000".parse().unwrap()).unwrap();
+    // The test bed's exact service is PUBLIC:80 (service 00000050); a
+    // prefix around it gives its other hosts their services.
+    gw.bed.set_prefix(Ipv4Addr::new(203, 0, 113, 0), 24, 80, "00020000".parse().unwrap()).unwrap();
+    let mss = [2, 4, 0x05, 0xb4];
+    let cases = [
+        ((Ipv4Addr::new(192, 0, 2, 5), 41005), "00010005", true),
+        ((Ipv4Addr::new(192, 0, 2, 200), 41200), "000100c8", true),
+        ((Ipv4Addr::new(203, 0, 113, 9), 41009), "00020009", true),
+        ((PUBLIC, 41001), "00000050", false),
+    ];
+    for ((dst, port), sid, by_prefix) in cases {
+        let syn = client_tcp_to((dst, 80), port, 0x02, 1000, 0, &mss, &[]);
+        let mut moved = vec![Counter::GwToSal, Counter::EgressSyn, Counter::FlowsHalfOpened];
+        if by_prefix {
+            moved.push(Counter::GwPrefixFlows);
+        }
+        let out = gw.expect(&syn, XDP_PASS, &moved);
+        let f = gw.flows().into_iter().find(|f| f.tcp_local_port == port.to_be_bytes()).expect("its flow");
+        let sal = SalRepr {
+            src_flowid: FlowId(f.local_flow),
+            dst_flowid: FlowId(0),
+            protocol: 6,
+            control: Some(ControlRepr {
+                flags: ControlFlags::SYN,
+                verno: f.local_verno,
+                ackno: 0,
+                nonce: f.local_nonce,
+            }),
+            services: ServiceList::one(sid.parse().unwrap()),
+            source: None,
+        };
+        assert_eq!(out, expected_sal(&syn, sal, CAP_CLIENT, CAP_SERVER, Some([2, 4, 0x05, 0xa8])), "to {dst}");
+    }
+    // Port 81 of the prefix is nobody's: passed as it came, no flow.
+    let flows = gw.flows().len();
+    let other = client_tcp_to((Ipv4Addr::new(192, 0, 2, 5), 81), 41100, 0x02, 1000, 0, &mss, &[]);
+    let out = gw.expect(&other, XDP_PASS, &[]);
+    assert_eq!(out, other);
+    assert_eq!(gw.flows().len(), flows);
+}
+
+/// New flows on one CPU take the table's slots in order (the next slot is
+/// in memory the last flow touched), under IDs that do not show it: each
+/// names its slot only through the table's key, with random bits of its
+/// own (`flow_slot`).
+#[test]
+fn new_flows_take_slots_in_order_under_ids_that_do_not_show_it() {
+    require_root();
+    // One CPU: the order is per CPU.
+    // SAFETY: a zeroed CPU set with CPU 0 added, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set), 0);
+    }
+    let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
+    let table = gw.bed.flow_table().unwrap();
+    let header = table.header().expect("the test bed seals its table");
+    let mut ids = Vec::new();
+    for port in 42000..42032u16 {
+        gw.expect(
+            &client_tcp_from(port, 0x02, 1000, 0, &[], &[]),
+            XDP_PASS,
+            &[Counter::GwToSal, Counter::EgressSyn, Counter::FlowsHalfOpened],
+        );
+        let f = gw.flows().into_iter().find(|f| f.tcp_local_port == port.to_be_bytes()).expect("its flow");
+        assert_eq!(table.get(f.local_flow), Some(f), "the ID finds its flow");
+        ids.push(f.local_flow);
+    }
+    let slots: Vec<u32> = ids.iter().map(|id| header.index(*id)).collect();
+    for w in slots.windows(2) {
+        assert_eq!(w[1], (w[0] + 1) & header.mask, "slots in order: {slots:?}");
+    }
+    let steps: std::collections::HashSet<u32> = ids.windows(2).map(|w| (w[0] ^ w[1]) & header.mask).collect();
+    assert!(steps.len() > 24, "neighbours' IDs differ by no pattern: {ids:x?}");
+    let high: std::collections::HashSet<u32> = ids.iter().map(|id| id & !header.mask).collect();
+    assert!(high.len() > 24, "each ID has random bits of its own: {ids:x?}");
 }
 
 #[test]

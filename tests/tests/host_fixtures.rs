@@ -80,17 +80,16 @@ impl Bed {
         }
         let prog: &mut Xdp = ebpf.program_mut(Prog::Receive.name()).unwrap().try_into().unwrap();
         prog.load().unwrap();
-        let flow_slot_mask = xlate_user::ebpf::flow_slot_mask(&ebpf).unwrap();
         let mut cfg: Array<_, EngineConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap()).unwrap();
         let c = EngineConfig {
             addr: HOST.octets(),
             broadcast: BROADCAST.octets(),
             mac: HOST_MAC,
             max_mss: MAX_MSS,
-            flow_slot_mask,
             ..Default::default()
         };
         cfg.set(0, c, 0).unwrap();
+        FlowTable::of(ebpf.map(names::FLOWS).unwrap()).unwrap().seal(xlate_user::testbed::TEST_KEY).unwrap();
         xlate_user::ebpf::fresh_room(&mut ebpf, xlate_common::flow::SynBudget::HOST).unwrap();
         let mut connect: HashMap<_, ServiceKey, ServiceEntry> =
             HashMap::try_from(ebpf.map_mut(names::CONNECT).unwrap()).unwrap();
@@ -255,6 +254,10 @@ fn cases() -> Vec<Case> {
         ip.set_dst_addr(Ipv4Addr::new(10, 0, 0, 3));
         ip.fill_checksum();
     }
+    // The captured SYN to another host's MAC and address, as a switch
+    // floods it to every port while it does not know where that host is.
+    let mut flooded = elsewhere.clone();
+    flooded[..6].copy_from_slice(&[2, 0, 0, 0, 0, 0x33]);
     vec![
         Case {
             name: "a local SYN to a --connect address becomes a SAL SYN",
@@ -292,6 +295,14 @@ fn cases() -> Vec<Case> {
             name: "a SYN to the link broadcast MAC but another host's address is not ours",
             prog: Prog::Ingress,
             input: elsewhere,
+            verdict: TC_ACT_SHOT,
+            moved: &[Counter::DropSynForAnotherHost],
+            check: nothing,
+        },
+        Case {
+            name: "a SYN to another host's MAC (a switch flooding it) is not ours",
+            prog: Prog::Ingress,
+            input: flooded,
             verdict: TC_ACT_SHOT,
             moved: &[Counter::DropSynForAnotherHost],
             check: nothing,

@@ -55,7 +55,7 @@ fn check(config: &Path) -> (i32, String, String) {
 #[test]
 fn check_accepts_the_shipped_configurations_with_a_summary() {
     for (f, services) in [
-        ("xlate.toml", "2 services (2 fast, 0 relay), 2 instances, 1 behind a router"),
+        ("xlate.toml", "2 services (2 fast, 0 relay) + 1 prefix (256 addresses), 2 instances, 1 behind a router"),
         ("lab.toml", "1 service (1 fast, 0 relay), 2 instances"),
     ] {
         let p = repo().join("config").join(f);

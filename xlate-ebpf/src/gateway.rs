@@ -19,15 +19,15 @@ use aya_ebpf::{
     },
     helpers::bpf_xdp_adjust_meta,
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use xlate_common::{
     flow::{
         config_flag,
         gw::{
-            flow_hash, redirect, ChecksumNote, ChecksumNoteKey, GwService, MAGLEV_SIZE, MAX_CHECKSUM_NOTES,
-            MAX_REDIRECT_TARGETS, MAX_SERVICES,
+            flow_hash, redirect, ChecksumNote, ChecksumNoteKey, GwPrefix, GwService, PrefixKey, MAGLEV_SIZE,
+            MAX_CHECKSUM_NOTES, MAX_PREFIX_ENTRIES, MAX_REDIRECT_TARGETS, MAX_SERVICES,
         },
         room, Counter, Hook, TupleEntry,
     },
@@ -53,6 +53,13 @@ use crate::engine::{
 
 #[map(name = "GW_SERVICES")]
 static SERVICES: HashMap<ServiceKey, GwService> = HashMap::pinned(MAX_SERVICES, 0);
+/// Services by prefix: the host part of the address picks the service
+/// (`GwPrefix`). Looked up only when `GW_SERVICES` has no exact entry.
+#[map(name = "GW_PREFIXES")]
+static PREFIXES: LpmTrie<PrefixKey, GwPrefix> = LpmTrie::pinned(MAX_PREFIX_ENTRIES, 1); // BPF_F_NO_PREALLOC
+/// The service a prefix entry named, made per packet (`service_at`).
+#[map(name = "GW_SERVICE_SCRATCH")]
+static SERVICE_SCRATCH: PerCpuArray<GwService> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "GW_MAGLEV")]
 static MAGLEV: Array<[u8; 4]> = Array::pinned(MAX_SERVICES * MAGLEV_SIZE, 0);
 /// Value unused (present = the relay's).
@@ -185,8 +192,35 @@ struct GwServices;
 impl Services for GwServices {
     #[inline(always)]
     fn service_id(addr: [u8; 4], port: [u8; 2]) -> Option<&'static [u8; 32]> {
-        // SAFETY: plain map lookup.
-        unsafe { SERVICES.get(&ServiceKey { addr, port, _pad: [0; 2] }) }.map(|s| &s.service_id)
+        service_at(addr, port).map(|s| &s.service_id)
+    }
+}
+
+/// The service a client's destination names: its exact entry
+/// (`[[service]]`), else its host in a prefix (`[[prefix]]`). The first is
+/// a hash lookup whatever the number of services; the second a trie
+/// lookup whose depth is the prefixes', not the services' (one entry holds
+/// a prefix's every service). A prefix's service is made in this CPU's
+/// scratch slot, valid until the next call.
+#[inline(always)]
+fn service_at(addr: [u8; 4], port: [u8; 2]) -> Option<&'static GwService> {
+    // SAFETY: plain map lookup.
+    if let Some(s) = unsafe { SERVICES.get(&ServiceKey { addr, port, _pad: [0; 2] }) } {
+        return Some(s);
+    }
+    prefix_service(addr, port)
+}
+
+/// The service of `addr`'s host under the longest prefix that holds it for
+/// `port` (`GW_PREFIXES`), made in this CPU's scratch slot.
+#[inline(always)]
+fn prefix_service(addr: [u8; 4], port: [u8; 2]) -> Option<&'static GwService> {
+    let p = PREFIXES.get(&Key::new(PrefixKey::PORT_BITS + 32, PrefixKey { port, addr }))?;
+    let out = SERVICE_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch value, ours while the program runs.
+    unsafe {
+        *out = p.service(addr);
+        Some(&*out)
     }
 }
 
@@ -206,8 +240,9 @@ fn new_flow_inner(key: &FlowKey, flags: u8) -> Result<TupleEntry, Exit> {
     let (saddr, daddr, sport, dport) = (key.saddr, key.daddr, key.sport, key.dport);
     let sk = ServiceKey { addr: daddr, port: dport, _pad: [0; 2] };
     // SAFETY: plain map lookup.
-    let Some(svc) = (unsafe { SERVICES.get(&sk) }) else {
-        return Err(Exit::NotOurs);
+    let (svc, by_prefix) = match unsafe { SERVICES.get(&sk) } {
+        Some(s) => (s, false),
+        None => (prefix_service(daddr, dport).ok_or(Exit::NotOurs)?, true),
     };
     // SAFETY: plain map lookup.
     if unsafe { RELAY_SERVICES.get(&sk) }.is_some() {
@@ -237,7 +272,11 @@ fn new_flow_inner(key: &FlowKey, flags: u8) -> Result<TupleEntry, Exit> {
     };
     // A full table declines the flow; the kernel (and the fallback) get
     // the SYN.
-    new_client_flow(key, &svc.service_id, Some(peer)).ok_or(Exit::Pass(Counter::DropTableFull))
+    let made = new_client_flow(key, &svc.service_id, Some(peer)).ok_or(Exit::Pass(Counter::DropTableFull))?;
+    if by_prefix {
+        count(Counter::GwPrefixFlows);
+    }
+    Ok(made)
 }
 
 /// Sends the rewritten frame out directly when the kernel's FIB knows the

@@ -29,6 +29,10 @@ fn frame(ip: &[u8]) -> Vec<u8> {
 }
 
 fn client_segment(port: u16, flags: u8, seq: u32, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    client_segment_to(PUBLIC, port, flags, seq, options, payload)
+}
+
+fn client_segment_to(dst: Ipv4Addr, port: u16, flags: u8, seq: u32, options: &[u8], payload: &[u8]) -> Vec<u8> {
     let tcp = TcpRepr {
         src_port: port,
         dst_port: 80,
@@ -40,10 +44,10 @@ fn client_segment(port: u16, flags: u8, seq: u32, options: &[u8], payload: &[u8]
         options,
         payload,
     };
-    let ip = Ipv4Repr { dont_frag: true, ..Ipv4Repr::new(CLIENT, PUBLIC, 6, tcp.buffer_len()) };
+    let ip = Ipv4Repr { dont_frag: true, ..Ipv4Repr::new(CLIENT, dst, 6, tcp.buffer_len()) };
     let mut b = vec![0u8; 20 + tcp.buffer_len()];
     ip.emit(&mut Ipv4Packet::new_unchecked(&mut b[..])).unwrap();
-    tcp.emit(&mut TcpPacket::new_unchecked(&mut b[20..]), CLIENT, PUBLIC).unwrap();
+    tcp.emit(&mut TcpPacket::new_unchecked(&mut b[20..]), CLIENT, dst).unwrap();
     frame(&b)
 }
 
@@ -139,12 +143,49 @@ pub fn run(runs: u32) -> Result<()> {
     for _ in 0..runs {
         to_sal.measure(&mut bed, &up)?;
     }
+    // New flows to services behind prefixes: the host part of the
+    // destination picks the service, one trie entry per prefix. Each SYN
+    // goes to another host (service) of the prefix, from a new port: no
+    // two make the same 4-tuple. 10,000 a row, so that every flow of the
+    // run fits the table (65,536).
+    let mut by_prefix = Vec::new();
+    let syns_to = |bed: &mut TestBed, net: Ipv4Addr, hosts: u32, first_port: u32, salt: u32| -> Result<Row> {
+        let mut row = Row::default();
+        for i in 0..runs.min(10_000) {
+            let dst = Ipv4Addr::from(u32::from(net) + (i.wrapping_mul(7919) + salt) % hosts);
+            let port = (first_port + i) as u16;
+            row.measure(bed, &client_segment_to(dst, port, 0x02, 1000, &mss, &[]))?;
+        }
+        Ok(row)
+    };
+    let sid = |n: u32| xlate_common::ServiceId::from_u32(n);
+    bed.set_prefix(Ipv4Addr::new(198, 18, 0, 0), 22, 80, sid(0x0001_0000))?;
+    by_prefix.push((
+        "SYN, new flow, 1,024 services (one /22)",
+        syns_to(&mut bed, Ipv4Addr::new(198, 18, 0, 0), 1024, 40_000, 0)?,
+    ));
+    bed.set_prefix(Ipv4Addr::new(198, 20, 0, 0), 15, 80, sid(0x0100_0000))?;
+    by_prefix.push((
+        "SYN, new flow, 131,072 services (one /15)",
+        syns_to(&mut bed, Ipv4Addr::new(198, 20, 0, 0), 131_072, 40_000, 0)?,
+    ));
+    // The trie's depth grows with its prefixes, not their services.
+    for i in 0..1000u32 {
+        bed.set_prefix(Ipv4Addr::from(0x0a80_0000 + (i << 8)), 24, 80, sid(0x0200_0000 + (i << 8)))?;
+    }
+    by_prefix.push((
+        "SYN, new flow, /15 among 1,000 more prefixes",
+        syns_to(&mut bed, Ipv4Addr::new(198, 20, 0, 0), 131_072, 40_000, 1)?,
+    ));
     println!("bench xdp: BPF_PROG_TEST_RUN, median of {runs} runs, ns/packet; the baselines run the same frames");
     println!("{:<44} {:>10} {:>10} {:>10} {:>10}", "packet", "translator", "XDP_PASS", "MAC swap", "difference");
-    new_syn.print("SYN, new flow (allocates flow state)");
+    new_syn.print("SYN, new flow, 1 service (allocates flow state)");
     retrans.print("SYN retransmission (existing flow)");
     to_sal.print("data TCP->SAL (1448 bytes)");
     to_tcp.print("data SAL->TCP (1448 bytes)");
+    for (name, row) in by_prefix {
+        row.print(name);
+    }
     println!("(difference: the translator minus XDP_PASS; MAC swap rewrites 12 bytes and returns XDP_TX)");
     Ok(())
 }

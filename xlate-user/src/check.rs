@@ -93,12 +93,24 @@ impl fmt::Display for Summary<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Summary(path, c) = self;
         let relayed = c.services.iter().filter(|s| s.mode == ServiceMode::Relay).count();
-        let instances: std::collections::HashSet<Ipv4Addr> =
-            c.services.iter().flat_map(|s| s.instances.iter().map(|i| i.address)).collect();
-        let routers = c.services.iter().filter(|s| s.router.is_some()).count();
+        let instances: std::collections::HashSet<Ipv4Addr> = c
+            .services
+            .iter()
+            .flat_map(|s| &s.instances)
+            .chain(c.prefixes.iter().flat_map(|p| &p.instances))
+            .map(|i| i.address)
+            .collect();
+        let routers = c.services.iter().filter(|s| s.router.is_some()).count()
+            + c.prefixes.iter().filter(|p| p.router.is_some()).count();
+        let prefixes = if c.prefixes.is_empty() {
+            String::new()
+        } else {
+            let held: u64 = c.prefixes.iter().map(|p| 1u64 << (32 - u32::from(p.len))).sum();
+            format!(" + {} ({held} addresses)", counted(c.prefixes.len(), "prefix"))
+        };
         write!(
             f,
-            "{}: ok: {} ({} fast, {relayed} relay), {}, {routers} behind a router; sal_address {}, \
+            "{}: ok: {} ({} fast, {relayed} relay){prefixes}, {}, {routers} behind a router; sal_address {}, \
              idle_timeout {} s, max_flows {}, relay data_mover {}, buffer {}",
             path.display(),
             counted(c.services.len(), "service"),
@@ -113,9 +125,10 @@ impl fmt::Display for Summary<'_> {
     }
 }
 
-/// "1 service", "2 services".
+/// "1 service", "2 services", "2 prefixes".
 fn counted(n: usize, noun: &str) -> String {
-    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+    let plural = if noun.ends_with('x') { "es" } else { "s" };
+    format!("{n} {noun}{}", if n == 1 { "" } else { plural })
 }
 
 /// `xlate-user check`: the summary on stdout, warnings on stderr, exit 0;

@@ -13,6 +13,12 @@
 //! # router = "10.10.0.254"
 //! # mode = "relay"          # every connection through the stream relay
 //!
+//! # [[prefix]]              # many services behind one public prefix
+//! # prefix = "203.0.113.0/24"
+//! # port = 80               # or a range: "8000-8099"
+//! # service_id = "00010000" # host .5 is service 00010005
+//! # instances = ["10.10.0.11", "10.10.0.12"]
+//!
 //! # [relay]                 # the stream-level relay (docs/relay.md)
 //! # data_mover = "splice"   # or "copy"
 //! # buffer = 262144         # bytes in flight per direction and connection
@@ -38,6 +44,8 @@ pub struct Config {
     /// table declines new flows to the relay.
     pub max_flows: Option<u32>,
     pub services: Vec<Service>,
+    /// Services by prefix: the host part of the address picks the service.
+    pub prefixes: Vec<Prefix>,
     pub relay: RelaySettings,
 }
 
@@ -85,6 +93,109 @@ pub struct Instance {
     pub weight: u32,
 }
 
+/// Many services behind one public prefix (the paper's section 5): the
+/// host part of a client's destination address is added to the low bits
+/// of `service_id`'s first 32 bits (where short hex forms and `dec:N` put
+/// a service's number), so `203.0.113.5` under `203.0.113.0/24` with
+/// `service_id = "00010000"` is service `00010005`. All of a prefix's
+/// services share its instances (or router); each costs the kernel one
+/// map entry per port, not one per address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefix {
+    /// The network address (host bits zero).
+    pub network: Ipv4Addr,
+    pub len: u8,
+    /// First and last port, both included.
+    pub ports: (u16, u16),
+    /// The service of host part 0.
+    pub service_id: ServiceId,
+    pub instances: Vec<Instance>,
+    pub router: Option<Ipv4Addr>,
+}
+
+impl Prefix {
+    /// Shortest prefix: 2^16 services.
+    pub const MIN_LEN: u8 = 16;
+    /// Most ports one prefix may span (each is a kernel map entry).
+    pub const MAX_PORTS: u32 = 64;
+
+    fn netmask(&self) -> u32 {
+        u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0)
+    }
+
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & self.netmask() == u32::from(self.network)
+    }
+
+    /// The service behind `addr`:`port`, if the prefix holds it.
+    pub fn service_of(&self, addr: Ipv4Addr, port: u16) -> Option<ServiceId> {
+        if !self.contains(addr) || port < self.ports.0 || port > self.ports.1 {
+            return None;
+        }
+        Some(host_service(self.service_id, u32::from(addr) & !self.netmask()))
+    }
+
+    /// `203.0.113.0/24:80` or `203.0.113.0/24:8000-8099`.
+    pub fn name(&self) -> String {
+        let (lo, hi) = self.ports;
+        let ports = if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") };
+        format!("{}/{}:{ports}", self.network, self.len)
+    }
+
+    /// The rules every prefix obeys, from the file, a reload or `map set`.
+    pub fn check(&self, sal_address: Ipv4Addr) -> Result<()> {
+        let name = self.name();
+        if !(Self::MIN_LEN..=32).contains(&self.len) {
+            bail!("prefix {name}: length /{} is not {} to 32", self.len, Self::MIN_LEN);
+        }
+        if u32::from(self.network) & !self.netmask() != 0 {
+            bail!(
+                "prefix {}/{}: host bits set (the network is {}/{})",
+                self.network,
+                self.len,
+                Ipv4Addr::from(u32::from(self.network) & self.netmask()),
+                self.len
+            );
+        }
+        let (lo, hi) = self.ports;
+        if lo == 0 || hi < lo || u32::from(hi - lo) >= Self::MAX_PORTS {
+            bail!("prefix {name}: ports must be 1 to 65535, first to last, at most {} of them", Self::MAX_PORTS);
+        }
+        let host_bits = 32 - u32::from(self.len);
+        let number = u32::from_be_bytes(self.service_id.0[..4].try_into().expect("4 bytes"));
+        if host_bits > 0 && number & (u32::MAX >> (32 - host_bits)) != 0 {
+            bail!(
+                "prefix {name}: service_id {} has bits set in its low {host_bits} bits (of its first 32), where the \
+                 host part of an address goes",
+                self.service_id
+            );
+        }
+        if self.contains(sal_address) {
+            bail!("prefix {name} holds the translator's sal_address {sal_address}");
+        }
+        if self.network.is_unspecified() || self.network.is_multicast() || self.network.is_broadcast() {
+            bail!("prefix {name} cannot hold unicast destinations");
+        }
+        match (self.instances.is_empty(), self.router) {
+            (true, None) => bail!("prefix {name} needs instances or a router"),
+            (false, Some(r)) => bail!("prefix {name} has both instances and router {r}: give one"),
+            _ => {}
+        }
+        if let Some(i) = self.instances.iter().find(|i| i.address == sal_address) {
+            bail!("instance {} is the translator's own sal_address", i.address);
+        }
+        Ok(())
+    }
+}
+
+/// `base` with `host` added to the low bits of its first 32 bits.
+pub fn host_service(base: ServiceId, host: u32) -> ServiceId {
+    let mut id = base;
+    let n = u32::from_be_bytes(id.0[..4].try_into().expect("4 bytes")) | host;
+    id.0[..4].copy_from_slice(&n.to_be_bytes());
+    id
+}
+
 impl Service {
     /// The rules every service obeys, whether it comes from the file, a
     /// reload or `xlate-user map set`.
@@ -124,7 +235,19 @@ struct RawConfig {
     translator: RawTranslator,
     #[serde(default)]
     service: Vec<RawService>,
+    #[serde(default)]
+    prefix: Vec<RawPrefix>,
     relay: Option<RawRelay>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrefix {
+    prefix: Spanned<String>,
+    port: Spanned<toml::Value>,
+    service_id: Spanned<toml::Value>,
+    instances: Option<Spanned<Vec<RawInstance>>>,
+    router: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -218,46 +341,8 @@ impl Config {
             if !seen.insert((address, port)) {
                 bail!("{}: service {address}:{port} is configured twice", at(s.address.span()));
             }
-            let service_id = match s.service_id.get_ref() {
-                toml::Value::String(v) => v
-                    .parse::<ServiceId>()
-                    .map_err(|e| anyhow::anyhow!("{}: service_id {v:?}: {e}", at(s.service_id.span())))?,
-                toml::Value::Integer(n) => ServiceId::from_u32(u32::try_from(*n).map_err(|_| {
-                    anyhow::anyhow!(
-                        "{}: service_id {n} does not fit the decimal form (0 to 4294967295)",
-                        at(s.service_id.span())
-                    )
-                })?),
-                other => bail!(
-                    "{}: service_id must be a string or an integer, not {}",
-                    at(s.service_id.span()),
-                    other.type_str()
-                ),
-            };
-            let mut instances = Vec::new();
-            let inst_span = s.instances.as_ref().map_or(s.address.span(), |i| i.span());
-            let inst_ip = |a: &str| -> Result<Ipv4Addr> {
-                a.parse()
-                    .map_err(|_| anyhow::anyhow!("{}: instance {a:?} is not an IPv4 address", at(inst_span.clone())))
-            };
-            for i in s.instances.iter().flat_map(|i| i.get_ref()) {
-                let (a, w) = match i {
-                    RawInstance::Address(a) => (inst_ip(a)?, 1),
-                    RawInstance::Weighted { address, weight } => {
-                        let w = u32::try_from(*weight).ok().filter(|w| (1..=100).contains(w)).ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "{}: instance {address}: weight {weight} is not 1 to 100",
-                                at(inst_span.clone())
-                            )
-                        })?;
-                        (inst_ip(address)?, w)
-                    }
-                };
-                if instances.iter().any(|x: &Instance| x.address == a) {
-                    bail!("{}: instance {a} is listed twice", at(inst_span.clone()));
-                }
-                instances.push(Instance { address: a, weight: w });
-            }
+            let service_id = parse_service_id(&s.service_id, &at)?;
+            let instances = parse_instances(s.instances.as_ref(), s.address.span(), &at)?;
             let router = s.router.as_ref().map(|r| ip(r, "router")).transpose()?;
             let mode = match s.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
                 None | Some(("fast", _)) => ServiceMode::Fast,
@@ -268,8 +353,30 @@ impl Config {
             svc.check(sal_address).map_err(|e| anyhow::anyhow!("{}: {e}", at(s.address.span())))?;
             services.push(svc);
         }
-        if services.len() > xlate_common::flow::gw::MAX_SERVICES as usize {
-            bail!("{} services configured, at most {}", services.len(), xlate_common::flow::gw::MAX_SERVICES);
+        let mut prefixes: Vec<Prefix> = Vec::new();
+        for r in &raw.prefix {
+            let p = parse_prefix(r, sal_address, &at, &ip)?;
+            if let Some(o) = prefixes
+                .iter()
+                .find(|o| (o.network, o.len) == (p.network, p.len) && o.ports.0 <= p.ports.1 && p.ports.0 <= o.ports.1)
+            {
+                bail!(
+                    "{}: prefix {} overlaps prefix {} (same prefix, shared ports)",
+                    at(r.prefix.span()),
+                    p.name(),
+                    o.name()
+                );
+            }
+            prefixes.push(p);
+        }
+        let rows = services.len() + prefixes.len();
+        if rows > xlate_common::flow::gw::MAX_SERVICES as usize {
+            bail!(
+                "{} services and {} prefixes configured, at most {} together",
+                services.len(),
+                prefixes.len(),
+                xlate_common::flow::gw::MAX_SERVICES
+            );
         }
         let mut relay = RelaySettings::default();
         if let Some(r) = &raw.relay {
@@ -302,9 +409,94 @@ impl Config {
             xdp_redirect: raw.translator.xdp_redirect,
             max_flows,
             services,
+            prefixes,
             relay,
         })
     }
+}
+
+type At<'a> = dyn Fn(std::ops::Range<usize>) -> String + 'a;
+
+fn parse_service_id(v: &Spanned<toml::Value>, at: &At) -> Result<ServiceId> {
+    Ok(match v.get_ref() {
+        toml::Value::String(t) => {
+            t.parse::<ServiceId>().map_err(|e| anyhow::anyhow!("{}: service_id {t:?}: {e}", at(v.span())))?
+        }
+        toml::Value::Integer(n) => ServiceId::from_u32(u32::try_from(*n).map_err(|_| {
+            anyhow::anyhow!("{}: service_id {n} does not fit the decimal form (0 to 4294967295)", at(v.span()))
+        })?),
+        other => bail!("{}: service_id must be a string or an integer, not {}", at(v.span()), other.type_str()),
+    })
+}
+
+/// An `instances` list; errors name its line (or `fallback`'s, without
+/// one).
+fn parse_instances(
+    list: Option<&Spanned<Vec<RawInstance>>>,
+    fallback: std::ops::Range<usize>,
+    at: &At,
+) -> Result<Vec<Instance>> {
+    let mut instances = Vec::new();
+    let span = list.map_or(fallback, |i| i.span());
+    let inst_ip = |a: &str| -> Result<Ipv4Addr> {
+        a.parse().map_err(|_| anyhow::anyhow!("{}: instance {a:?} is not an IPv4 address", at(span.clone())))
+    };
+    for i in list.iter().flat_map(|i| i.get_ref()) {
+        let (a, w) = match i {
+            RawInstance::Address(a) => (inst_ip(a)?, 1),
+            RawInstance::Weighted { address, weight } => {
+                let w = u32::try_from(*weight).ok().filter(|w| (1..=100).contains(w)).ok_or_else(|| {
+                    anyhow::anyhow!("{}: instance {address}: weight {weight} is not 1 to 100", at(span.clone()))
+                })?;
+                (inst_ip(address)?, w)
+            }
+        };
+        if instances.iter().any(|x: &Instance| x.address == a) {
+            bail!("{}: instance {a} is listed twice", at(span.clone()));
+        }
+        instances.push(Instance { address: a, weight: w });
+    }
+    Ok(instances)
+}
+
+/// `80` or `"8000-8099"`.
+fn parse_ports(v: &Spanned<toml::Value>, at: &At) -> Result<(u16, u16)> {
+    let bad = || anyhow::anyhow!("{}: port {} is not 1 to 65535 or a range \"FIRST-LAST\"", at(v.span()), v.get_ref());
+    let port = |n: i64| u16::try_from(n).ok().filter(|p| *p != 0);
+    match v.get_ref() {
+        toml::Value::Integer(n) => port(*n).map(|p| (p, p)).ok_or_else(bad),
+        toml::Value::String(t) => {
+            let (a, b) = t.split_once('-').ok_or_else(bad)?;
+            let lo = a.trim().parse().ok().and_then(port).ok_or_else(bad)?;
+            let hi = b.trim().parse().ok().and_then(port).ok_or_else(bad)?;
+            Ok((lo, hi))
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn parse_prefix(
+    r: &RawPrefix,
+    sal_address: Ipv4Addr,
+    at: &At,
+    ip: &dyn Fn(&Spanned<String>, &str) -> Result<Ipv4Addr>,
+) -> Result<Prefix> {
+    let text = r.prefix.get_ref();
+    let bad =
+        || anyhow::anyhow!("{}: prefix {text:?} is not an IPv4 prefix like \"203.0.113.0/24\"", at(r.prefix.span()));
+    let (a, l) = text.split_once('/').ok_or_else(bad)?;
+    let network: Ipv4Addr = a.parse().map_err(|_| bad())?;
+    let len: u8 = l.parse().ok().filter(|l| *l <= 32).ok_or_else(bad)?;
+    let p = Prefix {
+        network,
+        len,
+        ports: parse_ports(&r.port, at)?,
+        service_id: parse_service_id(&r.service_id, at)?,
+        instances: parse_instances(r.instances.as_ref(), r.prefix.span(), at)?,
+        router: r.router.as_ref().map(|x| ip(x, "router")).transpose()?,
+    };
+    p.check(sal_address).map_err(|e| anyhow::anyhow!("{}: {e}", at(r.prefix.span())))?;
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -389,5 +581,65 @@ buffer = 65536
         assert!(e.contains("line 4: max_flows 2 is not 16 to 4194304"), "{e}");
         let e = err(&GOOD.replace("\"copy\"", "\"zero\""));
         assert!(e.contains("line 18: data_mover \"zero\" is not \"splice\" or \"copy\""), "{e}");
+    }
+
+    const PREFIXED: &str = r#"
+[translator]
+sal_address = "10.10.0.1"
+
+[[prefix]]
+prefix = "203.0.113.0/24"
+port = 80
+service_id = "00010000"
+instances = ["10.10.0.11", "10.10.0.12"]
+
+[[prefix]]
+prefix = "198.18.0.0/16"
+port = "8000-8009"
+service_id = "dec:16777216"
+router = "10.10.0.254"
+"#;
+
+    #[test]
+    fn prefixes_map_host_parts_to_services() {
+        let c = Config::parse(PREFIXED).unwrap();
+        assert_eq!(c.prefixes.len(), 2);
+        let p = &c.prefixes[0];
+        assert_eq!((p.network, p.len, p.ports), (Ipv4Addr::new(203, 0, 113, 0), 24, (80, 80)));
+        assert_eq!(p.service_of(Ipv4Addr::new(203, 0, 113, 5), 80), Some("00010005".parse().unwrap()));
+        assert_eq!(p.service_of(Ipv4Addr::new(203, 0, 113, 255), 80), Some("000100ff".parse().unwrap()));
+        assert_eq!(p.service_of(Ipv4Addr::new(203, 0, 114, 5), 80), None);
+        assert_eq!(p.service_of(Ipv4Addr::new(203, 0, 113, 5), 81), None);
+        let q = &c.prefixes[1];
+        assert_eq!(q.ports, (8000, 8009));
+        assert_eq!(q.name(), "198.18.0.0/16:8000-8009");
+        assert_eq!(q.service_of(Ipv4Addr::new(198, 18, 1, 2), 8009), Some("01000102".parse().unwrap()));
+        assert_eq!(q.router, Some(Ipv4Addr::new(10, 10, 0, 254)));
+    }
+
+    #[test]
+    fn bad_prefixes_name_line_field_and_value() {
+        let e = err(&PREFIXED.replace("203.0.113.0/24", "203.0.113.0/33"));
+        assert!(e.contains("line 6: prefix \"203.0.113.0/33\" is not an IPv4 prefix"), "{e}");
+        let e = err(&PREFIXED.replace("203.0.113.0/24", "203.0.113.7/24"));
+        assert!(e.contains("line 6: prefix 203.0.113.7/24: host bits set (the network is 203.0.113.0/24)"), "{e}");
+        let e = err(&PREFIXED.replace("203.0.113.0/24", "203.0.0.0/12"));
+        assert!(e.contains("line 6: prefix 203.0.0.0/12:80: length /12 is not 16 to 32"), "{e}");
+        let e = err(&PREFIXED.replace("\"00010000\"", "\"00010001\""));
+        assert!(e.contains("line 6: prefix 203.0.113.0/24:80: service_id 00010001"), "{e}");
+        assert!(e.contains("low 8 bits"), "{e}");
+        let e = err(&PREFIXED.replace("\"8000-8009\"", "\"8009-8000\""));
+        assert!(e.contains("line 12: prefix 198.18.0.0/16:8009-8000: ports must be"), "{e}");
+        let e = err(&PREFIXED.replace("\"8000-8009\"", "\"8000-9000\""));
+        assert!(e.contains("at most 64 of them"), "{e}");
+        let e = err(&PREFIXED.replace("\"8000-8009\"", "\"80x\""));
+        assert!(e.contains("line 13: port \"80x\" is not 1 to 65535 or a range"), "{e}");
+        let e = err(&PREFIXED.replace("198.18.0.0/16", "10.10.0.0/16"));
+        assert!(e.contains("holds the translator's sal_address 10.10.0.1"), "{e}");
+        let e = err(&PREFIXED.replace("router = \"10.10.0.254\"", ""));
+        assert!(e.contains("line 12: prefix 198.18.0.0/16:8000-8009 needs instances or a router"), "{e}");
+        let twice = format!("{PREFIXED}\n[[prefix]]\nprefix = \"203.0.113.0/24\"\nport = \"70-80\"\nservice_id = 1\nrouter = \"10.10.0.9\"\n");
+        let e = err(&twice.replace("service_id = 1", "service_id = \"00020000\""));
+        assert!(e.contains("line 18: prefix 203.0.113.0/24:70-80 overlaps prefix 203.0.113.0/24:80"), "{e}");
     }
 }

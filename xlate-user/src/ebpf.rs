@@ -73,15 +73,6 @@ fn table_entries(name: &str, max_flows: u32) -> u32 {
     }
 }
 
-/// The kernel's mask from a flow ID to its `FLOWS` slot
-/// (`EngineConfig::flow_slot_mask`), for the table `ebpf` loaded.
-pub fn flow_slot_mask(ebpf: &Ebpf) -> Result<u32> {
-    let Some(aya::maps::Map::Array(map)) = ebpf.map(names::FLOWS) else {
-        bail!("map FLOWS missing from the eBPF object, or not an array");
-    };
-    Ok(map.info().context("reading FLOWS's map info")?.max_entries() - 1)
-}
-
 /// Loads the object with its maps pinned in `dir`, adopting the maps an
 /// earlier run left there once their layout is checked (see the module).
 /// `max_flows` sizes the flow tables (the object's default when `None`).

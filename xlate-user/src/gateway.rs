@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
 use xlate_common::flow::{config_flag, gw, names, EngineConfig, SynBudget};
@@ -17,7 +18,7 @@ use crate::agent::control_plane::ControlPlane;
 use crate::agent::maps::{pin_dir_for_agent, take, FlowMaps, Kind};
 use crate::agent::protocol::{self as control_protocol, Request, Response};
 use crate::agent::resident::{self, attach_tc, attach_xdp, drop_other_links, Attached, Lock, Record};
-use crate::agent::{control_socket, event_loop, seed_rotation, Ending};
+use crate::agent::{control_socket, event_loop, seal_flows, seed_rotation, Ending};
 use crate::config::{Config, Service};
 use crate::ebpf::Resident;
 use crate::netif::{Interface, Segmenter};
@@ -75,18 +76,85 @@ const SYN_TIMEOUT: Duration = Duration::from_millis(2200);
 /// How long a failed instance gets no new connections.
 const DOWN_FOR: Duration = Duration::from_secs(10);
 
+/// What a Maglev row belongs to: a service, or a prefix (all its services).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum RowOwner {
+    Service(Ipv4Addr, u16),
+    /// Network, length, first port.
+    Prefix(Ipv4Addr, u8, u16),
+}
+
+impl RowOwner {
+    fn of_prefix(p: &crate::config::Prefix) -> RowOwner {
+        RowOwner::Prefix(p.network, p.len, p.ports.0)
+    }
+}
+
+/// The kernel's entries for prefix `p` in Maglev row `row`: one per port.
+fn prefix_entries_of(p: &crate::config::Prefix, row: u32) -> Vec<(Key<gw::PrefixKey>, gw::GwPrefix)> {
+    let host_mask = u32::MAX.checked_shr(u32::from(p.len)).unwrap_or(0);
+    let value = gw::GwPrefix {
+        service_id: p.service_id.0,
+        host_mask,
+        index: row,
+        router: p.router.map_or([0; 4], |r| r.octets()),
+    };
+    (p.ports.0..=p.ports.1)
+        .map(|port| {
+            let k = gw::PrefixKey { port: port.to_be_bytes(), addr: p.network.octets() };
+            (Key::new(gw::PrefixKey::PORT_BITS + u32::from(p.len), k), value)
+        })
+        .collect()
+}
+
+/// One entry of the kernel's prefix table.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefixEntry {
+    pub port: u16,
+    pub network: Ipv4Addr,
+    pub len: u8,
+    pub entry: gw::GwPrefix,
+}
+
+impl PrefixEntry {
+    /// Whether it holds destination `addr`:`port`.
+    pub fn holds(&self, addr: Ipv4Addr, port: u16) -> bool {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+        port == self.port && u32::from(addr) & mask == u32::from(self.network)
+    }
+}
+
+/// Every entry of the translator's prefix table.
+pub fn prefix_entries(kind: Kind, iface: &str) -> Result<Vec<PrefixEntry>> {
+    let m: LpmTrie<MapData, gw::PrefixKey, gw::GwPrefix> =
+        crate::agent::maps::open_pinned(kind, iface, gw::PREFIXES)?.try_into()?;
+    let mut out = Vec::new();
+    for item in m.iter() {
+        let (k, entry) = item?;
+        let d = k.data();
+        out.push(PrefixEntry {
+            port: u16::from_be_bytes(d.port),
+            network: Ipv4Addr::from(d.addr),
+            len: (k.prefix_len() - gw::PrefixKey::PORT_BITS) as u8,
+            entry,
+        });
+    }
+    Ok(out)
+}
+
 /// The gateway's own maps (the flow maps are host mode's), the running
 /// configuration and instance health.
 struct GwMaps {
     services: HashMap<MapData, ServiceKey, gw::GwService>,
+    prefixes: LpmTrie<MapData, gw::PrefixKey, gw::GwPrefix>,
     maglev: Array<MapData, [u8; 4]>,
     cfg: Config,
     path: PathBuf,
     /// Instances that failed a handshake, and until when they are out.
     down: std::collections::HashMap<Ipv4Addr, std::time::Instant>,
-    /// The Maglev row of each service, stable across reloads and edits so
-    /// that a live entry never points at another service's row.
-    rows: std::collections::HashMap<(Ipv4Addr, u16), u32>,
+    /// The Maglev row of each service and prefix, stable across reloads
+    /// and edits so that a live entry never points at another's row.
+    rows: std::collections::HashMap<RowOwner, u32>,
     /// Devices XDP may redirect rewritten frames to (see `xdp_features`).
     redirect: Redirect,
     /// New flows, oldest first, until their handshake is due (health).
@@ -125,7 +193,7 @@ impl RelayMaps {
     }
 
     /// New entries first, stale ones after (as for the services).
-    fn apply(&mut self, cfg: &Config, rows: &std::collections::HashMap<(Ipv4Addr, u16), u32>) -> Result<()> {
+    fn apply(&mut self, cfg: &Config, rows: &std::collections::HashMap<RowOwner, u32>) -> Result<()> {
         use crate::config::ServiceMode;
         let mut relayed = Vec::new();
         let mut connect = Vec::new();
@@ -135,7 +203,7 @@ impl RelayMaps {
                 self.services.insert(key, 1, 0)?;
                 relayed.push(key);
             }
-            let port = crate::relay::connect_port(rows[&(s.address, s.port)]);
+            let port = crate::relay::connect_port(rows[&RowOwner::Service(s.address, s.port)]);
             let entry = xlate_common::maps::ServiceEntry { service_id: s.service_id };
             for t in s.instances.iter().map(|i| i.address).chain(s.router) {
                 let k = ServiceKey::new(t, port);
@@ -242,23 +310,15 @@ impl GwMaps {
     /// are down (unless that would leave a service with none). New entries
     /// go in first, stale ones out after, so a reload never leaves a gap.
     fn apply(&mut self, cfg: &Config) -> Result<()> {
+        let owners: Vec<RowOwner> = cfg
+            .services
+            .iter()
+            .map(|s| RowOwner::Service(s.address, s.port))
+            .chain(cfg.prefixes.iter().map(RowOwner::of_prefix))
+            .collect();
         for s in &cfg.services {
-            let key = (s.address, s.port);
-            let row = match self.rows.get(&key) {
-                Some(r) => *r,
-                None => {
-                    let r = (0..gw::MAX_SERVICES)
-                        .find(|r| !self.rows.values().any(|u| u == r))
-                        .ok_or_else(|| anyhow!("no free service row: at most {} services", gw::MAX_SERVICES))?;
-                    self.rows.insert(key, r);
-                    r
-                }
-            };
-            let up: Vec<_> = s.instances.iter().copied().filter(|x| !self.down.contains_key(&x.address)).collect();
-            let table = crate::maglev::table(if up.is_empty() { &s.instances } else { &up }, gw::MAGLEV_SIZE);
-            for (slot, addr) in table.iter().enumerate() {
-                self.maglev.set(row * gw::MAGLEV_SIZE + slot as u32, addr.octets(), 0)?;
-            }
+            let row = self.row(RowOwner::Service(s.address, s.port))?;
+            self.fill_row(row, &s.instances)?;
             let entry = gw::GwService {
                 service_id: s.service_id.0,
                 index: row,
@@ -266,17 +326,91 @@ impl GwMaps {
             };
             self.services.insert(ServiceKey::new(s.address, s.port), entry, 0)?;
         }
+        let mut wanted = Vec::new();
+        for p in &cfg.prefixes {
+            let row = self.row(RowOwner::of_prefix(p))?;
+            self.fill_row(row, &p.instances)?;
+            for (k, v) in prefix_entries_of(p, row) {
+                self.prefixes.insert(&k, v, 0)?;
+                wanted.push((k.prefix_len(), k.data()));
+            }
+        }
         let keep: Vec<ServiceKey> = cfg.services.iter().map(|s| ServiceKey::new(s.address, s.port)).collect();
         let stale: Vec<ServiceKey> =
             self.services.keys().filter_map(|k| k.ok()).filter(|k| !keep.contains(k)).collect();
         for k in stale {
             self.services.remove(&k)?;
         }
-        self.rows.retain(|(a, p), _| cfg.services.iter().any(|s| s.address == *a && s.port == *p));
+        let stale: Vec<Key<gw::PrefixKey>> = self
+            .prefixes
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            self.prefixes.remove(&k)?;
+        }
+        self.rows.retain(|o, _| owners.contains(o));
         if let Some(r) = self.relay.as_mut() {
             r.apply(cfg, &self.rows)?;
         }
         Ok(())
+    }
+
+    /// `owner`'s Maglev row: the one it has, else a free one.
+    fn row(&mut self, owner: RowOwner) -> Result<u32> {
+        if let Some(r) = self.rows.get(&owner) {
+            return Ok(*r);
+        }
+        let r = (0..gw::MAX_SERVICES)
+            .find(|r| !self.rows.values().any(|u| u == r))
+            .ok_or_else(|| anyhow!("no free Maglev row: at most {} services and prefixes", gw::MAX_SERVICES))?;
+        self.rows.insert(owner, r);
+        Ok(r)
+    }
+
+    /// Writes row `row`'s Maglev table over `instances`, without those that
+    /// are down (unless that would leave none).
+    fn fill_row(&mut self, row: u32, instances: &[crate::config::Instance]) -> Result<()> {
+        let up: Vec<_> = instances.iter().copied().filter(|x| !self.down.contains_key(&x.address)).collect();
+        let table = crate::maglev::table(if up.is_empty() { instances } else { &up }, gw::MAGLEV_SIZE);
+        for (slot, addr) in table.iter().enumerate() {
+            self.maglev.set(row * gw::MAGLEV_SIZE + slot as u32, addr.octets(), 0)?;
+        }
+        Ok(())
+    }
+
+    /// Live edit: add or replace one prefix (by network, length and
+    /// ports; an overlapping one of the same network and length is
+    /// replaced).
+    fn set_prefix(&mut self, p: crate::config::Prefix) -> Result<String> {
+        p.check(self.cfg.sal_address)?;
+        let mut cfg = self.cfg.clone();
+        cfg.prefixes.retain(|o| {
+            !((o.network, o.len) == (p.network, p.len) && o.ports.0 <= p.ports.1 && p.ports.0 <= o.ports.1)
+        });
+        let what = format!("{} -> services {} + host", p.name(), p.service_id);
+        cfg.prefixes.push(p);
+        self.apply(&cfg)?;
+        self.cfg = cfg;
+        Ok(format!("ok: {what}"))
+    }
+
+    /// Live edit: remove the prefix of this network and length that holds
+    /// `port`.
+    fn del_prefix(&mut self, network: Ipv4Addr, len: u8, port: u16) -> Result<String> {
+        let mut cfg = self.cfg.clone();
+        let Some(i) = cfg
+            .prefixes
+            .iter()
+            .position(|o| (o.network, o.len) == (network, len) && (o.ports.0..=o.ports.1).contains(&port))
+        else {
+            bail!("no prefix {network}/{len} with port {port}");
+        };
+        let gone = cfg.prefixes.remove(i);
+        self.apply(&cfg)?;
+        self.cfg = cfg;
+        Ok(format!("ok: removed {}", gone.name()))
     }
 
     /// Live edit: add or replace one service (by address and port).
@@ -340,7 +474,12 @@ impl crate::agent::LoopHooks for GwMaps {
         }
         self.apply(&new)?;
         self.cfg = new;
-        Ok(format!("reloaded {}: {} services", self.path.display(), self.cfg.services.len()))
+        Ok(format!(
+            "reloaded {}: {} services, {} prefixes",
+            self.path.display(),
+            self.cfg.services.len(),
+            self.cfg.prefixes.len()
+        ))
     }
 
     /// `xlate-user map set|del`.
@@ -348,6 +487,8 @@ impl crate::agent::LoopHooks for GwMaps {
         let r = match req {
             Request::ServiceSet { service } => Service::try_from(service).and_then(|s| self.set_service(s)),
             Request::ServiceDel { address, port } => self.del_service(*address, *port),
+            Request::PrefixSet { prefix } => crate::config::Prefix::try_from(prefix).and_then(|p| self.set_prefix(p)),
+            Request::PrefixDel { network, len, port } => self.del_prefix(*network, *len, *port),
             Request::RelayConnections => {
                 let rows = self.relay_view.as_ref().map(|v| v.connections()).unwrap_or_default();
                 Ok(serde_json::to_string(&rows).unwrap_or_default())
@@ -391,7 +532,8 @@ impl crate::agent::LoopHooks for GwMaps {
             }
         }
         for (id, inst) in stuck {
-            let configured = self.cfg.services.iter().any(|s| s.instances.iter().any(|i| i.address == inst));
+            let configured = self.cfg.services.iter().flat_map(|s| &s.instances).any(|i| i.address == inst)
+                || self.cfg.prefixes.iter().flat_map(|p| &p.instances).any(|i| i.address == inst);
             if configured && !self.down.contains_key(&inst) {
                 tracing::info!(
                     "instance {inst} did not answer a SYN within {SYN_TIMEOUT:?}: out of rotation for {DOWN_FOR:?}"
@@ -421,6 +563,36 @@ pub fn parse_addr_port(s: &str) -> Result<(Ipv4Addr, u16)> {
 pub fn parse_service(ap: &str, sid: &str, targets: &str) -> Result<crate::config::Service> {
     let (address, port) = parse_addr_port(ap)?;
     let service_id = sid.parse().map_err(|e| anyhow!("service ID {sid:?}: {e}"))?;
+    let (instances, router) = parse_targets(targets)?;
+    Ok(crate::config::Service { address, port, service_id, instances, router, mode: Default::default() })
+}
+
+/// A prefix from `xlate-user map set` words: `NETWORK/LEN:PORT` or
+/// `NETWORK/LEN:FIRST-LAST`, host 0's service ID, the targets.
+pub fn parse_prefix(text: &str, sid: &str, targets: &str) -> Result<crate::config::Prefix> {
+    let (network, len, ports) = parse_prefix_ports(text)?;
+    let service_id = sid.parse().map_err(|e| anyhow!("service ID {sid:?}: {e}"))?;
+    let (instances, router) = parse_targets(targets)?;
+    Ok(crate::config::Prefix { network, len, ports, service_id, instances, router })
+}
+
+/// `NETWORK/LEN:PORT` or `NETWORK/LEN:FIRST-LAST`.
+pub fn parse_prefix_ports(text: &str) -> Result<(Ipv4Addr, u8, (u16, u16))> {
+    let (net, ports) = text.rsplit_once(':').ok_or_else(|| anyhow!("{text:?}: expected NETWORK/LEN:PORT"))?;
+    let (a, l) = net.split_once('/').ok_or_else(|| anyhow!("{net:?}: expected NETWORK/LEN"))?;
+    let network = a.parse().map_err(|_| anyhow!("{a:?} is not an IPv4 address"))?;
+    let len = l.parse().ok().filter(|l| *l <= 32).ok_or_else(|| anyhow!("prefix length {l:?} is not 0 to 32"))?;
+    let port =
+        |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| anyhow!("port {p:?} is not 1 to 65535"));
+    let ports = match ports.split_once('-') {
+        Some((lo, hi)) => (port(lo)?, port(hi)?),
+        None => (port(ports)?, port(ports)?),
+    };
+    Ok((network, len, ports))
+}
+
+/// `router=ADDR`, or instances `ADDR[:WEIGHT],...`.
+fn parse_targets(targets: &str) -> Result<(Vec<crate::config::Instance>, Option<Ipv4Addr>)> {
     let (mut instances, mut router) = (Vec::new(), None);
     if let Some(r) = targets.strip_prefix("router=") {
         router = Some(r.parse().map_err(|_| anyhow!("router {r:?} is not an IPv4 address"))?);
@@ -439,7 +611,7 @@ pub fn parse_service(ap: &str, sid: &str, targets: &str) -> Result<crate::config
             instances.push(crate::config::Instance { address, weight });
         }
     }
-    Ok(crate::config::Service { address, port, service_id, instances, router, mode: Default::default() })
+    Ok((instances, router))
 }
 
 /// Sysctls the translator needs, set while it runs and restored after:
@@ -529,15 +701,27 @@ pub fn run(opts: RunOptions) -> Result<()> {
         seed_rotation(&mut ebpf)?;
     }
     let mut flows = FlowMaps::take(&mut ebpf)?;
+    seal_flows(&flows.flows)?;
     let services: HashMap<MapData, ServiceKey, gw::GwService> = take(&mut ebpf, gw::SERVICES)?.try_into()?;
-    // The Maglev rows an earlier run gave its services stay theirs.
-    let rows = services
+    let prefixes: LpmTrie<MapData, gw::PrefixKey, gw::GwPrefix> = take(&mut ebpf, gw::PREFIXES)?.try_into()?;
+    // The Maglev rows an earlier run gave its services and prefixes stay
+    // theirs (a prefix's row is known by its first port).
+    let mut rows: std::collections::HashMap<RowOwner, u32> = services
         .iter()
         .filter_map(|r| r.ok())
-        .map(|(k, v)| ((Ipv4Addr::from(k.addr), u16::from_be_bytes(k.port)), v.index))
+        .map(|(k, v)| (RowOwner::Service(Ipv4Addr::from(k.addr), u16::from_be_bytes(k.port)), v.index))
         .collect();
+    let mut firsts: std::collections::HashMap<(Ipv4Addr, u8, u32), u16> = Default::default();
+    for (k, v) in prefixes.iter().filter_map(|r| r.ok()) {
+        let len = (k.prefix_len() - gw::PrefixKey::PORT_BITS) as u8;
+        let port = u16::from_be_bytes(k.data().port);
+        let first = firsts.entry((Ipv4Addr::from(k.data().addr), len, v.index)).or_insert(port);
+        *first = (*first).min(port);
+    }
+    rows.extend(firsts.into_iter().map(|((net, len, row), port)| (RowOwner::Prefix(net, len, port), row)));
     let mut gwm = GwMaps {
         services,
+        prefixes,
         maglev: take(&mut ebpf, gw::MAGLEV)?.try_into()?,
         cfg: cfg.clone(),
         path: opts.config.clone(),
@@ -568,7 +752,6 @@ pub fn run(opts: RunOptions) -> Result<()> {
         } else {
             0
         },
-        flow_slot_mask: flows.flows.slots() - 1,
         ..Default::default()
     };
     // The relay's Serval side: its outbound connections leave by the
@@ -788,8 +971,20 @@ pub fn relayed(iface: &str) -> Result<Vec<crate::relay::RelayRow>> {
 /// The instance a new connection from this 4-tuple goes to (what the
 /// kernel computes), for operators and tests.
 pub fn instance_for(cfg: &Config, client: (Ipv4Addr, u16), service: (Ipv4Addr, u16)) -> Option<Ipv4Addr> {
-    let s = cfg.services.iter().find(|s| (s.address, s.port) == service)?;
-    let table = crate::maglev::table(&s.instances, gw::MAGLEV_SIZE);
+    let instances = match cfg.services.iter().find(|s| (s.address, s.port) == service) {
+        Some(s) => &s.instances,
+        None => {
+            &cfg.prefixes
+                .iter()
+                .filter(|p| p.service_of(service.0, service.1).is_some())
+                .max_by_key(|p| p.len)?
+                .instances
+        }
+    };
+    if instances.is_empty() {
+        return None;
+    }
+    let table = crate::maglev::table(instances, gw::MAGLEV_SIZE);
     let h = gw::flow_hash(client.0.octets(), service.0.octets(), client.1.to_be_bytes(), service.1.to_be_bytes());
     Some(table[(h % gw::MAGLEV_SIZE) as usize])
 }
@@ -804,11 +999,21 @@ pub fn control(iface: &str, req: &Request) -> Result<String> {
 pub struct ServiceRow {
     pub address: Ipv4Addr,
     pub port: u16,
+    /// A prefix of services (`[[prefix]]`): `address` is its network,
+    /// `service_id` host part 0's service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<PrefixSpan>,
     pub service_id: String,
     pub router: Option<Ipv4Addr>,
     /// Each instance and its share of the Maglev table (slots of 1021).
     pub instances: Vec<InstanceShare>,
     pub mode: crate::config::ServiceMode,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PrefixSpan {
+    pub len: u8,
+    pub last_port: u16,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -819,7 +1024,17 @@ pub struct InstanceShare {
 
 impl std::fmt::Display for ServiceRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{} service {} -> ", self.address, self.port, self.service_id)?;
+        match self.prefix {
+            None => write!(f, "{}:{} service {} -> ", self.address, self.port, self.service_id)?,
+            Some(p) => {
+                let ports = if p.last_port == self.port {
+                    self.port.to_string()
+                } else {
+                    format!("{}-{}", self.port, p.last_port)
+                };
+                write!(f, "{}/{}:{ports} services {} + host -> ", self.address, p.len, self.service_id)?
+            }
+        }
         if self.mode == crate::config::ServiceMode::Relay {
             write!(f, "relay -> ")?;
         }
@@ -841,21 +1056,26 @@ pub fn services(iface: &str) -> Result<Vec<ServiceRow>> {
     // Absent in a build without the relay.
     let relayed: Option<HashMap<MapData, ServiceKey, u32>> =
         open_pinned(Kind::Gateway, iface, gw::RELAY_SERVICES).ok().and_then(|m| m.try_into().ok());
-    let mut rows = Vec::new();
-    for item in svc.iter() {
-        let (k, v) = item?;
-        let router = (v.router != [0; 4]).then(|| Ipv4Addr::from(v.router));
+    let shares = |index: u32, router: [u8; 4]| -> Result<(Option<Ipv4Addr>, Vec<InstanceShare>)> {
+        let router = (router != [0; 4]).then(|| Ipv4Addr::from(router));
         let mut instances = Vec::new();
         if router.is_none() {
             let mut counts: std::collections::BTreeMap<Ipv4Addr, u32> = Default::default();
             for slot in 0..gw::MAGLEV_SIZE {
-                *counts.entry(Ipv4Addr::from(mg.get(&(v.index * gw::MAGLEV_SIZE + slot), 0)?)).or_default() += 1;
+                *counts.entry(Ipv4Addr::from(mg.get(&(index * gw::MAGLEV_SIZE + slot), 0)?)).or_default() += 1;
             }
             instances = counts.into_iter().map(|(address, slots)| InstanceShare { address, slots }).collect();
         }
+        Ok((router, instances))
+    };
+    let mut rows = Vec::new();
+    for item in svc.iter() {
+        let (k, v) = item?;
+        let (router, instances) = shares(v.index, v.router)?;
         rows.push(ServiceRow {
             address: Ipv4Addr::from(k.addr),
             port: u16::from_be_bytes(k.port),
+            prefix: None,
             service_id: xlate_common::ServiceId(v.service_id).to_string(),
             router,
             instances,
@@ -864,6 +1084,33 @@ pub fn services(iface: &str) -> Result<Vec<ServiceRow>> {
             } else {
                 crate::config::ServiceMode::Fast
             },
+        });
+    }
+    // A prefix has an entry per port: one row per run of ports.
+    let mut entries = prefix_entries(Kind::Gateway, iface).unwrap_or_default();
+    entries.sort_by_key(|e| (e.network, e.len, e.entry.index, e.port));
+    let mut i = 0;
+    while i < entries.len() {
+        let e = entries[i];
+        let mut last = e.port;
+        while let Some(n) = entries.get(i + 1) {
+            if (n.network, n.len, n.entry.index) != (e.network, e.len, e.entry.index) || n.port != last.wrapping_add(1)
+            {
+                break;
+            }
+            last += 1;
+            i += 1;
+        }
+        i += 1;
+        let (router, instances) = shares(e.entry.index, e.entry.router)?;
+        rows.push(ServiceRow {
+            address: e.network,
+            port: e.port,
+            prefix: Some(PrefixSpan { len: e.len, last_port: last }),
+            service_id: xlate_common::ServiceId(e.entry.service_id).to_string(),
+            router,
+            instances,
+            mode: crate::config::ServiceMode::Fast,
         });
     }
     rows.sort_by_key(|r| (r.address, r.port));

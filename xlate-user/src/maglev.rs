@@ -3,6 +3,13 @@
 //! preference permutation. Removing an instance only moves the slots it
 //! held (plus a few from the permutation shuffle), so connections to the
 //! other instances keep their instance.
+//!
+//! The table depends only on the set of instances and their weights, not
+//! on the order they are listed in: two translators with the same
+//! instances choose the same instance for the same 4-tuple (the kernel's
+//! `flow_hash` is the same everywhere), so ECMP or anycast in front of
+//! several translators keeps a new connection's instance whichever
+//! translator it reaches.
 
 use std::net::Ipv4Addr;
 
@@ -30,6 +37,8 @@ pub fn table(instances: &[Instance], m: u32) -> Vec<Ipv4Addr> {
             nodes.push((inst.address, offset, skip));
         }
     }
+    // Nodes take turns in a fixed order, the same whatever the listing's.
+    nodes.sort();
     let mut out = vec![Ipv4Addr::UNSPECIFIED; m as usize];
     if nodes.is_empty() {
         return out;
@@ -77,5 +86,12 @@ mod tests {
         let three: Ipv4Addr = "10.0.0.3".parse().unwrap();
         let moved = full.iter().zip(&less).filter(|(f, l)| **f != three && f != l).count();
         assert!(moved < 1021 / 20, "{moved} slots of surviving instances moved");
+    }
+
+    #[test]
+    fn the_table_is_the_same_whatever_the_listing_order() {
+        let a = table(&[inst("10.0.0.1", 1), inst("10.0.0.2", 2), inst("10.0.0.3", 1)], 1021);
+        let b = table(&[inst("10.0.0.3", 1), inst("10.0.0.1", 1), inst("10.0.0.2", 2)], 1021);
+        assert_eq!(a, b);
     }
 }

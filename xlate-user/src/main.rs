@@ -191,21 +191,24 @@ struct HostCmd {
 
 #[derive(Subcommand)]
 enum MapAction {
-    /// Services as the kernel has them: address:port, service ID, and the
-    /// instances with their share of the Maglev table (or the router).
+    /// Services as the kernel has them: address:port (or prefix:ports),
+    /// service ID, and the instances with their share of the Maglev table
+    /// (or the router).
     #[command(after_help = "Example:\n  xlate-user map show --iface eth0 --json")]
     Show(ReadArgs),
-    /// Add or replace the service at --service.
+    /// Add or replace the service at --service, or a prefix of services.
     #[command(
-        after_help = "Example:\n  xlate-user map set --iface eth0 --service 203.0.113.1:80 --id 00000050 --instances 10.10.0.11,10.10.0.12:3"
+        after_help = "Examples:\n  xlate-user map set --iface eth0 --service 203.0.113.1:80 --id 00000050 --instances 10.10.0.11,10.10.0.12:3\n  xlate-user map set --iface eth0 --service 198.51.100.0/24:80 --id 00010000 --instances 10.10.0.11,10.10.0.12\n    (a prefix: host .5 is service 00010005; ports may be a range, 8000-8009)"
     )]
     Set {
         #[arg(long)]
         iface: String,
-        /// Public ADDR:PORT clients connect to.
+        /// Public ADDR:PORT clients connect to, or NETWORK/LEN:PORT[-LAST]
+        /// for a prefix whose host part picks the service.
         #[arg(long)]
         service: String,
-        /// Service ID (any form: 00000050, dec:80, 64 hex digits).
+        /// Service ID (any form: 00000050, dec:80, 64 hex digits); for a
+        /// prefix, host part 0's (the host part is added to its low bits).
         #[arg(long)]
         id: String,
         /// Instances: IP[:WEIGHT],...
@@ -218,8 +221,11 @@ enum MapAction {
         #[arg(long)]
         relay: bool,
     },
-    /// Remove the service at --service (new connections to it pass to the kernel).
-    #[command(after_help = "Example:\n  xlate-user map del --iface eth0 --service 203.0.113.1:80")]
+    /// Remove the service at --service, or the prefix NETWORK/LEN:PORT
+    /// holding that port (new connections to it pass to the kernel).
+    #[command(
+        after_help = "Examples:\n  xlate-user map del --iface eth0 --service 203.0.113.1:80\n  xlate-user map del --iface eth0 --service 198.51.100.0/24:80"
+    )]
     Del {
         #[arg(long)]
         iface: String,
@@ -553,12 +559,26 @@ fn map_cmd(action: MapAction) -> Result<()> {
                 (Some(i), None) => i,
                 (None, None) => anyhow::bail!("give --instances or --router"),
             };
+            if service.contains('/') {
+                if relay {
+                    anyhow::bail!("--relay: a prefix of services takes the fast path only");
+                }
+                let prefix = (&gateway::parse_prefix(&service, &id, &targets)?).into();
+                let req = xlate_user::agent::protocol::Request::PrefixSet { prefix };
+                println!("{}", gateway::control(&iface, &req)?);
+                return Ok(());
+            }
             let mut svc = gateway::parse_service(&service, &id, &targets)?;
             if relay {
                 svc.mode = xlate_user::config::ServiceMode::Relay;
             }
             let service = (&svc).into();
             println!("{}", gateway::control(&iface, &xlate_user::agent::protocol::Request::ServiceSet { service })?);
+        }
+        MapAction::Del { iface, service } if service.contains('/') => {
+            let (network, len, (port, _)) = gateway::parse_prefix_ports(&service)?;
+            let req = xlate_user::agent::protocol::Request::PrefixDel { network, len, port };
+            println!("{}", gateway::control(&iface, &req)?);
         }
         MapAction::Del { iface, service } => {
             let (address, port) = gateway::parse_addr_port(&service)?;

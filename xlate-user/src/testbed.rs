@@ -16,6 +16,10 @@ use crate::gateway::xdp_program;
 
 /// The translator's XDP program loaded (not attached) with one service,
 /// for packet fixtures and micro-benchmarks through BPF_PROG_TEST_RUN.
+/// The flow table key of every test bed: fixed, so that a test's flow
+/// IDs name the same slots in every run.
+pub const TEST_KEY: u64 = 0x5eed_5eed_5eed_5eed;
+
 pub struct TestBed {
     pub ebpf: aya::Ebpf,
     /// The build of the XDP program loaded (`xlate_gw` or `xlate_gw_nometa`).
@@ -44,10 +48,12 @@ impl TestBed {
         let prog: &mut Xdp =
             ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
         crate::ebpf::loaded(program, prog.load())?;
-        let flow_slot_mask = crate::ebpf::flow_slot_mask(&ebpf)?;
         let mut cfg: Array<_, EngineConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap())?;
-        let engine = EngineConfig { addr: sal_address.octets(), max_mss: 1448, flow_slot_mask, ..Default::default() };
+        let engine = EngineConfig { addr: sal_address.octets(), max_mss: 1448, ..Default::default() };
         cfg.set(0, engine, 0)?;
+        let table =
+            crate::agent::flow_table::FlowTable::of(ebpf.map(names::FLOWS).ok_or_else(|| anyhow!("no FLOWS map"))?)?;
+        table.seal(TEST_KEY)?;
         crate::ebpf::fresh_room(&mut ebpf, xlate_common::flow::SynBudget::GATEWAY)?;
         let mut svc: HashMap<_, ServiceKey, gw::GwService> = HashMap::try_from(ebpf.map_mut(gw::SERVICES).unwrap())?;
         let sid: xlate_common::ServiceId = "00000050".parse().expect("valid");
@@ -76,6 +82,22 @@ impl TestBed {
     pub fn set_room(&mut self, slot: u32, n: i64) -> Result<()> {
         let mut r: Array<_, i64> = Array::try_from(self.ebpf.map_mut(names::ROOM).unwrap())?;
         r.set(slot, n, 0)?;
+        Ok(())
+    }
+
+    /// Puts the services of `network`/`len` on `port` in the kernel
+    /// (`[[prefix]]`; host 0's service `base`), on Maglev row 0 (the test
+    /// bed's instance).
+    pub fn set_prefix(&mut self, network: Ipv4Addr, len: u8, port: u16, base: xlate_common::ServiceId) -> Result<()> {
+        use aya::maps::lpm_trie::{Key, LpmTrie};
+        let mut m: LpmTrie<_, gw::PrefixKey, gw::GwPrefix> =
+            LpmTrie::try_from(self.ebpf.map_mut(gw::PREFIXES).unwrap())?;
+        let key = Key::new(
+            gw::PrefixKey::PORT_BITS + u32::from(len),
+            gw::PrefixKey { port: port.to_be_bytes(), addr: network.octets() },
+        );
+        let host_mask = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+        m.insert(&key, gw::GwPrefix { service_id: base.0, host_mask, index: 0, router: [0; 4] }, 0)?;
         Ok(())
     }
 

@@ -24,6 +24,9 @@ pub const TEST_TOOLS: &[(&str, &str)] = &[
     // text is drawn in DejaVu Sans (a file, found like a program in /usr/sbin).
     ("haproxy", "haproxy"),
     (crate::plot::FONT, "fonts-dejavu-core"),
+    // The scale-out lab's DNS server (docs/scale-out.md): the package
+    // without a system service of its own.
+    ("dnsmasq", "dnsmasq-base"),
 ];
 
 /// What `cargo xtask vm` and the kernel matrix need: qemu, a static

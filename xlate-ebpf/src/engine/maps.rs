@@ -28,11 +28,17 @@ pub(crate) static FLOWS: Array<FlowState> = Array::pinned(flow_slot::slots(MAX_F
 
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
+/// The table's header (`flow_slot::Header`): its mask and key, once the
+/// agent sealed it.
+#[inline(always)]
+fn header() -> Option<flow_slot::Header> {
+    flow_slot::Header::of_slot(FLOWS.get(flow_slot::HEADER)?)
+}
+
 /// The slot flow `id` would live in.
 #[inline(always)]
 fn slot(id: u32) -> Option<*mut FlowState> {
-    let mask = CONFIG.get(0)?.flow_slot_mask;
-    FLOWS.get_ptr_mut(id & mask)
+    FLOWS.get_ptr_mut(header()?.index(id))
 }
 
 /// Flow `id`'s state, if it lives.
@@ -122,6 +128,11 @@ pub(crate) static PEERS: HashMap<PeerKey, u32> = HashMap::pinned(MAX_FLOWS, 0);
 /// frame up to 32 bytes).
 #[map(name = "FLOW_SCRATCH")]
 pub(crate) static FLOW_SCRATCH: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
+/// Where this CPU looks for its next new flow's slot: after its last one
+/// (see `insert_flow`); 0 until its first. Not pinned: a restart starts
+/// each CPU at a random slot again.
+#[map(name = "NEXT_SLOT")]
+static NEXT_SLOT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "PORT_ROTATION")]
 static ROTATION: PerCpuArray<u32> = PerCpuArray::pinned(1, 0);
 #[map(name = "FLOW_EVENTS")]
@@ -232,23 +243,37 @@ pub(crate) fn rand_nonce() -> [u8; 8] {
 }
 
 /// Inserts a new flow under a new local flow ID, which it writes into
-/// `st`: drawn at random, so that one observed ID tells nothing of the
-/// others (they are what a forged data packet needs), then stepped to the
-/// first free slot within `flow_slot::PROBES` (claimed atomically: two
-/// CPUs after one slot cannot both take it). `None` if every slot tried is
-/// taken.
+/// `st`. The slot is the next free one after this CPU's last new flow, or
+/// after a random slot when a run of `flow_slot::PROBES` is taken; the ID
+/// names it under the table's key with random bits of its own (see
+/// `flow_slot` for why in order, and why IDs still give nothing away).
+/// Claimed atomically: two CPUs after one slot cannot both take it.
+/// `None` if every slot tried is taken, or the agent has not sealed the
+/// table yet.
 #[inline(always)]
 pub(crate) fn insert_flow(st: &mut FlowState) -> Option<u32> {
-    let mask = CONFIG.get(0)?.flow_slot_mask;
-    let first = rand32();
+    let h = header()?;
+    let next = NEXT_SLOT.get_ptr_mut(0)?;
+    let draw = rand32();
+    // SAFETY: this CPU's value, ours while the program runs.
+    let mut from = unsafe { *next };
+    if from == 0 {
+        // This CPU's first flow since the programs were loaded: CPUs
+        // start apart, so that they do not share cache lines.
+        from = rand32();
+    }
     let mut i = 0;
-    while i < flow_slot::PROBES {
-        let id = first.wrapping_add(i);
+    while i < flow_slot::PROBES * flow_slot::ROUNDS {
+        if i != 0 && i % flow_slot::PROBES == 0 {
+            from = rand32().wrapping_sub(i);
+        }
+        let s = from.wrapping_add(i) & h.mask;
         i += 1;
-        if !flow_slot::is_id(id) {
+        let id = flow_slot::id_for(s, draw, h.mask, h.key);
+        if s == flow_slot::HEADER || !flow_slot::is_id(id) {
             continue;
         }
-        let Some(p) = FLOWS.get_ptr_mut(id & mask) else {
+        let Some(p) = FLOWS.get_ptr_mut(s) else {
             continue;
         };
         // SAFETY: p is a map value; the slot is ours once claimed.
@@ -259,6 +284,7 @@ pub(crate) fn insert_flow(st: &mut FlowState) -> Option<u32> {
             st.local_flow = flow_slot::CLAIMED;
             copy_words(p, st);
             xchg32(&mut (*p).local_flow, id);
+            *next = s.wrapping_add(1);
         }
         st.local_flow = id;
         return Some(id);

@@ -99,11 +99,22 @@ pub(crate) fn sal_to_tcp<F: Frame, L: LinkLayer>(f: &F) -> Result<u32, Exit> {
         // a broadcast address; one sent to a host's own address (a route
         // target the sender has no MAC for yet) is that host's alone, and
         // another host answering it would start a second, competing flow.
+        // So is a frame to another host's MAC, which a switch floods to
+        // every port while it has not learnt (or has forgotten, the host
+        // being gone) where that MAC is: the kernel's stack drops it as
+        // PACKET_OTHERHOST, but XDP and TC see it first. (A shell that
+        // gives no MAC, the translator's, serves no SYNs.)
         let Some(cfg) = CONFIG.get(0) else {
             return Err(Exit::Fault);
         };
         let dst = addr(&ip, ipf::DST);
-        if f.load::<[u8; 6]>(0)? == [0xff; 6] && dst != cfg.addr && dst != cfg.broadcast && dst != [0xff; 4] {
+        let dst_mac = f.load::<[u8; 6]>(0)?;
+        let another_host = if dst_mac == [0xff; 6] {
+            dst != cfg.addr && dst != cfg.broadcast && dst != [0xff; 4]
+        } else {
+            cfg.mac != [0; 6] && dst_mac != cfg.mac
+        };
+        if another_host {
             return Err(Exit::Drop(Counter::DropSynForAnotherHost));
         }
         let sid = copy_n::<32>(buf, ext.service_at as usize);

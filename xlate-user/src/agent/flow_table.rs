@@ -109,19 +109,61 @@ impl FlowTable {
         (st.local_flow == id).then_some(st)
     }
 
+    /// The table's header (mask and key), once sealed.
+    pub fn header(&self) -> Option<flow_slot::Header> {
+        // SAFETY: slot 0 of the mapping; FlowState is plain data.
+        let st = unsafe { std::ptr::read_volatile(self.slot(flow_slot::HEADER) as *const FlowState) };
+        flow_slot::Header::of_slot(&st)
+    }
+
+    /// Gives a new table its header: this many slots, and `key` (drawn at
+    /// random by the caller) to scramble slots into IDs. A table sealed
+    /// before (an earlier run's, adopted) keeps its own, so that its
+    /// flows' IDs keep naming their slots. The kernel makes no flow in a
+    /// table without one.
+    pub fn seal(&self, key: u64) -> Result<flow_slot::Header> {
+        if let Some(h) = self.header() {
+            return Ok(h);
+        }
+        let state = self.state_of(flow_slot::HEADER);
+        let held = state.load(Ordering::Acquire);
+        if held != flow_slot::FREE {
+            bail!(
+                "FLOWS slot {} holds flow {held:#x} where this build keeps the table's header: the table is an \
+                 older build's; stop its datapath first (xlate-user stop)",
+                flow_slot::HEADER
+            );
+        }
+        let h = flow_slot::Header { mask: self.slots - 1, key };
+        let mut fresh = h.to_slot();
+        fresh.local_flow = flow_slot::FREE;
+        // SAFETY: the header slot, free: no flow and no kernel reader.
+        unsafe { std::ptr::write_volatile(self.slot(flow_slot::HEADER) as *mut FlowState, fresh) };
+        match state.compare_exchange(flow_slot::FREE, flow_slot::CLAIMED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Ok(h),
+            Err(_) => self.header().ok_or_else(|| anyhow!("FLOWS's header slot was taken while sealing it")),
+        }
+    }
+
+    /// The slot flow `id` would live in; `None` before the table is sealed.
+    fn index(&self, id: u32) -> Option<u32> {
+        flow_slot::is_id(id).then(|| self.header().map(|h| h.index(id))).flatten()
+    }
+
     /// Flow `id`'s state, if it lives.
     pub fn get(&self, id: u32) -> Option<FlowState> {
-        self.read(id).filter(|st| st.local_flow == id)
+        self.read(self.index(id)?).filter(|st| st.local_flow == id)
     }
 
     pub fn contains(&self, id: u32) -> bool {
-        flow_slot::is_id(id) && self.state_of(id).load(Ordering::Acquire) == id
+        self.index(id).is_some_and(|i| self.state_of(i).load(Ordering::Acquire) == id)
     }
 
     /// Frees flow `id`'s slot; false if it was not live (freed already).
     pub fn remove(&self, id: u32) -> bool {
-        flow_slot::is_id(id)
-            && self.state_of(id).compare_exchange(id, flow_slot::FREE, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        self.index(id).is_some_and(|i| {
+            self.state_of(i).compare_exchange(id, flow_slot::FREE, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        })
     }
 
     /// Every live flow.
@@ -151,14 +193,18 @@ impl FlowTable {
         if !flow_slot::is_id(id) {
             bail!("flow ID {id:#x} is a slot marker");
         }
-        let state = self.state_of(id);
+        let Some(i) = self.index(id) else { bail!("the table has no header yet (seal it first)") };
+        if i == flow_slot::HEADER {
+            bail!("flow ID {id:#x} names the header slot");
+        }
+        let state = self.state_of(i);
         if state.compare_exchange(flow_slot::FREE, flow_slot::CLAIMED, Ordering::AcqRel, Ordering::Acquire).is_err() {
             bail!("the slot of flow {id:#x} is taken");
         }
         let mut claimed = *st;
         claimed.local_flow = flow_slot::CLAIMED;
         // SAFETY: a slot of the mapping, ours while claimed.
-        unsafe { std::ptr::write_volatile(self.slot(id) as *mut FlowState, claimed) };
+        unsafe { std::ptr::write_volatile(self.slot(i) as *mut FlowState, claimed) };
         state.store(id, Ordering::Release);
         Ok(())
     }

@@ -49,6 +49,8 @@ pub fn flows(kind: Kind, iface: &str) -> Result<Vec<FlowRow>> {
 /// a served service is bound to.
 struct Services {
     gateway: HashMap<ServiceKey, ServiceId>,
+    /// The translator's prefixes.
+    prefixes: Vec<crate::gateway::PrefixEntry>,
     connect: HashMap<ServiceKey, ServiceId>,
     served: HashMap<[u8; 2], ServiceId>,
 }
@@ -67,6 +69,7 @@ impl Services {
         }
         Services {
             gateway: read(kind, iface, gw::SERVICES, |k: ServiceKey, v: gw::GwService| (k, ServiceId(v.service_id))),
+            prefixes: crate::gateway::prefix_entries(kind, iface).unwrap_or_default(),
             connect: read(kind, iface, names::CONNECT, |k: ServiceKey, v: ServiceEntry| (k, v.service_id)),
             served: read(kind, iface, names::SERVE, |k: [u8; 32], v: ServeEntry| (v.port, ServiceId(k))),
         }
@@ -77,7 +80,15 @@ impl Services {
             return self.served.get(&st.tcp_local_port).copied();
         }
         let k = ServiceKey { addr: st.tcp_peer_addr, port: st.tcp_peer_port, _pad: [0; 2] };
-        self.gateway.get(&k).or_else(|| self.connect.get(&k)).copied()
+        self.gateway.get(&k).or_else(|| self.connect.get(&k)).copied().or_else(|| {
+            // The longest prefix that holds the address, as the kernel's trie.
+            let (a, p) = (std::net::Ipv4Addr::from(st.tcp_peer_addr), u16::from_be_bytes(st.tcp_peer_port));
+            self.prefixes
+                .iter()
+                .filter(|e| e.holds(a, p))
+                .max_by_key(|e| e.len)
+                .map(|e| ServiceId(e.entry.service(st.tcp_peer_addr).service_id))
+        })
     }
 }
 

@@ -80,20 +80,31 @@ pub fn control_socket(kind: Kind, iface: &str) -> Result<PathBuf> {
 /// Starts each CPU's port rotation (see the kernel's `next_rotation`) at
 /// a random point, so that the local ports the server side uses do not
 /// repeat those of an earlier datapath (whose TIME_WAIT sockets may
-/// linger). Flow IDs themselves are drawn at random by the kernel.
+/// linger). Flow IDs are the kernel's, under the flow table's key
+/// (`seal_flows`).
 pub(crate) fn seed_rotation(ebpf: &mut aya::Ebpf) -> Result<()> {
     let mut m: PerCpuArray<&mut MapData, u32> =
         PerCpuArray::try_from(ebpf.map_mut(names::ROTATION).ok_or_else(|| anyhow!("rotation map missing"))?)?;
     let n = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("counting CPUs: {e}"))?;
-    let mut seeds = Vec::with_capacity(n);
-    let mut f = std::fs::File::open("/dev/urandom")?;
-    for _ in 0..n {
-        let mut b = [0u8; 4];
-        std::io::Read::read_exact(&mut f, &mut b)?;
-        seeds.push(u32::from_ne_bytes(b) & 0x00ff_ffff);
-    }
+    let seeds = (0..n).map(|_| Ok(u32::from_ne_bytes(random::<4>()?) & 0x00ff_ffff)).collect::<Result<Vec<u32>>>()?;
     m.set(0, aya::maps::PerCpuValues::try_from(seeds)?, 0)?;
     Ok(())
+}
+
+/// Gives a new flow table its header, with a key drawn at random (see
+/// `FlowTable::seal`); a table an earlier run sealed keeps its own.
+pub(crate) fn seal_flows(flows: &flow_table::FlowTable) -> Result<()> {
+    let key = u64::from_ne_bytes(random::<8>()?);
+    let h = flows.seal(key)?;
+    tracing::debug!("flow table: {} slots", h.mask as u64 + 1);
+    Ok(())
+}
+
+/// `N` bytes from the kernel's random source.
+fn random<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b).context("reading /dev/urandom")?;
+    Ok(b)
 }
 
 /// How the event loop ended.

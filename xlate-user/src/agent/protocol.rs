@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Instance, Service};
+use crate::config::{Instance, Prefix, Service};
 
 /// What a command asks of a running agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +34,12 @@ pub enum Request {
     ServiceSet { service: ServiceSpec },
     /// Translator: remove a service.
     ServiceDel { address: Ipv4Addr, port: u16 },
+    /// Translator: add or replace a prefix of services (checked like the
+    /// file).
+    PrefixSet { prefix: PrefixSpec },
+    /// Translator: remove the prefix of this network and length that holds
+    /// `port`.
+    PrefixDel { network: Ipv4Addr, len: u8, port: u16 },
     /// Either mode: switch the kernel programs' debug log on or off.
     KernelLog { on: bool },
     /// Either mode: stop for good (reset every flow, then remove the
@@ -56,6 +62,49 @@ pub struct ServiceSpec {
     pub router: Option<Ipv4Addr>,
     #[serde(default)]
     pub mode: crate::config::ServiceMode,
+}
+
+/// A prefix of services as the protocol carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixSpec {
+    pub network: Ipv4Addr,
+    pub len: u8,
+    pub first_port: u16,
+    pub last_port: u16,
+    /// Host part 0's service, in its text form.
+    pub service_id: String,
+    #[serde(default)]
+    pub instances: Vec<InstanceSpec>,
+    #[serde(default)]
+    pub router: Option<Ipv4Addr>,
+}
+
+impl From<&Prefix> for PrefixSpec {
+    fn from(p: &Prefix) -> Self {
+        PrefixSpec {
+            network: p.network,
+            len: p.len,
+            first_port: p.ports.0,
+            last_port: p.ports.1,
+            service_id: p.service_id.to_string(),
+            instances: p.instances.iter().map(|i| InstanceSpec { address: i.address, weight: i.weight }).collect(),
+            router: p.router,
+        }
+    }
+}
+
+impl TryFrom<&PrefixSpec> for Prefix {
+    type Error = anyhow::Error;
+    fn try_from(p: &PrefixSpec) -> Result<Prefix> {
+        Ok(Prefix {
+            network: p.network,
+            len: p.len,
+            ports: (p.first_port, p.last_port),
+            service_id: p.service_id.parse().map_err(|e| anyhow!("service ID {:?}: {e}", p.service_id))?,
+            instances: p.instances.iter().map(|i| Instance { address: i.address, weight: i.weight }).collect(),
+            router: p.router,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

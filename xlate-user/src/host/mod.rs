@@ -18,7 +18,7 @@ use crate::agent::protocol::{self, Request};
 use crate::agent::resident::{
     self, attach_tc, attach_xdp, drop_other_links, Attached, ConnectRouteRecord, Lock, Record,
 };
-use crate::agent::{control_socket, event_loop, seed_rotation, Ending};
+use crate::agent::{control_socket, event_loop, seal_flows, seed_rotation, Ending};
 use crate::ebpf::Resident;
 use crate::netif::{ConnectRoute, Interface, Segmenter};
 use crate::rawsock::RawSocket;
@@ -156,6 +156,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
         seed_rotation(&mut ebpf)?;
     }
     let mut m = FlowMaps::take(&mut ebpf)?;
+    seal_flows(&m.flows)?;
     let mut record = Record::load(Kind::Host, &iface.name)?;
     let segmenter = Segmenter::adopt_or_create(&iface)?;
     record.segmenter = Some(segmenter.near.clone());
@@ -168,7 +169,6 @@ pub fn run(opts: HostOptions) -> Result<()> {
         flags: 0,
         segmenter_ifindex: segmenter.near_index,
         out_ifindex: iface.index,
-        flow_slot_mask: m.flows.slots() - 1,
     };
     m.config.set(0, cfg, 0)?;
     // The kernel's room for new flows, before anything is attached.
