@@ -49,6 +49,62 @@ pub mod scale_out {
     pub const MAX_TRANSLATORS: usize = 9;
     /// The instances every translator reaches, in order.
     pub const INSTANCES: [&str; 3] = ["10.10.0.11", "10.10.0.12", "10.10.0.13"];
+
+    /// The service's name, and its host number in every translator's
+    /// prefix.
+    pub const NAME: &str = "web.xlate.test";
+    pub const HOST: u8 = 5;
+    /// Host 0's service in every prefix: host 5 is [`SERVICE`].
+    pub const BASE_SERVICE: &str = "00010000";
+    pub const SERVICE: &str = "00010005";
+    /// What the DNS server tells resolvers to cache its answers for.
+    pub const TTL_SECONDS: u32 = 5;
+
+    /// Translator `k`'s configuration: its own prefix, every instance, and
+    /// `extra` (more TOML) after.
+    pub fn config(k: usize, extra: &str) -> String {
+        let (_, sal, prefix) = translator(k);
+        let instances: Vec<String> = INSTANCES.iter().map(|i| format!("\"{i}\"")).collect();
+        format!(
+            "[translator]\nsal_address = \"{sal}\"\n\n[[prefix]]\nprefix = \"{prefix}\"\nport = 80\nservice_id = \"{BASE_SERVICE}\"\ninstances = [{}]\n{extra}",
+            instances.join(", ")
+        )
+    }
+
+    /// The service's address behind translator `k`.
+    pub fn address(k: usize) -> String {
+        format!("198.18.{k}.{HOST}")
+    }
+
+    /// The DNS server's hosts file: [`NAME`] at its address behind each
+    /// translator of `ks`.
+    pub fn dns_hosts(ks: &[usize]) -> String {
+        ks.iter().map(|k| format!("{} {NAME}\n", address(*k))).collect()
+    }
+
+    /// dnsmasq's arguments: answers from the hosts file `hosts` only (no
+    /// upstream, no /etc/hosts), rotated per answer, with [`TTL_SECONDS`];
+    /// in the foreground, logging to stderr; SIGHUP re-reads the file.
+    pub fn dnsmasq_args(hosts: &std::path::Path) -> Vec<String> {
+        [
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--pid-file=",
+            "--user=root",
+            "--log-facility=-",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            format!("--addn-hosts={}", hosts.display()),
+            format!("--local-ttl={TTL_SECONDS}"),
+            format!("--listen-address={DNS_IP}"),
+        ])
+        .collect()
+    }
 }
 
 /// Host mode's lab addresses and interfaces.

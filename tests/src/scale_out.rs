@@ -11,34 +11,11 @@ use std::time::{Duration, Instant};
 use crate::gateway::HTTP_SERVER;
 use crate::host::Agent;
 use crate::netns::{Bg, Naming, Netns};
-pub use xlate_lab::topology::scale_out::{translator, CLIENT_IP, DNS_IP, INSTANCES};
+pub use xlate_lab::topology::scale_out::{
+    address, config, translator, CLIENT_IP, DNS_IP, INSTANCES, NAME, SERVICE, TTL_SECONDS,
+};
+use xlate_lab::topology::scale_out::{dns_hosts, dnsmasq_args};
 use xlate_lab::ScaleOut;
-
-/// The service's name, and its host number in every translator's prefix.
-pub const NAME: &str = "web.xlate.test";
-pub const HOST: u8 = 5;
-/// Host 0's service in every prefix: host 5 is service 00010005.
-pub const BASE_SERVICE: &str = "00010000";
-pub const SERVICE: &str = "00010005";
-/// What dnsmasq tells resolvers to cache its answers for.
-pub const TTL_SECONDS: u32 = 5;
-
-/// A translator's configuration: its own prefix, and every instance.
-pub fn config(k: usize, extra: &str) -> String {
-    let (_, sal, prefix) = translator(k);
-    let instances: Vec<String> = INSTANCES.iter().map(|i| format!("\"{i}\"")).collect();
-    format!(
-        "[translator]\nsal_address = \"{sal}\"\n\n[[prefix]]\nprefix = \"{prefix}\"\nport = 80\nservice_id = \"{BASE_SERVICE}\"\ninstances = [{}]\n{extra}",
-        instances.join(", ")
-    )
-}
-
-/// The service's address behind translator `k`.
-pub fn address(k: usize) -> String {
-    let (_, _, prefix) = translator(k);
-    let net = prefix.split('/').next().unwrap();
-    format!("{}.{HOST}", net.rsplit_once('.').unwrap().0)
-}
 
 pub struct ScaleOutLab {
     // Drop order: processes, then namespaces.
@@ -133,8 +110,7 @@ impl ScaleOutLab {
     /// each translator in `ks` (SIGHUP when it runs: dnsmasq re-reads its
     /// hosts file).
     pub fn publish(&mut self, ks: &[usize]) {
-        let lines: Vec<String> = ks.iter().map(|k| format!("{} {NAME}\n", address(*k))).collect();
-        std::fs::write(&self.hosts, lines.concat()).unwrap();
+        std::fs::write(&self.hosts, dns_hosts(ks)).unwrap();
         if let Some(d) = &self.dns {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(d.pid(), libc::SIGHUP) };
@@ -144,25 +120,9 @@ impl ScaleOutLab {
     }
 
     fn start_dns(&mut self) {
-        let hosts = format!("--addn-hosts={}", self.hosts.display());
-        let listen = format!("--listen-address={DNS_IP}");
-        let ttl = format!("--local-ttl={TTL_SECONDS}");
-        let mut d = self.net.dns.spawn(
-            "dnsmasq",
-            &[
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                &hosts,
-                &ttl,
-                &listen,
-                "--bind-interfaces",
-                "--pid-file=",
-                "--user=root",
-                "--log-facility=-",
-            ],
-        );
+        let args = dnsmasq_args(&self.hosts);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut d = self.net.dns.spawn("dnsmasq", &args);
         d.wait_for_stderr_line("names", Duration::from_secs(10));
         self.dns = Some(d);
     }

@@ -29,6 +29,7 @@ fn tally<'a>(fs: impl Iterator<Item = &'a str>) -> BTreeMap<String, usize> {
 #[test]
 fn clients_reach_the_service_through_every_translator_and_around_a_failed_one() {
     require_root();
+    let _one_at_a_time = xlate_tests::serial();
     let mut lab = ScaleOutLab::new("so", 3, "");
     let round = |lab: &ScaleOutLab| -> Vec<Fetch> { (0..CLIENTS).map(|_| fetch(&lab.net.client, &[])).collect() };
 
@@ -180,6 +181,7 @@ fn who_from(lab: &ScaleOutLab, port: u16) -> (String, Duration) {
 #[test]
 fn translators_with_one_configuration_choose_the_same_instance() {
     require_root();
+    let _one_at_a_time = xlate_tests::serial();
     let lab = ScaleOutLab::new("same", 2, &the_same_configuration());
     let ports: Vec<u16> = (41000..41012).collect();
     let choose = |k: usize| -> Vec<String> {
@@ -238,6 +240,7 @@ fn translators_with_one_configuration_choose_the_same_instance() {
 #[test]
 fn an_established_download_moved_to_another_translator_stops() {
     require_root();
+    let _one_at_a_time = xlate_tests::serial();
     let lab = ScaleOutLab::new("move", 2, &the_same_configuration());
     route_anycast_to(&lab, 1);
     let url = format!("http://{ANYCAST_HOST}/gen/400000000/7");

@@ -18,7 +18,7 @@ use crate::agent::control_plane::ControlPlane;
 use crate::agent::maps::{pin_dir_for_agent, take, FlowMaps, Kind};
 use crate::agent::protocol::{self as control_protocol, Request, Response};
 use crate::agent::resident::{self, attach_tc, attach_xdp, drop_other_links, Attached, Lock, Record};
-use crate::agent::{control_socket, event_loop, seal_flows, seed_rotation, Ending};
+use crate::agent::{control_socket, event_loop, seal_flows, seed_rotation, ControlSocket, Ending};
 use crate::config::{Config, Service};
 use crate::ebpf::Resident;
 use crate::netif::{Interface, Segmenter};
@@ -840,6 +840,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         }
     }
     drop_other_links(&dir, &keep);
+    let sock = ControlSocket::bind(Kind::Gateway, &first)?;
     tracing::info!(
         "xlate translator on {} ({:?} XDP), SAL address {}, MSS {max_mss}, {} services{}",
         opts.ifaces.join(","),
@@ -861,7 +862,6 @@ pub fn run(opts: RunOptions) -> Result<()> {
     }
 
     let cp = ControlPlane::new(flows, sal, inject, Duration::from_secs(cfg.idle_timeout), SynBudget::GATEWAY);
-    let sock = control_socket(Kind::Gateway, &first)?;
     if let Some(addr) = opts.metrics {
         crate::metrics::serve(addr, Kind::Gateway, first.clone())?;
         tracing::info!("metrics at http://{addr}/metrics");
@@ -896,7 +896,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
             }
         };
         tokio::select! {
-            r = event_loop(cp, events, sock.clone(), kernel_log, Some(&mut gwm)) => r,
+            r = event_loop(cp, events, sock, kernel_log, Some(&mut gwm)) => r,
             _ = relay => unreachable!("the relay runs until dropped"),
         }
     }));
@@ -906,7 +906,6 @@ pub fn run(opts: RunOptions) -> Result<()> {
     let mut record = Record::load(Kind::Gateway, &first)?;
     record.remove_aliases();
     record.save(Kind::Gateway, &first)?;
-    let _ = std::fs::remove_file(&sock);
     drop(gwm);
     drop(ebpf);
     match r? {

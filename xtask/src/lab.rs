@@ -2,6 +2,7 @@
 //! the gateway running the translator, and two service instances in host
 //! mode serving HTTP, each in its own network namespace. Prints how to try
 //! it and live counters; Ctrl-C tears everything down.
+//! `cargo xtask run -- --translators N`: the scale-out lab instead.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -9,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use xlate_lab::{Naming, Translator, TranslatorOptions};
+use xlate_lab::topology::scale_out;
+use xlate_lab::{Naming, ScaleOut, Translator, TranslatorOptions};
 
 use crate::util::workspace_root;
 
@@ -140,4 +142,114 @@ fn print_fallbacks(log: &Path) {
         println!("  {l}");
     }
     println!();
+}
+
+/// `cargo xtask run -- --translators N`: the scale-out lab (the paper's
+/// section 5, docs/scale-out.md). N translators side by side, each owning
+/// a public prefix; three host-mode instances behind all of them; dnsmasq
+/// answering `web.xlate.test` with the service's address in every prefix.
+/// Prints what to try and each translator's counters; Ctrl-C tears it
+/// down.
+pub fn run_scale_out(bin: &Path, n: usize) -> Result<()> {
+    let mut children = Vec::new();
+    // SAFETY: installing a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as usize);
+        libc::signal(libc::SIGTERM, on_signal as *const () as usize);
+    }
+    let lab = ScaleOut::build(Naming::Fixed("xlate-so"), n, scale_out::INSTANCES.len())?;
+    let r = start_scale_out(&lab, bin, n, &mut children);
+    println!("\nlab: tearing down");
+    for t in &lab.translators {
+        let _ = t.net_cmd(bin).args(["stop", "--iface", "g0"]).output();
+    }
+    for ns in &lab.instances {
+        let _ = ns.net_cmd(bin).args(["host", "stop", "--iface", "e0"]).output();
+    }
+    stop(&mut children);
+    drop(lab);
+    crate::util::unmount_own_bpffs();
+    r
+}
+
+fn start_scale_out(lab: &ScaleOut, bin: &Path, n: usize, children: &mut Vec<Child>) -> Result<()> {
+    use scale_out::*;
+    let logs = workspace_root().join("target/lab");
+    std::fs::create_dir_all(&logs)?;
+    for (i, (ns, addr)) in lab.instances.iter().zip(INSTANCES).enumerate() {
+        let www = logs.join(format!("so-www{}", i + 1));
+        std::fs::create_dir_all(&www)?;
+        std::fs::write(www.join("index.html"), format!("Hello from Serval instance {addr} (instance {})\n", i + 1))?;
+        let mut agent = ns.net_cmd(bin);
+        agent.args(["host", "--iface", "e0", "--serve", &format!("{SERVICE}=80")]);
+        children.push(spawn_logged(agent, &logs.join(format!("{}.log", ns.name())))?);
+        let mut http = ns.cmd("python3");
+        http.args(["-m", "http.server", "80", "--directory", www.to_str().unwrap()]);
+        children.push(spawn_logged(http, &logs.join(format!("{}-http.log", ns.name())))?);
+    }
+    let hosts = logs.join("so-hosts");
+    std::fs::write(&hosts, dns_hosts(&(1..=n).collect::<Vec<_>>()))?;
+    let mut dns = lab.dns.cmd("dnsmasq");
+    dns.args(dnsmasq_args(&hosts));
+    let dns = spawn_logged(dns, &logs.join("so-dns.log"))?;
+    let dns_pid = dns.id();
+    children.push(dns);
+    std::thread::sleep(Duration::from_secs(2));
+    for (k, t) in lab.translators.iter().enumerate().map(|(i, t)| (i + 1, t)) {
+        let cfg = logs.join(format!("so-t{k}.toml"));
+        std::fs::write(&cfg, config(k, ""))?;
+        let mut run = t.net_cmd(bin);
+        run.args(["run", "--iface", "g0", "--iface", "g1", "--config", cfg.to_str().unwrap()]);
+        children.push(spawn_logged(run, &logs.join(format!("{}.log", t.name())))?);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    if let Some(s) = children.iter_mut().find_map(|c| c.try_wait().ok().flatten()) {
+        bail!("a lab process exited early ({s:?}); see {}", logs.display());
+    }
+    let c = lab.client.name();
+    let t1 = lab.translators[0].name();
+    let mut routes = String::new();
+    for k in 1..=n {
+        let (front, sal, prefix) = translator(k);
+        routes += &format!(
+            "\n  translator {}: {front} (client side), {sal} (SAL side), owns {prefix}; {NAME} is {} there (service {SERVICE})",
+            lab.translators[k - 1].name(),
+            address(k)
+        );
+    }
+    println!(
+        "\nxlate scale-out lab is up (logs and configurations in {logs}):\
+         \n  client     {c}: {CLIENT_IP}, resolves names with dnsmasq at {DNS_IP} ({dns}){routes}\
+         \n  instances  {}: {}, host mode serving {SERVICE}, HTTP on port 80\
+         \n\nTry:\
+         \n  ip netns exec {c} getent ahostsv4 {NAME}          # every translator's address, rotated\
+         \n  for i in $(seq 30); do ip netns exec {c} curl -s -w ' via %{{remote_ip}}\\n' http://{NAME}/; done | sort | uniq -c\
+         \n  nsenter --net=/run/netns/{t1} {bin} map show --iface g0\
+         \n  nsenter --net=/run/netns/{t1} {bin} flows --iface g0\
+         \nA translator fails, then leaves DNS:\
+         \n  ip -n {t1} link set g0 down                      # clients that try it first wait, then go on\
+         \n  sed -i '/198.18.1./d' {hosts} && kill -HUP {dns_pid}   # no client tries it any more\
+         \n\nCtrl-C stops the lab.\n",
+        lab.instances.iter().map(|i| i.name()).collect::<Vec<_>>().join(", "),
+        INSTANCES.join(", "),
+        logs = logs.display(),
+        dns = lab.dns.name(),
+        hosts = hosts.display(),
+        bin = bin.display()
+    );
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_secs(2));
+        let mut line = String::from("new flows by translator:");
+        for (k, t) in lab.translators.iter().enumerate() {
+            let out = t.net_cmd(bin).args(["stats", "--iface", "g0"]).output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let flows = text
+                .lines()
+                .find_map(|l| l.strip_prefix("gw_prefix_flows ").and_then(|v| v.trim().parse::<u64>().ok()))
+                .unwrap_or(0);
+            line += &format!(" t{} {flows}", k + 1);
+        }
+        println!("{line}");
+    }
+    Ok(())
 }

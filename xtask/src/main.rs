@@ -115,6 +115,8 @@ enum Cmd {
     /// Without arguments: build everything and start the built-in lab
     /// (client, gateway running the translator, two host-mode instances
     /// serving HTTP) with live counters; Ctrl-C tears it down.
+    /// `-- --translators N`: the scale-out lab instead (N translators, each
+    /// with a prefix of its own, a DNS server, three instances).
     /// `-- --iface IF --config FILE`: run the translator on a real NIC.
     /// `-- COMMAND …`: any other xlate-user command (decode, host, stats…).
     Run {
@@ -261,6 +263,25 @@ fn real_main() -> Result<()> {
                 }
                 setup::setup()?;
                 return lab::run(&bin);
+            }
+            if args[0] == "--translators" {
+                let n = args
+                    .get(1)
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| (1..=xlate_lab::topology::scale_out::MAX_TRANSLATORS).contains(n))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--translators N: N is 1 to {}",
+                            xlate_lab::topology::scale_out::MAX_TRANSLATORS
+                        )
+                    })?;
+                if !is_root() {
+                    bail!(
+                        "the lab needs root (network namespaces, BPF): run `sudo cargo xtask run -- --translators {n}`"
+                    );
+                }
+                setup::setup()?;
+                return lab::run_scale_out(&bin, n);
             }
             // Options first: the translator on real NICs.
             let args = if args[0].starts_with("--") && args[0] != "--help" && args[0] != "--version" {

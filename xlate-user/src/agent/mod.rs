@@ -129,10 +129,36 @@ pub(crate) trait LoopHooks {
 
 pub(crate) type Reload<'a> = Option<&'a mut dyn LoopHooks>;
 
+/// The agent's control socket, bound before the agent says it is on, so
+/// that a command run the moment it is on finds it (a script, a test).
+/// Removed when dropped.
+pub(crate) struct ControlSocket {
+    path: PathBuf,
+    listener: Option<std::os::unix::net::UnixListener>,
+}
+
+impl ControlSocket {
+    pub(crate) fn bind(kind: Kind, iface: &str) -> Result<ControlSocket> {
+        let path = control_socket(kind, iface)?;
+        std::fs::create_dir_all("/run/xlate")?;
+        let _ = std::fs::remove_file(&path);
+        let listener =
+            std::os::unix::net::UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        listener.set_nonblocking(true)?;
+        Ok(ControlSocket { path, listener: Some(listener) })
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 pub(crate) async fn event_loop(
     mut cp: ControlPlane,
     events: RingBuf<MapData>,
-    sock_path: PathBuf,
+    mut sock: ControlSocket,
     kernel_log: Option<kernel_log::Reader>,
     mut reload: Reload<'_>,
 ) -> Result<Ending> {
@@ -152,10 +178,7 @@ pub(crate) async fn event_loop(
         None => None,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    std::fs::create_dir_all("/run/xlate")?;
-    let _ = std::fs::remove_file(&sock_path);
-    let listener =
-        tokio::net::UnixListener::bind(&sock_path).with_context(|| format!("binding {}", sock_path.display()))?;
+    let listener = tokio::net::UnixListener::from_std(sock.listener.take().expect("bound once"))?;
     let mut buf = vec![0u8; 65536];
     let mut ending = Ending::Signal;
     let mut waiting: Vec<MigrationWait> = Vec::new();

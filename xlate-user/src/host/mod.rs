@@ -18,7 +18,7 @@ use crate::agent::protocol::{self, Request};
 use crate::agent::resident::{
     self, attach_tc, attach_xdp, drop_other_links, Attached, ConnectRouteRecord, Lock, Record,
 };
-use crate::agent::{control_socket, event_loop, seal_flows, seed_rotation, Ending};
+use crate::agent::{control_socket, event_loop, seal_flows, seed_rotation, ControlSocket, Ending};
 use crate::ebpf::Resident;
 use crate::netif::{ConnectRoute, Interface, Segmenter};
 use crate::rawsock::RawSocket;
@@ -270,6 +270,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
         }
     };
     drop_other_links(&pin_dir, &keep);
+    let sock = ControlSocket::bind(Kind::Host, &iface.name)?;
     tracing::info!(
         "xlate host mode on {} ({} / broadcast {}, MSS {}, {receive}): serving {}, connecting {}, {} routes{}",
         iface.name,
@@ -287,13 +288,11 @@ pub fn run(opts: HostOptions) -> Result<()> {
     );
 
     let cp = ControlPlane::new(m, sal, inject, opts.idle_timeout, xlate_common::flow::SynBudget::HOST);
-    let sock_path = control_socket(Kind::Host, &iface.name)?;
     if let Some(addr) = opts.metrics {
         crate::metrics::serve(addr, Kind::Host, iface.name.clone())?;
         tracing::info!("metrics at http://{addr}/metrics");
     }
-    let r = crate::agent::runtime::block_on(event_loop(cp, events, sock_path.clone(), kernel_log, None));
-    let _ = std::fs::remove_file(&sock_path);
+    let r = crate::agent::runtime::block_on(event_loop(cp, events, sock, kernel_log, None));
     drop(ebpf);
     match r? {
         Ending::Signal if crate::agent::pins::pins_outlive_agent() => tracing::info!(
