@@ -85,6 +85,22 @@ impl TestBed {
         Ok(())
     }
 
+    /// Frees every flow (slots and tuples), so that a measurement starts
+    /// from an empty table as the one before it did.
+    pub fn clear_flows(&mut self) -> Result<()> {
+        let table = self.flow_table()?;
+        for id in table.ids() {
+            table.remove(id);
+        }
+        let mut t: HashMap<_, xlate_common::maps::FlowKey, xlate_common::flow::TupleEntry> =
+            HashMap::try_from(self.ebpf.map_mut(names::TUPLES).unwrap())?;
+        let keys: Vec<_> = t.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            t.remove(&k)?;
+        }
+        Ok(())
+    }
+
     /// Puts the services of `network`/`len` on `port` in the kernel
     /// (`[[prefix]]`; host 0's service `base`), on Maglev row 0 (the test
     /// bed's instance).

@@ -213,7 +213,7 @@ pub fn check(r: &Results, s: &Settings, files: &[PathBuf]) -> Result<u32> {
             passed += 1;
         }
     }
-    if r.per_packet.len() != 4 || r.per_packet.iter().any(|p| !(p.translator_ns > 0.0 && p.pass_ns > 0.0)) {
+    if r.per_packet.len() < 4 || r.per_packet.iter().any(|p| !(p.translator_ns > 0.0 && p.pass_ns > 0.0)) {
         bail!("per-packet figures missing: {:?}", r.per_packet);
     }
     passed += 1;
