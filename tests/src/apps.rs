@@ -70,6 +70,43 @@ while True:
 print(hashlib.sha256(data.split(b"\r\n\r\n", 1)[1]).hexdigest(), flush=True)
 "#;
 
+/// Two HTTP/1.0 GETs for PATH (argv 3) from one source port (argv 4), the
+/// second as soon as the port is free again: the server closes first, so
+/// this end keeps no TIME_WAIT and its port is free once its own FIN is
+/// acknowledged. The second waits 1.5 s (argv 5) between connecting and
+/// asking: a translator that had folded it into the first connection's
+/// lingering state would have freed that state under it by then. Prints
+/// both bodies.
+pub const PORT_REUSING_CLIENT: &str = r#"
+import errno, socket, sys, time
+host, port, path, src, pause = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+def get(wait):
+    deadline = time.monotonic() + 2
+    while True:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.settimeout(10)
+        s.bind(("0.0.0.0", src))
+        try:
+            s.connect((host, port))
+            break
+        except OSError as e:
+            # The last connection's socket still waits for its FIN's ACK.
+            s.close()
+            if e.errno != errno.EADDRNOTAVAIL or time.monotonic() > deadline: raise
+            time.sleep(0.005)
+    time.sleep(wait)
+    s.sendall(("GET %s HTTP/1.0\r\n\r\n" % path).encode())
+    data = b""
+    while True:
+        d = s.recv(1 << 16)
+        if not d: break
+        data += d
+    s.close()
+    return data.split(b"\r\n\r\n", 1)[1].decode().strip()
+print(get(0), get(pause), flush=True)
+"#;
+
 /// Accepts one connection, says "bye" and shuts its sending side down at
 /// once (it closes first), then reads to the end: prints "listening", then
 /// "server got N SHA256".

@@ -431,6 +431,73 @@ fn the_original_stacks_handshake_data_and_close_through_the_translator() {
     }
 }
 
+/// A client that reuses its port at once (the server closed first, so
+/// the client has no TIME_WAIT) while the closed flow still lingers: its
+/// SYN opens a new flow, which takes the tuple over; the agent is told to
+/// free the old one. A SYN into a connection that is not over (live, or
+/// half-closed) stays in its flow, as the TCP behind it will judge it.
+#[test]
+fn a_syn_on_the_tuple_of_a_connection_that_is_over_opens_a_new_flow_and_on_no_other() {
+    require_root();
+    let caps = capture_packets("handshake-data-close.pcap");
+    let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
+    gw.insert_capture_flow();
+    let old = gw.flows()[0].local_flow;
+    let tcp_of = |i: usize| match caps[i].1.transport {
+        Transport::Tcp(t) => t,
+        _ => panic!("packet {i} has no TCP"),
+    };
+    gw.expect(&eth(&caps[1].0), XDP_PASS, &[Counter::GwToTcp, Counter::IngressSynAck]);
+    let t = tcp_of(2);
+    gw.expect(&client_tcp(0x10, t.seq, t.ack, &[], &[]), XDP_PASS, &[Counter::GwToSal, Counter::FlowsProven]);
+    let t = tcp_of(4);
+    gw.expect(&client_tcp(0x18, t.seq, t.ack, &[], t.payload), XDP_PASS, &[Counter::GwToSal]);
+    gw.expect(&eth(&caps[6].0), XDP_PASS, &[Counter::GwToTcp]);
+    let syn = client_tcp(0x02, 77_000, 0, &[2, 4, 0x05, 0xb4], &[]);
+    let stays = |gw: &mut Gw, why: &str| {
+        let out = gw.expect(&syn, XDP_PASS, &[Counter::GwToSal]);
+        let sal = ServalRepr::parse(&out[14..]).unwrap().sal;
+        assert_eq!((sal.src_flowid.0, sal.control), (old, None), "{why}: data of the old flow");
+        assert_eq!(gw.flows().len(), 1, "{why}");
+    };
+    stays(&mut gw, "established");
+    // The client's FIN, acknowledged by the server: half-closed.
+    let fin_seq = t.seq + t.payload.len() as u32;
+    gw.expect(&client_tcp(0x11, fin_seq, t.ack + 17, &[], &[]), XDP_PASS, &[Counter::GwToSal]);
+    gw.expect(&eth(&caps[9].0), XDP_PASS, &[Counter::GwToTcp]);
+    stays(&mut gw, "half-closed");
+    // The server's FIN and the client's last ACK: over.
+    gw.expect(&eth(&caps[12].0), XDP_PASS, &[Counter::GwToTcp]);
+    assert_eq!(gw.flows()[0].flags & flag::PEER_FIN, flag::PEER_FIN);
+    let t = tcp_of(13);
+    gw.expect(&client_tcp(0x10, t.seq, t.ack, &[], &[]), XDP_PASS, &[Counter::GwToSal]);
+    let out = gw.expect(
+        &syn,
+        XDP_PASS,
+        &[Counter::GwToSal, Counter::EgressSyn, Counter::FlowsHalfOpened, Counter::FlowsReopened],
+    );
+    let flows = gw.flows();
+    assert_eq!(flows.len(), 2, "the old flow stays until the agent frees it");
+    let new = flows.iter().find(|f| f.local_flow != old).unwrap();
+    assert_eq!((new.state, new.flags & flag::PROVEN), (state::SYN_SENT, 0));
+    let sal = ServalRepr::parse(&out[14..]).unwrap().sal;
+    let c = sal.control.unwrap();
+    assert_eq!(
+        (sal.src_flowid.0, sal.dst_flowid.0, c.flags, c.verno, c.nonce),
+        (new.local_flow, 0, xlate_common::wire::sal::ControlFlags::SYN, new.local_verno, new.local_nonce),
+        "a SAL SYN of the new flow"
+    );
+    let tuples: HashMap<_, FlowKey, TupleEntry> = HashMap::try_from(gw.bed.ebpf.map("FLOW_TUPLES").unwrap()).unwrap();
+    assert_eq!(tuples.get(&new.tuple(), 0).unwrap().flow, new.local_flow, "the tuple names the new flow");
+    let reopened: HashMap<_, u32, FlowAddrs> = HashMap::try_from(gw.bed.ebpf.map("FLOW_REOPENED").unwrap()).unwrap();
+    let addrs = FlowAddrs { local_ip: CAP_CLIENT.octets(), peer_ip: CAP_SERVER.octets() };
+    assert_eq!(reopened.get(&old, 0).unwrap(), addrs, "the old flow's addresses, for its SAL close");
+    // Its retransmission is the same SYN, not another new flow.
+    let again = gw.expect(&syn, XDP_PASS, &[Counter::GwToSal, Counter::EgressSyn]);
+    assert_eq!(again, out);
+    assert_eq!(gw.flows().len(), 2);
+}
+
 #[test]
 fn control_packets_of_the_original_stack_go_to_the_agent_unchanged() {
     require_root();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use xlate_common::wire::packet::{ServalRepr, Transport};
 use xlate_tests::apps::{
     ABORTING_CLIENT, ABORTING_SERVER, EARLY_CLOSING_SERVER, LATE_UPLOADING_CLIENT, PATIENT_CLIENT, PATIENT_SERVER,
+    PORT_REUSING_CLIENT,
 };
 use xlate_tests::gateway::generated_sha256;
 use xlate_tests::host::*;
@@ -160,6 +161,37 @@ fn connections_leave_no_time_wait(first: &str) {
 #[test]
 fn a_server_that_closes_first_leaves_no_time_wait_behind() {
     connections_leave_no_time_wait("server");
+}
+
+/// An application that reuses its source port at once (the server closed
+/// first, so it keeps no TIME_WAIT; the relay's connect() does so under
+/// load) gets a flow of its own while the first connection's flow still
+/// lingers, and keeps it past the time that one is freed.
+#[test]
+fn an_application_reusing_its_port_at_once_gets_a_new_flow() {
+    require_root();
+    let _g = serial();
+    let mut lab = HostLab::new("reuse");
+    std::fs::write(lab.dir.join("who"), "served\n").unwrap();
+    lab.start_http();
+    let port = SERVICE_PORT.to_string();
+    let out = lab.client.output("python3", &["-c", PORT_REUSING_CLIENT, SERVICE_ADDR, &port, "/who", "40123", "1.5"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "served served",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = lab.stats(false);
+    assert_eq!(s["flows_reopened"], 1, "{s:?}");
+    // Both SAL closes completed: the old flow's went on with its
+    // addresses after its tuple was taken over, and no control packet met
+    // a flow freed too soon.
+    lab.wait_no_flows(Duration::from_secs(5));
+    for side in [false, true] {
+        let s = lab.stats(side);
+        assert_eq!((s["ctl_fin_received"], s["ctl_drop_unknown_flow"]), (2, 0), "server side {side}: {s:?}");
+    }
 }
 
 /// The connecting side's mirror: a client that closes first holds its

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
-use xlate_tests::apps::{ABORTING_CLIENT, ABORTING_SERVER, PATIENT_CLIENT, PATIENT_SERVER};
+use xlate_tests::apps::{ABORTING_CLIENT, ABORTING_SERVER, PATIENT_CLIENT, PATIENT_SERVER, PORT_REUSING_CLIENT};
 use xlate_tests::gateway::*;
 use xlate_tests::host::{decode_valid, Capture};
 use xlate_tests::{require_root, serial, sh, xlate_user_bin};
@@ -225,6 +225,34 @@ fn close_and_resets_through_the_translator() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     srv.wait_for_line("server saw reset", Duration::from_secs(10));
     lab.wait_no_flows(Duration::from_secs(5));
+}
+
+/// A client that reuses its source port at once (the server closed
+/// first, so the client keeps no TIME_WAIT) gets a flow of its own while
+/// the first connection's flow still lingers, and keeps it past the time
+/// that one is freed.
+#[test]
+fn a_client_reusing_its_port_at_once_gets_a_new_flow() {
+    require_root();
+    let _g = serial();
+    let lab = GatewayLab::new("reuse", "\"10.10.0.11\"", "generic", true);
+    let out = lab.client.output("python3", &["-c", PORT_REUSING_CLIENT, PUBLIC_IP, "80", "/who", "40123", "1.5"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "10.10.0.11 10.10.0.11",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = lab.stats();
+    assert_eq!(s["flows_reopened"], 1, "{s:?}");
+    assert_eq!(s["gw_passed_no_flow"], 0, "{s:?}");
+    lab.wait_no_flows(Duration::from_secs(5));
+    // Both SAL closes completed: the instance holds no flow either.
+    xlate_tests::wait_until(Duration::from_secs(5), "the instance's flows to end", || {
+        String::from_utf8_lossy(&instance_cli(&lab, 0, &["flows"]).stdout).lines().count() == 1
+    });
+    let s = lab.stats();
+    assert_eq!((s["ctl_fin_received"], s["ctl_drop_unknown_flow"]), (2, 0), "{s:?}");
 }
 
 /// A lab whose one instance (10.10.0.12) has a second address to move

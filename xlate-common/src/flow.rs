@@ -17,6 +17,10 @@ pub mod names {
     pub const FLOWS: &str = "FLOWS";
     pub const TUPLES: &str = "FLOW_TUPLES";
     pub const PEERS: &str = "FLOW_PEERS";
+    /// Flow ID -> SAL addresses of a flow whose 4-tuple a new connection
+    /// took over (`event::REOPENED`): its tuple entry, which held them,
+    /// names the new flow now. Until the agent frees the flow.
+    pub const REOPENED: &str = "FLOW_REOPENED";
     /// Per-CPU counters the server side rotates its local ports with.
     pub const ROTATION: &str = "PORT_ROTATION";
     pub const EVENTS: &str = "FLOW_EVENTS";
@@ -415,6 +419,10 @@ pub mod flag {
     /// The other end proved it is there (see `SynBudget`): no longer
     /// half-open.
     pub const PROVEN: u8 = 0x20;
+    /// The peer's TCP sent its FIN (inside SAL). With `LOCAL_FIN_ACKED`,
+    /// the TCP connection is over: a new SYN on its 4-tuple opens a new
+    /// flow (`translate::reopens`).
+    pub const PEER_FIN: u8 = 0x40;
 }
 
 /// A flow as the kernel keeps it. Addresses and ports in network order.
@@ -593,6 +601,11 @@ pub mod event {
     pub const ESTABLISHED: u32 = 4;
     /// The peer's TCP reset the connection (a TCP RST inside SAL): free.
     pub const PEER_RST: u32 = 5;
+    /// A new connection took the 4-tuple of this flow, whose TCP
+    /// connection was over (`translate::reopens`): the tuple names the new
+    /// flow now, and this one's addresses are in `FLOW_REOPENED`. Free it
+    /// once its SAL close is done (at once if it is).
+    pub const REOPENED: u32 = 6;
 }
 
 /// The flow engine's counters (both modes), kernel and agent reasons in
@@ -743,6 +756,10 @@ pub enum Counter {
     /// (`[[prefix]]`: the host part of the address picked the service).
     #[strum(serialize = "gw_prefix_flows")]
     GwPrefixFlows,
+    /// A closed flow's 4-tuple opened a new connection (a SYN reusing the
+    /// port before the old flow was freed): a new flow took the tuple; the
+    /// old one ends its SAL close and is freed (in `flows_freed`).
+    FlowsReopened,
 }
 
 impl Counter {

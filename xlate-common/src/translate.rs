@@ -66,6 +66,28 @@ pub fn egress_form(flow: &FlowState, tcp_flags: u8, payload: u32, seq_end: u32) 
     }
 }
 
+/// Whether a TCP segment from the local side (`tcp_flags`) that found the
+/// flow `flow` by its 4-tuple opens a new connection on that tuple instead
+/// of belonging to the flow: a bare SYN on a client flow whose TCP
+/// connection is over (both FINs, or a reset either way).
+///
+/// A closed flow lingers a while (late segments still translate, the SAL
+/// close completes), and a TCP end may reuse the 4-tuple meanwhile: the
+/// side that did not close first has no TIME_WAIT, so a legacy client or
+/// the relay's connect() picks the port again at once under load. Folded
+/// into the old flow, the new connection would ride its flow IDs until
+/// the old flow is freed under it. As with conntrack (a SYN in TIME_WAIT
+/// or CLOSE reopens), only a connection that is over is replaced: a SYN
+/// into a live one (a late duplicate, a forgery) stays in its flow and the
+/// TCP behind it judges it.
+#[inline(always)]
+pub fn reopens(flow: &FlowState, tcp_flags: u8) -> bool {
+    const BOTH_FINS: u8 = flag::LOCAL_FIN_ACKED | flag::PEER_FIN;
+    tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+        && flow.role == role::CLIENT
+        && (flow.flags & BOTH_FINS == BOTH_FINS || flow.flags & (flag::LOCAL_RST | flag::PEER_RST) != 0)
+}
+
 /// Bookkeeping for an outgoing segment; returns the event the agent must
 /// hear of (0 for none).
 #[inline(always)]
@@ -103,6 +125,9 @@ pub fn note_ingress(flow: &mut FlowState, tcp_flags: u8, seq: u32, ack: u32, pay
     // it (a guessed one would shift it away from the real one).
     if tcp_flags & TCP_RST == 0 && (tcp_flags & TCP_SYN != 0 || seq_after(next, flow.peer_next_seq)) {
         flow.peer_next_seq = next;
+    }
+    if tcp_flags & (TCP_FIN | TCP_RST) == TCP_FIN {
+        flow.flags |= flag::PEER_FIN;
     }
     if rst_in_place && flow.flags & flag::PEER_RST == 0 {
         flow.flags |= flag::PEER_RST;
@@ -342,6 +367,41 @@ mod tests {
         assert_eq!(note_ingress(&mut f, TCP_RST, 5, 0, 0), 0, "an old one");
         assert_eq!(f.peer_next_seq, 7, "resets do not move it");
         assert_eq!(note_ingress(&mut f, TCP_RST, 7, 0, 0), event::PEER_RST);
+    }
+
+    #[test]
+    fn only_a_bare_syn_on_a_connection_that_is_over_reopens_its_tuple() {
+        let mut f = flow(role::CLIENT, state::ESTABLISHED);
+        let syn = TCP_SYN;
+        assert!(!reopens(&f, syn), "a SYN into a live connection stays in it");
+        // Our FIN, acknowledged: half-closed, the peer may still send.
+        note_egress(&mut f, TCP_FIN | TCP_ACK, 200);
+        note_ingress(&mut f, TCP_ACK, 7, 201, 0);
+        assert!(!reopens(&f, syn), "half-closed");
+        // The peer's FIN (a RST with FIN set is a reset, not a FIN).
+        let mut g = f;
+        note_ingress(&mut g, TCP_RST | TCP_FIN, 3, 201, 0);
+        assert_eq!(g.flags & flag::PEER_FIN, 0);
+        note_ingress(&mut f, TCP_FIN | TCP_ACK, 7, 201, 0);
+        assert!(reopens(&f, syn), "both FINs: over");
+        for other in [TCP_SYN | TCP_ACK, TCP_SYN | TCP_RST, TCP_ACK, TCP_FIN | TCP_ACK] {
+            assert!(!reopens(&f, other), "flags {other:#x}");
+        }
+        // The peer's FIN alone is not enough either.
+        let mut p = flow(role::CLIENT, state::ESTABLISHED);
+        note_ingress(&mut p, TCP_FIN | TCP_ACK, 7, 1, 0);
+        assert!(!reopens(&p, syn));
+        // A reset either way ends it.
+        for bit in [flag::LOCAL_RST, flag::PEER_RST] {
+            let mut r = flow(role::CLIENT, state::ESTABLISHED);
+            r.flags |= bit;
+            assert!(reopens(&r, syn));
+        }
+        // A server's flow is never reopened by its own side (it does not
+        // send SYNs; its peer's SYN names a new flow ID anyway).
+        let mut s = flow(role::SERVER, state::ESTABLISHED);
+        s.flags |= flag::LOCAL_RST;
+        assert!(!reopens(&s, syn));
     }
 
     #[test]

@@ -128,7 +128,8 @@ fn gateway<const META: bool>(f: &XdpFrame) -> Result<u32, Exit> {
             sport: f.load(L4_AT + tcpf::SRC_PORT)?,
             dport: f.load(L4_AT + tcpf::DST_PORT)?,
         };
-        let tuple = flow_of(&key, |made| new_flow(&key, f.load(L4_AT + tcpf::FLAGS)?, made).unpack())?;
+        let flags = f.load(L4_AT + tcpf::FLAGS)?;
+        let tuple = flow_of(&key, flags, |made| new_flow(&key, flags, made).unpack())?;
         let to_sal = ToSal::unpack(tcp_to_sal_fn::<_, GwServices, Routed>(f, &tuple).unpack()?);
         translated(f, Hook::Xdp, Counter::GwToSal);
         leave_note::<META>(f, to_sal.tcp_at + tcpf::CHECKSUM);

@@ -158,7 +158,8 @@ fn egress(f: &SkbFrame, at_segmenter: bool) -> Result<i32, Exit> {
         sport: f.load(L4_AT + tcpf::SRC_PORT)?,
         dport: f.load(L4_AT + tcpf::DST_PORT)?,
     };
-    let tuple = flow_of(&key, |made| new_flow(&key, f.load(L4_AT + tcpf::FLAGS)?, made).unpack())?;
+    let flags = f.load(L4_AT + tcpf::FLAGS)?;
+    let tuple = flow_of(&key, flags, |made| new_flow(&key, flags, made).unpack())?;
     let Some(cfg) = CONFIG.get(0) else {
         return Err(Exit::Fault);
     };

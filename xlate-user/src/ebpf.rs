@@ -61,7 +61,7 @@ pub struct Resident {
 }
 
 /// The per-flow tables, whose size the operator may set (`max_flows`).
-const FLOW_TABLES: [&str; 4] = [names::FLOWS, names::TUPLES, names::PEERS, names::AGENT_CTL];
+const FLOW_TABLES: [&str; 5] = [names::FLOWS, names::TUPLES, names::PEERS, names::REOPENED, names::AGENT_CTL];
 
 /// How many entries flow table `name` has for `max_flows` flows: `FLOWS`
 /// has slots, a power of two (see `flow_slot`); the others one per flow.

@@ -15,7 +15,8 @@ use aya_ebpf::{
 };
 use xlate_common::{
     flow::{
-        flow_count, flow_slot, room, Counter, CtlRecord, EngineConfig, Event, FlowState, PeerKey, TupleEntry, MAX_FLOWS,
+        flow_count, flow_slot, room, Counter, CtlRecord, EngineConfig, Event, FlowAddrs, FlowState, PeerKey, TupleEntry,
+        MAX_FLOWS,
     },
     maps::FlowKey,
 };
@@ -122,6 +123,11 @@ unsafe fn xchg32(p: *mut u32, v: u32) {
 pub(crate) static TUPLES: HashMap<FlowKey, TupleEntry> = HashMap::pinned(MAX_FLOWS, 0);
 #[map(name = "FLOW_PEERS")]
 pub(crate) static PEERS: HashMap<PeerKey, u32> = HashMap::pinned(MAX_FLOWS, 0);
+/// A reopened flow's SAL addresses (`names::REOPENED`): written only when
+/// a SYN reopens a tuple, so its memory is taken as entries come.
+#[map(name = "FLOW_REOPENED")]
+pub(crate) static REOPENED: HashMap<u32, FlowAddrs> = HashMap::pinned(MAX_FLOWS, BPF_F_NO_PREALLOC);
+const BPF_F_NO_PREALLOC: u32 = 1;
 /// Per CPU: where a new flow's state is built before it is inserted. A
 /// `FlowState` on the stack would put the translator's SYN path past the
 /// 512 bytes older verifiers allow a call chain (Linux 6.1 rounds every

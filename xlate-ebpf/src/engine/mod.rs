@@ -30,7 +30,11 @@ pub(crate) mod verdict;
 
 use frame::Frame;
 use verdict::Packed;
-use xlate_common::{flow::TupleEntry, maps::FlowKey};
+use xlate_common::{
+    flow::{event, Counter, TupleEntry},
+    maps::FlowKey,
+    translate::{self, TCP_SYN},
+};
 
 /// [`tcp_to_sal::tcp_to_sal`] as its own BPF function: each direction
 /// gets its own stack frame instead of LLVM laying locals of both side by
@@ -43,18 +47,37 @@ pub(crate) fn tcp_to_sal_fn<F: Frame, S: tcp_to_sal::Services, L: link::LinkLaye
     Packed::pack(tcp_to_sal::tcp_to_sal::<F, S, L>(f, tuple).map(|t| t.pack()))
 }
 
-/// The `FLOW_TUPLES` entry of a TCP segment's 4-tuple `key`: its flow's,
-/// or a new flow's (`new_flow`, the shell's own: it decides whether the
-/// segment may start one and with whom, and writes the entry it inserted
-/// into its argument, which spares a second lookup).
+/// The `FLOW_TUPLES` entry of a TCP segment's 4-tuple `key` (`tcp_flags`
+/// its flags): its flow's, or a new flow's (`new_flow`, the shell's own: it
+/// decides whether the segment may start one and with whom, and writes the
+/// entry it inserted into its argument, which spares a second lookup).
+/// A SYN that reopens the tuple of a flow whose connection is over
+/// (`translate::reopens`) gets a new flow, which takes the tuple over; the
+/// old one's addresses move to `FLOW_REOPENED`, where the agent finds them
+/// to finish its SAL close, and the agent is told.
 #[inline(always)]
 pub(crate) fn flow_of(
     key: &FlowKey,
+    tcp_flags: u8,
     new_flow: impl FnOnce(&mut TupleEntry) -> Result<u32, verdict::Exit>,
 ) -> Result<TupleEntry, verdict::Exit> {
     // SAFETY: plain map lookup.
     if let Some(t) = unsafe { maps::TUPLES.get(key) } {
-        return Ok(*t);
+        if tcp_flags & TCP_SYN == 0 {
+            return Ok(*t);
+        }
+        let old = t.flow;
+        match maps::flow_ptr(old) {
+            // SAFETY: map value, valid while we run (RCU).
+            Some(p) if translate::reopens(unsafe { &*p }, tcp_flags) => {
+                // (Full, or out of memory: the old flow's SAL close then
+                // cannot be sent, and its peer gives up on it.)
+                let _ = maps::REOPENED.insert(&old, &t.addrs, 0);
+                maps::notify(event::REOPENED, old);
+                maps::count(Counter::FlowsReopened);
+            }
+            _ => return Ok(*t),
+        }
     }
     let mut made = TupleEntry::default();
     new_flow(&mut made)?;

@@ -283,6 +283,22 @@ impl ControlPlane {
 
     /// Kernel events: the local TCP's FIN was acknowledged, or it reset.
     pub fn on_event(&mut self, ev: Event) {
+        if ev.kind == event::REOPENED {
+            if !self.maps.flows.contains(ev.flow) {
+                // Freed already (a reset frees a flow at once).
+                let _ = self.maps.reopened.remove(&ev.flow);
+                return;
+            }
+            // Its TCP connection is over on both ends, and its tuple names
+            // the new flow: nothing but its SAL close is left. Freed now if
+            // that is done; else the close goes on (with the addresses in
+            // `FLOW_REOPENED`) and frees it as any close does.
+            let closing = self.ctl.get(&ev.flow).is_some_and(|c| !(c.peer_fin && c.fin_acked_at.is_some()));
+            if !closing {
+                self.free(ev.flow, Counter::FlowsFreed);
+            }
+            return;
+        }
         let Some((st, addrs)) = self.flow(ev.flow) else {
             return;
         };
@@ -383,12 +399,13 @@ impl ControlPlane {
             }
         }
         if let Some(st) = self.maps.flows.get(id) {
-            let _ = self.maps.tuples.remove(&st.tuple());
+            self.maps.release_tuple(&st);
             let _ = self.maps.peers.remove(&PeerKey { peer_ip: st.tcp_peer_addr, peer_flow: st.peer_flow });
         }
         if self.maps.flows.remove(id) {
             self.maps.count_freed();
         }
+        let _ = self.maps.reopened.remove(&id);
         self.ctl.remove(&id);
         self.dirty.remove(&id);
         let _ = self.maps.ctl.remove(&id);

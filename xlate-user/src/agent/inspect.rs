@@ -28,14 +28,23 @@ pub fn flows(kind: Kind, iface: &str) -> Result<Vec<FlowRow>> {
     let flows = FlowTable::new(maps::open_pinned(kind, iface, names::FLOWS)?)?;
     let tuples: aya::maps::HashMap<MapData, FlowKey, TupleEntry> =
         maps::open_pinned(kind, iface, names::TUPLES)?.try_into()?;
-    // The agent's control state (absent on a datapath older than it).
+    // A reopened flow's addresses, and the agent's control state (both
+    // absent on a datapath older than them).
+    let reopened: Option<aya::maps::HashMap<MapData, u32, FlowAddrs>> =
+        maps::open_pinned(kind, iface, names::REOPENED).ok().and_then(|m| m.try_into().ok());
     let ctl: Option<aya::maps::HashMap<MapData, u32, CtlRecord>> =
         maps::open_pinned(kind, iface, names::AGENT_CTL).ok().and_then(|m| m.try_into().ok());
     let services = Services::open(kind, iface);
     let mut rows = Vec::new();
     for st in flows.iter() {
         let id = st.local_flow;
-        let a = tuples.get(&st.tuple(), 0).ok().filter(|t| t.flow == id).map(|t| t.addrs).unwrap_or_default();
+        let a = tuples
+            .get(&st.tuple(), 0)
+            .ok()
+            .filter(|t| t.flow == id)
+            .map(|t| t.addrs)
+            .or_else(|| reopened.as_ref().and_then(|r| r.get(&id, 0).ok()))
+            .unwrap_or_default();
         let migration = ctl.as_ref().and_then(|c| c.get(&id, 0).ok()).and_then(|r| Ctl::migration_of(&r));
         rows.push(FlowRow { state: st, addrs: a, service: services.of(&st), migration });
     }

@@ -63,6 +63,8 @@ pub struct FlowMaps {
     /// A flow's 4-tuple -> the flow and its SAL addresses.
     pub tuples: HashMap<MapData, FlowKey, TupleEntry>,
     pub peers: HashMap<MapData, PeerKey, u32>,
+    /// A reopened flow's addresses (`names::REOPENED`).
+    pub reopened: HashMap<MapData, u32, FlowAddrs>,
     pub counters: PerCpuArray<MapData, u64>,
     /// The agent's own control-plane state, kept across its restarts.
     pub ctl: HashMap<MapData, u32, CtlRecord>,
@@ -98,6 +100,7 @@ impl FlowMaps {
             flows: super::flow_table::FlowTable::new(get(names::FLOWS)?)?,
             tuples: get(names::TUPLES)?.try_into()?,
             peers: get(names::PEERS)?.try_into()?,
+            reopened: get(names::REOPENED)?.try_into()?,
             counters: get(names::COUNTERS)?.try_into()?,
             count: get(names::FLOW_COUNT)?.try_into()?,
             room: get(names::ROOM)?.try_into()?,
@@ -105,16 +108,73 @@ impl FlowMaps {
         })
     }
 
-    /// The SAL addresses of flow `st` (in its tuple's entry).
+    /// The SAL addresses of flow `st`: in its tuple's entry, or, once a new
+    /// connection reopened its tuple, in `FLOW_REOPENED`.
     pub fn addrs_of(&self, st: &FlowState) -> Option<FlowAddrs> {
-        self.tuples.get(&st.tuple(), 0).ok().filter(|t| t.flow == st.local_flow).map(|t| t.addrs)
+        match self.tuples.get(&st.tuple(), 0) {
+            Ok(t) if t.flow == st.local_flow => Some(t.addrs),
+            _ => self.reopened.get(&st.local_flow, 0).ok(),
+        }
+    }
+
+    /// Removes flow `st`'s tuple entry, unless it names another flow: a
+    /// new connection may have reopened the tuple (`event::REOPENED`).
+    /// An entry that names another flow is not touched: the new flow's
+    /// segments must find it, without a gap. One that names this flow may
+    /// still be reopened between this lookup and the delete, so it is
+    /// taken out and read in one step (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`,
+    /// Linux 5.14) and put back if it turns out to be the new flow's.
+    pub fn release_tuple(&mut self, st: &FlowState) {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+        const BPF_NOEXIST: u64 = 1;
+        #[repr(C)]
+        struct ElemAttr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let key = st.tuple();
+        if !self.tuples.get(&key, 0).is_ok_and(|t| t.flow == st.local_flow) {
+            return;
+        }
+        let mut taken = TupleEntry::default();
+        let attr = ElemAttr {
+            map_fd: self.tuples.map().fd().as_fd().as_raw_fd() as u32,
+            _pad: 0,
+            key: &key as *const FlowKey as u64,
+            value: &mut taken as *mut TupleEntry as u64,
+            flags: 0,
+        };
+        // SAFETY: the attribute names our map, a key and a value of its
+        // sizes, which outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+                &attr as *const ElemAttr,
+                std::mem::size_of::<ElemAttr>(),
+            )
+        };
+        if r == 0 && taken.flow != st.local_flow {
+            let _ = self.tuples.insert(key, taken, BPF_NOEXIST);
+        }
     }
 
     /// Moves flow `st` to `addrs` (migration). Only an entry that exists
-    /// is rewritten: a flow freed meanwhile stays freed.
+    /// is rewritten: a flow freed meanwhile stays freed, and a tuple a new
+    /// connection took over stays the new flow's.
     pub fn set_addrs(&mut self, st: &FlowState, addrs: FlowAddrs) -> Result<(), aya::maps::MapError> {
         const BPF_EXIST: u64 = 2;
-        self.tuples.insert(st.tuple(), TupleEntry { flow: st.local_flow, addrs }, BPF_EXIST)
+        match self.tuples.get(&st.tuple(), 0) {
+            Ok(t) if t.flow == st.local_flow => {
+                self.tuples.insert(st.tuple(), TupleEntry { flow: st.local_flow, addrs }, BPF_EXIST)
+            }
+            _ => self.reopened.insert(st.local_flow, addrs, BPF_EXIST),
+        }
     }
 
     /// Adds one to a counter from user space (CPU 0's slot; the agent is
