@@ -98,7 +98,13 @@ pub(crate) fn synack(flow: &mut FlowState, ext: &Exts, src_flow: u32, ip_src: [u
                 let peer_ip = if ext.sources != 0 { ext.source_last } else { ip_src };
                 if let Some(t) = TUPLES.get_ptr_mut(&flow.tuple()) {
                     // SAFETY: map value; the agent writes it only later.
-                    unsafe { (*t).addrs.peer_ip = peer_ip };
+                    // Only this flow's: a new connection may have taken
+                    // the tuple over (`flow_of`).
+                    unsafe {
+                        if (*t).flow == flow.local_flow {
+                            (*t).addrs.peer_ip = peer_ip;
+                        }
+                    }
                 }
             }
             true

@@ -51,37 +51,59 @@ pub(crate) fn tcp_to_sal_fn<F: Frame, S: tcp_to_sal::Services, L: link::LinkLaye
 /// its flags): its flow's, or a new flow's (`new_flow`, the shell's own: it
 /// decides whether the segment may start one and with whom, and writes the
 /// entry it inserted into its argument, which spares a second lookup).
-/// A SYN that reopens the tuple of a flow whose connection is over
-/// (`translate::reopens`) gets a new flow, which takes the tuple over; the
-/// old one's addresses move to `FLOW_REOPENED`, where the agent finds them
-/// to finish its SAL close, and the agent is told.
+///
+/// A SYN on the tuple of a flow whose connection is over
+/// (`translate::reopens`) retires that flow: its addresses move to
+/// `FLOW_REOPENED`, where the agent finds them to finish its SAL close,
+/// and the agent is told. The tuple then belongs to the new connection:
+/// its new flow takes it over, or, if none may be made (the SYN is
+/// declined or left to the relay), it is removed, so that nothing more of
+/// that connection lands in the old flow. A SYN on a tuple whose flow is
+/// already gone (the agent frees the flow just after the tuple) makes a
+/// new flow too.
 #[inline(always)]
 pub(crate) fn flow_of(
     key: &FlowKey,
     tcp_flags: u8,
     new_flow: impl FnOnce(&mut TupleEntry) -> Result<u32, verdict::Exit>,
 ) -> Result<TupleEntry, verdict::Exit> {
+    let mut retired = false;
     // SAFETY: plain map lookup.
     if let Some(t) = unsafe { maps::TUPLES.get(key) } {
-        if tcp_flags & TCP_SYN == 0 {
+        if tcp_flags & TCP_SYN == 0 || !retire_if_over(t, tcp_flags) {
             return Ok(*t);
         }
-        let old = t.flow;
-        match maps::flow_ptr(old) {
-            // SAFETY: map value, valid while we run (RCU).
-            Some(p) if translate::reopens(unsafe { &*p }, tcp_flags) => {
-                // (Full, or out of memory: the old flow's SAL close then
-                // cannot be sent, and its peer gives up on it.)
-                let _ = maps::REOPENED.insert(&old, &t.addrs, 0);
-                maps::notify(event::REOPENED, old);
-                maps::count(Counter::FlowsReopened);
-            }
-            _ => return Ok(*t),
-        }
+        retired = true;
     }
     let mut made = TupleEntry::default();
-    new_flow(&mut made)?;
+    let r = new_flow(&mut made);
+    if retired && r.is_err() {
+        let _ = maps::TUPLES.remove(key);
+    }
+    r?;
     Ok(made)
+}
+
+/// For a SYN on `tuple`: retires its flow if that flow's connection is
+/// over (see [`flow_of`]), or if the flow is gone; false if the SYN
+/// belongs to the flow. Its own BPF function: the SYN path's locals stay
+/// out of the caller's frame (512 bytes for a whole call chain).
+#[inline(never)]
+fn retire_if_over(tuple: &TupleEntry, tcp_flags: u8) -> bool {
+    let old = tuple.flow;
+    let Some(p) = maps::flow_ptr(old) else {
+        return true;
+    };
+    // SAFETY: map value, valid while we run (RCU).
+    if !translate::reopens(unsafe { &*p }, tcp_flags) {
+        return false;
+    }
+    // (Full, or out of memory: the old flow's SAL close then cannot be
+    // sent, and its peer gives up on it.)
+    let _ = maps::REOPENED.insert(&old, &tuple.addrs, 0);
+    maps::notify(event::REOPENED, old);
+    maps::count(Counter::FlowsReopened);
+    true
 }
 
 /// [`sal_to_tcp::sal_to_tcp`] as its own BPF function (see above).

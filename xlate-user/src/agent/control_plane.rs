@@ -286,7 +286,7 @@ impl ControlPlane {
         if ev.kind == event::REOPENED {
             if !self.maps.flows.contains(ev.flow) {
                 // Freed already (a reset frees a flow at once).
-                let _ = self.maps.reopened.remove(&ev.flow);
+                self.maps.forget_reopened(ev.flow);
                 return;
             }
             // Its TCP connection is over on both ends, and its tuple names
@@ -392,8 +392,11 @@ impl ControlPlane {
         }
         if let (Some(c), Some((st, addrs))) = (self.ctl.get(&id).cloned(), self.flow(id)) {
             if c.peer_fin && c.fin_acked_at.is_some() {
-                // Before the tuple is released: no new flow can hold it yet.
-                self.end_time_wait(&st, &addrs);
+                // Before the tuple is released: no new flow can hold it yet,
+                // unless one reopened it, whose socket it is then.
+                if self.maps.tuples.get(&st.tuple(), 0).is_ok_and(|t| t.flow == id) {
+                    self.end_time_wait(&st, &addrs);
+                }
                 let closed = Closed { state: st, addrs, ctl: c, until: Instant::now() + TIME_WAIT };
                 self.closed.insert(id, closed);
             }
@@ -405,7 +408,7 @@ impl ControlPlane {
         if self.maps.flows.remove(id) {
             self.maps.count_freed();
         }
-        let _ = self.maps.reopened.remove(&id);
+        self.maps.forget_reopened(id);
         self.ctl.remove(&id);
         self.dirty.remove(&id);
         let _ = self.maps.ctl.remove(&id);
@@ -525,6 +528,7 @@ impl ControlPlane {
         }
         self.last_scan = Some(now);
         self.maps.resync_count();
+        self.maps.sweep_reopened();
         let mono = mono_ns();
         let (mut idle, mut half_open) = (Vec::new(), Vec::new());
         for st in self.maps.flows.iter() {

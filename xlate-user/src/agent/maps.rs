@@ -63,8 +63,9 @@ pub struct FlowMaps {
     /// A flow's 4-tuple -> the flow and its SAL addresses.
     pub tuples: HashMap<MapData, FlowKey, TupleEntry>,
     pub peers: HashMap<MapData, PeerKey, u32>,
-    /// A reopened flow's addresses (`names::REOPENED`).
-    pub reopened: HashMap<MapData, u32, FlowAddrs>,
+    /// A reopened flow's addresses (`names::REOPENED`); `None` in the pins
+    /// of a build before it (`stop` of a datapath no agent runs).
+    pub reopened: Option<HashMap<MapData, u32, FlowAddrs>>,
     pub counters: PerCpuArray<MapData, u64>,
     /// The agent's own control-plane state, kept across its restarts.
     pub ctl: HashMap<MapData, u32, CtlRecord>,
@@ -100,7 +101,7 @@ impl FlowMaps {
             flows: super::flow_table::FlowTable::new(get(names::FLOWS)?)?,
             tuples: get(names::TUPLES)?.try_into()?,
             peers: get(names::PEERS)?.try_into()?,
-            reopened: get(names::REOPENED)?.try_into()?,
+            reopened: get(names::REOPENED).ok().and_then(|m| m.try_into().ok()),
             counters: get(names::COUNTERS)?.try_into()?,
             count: get(names::FLOW_COUNT)?.try_into()?,
             room: get(names::ROOM)?.try_into()?,
@@ -109,12 +110,27 @@ impl FlowMaps {
     }
 
     /// The SAL addresses of flow `st`: in its tuple's entry, or, once a new
-    /// connection reopened its tuple, in `FLOW_REOPENED`.
+    /// connection reopened its tuple, in `FLOW_REOPENED`. A flow whose
+    /// connection is over may be reopened at any moment, so the agent
+    /// keeps its later moves there too (see [`Self::set_addrs`]), and for
+    /// such a flow that entry comes first.
     pub fn addrs_of(&self, st: &FlowState) -> Option<FlowAddrs> {
+        let reopened = || self.reopened.as_ref().and_then(|m| m.get(&st.local_flow, 0).ok());
+        if Self::over(st) {
+            if let Some(a) = reopened() {
+                return Some(a);
+            }
+        }
         match self.tuples.get(&st.tuple(), 0) {
             Ok(t) if t.flow == st.local_flow => Some(t.addrs),
-            _ => self.reopened.get(&st.local_flow, 0).ok(),
+            _ => reopened(),
         }
+    }
+
+    /// Whether flow `st`'s connection is over, so that a SYN may reopen its
+    /// tuple (the kernel's rule).
+    fn over(st: &FlowState) -> bool {
+        xlate_common::translate::reopens(st, xlate_common::translate::TCP_SYN)
     }
 
     /// Removes flow `st`'s tuple entry, unless it names another flow: a
@@ -161,19 +177,45 @@ impl FlowMaps {
         };
         if r == 0 && taken.flow != st.local_flow {
             let _ = self.tuples.insert(key, taken, BPF_NOEXIST);
+        } else if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
+            // (A kernel without the command: the plain delete, and the
+            // race it leaves.)
+            let _ = self.tuples.remove(&key);
         }
     }
 
     /// Moves flow `st` to `addrs` (migration). Only an entry that exists
     /// is rewritten: a flow freed meanwhile stays freed, and a tuple a new
-    /// connection took over stays the new flow's.
+    /// connection took over stays the new flow's. A flow whose connection
+    /// is over keeps its new addresses in `FLOW_REOPENED` instead of its
+    /// tuple entry, which a SYN may take over between a read and a write
+    /// here. (A flow that ends and is reopened within that very gap is
+    /// the race left.)
     pub fn set_addrs(&mut self, st: &FlowState, addrs: FlowAddrs) -> Result<(), aya::maps::MapError> {
+        const BPF_ANY: u64 = 0;
         const BPF_EXIST: u64 = 2;
-        match self.tuples.get(&st.tuple(), 0) {
-            Ok(t) if t.flow == st.local_flow => {
-                self.tuples.insert(st.tuple(), TupleEntry { flow: st.local_flow, addrs }, BPF_EXIST)
-            }
-            _ => self.reopened.insert(st.local_flow, addrs, BPF_EXIST),
+        let names_it = self.tuples.get(&st.tuple(), 0).is_ok_and(|t| t.flow == st.local_flow);
+        match self.reopened.as_mut() {
+            Some(m) if Self::over(st) => m.insert(st.local_flow, addrs, BPF_ANY),
+            Some(m) if !names_it => m.insert(st.local_flow, addrs, BPF_EXIST),
+            _ => self.tuples.insert(st.tuple(), TupleEntry { flow: st.local_flow, addrs }, BPF_EXIST),
+        }
+    }
+
+    /// Forgets the addresses kept for flow `id` once reopened.
+    pub fn forget_reopened(&mut self, id: u32) {
+        if let Some(m) = self.reopened.as_mut() {
+            let _ = m.remove(&id);
+        }
+    }
+
+    /// Forgets the addresses of reopened flows that no longer exist (their
+    /// event lost to a full ring, or freed before it was read).
+    pub fn sweep_reopened(&mut self) {
+        let Some(m) = self.reopened.as_mut() else { return };
+        let gone: Vec<u32> = m.keys().filter_map(|k| k.ok()).filter(|id| !self.flows.contains(*id)).collect();
+        for id in gone {
+            let _ = m.remove(&id);
         }
     }
 
