@@ -65,6 +65,30 @@ print("Serving HTTP", flush=True)
 http.server.ThreadingHTTPServer(("", int(sys.argv[1])), lambda *a: H(*a, directory=sys.argv[2])).serve_forever()
 "#;
 
+/// Host mode serving `service` on port 80 of each namespace in
+/// `instances`, behind an [`HTTP_SERVER`] whose files are under
+/// `dir/www<N>` and whose `GET /who` answers `addresses[i]`: the
+/// instances of the translator and scale-out labs.
+pub fn serve_http(
+    instances: &[Netns],
+    addresses: &[&str],
+    service: &str,
+    dir: &std::path::Path,
+) -> (Vec<Agent>, Vec<Bg>) {
+    let mut agents = Vec::new();
+    let mut http = Vec::new();
+    for (i, ns) in instances.iter().enumerate() {
+        let www = dir.join(format!("www{}", i + 1));
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::write(www.join("who"), format!("{}\n", addresses[i])).unwrap();
+        agents.push(Agent::start(ns, "e0", &["--serve", &format!("{service}=80")]));
+        let mut h = ns.spawn("python3", &["-u", "-c", HTTP_SERVER, "80", www.to_str().unwrap()]);
+        h.wait_for_line("Serving HTTP", Duration::from_secs(10));
+        http.push(h);
+    }
+    (agents, http)
+}
+
 /// What the client must receive for `GET /gen/BYTES/SEED` (also writes the
 /// stream to `file` when given, for uploads).
 pub fn generated_sha256(bytes: u64, seed: u64, file: Option<&std::path::Path>) -> String {
@@ -158,17 +182,7 @@ impl GatewayLab {
         }
         let dir = std::env::temp_dir().join(format!("xlate-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut http = Vec::new();
-        let mut instance_agents = Vec::new();
-        for (i, ns) in instances.iter().enumerate() {
-            let www = dir.join(format!("www{}", i + 1));
-            std::fs::create_dir_all(&www).unwrap();
-            std::fs::write(www.join("who"), format!("{}\n", INSTANCES[i])).unwrap();
-            instance_agents.push(Agent::start(ns, "e0", &["--serve", &format!("{SERVICE_ID}=80")]));
-            let mut h = ns.spawn("python3", &["-u", "-c", HTTP_SERVER, "80", www.to_str().unwrap()]);
-            h.wait_for_line("Serving HTTP", Duration::from_secs(10));
-            http.push(h);
-        }
+        let (instance_agents, http) = serve_http(&instances, &INSTANCES, SERVICE_ID, &dir);
         let config_path = dir.join("xlate.toml");
         std::fs::write(&config_path, config_text).unwrap();
         let mut lab = GatewayLab {

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::gateway::HTTP_SERVER;
+use crate::gateway::serve_http;
 use crate::host::Agent;
 use crate::netns::{Bg, Naming, Netns};
 pub use xlate_lab::topology::scale_out::{
@@ -39,17 +39,7 @@ impl ScaleOutLab {
             .unwrap_or_else(|e| panic!("building the lab: {e:#}"));
         let dir = std::env::temp_dir().join(format!("xlate-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut http = Vec::new();
-        let mut instance_agents = Vec::new();
-        for (i, ns) in net.instances.iter().enumerate() {
-            let www = dir.join(format!("www{}", i + 1));
-            std::fs::create_dir_all(&www).unwrap();
-            std::fs::write(www.join("who"), format!("{}\n", INSTANCES[i])).unwrap();
-            instance_agents.push(Agent::start(ns, "e0", &["--serve", &format!("{SERVICE}=80")]));
-            let mut h = ns.spawn("python3", &["-u", "-c", HTTP_SERVER, "80", www.to_str().unwrap()]);
-            h.wait_for_line("Serving HTTP", Duration::from_secs(10));
-            http.push(h);
-        }
+        let (instance_agents, http) = serve_http(&net.instances, &INSTANCES, SERVICE, &dir);
         let hosts = dir.join("hosts");
         let mut lab = ScaleOutLab { translators: Vec::new(), dns: None, http, instance_agents, dir, hosts, net };
         lab.publish(&(1..=n).collect::<Vec<_>>());
