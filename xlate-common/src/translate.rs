@@ -4,7 +4,7 @@
 //! unchanged in the kernel.
 
 use crate::flow::{event, flag, role, state, FlowState};
-use crate::wire::{sal, IPPROTO_TCP};
+use crate::wire::{checksum, sal, IPPROTO_TCP};
 
 // The TCP flag bits the bookkeeping reads: the wire library's.
 pub const TCP_FIN: u8 = crate::wire::tcp::TcpFlags::FIN;
@@ -161,18 +161,33 @@ pub fn accept_synack(flow: &mut FlowState, src_flow: u32, verno: u32, ackno: u32
     Some(true)
 }
 
-/// Folded one's-complement sum of a fixed-size header (loop-free after
-/// monomorphisation, so the verifier sees straight-line code).
+/// Folded one's-complement sum of a fixed-size header (RFC 1071), in
+/// network order (loop-free after monomorphisation, so the verifier sees
+/// straight-line code). The sum does not depend on byte order (RFC 1071
+/// §2(B)): it is taken over native-order 32-bit words into 64 bits and
+/// swapped once at the end, which for the 20-byte IPv4 header is 5 loads
+/// and adds where 16-bit network-order words took 10 loads, 10 swaps and
+/// 10 adds, on every translated packet.
 #[inline(always)]
 pub fn sum_words<const N: usize>(h: &[u8; N]) -> u16 {
-    let mut acc: u32 = 0;
+    let mut acc: u64 = 0;
     let mut i = 0;
-    while i + 1 < N {
-        acc += u32::from(u16::from_be_bytes([h[i], h[i + 1]]));
+    while i + 4 <= N {
+        acc += u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+        i += 4;
+    }
+    if i + 2 <= N {
+        acc += u64::from(u16::from_ne_bytes([h[i], h[i + 1]]));
         i += 2;
     }
-    let acc = (acc & 0xffff) + (acc >> 16);
-    ((acc & 0xffff) + (acc >> 16)) as u16
+    if i < N {
+        // An odd last byte is the high byte of a network-order word.
+        acc += u64::from(u16::from_ne_bytes([h[i], 0]));
+    }
+    // At most N/4 words of 32 bits: two folds bring 64 bits to 32.
+    let acc = (acc & 0xffff_ffff) + (acc >> 32);
+    let acc = (acc & 0xffff_ffff) + (acc >> 32);
+    u16::from_be_bytes(checksum::fold(acc as u32).to_ne_bytes())
 }
 
 /// The base header's fields of a flow into `h` (checksum left zero).
@@ -426,6 +441,37 @@ mod tests {
         assert_eq!(accept_synack(&mut f, 8, 901, 1001, [4; 8]), Some(false), "a repeat changes nothing");
         assert_eq!(f.peer_flow, 7);
         assert_eq!(accept_synack(&mut flow(role::SERVER, state::SYN_RCVD), 7, 900, 1001, [3; 8]), None);
+    }
+
+    /// The word sum equals RFC 1071's, taken the textbook way, for every
+    /// size the engine sums (and the odd ones it does not), on random and
+    /// on all-ones headers (where the end-around carries pile up).
+    #[test]
+    fn the_word_sum_is_rfc_1071s_at_every_size() {
+        fn check<const N: usize>(seed: u64) {
+            let mut h = [0u8; N];
+            let mut x = seed;
+            for b in h.iter_mut() {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                *b = (x >> 56) as u8;
+            }
+            for bytes in [h, [0xff; N], [0; N]] {
+                let reference = checksum::fold(checksum::sum(&bytes));
+                assert_eq!(sum_words(&bytes), reference, "{N} bytes {bytes:02x?}");
+            }
+        }
+        for seed in 0..200 {
+            check::<1>(seed);
+            check::<2>(seed);
+            check::<3>(seed);
+            check::<12>(seed);
+            check::<20>(seed);
+            check::<21>(seed);
+            check::<22>(seed);
+            check::<36>(seed);
+            check::<68>(seed);
+            check::<256>(seed);
+        }
     }
 
     #[test]

@@ -132,7 +132,9 @@ fn gateway<const META: bool>(f: &XdpFrame) -> Result<u32, Exit> {
         let tuple = flow_of(&key, flags, |made| new_flow(&key, flags, made).unpack())?;
         let to_sal = ToSal::unpack(tcp_to_sal_fn::<_, GwServices, Routed>(f, &tuple).unpack()?);
         translated(f, Hook::Xdp, Counter::GwToSal);
-        leave_note::<META>(f, to_sal.tcp_at + tcpf::CHECKSUM);
+        if f.checksum_deferred() {
+            leave_note::<META>(f, to_sal.tcp_at + tcpf::CHECKSUM);
+        }
         return Ok(forward_fn(f));
     }
     let Some(cfg) = CONFIG.get(0) else {
@@ -143,7 +145,9 @@ fn gateway<const META: bool>(f: &XdpFrame) -> Result<u32, Exit> {
     }
     sal_to_tcp_fn::<_, Routed>(f).unpack()?;
     translated(f, Hook::Xdp, Counter::GwToTcp);
-    leave_note::<META>(f, L4_AT + tcpf::CHECKSUM);
+    if f.checksum_deferred() {
+        leave_note::<META>(f, L4_AT + tcpf::CHECKSUM);
+    }
     Ok(forward_fn(f))
 }
 
@@ -153,7 +157,8 @@ fn gateway<const META: bool>(f: &XdpFrame) -> Result<u32, Exit> {
 /// Without either the partial form stays: right for the partial checksums
 /// of local senders, wrong for the rare complete one (counted). Its own
 /// BPF function: the key and note stay off the program's own frame, which
-/// every call chain includes (Linux 6.1 allows 512 bytes along a chain).
+/// every call chain includes (Linux 6.1 allows 512 bytes along a chain);
+/// called only for such a frame, so that the others pay no BPF call.
 #[inline(never)]
 fn leave_note<const META: bool>(f: &XdpFrame, csum_at: usize) {
     let Some(note) = f.note(csum_at) else { return };

@@ -6,20 +6,20 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use xlate_lab::topology::{host_pair, translator};
-use xlate_lab::{Bg, HostPair, Naming, Netns, Translator, TranslatorOptions};
+use xlate_lab::topology::translator;
+use xlate_lab::{Bg, Naming, Netns, Translator, TranslatorOptions};
 
 use crate::agent::Running;
 use crate::experiments::connections::{self, Closer, Load};
+use crate::experiments::host_mode::HostMode;
 use crate::experiments::per_packet;
 
-/// What the host-mode client connects to (`--connect`).
-const SVC_ADDR: &str = "10.61.0.100";
-const PORT: &str = "5201";
+/// iperf3's port in every lab of the benchmarks.
+pub(crate) const PORT: &str = "5201";
 
 /// Starts an agent in `ns` and waits until it is up (its log in
 /// target/bench/); `stop` is its stop-for-good command (`stop` or `host stop`).
-fn agent(bin: &Path, ns: &Netns, args: &[&str], stop: &[&str]) -> Result<Running> {
+pub(crate) fn agent(bin: &Path, ns: &Netns, args: &[&str], stop: &[&str]) -> Result<Running> {
     let log = format!("{}-{}", ns.name(), args.first().copied().unwrap_or("agent"));
     crate::agent::start(bin, ns, &crate::util::workspace_root().join("target/bench"), &log, args, stop)
 }
@@ -38,7 +38,7 @@ fn instance_agent(bin: &Path, inst: &Netns, serve: &str) -> Result<Running> {
 }
 
 /// iperf3's server in `ns`.
-fn iperf_server(ns: &Netns) -> Result<Bg> {
+pub(crate) fn iperf_server(ns: &Netns) -> Result<Bg> {
     let child = ns.cmd("iperf3").args(["-s", "-p", PORT]).stdout(Stdio::null()).spawn()?;
     std::thread::sleep(Duration::from_millis(500));
     Ok(Bg::from_child(child))
@@ -46,7 +46,7 @@ fn iperf_server(ns: &Netns) -> Result<Bg> {
 
 /// Goodput in Gbit/s of iperf3 runs from the client namespace: client to
 /// server and server to client (`-R`), 1 and 4 streams.
-fn four_ways(c: &Netns, dst: &str, seconds: u32) -> Result<[f64; 4]> {
+pub(crate) fn four_ways(c: &Netns, dst: &str, seconds: u32) -> Result<[f64; 4]> {
     Ok([
         iperf_from(c, dst, 1, seconds, false)?,
         iperf_from(c, dst, 4, seconds, false)?,
@@ -55,68 +55,24 @@ fn four_ways(c: &Netns, dst: &str, seconds: u32) -> Result<[f64; 4]> {
     ])
 }
 
-/// Host mode against plain TCP on one veth pair, with GRO on at both ends
-/// as a NIC has it (veth has it off): plain TCP with default offloads;
-/// plain TCP with the senders' segmentation and checksum offloads off, so
-/// that wire-size segments cross the link as SAL's must (the per-segment
-/// bound: the kernel has no GSO or GRO for protocol 144); plain TCP beside
-/// running agents; host mode receiving at XDP (before GRO) and at TC
-/// ingress. The last rows are host mode's ratios to the two plain bounds.
+/// Host mode against plain TCP on one veth pair
+/// ([`crate::experiments::host_mode`]), as a table with host mode's ratios
+/// to the two plain bounds in its last rows.
 pub fn host_mode(bin: &Path, seconds: u32) -> Result<Table> {
-    let lab = HostPair::build(Naming::Fixed("xlt-bench"))?;
-    let (c, s) = (&lab.client, &lab.server);
-    let ends = [(c, host_pair::CLIENT_IF), (s, host_pair::SERVER_IF)];
-    for (ns, dev) in ends {
-        ns.set_offload(dev, "gro", true)?;
-    }
-    let _iperf = iperf_server(s)?;
-    let plain = four_ways(c, host_pair::SERVER_IP, seconds)?;
-    let offloads = |on: bool| -> Result<()> {
-        for (ns, dev) in ends {
-            for f in ["tx", "tso", "gso"] {
-                ns.set_offload(dev, f, on)?;
-            }
-        }
-        Ok(())
-    };
-    offloads(false)?;
-    let per_segment = four_ways(c, host_pair::SERVER_IP, seconds);
-    offloads(true)?;
-    let per_segment = per_segment?;
-    let serve = format!("00001451={PORT}");
-    let connect = format!("00001451={SVC_ADDR}:{PORT}");
-    let host = |receive: &str| -> Result<([f64; 4], [f64; 4])> {
-        let _s = agent(
-            bin,
-            s,
-            &["host", "--iface", host_pair::SERVER_IF, "--serve", &serve, "--receive", receive],
-            &["host", "stop", "--iface", host_pair::SERVER_IF],
-        )?;
-        let _c = agent(
-            bin,
-            c,
-            &["host", "--iface", host_pair::CLIENT_IF, "--connect", &connect, "--receive", receive],
-            &["host", "stop", "--iface", host_pair::CLIENT_IF],
-        )?;
-        Ok((four_ways(c, host_pair::SERVER_IP, seconds)?, four_ways(c, SVC_ADDR, seconds)?))
-    };
-    let (plain_beside, host_xdp) = host("xdp")?;
-    let (plain_beside_tc, host_tc) = host("tc")?;
-    drop(_iperf);
-    drop(lab);
+    let h = crate::experiments::host_mode::measure(bin, seconds)?;
     let ratio = |a: &[f64; 4], b: &[f64; 4]| -> [f64; 4] { std::array::from_fn(|i| a[i] / b[i]) };
     Ok(Table {
         title: format!("host mode: iperf3 goodput over one veth pair (GRO on), {seconds} s per run, Gbit/s"),
-        columns: vec!["c->s 1", "c->s 4", "s->c 1", "s->c 4"],
+        columns: HostMode::WAYS.to_vec(),
         rows: vec![
-            Row::new("plain TCP, default offloads, no agent", &plain),
-            Row::new("plain TCP, senders' tx/tso/gso off (the per-segment bound)", &per_segment),
-            Row::new("plain TCP beside host mode receiving at XDP", &plain_beside),
-            Row::new("plain TCP beside host mode receiving at TC", &plain_beside_tc),
-            Row::new("xlate host mode, receive at XDP (--receive xdp)", &host_xdp),
-            Row::new("xlate host mode, receive at TC ingress (--receive tc; auto on a veth)", &host_tc),
-            Row::new("ratio: host mode (XDP) / per-segment bound (floor 0.8)", &ratio(&host_xdp, &per_segment)),
-            Row::new("ratio: host mode (XDP) / default offloads (floor 0.3)", &ratio(&host_xdp, &plain)),
+            Row::new("plain TCP, default offloads, no agent", &h.plain),
+            Row::new("plain TCP, senders' tx/tso/gso off (the per-segment bound)", &h.per_segment),
+            Row::new("plain TCP beside host mode receiving at XDP", &h.plain_beside_xdp),
+            Row::new("plain TCP beside host mode receiving at TC", &h.plain_beside_tc),
+            Row::new("xlate host mode, receive at XDP (--receive xdp)", &h.host_xdp),
+            Row::new("xlate host mode, receive at TC ingress (--receive tc; auto on a veth)", &h.host_tc),
+            Row::new("ratio: host mode (XDP) / per-segment bound (floor 0.8)", &ratio(&h.host_xdp, &h.per_segment)),
+            Row::new("ratio: host mode (XDP) / default offloads (floor 0.3)", &ratio(&h.host_xdp, &h.plain)),
         ],
     })
 }

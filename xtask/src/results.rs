@@ -112,18 +112,26 @@ pub fn write_readme(r: &Results, s: &Settings, took: Duration) -> Result<PathBuf
         connections::CONCURRENCY,
         s.connection_seconds()
     );
-    let _ = writeln!(t, "- Experiment 4: `xlate-user bench-xdp --runs {}` (BPF_PROG_TEST_RUN, medians).", s.xdp_runs());
+    let _ = writeln!(t, "- Experiment 4: `xlate-user bench-xdp --runs {}` (BPF_PROG_TEST_RUN, the mean of the middle half of the runs).", s.xdp_runs());
+    let _ = writeln!(
+        t,
+        "- Experiment 5: host mode against plain TCP on one veth pair of its own (GRO on at both ends), iperf3, \
+         {} s per run, 1 and 4 streams both ways.",
+        s.host_mode_seconds()
+    );
     let _ = writeln!(t, "- Paths:");
     for p in PATHS {
         let _ = writeln!(t, "  - `{}`: {}", p.key(), p.describe());
     }
     headline(&mut t, r, s);
     let _ = writeln!(t, "\n![Figure 7, downloads](figure7-download.png)\n");
+    floors(&mut t, r, s);
     fast_path_against_relays(&mut t, r, s);
     figure7(&mut t, r, s);
     cost(&mut t, r, s);
     conns(&mut t, r);
     per_packet(&mut t, r);
+    host_mode(&mut t, r);
     let _ = writeln!(t, "{READING}");
     let p = s.out.join("README.md");
     std::fs::write(&p, t)?;
@@ -326,7 +334,10 @@ fn conns(t: &mut String, r: &Results) {
 
 fn per_packet(t: &mut String, r: &Results) {
     let _ = writeln!(t, "## Experiment 4: per packet\n");
-    let _ = writeln!(t, "ns/packet, median, the same frames through each program in the same run.\n");
+    let _ = writeln!(
+        t,
+        "ns/packet, the mean of the middle half of the runs, the same frames through each program in the same run.\n"
+    );
     let _ = writeln!(t, "| packet | translator | XDP_PASS | MAC swap + XDP_TX | translator minus XDP_PASS |");
     let _ = writeln!(t, "|---|---|---|---|---|");
     for x in &r.per_packet {
@@ -341,4 +352,48 @@ fn per_packet(t: &mut String, r: &Results) {
         );
     }
     let _ = writeln!(t, "\n`experiment4-per-packet.csv`.\n");
+}
+
+/// Issue 18's floors, each with this run's measurement.
+fn floors(t: &mut String, r: &Results, s: &Settings) {
+    let all = crate::experiments::floors::evaluate(r, s);
+    let held = all.iter().filter(|f| f.met() == Some(true)).count();
+    let _ = writeln!(t, "## Issue 18's floors, from this run\n");
+    let _ = writeln!(
+        t,
+        "{held} of {} hold. Ratios are this run's own: the translator is `fast-path-native` against `routing` \
+         (experiments 1 to 3), host mode is experiment 5, per packet is experiment 4 (ns above XDP_PASS). \
+         One run on shared cores: docs/performance.md says how much a figure moves between runs.\n",
+        all.len()
+    );
+    let _ = writeln!(t, "| item | floor | measured | bound | holds |");
+    let _ = writeln!(t, "|---|---|---|---|---|");
+    for f in &all {
+        let holds = match f.met() {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "-",
+        };
+        let _ = writeln!(t, "| {} | {} | {} | {} | {holds} |", f.item, f.what, f.measured_text(), f.limit_text());
+    }
+    let _ = writeln!(t);
+}
+
+fn host_mode(t: &mut String, r: &Results) {
+    let Some(h) = &r.host_mode else { return };
+    let _ = writeln!(t, "## Experiment 5: host mode against plain TCP on one link\n");
+    let _ = writeln!(
+        t,
+        "iperf3 goodput, Gbit/s, {} s per run, over one veth pair with GRO on at both ends. The per-segment \
+         bound is plain TCP whose senders put wire-size segments on the link (tx, TSO and GSO off), as host \
+         mode must: the kernel has no GSO for SAL.\n",
+        h.seconds
+    );
+    let _ = writeln!(t, "| row | {} |", crate::experiments::host_mode::HostMode::WAYS.join(" | "));
+    let _ = writeln!(t, "|---|{}", "---|".repeat(4));
+    for (name, v) in h.rows() {
+        let cells: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+        let _ = writeln!(t, "| {name} | {} |", cells.join(" | "));
+    }
+    let _ = writeln!(t, "\n`experiment5-host-mode.csv`.\n");
 }

@@ -76,6 +76,22 @@ pub fn update32(check: u16, old: u32, new: u32) -> u16 {
     !fold(acc)
 }
 
+/// What a 16-bit word of the covered data changing from `old` to `new`
+/// adds to the sum (`~m + m'`), for [`update_with_diff`]: several changes
+/// summed first are folded once.
+#[inline(always)]
+pub fn diff16(old: u16, new: u16) -> u32 {
+    u32::from(!old) + u32::from(new)
+}
+
+/// [`diff16`] for a 32-bit field, word by word. At most `4 * 0xffff`: a
+/// few thousand such differences still fit in the `u32` sum.
+#[inline(always)]
+pub fn diff32(old: u32, new: u32) -> u32 {
+    let not = !old;
+    (not >> 16) + (not & 0xffff) + (new >> 16) + (new & 0xffff)
+}
+
 /// Applies a precomputed difference (`sum(new words) + sum(!old words)`)
 /// to a checksum field: the form used when many fields change at once.
 #[inline(always)]
@@ -93,6 +109,25 @@ pub fn diff_to(from: u16, to: u16) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Many field changes summed with `diff16`/`diff32` and applied once
+    /// give the field that applying them one by one gives.
+    #[test]
+    fn changes_summed_then_applied_once_match_one_by_one() {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 32) as u32
+        };
+        for _ in 0..10_000 {
+            let check = next() as u16;
+            let (a, b, c, d) = (next(), next(), next(), next());
+            let (m, n) = (next() as u16, next() as u16);
+            let one_by_one = update16(update32(update32(check, a, b), c, d), m, n);
+            let at_once = update_with_diff(check, diff32(a, b) + diff32(c, d) + diff16(m, n));
+            assert_eq!(at_once, one_by_one, "{check:04x} {a:08x}->{b:08x} {c:08x}->{d:08x} {m:04x}->{n:04x}");
+        }
+    }
 
     #[test]
     fn rfc1071_example() {

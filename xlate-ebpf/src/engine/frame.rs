@@ -34,6 +34,8 @@ pub(crate) const IP_AT: usize = ethernet::HEADER_LEN;
 /// Where the layer-4 header starts (IPv4 without options: the only kind
 /// the engine translates).
 pub(crate) const L4_AT: usize = IP_AT + ipv4::HEADER_LEN;
+/// The IPv4 header the engine writes (no options).
+pub(crate) const IPV4_LEN: usize = ipv4::HEADER_LEN;
 
 /// What a rewrite of a TCP segment changed, for its checksum: the
 /// pseudo-header addresses, the ports, and an MSS option.
@@ -61,10 +63,11 @@ pub(crate) trait Frame {
     /// Copies `n` bytes at `at` (a multiple of 4, at most [`SCRATCH_LEN`])
     /// into `buf`.
     fn load_bytes(&self, at: usize, buf: &mut [u8; SCRATCH_LEN], n: usize) -> Result<(), Fault>;
-    /// Inserts `room` bytes right after the IPv4 header.
-    fn grow_l4(&self, room: usize) -> Result<(), Fault>;
-    /// Removes `len` bytes right after the IPv4 header.
-    fn shrink_l4(&self, len: usize) -> Result<(), Fault>;
+    /// Inserts `room` bytes right after the IPv4 header, which becomes
+    /// `ip`.
+    fn grow_l4(&self, room: usize, ip: &[u8; IPV4_LEN]) -> Result<(), Fault>;
+    /// Removes `len` bytes right after the IPv4 header, which becomes `ip`.
+    fn shrink_l4(&self, len: usize, ip: &[u8; IPV4_LEN]) -> Result<(), Fault>;
     /// Lowers the MSS option at `at` (Linux puts it first) to `max`;
     /// returns its value before and after. The checksum is left to
     /// [`Frame::fix_tcp_checksum`].
@@ -157,24 +160,28 @@ impl Frame for XdpFrame<'_> {
         Ok(())
     }
 
-    /// Moves Ethernet + IPv4 back by `room`.
+    /// Moves the Ethernet header back by `room` and writes `ip` behind
+    /// it (the old IPv4 header is not copied: it is replaced).
     #[inline(always)]
-    fn grow_l4(&self, room: usize) -> Result<(), Fault> {
-        let head: [u8; L4_AT] = self.load(0)?;
+    fn grow_l4(&self, room: usize, ip: &[u8; IPV4_LEN]) -> Result<(), Fault> {
+        let eth: [u8; IP_AT] = self.load(0)?;
         self.written.set(true);
         // SAFETY: adjusting the head of our own frame; bounds re-checked
         // by every access after it.
         if unsafe { bpf_xdp_adjust_head(self.ctx.ctx, -(room as i32)) } != 0 {
             return Err(Fault);
         }
-        self.store(0, &head)
+        self.store(0, &eth)?;
+        self.store(IP_AT, ip)
     }
 
-    /// Moves Ethernet + IPv4 forward by `len`.
+    /// Writes the Ethernet header and `ip` `len` bytes on, then moves the
+    /// frame's start there.
     #[inline(always)]
-    fn shrink_l4(&self, len: usize) -> Result<(), Fault> {
-        let head: [u8; L4_AT] = self.load(0)?;
-        self.store(len, &head)?;
+    fn shrink_l4(&self, len: usize, ip: &[u8; IPV4_LEN]) -> Result<(), Fault> {
+        let eth: [u8; IP_AT] = self.load(0)?;
+        self.store(len, &eth)?;
+        self.store(len + IP_AT, ip)?;
         // SAFETY: shrinking the head of our own frame.
         if unsafe { bpf_xdp_adjust_head(self.ctx.ctx, len as i32) } != 0 {
             return Err(Fault);
@@ -208,20 +215,27 @@ impl Frame for XdpFrame<'_> {
     /// two apart (and a client without TCP timestamps retransmits the very
     /// same bytes), so such a field is rewritten in the partial form and
     /// settled by the TC stage, which sees the skb: see [`ChecksumNote`].
+    ///
+    /// Every change goes into one sum (RFC 1624 eqn. 3 over all changed
+    /// words at once), folded once: applied field by field, each update
+    /// paid its own complement and fold, on every translated packet.
     #[inline(always)]
     fn fix_tcp_checksum(&self, tcp_at: usize, rw: &TcpRewrite) -> Result<(), Fault> {
         let at = tcp_at + tcpf::CHECKSUM;
         let old = u16::from_be_bytes(self.load::<[u8; 2]>(at)?);
         let ambiguous = checksum::fold(checksum::pseudo_header_v4(rw.src.0, rw.dst.0, IPPROTO_TCP, rw.tcp_len)) == old;
-        let mut complete = pseudo_update(old, false, rw);
-        complete = checksum::update32(complete, u32::from_be_bytes(rw.ports.0), u32::from_be_bytes(rw.ports.1));
+        let pseudo = pseudo_diff(rw);
+        let mut rest = checksum::diff32(u32::from_be_bytes(rw.ports.0), u32::from_be_bytes(rw.ports.1));
         if rw.mss.0 != rw.mss.1 {
-            complete = checksum::update16(complete, rw.mss.0, rw.mss.1);
+            rest += checksum::diff16(rw.mss.0, rw.mss.1);
         }
+        let complete = checksum::update_with_diff(old, pseudo + rest);
         let write = if ambiguous {
-            // The partial form covers only the pseudo-header; the final
-            // sum will cover the new ports and MSS.
-            let partial = pseudo_update(old, true, rw);
+            // The partial form covers only the pseudo-header (it holds the
+            // non-complemented pseudo sum, so the same arithmetic runs on
+            // its complement); the final sum will cover the new ports and
+            // MSS.
+            let partial = !checksum::update_with_diff(!old, pseudo);
             self.note.set(Some((partial, complete)));
             partial
         } else {
@@ -236,19 +250,11 @@ impl Frame for XdpFrame<'_> {
     }
 }
 
-/// A checksum field after the pseudo-header addresses change. The partial
-/// field holds the non-complemented pseudo sum; updating it is the same
-/// arithmetic on its complement.
+/// What the pseudo-header's address changes add to a checksum's sum.
 #[inline(always)]
-fn pseudo_update(old: u16, partial: bool, rw: &TcpRewrite) -> u16 {
-    let mut c = if partial { !old } else { old };
-    c = checksum::update32(c, u32::from_be_bytes(rw.src.0), u32::from_be_bytes(rw.src.1));
-    c = checksum::update32(c, u32::from_be_bytes(rw.dst.0), u32::from_be_bytes(rw.dst.1));
-    if partial {
-        !c
-    } else {
-        c
-    }
+fn pseudo_diff(rw: &TcpRewrite) -> u32 {
+    checksum::diff32(u32::from_be_bytes(rw.src.0), u32::from_be_bytes(rw.src.1))
+        + checksum::diff32(u32::from_be_bytes(rw.dst.0), u32::from_be_bytes(rw.dst.1))
 }
 
 /// Packet bytes moved in words. Frame offsets carry no alignment promise,
@@ -395,15 +401,17 @@ impl Frame for SkbFrame<'_> {
     }
 
     #[inline(always)]
-    fn grow_l4(&self, room: usize) -> Result<(), Fault> {
+    fn grow_l4(&self, room: usize, ip: &[u8; IPV4_LEN]) -> Result<(), Fault> {
         self.written.set(true);
-        self.ctx.adjust_room(room as i32, BPF_ADJ_ROOM_NET, 0).map_err(|_| Fault)
+        self.ctx.adjust_room(room as i32, BPF_ADJ_ROOM_NET, 0).map_err(|_| Fault)?;
+        self.store(IP_AT, ip)
     }
 
     #[inline(always)]
-    fn shrink_l4(&self, len: usize) -> Result<(), Fault> {
+    fn shrink_l4(&self, len: usize, ip: &[u8; IPV4_LEN]) -> Result<(), Fault> {
         self.written.set(true);
-        self.ctx.adjust_room(-(len as i32), BPF_ADJ_ROOM_NET, 0).map_err(|_| Fault)
+        self.ctx.adjust_room(-(len as i32), BPF_ADJ_ROOM_NET, 0).map_err(|_| Fault)?;
+        self.store(IP_AT, ip)
     }
 
     #[inline(always)]

@@ -65,11 +65,14 @@ pub(crate) fn be32<const N: usize>(h: &[u8; N], at: usize) -> u32 {
     u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]])
 }
 
-/// Rewrites the IPv4 header in place: addresses, protocol, total length;
+/// The IPv4 header `ip` with new addresses, protocol and total length;
 /// TTL kept; checksum recomputed (20 bytes: cheaper than four updates).
+/// The frame takes it together with the room it makes or takes away
+/// behind it ([`Frame::grow_l4`], [`Frame::shrink_l4`]): the header is
+/// written once, where it ends up.
 #[inline(always)]
-pub(crate) fn rewrite<F: Frame>(f: &F, src: [u8; 4], dst: [u8; 4], proto: u8, tot_len: u16) -> Result<(), Fault> {
-    let mut h: [u8; 20] = f.load(IP_AT)?;
+pub(crate) fn rewritten(ip: &[u8; 20], src: [u8; 4], dst: [u8; 4], proto: u8, tot_len: u16) -> [u8; 20] {
+    let mut h = *ip;
     h[ipf::TOTAL_LEN..ipf::TOTAL_LEN + 2].copy_from_slice(&tot_len.to_be_bytes());
     h[ipf::PROTOCOL] = proto;
     h[ipf::CHECKSUM] = 0;
@@ -78,5 +81,5 @@ pub(crate) fn rewrite<F: Frame>(f: &F, src: [u8; 4], dst: [u8; 4], proto: u8, to
     h[ipf::DST..ipf::DST + 4].copy_from_slice(&dst);
     let c = !translate::sum_words(&h);
     h[ipf::CHECKSUM..ipf::CHECKSUM + 2].copy_from_slice(&c.to_be_bytes());
-    f.store(IP_AT, &h)
+    h
 }

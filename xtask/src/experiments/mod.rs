@@ -8,7 +8,11 @@
 //!    gateway's processes' ([`cpu`]);
 //! 3. short connections per second and their life at a fixed load and at
 //!    saturation, both closing orders ([`connections`]);
-//! 4. the translator's ns/packet beside trivial XDP programs ([`per_packet`]).
+//! 4. the translator's ns/packet beside trivial XDP programs ([`per_packet`]);
+//! 5. host mode against plain TCP on one link ([`host_mode`]);
+//!
+//! and, from all of them, issue 18's floors as this run measured them
+//! ([`floors`]).
 //!
 //! Every path gets a lab of its own (client, gateway, one host-mode
 //! instance), experiments 1 to 3 run on it, then it is torn down.
@@ -19,6 +23,8 @@
 pub mod bulk;
 pub mod connections;
 pub mod cpu;
+pub mod floors;
+pub mod host_mode;
 pub mod paths;
 pub mod per_packet;
 
@@ -68,6 +74,15 @@ impl Settings {
         }
     }
 
+    /// Seconds per iperf3 run in experiment 5.
+    pub fn host_mode_seconds(&self) -> u32 {
+        if self.quick {
+            1
+        } else {
+            5
+        }
+    }
+
     /// The command line that makes these results.
     pub fn command(&self) -> String {
         if self.quick {
@@ -84,6 +99,7 @@ pub struct Results {
     pub bulk: Vec<bulk::Sample>,
     pub connections: Vec<connections::Run>,
     pub per_packet: Vec<per_packet::PacketCost>,
+    pub host_mode: Option<host_mode::HostMode>,
 }
 
 /// Progress on the terminal: which experiment, path, run, and time left.
@@ -217,6 +233,17 @@ pub fn check(r: &Results, s: &Settings, files: &[PathBuf]) -> Result<u32> {
         bail!("per-packet figures missing: {:?}", r.per_packet);
     }
     passed += 1;
+    let Some(h) = &r.host_mode else { bail!("experiment 5 (host mode) missing") };
+    if let Some((name, v)) = h.rows().into_iter().find(|(_, v)| v.iter().any(|x| !(x.is_finite() && *x > 0.0))) {
+        bail!("experiment 5: {name}: {v:?}");
+    }
+    passed += 1;
+    // Every floor has its measurement (whether it holds is the run's
+    // finding, not the harness's).
+    if let Some(f) = floors::evaluate(r, s).iter().find(|f| f.met().is_none()) {
+        bail!("issue 18's floor \"{}\" was not measured", f.what);
+    }
+    passed += 1;
     for f in files {
         let b = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
         let ok = match f.extension().and_then(|e| e.to_str()) {
@@ -239,9 +266,15 @@ pub fn run_all(bin: &Path, s: &Settings) -> Result<(Results, Vec<PathBuf>)> {
     println!("experiments: per packet (experiment 4)");
     results.per_packet = per_packet::measure(bin, s.xdp_runs())?;
     per_path(bin, s, &mut results)?;
+    println!("experiments: host mode against plain TCP (experiment 5)");
+    let hm = host_mode::measure(bin, s.host_mode_seconds())?;
+    results.host_mode = Some(hm);
     let mut files = bulk::write_csv(&results.bulk, &s.out)?;
     files.extend(connections::write_csv(&results.connections, &s.out)?);
     files.push(per_packet::write_csv(&results.per_packet, &s.out)?);
+    if let Some(h) = &results.host_mode {
+        files.push(host_mode::write_csv(h, &s.out)?);
+    }
     files.extend(crate::plot::all(&results, s)?);
     files.push(crate::results::write_readme(&results, s, started.elapsed())?);
     for f in &files {
