@@ -40,13 +40,13 @@ use crate::engine::{
     admit::admit_syn,
     flows::new_client_flow,
     frame::{Frame, XdpFrame, IP_AT, L4_AT},
+    hand_back,
     ipv4::{self, addr, be16, Shape},
     link::Routed,
-    flow_of,
     maps::{count, has_room, take_room, CONFIG},
-    sal_to_tcp_fn,
-    tcp_to_sal::ToSal,
+    sal_to_tcp_fn, segment_flow,
     tcp_to_sal::Services,
+    tcp_to_sal::ToSal,
     tcp_to_sal_fn,
     verdict::{translated, Action, Exit, Faults, Packed},
 };
@@ -122,14 +122,7 @@ fn gateway<const META: bool>(f: &XdpFrame) -> Result<u32, Exit> {
         _ => {}
     }
     if proto == IPPROTO_TCP {
-        let key = FlowKey {
-            saddr: f.load(IP_AT + ipf::SRC)?,
-            daddr: f.load(IP_AT + ipf::DST)?,
-            sport: f.load(L4_AT + tcpf::SRC_PORT)?,
-            dport: f.load(L4_AT + tcpf::DST_PORT)?,
-        };
-        let flags = f.load(L4_AT + tcpf::FLAGS)?;
-        let tuple = flow_of(&key, flags, |made| new_flow(&key, flags, made).unpack())?;
+        let tuple = segment_flow(f, |key, flags, made| new_flow(key, flags, made).unpack())?;
         let to_sal = ToSal::unpack(tcp_to_sal_fn::<_, GwServices, Routed>(f, &tuple).unpack()?);
         translated(f, Hook::Xdp, Counter::GwToSal);
         if f.checksum_deferred() {
@@ -235,10 +228,7 @@ fn prefix_service(addr: [u8; 4], port: [u8; 2]) -> Option<&'static GwService> {
 /// `made`. Its own BPF function (stack frame).
 #[inline(never)]
 fn new_flow(key: &FlowKey, flags: u8, made: &mut TupleEntry) -> Packed {
-    Packed::pack(new_flow_inner(key, flags).map(|t| {
-        *made = t;
-        t.flow
-    }))
+    hand_back(new_flow_inner(key, flags), made)
 }
 
 #[inline(always)]

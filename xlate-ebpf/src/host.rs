@@ -38,11 +38,11 @@ use xlate_common::{
 use crate::engine::{
     flows::new_client_flow,
     frame::{Frame, SkbFrame, XdpFrame, IP_AT, L4_AT},
+    hand_back,
     ipv4::{self, addr, be16, Shape},
     link::LinkLayer,
-    flow_of,
     maps::{count, CONFIG},
-    sal_to_tcp_fn,
+    sal_to_tcp_fn, segment_flow,
     tcp_to_sal::Services,
     tcp_to_sal_fn,
     verdict::{translated, Action, Exit, Fault, Faults, Packed},
@@ -152,14 +152,7 @@ fn egress(f: &SkbFrame, at_segmenter: bool) -> Result<i32, Exit> {
     if !matches!(shape, Shape::Plain(_)) {
         return Err(Exit::Pass(Counter::EgressNotOurs));
     }
-    let key = FlowKey {
-        saddr: f.load(IP_AT + ipf::SRC)?,
-        daddr: f.load(IP_AT + ipf::DST)?,
-        sport: f.load(L4_AT + tcpf::SRC_PORT)?,
-        dport: f.load(L4_AT + tcpf::DST_PORT)?,
-    };
-    let flags = f.load(L4_AT + tcpf::FLAGS)?;
-    let tuple = flow_of(&key, flags, |made| new_flow(&key, flags, made).unpack())?;
+    let tuple = segment_flow(f, |key, flags, made| new_flow(key, flags, made).unpack())?;
     let Some(cfg) = CONFIG.get(0) else {
         return Err(Exit::Fault);
     };
@@ -189,10 +182,7 @@ fn egress(f: &SkbFrame, at_segmenter: bool) -> Result<i32, Exit> {
 /// function (stack frame).
 #[inline(never)]
 fn new_flow(key: &FlowKey, tcp_flags: u8, made: &mut TupleEntry) -> Packed {
-    Packed::pack(new_flow_inner(key, tcp_flags).map(|t| {
-        *made = t;
-        t.flow
-    }))
+    hand_back(new_flow_inner(key, tcp_flags), made)
 }
 
 #[inline(always)]
@@ -247,14 +237,12 @@ pub fn xlate_host_receive(ctx: XdpContext) -> u32 {
             xdp_action::XDP_PASS
         }
         Err(Exit::Drop(c)) => {
-            const FAULTS: Faults =
-                Faults { unread: Exit::NotOurs, half_written: Counter::IngressError };
+            const FAULTS: Faults = Faults { unread: Exit::NotOurs, half_written: Counter::IngressError };
             let _ = Exit::Drop(c).resolve(&f, Hook::HostReceive, FAULTS);
             xdp_action::XDP_DROP
         }
         Err(Exit::Fault) if f.written() => {
-            const FAULTS: Faults =
-                Faults { unread: Exit::NotOurs, half_written: Counter::IngressError };
+            const FAULTS: Faults = Faults { unread: Exit::NotOurs, half_written: Counter::IngressError };
             let _ = Exit::Fault.resolve(&f, Hook::HostReceive, FAULTS);
             xdp_action::XDP_DROP
         }
@@ -294,7 +282,8 @@ fn receive_first(f: &XdpFrame) -> Result<(), Exit> {
     let hl = (usize::from(f.load::<u8>(L4_AT + sal::field::SHL)?) * 4) & 0x3fc;
     let tcp_len = (tot_len as u16).wrapping_sub(20 + hl as u16);
     let sum = u16::from_be_bytes(f.load::<[u8; 2]>(L4_AT + hl + tcpf::CHECKSUM)?);
-    let pseudo = checksum::fold(checksum::pseudo_header_v4(addr(&ip, ipf::SRC), addr(&ip, ipf::DST), IPPROTO_TCP, tcp_len));
+    let pseudo =
+        checksum::fold(checksum::pseudo_header_v4(addr(&ip, ipf::SRC), addr(&ip, ipf::DST), IPPROTO_TCP, tcp_len));
     if pseudo == sum {
         count(Counter::IngressLeftToTc);
         return Err(Exit::NotOurs);

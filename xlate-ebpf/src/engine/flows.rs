@@ -17,8 +17,8 @@ use xlate_common::{
 
 use super::admit::admit_syn;
 use super::maps::{
-    count, flow_created, free_flow, insert_flow, zero_words, next_rotation, notify_quietly, now, rand32, rand_nonce, CONFIG,
-    FLOW_SCRATCH, PEERS, TUPLES,
+    count, flow_created, free_flow, insert_flow, next_rotation, notify_quietly, now, rand32, rand_nonce, zero_words,
+    CONFIG, FLOW_SCRATCH, PEERS, TUPLES,
 };
 use super::sal_rx::{opaque, Exts};
 use super::verdict::Exit;

@@ -15,8 +15,8 @@ use aya_ebpf::{
 };
 use xlate_common::{
     flow::{
-        flow_count, flow_slot, room, Counter, CtlRecord, EngineConfig, Event, FlowAddrs, FlowState, PeerKey, TupleEntry,
-        MAX_FLOWS,
+        flow_count, flow_slot, room, Counter, CtlRecord, EngineConfig, Event, FlowAddrs, FlowState, PeerKey,
+        TupleEntry, MAX_FLOWS,
     },
     maps::FlowKey,
 };
@@ -314,4 +314,3 @@ pub(crate) fn next_rotation() -> Option<u32> {
     let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } & 0xff;
     Some((n << 8) | cpu)
 }
-

@@ -47,6 +47,25 @@ pub(crate) fn tcp_to_sal_fn<F: Frame, S: tcp_to_sal::Services, L: link::LinkLaye
     Packed::pack(tcp_to_sal::tcp_to_sal::<F, S, L>(f, tuple).map(|t| t.pack()))
 }
 
+/// [`flow_of`] for the TCP segment in `f` (an IPv4 header without
+/// options in front of it): its 4-tuple and flags read here, once for both
+/// shells; `new_flow` gets them too.
+#[inline(always)]
+pub(crate) fn segment_flow<F: Frame>(
+    f: &F,
+    new_flow: impl FnOnce(&FlowKey, u8, &mut TupleEntry) -> Result<u32, verdict::Exit>,
+) -> Result<TupleEntry, verdict::Exit> {
+    use xlate_common::wire::{ipv4::field as ipf, tcp::field as tcpf};
+    let key = FlowKey {
+        saddr: f.load(frame::IP_AT + ipf::SRC)?,
+        daddr: f.load(frame::IP_AT + ipf::DST)?,
+        sport: f.load(frame::L4_AT + tcpf::SRC_PORT)?,
+        dport: f.load(frame::L4_AT + tcpf::DST_PORT)?,
+    };
+    let flags = f.load(frame::L4_AT + tcpf::FLAGS)?;
+    flow_of(&key, flags, |made| new_flow(&key, flags, made))
+}
+
 /// The `FLOW_TUPLES` entry of a TCP segment's 4-tuple `key` (`tcp_flags`
 /// its flags): its flow's, or a new flow's (`new_flow`, the shell's own: it
 /// decides whether the segment may start one and with whom, and writes the
@@ -82,6 +101,17 @@ pub(crate) fn flow_of(
     }
     r?;
     Ok(made)
+}
+
+/// A shell's new flow (the `new_flow` of [`flow_of`]) packed for the BPF
+/// function boundary it is made behind: the entry the shell inserted goes
+/// to `made`, its flow ID into the result.
+#[inline(always)]
+pub(crate) fn hand_back(made_now: Result<TupleEntry, verdict::Exit>, made: &mut TupleEntry) -> Packed {
+    Packed::pack(made_now.map(|t| {
+        *made = t;
+        t.flow
+    }))
 }
 
 /// For a SYN on `tuple`: retires its flow if that flow's connection is

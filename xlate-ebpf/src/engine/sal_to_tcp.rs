@@ -196,7 +196,10 @@ fn strip<F: Frame, L: LinkLayer>(f: &F, id: u32, flow: &mut FlowState, ip: &[u8;
         tcp_len,
     };
     f.fix_tcp_checksum(tcp_at, &rw)?;
-    f.shrink_l4(hl, &ipv4::rewritten(ip, flow.tcp_peer_addr, flow.tcp_local_addr, IPPROTO_TCP, tcp_len.wrapping_add(20)))?;
+    f.shrink_l4(
+        hl,
+        &ipv4::rewritten(ip, flow.tcp_peer_addr, flow.tcp_local_addr, IPPROTO_TCP, tcp_len.wrapping_add(20)),
+    )?;
     L::received(f, flow)?;
     Ok(())
 }

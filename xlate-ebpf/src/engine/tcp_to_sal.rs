@@ -104,7 +104,10 @@ pub(crate) fn tcp_to_sal<F: Frame, S: Services, L: LinkLayer>(f: &F, tuple: &Tup
     };
     f.fix_tcp_checksum(L4_AT, &rw)?;
     let room = form.header_len();
-    f.grow_l4(room, &ipv4::rewritten(&ip, addrs.local_ip, addrs.peer_ip, IPPROTO_SAL, tot_len.wrapping_add(room as u16)))?;
+    f.grow_l4(
+        room,
+        &ipv4::rewritten(&ip, addrs.local_ip, addrs.peer_ip, IPPROTO_SAL, tot_len.wrapping_add(room as u16)),
+    )?;
     match (form, sid) {
         (Form::Syn, Some(sid)) => {
             f.store(L4_AT, &translate::syn_header(flow, sid).0)?;
