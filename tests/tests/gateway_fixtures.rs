@@ -69,6 +69,15 @@ impl Gw {
         self.bed.flows().unwrap()
     }
 
+    /// A translator between the capture's client and server, with the
+    /// capture's flow in place ([`Gw::insert_capture_flow`]), and the
+    /// capture's packets to replay.
+    fn at_capture_start() -> (Gw, Vec<(Vec<u8>, ServalRepr<'static>)>) {
+        let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
+        gw.insert_capture_flow();
+        (gw, capture_packets("handshake-data-close.pcap"))
+    }
+
     /// The flow the original stack's client had in the capture, as if the
     /// translator had sent that SYN for CLIENT:CLIENT_PORT.
     fn insert_capture_flow(&mut self) {
@@ -366,9 +375,7 @@ fn new_flows_take_slots_in_order_under_ids_that_do_not_show_it() {
 #[test]
 fn the_original_stacks_handshake_data_and_close_through_the_translator() {
     require_root();
-    let caps = capture_packets("handshake-data-close.pcap");
-    let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
-    gw.insert_capture_flow();
+    let (mut gw, caps) = Gw::at_capture_start();
 
     // SYN-ACK (0xA0, ackno V+1): learn the server's flow ID, nonce, verno;
     // the client gets a TCP SYN-ACK from the public address and port.
@@ -439,9 +446,7 @@ fn the_original_stacks_handshake_data_and_close_through_the_translator() {
 #[test]
 fn a_syn_on_the_tuple_of_a_connection_that_is_over_opens_a_new_flow_and_on_no_other() {
     require_root();
-    let caps = capture_packets("handshake-data-close.pcap");
-    let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
-    gw.insert_capture_flow();
+    let (mut gw, caps) = Gw::at_capture_start();
     let old = gw.flows()[0].local_flow;
     let tcp_of = |i: usize| match caps[i].1.transport {
         Transport::Tcp(t) => t,
@@ -520,9 +525,7 @@ fn control_packets_of_the_original_stack_go_to_the_agent_unchanged() {
 #[test]
 fn bad_packets_are_dropped_or_passed_and_counted() {
     require_root();
-    let caps = capture_packets("handshake-data-close.pcap");
-    let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
-    gw.insert_capture_flow();
+    let (mut gw, caps) = Gw::at_capture_start();
     // A SYN-ACK that does not acknowledge our SYN.
     let mut wrong = caps[1].0.clone();
     wrong[20 + 20] ^= 1; // ackno
