@@ -92,11 +92,13 @@ impl Gw {
         let mut st = FlowState::ZERO;
         st.start(role::CLIENT, state::SYN_SENT, syn.sal.src_flowid.0, c.verno, c.nonce, &key, 0);
         let id = st.local_flow;
-        self.bed.flow_table().unwrap().insert(&st).unwrap();
+        let flows = self.bed.flow_table().unwrap();
+        flows.insert(&st).unwrap();
+        let slot = flows.index(id).unwrap();
         let mut t: HashMap<_, FlowKey, TupleEntry> =
             HashMap::try_from(self.bed.ebpf.map_mut("FLOW_TUPLES").unwrap()).unwrap();
         let addrs = FlowAddrs { local_ip: CAP_CLIENT.octets(), peer_ip: CAP_SERVER.octets() };
-        t.insert(key, TupleEntry { flow: id, addrs }, 0).unwrap();
+        t.insert(key, TupleEntry { flow: id, slot, addrs }, 0).unwrap();
     }
 }
 

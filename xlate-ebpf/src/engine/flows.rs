@@ -45,12 +45,12 @@ pub(crate) fn new_client_flow(key: &FlowKey, sid: &[u8; 32], peer: Option<[u8; 4
     if peer.is_none() {
         st.flags |= flag::PROVEN;
     }
-    let id = insert_flow(st)?;
+    let (id, slot) = insert_flow(st)?;
     let peer_ip = match peer {
         Some(p) => p,
         None => route(sid, id).unwrap_or(cfg.broadcast),
     };
-    let entry = TupleEntry { flow: id, addrs: FlowAddrs { local_ip: cfg.addr, peer_ip } };
+    let entry = TupleEntry { flow: id, slot, addrs: FlowAddrs { local_ip: cfg.addr, peer_ip } };
     if TUPLES.insert(key, &entry, 0).is_err() {
         free_flow(id);
         return None;
@@ -162,10 +162,10 @@ pub(crate) fn server_flow(sid: &[u8; 32], ip_src: [u8; 4], src_flow: u32, ext: &
     st.peer_flow = src_flow;
     st.peer_verno = ext.verno;
     st.peer_nonce = ext.nonce;
-    let id = insert_flow(&mut st).ok_or(Counter::DropTableFull)?;
+    let (id, slot) = insert_flow(&mut st).ok_or(Counter::DropTableFull)?;
     // A SYN that came through a service router is answered straight to
     // the client, which is the IP source (routers keep it).
-    let entry = TupleEntry { flow: id, addrs: FlowAddrs { local_ip: cfg.addr, peer_ip: ip_src } };
+    let entry = TupleEntry { flow: id, slot, addrs: FlowAddrs { local_ip: cfg.addr, peer_ip: ip_src } };
     if TUPLES.insert(&key, &entry, 0).is_err() || PEERS.insert(&pk, &id, 0).is_err() {
         free_flow(id);
         let _ = TUPLES.remove(&key);

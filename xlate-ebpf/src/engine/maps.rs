@@ -36,16 +36,16 @@ fn header() -> Option<flow_slot::Header> {
     flow_slot::Header::of_slot(FLOWS.get(flow_slot::HEADER)?)
 }
 
-/// The slot flow `id` would live in.
-#[inline(always)]
-fn slot(id: u32) -> Option<*mut FlowState> {
-    FLOWS.get_ptr_mut(header()?.index(id))
-}
-
 /// Flow `id`'s state, if it lives.
 #[inline(always)]
 pub(crate) fn flow_ptr(id: u32) -> Option<*mut FlowState> {
-    let p = slot(id)?;
+    flow_at(header()?.index(id), id)
+}
+
+/// Flow `id`'s state, if it lives, given its slot (`TupleEntry::slot`).
+#[inline(always)]
+pub(crate) fn flow_at(slot: u32, id: u32) -> Option<*mut FlowState> {
+    let p = FLOWS.get_ptr_mut(slot)?;
     // SAFETY: map value, live while we run; the ID field is read once.
     (flow_slot::is_id(id) && unsafe { core::ptr::read_volatile(&(*p).local_flow) } == id).then_some(p)
 }
@@ -254,10 +254,10 @@ pub(crate) fn rand_nonce() -> [u8; 8] {
 /// names it under the table's key with random bits of its own (see
 /// `flow_slot` for why in order, and why IDs still give nothing away).
 /// Claimed atomically: two CPUs after one slot cannot both take it.
-/// `None` if every slot tried is taken, or the agent has not sealed the
-/// table yet.
+/// Returns the ID and the slot; `None` if every slot tried is taken, or
+/// the agent has not sealed the table yet.
 #[inline(always)]
-pub(crate) fn insert_flow(st: &mut FlowState) -> Option<u32> {
+pub(crate) fn insert_flow(st: &mut FlowState) -> Option<(u32, u32)> {
     let h = header()?;
     let next = NEXT_SLOT.get_ptr_mut(0)?;
     let draw = rand32();
@@ -293,7 +293,7 @@ pub(crate) fn insert_flow(st: &mut FlowState) -> Option<u32> {
             *next = s.wrapping_add(1);
         }
         st.local_flow = id;
-        return Some(id);
+        return Some((id, s));
     }
     None
 }

@@ -121,7 +121,7 @@ pub(crate) fn hand_back(made_now: Result<TupleEntry, verdict::Exit>, made: &mut 
 #[inline(never)]
 fn retire_if_over(tuple: &TupleEntry, tcp_flags: u8) -> bool {
     let old = tuple.flow;
-    let Some(p) = maps::flow_ptr(old) else {
+    let Some(p) = maps::flow_at(tuple.slot, old) else {
         return true;
     };
     // SAFETY: map value, valid while we run (RCU).

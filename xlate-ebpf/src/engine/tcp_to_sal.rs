@@ -11,7 +11,7 @@ use super::flows::prove;
 use super::frame::{Frame, TcpRewrite, IP_AT, L4_AT};
 use super::ipv4::{self, addr, be16, be32};
 use super::link::LinkLayer;
-use super::maps::{count, flow_ptr, notify, now, CONFIG};
+use super::maps::{count, flow_at, notify, now, CONFIG};
 use super::verdict::Exit;
 
 /// What the shell needs to know of a translated segment: where its TCP
@@ -50,7 +50,7 @@ pub(crate) fn tcp_to_sal<F: Frame, S: Services, L: LinkLayer>(f: &F, tuple: &Tup
     let ip: [u8; 20] = f.load(IP_AT)?;
     let tcp: [u8; 20] = f.load(L4_AT)?;
     let (id, addrs) = (tuple.flow, tuple.addrs);
-    let Some(flow) = flow_ptr(id) else {
+    let Some(flow) = flow_at(tuple.slot, id) else {
         return Err(Exit::Pass(Counter::PassFlowFreed));
     };
     // SAFETY: map value, valid while we run (RCU).

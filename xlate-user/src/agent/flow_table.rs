@@ -146,7 +146,7 @@ impl FlowTable {
     }
 
     /// The slot flow `id` would live in; `None` before the table is sealed.
-    fn index(&self, id: u32) -> Option<u32> {
+    pub fn index(&self, id: u32) -> Option<u32> {
         flow_slot::is_id(id).then(|| self.header().map(|h| h.index(id))).flatten()
     }
 

@@ -194,11 +194,12 @@ impl FlowMaps {
     pub fn set_addrs(&mut self, st: &FlowState, addrs: FlowAddrs) -> Result<(), aya::maps::MapError> {
         const BPF_ANY: u64 = 0;
         const BPF_EXIST: u64 = 2;
-        let names_it = self.tuples.get(&st.tuple(), 0).is_ok_and(|t| t.flow == st.local_flow);
-        match self.reopened.as_mut() {
-            Some(m) if Self::over(st) => m.insert(st.local_flow, addrs, BPF_ANY),
-            Some(m) if !names_it => m.insert(st.local_flow, addrs, BPF_EXIST),
-            _ => self.tuples.insert(st.tuple(), TupleEntry { flow: st.local_flow, addrs }, BPF_EXIST),
+        let entry = self.tuples.get(&st.tuple(), 0).ok().filter(|t| t.flow == st.local_flow);
+        match (self.reopened.as_mut(), entry) {
+            (Some(m), _) if Self::over(st) => m.insert(st.local_flow, addrs, BPF_ANY),
+            (_, Some(t)) => self.tuples.insert(st.tuple(), TupleEntry { addrs, ..t }, BPF_EXIST),
+            (Some(m), None) => m.insert(st.local_flow, addrs, BPF_EXIST),
+            (None, None) => Err(aya::maps::MapError::KeyNotFound),
         }
     }
 
