@@ -42,9 +42,14 @@ impl BpfToolchain {
         }
     }
 
-    /// The cargo command that builds `manifest_dir`'s crate for BPF.
+    /// The cargo command that builds `manifest_dir`'s crate for BPF: aya's
+    /// flags, and BPF ISA v3 (32-bit ALU and jumps, Linux 5.1; xlate needs
+    /// 6.1): the flow engine works in 32-bit words, which the generic ISA
+    /// computes in 64-bit registers and truncates after every step (SAL->TCP
+    /// 5-8 ns faster per packet in `bench-xdp`, docs/performance.md).
     pub fn build_command(&self, manifest_dir: &Path) -> Command {
-        let flags = ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
+        let flags =
+            ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf", "-Ctarget-cpu=v3"].join("\x1f");
         let mut cmd = match self {
             BpfToolchain::Debian => {
                 let mut c = Command::new(DEBIAN_CARGO);

@@ -66,8 +66,8 @@ pub(crate) fn free_flow(id: u32) {
 /// `p` is an aligned u32 in a map value.
 #[inline(always)]
 unsafe fn cmpxchg32(p: *mut u32, old: u32, new: u32) -> u32 {
-    // (Fixed registers, named in their 32-bit form: the `wreg` class
-    // needs the `alu32` target feature, which this build does not set.)
+    // (Fixed registers, named in their 32-bit form: they need no `wreg`
+    // class, which only an `alu32` build has.)
     let mut r0 = u64::from(old);
     core::arch::asm!(
         "w0 = cmpxchg32_32({p} + 0, w0, w2)",

@@ -55,9 +55,6 @@ pub(crate) fn tcp_to_sal<F: Frame, S: Services, L: LinkLayer>(f: &F, tuple: &Tup
     };
     // SAFETY: map value, valid while we run (RCU).
     let flow = unsafe { &mut *flow };
-    let Some(cfg) = CONFIG.get(0) else {
-        return Err(Exit::Fault);
-    };
 
     let (saddr, daddr) = (addr(&ip, ipf::SRC), addr(&ip, ipf::DST));
     let flags = tcp[tcpf::FLAGS];
@@ -94,7 +91,16 @@ pub(crate) fn tcp_to_sal<F: Frame, S: Services, L: LinkLayer>(f: &F, tuple: &Tup
 
     let old_ports = addr(&tcp, tcpf::SRC_PORT);
     f.store(L4_AT + tcpf::SRC_PORT, &[0u8; 4])?;
-    let mss = if flags & TCP_SYN != 0 && doff >= 24 { f.clamp_mss(L4_AT + 20, cfg.max_mss)? } else { (0, 0) };
+    // (The configuration only for a SYN's MSS: a data segment reads no
+    // more maps than its flow's.)
+    let mss = if flags & TCP_SYN != 0 && doff >= 24 {
+        let Some(cfg) = CONFIG.get(0) else {
+            return Err(Exit::Fault);
+        };
+        f.clamp_mss(L4_AT + 20, cfg.max_mss)?
+    } else {
+        (0, 0)
+    };
     let rw = TcpRewrite {
         src: (saddr, addrs.local_ip),
         dst: (daddr, addrs.peer_ip),
