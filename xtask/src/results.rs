@@ -112,7 +112,7 @@ pub fn write_readme(r: &Results, s: &Settings, took: Duration) -> Result<PathBuf
         connections::CONCURRENCY,
         s.connection_seconds()
     );
-    let _ = writeln!(t, "- Experiment 4: `xlate-user bench-xdp --runs {}` (BPF_PROG_TEST_RUN, the mean of the middle half of the runs).", s.xdp_runs());
+    let _ = writeln!(t, "- Experiment 4: `xlate-user bench-xdp --runs {}` (BPF_PROG_TEST_RUN, the mean of the runs between the 5th and 95th percentile).", s.xdp_runs());
     let _ = writeln!(
         t,
         "- Experiment 5: host mode against plain TCP on one veth pair of its own (GRO on at both ends), iperf3, \
@@ -336,7 +336,7 @@ fn per_packet(t: &mut String, r: &Results) {
     let _ = writeln!(t, "## Experiment 4: per packet\n");
     let _ = writeln!(
         t,
-        "ns/packet, the mean of the middle half of the runs, the same frames through each program in the same run.\n"
+        "ns/packet, the mean of the runs between the 5th and 95th percentile, the same frames through each program in the same run.\n"
     );
     let _ = writeln!(t, "| packet | translator | XDP_PASS | MAC swap + XDP_TX | translator minus XDP_PASS |");
     let _ = writeln!(t, "|---|---|---|---|---|");

@@ -31,27 +31,28 @@ pub(crate) fn sal_to_tcp<F: Frame, L: LinkLayer>(f: &F) -> Result<u32, Exit> {
     if hl < sal::BASE_LEN || hl > sal_len || hl > SCRATCH_LEN {
         return Err(Exit::Drop(Counter::DropBadLength));
     }
-    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
-        return Err(Exit::Fault);
-    };
-    // SAFETY: this CPU's scratch slot.
-    let buf = unsafe { &mut *buf };
-    let Some(ext) = EXTS.get_ptr_mut(0) else {
-        return Err(Exit::Fault);
-    };
-    // SAFETY: this CPU's slot.
-    let ext = unsafe { &mut *ext };
-    let (protocol, src_flow, dst_flow) = if hl == sal::BASE_LEN {
+    // The extensions, for a header that has any: `None` for the base
+    // header alone, a data packet's, which touches neither per-CPU buffer.
+    let (protocol, src_flow, dst_flow, exts) = if hl == sal::BASE_LEN {
         // A data packet's header is the base alone: summed and read in
         // place, with no helper call and no extension to walk.
         let base: [u8; sal::BASE_LEN] = f.load(L4_AT)?;
         if translate::sum_words(&base) != 0xffff {
             return Err(Exit::Drop(Counter::DropBadChecksum));
         }
-        ext.clear();
         let field = |at| be32(&base, at);
-        (base[sal::field::PROTOCOL], field(sal::field::SRC_FLOWID), field(sal::field::DST_FLOWID))
+        (base[sal::field::PROTOCOL], field(sal::field::SRC_FLOWID), field(sal::field::DST_FLOWID), None)
     } else {
+        let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+            return Err(Exit::Fault);
+        };
+        // SAFETY: this CPU's scratch slot.
+        let buf = unsafe { &mut *buf };
+        let Some(ext) = EXTS.get_ptr_mut(0) else {
+            return Err(Exit::Fault);
+        };
+        // SAFETY: this CPU's slot.
+        let ext = unsafe { &mut *ext };
         // hl is a multiple of 4 in [BASE_LEN, SCRATCH_LEN] (checked
         // above), so n == hl; written so that every verifier sees n in
         // [4, 256]. A range check after a plain mask leaves 0 possible to
@@ -70,8 +71,10 @@ pub(crate) fn sal_to_tcp<F: Frame, L: LinkLayer>(f: &F) -> Result<u32, Exit> {
             return Err(Exit::Drop(Counter::DropBadExtension));
         }
         let field = |at| sal_rx::be32(buf, at);
-        (buf[sal::field::PROTOCOL], field(sal::field::SRC_FLOWID), field(sal::field::DST_FLOWID))
+        (buf[sal::field::PROTOCOL], field(sal::field::SRC_FLOWID), field(sal::field::DST_FLOWID), Some((buf, ext)))
     };
+    // Only a header with a CONTROL extension is a handshake's.
+    let control = exts.filter(|(_, ext)| ext.has_control != 0);
     if sal_len == hl {
         return Err(Exit::Pass(Counter::IngressToAgent));
     }
@@ -90,7 +93,7 @@ pub(crate) fn sal_to_tcp<F: Frame, L: LinkLayer>(f: &F) -> Result<u32, Exit> {
     let syn = sal::ControlFlags::SYN.bits();
     let ack = sal::ControlFlags::ACK.bits();
 
-    let (id, flow) = if ext.has_control != 0 && ext.flags == syn {
+    let (id, flow) = if let Some((buf, ext)) = control.as_ref().filter(|(_, ext)| ext.flags == syn) {
         if ext.services == 0 {
             return Err(Exit::Drop(Counter::DropBadExtension));
         }
@@ -130,7 +133,7 @@ pub(crate) fn sal_to_tcp<F: Frame, L: LinkLayer>(f: &F) -> Result<u32, Exit> {
         };
         // SAFETY: map value, valid while we run.
         let flow = unsafe { &mut *flow_ptr };
-        if ext.has_control != 0 {
+        if let Some((_, ext)) = control {
             if ext.flags == syn | ack {
                 if !synack(flow, ext, src_flow, ip_src) {
                     return Err(Exit::Drop(Counter::DropBadAck));
@@ -167,9 +170,6 @@ pub(crate) fn sal_to_tcp<F: Frame, L: LinkLayer>(f: &F) -> Result<u32, Exit> {
 /// view of flow `id` (its state `flow`): its addresses and ports.
 #[inline(always)]
 fn strip<F: Frame, L: LinkLayer>(f: &F, id: u32, flow: &mut FlowState, ip: &[u8; 20], hl: usize) -> Result<(), Exit> {
-    let Some(cfg) = CONFIG.get(0) else {
-        return Err(Exit::Fault);
-    };
     let hl = opaque(hl) & 0x3fc;
     let tcp_at = L4_AT + hl;
     let tcp: [u8; 20] = f.load(tcp_at)?;
@@ -187,7 +187,15 @@ fn strip<F: Frame, L: LinkLayer>(f: &F, id: u32, flow: &mut FlowState, ip: &[u8;
     ports[..2].copy_from_slice(&flow.tcp_peer_port);
     ports[2..].copy_from_slice(&flow.tcp_local_port);
     f.store(tcp_at + tcpf::SRC_PORT, &ports)?;
-    let mss = if flags & TCP_SYN != 0 && doff >= 24 { f.clamp_mss(tcp_at + 20, cfg.max_mss)? } else { (0, 0) };
+    // (The configuration only for a SYN's MSS, as TCP->SAL.)
+    let mss = if flags & TCP_SYN != 0 && doff >= 24 {
+        let Some(cfg) = CONFIG.get(0) else {
+            return Err(Exit::Fault);
+        };
+        f.clamp_mss(tcp_at + 20, cfg.max_mss)?
+    } else {
+        (0, 0)
+    };
     let rw = TcpRewrite {
         src: (addr(ip, ipf::SRC), flow.tcp_peer_addr),
         dst: (addr(ip, ipf::DST), flow.tcp_local_addr),
