@@ -248,6 +248,47 @@ fn a_client_syn_becomes_a_sal_syn_and_a_retransmission_the_same_one() {
     assert_eq!(gw.flows().len(), 1);
 }
 
+/// The flow engine's clock comes from `jiffies` once measured
+/// (`tick_clock`): the start-up finds a tick length some HZ has, the clock
+/// it gives is the kernel's coarse monotonic clock read in the same run,
+/// and a new flow's times are CLOCK_MONOTONIC_COARSE's to within a tick.
+#[test]
+fn the_engine_clock_from_jiffies_is_the_coarse_monotonic_clock() {
+    require_root();
+    use xlate_common::flow::{flow_clock, tick_clock, EngineConfig};
+    let mut gw = Gw::new(CAP_CLIENT, CAP_SERVER);
+    let cfg: aya::maps::Array<_, EngineConfig> =
+        aya::maps::Array::try_from(gw.bed.ebpf.map("ENGINE_CONFIG").unwrap()).unwrap();
+    let cfg = cfg.get(&0, 0).unwrap();
+    assert!(tick_clock::TICKS_NS.contains(&cfg.tick_ns), "tick {} ns measured", cfg.tick_ns);
+    for _ in 0..5 {
+        let (jiffies, coarse) = xlate_user::engine_clock::read(&mut gw.bed.ebpf).unwrap();
+        let clock = tick_clock::now_ns(jiffies, cfg.tick_ns, cfg.clock_base);
+        assert!(clock.abs_diff(coarse) <= u64::from(cfg.tick_ns), "jiffy {jiffies}: {clock} where coarse is {coarse}");
+        std::thread::sleep(std::time::Duration::from_millis(7));
+    }
+    // The kernel's coarse clock is user space's CLOCK_MONOTONIC_COARSE
+    // (both the time at the last tick); the calibration may be a tick off.
+    let before = coarse_ns();
+    gw.expect(
+        &client_tcp(0x02, 1000, 0, &[], &[]),
+        XDP_PASS,
+        &[Counter::GwToSal, Counter::EgressSyn, Counter::FlowsHalfOpened],
+    );
+    let after = coarse_ns();
+    let created = gw.flows()[0].created;
+    let tick = u64::from(cfg.tick_ns);
+    let (low, high) = (flow_clock::ticks(before - tick), flow_clock::ticks(after + tick));
+    assert!((low..=high).contains(&created), "created at tick {created}, CLOCK_MONOTONIC_COARSE ticks {low}..={high}");
+}
+
+fn coarse_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The kernel keeps the half-open hard limit and the fast path's share of
 /// the table itself (`flow::room`, refreshed by the agent every tick): a
 /// SYN takes one of each, and with none left it is declined (dropped) or

@@ -150,6 +150,64 @@ pub struct EngineConfig {
     pub segmenter_ifindex: u32,
     /// Host mode: the interface translated segments leave by.
     pub out_ifindex: u32,
+    /// The kernel's clock ([`tick_clock`]): the length of the kernel's
+    /// tick in ns, as the agent measured it at start; 0 before it did
+    /// (the kernel then reads the coarse clock through its helper).
+    pub tick_ns: u32,
+    /// CLOCK_MONOTONIC at jiffy 0, so that `jiffies * tick_ns +
+    /// clock_base` is CLOCK_MONOTONIC at the last tick (wrapping).
+    pub clock_base: u64,
+}
+
+/// The flow engine's clock: CLOCK_MONOTONIC at the last tick, which is
+/// what `bpf_ktime_get_coarse_ns` returns, computed from `jiffies`
+/// instead, which the verifier turns into one load (`bpf_jiffies64` is
+/// inlined on 64-bit JITs, Linux 5.5); the coarse clock's helper call cost
+/// every translated segment 4-6 ns (`bench-xdp`, docs/performance.md).
+/// Jiffies count the same ticks: the kernel advances them by the
+/// monotonic clock's time since the last tick, NTP's corrections
+/// included, so the two stay one affine map apart, which the agent
+/// measures at start with `xlate_clock` (a program that reads both in one
+/// run) and writes into `EngineConfig`. Every use of the clock is coarse
+/// (idle expiry, the half-open timeout, a 400 ms gap between SYNs), and
+/// the agent reads CLOCK_MONOTONIC itself to age flows.
+pub mod tick_clock {
+    /// Tick lengths of the kernel's choices of HZ: 1000, 300, 250, 100.
+    pub const TICKS_NS: [u32; 4] = [1_000_000, 3_333_333, 4_000_000, 10_000_000];
+
+    /// The tick length that readings `a` and `b` (jiffies, coarse ns),
+    /// taken [`APART_MS`] or more apart, show: the one of [`TICKS_NS`]
+    /// that fits best, if it fits to within a tick (and 1 %). A reading's
+    /// coarse time may lag its jiffies by a tick (the kernel advances
+    /// jiffies first, then the clock), so the elapsed time is only known to
+    /// a tick; over 60 ms that still tells each HZ from the next (250 from
+    /// 300: 15 ticks of 4 ms against 18 of 3.3).
+    pub fn tick_ns(a: (u64, u64), b: (u64, u64)) -> Option<u32> {
+        let jiffies = b.0.checked_sub(a.0).filter(|j| *j > 0)?;
+        let elapsed = b.1.checked_sub(a.1)?;
+        TICKS_NS
+            .into_iter()
+            .map(|t| (t, (jiffies * u64::from(t)).abs_diff(elapsed)))
+            .filter(|(t, off)| *off <= u64::from(*t) + elapsed / 100)
+            .min_by_key(|(_, off)| *off)
+            .map(|(t, _)| t)
+    }
+
+    /// How far apart the readings of [`tick_ns`] are taken, at least.
+    pub const APART_MS: u64 = 100;
+
+    /// CLOCK_MONOTONIC at jiffy 0 (wrapping), from a reading `(jiffies,
+    /// coarse ns)` taken in one run. (Of several readings, the largest is
+    /// the one whose clock did not lag; see [`tick_ns`].)
+    pub fn base(reading: (u64, u64), tick_ns: u32) -> u64 {
+        reading.1.wrapping_sub(reading.0.wrapping_mul(u64::from(tick_ns)))
+    }
+
+    /// CLOCK_MONOTONIC at the tick `jiffies` counts.
+    #[inline(always)]
+    pub fn now_ns(jiffies: u64, tick_ns: u32, base: u64) -> u64 {
+        jiffies.wrapping_mul(u64::from(tick_ns)).wrapping_add(base)
+    }
 }
 
 /// `FLOWS` is an array of slots, not a hash: a flow lives in the slot its
@@ -806,9 +864,31 @@ mod tests {
     use super::*;
     use core::mem::size_of;
 
+    /// HZ=250 (Debian's kernels): readings 40 ms apart give 4 ms ticks,
+    /// and the clock from the second reading's jiffies is its coarse time;
+    /// readings that show no tick, or ticks of no HZ, give no clock.
+    #[test]
+    fn the_tick_clock_is_the_coarse_clock_from_jiffies() {
+        let (a, b) = ((4_294_900_000, 7_000_000_000), (4_294_900_010, 7_040_000_000));
+        let tick = tick_clock::tick_ns(a, b).unwrap();
+        assert_eq!(tick, 4_000_000);
+        let base = tick_clock::base(b, tick);
+        assert_eq!(tick_clock::now_ns(b.0, tick, base), b.1);
+        assert_eq!(tick_clock::now_ns(b.0 + 250, tick, base), b.1 + 1_000_000_000);
+        // 100 ms of 4 ms ticks, one reading's clock a tick behind its
+        // jiffies: still 4 ms, not 3.3 (HZ=300).
+        assert_eq!(tick_clock::tick_ns((1000, 0), (1025, 96_000_000)), Some(4_000_000));
+        assert_eq!(tick_clock::tick_ns((1000, 0), (1025, 104_000_000)), Some(4_000_000));
+        assert_eq!(tick_clock::tick_ns((1000, 0), (1030, 100_000_000)), Some(3_333_333));
+        assert_eq!(tick_clock::tick_ns((1000, 0), (1100, 99_000_000)), Some(1_000_000));
+        // A tick length far from every HZ's: not a clock to build on.
+        assert_eq!(tick_clock::tick_ns((0, 0), (10, 25_000_000)), None);
+        assert_eq!(tick_clock::tick_ns((5, 0), (5, 25_000_000)), None);
+    }
+
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<EngineConfig>(), 4 + 4 + 6 + 2 + 4 + 4 + 4);
+        assert_eq!(size_of::<EngineConfig>(), 4 + 4 + 6 + 2 + 4 + 4 + 4 + 4 + 8);
         assert_eq!(size_of::<gw::ChecksumNote>(), 12);
         assert_eq!(size_of::<gw::ChecksumNoteKey>(), 20);
         assert_eq!(size_of::<FlowState>(), 16 + 16 + 12 + 4 + 8 + 12 + 8);

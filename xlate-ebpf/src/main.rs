@@ -2,13 +2,14 @@
 //! the ones a mode needs. `engine` holds the translation; `gateway` (XDP)
 //! and `host` (TC) are the shells around it; `classify` is the watch tool;
 //! `baseline` holds the trivial programs the per-packet experiment compares
-//! with.
+//! with; `clock` the one the agent measures the engine's clock with.
 #![no_std]
 #![feature(asm_experimental_arch)]
 #![no_main]
 
 mod baseline;
 mod classify;
+mod clock;
 mod engine;
 mod gateway;
 mod host;

@@ -785,6 +785,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         gwm.relay = Some(rm);
         Some((iface.name.clone(), seg))
     };
+    crate::engine_clock::measure(&mut ebpf, &mut engine);
     flows.config.set(0, engine, 0)?;
     // With a relay, part of the flow table is kept for the relay's own SAL
     // connections: the fast path declines new flows (to the relay) first.

@@ -8,6 +8,7 @@ pub mod classify;
 pub mod config;
 pub mod decode;
 pub mod ebpf;
+pub mod engine_clock;
 pub mod gateway;
 pub mod host;
 pub mod kernel_features;

@@ -48,8 +48,9 @@ impl TestBed {
         let prog: &mut Xdp =
             ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing"))?.try_into()?;
         crate::ebpf::loaded(program, prog.load())?;
+        let mut engine = EngineConfig { addr: sal_address.octets(), max_mss: 1448, ..Default::default() };
+        crate::engine_clock::measure(&mut ebpf, &mut engine);
         let mut cfg: Array<_, EngineConfig> = Array::try_from(ebpf.map_mut(names::CONFIG).unwrap())?;
-        let engine = EngineConfig { addr: sal_address.octets(), max_mss: 1448, ..Default::default() };
         cfg.set(0, engine, 0)?;
         let table =
             crate::agent::flow_table::FlowTable::of(ebpf.map(names::FLOWS).ok_or_else(|| anyhow!("no FLOWS map"))?)?;

@@ -9,14 +9,14 @@
 //! their layout is the one its programs expect before it adopts them).
 
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use xlate_common::{
     flow::{
-        flow_count, flow_slot, room, Counter, CtlRecord, EngineConfig, Event, FlowAddrs, FlowState, PeerKey,
-        TupleEntry, MAX_FLOWS,
+        flow_count, flow_slot, room, tick_clock, Counter, CtlRecord, EngineConfig, Event, FlowAddrs, FlowState,
+        PeerKey, TupleEntry, MAX_FLOWS,
     },
     maps::FlowKey,
 };
@@ -220,16 +220,21 @@ pub(crate) fn notify_quietly(kind: u32, flow: u32) {
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
-/// CLOCK_MONOTONIC to the last tick (Linux 5.11). Every use is coarse
-/// (idle expiry in seconds, the half-open timeout, a 400 ms retransmission
-/// gap), and a clock-source read costs each packet some 25 ns on a VM
-/// (measured with `xlate-user bench-xdp`). The agent reads the same clock
-/// at full precision, and so can be up to a tick ahead: it subtracts
-/// saturating.
+/// CLOCK_MONOTONIC to the last tick. Every use is coarse (idle expiry in
+/// seconds, the half-open timeout, a 400 ms retransmission gap): a
+/// clock-source read cost each packet some 25 ns on a VM, and the coarse
+/// clock's helper (Linux 5.11) 4-6 ns, so it comes from `jiffies` (one
+/// load, see `tick_clock`) once the agent has measured how they map. The
+/// agent reads the same clock at full precision, and so can be up to a
+/// tick ahead: it subtracts saturating.
 #[inline(always)]
 pub(crate) fn now() -> u64 {
-    // SAFETY: no preconditions.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    match CONFIG.get(0) {
+        // SAFETY: no preconditions (inlined by the verifier to a load).
+        Some(c) if c.tick_ns != 0 => tick_clock::now_ns(unsafe { bpf_jiffies64() }, c.tick_ns, c.clock_base),
+        // SAFETY: no preconditions.
+        _ => unsafe { bpf_ktime_get_coarse_ns() },
+    }
 }
 
 #[inline(always)]

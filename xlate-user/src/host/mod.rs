@@ -161,7 +161,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
     let segmenter = Segmenter::adopt_or_create(&iface)?;
     record.segmenter = Some(segmenter.near.clone());
     record.save(Kind::Host, &iface.name)?;
-    let cfg = EngineConfig {
+    let mut cfg = EngineConfig {
         addr: iface.addr.octets(),
         broadcast: iface.broadcast.octets(),
         mac: iface.mac,
@@ -169,7 +169,9 @@ pub fn run(opts: HostOptions) -> Result<()> {
         flags: 0,
         segmenter_ifindex: segmenter.near_index,
         out_ifindex: iface.index,
+        ..Default::default()
     };
+    crate::engine_clock::measure(&mut ebpf, &mut cfg);
     m.config.set(0, cfg, 0)?;
     // The kernel's room for new flows, before anything is attached.
     m.refresh_room(xlate_common::flow::SynBudget::HOST);
