@@ -225,8 +225,22 @@ pub struct Capture {
 impl Capture {
     pub fn start(ns: &Netns, iface: &str, path: PathBuf, filter: &[&str]) -> Capture {
         // -Z root: Debian's tcpdump otherwise drops to its own user, which
-        // cannot write into the test's directory.
-        let mut args = vec!["-Z", "root", "--immediate-mode", "-i", iface, "-n", "-U", "-w", path.to_str().unwrap()];
+        // cannot write into the test's directory. -B: 64 MiB of kernel
+        // buffer (the default 2 MiB overflowed during a fast transfer on a
+        // busy machine: tcpdump then saw 936 of some 6,000 packets).
+        let mut args = vec![
+            "-Z",
+            "root",
+            "--immediate-mode",
+            "-B",
+            "65536",
+            "-i",
+            iface,
+            "-n",
+            "-U",
+            "-w",
+            path.to_str().unwrap(),
+        ];
         args.extend_from_slice(filter);
         let mut bg = ns.spawn_stderr("tcpdump", &args);
         bg.wait_for_stderr_line("listening on", Duration::from_secs(10));

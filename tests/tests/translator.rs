@@ -715,7 +715,7 @@ fn vm_matrix_lab_moves_bytes_both_ways_without_timestamps() {
     assert!(s["gw_tcp_to_sal"] > 1000 && s["gw_sal_to_tcp"] > 1000, "{s:?}");
     assert_eq!(s["gw_checksum_unresolved"], 0, "{s:?}");
     assert_eq!(s["gw_checksum_completed"], s["gw_partial_checksum"], "{s:?}");
-    cap.stop();
+    let report = cap.stop();
     let d = decode_valid(&pcap);
-    assert!(d.sal_packets > 1000, "{} SAL packets captured", d.sal_packets);
+    assert!(d.sal_packets > 1000, "{} SAL packets captured; tcpdump: {report}", d.sal_packets);
 }
