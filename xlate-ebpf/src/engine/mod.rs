@@ -136,6 +136,22 @@ fn retire_if_over(tuple: &TupleEntry, tcp_flags: u8) -> bool {
     true
 }
 
+/// For both directions: a SYN's MSS option (its TCP header at `tcp_at`,
+/// `doff` bytes long, has options; Linux puts the MSS first) lowered to
+/// what the configured MTU allows, as (before, after); (0, 0) for any
+/// other segment. The configuration is read here only, so that a data
+/// segment reads no more maps than its flow's.
+#[inline(always)]
+pub(crate) fn clamp_syn_mss<F: Frame>(f: &F, tcp_at: usize, flags: u8, doff: u16) -> Result<(u16, u16), verdict::Exit> {
+    if flags & TCP_SYN == 0 || doff < 24 {
+        return Ok((0, 0));
+    }
+    let Some(cfg) = maps::CONFIG.get(0) else {
+        return Err(verdict::Exit::Fault);
+    };
+    Ok(f.clamp_mss(tcp_at + 20, cfg.max_mss)?)
+}
+
 /// [`sal_to_tcp::sal_to_tcp`] as its own BPF function (see above).
 #[inline(never)]
 pub(crate) fn sal_to_tcp_fn<F: Frame, L: link::LinkLayer>(f: &F) -> Packed {

@@ -6,10 +6,11 @@
 
 use xlate_common::{
     flow::{event, flow_clock, state, Counter, FlowState},
-    translate::{self, TCP_SYN},
+    translate,
     wire::{checksum, ipv4::field as ipf, sal, tcp::field as tcpf, IPPROTO_TCP},
 };
 
+use super::clamp_syn_mss;
 use super::flows::{prove, server_flow, synack};
 use super::frame::{Frame, TcpRewrite, IP_AT, L4_AT};
 use super::ipv4::{self, addr, be16, be32};
@@ -187,15 +188,7 @@ fn strip<F: Frame, L: LinkLayer>(f: &F, id: u32, flow: &mut FlowState, ip: &[u8;
     ports[..2].copy_from_slice(&flow.tcp_peer_port);
     ports[2..].copy_from_slice(&flow.tcp_local_port);
     f.store(tcp_at + tcpf::SRC_PORT, &ports)?;
-    // (The configuration only for a SYN's MSS, as TCP->SAL.)
-    let mss = if flags & TCP_SYN != 0 && doff >= 24 {
-        let Some(cfg) = CONFIG.get(0) else {
-            return Err(Exit::Fault);
-        };
-        f.clamp_mss(tcp_at + 20, cfg.max_mss)?
-    } else {
-        (0, 0)
-    };
+    let mss = clamp_syn_mss(f, tcp_at, flags, doff)?;
     let rw = TcpRewrite {
         src: (addr(ip, ipf::SRC), flow.tcp_peer_addr),
         dst: (addr(ip, ipf::DST), flow.tcp_local_addr),

@@ -3,15 +3,16 @@
 
 use xlate_common::{
     flow::{flag, flow_clock, state, Counter, TupleEntry},
-    translate::{self, Form, TCP_ACK, TCP_SYN},
+    translate::{self, Form, TCP_ACK},
     wire::{ipv4::field as ipf, tcp::field as tcpf, IPPROTO_SAL},
 };
 
+use super::clamp_syn_mss;
 use super::flows::prove;
 use super::frame::{Frame, TcpRewrite, IP_AT, L4_AT};
 use super::ipv4::{self, addr, be16, be32};
 use super::link::LinkLayer;
-use super::maps::{count, flow_at, notify, now, CONFIG};
+use super::maps::{count, flow_at, notify, now};
 use super::verdict::Exit;
 
 /// What the shell needs to know of a translated segment: where its TCP
@@ -91,16 +92,7 @@ pub(crate) fn tcp_to_sal<F: Frame, S: Services, L: LinkLayer>(f: &F, tuple: &Tup
 
     let old_ports = addr(&tcp, tcpf::SRC_PORT);
     f.store(L4_AT + tcpf::SRC_PORT, &[0u8; 4])?;
-    // (The configuration only for a SYN's MSS: a data segment reads no
-    // more maps than its flow's.)
-    let mss = if flags & TCP_SYN != 0 && doff >= 24 {
-        let Some(cfg) = CONFIG.get(0) else {
-            return Err(Exit::Fault);
-        };
-        f.clamp_mss(L4_AT + 20, cfg.max_mss)?
-    } else {
-        (0, 0)
-    };
+    let mss = clamp_syn_mss(f, L4_AT, flags, doff)?;
     let rw = TcpRewrite {
         src: (saddr, addrs.local_ip),
         dst: (daddr, addrs.peer_ip),
