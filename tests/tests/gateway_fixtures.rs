@@ -251,7 +251,11 @@ fn a_client_syn_becomes_a_sal_syn_and_a_retransmission_the_same_one() {
 /// The flow engine's clock comes from `jiffies` once measured
 /// (`tick_clock`): the start-up finds a tick length some HZ has, the clock
 /// it gives is the kernel's coarse monotonic clock read in the same run,
-/// and a new flow's times are CLOCK_MONOTONIC_COARSE's to within a tick.
+/// and a new flow's times are CLOCK_MONOTONIC_COARSE's, each to within two
+/// ticks: the measured base may be a tick off (the coarse clock moves at
+/// timekeeping updates, whose phase against the jiffy boundaries varies),
+/// and so may any one reading (Linux 6.12 in the kernel matrix: a tick
+/// and 2 ns).
 #[test]
 fn the_engine_clock_from_jiffies_is_the_coarse_monotonic_clock() {
     require_root();
@@ -264,11 +268,14 @@ fn the_engine_clock_from_jiffies_is_the_coarse_monotonic_clock() {
     for _ in 0..5 {
         let (jiffies, coarse) = xlate_user::engine_clock::read(&mut gw.bed.ebpf).unwrap();
         let clock = tick_clock::now_ns(jiffies, cfg.tick_ns, cfg.clock_base);
-        assert!(clock.abs_diff(coarse) <= u64::from(cfg.tick_ns), "jiffy {jiffies}: {clock} where coarse is {coarse}");
+        assert!(
+            clock.abs_diff(coarse) <= 2 * u64::from(cfg.tick_ns),
+            "jiffy {jiffies}: {clock} where coarse is {coarse}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(7));
     }
     // The kernel's coarse clock is user space's CLOCK_MONOTONIC_COARSE
-    // (both the time at the last tick); the calibration may be a tick off.
+    // (both the time at the last tick).
     let before = coarse_ns();
     gw.expect(
         &client_tcp(0x02, 1000, 0, &[], &[]),
@@ -278,7 +285,7 @@ fn the_engine_clock_from_jiffies_is_the_coarse_monotonic_clock() {
     let after = coarse_ns();
     let created = gw.flows()[0].created;
     let tick = u64::from(cfg.tick_ns);
-    let (low, high) = (flow_clock::ticks(before - tick), flow_clock::ticks(after + tick));
+    let (low, high) = (flow_clock::ticks(before - 2 * tick), flow_clock::ticks(after + 2 * tick));
     assert!((low..=high).contains(&created), "created at tick {created}, CLOCK_MONOTONIC_COARSE ticks {low}..={high}");
 }
 

@@ -38,7 +38,8 @@ pub fn measured(ebpf: &mut Ebpf) -> Result<(u32, u64)> {
     // The coarse clock moves at the kernel's timekeeping updates, whose
     // phase against the jiffy boundaries varies: a reading's base can be
     // up to a tick low. The largest of a few readings spread over a tick
-    // is near the true one; any of them is within a tick of it.
+    // is near the true one; any of them is within a tick of it, and a
+    // reading of the clock so computed within two of the coarse clock's.
     let mut base = tick_clock::base(last, tick);
     for _ in 0..4 {
         std::thread::sleep(Duration::from_nanos(u64::from(tick) / 4));
