@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use xlate_common::flow::{
-    event, flag, flow_clock, state, Counter, CtlRecord, Event, FlowAddrs, FlowState, PeerKey, SynBudget,
+    event, flag, flow_clock, role, state, Counter, CtlRecord, Event, FlowAddrs, FlowState, PeerKey, SynBudget,
 };
 use xlate_common::wire::{ipv4::Ipv4Repr, packet::ServalRepr, IPPROTO_TCP};
 
@@ -37,6 +37,13 @@ const FIN_WAIT: Duration = Duration::from_secs(60);
 /// How long the agent remembers a closed flow, to answer a retransmitted
 /// SAL FIN whose ACK was lost (the kernel maps are already clean).
 const TIME_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether flow `st`'s TCP end is a socket on this host: a host-mode
+/// server's, or a host-mode client's (its TCP address is the flow's own
+/// SAL address). A translator flow's TCP end is the legacy client.
+fn holds_local_socket(st: &FlowState, addrs: &FlowAddrs) -> bool {
+    st.role == role::SERVER || st.tcp_local_addr == addrs.local_ip
+}
 
 /// What the agent keeps of a closed flow during TIME_WAIT.
 struct Closed {
@@ -61,6 +68,12 @@ pub struct ControlPlane {
     ctl: HashMap<u32, Ctl>,
     /// Flows whose control state changed since the last [`Self::sync`].
     dirty: std::collections::HashSet<u32>,
+    /// The SAL addresses of established flows (see [`Self::flow`]).
+    addrs: HashMap<u32, FlowAddrs>,
+    /// Flows a new connection reopened (`event::REOPENED`), whose
+    /// addresses `FLOW_REOPENED` holds until they are freed. (One whose
+    /// event was lost is swept at the next full scan.)
+    reopened: std::collections::HashSet<u32>,
     closed: HashMap<u32, Closed>,
     idle_timeout: Duration,
     /// Flows created lately, oldest first (NEW_FLOW events): each is looked
@@ -119,6 +132,8 @@ impl ControlPlane {
             inject,
             ctl: HashMap::new(),
             dirty: Default::default(),
+            addrs: HashMap::new(),
+            reopened: Default::default(),
             closed: HashMap::new(),
             idle_timeout,
             young: Default::default(),
@@ -152,8 +167,9 @@ impl ControlPlane {
         cp
     }
 
-    /// Writes the control state that changed to `AGENT_CTL`; the event loop
-    /// calls it after every event. Its cost follows the flows that changed.
+    /// Writes the control state that changed to `AGENT_CTL`, and the
+    /// counts held since the last call; the event loop calls it after
+    /// every event. Its cost follows the flows and counters that changed.
     pub fn sync(&mut self) {
         for id in std::mem::take(&mut self.dirty) {
             let Some(c) = self.ctl.get(&id) else { continue };
@@ -161,6 +177,7 @@ impl ControlPlane {
                 self.warnings.warn("keeping the control state of a flow", format!("{id:#x}: {e}"));
             }
         }
+        self.maps.flush_counts();
     }
 
     /// A flow's control state, to change (it is written out at the next
@@ -183,7 +200,8 @@ impl ControlPlane {
         // datapath knows only approximately while segments are in flight.
         let mut destroyed = std::collections::HashSet::new();
         for &id in &ids {
-            let (Some(diag), Some((st, _))) = (&self.diag, self.flow(id)) else { continue };
+            let Some((st, _)) = self.flow(id) else { continue };
+            let Some(diag) = &self.diag else { continue };
             if st.flags & flag::PROVEN == 0 {
                 continue;
             }
@@ -229,9 +247,20 @@ impl ControlPlane {
         &self.sal
     }
 
-    fn flow(&self, id: u32) -> Option<(FlowState, FlowAddrs)> {
+    /// Flow `id`'s state and SAL addresses. The state is read from the
+    /// mapped table (no system call); the addresses, two map lookups, are
+    /// kept once the flow is established: from then on only the agent
+    /// moves them (`apply`), the kernel having set them at the flow's
+    /// creation and, for a client, at its SYN-ACK.
+    fn flow(&mut self, id: u32) -> Option<(FlowState, FlowAddrs)> {
         let st = self.maps.flows.get(id)?;
+        if let Some(a) = self.addrs.get(&id) {
+            return Some((st, *a));
+        }
         let addrs = self.maps.addrs_of(&st)?;
+        if st.state == state::ESTABLISHED {
+            self.addrs.insert(id, addrs);
+        }
         Some((st, addrs))
     }
 
@@ -256,8 +285,14 @@ impl ControlPlane {
             self.send(&d, dst);
         }
         if let Some(a) = fx.moved {
-            if let Err(e) = self.maps.set_addrs(st, a) {
-                self.warnings.warn("moving a flow", format!("{id:#x}: {e}"));
+            match self.maps.set_addrs(st, a) {
+                Ok(()) => {
+                    self.addrs.insert(id, a);
+                }
+                Err(e) => {
+                    self.addrs.remove(&id);
+                    self.warnings.warn("moving a flow", format!("{id:#x}: {e}"));
+                }
             }
         }
         if let Some(m) = fx.migration_failed {
@@ -283,12 +318,24 @@ impl ControlPlane {
 
     /// Kernel events: the local TCP's FIN was acknowledged, or it reset.
     pub fn on_event(&mut self, ev: Event) {
+        if ev.kind == event::NEW_FLOW {
+            // Watched until it is due to be proven. (The control state is
+            // created on first use, once the handshake has fixed both
+            // initial vernos: a client learns the peer's from the SYN-ACK.)
+            let now = Instant::now();
+            self.young.push_back((now, ev.flow));
+            if let Some(v) = &mut self.new_flows {
+                v.push((now, ev.flow));
+            }
+            return;
+        }
         if ev.kind == event::REOPENED {
             if !self.maps.flows.contains(ev.flow) {
                 // Freed already (a reset frees a flow at once).
                 self.maps.forget_reopened(ev.flow);
                 return;
             }
+            self.reopened.insert(ev.flow);
             // Its TCP connection is over on both ends, and its tuple names
             // the new flow: nothing but its SAL close is left. Freed now if
             // that is done; else the close goes on (with the addresses in
@@ -318,16 +365,6 @@ impl ControlPlane {
                     c.free_at = Some(Instant::now() + sal_control::CLOSE_LINGER);
                 } else {
                     self.free(ev.flow, Counter::FlowsFreed);
-                }
-            }
-            // Watched until it is due to be proven. (The control state is
-            // created on first use, once the handshake has fixed both
-            // initial vernos: a client learns the peer's from the SYN-ACK.)
-            event::NEW_FLOW => {
-                let now = Instant::now();
-                self.young.push_back((now, ev.flow));
-                if let Some(v) = &mut self.new_flows {
-                    v.push((now, ev.flow));
                 }
             }
             _ => {}
@@ -394,8 +431,11 @@ impl ControlPlane {
             if c.peer_fin && c.fin_acked_at.is_some() {
                 // Before the tuple is released: no new flow can hold it yet,
                 // unless one reopened it, whose socket it is then.
-                if self.maps.tuples.get(&st.tuple(), 0).is_ok_and(|t| t.flow == id) {
-                    self.end_time_wait(&st, &addrs);
+                if self.diag.is_some()
+                    && holds_local_socket(&st, &addrs)
+                    && self.maps.tuples.get(&st.tuple(), 0).is_ok_and(|t| t.flow == id)
+                {
+                    self.end_time_wait(&st);
                 }
                 let closed = Closed { state: st, addrs, ctl: c, until: Instant::now() + TIME_WAIT };
                 self.closed.insert(id, closed);
@@ -403,15 +443,24 @@ impl ControlPlane {
         }
         if let Some(st) = self.maps.flows.get(id) {
             self.maps.release_tuple(&st);
-            let _ = self.maps.peers.remove(&PeerKey { peer_ip: st.tcp_peer_addr, peer_flow: st.peer_flow });
+            // (Only a serving flow has a peer entry: `server_flow`.)
+            if st.role == role::SERVER {
+                let _ = self.maps.peers.remove(&PeerKey { peer_ip: st.tcp_peer_addr, peer_flow: st.peer_flow });
+            }
         }
         if self.maps.flows.remove(id) {
             self.maps.count_freed();
         }
-        self.maps.forget_reopened(id);
-        self.ctl.remove(&id);
+        if self.reopened.remove(&id) {
+            self.maps.forget_reopened(id);
+        }
+        self.addrs.remove(&id);
         self.dirty.remove(&id);
-        let _ = self.maps.ctl.remove(&id);
+        // Its record is in `AGENT_CTL` only if it had control state at a
+        // `sync` (or came with it from an earlier run).
+        if self.ctl.remove(&id).is_some() {
+            let _ = self.maps.ctl.remove(&id);
+        }
         self.maps.bump(why);
     }
 
@@ -439,12 +488,8 @@ impl ControlPlane {
     /// gone; only one in TIME_WAIT, with exactly the flow's 4-tuple, is
     /// destroyed. A translator flow's TCP end is the legacy client, not a
     /// socket here (its address is not the flow's own SAL address), and is
-    /// not looked for.
-    fn end_time_wait(&mut self, st: &FlowState, addrs: &FlowAddrs) {
-        let local_tcp_end = st.role == xlate_common::flow::role::SERVER || st.tcp_local_addr == addrs.local_ip;
-        if !local_tcp_end {
-            return;
-        }
+    /// not looked for ([`holds_local_socket`]).
+    fn end_time_wait(&mut self, st: &FlowState) {
         let Some(diag) = &self.diag else { return };
         let local = SocketAddrV4::new(st.tcp_local_addr.into(), u16::from_be_bytes(st.tcp_local_port));
         let peer = SocketAddrV4::new(st.tcp_peer_addr.into(), u16::from_be_bytes(st.tcp_peer_port));

@@ -73,6 +73,14 @@ pub struct FlowMaps {
     pub count: PerCpuArray<MapData, u64>,
     /// How many more the kernel may create (`room`).
     pub room: Array<MapData, i64>,
+    /// What the agent counted since the last [`Self::flush_counts`]: its
+    /// counters, by index, and the flows it freed. Adding one to a per-CPU
+    /// counter in the map takes two system calls (read every CPU's value,
+    /// write them back), and one event may move a counter several times
+    /// (a timer's retransmissions, a scan's expiries): held here, each
+    /// counter that moved costs that once per event.
+    pending: [u64; Counter::COUNT],
+    pending_freed: u64,
 }
 
 /// Takes a map out of the loaded object (already pinned by the loader:
@@ -106,6 +114,8 @@ impl FlowMaps {
             count: get(names::FLOW_COUNT)?.try_into()?,
             room: get(names::ROOM)?.try_into()?,
             ctl: get(names::AGENT_CTL)?.try_into()?,
+            pending: [0; Counter::COUNT],
+            pending_freed: 0,
         })
     }
 
@@ -221,21 +231,41 @@ impl FlowMaps {
     }
 
     /// Adds one to a counter from user space (CPU 0's slot; the agent is
-    /// the only user-space writer).
+    /// the only user-space writer), at the next [`Self::flush_counts`].
     pub fn bump(&mut self, c: Counter) {
-        bump_counter(&mut self.counters, c, 1);
+        self.pending[c.index() as usize] += 1;
     }
 
-    /// A flow was freed (the agent's half of `flow_count`).
+    /// A flow was freed (the agent's half of `flow_count`), counted at the
+    /// next [`Self::flush_counts`].
     pub fn count_freed(&mut self) {
-        let n = slot_sum(&self.count, flow_count::FREED);
-        slot_set(&mut self.count, flow_count::FREED, n + 1);
+        self.pending_freed += 1;
+    }
+
+    /// Writes what [`Self::bump`] and [`Self::count_freed`] held to the
+    /// maps. The event loop calls it after every event (through
+    /// `ControlPlane::sync`), so readers of the pins (`stats`, metrics)
+    /// see an event's counts once it is handled; every reader of the
+    /// counts in the agent flushes first.
+    pub fn flush_counts(&mut self) {
+        for c in Counter::all() {
+            let n = std::mem::take(&mut self.pending[c.index() as usize]);
+            if n > 0 {
+                bump_counter(&mut self.counters, c, n);
+            }
+        }
+        let freed = std::mem::take(&mut self.pending_freed);
+        if freed > 0 {
+            let n = slot_sum(&self.count, flow_count::FREED);
+            slot_set(&mut self.count, flow_count::FREED, n + freed);
+        }
     }
 
     /// Sets the count of created flows to what the table holds (at start,
     /// and at every full scan: a map adopted from a build without the
     /// count, or an increment lost to a race, is corrected here).
     pub fn resync_count(&mut self) {
+        self.flush_counts();
         let live = self.flows.len() as u64;
         let freed = slot_sum(&self.count, flow_count::FREED);
         slot_set(&mut self.count, flow_count::CREATED, freed + live);
@@ -266,6 +296,7 @@ impl FlowMaps {
     /// limit, and the fast path's share of the table left. Before the programs attach
     /// (the map starts at zero: no room) and on every tick.
     pub fn refresh_room(&mut self, budget: SynBudget) -> Room {
+        self.flush_counts();
         let r = Room { half_open: self.half_open(), flows: self.flow_count(), fast_path_limit: self.fast_path_limit() };
         let fast_path = match r.fast_path_limit {
             0 => room::UNLIMITED,
@@ -280,6 +311,13 @@ impl FlowMaps {
     /// How many flows exist, by the count.
     pub fn flow_count(&self) -> u64 {
         slot_sum(&self.count, flow_count::CREATED).saturating_sub(slot_sum(&self.count, flow_count::FREED))
+    }
+}
+
+impl Drop for FlowMaps {
+    /// Nothing counted is lost, whichever way the agent ends.
+    fn drop(&mut self) {
+        self.flush_counts();
     }
 }
 
