@@ -2,13 +2,101 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// The namespaces this process made and has not deleted yet: what
+/// [`remove_all`] removes when a program is interrupted before its labs
+/// are dropped.
+static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Removes every namespace this process made and still holds, as dropping
+/// each would (its processes killed, the namespace deleted). For a signal
+/// that ends the program before its labs are dropped:
+/// [`remove_labs_on_interrupt`].
+pub fn remove_all() {
+    let names = {
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        std::mem::take(&mut *live)
+    };
+    for name in names {
+        remove(&name);
+    }
+}
+
+/// Set once the program is interrupted: from then on no namespace is
+/// made (the program's other threads go on until it exits).
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the program was interrupted ([`remove_labs_on_interrupt`]):
+/// nothing new should start.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Makes an interrupt (Ctrl-C's SIGINT, a timeout's SIGTERM, SIGHUP) end
+/// the program without leaving its labs behind: the signals are taken by a
+/// thread of their own, which runs `first` (the program's own cleanup,
+/// while the namespaces still exist), removes every namespace this process
+/// made ([`remove_all`]) and exits with 128 + the signal. Call it before
+/// any other thread starts (threads inherit the blocked signals; children
+/// do not: the standard library clears the mask when it spawns).
+pub fn remove_labs_on_interrupt(first: fn()) {
+    // SAFETY: signal-set calls on a set of our own, then blocking those
+    // signals in this (the only) thread.
+    let set = unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(set.as_mut_ptr(), sig);
+        }
+        let set = set.assume_init();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: waiting for the signals blocked above.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            return;
+        }
+        eprintln!("interrupted (signal {sig}): removing the labs");
+        INTERRUPTED.store(true, Ordering::SeqCst);
+        first();
+        remove_all();
+        std::process::exit(128 + sig);
+    });
+}
+
+/// The processes in namespace `name`.
+fn pids_in(name: &str) -> Vec<i32> {
+    Command::new("ip")
+        .args(["netns", "pids", name])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Where `ip netns exec` finds namespace `name`'s own `/etc` files.
+fn etc_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new("/etc/netns").join(name)
+}
+
+/// Kills every process in namespace `name` and deletes it.
+fn remove(name: &str) {
+    for pid in pids_in(name) {
+        // SAFETY: signalling a pid we just listed.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let _ = Command::new("ip").args(["netns", "del", name]).output();
+    let _ = std::fs::remove_dir_all(etc_dir(name));
+}
 
 /// How a lab names its namespaces.
 #[derive(Clone, Copy, Debug)]
@@ -56,7 +144,16 @@ impl Netns {
     }
 
     fn create(name: String) -> Result<Netns> {
-        run(Command::new("ip").args(["netns", "add", &name]))?;
+        {
+            // Made and listed under the lock: an interrupt's `remove_all`
+            // either finds it or stops it from being made.
+            let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+            if interrupted() {
+                bail!("interrupted: namespace {name} not made");
+            }
+            run(Command::new("ip").args(["netns", "add", &name]))?;
+            live.push(name.clone());
+        }
         let ns = Netns { name };
         ns.try_ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -126,11 +223,7 @@ impl Netns {
     }
 
     fn pids(&self) -> Vec<i32> {
-        Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
-            .unwrap_or_default()
+        pids_in(&self.name)
     }
 
     /// Makes `nameserver` the resolver of every program run through
@@ -144,7 +237,7 @@ impl Netns {
     }
 
     fn etc_dir(&self) -> std::path::PathBuf {
-        std::path::Path::new("/etc/netns").join(&self.name)
+        etc_dir(&self.name)
     }
 
     /// Sends SIGTERM to every process in the namespace and waits up to
@@ -163,12 +256,8 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        for pid in self.pids() {
-            // SAFETY: signalling a pid we just listed.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-        let _ = std::fs::remove_dir_all(self.etc_dir());
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|n| *n != self.name);
+        remove(&self.name);
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -12,7 +14,39 @@ use xlate_lab::{Bg, Netns};
 /// stopped for good with its `stop` command (programs detached, pins gone).
 pub struct Running {
     bg: Option<Bg>,
-    stop: Option<Command>,
+    stop: Option<Stop>,
+}
+
+/// An agent's stop-for-good command, as program and arguments (kept in
+/// [`STOPS`] too until it has run).
+struct Stop {
+    id: u64,
+    argv: Vec<std::ffi::OsString>,
+}
+
+/// The stop commands of the agents running now: what an interrupt runs
+/// ([`stop_all`]) before the labs' namespaces go.
+static STOPS: Mutex<Vec<(u64, Vec<std::ffi::OsString>)>> = Mutex::new(Vec::new());
+static NEXT_STOP: AtomicU64 = AtomicU64::new(0);
+
+fn stops() -> std::sync::MutexGuard<'static, Vec<(u64, Vec<std::ffi::OsString>)>> {
+    STOPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn run_stop(argv: &[std::ffi::OsString]) {
+    if let Some((program, args)) = argv.split_first() {
+        let _ = Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+/// Stops every agent still running for good (their datapaths removed):
+/// for an interrupt, which ends the program before its `Running`s drop.
+pub fn stop_all() {
+    let all = std::mem::take(&mut *stops());
+    for (_, argv) in all {
+        run_stop(&argv);
+    }
+    crate::util::unmount_own_bpffs();
 }
 
 impl Running {
@@ -24,8 +58,9 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(mut s) = self.stop.take() {
-            let _ = s.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        if let Some(s) = self.stop.take() {
+            stops().retain(|(id, _)| *id != s.id);
+            run_stop(&s.argv);
         }
         drop(self.bg.take());
     }
@@ -36,6 +71,9 @@ impl Drop for Running {
 /// `log_dir` (where a failed run can be read), and waits until it says its
 /// datapath is up. `stop` is its stop-for-good command.
 pub fn start(bin: &Path, ns: &Netns, log_dir: &Path, log: &str, args: &[&str], stop: &[&str]) -> Result<Running> {
+    if xlate_lab::netns::interrupted() {
+        bail!("interrupted: `xlate-user {}` not started", args.join(" "));
+    }
     std::fs::create_dir_all(log_dir)?;
     let path = log_dir.join(format!("{log}.log"));
     let file = std::fs::File::create(&path)?;
@@ -60,7 +98,11 @@ pub fn start(bin: &Path, ns: &Netns, log_dir: &Path, log: &str, args: &[&str], s
     {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut cmd = ns.net_cmd(bin);
-    cmd.args(stop);
-    Ok(Running { bg: Some(bg), stop: Some(cmd) })
+    let cmd = ns.net_cmd(bin);
+    let mut argv: Vec<std::ffi::OsString> = vec![cmd.get_program().to_owned()];
+    argv.extend(cmd.get_args().map(|a| a.to_owned()));
+    argv.extend(stop.iter().map(std::ffi::OsString::from));
+    let id = NEXT_STOP.fetch_add(1, Ordering::Relaxed);
+    stops().push((id, argv.clone()));
+    Ok(Running { bg: Some(bg), stop: Some(Stop { id, argv }) })
 }

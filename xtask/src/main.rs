@@ -203,6 +203,9 @@ fn real_main() -> Result<()> {
             transfer::run(to, dir, size, count, std::time::Duration::from_secs(600))
         }
         Cmd::Bench { seconds, baseline, only, size, runs, out, quick } => {
+            // Interrupted (Ctrl-C, a timeout), a bench still leaves the
+            // machine as it found it: agents stopped for good, labs gone.
+            xlate_lab::netns::remove_labs_on_interrupt(agent::stop_all);
             if !is_root() {
                 bail!("cargo xtask bench needs root (network namespaces, BPF)");
             }
@@ -370,6 +373,63 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
+/// Starts `cargo xtask bench --only experiments --quick`, interrupts it
+/// (SIGINT, as Ctrl-C) once its first lab and agents run, and checks that
+/// it ends as interrupted (128 + 2) leaving none of its namespaces, agents
+/// or pins behind.
+fn interrupted_bench_cleans_up() -> Result<()> {
+    use std::io::BufRead as _;
+    let out = workspace_root().join("target/results-interrupted");
+    let pin_dirs = || std::fs::read_dir("/sys/fs/bpf/xlate").map(|d| d.count()).unwrap_or(0);
+    let (agents_before, pins_before) = (running_agents(), pin_dirs());
+    let mut child = Command::new(std::env::current_exe()?)
+        .current_dir(workspace_root())
+        .args(["bench", "--only", "experiments", "--quick", "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // The first measurement's progress line: the lab is built, its agents
+    // are up, a transfer is starting.
+    let stdout = child.stdout.take().context("the bench's output")?;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let started = lines.by_ref().map_while(|l| l.ok()).any(|l| l.contains("elapsed"));
+    let agents: Vec<u32> = running_agents().into_iter().filter(|p| !agents_before.contains(p)).collect();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait()?;
+    let lab_left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with("xlt-x7-"))
+        .collect();
+    let agents_left: Vec<u32> = running_agents().into_iter().filter(|p| !agents_before.contains(p)).collect();
+    if !started || agents.is_empty() {
+        bail!("the bench never got to its first measurement with agents running (status {status})");
+    }
+    if status.code() != Some(130) {
+        bail!("the interrupted bench ended with {status}, not as interrupted (130)");
+    }
+    if !lab_left.is_empty() || !agents_left.is_empty() {
+        bail!("the interrupted bench left namespaces {lab_left:?} and agents {agents_left:?}");
+    }
+    let pins = pin_dirs();
+    if pins > pins_before {
+        bail!("the interrupted bench left {} pin directories in /sys/fs/bpf/xlate", pins - pins_before);
+    }
+    Ok(())
+}
+
+/// The pids of `xlate-user` processes running now.
+fn running_agents() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with(b"xlate-user")))
+        .collect()
+}
+
 fn test(no_fuzz: bool, no_vm: bool, no_bench: bool, fuzz_seconds: u32, cargo_args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("cargo xtask test needs root: the kernel tests load BPF programs and create network namespaces");
@@ -413,6 +473,10 @@ fn test(no_fuzz: bool, no_vm: bool, no_bench: bool, fuzz_seconds: u32, cargo_arg
             .and_then(|bench_bin| experiments::run_all(&bench_bin, &settings))
             .and_then(|(s, f)| experiments::check(&s, &settings, &f));
         util::unmount_own_bpffs();
+        let r = r.and_then(|n| {
+            println!("test: an interrupted bench leaves nothing behind");
+            interrupted_bench_cleans_up().map(|()| n + 1)
+        });
         match r {
             Ok(n) => {
                 println!("test: quick experiments: {n} checks passed");
