@@ -336,8 +336,12 @@ fn forged_resets_do_not_end_a_flow_and_flow_ids_give_nothing_away() {
     // The original stack's own reset is still believed: see
     // gateway_fixtures and close_and_resets_through_the_translator.
 
-    // Flow IDs are random: among 30 connections, none is within 2^16 of
-    // another (sequential IDs, as before, all were).
+    // Flow IDs are random: among 30 connections, at most one pair of the
+    // 435 is within 2^16 (sequential IDs, as before, all were). Random
+    // IDs make one such pair in about 1.3 % of runs: an ID is its slot,
+    // scrambled under the table's key, below 15 random bits, so two flows
+    // whose random bits agree (1 in 32768 per pair) land near each other;
+    // two such pairs, in about 1 run in 10,000.
     // 30 connections held open at once (each sends a byte the server
     // waits to complete), their flow IDs read while they all live.
     let mut clients: Vec<Bg> = (0..30)
@@ -356,11 +360,13 @@ fn forged_resets_do_not_end_a_flow_and_flow_ids_give_nothing_away() {
         c.stop(libc::SIGKILL);
     }
     assert!(ids.len() >= 30, "{ids:?}");
-    for (i, a) in ids.iter().enumerate() {
-        for b in &ids[i + 1..] {
-            assert!(a.abs_diff(*b) >= 1 << 16, "flow IDs {a:#x} and {b:#x} are close: guessable");
-        }
-    }
+    let close: Vec<(u64, u64)> = ids
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| ids[i + 1..].iter().map(move |b| (*a, *b)))
+        .filter(|(a, b)| a.abs_diff(*b) < 1 << 16)
+        .collect();
+    assert!(close.len() <= 1, "flow IDs close to each other, guessable: {close:x?}");
 }
 
 /// Sends argv[2] spoofed SYNs to argv[1]:80 as fast as it can, from
