@@ -28,7 +28,10 @@ pub fn measure(ebpf: &mut Ebpf, cfg: &mut EngineConfig) {
     cfg.clock_base = base;
 }
 
-pub fn measured(ebpf: &mut Ebpf) -> Result<(u32, u64)> {
+/// The kernel's tick length and the clock base that maps `jiffies` onto
+/// the coarse monotonic clock, from readings 100 ms apart; an error if the
+/// ticks fit no HZ (the kernel then keeps its clock helper).
+fn measured(ebpf: &mut Ebpf) -> Result<(u32, u64)> {
     let first = read(ebpf)?;
     std::thread::sleep(Duration::from_millis(tick_clock::APART_MS));
     let last = read(ebpf)?;
