@@ -404,7 +404,23 @@ fn interrupted_bench_cleans_up() -> Result<()> {
         .into_iter()
         .filter(|n| n.starts_with("xlt-x7-"))
         .collect();
-    let agents_left: Vec<u32> = running_agents().into_iter().filter(|p| !agents_before.contains(p)).collect();
+    // Killed agents may take a moment to go (the bench's children are
+    // handed to init when it exits).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let agents_left = loop {
+        let left: Vec<u32> = running_agents().into_iter().filter(|p| !agents_before.contains(p)).collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let agents_left: Vec<String> = agents_left
+        .iter()
+        .map(|p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            format!("{p} ({})", String::from_utf8_lossy(&cmd).replace('\0', " ").trim())
+        })
+        .collect();
     if !started || agents.is_empty() {
         bail!("the bench never got to its first measurement with agents running (status {status})");
     }
@@ -421,12 +437,19 @@ fn interrupted_bench_cleans_up() -> Result<()> {
     Ok(())
 }
 
-/// The pids of `xlate-user` processes running now.
+/// The pids of `xlate-user` processes running now (a zombie, dead and not
+/// yet reaped by whoever inherited it, is not running).
 fn running_agents() -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| std::fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with(b"xlate-user")))
+        .filter(|pid| {
+            // `pid (comm) state ...`: the state follows the last ')'.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+            let state = stat[close + 1..].split_whitespace().next().unwrap_or("");
+            stat[open + 1..close].starts_with("xlate-user") && state != "Z" && state != "X"
+        })
         .collect()
 }
 
