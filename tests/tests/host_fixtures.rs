@@ -22,6 +22,9 @@ use xlate_user::decode::read_pcap;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+/// What a TC program's `bpf_redirect` returns (a test run redirects
+/// nothing).
+const TC_ACT_REDIRECT: u32 = 7;
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
@@ -72,7 +75,9 @@ struct Bed {
 }
 
 impl Bed {
-    fn new() -> Bed {
+    /// `coalescer`: the device TC ingress sends translated segments out of
+    /// (0: none, they go up where they are).
+    fn new(coalescer: u32) -> Bed {
         let mut ebpf = xlate_user::ebpf::load().unwrap();
         for p in [Prog::Egress, Prog::Ingress] {
             let prog: &mut SchedClassifier = ebpf.program_mut(p.name()).unwrap().try_into().unwrap();
@@ -86,6 +91,7 @@ impl Bed {
             broadcast: BROADCAST.octets(),
             mac: HOST_MAC,
             max_mss: MAX_MSS,
+            coalescer_ifindex: coalescer,
             ..Default::default()
         };
         cfg.set(0, c, 0).unwrap();
@@ -492,6 +498,64 @@ fn receive_cases() -> Vec<Case> {
     ]
 }
 
+/// TC ingress with a coalescer (`--receive tc`): what it translates goes
+/// out of the coalescer to pass GRO; what it leaves to the agent, passes
+/// or drops stays where it was.
+fn coalesce_cases() -> Vec<Case> {
+    let caps = capture();
+    let syn = eth([0xff; 6], &caps[0]);
+    let fin = eth([2, 0, 0, 0, 0, 0x01], &caps[11]);
+    let mut bad_sum = syn.clone();
+    bad_sum[14 + 20 + 10] ^= 0xff;
+    vec![
+        Case {
+            name: "coalesced: the original stack's SYN, translated, leaves through the coalescer",
+            prog: Prog::Ingress,
+            input: syn.clone(),
+            verdict: TC_ACT_REDIRECT,
+            moved: &[
+                Counter::IngressSyn,
+                Counter::IngressTranslated,
+                Counter::FlowsHalfOpened,
+                Counter::IngressCoalesced,
+            ],
+            check: tcp_syn_to_server,
+        },
+        Case {
+            name: "coalesced: its retransmission, the same way",
+            prog: Prog::Ingress,
+            input: syn,
+            verdict: TC_ACT_REDIRECT,
+            moved: &[Counter::IngressSyn, Counter::IngressTranslated, Counter::IngressCoalesced],
+            check: one_server_flow,
+        },
+        Case {
+            name: "coalesced: a SAL FIN still goes to the agent unchanged, in place",
+            prog: Prog::Ingress,
+            input: fin,
+            verdict: TC_ACT_OK,
+            moved: &[Counter::IngressToAgent],
+            check: unchanged,
+        },
+        Case {
+            name: "coalesced: a bad SAL checksum is still dropped",
+            prog: Prog::Ingress,
+            input: bad_sum,
+            verdict: TC_ACT_SHOT,
+            moved: &[Counter::DropBadChecksum],
+            check: nothing,
+        },
+        Case {
+            name: "coalesced: plain TCP passes in place",
+            prog: Prog::Ingress,
+            input: local_tcp(HOST, 22, 0x02, &[], &[]),
+            verdict: TC_ACT_OK,
+            moved: &[Counter::IngressNotSal],
+            check: unchanged,
+        },
+    ]
+}
+
 fn fix_sal(frame: &mut [u8]) {
     let ip = &mut frame[14..];
     let hl = usize::from(ip[28]) * 4;
@@ -512,8 +576,18 @@ fn host_mode_receive_at_xdp_follows_its_fixture_table() {
     follow(receive_cases());
 }
 
+#[test]
+fn host_mode_ingress_with_a_coalescer_follows_its_fixture_table() {
+    require_root();
+    // Any index: a test run returns the verdict and redirects nothing.
+    follow_on(Bed::new(1), coalesce_cases());
+}
+
 fn follow(cases: Vec<Case>) {
-    let mut bed = Bed::new();
+    follow_on(Bed::new(0), cases)
+}
+
+fn follow_on(mut bed: Bed, cases: Vec<Case>) {
     for case in cases {
         let before = bed.counters();
         let (verdict, out) = bed.run(case.prog, &case.input);

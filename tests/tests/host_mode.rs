@@ -561,10 +561,20 @@ fn uploads_and_downloads_arrive_intact_with_checksums_valid_on_the_wire() {
     uploads_and_downloads("ud", "xdp");
 }
 
-/// The same, received at TC ingress only (where native XDP cannot attach).
+/// The same, received at TC ingress only (where native XDP cannot attach,
+/// and what `auto` picks on a veth): every translated segment goes round
+/// through the segmenter pair, whose GRO verifies its checksum (rx
+/// offload is off at the receiver) and coalesces it.
 #[test]
 fn uploads_and_downloads_received_at_tc_only_arrive_intact() {
     uploads_and_downloads("udt", "tc");
+}
+
+/// The same, received at TC ingress and delivered in place, one segment at
+/// a time (`--receive tc-in-place`).
+#[test]
+fn uploads_and_downloads_received_at_tc_in_place_arrive_intact() {
+    uploads_and_downloads("udi", "tc-in-place");
 }
 
 fn uploads_and_downloads(tag: &str, receive: &str) {
@@ -612,9 +622,13 @@ fn uploads_and_downloads(tag: &str, receive: &str) {
             // chance go to TC: one segment in 65536.
             assert!(s["ingress_translated_xdp"] > 10_000, "{s:?}");
             assert!(s["ingress_left_to_tc"] * 1000 < s["ingress_translated"], "{s:?}");
+            assert_eq!(s["ingress_coalesced"], 0, "XDP leaves TC little, delivered in place: {s:?}");
         } else {
             assert_eq!(s["ingress_translated_xdp"], 0, "{s:?}");
             assert!(s["ingress_translated"] > 10_000, "{s:?}");
+            // Round through GRO: every translated segment; in place: none.
+            let coalesced = if receive == "tc" { s["ingress_translated"] } else { 0 };
+            assert_eq!(s["ingress_coalesced"], coalesced, "{s:?}");
         }
         for bad in ["drop_bad_checksum", "egress_gso_dropped", "egress_error", "ingress_error"] {
             assert_eq!(s[bad], 0, "{bad}: {s:?}");

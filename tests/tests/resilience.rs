@@ -634,6 +634,7 @@ fn host_mode_on_a_veth_receives_at_tc_unless_told_otherwise() {
     let tso = |ns: &Netns, dev: &str| sh(ns, &format!("ethtool -k {dev}")).contains("tcp-segmentation-offload: on");
     let (mut agent, startup) = start_host_agent(&a);
     assert!(startup.contains("receive at TC ingress (--receive auto on a veth"), "{startup}");
+    assert!(startup.contains("then GRO through xlsg"), "translated TCP goes round through GRO: {startup}");
     assert_eq!(xdp_prog(&a, "e0"), None, "no XDP program on the veth");
     assert!(tso(&p, "p0"), "the peer keeps TSO");
     agent.stop();

@@ -157,6 +157,12 @@ pub struct EngineConfig {
     /// CLOCK_MONOTONIC at jiffy 0, so that `jiffies * tick_ns +
     /// clock_base` is CLOCK_MONOTONIC at the last tick (wrapping).
     pub clock_base: u64,
+    /// Host mode receiving at TC: the device translated segments are sent
+    /// out of so that they come back in through GRO (the segmenter's far
+    /// end; its near end has GRO on and this interface's MAC); 0: they go
+    /// up the stack where they are.
+    pub coalescer_ifindex: u32,
+    pub _reserved: u32,
 }
 
 /// The flow engine's clock: CLOCK_MONOTONIC at the last tick, which is
@@ -824,6 +830,9 @@ pub enum Counter {
     /// port before the old flow was freed): a new flow took the tuple; the
     /// old one ends its SAL close and is freed (in `flows_freed`).
     FlowsReopened,
+    /// Of `ingress_translated`: translated at TC ingress, after GRO, and
+    /// sent through the coalescer to pass GRO again (host mode).
+    IngressCoalesced,
 }
 
 impl Counter {
@@ -888,7 +897,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<EngineConfig>(), 4 + 4 + 6 + 2 + 4 + 4 + 4 + 4 + 8);
+        assert_eq!(size_of::<EngineConfig>(), 4 + 4 + 6 + 2 + 4 + 4 + 4 + 4 + 8 + 4 + 4);
         assert_eq!(size_of::<gw::ChecksumNote>(), 12);
         assert_eq!(size_of::<gw::ChecksumNoteKey>(), 20);
         assert_eq!(size_of::<FlowState>(), 16 + 16 + 12 + 4 + 8 + 12 + 8);

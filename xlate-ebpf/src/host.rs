@@ -216,7 +216,17 @@ pub fn xlate_host_ingress(ctx: TcContext) -> i32 {
                 Err(_) => return tc(Exit::Fault.resolve(&f, Hook::HostIngress, FAULTS)),
             }
             translated(&f, Hook::HostIngress, Counter::IngressTranslated);
-            TC_ACT_OK
+            // GRO has passed: the segment would climb the stack alone. Out
+            // through the coalescer it comes back in through GRO, which
+            // coalesces it with the flow's next ones (see `coalescer_ifindex`).
+            match CONFIG.get(0) {
+                Some(cfg) if cfg.coalescer_ifindex != 0 => {
+                    count(Counter::IngressCoalesced);
+                    // SAFETY: plain helper call.
+                    unsafe { aya_ebpf::helpers::bpf_redirect(cfg.coalescer_ifindex, 0) as i32 }
+                }
+                _ => TC_ACT_OK,
+            }
         }
         Err(exit) => tc(exit.resolve(&f, Hook::HostIngress, FAULTS)),
     }

@@ -181,10 +181,14 @@ struct HostCmd {
     metrics: Option<std::net::SocketAddr>,
     /// Where received SAL becomes TCP: `xdp` (native XDP, before GRO, so
     /// that GRO coalesces it; TC takes what XDP leaves, and everything
-    /// where native XDP cannot attach), `tc` (TC ingress only, after GRO),
-    /// or `auto` (the default): `xdp`, except on a veth, where an XDP
-    /// program takes TSO from the peer and so slows every other flow it
-    /// sends.
+    /// where native XDP cannot attach); `tc` (TC ingress, after GRO, which
+    /// has no handler for SAL: the translated TCP is sent round through
+    /// the segmenter pair, whose GRO coalesces it, and is delivered from
+    /// its near end, xlsg<IFINDEX>a); `tc-in-place` (TC ingress, each
+    /// segment delivered on the interface itself, one at a time: for
+    /// firewall rules that match the input interface); or `auto` (the
+    /// default): `xdp`, except on a veth, where an XDP program takes TSO
+    /// from the peer and so slows every other flow it sends: `tc` there.
     #[arg(long, env = "XLATE_RECEIVE", value_enum, default_value_t = host::Receive::Auto)]
     receive: host::Receive,
 }

@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::netlink;
 
@@ -100,6 +100,38 @@ impl Segmenter {
             let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"), "1");
         }
         Ok(seg)
+    }
+
+    /// Makes the pair carry received segments too, the other way: SAL
+    /// translated at TC ingress has passed GRO already (the kernel has no
+    /// GRO for protocol 144), so each segment would climb the stack alone.
+    /// Sent out of the far end instead, it arrives on the near end through
+    /// veth's NAPI and GRO, coalesced like any TCP, and is delivered
+    /// locally from there. For that:
+    /// - the near end has GRO on (veth then receives through NAPI) and the
+    ///   interface's MAC (the frames keep it, and TCP takes only frames
+    ///   addressed to the host);
+    /// - the far end has TSO off (veth passes to GRO only what comes from a
+    ///   device without TSO);
+    /// - reverse-path filtering cannot drop them on the near end: its own
+    ///   `rp_filter` is set to 0, and a strict `all` (which would win) is
+    ///   refused here, the caller then receiving without coalescing.
+    pub fn coalesce(&self, iface: &Interface) -> Result<()> {
+        let all = "/proc/sys/net/ipv4/conf/all/rp_filter";
+        let strict = std::fs::read_to_string(all).with_context(|| format!("reading {all}"))?.trim() == "1";
+        if strict {
+            bail!(
+                "{all} is 1 (strict reverse-path filtering): segments coming back in through {} would be \
+                 dropped; 0 or 2 (loose) lets them through",
+                self.near
+            );
+        }
+        let own = format!("/proc/sys/net/ipv4/conf/{}/rp_filter", self.near);
+        std::fs::write(&own, "0").with_context(|| format!("writing 0 to {own}"))?;
+        netlink::set_mac(self.near_index, iface.mac).context("giving the coalescer the interface's MAC")?;
+        netlink::set_gro(&self.near, true).context("switching GRO on at the coalescer")?;
+        netlink::disable_tso(&self.far).context("switching TSO off at the coalescer's far end")?;
+        Ok(())
     }
 }
 

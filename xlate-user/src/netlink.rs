@@ -234,6 +234,7 @@ const ETHTOOL_STXCSUM: u32 = 0x17;
 const ETHTOOL_STSO: u32 = 0x1f;
 const ETHTOOL_SGSO: u32 = 0x24;
 const ETHTOOL_GGRO: u32 = 0x2b;
+const ETHTOOL_SGRO: u32 = 0x2c;
 
 /// One ethtool command with a single value on `name`: the value after it.
 fn ethtool_value(name: &str, cmd: u32, data: u32) -> Result<u32> {
@@ -272,6 +273,23 @@ pub fn disable_tx_offloads(name: &str) -> Result<()> {
         ethtool_value(name, cmd, 0)?;
     }
     Ok(())
+}
+
+/// `ethtool -K NAME gro on|off`.
+pub fn set_gro(name: &str, on: bool) -> Result<()> {
+    ethtool_value(name, ETHTOOL_SGRO, u32::from(on)).map(|_| ())
+}
+
+/// `ethtool -K NAME tso off`.
+pub fn disable_tso(name: &str) -> Result<()> {
+    ethtool_value(name, ETHTOOL_STSO, 0).map(|_| ())
+}
+
+/// `ip link set dev INDEX address MAC`.
+pub fn set_mac(index: u32, mac: [u8; 6]) -> Result<()> {
+    with_handle("setting a link address", |h| async move {
+        h.link().set(LinkUnspec::new_with_index(index).address(mac.to_vec()).build()).execute().await
+    })
 }
 
 /// Whether GRO is on for `name` (`ethtool -k NAME`'s generic-receive-offload).

@@ -93,8 +93,12 @@ pub enum Receive {
     Auto,
     /// Native XDP first (before GRO), TC ingress for the rest.
     Xdp,
-    /// TC ingress only.
+    /// TC ingress only, then round through the segmenter pair, whose
+    /// GRO coalesces the translated TCP (delivered from its near end).
     Tc,
+    /// TC ingress only, each segment delivered on the interface itself,
+    /// one at a time (firewall rules on the input interface see it there).
+    TcInPlace,
 }
 
 impl Receive {
@@ -231,16 +235,17 @@ pub fn run(opts: HostOptions) -> Result<()> {
     }
     let mut keep: Vec<(&str, &str)> = attachments.iter().map(|(p, d, _)| (*p, *d)).collect();
     // After TC ingress: whatever XDP leaves is taken from the first frame.
-    let receive = match (receive, xdp_refused) {
+    let (receive, at_xdp) = match (receive, xdp_refused) {
         (Receive::Tc, _) if opts.receive == Receive::Auto => {
-            "receive at TC ingress (--receive auto on a veth: XDP here would take TSO from its peer)"
+            ("receive at TC ingress (--receive auto on a veth: XDP here would take TSO from its peer)", false)
         }
-        (Receive::Tc | Receive::Auto, _) => "receive at TC ingress (--receive tc)",
+        (Receive::Tc | Receive::Auto, _) => ("receive at TC ingress (--receive tc)", false),
+        (Receive::TcInPlace, _) => ("receive at TC ingress, in place (--receive tc-in-place)", false),
         (Receive::Xdp, Some(e)) => {
             tracing::warn!(
                 "the kernel refused {RECEIVE} ({e:#}): SAL is received at TC ingress, after GRO, one segment at a time"
             );
-            "receive at TC ingress (XDP program refused)"
+            ("receive at TC ingress (XDP program refused)", false)
         }
         (Receive::Xdp, None) => {
             let p: &mut Xdp = ebpf.program_mut(RECEIVE).unwrap().try_into()?;
@@ -258,7 +263,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
                             iface.name
                         );
                     }
-                    "receive at XDP before GRO, TC ingress for the rest"
+                    ("receive at XDP before GRO, TC ingress for the rest", true)
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -266,8 +271,25 @@ pub fn run(opts: HostOptions) -> Result<()> {
                          one segment at a time",
                         iface.name
                     );
-                    "receive at TC ingress (native XDP refused)"
+                    ("receive at TC ingress (native XDP refused)", false)
                 }
+            }
+        }
+    };
+    // Received at TC, SAL has passed GRO untranslated: send it round
+    // through the coalescer so that GRO coalesces the TCP it became.
+    let receive = if at_xdp || opts.receive == Receive::TcInPlace {
+        receive.to_string()
+    } else {
+        match segmenter.coalesce(&iface) {
+            Ok(()) => {
+                cfg.coalescer_ifindex = segmenter.far_index;
+                m.config.set(0, cfg, 0)?;
+                format!("{receive}, then GRO through {}", segmenter.near)
+            }
+            Err(e) => {
+                tracing::warn!("received SAL climbs the stack one segment at a time: {e:#}");
+                receive.to_string()
             }
         }
     };

@@ -8,7 +8,9 @@
 //!   per-segment bound (the kernel has no GSO or GRO for protocol 144);
 //! - plain TCP beside running agents (what host mode costs other traffic);
 //! - host mode receiving at XDP (before GRO, which then coalesces the
-//!   translated TCP) and at TC ingress.
+//!   translated TCP), at TC ingress with the translated TCP sent round
+//!   through GRO (`--receive tc`, what `auto` picks on a veth), and at TC
+//!   ingress in place (`--receive tc-in-place`, one segment at a time).
 //!
 //! `cargo xtask bench --only host-mode` prints the same measurement as a
 //! table; the experiments keep it for issue 18's floors ([`super::floors`]).
@@ -35,6 +37,7 @@ pub struct HostMode {
     pub plain_beside_tc: [f64; 4],
     pub host_xdp: [f64; 4],
     pub host_tc: [f64; 4],
+    pub host_tc_in_place: [f64; 4],
 }
 
 impl HostMode {
@@ -42,14 +45,15 @@ impl HostMode {
     pub const WAYS: [&'static str; 4] = ["c->s 1", "c->s 4", "s->c 1", "s->c 4"];
 
     /// The rows, named, in the order they are written.
-    pub fn rows(&self) -> [(&'static str, &[f64; 4]); 6] {
+    pub fn rows(&self) -> [(&'static str, &[f64; 4]); 7] {
         [
             ("plain TCP, default offloads", &self.plain),
             ("plain TCP, senders' tx/tso/gso off (the per-segment bound)", &self.per_segment),
             ("plain TCP beside host mode receiving at XDP", &self.plain_beside_xdp),
             ("plain TCP beside host mode receiving at TC", &self.plain_beside_tc),
             ("host mode, receive at XDP", &self.host_xdp),
-            ("host mode, receive at TC ingress", &self.host_tc),
+            ("host mode, receive at TC ingress, coalesced through GRO", &self.host_tc),
+            ("host mode, receive at TC ingress, in place", &self.host_tc_in_place),
         ]
     }
 }
@@ -91,11 +95,14 @@ pub fn measure(bin: &Path, seconds: u32) -> Result<HostMode> {
             &["host", "--iface", host_pair::CLIENT_IF, "--connect", &connect, "--receive", receive],
             &["host", "stop", "--iface", host_pair::CLIENT_IF],
         )?;
-        Ok((four_ways(c, host_pair::SERVER_IP, seconds)?, four_ways(c, SVC_ADDR, seconds)?))
+        let beside = if receive == "tc-in-place" { [0.0; 4] } else { four_ways(c, host_pair::SERVER_IP, seconds)? };
+        Ok((beside, four_ways(c, SVC_ADDR, seconds)?))
     };
     let (plain_beside_xdp, host_xdp) = host("xdp")?;
     let (plain_beside_tc, host_tc) = host("tc")?;
-    Ok(HostMode { seconds, plain, per_segment, plain_beside_xdp, plain_beside_tc, host_xdp, host_tc })
+    // Plain TCP beside it moves as beside `tc`: the same programs.
+    let (_, host_tc_in_place) = host("tc-in-place")?;
+    Ok(HostMode { seconds, plain, per_segment, plain_beside_xdp, plain_beside_tc, host_xdp, host_tc, host_tc_in_place })
 }
 
 /// experiment5-host-mode.csv: one line per row and way.
