@@ -24,17 +24,12 @@ pub(crate) fn agent(bin: &Path, ns: &Netns, args: &[&str], stop: &[&str]) -> Res
     crate::agent::start(bin, ns, &crate::util::workspace_root().join("target/bench"), &log, args, stop)
 }
 
-/// The lab instance's host-mode agent serving `serve` on `e0`. It
-/// receives at XDP, as the experiments' instance does (and as it would on
-/// a NIC): the translator and connections tables compare builds and
-/// paths, not receive modes (the host-mode table does that).
+/// The lab instance's host-mode agent serving `serve` on `e0`, started as
+/// an operator starts it: `--receive auto`, which on this veth receives at
+/// TC and sends the translated TCP round through GRO (as the experiments'
+/// instance does). The host-mode table compares the receive modes.
 fn instance_agent(bin: &Path, inst: &Netns, serve: &str) -> Result<Running> {
-    agent(
-        bin,
-        inst,
-        &["host", "--iface", "e0", "--serve", serve, "--receive", "xdp"],
-        &["host", "stop", "--iface", "e0"],
-    )
+    agent(bin, inst, &["host", "--iface", "e0", "--serve", serve], &["host", "stop", "--iface", "e0"])
 }
 
 /// iperf3's server in `ns`.
