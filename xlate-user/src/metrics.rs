@@ -28,6 +28,7 @@ struct AgentCollector {
 impl Collector for AgentCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let read = || -> Result<_> {
+            crate::agent::flush_counts(self.kind, &self.iface);
             let counters: PerCpuArray<MapData, u64> =
                 open_pinned(self.kind, &self.iface, names::COUNTERS)?.try_into()?;
             let flows = FlowTable::new(open_pinned(self.kind, &self.iface, names::FLOWS)?)?;

@@ -167,9 +167,13 @@ impl ControlPlane {
         cp
     }
 
-    /// Writes the control state that changed to `AGENT_CTL`, and the
-    /// counts held since the last call; the event loop calls it after
-    /// every event. Its cost follows the flows and counters that changed.
+    /// Writes the control state that changed to `AGENT_CTL`; the event
+    /// loop calls it after every event. Its cost follows the flows that
+    /// changed. The counts are written once a tick instead (`tick` reads
+    /// the kernel's, which flushes ours first), and whenever a reader of
+    /// the pins asks ([`Request::FlushCounts`](super::protocol::Request)):
+    /// a read and a write of every per-CPU counter an event moved were
+    /// two thirds of the agent's `bpf()` calls per short connection.
     pub fn sync(&mut self) {
         for id in std::mem::take(&mut self.dirty) {
             let Some(c) = self.ctl.get(&id) else { continue };
@@ -177,7 +181,6 @@ impl ControlPlane {
                 self.warnings.warn("keeping the control state of a flow", format!("{id:#x}: {e}"));
             }
         }
-        self.maps.flush_counts();
     }
 
     /// A flow's control state, to change (it is written out at the next

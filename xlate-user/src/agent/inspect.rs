@@ -196,6 +196,7 @@ pub const FLOWS_HEADER: &str = "local_flow  peer_flow role   state       migrati
                                 sal_peer        tcp (local > peer) and service";
 
 pub fn stats(kind: Kind, iface: &str) -> Result<Vec<(&'static str, u64)>> {
+    super::flush_counts(kind, iface);
     let c: PerCpuArray<MapData, u64> = maps::open_pinned(kind, iface, names::COUNTERS)?.try_into()?;
     Ok(maps::read_counters(&c).into_iter().map(|(k, v)| (k.name(), v)).collect())
 }

@@ -331,7 +331,24 @@ fn request(cp: &mut ControlPlane, req: &Request) -> Response {
             }
             Err(e) => Response::Error(format!("switching the kernel log: {e:#}")),
         },
+        Request::FlushCounts => {
+            cp.maps.flush_counts();
+            Response::Ok("ok: counts written".to_string())
+        }
         other => Response::Error(format!("this agent does not take {other:?}")),
+    }
+}
+
+/// Asks the running agent on `iface`, if there is one, to write the counts
+/// it holds ([`Request::FlushCounts`]), so that a reader of the pins sees
+/// every event the agent has handled. Without an agent there is nothing
+/// held: the last one wrote its counts as it ended.
+pub fn flush_counts(kind: Kind, iface: &str) {
+    if !resident::Lock::held(kind, iface).unwrap_or(false) {
+        return;
+    }
+    if let Ok(sock) = control_socket(kind, iface) {
+        let _ = protocol::call(&sock, "agent", &Request::FlushCounts);
     }
 }
 

@@ -48,6 +48,10 @@ pub enum Request {
     /// Translator: the connections the relay carries (a JSON array of
     /// `relay::RelayRow`).
     RelayConnections,
+    /// Either mode: write the counts the agent holds to the pinned
+    /// counters now (it writes them once a tick, 100 ms; readers of the
+    /// pins, `stats` and the metrics, ask first).
+    FlushCounts,
 }
 
 /// A service as the protocol carries it (the service ID in its text form).

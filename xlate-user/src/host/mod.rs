@@ -242,9 +242,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
         (Receive::Tc | Receive::Auto, _) => ("receive at TC ingress (--receive tc)", false),
         (Receive::TcInPlace, _) => ("receive at TC ingress, in place (--receive tc-in-place)", false),
         (Receive::Xdp, Some(e)) => {
-            tracing::warn!(
-                "the kernel refused {RECEIVE} ({e:#}): SAL is received at TC ingress, after GRO, one segment at a time"
-            );
+            tracing::warn!("the kernel refused {RECEIVE} ({e:#}): SAL is received at TC ingress, after GRO");
             ("receive at TC ingress (XDP program refused)", false)
         }
         (Receive::Xdp, None) => {
@@ -267,8 +265,7 @@ pub fn run(opts: HostOptions) -> Result<()> {
                 }
                 Err(e) => {
                     tracing::warn!(
-                        "native XDP does not attach to {} ({e:#}): SAL is received at TC ingress, after GRO, \
-                         one segment at a time",
+                        "native XDP does not attach to {} ({e:#}): SAL is received at TC ingress, after GRO",
                         iface.name
                     );
                     ("receive at TC ingress (native XDP refused)", false)
