@@ -12,6 +12,7 @@ use xlate_lab::{Bg, Naming, Netns, Translator, TranslatorOptions};
 use crate::agent::Running;
 use crate::experiments::connections::{self, Closer, Load};
 use crate::experiments::host_mode::HostMode;
+use crate::experiments::paths::DataPath;
 use crate::experiments::per_packet;
 
 /// iperf3's port in every lab of the benchmarks.
@@ -24,12 +25,13 @@ pub(crate) fn agent(bin: &Path, ns: &Netns, args: &[&str], stop: &[&str]) -> Res
     crate::agent::start(bin, ns, &crate::util::workspace_root().join("target/bench"), &log, args, stop)
 }
 
-/// The lab instance's host-mode agent serving `serve` on `e0`, started as
-/// an operator starts it: `--receive auto`, which on this veth receives at
-/// TC and sends the translated TCP round through GRO (as the experiments'
-/// instance does). The host-mode table compares the receive modes.
-fn instance_agent(bin: &Path, inst: &Netns, serve: &str) -> Result<Running> {
-    agent(bin, inst, &["host", "--iface", "e0", "--serve", serve], &["host", "stop", "--iface", "e0"])
+/// The lab instance's host-mode agent serving `serve` on `e0`, receiving
+/// as the experiments' instance does on `path`
+/// ([`DataPath::instance_receive`]).
+fn instance_agent(bin: &Path, inst: &Netns, serve: &str, path: DataPath) -> Result<Running> {
+    let mut args = vec!["host", "--iface", "e0", "--serve", serve];
+    args.extend(path.instance_receive());
+    agent(bin, inst, &args, &["host", "stop", "--iface", "e0"])
 }
 
 /// iperf3's server in `ns`.
@@ -199,18 +201,24 @@ pub fn translator(bin: &Path, seconds: u32) -> Result<Table> {
     let (client, inst) = (&lab.client, &lab.instances[0]);
     let config = service_config("translator.toml", PORT, "00001451")?;
     let serve = format!("00001451={PORT}");
-    let _inst_agent = instance_agent(bin, inst, &serve)?;
     let _iperf = iperf_server(inst)?;
     let config = config.to_str().context("config path")?;
-    let _gw = agent(
-        bin,
-        &lab.gateway,
-        &["run", "--iface", "g0", "--iface", "g1", "--config", config],
-        &["stop", "--iface", "g0"],
-    )?;
+    let gateway = || {
+        agent(
+            bin,
+            &lab.gateway,
+            &["run", "--iface", "g0", "--iface", "g1", "--config", config],
+            &["stop", "--iface", "g0"],
+        )
+    };
     let inst_ip = translator::INSTANCES[0];
+    let inst_agent = instance_agent(bin, inst, &serve, DataPath::Routing)?;
+    let gw = gateway()?;
     let (routed_1, routed_cpu) = iperf_with_cpu(client, inst_ip, seconds)?;
     let routed_4 = iperf_from(client, inst_ip, 4, seconds, false)?;
+    drop((gw, inst_agent));
+    let _inst_agent = instance_agent(bin, inst, &serve, DataPath::FastNative)?;
+    let _gw = gateway()?;
     let (xlate_1, xlate_cpu) = iperf_with_cpu(client, translator::PUBLIC_IP, seconds)?;
     let xlate_4 = iperf_from(client, translator::PUBLIC_IP, 4, seconds, false)?;
     drop(_gw);
@@ -261,11 +269,11 @@ pub fn translator(bin: &Path, seconds: u32) -> Result<Table> {
 /// the minutes a table takes falls on both alike. Returns one table per
 /// build, in the order of `bins`.
 pub fn connections(bins: &[&Path], seconds: u32) -> Result<Vec<Table>> {
-    let paths: [(&str, &[&str], &str); 4] = [
-        ("plain IP routing (no SAL)", &["run"], translator::INSTANCES[0]),
-        ("fast path (XDP)", &["run"], translator::PUBLIC_IP),
-        ("relay, splice", &["relay", "--alias", "--mode", "splice"], translator::PUBLIC_IP),
-        ("relay, copy", &["relay", "--alias", "--mode", "copy"], translator::PUBLIC_IP),
+    let paths: [(&str, &[&str], &str, DataPath); 4] = [
+        ("plain IP routing (no SAL)", &["run"], translator::INSTANCES[0], DataPath::Routing),
+        ("fast path (XDP)", &["run"], translator::PUBLIC_IP, DataPath::FastNative),
+        ("relay, splice", &["relay", "--alias", "--mode", "splice"], translator::PUBLIC_IP, DataPath::RelaySplice),
+        ("relay, copy", &["relay", "--alias", "--mode", "copy"], translator::PUBLIC_IP, DataPath::RelayCopy),
     ];
     let mut rows: Vec<Vec<Row>> = bins.iter().map(|_| Vec::new()).collect();
     let cases = ["server", "client"].into_iter().flat_map(|f| paths.map(|p| (f, p)));
@@ -296,14 +304,19 @@ const SHORT_PORT: &str = "5301";
 
 /// One row of [`connections`]: a fresh lab, the instance's server closing
 /// `first` or after the client, and the gateway running `cmd`.
-fn connections_row(bin: &Path, seconds: u32, first: &str, (name, cmd, dst): (&str, &[&str], &str)) -> Result<Row> {
+fn connections_row(
+    bin: &Path,
+    seconds: u32,
+    first: &str,
+    (name, cmd, dst, path): (&str, &[&str], &str, DataPath),
+) -> Result<Row> {
     let config = service_config("connections.toml", SHORT_PORT, "00001452")?;
     let config = config.to_str().context("config path")?;
     let opts = TranslatorOptions { instances: 1, gro: true, client_tx_offload: true };
     let lab = Translator::build(Naming::Fixed("xlt-bc"), opts)?;
     let (client, inst) = (&lab.client, &lab.instances[0]);
     let serve = format!("00001452={SHORT_PORT}");
-    let inst_agent = instance_agent(bin, inst, &serve)?;
+    let inst_agent = instance_agent(bin, inst, &serve, path)?;
     let mut server = inst.spawn("python3", &["-c", connections::SERVER, SHORT_PORT, first]);
     server.wait_for_line("serving", Duration::from_secs(10));
     let mut args: Vec<&str> = cmd.to_vec();

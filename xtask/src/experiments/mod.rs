@@ -143,22 +143,12 @@ fn per_path(bin: &Path, s: &Settings, results: &mut Results) -> Result<()> {
         let lab = Translator::build(Naming::Fixed("xlt-x7"), opts)?;
         let inst = &lab.instances[0];
         // GRO on where the instance receives, as a real NIC has it (veth
-        // has it off). The instance starts as an operator starts it
-        // (`--receive auto`): on this veth host mode receives at TC and
-        // sends the translated TCP round through GRO (docs/host-mode.md);
-        // plain TCP to the instance gets GRO too. (Runs 1 to 4 asked for
-        // XDP receive: uploads then climbed the instance's stack one
-        // segment at a time, docs/performance.md.)
+        // has it off); how its host mode receives: `DataPath::instance_receive`.
         inst.set_offload("e0", "gro", true)?;
         let serve = format!("{}={}", paths::SERVICE_ID, paths::PORT);
-        let _inst = start_agent(
-            bin,
-            inst,
-            &s.out,
-            "instance",
-            &["host", "--iface", "e0", "--serve", &serve],
-            &["host", "stop", "--iface", "e0"],
-        )?;
+        let mut args = vec!["host", "--iface", "e0", "--serve", &serve];
+        args.extend(path.instance_receive());
+        let _inst = start_agent(bin, inst, &s.out, "instance", &args, &["host", "stop", "--iface", "e0"])?;
         let up = paths::start(path, bin, &lab, &s.out).with_context(|| format!("starting {}", path.key()))?;
         let mut server = Bg::from_child(
             inst.net_cmd(&me)
