@@ -54,7 +54,8 @@ pub const READING: &str = "## Reading these results
   gateway talking straight to the instance, no translator on the way. It shows the most a SAL path to this instance moves on this machine; where a
   path comes close to it, the instance (and the SAL sender), not the gateway, is what limits that
   path. SAL has no GSO in the kernel, so the instance's host mode still cuts what it sends into
-  segments in software; what it receives becomes TCP at XDP, before GRO, and is coalesced.
+  segments in software; what it receives becomes TCP at TC and goes round through GRO, which
+  coalesces it (`--receive auto` on a veth).
 - All parties share the machine's cores: the whole machine's CPU per GB is everyone's (client,
   gateway, instance). The gateway's processes (the relay, HAProxy, the agents) are counted apart;
   the kernel's packet work (softirq: routing, the fast path, the veth links) is charged to CPUs,
@@ -89,8 +90,10 @@ pub fn write_readme(r: &Results, s: &Settings, took: Duration) -> Result<PathBuf
         t,
         "- Lab: network namespaces on one host: a client, the gateway (two veth arms, GRO on at the far ends, \
          the client's tx checksum offload on, XDP attached natively unless a row says generic) and one Serval \
-         instance running xlate host mode behind a bridge (GRO on, as a real NIC has it; host mode receives \
-         SAL at XDP, before GRO). Every path ends at that same instance's server, a \
+         instance running xlate host mode behind a bridge (GRO on, as a real NIC has it; host mode started \
+         as an operator starts it, `--receive auto`, which on this veth receives SAL at TC and sends the TCP \
+         round through GRO; on the routing path it receives at XDP, whose NAPI gives the routed segments \
+         GRO). Every path ends at that same instance's server, a \
          plain TCP socket; the reference reaches it by plain TCP, every other path over SAL. Each path gets a \
          fresh lab."
     );
