@@ -349,10 +349,7 @@ pub fn bump_counter(counters: &mut PerCpuArray<MapData, u64>, c: Counter, n: u64
 
 /// Opens a pinned map of a running instance.
 pub fn open_pinned(kind: Kind, iface: &str, name: &str) -> Result<Map> {
-    let what = match kind {
-        Kind::Host => "host-mode instance",
-        Kind::Gateway => "translator",
-    };
+    let what = super::resident::noun(kind);
     let path = pin_dir(kind, iface)
         .with_context(|| format!("no {what} on {iface} in this network namespace (is the agent running?)"))?
         .join(name);

@@ -357,7 +357,7 @@ pub fn flush_counts(kind: Kind, iface: &str) {
 /// removed. A running agent does it and exits; without one, this process
 /// does it from the pins an earlier run left.
 pub fn stop(kind: Kind, iface: &str) -> Result<String> {
-    let what = resident::what(kind);
+    let what = resident::noun(kind);
     if resident::Lock::held(kind, iface)? {
         let answer = protocol::call(&control_socket(kind, iface)?, &format!("{what} on {iface}"), &Request::Stop)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(20);

@@ -85,6 +85,14 @@ pub fn what(kind: Kind) -> &'static str {
     }
 }
 
+/// [`what`] without its article ("no host-mode instance on eth0").
+pub fn noun(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Host => "host-mode instance",
+        Kind::Gateway => "translator",
+    }
+}
+
 /// What the agent changed in the network configuration, and how to undo
 /// it. Kept in /run/xlate/<agent>.json across runs.
 #[derive(Debug, Default, Serialize, Deserialize)]
