@@ -111,6 +111,20 @@ impl Bed {
         Counter::all().map(|c| m.get(&c.index(), 0).unwrap().iter().sum()).collect()
     }
 
+    /// `input`, with [`TO_SERVER_FLOW`] replaced by the server flow's ID
+    /// (and the SAL checksum fixed); any other frame as it is.
+    fn addressed(&self, mut input: Vec<u8>) -> Vec<u8> {
+        let at = 14 + 20 + 4;
+        if input.len() < at + 4 || input[14 + 9] != 144 || input[at..at + 4] != TO_SERVER_FLOW.to_be_bytes() {
+            return input;
+        }
+        let flows = self.flows();
+        let f = flows.iter().find(|f| f.role == role::SERVER).expect("a case before made the server flow");
+        input[at..at + 4].copy_from_slice(&f.local_flow.to_be_bytes());
+        fix_sal(&mut input);
+        input
+    }
+
     fn flows(&self) -> Vec<FlowState> {
         let table = FlowTable::of(self.ebpf.map(names::FLOWS).unwrap()).unwrap();
         let mut v: Vec<FlowState> = table.iter().collect();
@@ -228,6 +242,32 @@ fn tcp_syn_to_server(bed: &Bed, input: &[u8], out: &[u8]) {
     assert!(t.src_port() >= 32768, "client ports rotate through 32768-65535");
     let Transport::Tcp(orig) = sal_in.transport else { panic!() };
     assert_eq!((t.seq(), t.flags()), (orig.seq, orig.flags));
+}
+
+/// The output is the input's TCP segment, with `payload` bytes of data,
+/// delivered to this host's served port from the server flow's port.
+fn tcp_to_server(bed: &Bed, input: &[u8], out: &[u8], payload: usize) {
+    let flows = bed.flows();
+    let f = flows.iter().find(|f| f.role == role::SERVER).expect("a server flow");
+    assert_eq!(&out[..6], &HOST_MAC, "delivered to this host");
+    let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
+    let sal_in = ServalRepr::parse(&input[14..]).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr(), ip.protocol()), (sal_in.ip.src_addr, HOST, 6));
+    let t = TcpPacket::new_checked(ip.payload()).unwrap();
+    assert!(t.verify_checksum(ip.src_addr(), ip.dst_addr()), "TCP checksum valid");
+    assert_eq!((t.src_port(), t.dst_port()), (u16::from_be_bytes(f.tcp_peer_port), SERVE_PORT));
+    let Transport::Tcp(orig) = sal_in.transport else { panic!() };
+    assert_eq!((t.seq(), t.ack(), t.flags(), t.payload().len()), (orig.seq, orig.ack, orig.flags, payload));
+}
+
+/// [`tcp_to_server`]: the captured request (17 bytes).
+fn request_to_server(bed: &Bed, input: &[u8], out: &[u8]) {
+    tcp_to_server(bed, input, out, 17)
+}
+
+/// [`tcp_to_server`]: a segment without data.
+fn bare_to_server(bed: &Bed, input: &[u8], out: &[u8]) {
+    tcp_to_server(bed, input, out, 0)
 }
 
 fn one_server_flow(bed: &Bed, input: &[u8], out: &[u8]) {
@@ -530,6 +570,30 @@ fn coalesce_cases() -> Vec<Case> {
             check: one_server_flow,
         },
         Case {
+            name: "coalesced: the client's data goes through the coalescer",
+            prog: Prog::Ingress,
+            input: to_server_flow(&caps[4]),
+            verdict: TC_ACT_REDIRECT,
+            moved: &[Counter::IngressTranslated, Counter::IngressCoalesced],
+            check: request_to_server,
+        },
+        Case {
+            name: "coalesced: a pure ACK (no data: nothing for GRO) goes up in place",
+            prog: Prog::Ingress,
+            input: to_server_flow(&caps[7]),
+            verdict: TC_ACT_OK,
+            moved: &[Counter::IngressTranslated],
+            check: bare_to_server,
+        },
+        Case {
+            name: "coalesced: the client's FIN keeps its place behind data, through the coalescer",
+            prog: Prog::Ingress,
+            input: to_server_flow(&caps[8]),
+            verdict: TC_ACT_REDIRECT,
+            moved: &[Counter::IngressTranslated, Counter::IngressCoalesced],
+            check: bare_to_server,
+        },
+        Case {
             name: "coalesced: a SAL FIN still goes to the agent unchanged, in place",
             prog: Prog::Ingress,
             input: fin,
@@ -589,14 +653,27 @@ fn follow(cases: Vec<Case>) {
 
 fn follow_on(mut bed: Bed, cases: Vec<Case>) {
     for case in cases {
+        let input = bed.addressed(case.input);
         let before = bed.counters();
-        let (verdict, out) = bed.run(case.prog, &case.input);
+        let (verdict, out) = bed.run(case.prog, &input);
         assert_eq!(verdict, case.verdict, "{}: verdict", case.name);
         let after = bed.counters();
         for c in Counter::all() {
             let d = after[c.index() as usize] - before[c.index() as usize];
             assert_eq!(d, u64::from(case.moved.contains(&c)), "{}: counter {}", case.name, c.name());
         }
-        (case.check)(&bed, &case.input, &out);
+        (case.check)(&bed, &input, &out);
     }
+}
+
+/// The destination flow ID of a SAL input frame addressed to the server
+/// flow an earlier case of the table made, whose ID the program chose.
+const TO_SERVER_FLOW: u32 = 0x5e5e_5e5e;
+
+/// A captured SAL frame of the original stack's flow, addressed to the
+/// server flow of the table ([`TO_SERVER_FLOW`], put in by [`Bed::addressed`]).
+fn to_server_flow(ip: &[u8]) -> Vec<u8> {
+    let mut f = eth(HOST_MAC, ip);
+    f[14 + 20 + 4..14 + 20 + 8].copy_from_slice(&TO_SERVER_FLOW.to_be_bytes());
+    f
 }

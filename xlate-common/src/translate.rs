@@ -12,6 +12,22 @@ pub const TCP_SYN: u8 = crate::wire::tcp::TcpFlags::SYN;
 pub const TCP_RST: u8 = crate::wire::tcp::TcpFlags::RST;
 pub const TCP_ACK: u8 = crate::wire::tcp::TcpFlags::ACK;
 
+/// Whether a TCP segment that host mode translated after GRO (at TC
+/// ingress) goes round through the coalescer, to pass GRO again, rather
+/// than up the stack where it is. GRO merges only segments that carry
+/// data, so a segment without data gains nothing there and pays a veth
+/// crossing: a pure ACK (every segment of a download's return stream, two
+/// of a short connection's) goes up in place. Going in place it may pass
+/// data of its flow still in the coalescer, which TCP takes as it takes
+/// any reordering of an ACK: the data's older acknowledgment is ignored.
+/// SYN, FIN and RST keep their place behind the flow's data (a FIN
+/// overtaking the last data would arrive out of order), so they take the
+/// coalescer too.
+#[inline(always)]
+pub fn through_coalescer(tcp_flags: u8, payload_len: usize) -> bool {
+    payload_len != 0 || tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0
+}
+
 /// What a TCP segment of the legacy side becomes on the SAL side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {
@@ -332,6 +348,17 @@ mod tests {
         f.peer_flow = 0x0202;
         f.peer_verno = 5000;
         f
+    }
+
+    #[test]
+    fn only_pure_acks_skip_the_coalescer() {
+        assert!(!through_coalescer(TCP_ACK, 0), "a pure ACK goes up in place");
+        assert!(!through_coalescer(TCP_ACK | 0x08 /* PSH */, 0));
+        assert!(through_coalescer(TCP_ACK, 1), "data is coalesced");
+        assert!(through_coalescer(TCP_ACK | 0x08, 1448));
+        for f in [TCP_SYN, TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST, TCP_RST | TCP_ACK] {
+            assert!(through_coalescer(f, 0), "flags {f:#04x} keep their place behind data");
+        }
     }
 
     #[test]

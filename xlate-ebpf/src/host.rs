@@ -31,7 +31,7 @@ use aya_ebpf::{
 use xlate_common::{
     flow::{config_flag, flag, Counter, FlowState, Hook, TupleEntry},
     maps::{FlowKey, ServiceEntry, ServiceKey},
-    translate::{TCP_ACK, TCP_SYN},
+    translate::{through_coalescer, TCP_ACK, TCP_SYN},
     wire::{checksum, ethernet, ipv4::field as ipf, sal, tcp::field as tcpf, IPPROTO_SAL, IPPROTO_TCP},
 };
 
@@ -218,9 +218,10 @@ pub fn xlate_host_ingress(ctx: TcContext) -> i32 {
             translated(&f, Hook::HostIngress, Counter::IngressTranslated);
             // GRO has passed: the segment would climb the stack alone. Out
             // through the coalescer it comes back in through GRO, which
-            // coalesces it with the flow's next ones (see `coalescer_ifindex`).
+            // coalesces it with the flow's next ones (see `coalescer_ifindex`),
+            // if it has data to coalesce (`through_coalescer`).
             match CONFIG.get(0) {
-                Some(cfg) if cfg.coalescer_ifindex != 0 => {
+                Some(cfg) if cfg.coalescer_ifindex != 0 && coalescable(&f) => {
                     count(Counter::IngressCoalesced);
                     // SAFETY: plain helper call.
                     unsafe { aya_ebpf::helpers::bpf_redirect(cfg.coalescer_ifindex, 0) as i32 }
@@ -230,6 +231,20 @@ pub fn xlate_host_ingress(ctx: TcContext) -> i32 {
         }
         Err(exit) => tc(exit.resolve(&f, Hook::HostIngress, FAULTS)),
     }
+}
+
+/// Whether the TCP segment just translated at TC ingress goes through the
+/// coalescer ([`through_coalescer`]); one that cannot be read does.
+#[inline(always)]
+fn coalescable(f: &SkbFrame) -> bool {
+    let (Ok(total), Ok(word)) =
+        (f.load::<[u8; 2]>(IP_AT + ipf::TOTAL_LEN), f.load::<[u8; 2]>(L4_AT + tcpf::DATA_OFF))
+    else {
+        return true;
+    };
+    // Plain IPv4 (`receive` checked its shape): the TCP header at L4_AT.
+    let header = (L4_AT - IP_AT) + usize::from(word[0] >> 4) * 4;
+    through_coalescer(word[1], usize::from(u16::from_be_bytes(total)).saturating_sub(header))
 }
 
 /// Receive before GRO. Only what it translates or drops is final and
