@@ -303,6 +303,44 @@ fn the_wire_looks_like_the_original_stack() {
     }
 }
 
+/// The server closes first and the client a moment later (20 ms, well
+/// within `ACK_DELAY`): the client's ACK of the server's SAL FIN goes with
+/// its own SAL FIN, as one ACK|FIN, which the server's ACK answers. Three
+/// control packets, as the original stack merges its flags, and both sides
+/// end clean.
+#[test]
+fn a_close_right_after_the_peers_carries_the_ack_with_the_fin() {
+    require_root();
+    let _g = serial();
+    let mut lab = HostLab::with_args("merge", &["--receive", "tc"], &[]);
+    std::fs::write(lab.dir.join("hello.txt"), "hello serval\n").unwrap();
+    lab.start_http();
+    let pcap = lab.dir.join("link.pcap");
+    let mut cap = Capture::start(&lab.server, SERVER_IF, pcap.clone(), &["ip", "proto", "144"]);
+    let client = SEQUENTIAL_CLIENT.replace("time.sleep(0.5)", "time.sleep(0.02)");
+    let got = sh(&lab.client, &format!("python3 -c '{client}' {SERVICE_ADDR} {SERVICE_PORT}"));
+    assert!(got.ends_with("hello serval"), "{got}");
+    lab.wait_no_flows(Duration::from_secs(5));
+    let report = cap.stop();
+    let text = decode_valid(&pcap).text;
+    let control: Vec<(String, [u8; 4])> = sal_packets(&pcap)
+        .into_iter()
+        .filter(|(_, s)| s.ends_with("/none"))
+        .map(|(d, s)| (s, [d[12], d[13], d[14], d[15]]))
+        .collect();
+    assert_eq!(
+        control.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+        ["FIN/8/none", "ACK|FIN/8/none", "ACK/8/none"],
+        "{text} (tcpdump: {report})"
+    );
+    assert_ne!(control[0].1, control[1].1, "the ACK|FIN from the other side");
+    assert_eq!(control[0].1, control[2].1, "answered by the first FIN's side");
+    for side in [true, false] {
+        let s = lab.stats(side);
+        assert_eq!((s["ctl_fin_received"], s["ctl_ack_received"], s["ctl_retransmitted"]), (1, 1, 0), "{s:?}");
+    }
+}
+
 #[test]
 fn resets_reach_the_other_side_and_free_the_flows() {
     require_root();
@@ -628,11 +666,12 @@ fn uploads_and_downloads(tag: &str, receive: &str) {
             assert!(s["ingress_translated"] > 10_000, "{s:?}");
             // Round through GRO: every segment with data (each side
             // received 200 MB) and none of the pure ACKs (each side
-            // acknowledged the other's 200 MB), which go up in place
-            // (`through_coalescer`); in place: none at all.
+            // acknowledged the other's 200 MB: some hundreds to a few
+            // thousand, as the sender's GRO coalesced), which go up in
+            // place (`through_coalescer`); in place: none at all.
             let (translated, coalesced) = (s["ingress_translated"], s["ingress_coalesced"]);
             if receive == "tc" {
-                assert!(coalesced > 10_000 && translated - coalesced > 1_000, "{s:?}");
+                assert!(coalesced > 10_000 && translated - coalesced > 100, "{s:?}");
             } else {
                 assert_eq!(coalesced, 0, "{s:?}");
             }

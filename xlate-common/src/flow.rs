@@ -126,6 +126,8 @@ pub mod ctl_flag {
     pub const MIGRATION_FAILED: u8 = 8;
     /// That migration moved the peer (it sent the RSYN), not this end.
     pub const MIGRATION_BY_PEER: u8 = 16;
+    /// The peer's FIN waits for our ACK (it goes with our FIN, or alone).
+    pub const ACK_OWED: u8 = 32;
 }
 
 pub const MAX_FLOWS: u32 = 65536;

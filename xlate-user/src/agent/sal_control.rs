@@ -29,6 +29,14 @@ pub const MIGRATION_TRIES: u32 = 4;
 pub const MIGRATION_DEADLINE: Duration = Duration::from_secs(15);
 /// Time a fully closed flow lingers so late TCP segments still translate.
 pub const CLOSE_LINGER: Duration = Duration::from_millis(500);
+/// How long the ACK of the peer's SAL FIN waits for our own FIN, to go
+/// with it as one FIN|ACK (the agent's timers run every 100 ms, so it
+/// goes alone 50 to 150 ms after the FIN). Most connections end with both
+/// sides closing within milliseconds: one control packet of four saved,
+/// and each one crosses every stack on its way. Well inside the peer's
+/// retransmission timeout (the original stack's is at least 200 ms, 3 s at
+/// first; ours 1 s).
+pub const ACK_DELAY: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PendingKind {
@@ -114,6 +122,9 @@ pub struct Ctl {
     pub fin_wanted: bool,
     pub fin_acked_at: Option<Instant>,
     pub peer_fin: bool,
+    /// The peer's FIN is not acknowledged yet: its ACK goes with our FIN,
+    /// or alone at this time ([`ACK_DELAY`]).
+    pub ack_owed_at: Option<Instant>,
     pub free_at: Option<Instant>,
     /// The last migration that ended (done or failed); one in progress is
     /// [`Self::pending`].
@@ -226,7 +237,14 @@ impl Ctl {
         let verno = self.snd_nxt;
         self.snd_nxt = self.snd_nxt.wrapping_add(1);
         let peer = Ipv4Addr::from(addrs.peer_ip);
-        let pkt = build(st, Ipv4Addr::from(addrs.local_ip), peer, ControlFlags::FIN, verno, self.rcv_nxt);
+        // The ACK the peer's FIN waits for goes along (the original stack
+        // merges flags the same way); a retransmission repeats it, which
+        // the peer takes as a duplicate ACK.
+        let flags = match self.ack_owed_at.take() {
+            Some(_) => ControlFlags::FIN | ControlFlags::ACK,
+            None => ControlFlags::FIN,
+        };
+        let pkt = build(st, Ipv4Addr::from(addrs.local_ip), peer, flags, verno, self.rcv_nxt);
         self.send_reliable(fx, PendingKind::Fin, pkt, peer, self.snd_nxt, now);
     }
 
@@ -290,6 +308,8 @@ impl Ctl {
             // Already seen: answer so the peer stops retransmitting (its
             // RSYN with our RSYN-ACK, to where it is moving).
             fx.counters.push(Counter::CtlStale);
+            // An ACK goes now (ours was lost, or is owed and took too long).
+            self.ack_owed_at = None;
             let answer = if f.contains(ControlFlags::RSYN) && !rsyn_ack {
                 let flags = ControlFlags::RSYN | ControlFlags::ACK;
                 (build(st, Ipv4Addr::from(addrs.local_ip), from, flags, self.snd_nxt, self.rcv_nxt), from)
@@ -322,9 +342,15 @@ impl Ctl {
             fx.counters.push(Counter::CtlFinRcvd);
             self.rcv_nxt = ctl.verno.wrapping_add(1);
             self.peer_fin = true;
-            // To the peer's address as it is now (the RSYN-ACK or ACK just
-            // taken may have moved it).
-            fx.sends.push(self.ack(st, &addrs));
+            if self.our_fin_to_come() {
+                // Our TCP has not closed yet: its FIN will likely follow
+                // in a moment and carry the ACK ([`ACK_DELAY`]).
+                self.ack_owed_at = Some(now + ACK_DELAY);
+            } else {
+                // To the peer's address as it is now (the RSYN-ACK or ACK
+                // just taken may have moved it).
+                fx.sends.push(self.ack(st, &addrs));
+            }
             self.maybe_done(now);
         }
         fx
@@ -399,21 +425,37 @@ impl Ctl {
         }
     }
 
+    /// Our FIN has not been sent, nor waits to be: the next control packet
+    /// we send is likely that FIN, when our TCP closes.
+    fn our_fin_to_come(&self) -> bool {
+        self.pending.is_none() && !self.fin_wanted && self.fin_acked_at.is_none()
+    }
+
     fn maybe_done(&mut self, now: Instant) {
         if self.peer_fin && self.fin_acked_at.is_some() && self.free_at.is_none() {
             self.free_at = Some(now + CLOSE_LINGER);
         }
     }
 
-    /// When the outstanding packet's timer fires next.
+    /// When the next timer fires: the outstanding packet's, or the owed
+    /// ACK's.
     pub fn due_at(&self) -> Option<Instant> {
-        self.pending.as_ref().map(|p| p.next_at)
+        match (self.pending.as_ref().map(|p| p.next_at), self.ack_owed_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// The retransmission timer: resend with backoff, or give up (a
-    /// migration: the flow stays where it was; a FIN: the flow expires).
+    /// The timers: the ACK of the peer's FIN that our FIN did not come to
+    /// carry goes alone; the outstanding packet is resent with backoff, or
+    /// given up (a migration: the flow stays where it was; a FIN: the flow
+    /// expires).
     pub fn on_timer(&mut self, st: &FlowState, addrs: &FlowAddrs, now: Instant) -> Effects {
         let mut fx = Effects::default();
+        if self.ack_owed_at.is_some_and(|t| t <= now) {
+            self.ack_owed_at = None;
+            fx.sends.push(self.ack(st, addrs));
+        }
         let Some(p) = &mut self.pending else { return fx };
         if p.next_at > now {
             return fx;
@@ -480,6 +522,9 @@ impl Ctl {
         }
         if self.peer_fin {
             r.flags |= ctl_flag::PEER_FIN;
+        }
+        if self.ack_owed_at.is_some() {
+            r.flags |= ctl_flag::ACK_OWED;
         }
         if let Some(m) = self.last_migration {
             r.flags |= match m.outcome {
@@ -567,6 +612,8 @@ impl Ctl {
             fin_wanted: r.flags & ctl_flag::FIN_WANTED != 0,
             fin_acked_at: at(r.fin_acked_at_ns),
             peer_fin: r.flags & ctl_flag::PEER_FIN != 0,
+            // A restarted agent sends it at its first tick.
+            ack_owed_at: (r.flags & ctl_flag::ACK_OWED != 0).then(Instant::now),
             free_at: at(r.free_at_ns),
             last_migration,
         }
@@ -687,9 +734,12 @@ mod fixtures {
         assert!(fx.sends.is_empty());
         assert_eq!(c.migration(), Some(Migration { outcome: Outcome::Done, ..pending }));
 
-        // 5: its FIN -> 6: our ACK, to the new address.
+        // 5: its FIN -> 6: our ACK, to the new address, once our TCP has
+        // not closed within ACK_DELAY (in the capture it closed later).
         let fx = feed(&mut c, &st, &mut a, &cap[4], t0);
         assert_eq!(fx.counters, [Counter::CtlFinRcvd]);
+        assert!(fx.sends.is_empty());
+        let fx = c.on_timer(&st, &a, t0 + ACK_DELAY);
         assert_eq!(fx.sends.len(), 1);
         same_packet(&fx.sends[0], &cap[5]);
 
@@ -854,6 +904,96 @@ mod fixtures {
         assert_eq!(fx.sends.len(), 1);
     }
 
+    /// The peer's FIN before our TCP closes: no ACK at once; our FIN, a
+    /// moment later, carries it (one FIN|ACK), and the peer, answering
+    /// with its ACK, has both. Three control packets instead of four.
+    #[test]
+    fn the_ack_of_the_peers_fin_goes_with_our_fin() {
+        let cap = capture("original-migrates-server.pcap");
+        let st = flow(role::CLIENT, 1801969531, 3, 3585885945, 120871186, 0x536b1779d93d0b7b, 0xda52fdcabd8da2e6);
+        let mut a = addrs([10, 98, 0, 2], [10, 98, 0, 11]);
+        let mut c = Ctl::new(&st);
+        let t0 = Instant::now();
+        // Its FIN (5 in the capture, which came after its RSYN).
+        c.rcv_nxt = control(&cap[4]).1.verno;
+        let fx = feed(&mut c, &st, &mut a, &cap[4], t0);
+        assert_eq!(fx.counters, [Counter::CtlFinRcvd]);
+        assert!(fx.sends.is_empty(), "the ACK waits for our FIN");
+        assert_eq!(c.due_at(), Some(t0 + ACK_DELAY));
+        // Nothing before its time.
+        assert!(c.on_timer(&st, &a, t0 + ACK_DELAY / 2).sends.is_empty());
+        // Our TCP closes: FIN|ACK, acknowledging its FIN.
+        let fx = c.close(&st, &a, t0 + ACK_DELAY / 2);
+        let ackno = control(&cap[4]).1.verno + 1;
+        assert_eq!(
+            fx.sends.iter().map(|s| said(&s.0)).collect::<Vec<_>>(),
+            [format!(
+                "10.98.0.2 > 10.98.0.11 SAL flow 1801969531>3 shl 8 proto 6 CONTROL ACK|FIN verno 3585885946 \
+                 ackno {ackno} nonce 536b1779d93d0b7b | no transport [ok]"
+            )]
+        );
+        assert_eq!(c.ack_owed_at, None);
+        // Retransmitted as it was, ACK flag and all.
+        let again = c.on_timer(&st, &a, t0 + RTO_INITIAL + ACK_DELAY);
+        assert_eq!(again.sends[0].0, fx.sends[0].0);
+        // The other side, as our own agent is: its FIN outstanding, it
+        // takes both flags, sends its ACK, and is done.
+        let peer_st = flow(role::SERVER, 3, 1801969531, 120871186, 3585885945, 0xda52fdcabd8da2e6, 0x536b1779d93d0b7b);
+        let mut pa = addrs([10, 98, 0, 11], [10, 98, 0, 2]);
+        let mut peer = Ctl::new(&peer_st);
+        peer.snd_nxt = ackno - 1;
+        let t1 = t0 + ACK_DELAY;
+        peer.close(&peer_st, &pa, t1);
+        let fx = feed(&mut peer, &peer_st, &mut pa, &fx.sends[0].0, t1);
+        assert_eq!(fx.counters, [Counter::CtlAckRcvd, Counter::CtlFinRcvd]);
+        assert_eq!(fx.sends.len(), 1, "one ACK back");
+        assert_eq!(control(&fx.sends[0].0).1.flags, ControlFlags::ACK);
+        assert_eq!(peer.free_at, Some(t1 + CLOSE_LINGER));
+        // Which ends ours.
+        let fx = feed(&mut c, &st, &mut a, &fx.sends[0].0, t1);
+        assert_eq!((fx.counters.as_slice(), fx.sends.len()), (&[Counter::CtlAckRcvd][..], 0));
+        assert_eq!(c.free_at, Some(t1 + CLOSE_LINGER));
+    }
+
+    /// Our TCP stays open (a half-close): the ACK goes alone once
+    /// [`ACK_DELAY`] has passed, exactly the one the capture shows, and our
+    /// FIN later is a plain FIN.
+    #[test]
+    fn the_ack_goes_alone_when_our_fin_does_not_come() {
+        let cap = capture("original-migrates-server.pcap");
+        let st = flow(role::CLIENT, 1801969531, 3, 3585885945, 120871186, 0x536b1779d93d0b7b, 0xda52fdcabd8da2e6);
+        let mut a = addrs([10, 98, 0, 2], [10, 98, 0, 11]);
+        let mut c = Ctl::new(&st);
+        let t0 = Instant::now();
+        c.rcv_nxt = control(&cap[4]).1.verno;
+        assert!(feed(&mut c, &st, &mut a, &cap[4], t0).sends.is_empty());
+        let fx = c.on_timer(&st, &a, t0 + ACK_DELAY);
+        assert_eq!(fx.sends.len(), 1);
+        same_packet(&fx.sends[0], &cap[5]);
+        assert_eq!((c.ack_owed_at, c.due_at()), (None, None));
+        let fx = c.close(&st, &a, t0 + Duration::from_secs(2));
+        same_packet(&fx.sends[0], &cap[6]);
+    }
+
+    /// Its FIN retransmitted while our ACK is owed: answered at once (it
+    /// did not wait for us), and owed no more.
+    #[test]
+    fn a_retransmitted_fin_is_answered_at_once() {
+        let cap = capture("original-migrates-server.pcap");
+        let st = flow(role::CLIENT, 1801969531, 3, 3585885945, 120871186, 0x536b1779d93d0b7b, 0xda52fdcabd8da2e6);
+        let mut a = addrs([10, 98, 0, 2], [10, 98, 0, 11]);
+        let mut c = Ctl::new(&st);
+        let t0 = Instant::now();
+        c.rcv_nxt = control(&cap[4]).1.verno;
+        feed(&mut c, &st, &mut a, &cap[4], t0);
+        let fx = feed(&mut c, &st, &mut a, &cap[4], t0 + ACK_DELAY / 2);
+        assert_eq!(fx.counters, [Counter::CtlStale]);
+        same_packet(&fx.sends[0], &cap[5]);
+        assert_eq!(c.ack_owed_at, None);
+        let fx = c.close(&st, &a, t0 + ACK_DELAY);
+        same_packet(&fx.sends[0], &cap[6]);
+    }
+
     /// active-reset.pcap: the original's RST|ACK, with its nonce, ends the
     /// flow and resets the local TCP; the same packet with another nonce
     /// from elsewhere is not believed.
@@ -903,6 +1043,7 @@ mod tests {
             fin_wanted: true,
             fin_acked_at: None,
             peer_fin: false,
+            ack_owed_at: None,
             free_at: None,
             last_migration: None,
         };
@@ -913,6 +1054,7 @@ mod tests {
             fin_wanted: false,
             fin_acked_at: Some(now - Duration::from_secs(3)),
             peer_fin: true,
+            ack_owed_at: Some(now + ACK_DELAY),
             free_at: Some(now + Duration::from_millis(400)),
             last_migration: Some(Migration {
                 side: Side::Peer,
@@ -926,6 +1068,10 @@ mod tests {
                 (back.snd_nxt, back.rcv_nxt, back.fin_wanted, back.peer_fin, back.migration()),
                 (c.snd_nxt, c.rcv_nxt, c.fin_wanted, c.peer_fin, c.migration())
             );
+            // An owed ACK is owed at once: a restarted agent sends it at
+            // its first tick.
+            assert_eq!(back.ack_owed_at.is_some(), c.ack_owed_at.is_some());
+            assert!(back.ack_owed_at.is_none_or(|t| t <= Instant::now()));
             let close = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
                 (Some(a), Some(b)) => a.max(b) - a.min(b) < Duration::from_millis(5),
                 (a, b) => a.is_none() && b.is_none(),
